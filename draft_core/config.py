@@ -1,0 +1,302 @@
+"""Run configuration: YAML plus ``--set dotted.key=value`` overrides, validated before any model loads.
+
+Sections are dataclasses with their defaults in the signature. Plugin sections
+(``sampler``, ``estimator``, ``reward``) hold a registered ``name`` plus that plugin's
+keyword arguments, checked against its factory's signature by the plugin registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from draft_core.errors import ConfigError, did_you_mean
+from draft_core.lora import DEFAULT_TARGETS
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class ModelSection:
+    name: str = "tiny-random"  # embedded model, local diffusers folder, or hub id
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    device: str = "auto"  # auto: the device accelerate picks
+
+
+@dataclass
+class LoraSection:
+    rank: int = 8
+    alpha: float | None = None  # None: alpha = rank
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+
+
+@dataclass
+class PromptsSection:
+    source: str = "animals"  # a built-in list name or a text file, one prompt per line
+    items: list[str] | None = None  # an explicit list; overrides source
+    template: str = "{}"  # e.g. "a photo of a {}"
+
+
+@dataclass
+class TrainSection:
+    steps: int = 2000
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 4e-4
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float | None = 1.0
+    lr_decay: Literal["none", "sqrt"] = "none"  # sqrt: lr · min(10·step^-0.5, 1)
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    sample_every: int = 100  # 0: only before and after training
+    sample_prompts: list[str] | None = None  # default: the first 4 prompts
+    sample_per_prompt: int = 2
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+
+
+PLUGIN_SECTIONS = {"sampler": "sampler", "estimator": "estimator", "reward": "reward"}
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "ddim", "steps": 50, "guidance_scale": 7.5})
+    estimator: dict[str, Any] = field(default_factory=lambda: {"name": "draft-lv", "n": 2})
+    reward: dict[str, Any] = field(default_factory=lambda: {"name": "jpeg-compressibility"})
+    prompts: PromptsSection = field(default_factory=PromptsSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def dump(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# -- parsing ------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints widen to floats, nothing else converts."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp)
+            return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(f"config key '{key}' has the value {value!r}, but it must be {_type_name(tp)}.")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section '{prefix}' must be a mapping of keys to values, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in hints:
+            raise ConfigError(
+                f"unknown config key '{full}'. Keys accepted in '{prefix or 'the top level'}': "
+                f"{', '.join(names)}.{did_you_mean(str(key), names)}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, full)
+        elif key in PLUGIN_SECTIONS:
+            kwargs[key] = _plugin_section(value, full)
+        else:
+            kwargs[key] = _coerce(value, tp, full)
+    return cls(**kwargs)
+
+
+def _plugin_section(value: Any, key: str) -> dict[str, Any]:
+    if isinstance(value, str):  # shorthand: `estimator: draft-k`
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config section '{key}' must be a mapping with a 'name' key, got {value!r}.")
+    return dict(value)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("sampler", "estimator", "reward"):
+            out[k] = _merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict) and "name" not in v and "weights" not in v:
+            out[k] = _merge(out[k], v)  # partial plugin section: keep the name, change arguments
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value); the value is read as YAML (50, true, [1, 2])."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}' is not of the form dotted.key=value (e.g. --set train.steps=50).")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set '{text}': '{key}' is not a dotted key such as train.steps.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``--set`` overrides. Changing a plugin's name (``--set estimator.name=draft-k``)
+    drops the old plugin's arguments from the file; other ``--set`` arguments still apply."""
+    raw = dict(raw)
+    parsed = [parse_override(text) for text in overrides]
+    renames = [(p, v) for p, v in parsed if len(p) == 2 and p[0] in PLUGIN_SECTIONS and p[1] == "name"]
+    for parts, value in renames:
+        old = raw.get(parts[0])
+        old_name = old.get("name") if isinstance(old, dict) else old
+        if old_name != value:
+            raw[parts[0]] = {"name": value}
+    for parts, value in parsed:
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if isinstance(child, str) and part in PLUGIN_SECTIONS:
+                child = {"name": child}
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(data).__name__}.")
+    return data
+
+
+def preset_path(name: str) -> Path:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.exists():
+        names = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown preset '{name}'. Presets: {', '.join(names)}.{did_you_mean(name, names)}")
+    return path
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), preset: str | None = None) -> Config:
+    """Defaults <- preset or YAML file <- overrides, checked for unknown keys and wrong types."""
+    raw: dict = {}
+    if preset is not None:
+        raw = read_yaml(preset_path(preset))
+    if path is not None:
+        raw = _merge(raw, read_yaml(Path(path)))
+    defaults = Config().to_dict()
+    merged = _merge(defaults, apply_overrides(raw, list(overrides)))
+    config = _build(Config, merged, "")
+    check_values(config)
+    return config
+
+
+def check_values(c: Config) -> None:
+    """Range checks that types cannot express."""
+    positive = {
+        "train.steps": c.train.steps,
+        "train.batch_size": c.train.batch_size,
+        "train.grad_accum": c.train.grad_accum,
+        "train.sample_per_prompt": c.train.sample_per_prompt,
+        "train.checkpoint_every": c.train.checkpoint_every,
+        "train.keep_checkpoints": c.train.keep_checkpoints,
+        "lora.rank": c.lora.rank,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key '{key}' must be a positive integer, got {value}.")
+    if c.train.lr <= 0:
+        raise ConfigError(f"config key 'train.lr' must be > 0, got {c.train.lr}.")
+    if c.train.sample_every < 0:
+        raise ConfigError(f"config key 'train.sample_every' must be >= 0 (0: only before and after), got {c.train.sample_every}.")
+    if len(c.train.betas) != 2 or not all(0 <= b < 1 for b in c.train.betas):
+        raise ConfigError(f"config key 'train.betas' must be two numbers in [0, 1), got {c.train.betas}.")
+    if c.train.grad_clip is not None and c.train.grad_clip <= 0:
+        raise ConfigError(f"config key 'train.grad_clip' must be > 0 or null (no clipping), got {c.train.grad_clip}.")
+    if "{}" not in c.prompts.template:
+        raise ConfigError(f"config key 'prompts.template' must contain '{{}}' where the prompt goes, got {c.prompts.template!r}.")
+    for section in ("sampler", "estimator"):
+        if not isinstance(getattr(c, section).get("name"), str):
+            raise ConfigError(f"config section '{section}' needs a 'name' (a registered {section}); see `draft plugins`.")
+    reward = c.reward
+    if "weights" in reward:
+        weights = reward["weights"]
+        if not isinstance(weights, dict) or not weights:
+            raise ConfigError(f"config key 'reward.weights' must map reward names to numbers, got {weights!r}.")
+        extra = sorted(set(reward) - {"weights", "args"})
+        if extra:
+            raise ConfigError(
+                f"config section 'reward' has 'weights' and also {extra}; with weights, give each reward's "
+                f"arguments under reward.args.<name> (e.g. reward.args.jpeg-compressibility.quality=30)."
+            )
+        for name, w in weights.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)):
+                raise ConfigError(f"config key 'reward.weights.{name}' must be a number, got {w!r}.")
+    elif not isinstance(reward.get("name"), str):
+        raise ConfigError("config section 'reward' needs a 'name' (a registered reward) or 'weights' ({name: weight}).")
+
+
+def plugin_kwargs(section: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Split a plugin section into its name and the factory's keyword arguments."""
+    kwargs = {k: v for k, v in section.items() if k != "name"}
+    return section["name"], kwargs

@@ -1,0 +1,34 @@
+"""The plugin contract: three hooks, each handed a ``register(name, factory)`` callback.
+
+A plugin module (named by an entry point in group ``draft``) implements any of
+these with ``@draft_core.hookimpl``. ``factory(**kwargs)`` builds the object from
+the keyword arguments a config gives; heavy weights load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+PROJECT = "draft"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[[str, Callable[..., Any]], None]
+
+
+@hookspec
+def register_samplers(register: Register) -> None:
+    """Register samplers: ``register("ddim", DDIMSampler)``."""
+
+
+@hookspec
+def register_estimators(register: Register) -> None:
+    """Register gradient estimators: ``register("draft-k", TruncatedBackprop)``."""
+
+
+@hookspec
+def register_rewards(register: Register) -> None:
+    """Register rewards: ``register("jpeg-compressibility", JpegCompressibility)``."""

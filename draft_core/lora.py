@@ -1,0 +1,155 @@
+"""LoRA on the UNet through peft, saved and loaded in the diffusers LoRA format.
+
+Targets follow the paper (Appendix A.1): the attention projections (self- and
+cross-attention) and the feed-forward layers of every transformer block. Saved files
+are ``pytorch_lora_weights.safetensors`` with ``unet.``-prefixed peft keys, which a plain
+``StableDiffusionPipeline.load_lora_weights(dir)`` loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+from draft_core.errors import DraftError
+
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+ADAPTER = "default"
+
+
+def add_lora(
+    unet: torch.nn.Module,
+    rank: int = 8,
+    alpha: float | None = None,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    init: str | bool = True,
+) -> list[torch.nn.Parameter]:
+    """Add a trainable LoRA adapter (fp32 parameters, base weights stay frozen); return its parameters.
+
+    alpha defaults to rank (scale 1). init=True starts at the identity (B = 0);
+    "gaussian" or False give a non-zero start (used by gradient tests).
+    """
+    if rank < 1:
+        raise DraftError(f"lora.rank must be a positive integer, got {rank}.")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,
+        target_modules=list(targets),
+        init_lora_weights=init,
+    )
+    try:
+        unet.add_adapter(config, adapter_name=ADAPTER)
+    except ValueError as exc:  # peft: no module matched
+        raise DraftError(
+            f"lora.targets {list(targets)} matched no layer of the UNet ({exc}). Use module-name "
+            f"suffixes such as {list(DEFAULT_TARGETS)}."
+        ) from exc
+    params = lora_parameters(unet)
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return params
+
+
+def lora_parameters(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for n, p in unet.named_parameters() if "lora_" in n]
+
+
+def lora_config_dict(unet: torch.nn.Module, adapter: str = ADAPTER) -> dict:
+    cfg = unet.peft_config[adapter].to_dict()
+    # Sets are not JSON; diffusers stores this dict in the safetensors metadata.
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.items()}
+
+
+def save_lora(unet: torch.nn.Module, folder: str | Path, adapter: str = ADAPTER) -> Path:
+    """Write ``folder/pytorch_lora_weights.safetensors`` in the diffusers format."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
+    StableDiffusionPipeline.save_lora_weights(
+        folder,
+        unet_lora_layers=state,
+        safe_serialization=True,
+        unet_lora_adapter_metadata=lora_config_dict(unet, adapter),
+    )
+    return folder / WEIGHT_NAME
+
+
+def lora_state(unet: torch.nn.Module, adapter: str = ADAPTER) -> dict[str, torch.Tensor]:
+    """The adapter's tensors (peft keys), for checkpoints."""
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
+
+
+def load_lora_state(unet: torch.nn.Module, state: dict[str, torch.Tensor], adapter: str = ADAPTER) -> None:
+    result = set_peft_model_state_dict(unet, state, adapter_name=adapter)
+    unexpected = getattr(result, "unexpected_keys", []) or []
+    if unexpected:
+        raise DraftError(f"checkpoint LoRA has keys this model lacks: {unexpected[:3]}...")
+    expected = set(get_peft_model_state_dict(unet, adapter_name=adapter))
+    missing = sorted(expected - set(state))
+    if missing:
+        raise DraftError(f"checkpoint LoRA lacks {len(missing)} of this model's LoRA tensors (e.g. {missing[0]}); was it written with another lora.rank or lora.targets?")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA to apply at sampling time: a folder (or file) and a scale."""
+
+    path: Path
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "LoraSpec":
+        """``PATH[:SCALE]``; a run folder stands for its ``lora/`` subfolder."""
+        path, scale = text, 1.0
+        m = re.fullmatch(r"(.+):([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)", text)
+        if m:
+            path, scale = m.group(1), float(m.group(2))
+        p = Path(path)
+        if p.is_dir() and not (p / WEIGHT_NAME).exists() and (p / "lora" / WEIGHT_NAME).exists():
+            p = p / "lora"
+        if not (p.is_file() or (p / WEIGHT_NAME).exists()):
+            raise DraftError(
+                f"--lora '{text}': no LoRA found at '{p}'. Give a folder holding {WEIGHT_NAME} "
+                f"(such as a run's lora/ folder), a run folder, or a .safetensors file, optionally "
+                f"followed by :SCALE (e.g. runs/x/lora:0.75)."
+            )
+        return cls(p, scale)
+
+
+def apply_loras(unet: torch.nn.Module, specs: Sequence[LoraSpec]) -> list[str]:
+    """Load each LoRA as its own adapter and mix them: W = W0 + Σ scale_i ΔW_i (paper §5.2)."""
+    names = []
+    for i, spec in enumerate(specs):
+        name = f"lora{i}"
+        is_file = spec.path.is_file()
+        folder = spec.path.parent if is_file else spec.path
+        weight_name = spec.path.name if is_file else WEIGHT_NAME
+        unet.load_lora_adapter(str(folder), prefix="unet", adapter_name=name, weight_name=weight_name)
+        names.append(name)
+    if names:
+        unet.set_adapters(names, weights=[s.scale for s in specs])
+    return names
+
+
+@contextlib.contextmanager
+def adapters_enabled(unet: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Run a block with the LoRA adapters on or off (LoRA step windows, Appendix B.7)."""
+    if enabled or not getattr(unet, "_hf_peft_config_loaded", False):
+        yield
+        return
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()

@@ -1,0 +1,426 @@
+"""The plugin registry: finds samplers, estimators and rewards by name, and says who provides each.
+
+Plugins are modules named by entry points in group ``draft`` (the pluggy project
+name too). Built-ins from the distribution ``draft-diffusion`` go through the same
+path as any outside plugin. One plugin that fails to import is recorded as a
+``LoadError`` and the rest still load; ``DRAFT_STRICT_PLUGINS=1`` re-raises instead.
+``DRAFT_PLUGINS=a,b`` limits third-party plugins to the entry points it names
+(an empty value loads no third-party plugin at all).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import os
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+import pluggy
+
+from draft_core import hookspecs
+from draft_core.errors import PluginError, closest, did_you_mean
+
+GROUP = hookspecs.PROJECT
+BUILTIN_DISTRIBUTION = "draft-diffusion"
+KINDS = ("sampler", "estimator", "reward")
+PLURALS = {"sampler": "samplers", "estimator": "estimators", "reward": "rewards"}
+
+# Names that users meet in the paper or docs but that live in their own
+# distribution, so an unknown-name error can say what to install.
+KNOWN_EXTERNAL: dict[str, str] = {
+    "owlvit": "draft-rewards-owlvit",
+    "adversarial": "draft-rewards-adversarial",
+    "nsfw": "draft-rewards-nsfw",
+}
+KNOWN_EXTERNAL_KIND = "reward"
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """One registered name: ``factory(**kwargs)`` builds it; ``plugin`` is the entry-point name."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    distribution: str | None
+    version: str | None
+
+
+@dataclass(frozen=True)
+class LoadError:
+    """An entry point that could not be loaded; ``error`` reads ``ExcType: message``."""
+
+    entry_point: str
+    distribution: str | None
+    version: str | None
+    error: str
+
+
+def normalise_distribution(name: str) -> str:
+    """PEP 503 normalisation, so ``Draft_Diffusion`` and ``draft-diffusion`` compare equal."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _provider(plugin: str, distribution: str | None, version: str | None) -> str:
+    if distribution is None:
+        return f"plugin '{plugin}' (not from an installed distribution)"
+    return f"plugin '{plugin}' from {distribution}" + (f" {version}" if version else "")
+
+
+def _error_text(exc: BaseException) -> str:
+    # One line, so that `draft plugins` stays a table (pluggy's messages span several).
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}"
+
+
+class Registry:
+    """name -> PluginEntry for each kind, plus the entry points that failed to load."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, PluginEntry]] = {kind: {} for kind in KINDS}
+        self.load_errors: list[LoadError] = []
+        # Set by load_registry when DRAFT_PLUGINS filtered the third-party plugins.
+        self.allow_list: tuple[str, ...] | None = None
+        self._pm = pluggy.PluginManager(GROUP)
+        self._pm.add_hookspecs(hookspecs)
+
+    # -- registration -------------------------------------------------------
+
+    def register_plugin(
+        self,
+        plugin: object,
+        name: str,
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        """Register a module (or any object) carrying ``@hookimpl`` functions; errors propagate."""
+        self._commit(self._attach(plugin, name, distribution, version))
+
+    def _attach(
+        self, plugin: object, name: str, distribution: str | None, version: str | None
+    ) -> list[PluginEntry]:
+        """Register ``plugin`` with pluggy and run its hooks; nothing is committed yet.
+
+        Staging first means a plugin whose hook raises half-way contributes nothing,
+        rather than some of its names.
+        """
+        # The pluggy name includes the distribution: two distributions may well
+        # pick the same entry-point name.
+        pm_name = f"{distribution or '<none>'}:{name}"
+        self._pm.register(plugin, name=pm_name)
+        try:
+            self._check_hooks(plugin, name)
+            return self._call_hooks(plugin, name, distribution, version)
+        except BaseException:
+            self._pm.unregister(plugin)
+            raise
+
+    def _check_hooks(self, plugin: object, name: str) -> None:
+        try:
+            self._pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            # pluggy's own message shows the module repr; say which hook and what was meant.
+            known = [f"register_{PLURALS[k]}" for k in KINDS]
+            unknown = [h.name for h in self._pm.get_hookcallers(plugin) or [] if not h.has_spec()]
+            hints = "".join(did_you_mean(h, known) for h in unknown)
+            raise PluginError(
+                f"plugin '{name}' implements unknown hook(s) {', '.join(map(repr, unknown))}."
+                f"{hints} The hooks are {', '.join(known)}."
+            ) from exc
+
+    def _call_hooks(
+        self, plugin: object, name: str, distribution: str | None, version: str | None
+    ) -> list[PluginEntry]:
+        staged: list[PluginEntry] = []
+        for kind in KINDS:
+            caller = getattr(self._pm.hook, f"register_{PLURALS[kind]}")
+            for impl in caller.get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+                if impl.hookwrapper or impl.wrapper:
+                    raise PluginError(f"plugin '{name}': hook wrappers are not supported here")
+
+                def register(
+                    entry_name: str, factory: Callable[..., Any], _kind: str = kind
+                ) -> None:
+                    if not isinstance(entry_name, str) or not entry_name:
+                        raise PluginError(
+                            f"plugin '{name}' registered a {_kind} with name {entry_name!r};"
+                            " names are non-empty strings"
+                        )
+                    if not callable(factory):
+                        raise PluginError(
+                            f"plugin '{name}' registered {_kind} '{entry_name}' with a"
+                            f" factory that is not callable: {factory!r}"
+                        )
+                    staged.append(
+                        PluginEntry(_kind, entry_name, factory, name, distribution, version)
+                    )
+
+                # An implementation may take a subset of the spec's arguments
+                # (pluggy's rule), so pass only those it names.
+                available = {"register": register}
+                impl.function(**{a: available[a] for a in impl.argnames if a in available})
+        return staged
+
+    def _commit(self, staged: list[PluginEntry]) -> None:
+        seen: dict[tuple[str, str], PluginEntry] = {}
+        for entry in staged:
+            key = (entry.kind, entry.name)
+            other = seen.get(key) or self._entries[entry.kind].get(entry.name)
+            if other is not None:
+                raise PluginError(
+                    f"{entry.kind} '{entry.name}' is registered twice: by"
+                    f" {_provider(other.plugin, other.distribution, other.version)} and by"
+                    f" {_provider(entry.plugin, entry.distribution, entry.version)}."
+                    " Uninstall one of them, or set DRAFT_PLUGINS to the entry points to load."
+                )
+            seen[key] = entry
+        for entry in staged:
+            self._entries[entry.kind][entry.name] = entry
+
+    # -- lookup -------------------------------------------------------------
+
+    def _kind(self, kind: str) -> dict[str, PluginEntry]:
+        if kind not in self._entries:
+            raise PluginError(
+                f"unknown plugin kind {kind!r}; the kinds are {', '.join(KINDS)}."
+                + did_you_mean(kind, KINDS)
+            )
+        return self._entries[kind]
+
+    def names(self, kind: str) -> list[str]:
+        """The registered names of ``kind``, sorted."""
+        return sorted(self._kind(kind))
+
+    def entries(self, kind: str) -> list[PluginEntry]:
+        """The entries of ``kind``, sorted by name."""
+        entries = self._kind(kind)
+        return [entries[n] for n in sorted(entries)]
+
+    def get(self, kind: str, name: str) -> PluginEntry:
+        """The entry for ``name``; an unknown name raises PluginError saying what exists."""
+        entries = self._kind(kind)
+        if name in entries:
+            return entries[name]
+        raise PluginError(self._unknown_message(kind, name))
+
+    def _unknown_message(self, kind: str, name: str) -> str:
+        names = self.names(kind)
+        plural = PLURALS[kind]
+        parts = [f"unknown {kind} '{name}'."]
+        dist = KNOWN_EXTERNAL.get(name) if kind == KNOWN_EXTERNAL_KIND else None
+        failed_dist = dist and next(
+            (e for e in self.load_errors if e.distribution
+             and normalise_distribution(e.distribution) == normalise_distribution(dist)),
+            None,
+        )
+        if failed_dist:
+            parts.append(
+                f"'{name}' is provided by the distribution {dist}, which is installed but"
+                f" failed to load: {failed_dist.error}."
+            )
+        elif dist:
+            parts.append(
+                f"'{name}' is provided by the distribution {dist}: pip install {dist}"
+                f" (or ./plugins/{dist} from a checkout)."
+            )
+        parts.append(f"Registered {plural}: {', '.join(names) if names else '(none)'}.")
+        hint = did_you_mean(name, names).strip()
+        if hint and not dist:
+            parts.append(hint)
+        if self.load_errors and not failed_dist:
+            failed = sorted({e.distribution or e.entry_point for e in self.load_errors})
+            parts.append(
+                f"Some plugins failed to load ({', '.join(failed)}); `draft plugins` lists them."
+            )
+        if self.allow_list is not None:
+            parts.append(
+                f"DRAFT_PLUGINS={','.join(self.allow_list)} limits which third-party"
+                " plugins are loaded."
+            )
+        return " ".join(parts)
+
+    # -- arguments ----------------------------------------------------------
+
+    def check_kwargs(self, kind: str, name: str, kwargs: dict[str, Any]) -> None:
+        """Raise PluginError if ``factory(**kwargs)`` would not bind: unknown or missing arguments."""
+        entry = self.get(kind, name)
+        try:
+            signature = inspect.signature(entry.factory)
+        except (TypeError, ValueError):
+            return  # some C callables have no signature; the call itself will complain
+        params = list(signature.parameters.values())
+        by_keyword = [
+            p for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params)
+        accepted = _describe_params(by_keyword, accepts_any)
+        if not accepts_any:
+            known = [p.name for p in by_keyword]
+            unknown = [k for k in kwargs if k not in known]
+            if unknown:
+                described = ", ".join(
+                    f"'{k}'" + (f" (did you mean '{m}'?)" if (m := closest(k, known)) else "")
+                    for k in unknown
+                )
+                word = "argument" if len(unknown) == 1 else "arguments"
+                raise PluginError(
+                    f"{kind} '{name}' got unknown {word} {described}. {accepted}"
+                )
+        missing = [
+            p.name for p in params
+            if p.default is p.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            and (p.kind is p.POSITIONAL_ONLY or p.name not in kwargs)
+        ]
+        if missing:
+            word = "argument" if len(missing) == 1 else "arguments"
+            raise PluginError(
+                f"{kind} '{name}' is missing required {word}"
+                f" {', '.join(map(repr, missing))}. {accepted}"
+            )
+
+    def build(self, kind: str, name: str, /, **kwargs: Any) -> Any:
+        """``check_kwargs`` then ``factory(**kwargs)``."""
+        self.check_kwargs(kind, name, kwargs)
+        return self.get(kind, name).factory(**kwargs)
+
+    # -- reporting ----------------------------------------------------------
+
+    def describe(self) -> dict[str, list[dict[str, Any]]]:
+        """A JSON-serialisable summary: every name with its provider, and the load errors."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for kind in KINDS:
+            out[PLURALS[kind]] = [
+                {"name": e.name, "plugin": e.plugin,
+                 "distribution": e.distribution, "version": e.version}
+                for e in self.entries(kind)
+            ]
+        out["errors"] = [asdict(e) for e in self.load_errors]
+        return out
+
+
+def _describe_params(params: list[inspect.Parameter], accepts_any: bool) -> str:
+    if not params:
+        return "It accepts any keyword arguments." if accepts_any else "It accepts no arguments."
+    shown = [
+        f"{p.name} (required)" if p.default is p.empty else f"{p.name}={p.default!r}"
+        for p in params
+    ]
+    tail = ", and any other keyword" if accepts_any else ""
+    return f"Accepted arguments: {', '.join(shown)}{tail}."
+
+
+# -- discovery --------------------------------------------------------------
+
+
+def _strict_from_env() -> bool:
+    return os.environ.get("DRAFT_STRICT_PLUGINS", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _allow_list_from_env() -> tuple[str, ...] | None:
+    value = os.environ.get("DRAFT_PLUGINS")
+    if value is None:
+        return None
+    return tuple(n.strip() for n in value.split(",") if n.strip())
+
+
+def _entry_points() -> Iterator[tuple[importlib.metadata.EntryPoint, str, str | None]]:
+    """(entry point, distribution name, version) for group ``draft``, one distribution once.
+
+    The same distribution can appear twice on sys.path (an editable install and
+    its egg-info in the working directory); the first one, as imports see it, wins.
+    """
+    seen: set[str] = set()
+    for dist in importlib.metadata.distributions():
+        try:
+            dist_name = dist.metadata["name"]
+        except KeyError:
+            dist_name = None
+        if not dist_name:
+            continue  # broken metadata: nothing to attribute entry points to
+        key = normalise_distribution(dist_name)
+        if key in seen:
+            continue
+        seen.add(key)
+        eps: Iterable[importlib.metadata.EntryPoint] = dist.entry_points
+        for ep in eps:
+            if ep.group == GROUP:
+                yield ep, dist_name, dist.version
+
+
+def _discover(strict: bool, allow_list: tuple[str, ...] | None) -> Registry:
+    registry = Registry()
+    registry.allow_list = allow_list
+    builtin = normalise_distribution(BUILTIN_DISTRIBUTION)
+    for ep, dist_name, version in _entry_points():
+        if (
+            allow_list is not None
+            and normalise_distribution(dist_name) != builtin
+            and ep.name not in allow_list
+        ):
+            continue
+        try:
+            staged = registry._attach(ep.load(), ep.name, dist_name, version)
+        except Exception as exc:
+            if strict:
+                raise
+            registry.load_errors.append(LoadError(ep.name, dist_name, version, _error_text(exc)))
+            continue
+        # A name provided twice is not one plugin's fault, so it is never
+        # downgraded to a load error: silently picking one would run the wrong code.
+        registry._commit(staged)
+    return registry
+
+
+_cache: tuple[tuple[bool, tuple[str, ...] | None], Registry] | None = None
+
+
+def load_registry(*, strict: bool | None = None, refresh: bool = False) -> Registry:
+    """The registry of every installed plugin, built once per process.
+
+    strict: re-raise the first plugin error (default: ``DRAFT_STRICT_PLUGINS``).
+    refresh: rebuild even if cached. The cache is also rebuilt when the strictness
+    or ``DRAFT_PLUGINS`` changed since it was built.
+    """
+    global _cache
+    key = (_strict_from_env() if strict is None else strict, _allow_list_from_env())
+    if _cache is not None and not refresh and _cache[0] == key:
+        return _cache[1]
+    registry = _discover(*key)
+    _cache = (key, registry)
+    return registry
+
+
+def format_plugins(registry: Registry) -> str:
+    """The table printed by ``draft plugins``, then the load errors if any."""
+    rows = [("KIND", "NAME", "DISTRIBUTION", "PLUGIN")]
+    for kind in KINDS:
+        for e in registry.entries(kind):
+            dist = e.distribution or "-"
+            if e.distribution and e.version:
+                dist = f"{e.distribution}=={e.version}"
+            rows.append((kind, e.name, dist, e.plugin))
+    lines: list[str] = []
+    if len(rows) == 1:
+        lines.append("No plugins registered.")
+    else:
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for r in rows:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+    if registry.load_errors:
+        lines += ["", "Load errors:"]
+        for err in registry.load_errors:
+            where = err.distribution or "-"
+            if err.distribution and err.version:
+                where = f"{err.distribution}=={err.version}"
+            lines.append(f"  {err.entry_point} ({where}): {err.error}")
+    if registry.allow_list is not None:
+        lines += ["", f"DRAFT_PLUGINS={','.join(registry.allow_list)}: other third-party"
+                      " plugins were not loaded."]
+    return "\n".join(lines)

@@ -1,0 +1,20 @@
+"""Built-in rewards, registered through the ``draft`` entry points like any plugin.
+
+JPEG compressibility / incompressibility (kornia's differentiable codec) and
+rotational anti-correlation: none loads weights, so importing is cheap.
+"""
+
+from __future__ import annotations
+
+from draft_core import hookimpl
+from draft_rewards.jpeg import JpegCompressibility, JpegIncompressibility
+from draft_rewards.rotation import RotationAnticorrelation
+
+__all__ = ["JpegCompressibility", "JpegIncompressibility", "RotationAnticorrelation"]
+
+
+@hookimpl
+def register_rewards(register):
+    register("jpeg-compressibility", JpegCompressibility)
+    register("jpeg-incompressibility", JpegIncompressibility)
+    register("rotation-anticorrelation", RotationAnticorrelation)
