@@ -48,8 +48,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.runner import Trainer, build_components
 
     if args.resume:
-        if args.config or args.preset:
-            raise DraftError("--resume continues a run with its own config.yaml; give --set overrides, not a config or --preset.")
+        if args.config or args.preset or args.out:
+            raise DraftError(
+                "--resume continues a run in its own folder with its own config.yaml; give --set overrides, "
+                "not a config, --preset or --out."
+            )
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise DraftError(f"--resume {run_dir}: no config.yaml there; give the folder of an earlier `draft train` run.")
@@ -92,7 +95,10 @@ def _parse_window(text: str | None, steps: int) -> tuple[int, int] | None:
     if text is None:
         return None
     try:
-        start, end = (int(v) if v else d for v, d in zip(text.split(":"), (0, steps)))
+        fields = text.split(":")
+        if len(fields) != 2:
+            raise ValueError(text)
+        start, end = (int(v) if v else d for v, d in zip(fields, (0, steps)))
     except ValueError:
         raise DraftError(f"--lora-steps '{text}' must be START:END step indices (e.g. 0:20 or 30:), with 0 <= START <= END <= {steps}.") from None
     if not 0 <= start <= end <= steps:
@@ -109,6 +115,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from draft_core.plugins import load_registry
     from torchvision.utils import save_image
 
+    for flag, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--steps", args.steps)):
+        if value < 1:
+            raise DraftError(f"{flag} must be a positive integer, got {value}.")
     specs = [LoraSpec.parse(s) for s in args.lora]
     sampler = load_registry().build("sampler", args.sampler, steps=args.steps, guidance_scale=args.guidance)
     window = _parse_window(args.lora_steps, args.steps)

@@ -8,6 +8,8 @@ keyword arguments, checked against its factory's signature by the plugin registr
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +22,28 @@ from draft_core.errors import ConfigError, did_you_mean
 from draft_core.lora import DEFAULT_TARGETS
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e-3 and 4e-4 as floats (YAML 1.2; PyYAML's 1.1 rule wants a dot)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass
@@ -124,14 +148,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None:
             return None
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif isinstance(value, tp):
         return value
-    raise ConfigError(f"config key '{key}' has the value {value!r}, but it must be {_type_name(tp)}.")
+    finite = " (a finite number)" if tp is float else ""
+    raise ConfigError(f"config key '{key}' has the value {value!r}, but it must be {_type_name(tp)}{finite}.")
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -186,7 +211,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"--set '{text}': '{key}' is not a dotted key such as train.steps.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return parts, value
@@ -216,8 +241,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def read_yaml(path: Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config '{path}' is a folder; give a YAML file (or --resume {path} to continue a run).")
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' does not exist.") from None
     except yaml.YAMLError as exc:
@@ -273,8 +301,17 @@ def check_values(c: Config) -> None:
         raise ConfigError(f"config key 'train.betas' must be two numbers in [0, 1), got {c.train.betas}.")
     if c.train.grad_clip is not None and c.train.grad_clip <= 0:
         raise ConfigError(f"config key 'train.grad_clip' must be > 0 or null (no clipping), got {c.train.grad_clip}.")
-    if "{}" not in c.prompts.template:
-        raise ConfigError(f"config key 'prompts.template' must contain '{{}}' where the prompt goes, got {c.prompts.template!r}.")
+    try:
+        ok = "{}" in c.prompts.template and c.prompts.template.format("x")
+    except (IndexError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"config key 'prompts.template' must contain one '{{}}' where the prompt goes and no other "
+            f"braces (write '{{{{' for a literal brace), got {c.prompts.template!r}."
+        )
+    if c.prompts.items is not None and not c.prompts.items:
+        raise ConfigError("config key 'prompts.items' is an empty list; give prompts, or null to use prompts.source.")
     for section in ("sampler", "estimator"):
         if not isinstance(getattr(c, section).get("name"), str):
             raise ConfigError(f"config section '{section}' needs a 'name' (a registered {section}); see `draft plugins`.")
@@ -290,8 +327,14 @@ def check_values(c: Config) -> None:
                 f"arguments under reward.args.<name> (e.g. reward.args.jpeg-compressibility.quality=30)."
             )
         for name, w in weights.items():
-            if isinstance(w, bool) or not isinstance(w, (int, float)):
-                raise ConfigError(f"config key 'reward.weights.{name}' must be a number, got {w!r}.")
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+                raise ConfigError(f"config key 'reward.weights.{name}' must be a finite number, got {w!r}.")
+        args = reward.get("args") or {}
+        if not isinstance(args, dict) or not all(isinstance(v, dict) or v is None for v in args.values()):
+            raise ConfigError(
+                f"config key 'reward.args' must map reward names to their arguments "
+                f"(e.g. {{jpeg-compressibility: {{quality: 30}}}}), got {args!r}."
+            )
     elif not isinstance(reward.get("name"), str):
         raise ConfigError("config section 'reward' needs a 'name' (a registered reward) or 'weights' ({name: weight}).")
 

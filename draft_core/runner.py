@@ -50,7 +50,7 @@ def build_reward(section: dict, registry: Registry):
         if unknown:
             raise ConfigError(f"reward.args names {unknown}, which are not in reward.weights {sorted(section['weights'])}.")
         terms = {
-            name: (registry.build("reward", name, **(args.get(name) or {})), float(w))
+            name: (_construct(registry, "reward", name, args.get(name) or {}, f"reward.args.{name}"), float(w))
             for name, w in section["weights"].items()
         }
         return WeightedReward(terms)
@@ -69,9 +69,20 @@ def build_components(config: Config, registry: Registry | None = None) -> Compon
     return Components(sampler, estimator, reward, prompts)
 
 
-def _build_plugin(registry: Registry, kind: str, section: dict):
+def _build_plugin(registry: Registry, kind: str, section: dict, key: str | None = None):
     name, kwargs = plugin_kwargs(section)
-    return registry.build(kind, name, **kwargs)
+    return _construct(registry, kind, name, kwargs, key or kind)
+
+
+def _construct(registry: Registry, kind: str, name: str, kwargs: dict, key: str):
+    registry.check_kwargs(kind, name, kwargs)
+    try:
+        return registry.build(kind, name, **kwargs)
+    except DraftError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        # A factory rejecting a value is an input error: say which plugin and which arguments.
+        raise ConfigError(f"{kind} '{name}' rejected its arguments {kwargs} (config section '{key}'): {exc}") from exc
 
 
 def lr_factor(decay: str):
@@ -129,7 +140,9 @@ class Trainer:
         self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu)
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
         self.model = load_model(cfg.model.name, device, resolve_dtype(cfg.model.dtype, device), cfg.model.revision)
-        self.params = add_lora(self.model.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
+        with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
+            torch.manual_seed(cfg.train.seed)
+            self.params = add_lora(self.model.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
         if hasattr(self.c.reward, "to"):
             self.c.reward.to(device)
         t = cfg.train

@@ -1,0 +1,24 @@
+"""Every config and preset the project ships validates and resolves its plugins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from draft_core.config import PRESETS_DIR, load_config
+from draft_core.runner import build_components
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_validate(path):
+    build_components(load_config(path))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+def test_presets_validate(name):
+    config = load_config(preset=name)
+    build_components(config)
+    assert config.model.name in ("tiny-random",) or Path(config.model.name).exists() or "/" not in config.model.name
