@@ -7,7 +7,6 @@ gradients of r(x̂0). The n copies go through the UNet and the reward as one bat
 
 from __future__ import annotations
 
-import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from draft_core.errors import ConfigError

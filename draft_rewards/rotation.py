@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from draft_core.images import check_image_batch
+
 
 def rotation_anticorrelation(images: torch.Tensor) -> torch.Tensor:
     """Mean over k = 1, 2, 3 of the per-image mean of ``(x - rot90(x, k))²``.
@@ -22,20 +24,12 @@ def rotation_anticorrelation(images: torch.Tensor) -> torch.Tensor:
     The paper's ``||·||²`` sums over the 3·S·S values; this divides by 3·S·S so values
     compare across resolutions (Adam is invariant to the constant).
     """
-    if not isinstance(images, torch.Tensor):
-        raise ValueError(f"rotation_anticorrelation: images must be a torch.Tensor, got {type(images).__name__}.")
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"rotation_anticorrelation: images must have shape [B, 3, H, W] (RGB in [0, 1]), "
-            f"got {list(images.shape)}."
-        )
+    check_image_batch(images, "rotation_anticorrelation")
     if images.shape[-1] != images.shape[-2]:
         raise ValueError(
             f"rotation_anticorrelation: images must be square (H == W) to be compared with their "
             f"90-degree rotations, got H={images.shape[-2]}, W={images.shape[-1]}."
         )
-    if not images.is_floating_point():
-        raise ValueError(f"rotation_anticorrelation: images must be floating point, got dtype {images.dtype}.")
     # Squared differences of values near 0 lose most of bf16's 8-bit significand.
     x = images if images.dtype == torch.float64 else images.float()
     per_k = [(x - torch.rot90(x, k, dims=(-2, -1))).square().mean(dim=(1, 2, 3)) for k in (1, 2, 3)]

@@ -15,14 +15,10 @@ import yaml
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-import draft_core.models
-import draft_core.models.loading
 from draft_core.cli import main
 from draft_core.config import load_config
 from draft_core.lora import add_lora, save_lora
 from draft_core.models.loading import load_model
-from draft_core.models.pipeline import DiffusionModel
-from model_fixtures import torch_threads
 
 BUILTINS = {
     "samplers": ["ddim"],
@@ -32,30 +28,14 @@ BUILTINS = {
 STEPS, GUIDANCE, SEED = 3, 7.5, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
-    """Run in a scratch folder (train's default run folder is relative), with every installed plugin."""
+    """Run in a scratch folder (train's default run folder is relative)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DRAFT_PLUGINS", raising=False)
-    monkeypatch.delenv("DRAFT_STRICT_PLUGINS", raising=False)
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if anything loads or builds a diffusion model."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before an input error was reported")
-
-    monkeypatch.setattr(draft_core.models.loading, "load_model", refuse)
-    monkeypatch.setattr(draft_core.models, "load_model", refuse)
-    monkeypatch.setattr(DiffusionModel, "__init__", refuse)
 
 
 def run_error(capsys, *argv: str) -> str:

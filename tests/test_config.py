@@ -7,11 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import draft_core.models
-import draft_core.models.loading
 from draft_core.config import Config, load_config, parse_override
 from draft_core.errors import ConfigError, DraftError
-from draft_core.models.pipeline import DiffusionModel
 from draft_core.plugins import load_registry
 from draft_core.prompts import load_prompts
 from draft_core.reward_sum import WeightedReward
@@ -19,7 +16,6 @@ from draft_core.runner import build_components
 from draft_core.samplers.ddim import DDIMSampler
 from draft_estimators import FullBackprop, LowVariance, ReFL, TruncatedBackprop
 from draft_rewards import JpegCompressibility, JpegIncompressibility, RotationAnticorrelation
-from model_fixtures import torch_threads
 
 ANIMALS = (
     "cat dog horse monkey rabbit zebra spider bird sheep deer cow goat lion tiger bear raccoon fox "
@@ -28,29 +24,10 @@ ANIMALS = (
 ).split()  # REFERENCE §1: ddpo-pytorch simple_animals.txt, file order
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
-@pytest.fixture(autouse=True)
-def _builtin_plugins_only(monkeypatch):
-    """The installed plugins as they are, unfiltered by the caller's environment."""
-    monkeypatch.delenv("DRAFT_PLUGINS", raising=False)
-    monkeypatch.delenv("DRAFT_STRICT_PLUGINS", raising=False)
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if anything loads or builds a diffusion model."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded while only the config was being checked")
-
-    monkeypatch.setattr(draft_core.models.loading, "load_model", refuse)
-    monkeypatch.setattr(draft_core.models, "load_model", refuse)
-    monkeypatch.setattr(DiffusionModel, "__init__", refuse)
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:

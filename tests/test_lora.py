@@ -24,7 +24,6 @@ from draft_core.lora import (
 )
 from draft_core.models.tiny import build_tiny_random
 from draft_core.samplers.ddim import DDIMSampler
-from model_fixtures import torch_threads
 
 PROMPTS = ["a cat", "a dog"]
 BLOCK_TARGETS = [
@@ -34,10 +33,6 @@ BLOCK_TARGETS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from draft_core.models import DiffusionModel, load_model
 from draft_core.models.tiny import SD14_SCHEDULER_CONFIG, build_tiny_random, tiny_unet_config
 from draft_core.models.tokenizer import offline_clip_tokenizer
 from draft_core.samplers.ddim import DDIMSampler
-from model_fixtures import torch_threads
 
 PROMPTS = [
     "a cat",
@@ -28,10 +27,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

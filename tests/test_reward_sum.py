@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reward_conformance import RewardConformance
+from draft_core.testing import RewardConformance
 
 from draft_core.protocols import Reward
 from draft_core.reward_sum import WeightedReward

@@ -6,7 +6,7 @@ import numpy as np
 import pluggy
 import pytest
 import torch
-from reward_conformance import RewardConformance
+from draft_core.testing import RewardConformance
 
 import draft_rewards
 from draft_core import hookspecs

@@ -14,7 +14,6 @@ from draft_core import cli
 from draft_core.config import load_config
 from draft_core.errors import DraftError
 from draft_core.runner import Interrupted, Trainer, build_components, lr_factor
-from model_fixtures import torch_threads
 
 FAST = [
     "sampler.steps=3",
@@ -28,10 +27,6 @@ FAST = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 def run_cli(*argv) -> int:

@@ -16,7 +16,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from draft_core.errors import ConfigError
 from draft_core.models.tiny import SD14_SCHEDULER_CONFIG, build_tiny_random
 from draft_core.samplers.ddim import DDIMSampler
-from model_fixtures import tiny_with_lora, torch_threads
+from model_fixtures import tiny_with_lora
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -130,10 +130,6 @@ def assert_grads_equal(a, b, rtol=1e-10, atol=1e-12):
     torch.testing.assert_close(flat_a, flat_b, rtol=rtol, atol=atol)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,7 @@
-"""The checklist every reward passes: subclass ``RewardConformance``, supply ``make_reward``.
+"""Test helpers for plugin authors: the checklist every reward passes.
+
+Subclass ``RewardConformance`` in a test module and supply ``make_reward``
+(``from draft_core.testing import RewardConformance``; needs pytest).
 
 Like diffusers' ``SchedulerCommonTest`` and kornia's per-op checklist (smoke,
 cardinality, exception, gradcheck, device), so a plugin's reward gets the same
@@ -13,7 +16,6 @@ The base class name does not start with ``Test``, so pytest collects only subcla
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
