@@ -128,14 +128,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
         model.to(dtype=resolve_dtype(args.dtype, model.device))
     apply_loras(model.unet, specs)
     prompts = [p for p in args.prompt for _ in range(args.n)]
-    noise = model.make_noise(len(prompts), torch.Generator().manual_seed(args.seed))
+    gen = torch.Generator().manual_seed(args.seed)
+    noise = model.make_noise(len(prompts), gen)  # drawn as a diffusers pipeline draws it
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images = []
     with torch.no_grad():
         for i in range(0, len(prompts), args.batch_size):
             cond = model.encode_prompts(prompts[i : i + args.batch_size])
-            x = sampler.sample(model, cond, noise[i : i + args.batch_size], lora_steps=window)
+            x = sampler.sample(model, cond, noise[i : i + args.batch_size], lora_steps=window, generator=gen)
             images.append(model.decode(x).cpu())
     images = torch.cat(images)
     for i, img in enumerate(images):

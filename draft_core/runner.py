@@ -276,7 +276,7 @@ class Trainer:
         images = []
         for i in range(0, len(prompts), 8):
             cond = self.model.encode_prompts(prompts[i : i + 8])
-            x = self.c.sampler.sample(self.model, cond, noise[i : i + 8])
+            x = self.c.sampler.sample(self.model, cond, noise[i : i + 8], generator=gen)
             images.append(self.model.decode(x))
         return save_grid(torch.cat(images), self.run_dir / "samples" / f"{tag}.png", nrow=t.sample_per_prompt)
 

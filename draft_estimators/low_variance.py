@@ -27,7 +27,7 @@ class LowVariance:
     def __call__(self, inputs: StepInputs) -> EstimatorOutput:
         model, sampler, cond = inputs.model, inputs.sampler, inputs.cond
         last = sampler.num_steps - 1
-        x0 = sampler.sample(model, cond, inputs.noise, grad_from=last)
+        x0 = sampler.sample(model, cond, inputs.noise, grad_from=last, generator=inputs.generator)
         images = model.decode(x0)
         reward = inputs.reward(images, cond.prompts)
         total = reward.sum()

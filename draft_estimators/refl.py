@@ -37,7 +37,9 @@ class ReFL:
         self.check(inputs.sampler)
         t = int(torch.randint(1, self.m + 1, (1,), generator=inputs.generator).item())
         step = inputs.sampler.num_steps - t
-        x0_hat = inputs.sampler.sample(inputs.model, inputs.cond, inputs.noise, grad_from=step, stop_at=step)
+        x0_hat = inputs.sampler.sample(
+            inputs.model, inputs.cond, inputs.noise, grad_from=step, stop_at=step, generator=inputs.generator
+        )
         out = reward_loss(inputs, x0_hat)
         out.logs["refl_t"] = float(t)
         return out

@@ -21,7 +21,7 @@ from draft_core.lora import add_lora, save_lora
 from draft_core.models.loading import load_model
 
 BUILTINS = {
-    "samplers": ["ddim"],
+    "samplers": ["ddim", "ddpm"],
     "estimators": ["draft", "draft-k", "draft-lv", "refl"],
     "rewards": ["jpeg-compressibility", "jpeg-incompressibility", "rotation-anticorrelation"],
 }

@@ -154,3 +154,31 @@ def test_bad_k_and_m_are_clear_errors():
         ReFL(m=30).check(DDIMSampler(steps=20))
     with pytest.raises(ConfigError, match=r"estimator.n must be a non-negative integer, got -1"):
         LowVariance(n=-1)
+
+
+def test_random_truncation_draws_k_in_range_and_matches_fixed_k():
+    model, params = tiny_with_lora(torch.float64)
+    sampler = DDIMSampler(steps=4)
+    inputs = step_inputs(model, sampler, LinearReward((1, 3, 64, 64), torch.float64), PROMPTS)
+    est = TruncatedBackprop(k_range=[2, 3])
+    state = inputs.generator.get_state()
+    drawn = []
+    for _ in range(12):
+        grads, out = grads_of(est, inputs, params)
+        drawn.append(int(out.logs["k"]))
+    assert set(drawn) == {2, 3}
+    # Each draw's gradient is exactly the fixed-K gradient for the K drawn.
+    inputs.generator.set_state(state)
+    grads, out = grads_of(est, inputs, params)
+    fixed, _ = grads_of(TruncatedBackprop(k=int(out.logs["k"])), inputs, params)
+    assert_grads_close(grads, fixed, rtol=1e-12, atol=1e-15)
+
+
+def test_bad_k_range_is_a_clear_error():
+    from draft_core.errors import ConfigError
+
+    for bad in ([3, 2], [0, 2], [1], "1:2"):
+        with pytest.raises(ConfigError, match="k_range must be"):
+            TruncatedBackprop(k_range=bad)
+    with pytest.raises(ConfigError, match="k_range=\\[1, 9\\] exceeds sampler.steps=5"):
+        TruncatedBackprop(k_range=[1, 9]).check(DDIMSampler(steps=5))

@@ -1,0 +1,132 @@
+"""The reverse-process loop every scheduler-based sampler shares, differentiable on demand.
+
+A subclass names its diffusers scheduler and how one step draws noise; this class runs
+the chain with classifier-free guidance and what the gradient estimators need: steps
+before ``grad_from`` run without autograd, later steps with it (optionally checkpointed,
+keeping only each step's input), early exit with the one-step prediction x̂0, and a
+window of steps in which the LoRA is active. Per-step randomness is drawn outside the
+checkpointed function, so recomputation in the backward pass sees the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
+
+from draft_core.errors import ConfigError
+from draft_core.lora import adapters_enabled
+from draft_core.models.pipeline import upcast
+from draft_core.protocols import Conditioning
+
+
+class ChainSampler:
+    """CFG: ε̃ = ε(∅) + g·(ε(c) − ε(∅)), g = guidance_scale (diffusers' convention, the paper's
+    1 + w); g <= 1 disables guidance (one UNet call per step)."""
+
+    scheduler_class: Any = None
+
+    def __init__(self, steps: int = 50, guidance_scale: float = 7.5) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"sampler.steps must be a positive integer, got {steps!r}.")
+        self.num_steps = steps
+        self.guidance_scale = float(guidance_scale)
+        self._cache: tuple[dict, torch.device, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(steps={self.num_steps}, guidance_scale={self.guidance_scale})"
+
+    # -- what a subclass provides ----------------------------------------------------
+    def draw_step_noise(self, x: torch.Tensor, generator: torch.Generator | None) -> Any:
+        """Randomness for one step, drawn before the step runs (None for deterministic steps)."""
+        return None
+
+    def scheduler_step(self, sched, out: torch.Tensor, t: torch.Tensor, x: torch.Tensor, noise: Any):
+        """(x_prev, x̂0) from the scheduler's own step."""
+        raise NotImplementedError
+
+    # -- scheduler ---------------------------------------------------------------------
+    def scheduler(self, model):
+        """The model's scheduler with timesteps set; cached (these steps keep no state)."""
+        key = model.scheduler_config
+        if self._cache is None or self._cache[0] != key or self._cache[1] != model.device:
+            sched = self.scheduler_class.from_config(model.scheduler_config)
+            sched.set_timesteps(self.num_steps, device=model.device)
+            self._cache = (dict(key), model.device, sched)
+        return self._cache[2]
+
+    def timesteps(self, model) -> torch.Tensor:
+        return self.scheduler(model).timesteps
+
+    # -- one step ----------------------------------------------------------------------
+    def _model_output(self, model, sample: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        unet = model.unet
+        x = sample.to(unet.dtype)
+        if self.guidance_scale > 1.0:
+            uncond = cond.uncond.expand(cond.cond.shape[0], -1, -1)
+            out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond.cond])).sample
+            out_u, out_c = upcast(out).chunk(2)
+            return out_u + self.guidance_scale * (out_c - out_u)
+        return upcast(unet(x, t, encoder_hidden_states=cond.cond).sample)
+
+    def _step(self, model, sample, i, cond, lora_on, noise=None):
+        sched = self.scheduler(model)
+        t = sched.timesteps[i]
+        with adapters_enabled(model.unet, lora_on):
+            out = self._model_output(model, sample, t, cond)
+        return self.scheduler_step(sched, out, t, sample, noise)
+
+    def _next(self, model, sample, i, cond, lora_on, noise=None):
+        return self._step(model, sample, i, cond, lora_on, noise)[0]
+
+    # -- the protocol --------------------------------------------------------------------
+    def sample(
+        self,
+        model,
+        cond: Conditioning,
+        noise: torch.Tensor,
+        *,
+        grad_from: int | None = None,
+        stop_at: int | None = None,
+        checkpoint: bool = False,
+        lora_steps: tuple[int, int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        T = self.num_steps
+        for name, value in (("grad_from", grad_from), ("stop_at", stop_at)):
+            if value is not None and not 0 <= value < T:
+                raise ConfigError(f"{name}={value} is outside the {T} sampling steps (0..{T - 1}).")
+        if grad_from is not None and stop_at is not None and stop_at < grad_from:
+            raise ConfigError(f"stop_at={stop_at} comes before grad_from={grad_from}: no step would carry gradient.")
+        sched = self.scheduler(model)
+        x = upcast(noise) * sched.init_noise_sigma
+        for i in range(T):
+            lora_on = lora_steps is None or lora_steps[0] <= i < lora_steps[1]
+            step_noise = self.draw_step_noise(x, generator) if i != stop_at else None
+            differentiable = grad_from is not None and i >= grad_from
+            if not differentiable:
+                with torch.no_grad():
+                    if i == stop_at:
+                        return self._step(model, x, i, cond, lora_on)[1]
+                    x = self._next(model, x, i, cond, lora_on, step_noise)
+                continue
+            if i == grad_from:
+                x = x.detach()  # stop_grad(x_t): the truncation of DRaFT-K / ReFL
+            if i == stop_at:
+                return self._step(model, x, i, cond, lora_on)[1]
+            if checkpoint:
+                # The step sets its own LoRA state, so recomputation in the backward pass
+                # sees the same adapters as the forward did.
+                x = torch_checkpoint(self._next, model, x, i, cond, lora_on, step_noise, use_reentrant=False)
+            else:
+                x = self._next(model, x, i, cond, lora_on, step_noise)
+        return x
+
+    def predict_x0(self, model, sample: torch.Tensor, step: int, cond: Conditioning, lora_on: bool = True) -> torch.Tensor:
+        return self._step(model, upcast(sample), step, cond, lora_on)[1]
+
+    def add_noise(self, model, x0: torch.Tensor, noise: torch.Tensor, step: int) -> torch.Tensor:
+        sched = self.scheduler(model)
+        t = sched.timesteps[step : step + 1].expand(x0.shape[0])
+        return sched.add_noise(upcast(x0), noise.to(x0), t)
