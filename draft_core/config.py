@@ -81,7 +81,7 @@ class TrainSection:
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     sample_every: int = 100  # 0: only before and after training
-    sample_prompts: list[str] | None = None  # default: the first 4 prompts
+    sample_prompts: list[str] | None = None  # default: the first 10 prompts (one grid column each)
     sample_per_prompt: int = 2
     checkpoint_every: int = 100
     keep_checkpoints: int = 2

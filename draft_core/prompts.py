@@ -9,8 +9,9 @@ from draft_core.errors import ConfigError, did_you_mean
 
 ASSETS = Path(__file__).parent / "assets"
 
-# name -> file in assets/. "animals": the 45 common animals of DDPO's aesthetic experiments.
-BUILTIN = {"animals": "animals.txt"}
+# name -> file in assets/. "animals": the 45 common animals of DDPO's aesthetic experiments;
+# "digits": the canonical prompt of each digit for the embedded ``digits`` model.
+BUILTIN = {"animals": "animals.txt", "digits": "digits.txt"}
 
 
 def read_prompt_file(path: Path) -> list[str]:

@@ -269,8 +269,8 @@ class Trainer:
         if not self.acc.is_main_process:
             return None
         t = self.config.train
-        prompts = t.sample_prompts or self.c.prompts[:4]
-        prompts = [p for p in prompts for _ in range(t.sample_per_prompt)]
+        base = t.sample_prompts or self.c.prompts[:10]
+        prompts = [p for _ in range(t.sample_per_prompt) for p in base]  # one row per seed
         gen = torch.Generator().manual_seed(t.seed)  # the same noise in every grid
         noise = self.model.make_noise(len(prompts), gen)
         images = []
@@ -278,7 +278,7 @@ class Trainer:
             cond = self.model.encode_prompts(prompts[i : i + 8])
             x = self.c.sampler.sample(self.model, cond, noise[i : i + 8], generator=gen)
             images.append(self.model.decode(x))
-        return save_grid(torch.cat(images), self.run_dir / "samples" / f"{tag}.png", nrow=t.sample_per_prompt)
+        return save_grid(torch.cat(images), self.run_dir / "samples" / f"{tag}.png", nrow=len(base))
 
     def save(self, rng: dict[str, torch.Tensor] | None = None) -> None:
         """Checkpoint the state after ``self.step`` completed steps (``rng``: that moment's RNG state)."""

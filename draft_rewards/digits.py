@@ -10,14 +10,14 @@ import or construction.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from draft_rewards.jpeg import check_image_batch
+from draft_core.images import check_image_batch
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_WEIGHTS = ASSETS / "digit_classifier.safetensors"

@@ -23,7 +23,7 @@ from draft_core.models.loading import load_model
 BUILTINS = {
     "samplers": ["ddim", "ddpm"],
     "estimators": ["draft", "draft-k", "draft-lv", "refl"],
-    "rewards": ["jpeg-compressibility", "jpeg-incompressibility", "rotation-anticorrelation"],
+    "rewards": ["digit-classifier", "jpeg-compressibility", "jpeg-incompressibility", "rotation-anticorrelation"],
 }
 STEPS, GUIDANCE, SEED = 3, 7.5, 5
 
@@ -158,7 +158,7 @@ def test_train_dry_run_prints_the_resolved_config(capsys, no_model, tmp_path):
 def test_train_dry_run_into_an_empty_out_folder(capsys, no_model, tmp_path):
     (tmp_path / "empty").mkdir()
     assert main(["train", "--preset", "quickstart", "--dry-run", "--out", "empty"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out)["train"]["steps"] == 100
+    assert yaml.safe_load(capsys.readouterr().out)["train"]["steps"] == load_config(preset="quickstart").train.steps
 
 
 # -- draft sample: input errors -----------------------------------------------------------------

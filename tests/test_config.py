@@ -15,7 +15,7 @@ from draft_core.reward_sum import WeightedReward
 from draft_core.runner import build_components
 from draft_core.samplers.ddim import DDIMSampler
 from draft_estimators import FullBackprop, LowVariance, ReFL, TruncatedBackprop
-from draft_rewards import JpegCompressibility, JpegIncompressibility, RotationAnticorrelation
+from draft_rewards import DigitClassifier, JpegCompressibility, JpegIncompressibility, RotationAnticorrelation
 
 ANIMALS = (
     "cat dog horse monkey rabbit zebra spider bird sheep deer cow goat lion tiger bear raccoon fox "
@@ -59,12 +59,12 @@ def test_defaults():
 
 def test_quickstart_preset():
     c = load_config(preset="quickstart")
-    assert c.lora.rank == 4
+    assert c.model.name == "digits" and c.lora.rank == 4
     assert c.sampler == {"name": "ddim", "steps": 20, "guidance_scale": 7.5}
     assert c.estimator == {"name": "draft-lv", "n": 2}
-    assert c.reward == {"name": "jpeg-compressibility", "quality": 50}
-    assert c.prompts.template == "a photo of a {}"
-    assert (c.train.steps, c.train.batch_size, c.train.lr, c.train.checkpoint_every) == (100, 4, 1e-2, 25)
+    assert c.reward == {"name": "digit-classifier", "target": 8}
+    assert c.prompts.source == "digits" and c.prompts.template == "{}"
+    assert (c.train.steps, c.train.batch_size, c.train.lr, c.train.checkpoint_every) == (80, 4, 1e-3, 20)
     assert c.train.weight_decay == Config().train.weight_decay  # not in the preset: the default
 
 
@@ -82,7 +82,7 @@ def test_yaml_file_merges_over_defaults(tmp_path):
 def test_yaml_file_merges_over_a_preset(tmp_path):
     path = write(tmp_path, "train:\n  steps: 3\nestimator:\n  name: draft-k\n  k: 2\n")
     c = load_config(path, preset="quickstart")
-    assert c.train.steps == 3 and c.train.lr == 1e-2
+    assert c.train.steps == 3 and c.train.lr == 1e-3
     assert c.estimator == {"name": "draft-k", "k": 2}  # a named section replaces the preset's
 
 
@@ -133,7 +133,7 @@ def test_set_several_at_once():
 def test_set_overrides_file_and_preset(tmp_path):
     path = write(tmp_path, "train:\n  steps: 5\n  seed: 3\n")
     c = load_config(path, ["train.steps=9"], preset="quickstart")
-    assert (c.train.steps, c.train.seed, c.train.lr) == (9, 3, 1e-2)
+    assert (c.train.steps, c.train.seed, c.train.lr) == (9, 3, 1e-3)
 
 
 def test_later_set_wins():
@@ -307,7 +307,7 @@ def test_reward_weights_must_be_numbers():
 
 def test_reward_weights_and_a_name():
     message = config_error(overrides=["reward.weights={jpeg-compressibility: 1}"], preset="quickstart")
-    assert "'weights'" in message and "'name'" in message and "'quality'" in message and "reward.args" in message
+    assert "'weights'" in message and "'name'" in message and "'target'" in message and "reward.args" in message
 
 
 def test_plugin_section_needs_a_name():
@@ -351,8 +351,8 @@ def test_builds_the_quickstart_components_without_a_model(no_model):
     components = build_components(load_config(preset="quickstart"))
     assert isinstance(components.sampler, DDIMSampler) and components.sampler.num_steps == 20
     assert isinstance(components.estimator, LowVariance) and components.estimator.n == 2
-    assert isinstance(components.reward, JpegCompressibility) and components.reward.quality == 50
-    assert components.prompts[0] == "a photo of a cat" and len(components.prompts) == 45
+    assert isinstance(components.reward, DigitClassifier) and components.reward.target == 8
+    assert components.prompts[0] == "a handwritten digit zero" and len(components.prompts) == 10
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import torch
 from draft_core.testing import RewardConformance
 
 import draft_rewards
+from draft_rewards.digits import DigitClassifier
 from draft_core import hookspecs
 from draft_rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_reconstruction_error
 from draft_rewards.rotation import RotationAnticorrelation, rotation_anticorrelation
@@ -159,7 +160,7 @@ def test_rotation_non_square_raises():
 # -- registration --------------------------------------------------------------------------
 
 
-def test_plugin_registers_the_three_rewards():
+def test_plugin_registers_the_builtin_rewards():
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.register(draft_rewards)
@@ -170,4 +171,5 @@ def test_plugin_registers_the_three_rewards():
         "jpeg-compressibility": JpegCompressibility,
         "jpeg-incompressibility": JpegIncompressibility,
         "rotation-anticorrelation": RotationAnticorrelation,
+        "digit-classifier": DigitClassifier,
     }

@@ -16,6 +16,9 @@ from draft_core.errors import DraftError
 from draft_core.runner import Interrupted, Trainer, build_components, lr_factor
 
 FAST = [
+    "model.name=tiny-random",
+    "reward.name=jpeg-compressibility",
+    "prompts.source=animals",
     "sampler.steps=3",
     "estimator.name=draft-k",
     "estimator.k=2",
@@ -155,7 +158,9 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
         trainer.optimizer.step = capture
         trainer.train()
     assert seen["one"].abs().max() > 0
-    torch.testing.assert_close(seen["two"], seen["one"], rtol=1e-4, atol=1e-5 * seen["one"].abs().max().item())
+    # Batched and unbatched float32 kernels differ by rounding; a wrong accumulation (a sum, or
+    # one micro-batch only) would be off by a factor near 2.
+    torch.testing.assert_close(seen["two"], seen["one"], rtol=1e-3, atol=1e-4 * seen["one"].abs().max().item())
 
 
 def test_sqrt_lr_decay_follows_the_paper():

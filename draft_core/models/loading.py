@@ -36,6 +36,13 @@ def _tiny_random() -> DiffusionModel:
     return build_tiny_random()
 
 
+@embedded("digits")
+def _digits() -> DiffusionModel:
+    from draft_core.models.digits import build_digits
+
+    return build_digits()
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

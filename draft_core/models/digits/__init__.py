@@ -22,7 +22,8 @@ from draft_core.models.pipeline import DiffusionModel
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
-TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
+# The table's state-dict key ends so; transformers 4 prefixes it with "text_model.", 5 does not.
+TOKEN_EMBEDDING = "embeddings.token_embedding.weight"
 # Keys of the compact text-encoder file that replace TOKEN_EMBEDDING.
 KEPT_IDS, KEPT_ROWS = "kept_token_ids", "kept_token_rows"
 
@@ -31,20 +32,30 @@ __all__ = ["WEIGHTS_DIR", "build_digits", "pack_text_encoder_state", "unpack_tex
 
 def pack_text_encoder_state(state: dict[str, torch.Tensor], token_ids: list[int]) -> dict[str, torch.Tensor]:
     """A text encoder's state dict with its token-embedding table cut to the rows ``token_ids``."""
+    key = _table_key(state)
     ids = torch.tensor(sorted(set(token_ids)), dtype=torch.int64)
-    packed = {k: v.contiguous() for k, v in state.items() if k != TOKEN_EMBEDDING}
+    packed = {k: v.contiguous() for k, v in state.items() if k != key}
     packed[KEPT_IDS] = ids
-    packed[KEPT_ROWS] = state[TOKEN_EMBEDDING][ids].contiguous()
+    packed[KEPT_ROWS] = state[key][ids].contiguous()
     return packed
 
 
-def unpack_text_encoder_state(packed: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
-    """Inverse of ``pack_text_encoder_state``: the full table, zeros in the rows not kept."""
+def _table_key(state: dict) -> str:
+    keys = [k for k in state if k.endswith(TOKEN_EMBEDDING)]
+    if len(keys) != 1:
+        raise KeyError(f"expected one key ending in {TOKEN_EMBEDDING!r}, found {keys}")
+    return keys[0]
+
+
+def unpack_text_encoder_state(
+    packed: dict[str, torch.Tensor], vocab_size: int, key: str = TOKEN_EMBEDDING
+) -> dict[str, torch.Tensor]:
+    """Inverse of ``pack_text_encoder_state``: the full table under ``key``, zeros in the rows not kept."""
     state = {k: v for k, v in packed.items() if k not in (KEPT_IDS, KEPT_ROWS)}
     rows = packed[KEPT_ROWS]
     table = torch.zeros(vocab_size, rows.shape[1], dtype=rows.dtype)
     table[packed[KEPT_IDS]] = rows
-    state[TOKEN_EMBEDDING] = table
+    state[key] = table
     return state
 
 
@@ -77,7 +88,8 @@ def build_digits(weights_dir: str | Path = WEIGHTS_DIR) -> DiffusionModel:
         text_encoder = CLIPTextModel(text_config)
     unet.load_state_dict(load_file(str(folder / "unet.safetensors")))
     packed = load_file(str(folder / "text_encoder.safetensors"))
-    text_encoder.load_state_dict(unpack_text_encoder_state(packed, text_config.vocab_size))
+    key = _table_key(text_encoder.state_dict())  # this transformers version's name for the table
+    text_encoder.load_state_dict(unpack_text_encoder_state(packed, text_config.vocab_size, key))
     return DiffusionModel(
         unet=unet.float(),
         text_encoder=text_encoder.float(),

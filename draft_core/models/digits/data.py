@@ -12,6 +12,7 @@ load_digits' raw 8x8 pixels (sklearn is imported only when these functions run).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,9 +37,15 @@ PROMPTS = [f"a handwritten digit {w}" for w in DIGIT_WORDS]
 # unconditional model to push away from.
 EMPTY_PROMPT_RATE = 0.1
 
-# load_digits indices the digit classifier never trains on (its held-out check): the
-# last 297 images, written by people who do not appear earlier in the file order.
-CLASSIFIER_HOLDOUT_START = 1500
+# The digit classifier never trains on every sixth image of load_digits (299 images),
+# its held-out check; spread through the file, they come from the same writers as the rest,
+# as the diffusion model's samples do.
+HOLDOUT_EVERY = 6
+
+
+def classifier_holdout(n: int) -> torch.Tensor:
+    """Boolean mask [n]: True for the images the digit classifier is not trained on."""
+    return torch.arange(n) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
 
 
 def prompt_for(digit: int, phrasing: int = 0) -> str:
@@ -81,7 +88,7 @@ def load_images() -> tuple[torch.Tensor, torch.Tensor]:
 # -- the independent evaluator ---------------------------------------------------------
 
 
-def to_sklearn_pixels(images: torch.Tensor) -> "numpy.ndarray":  # noqa: F821
+def to_sklearn_pixels(images: torch.Tensor) -> np.ndarray:
     """[B, 3, H, W] in [0, 1] (H, W multiples of 8) -> [B, 64] in load_digits' 0..16 range.
 
     Channels are averaged to grey, then each 8x8 cell is the mean of its (H/8)x(W/8) block.
