@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     sa = sub.add_parser("sample", help="generate images, optionally with scaled and mixed LoRAs")
-    sa.add_argument("--model", default="tiny-random", help="embedded model name, diffusers folder, or hub id")
+    sa.add_argument("--model", default="digits", help="embedded model name (digits, tiny-random), diffusers folder, or hub id")
     sa.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     sa.add_argument("--n", type=int, default=4, help="images per prompt")
     sa.add_argument("--seed", type=int, default=0)
