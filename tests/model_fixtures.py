@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from draft_core.lora import add_lora
@@ -46,15 +44,3 @@ def grads_of(estimator, inputs, params):
     out = estimator(inputs)
     out.loss.backward()
     return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params], out
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run a block with n intra-op threads. On shared 2-core machines, two threads fighting a
-    busy neighbour spin-wait; one thread keeps the tiny models' tests fast and steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

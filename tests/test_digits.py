@@ -6,19 +6,12 @@ import json
 
 import pytest
 import torch
-from model_fixtures import torch_threads
 
 from draft_core.models.digits import build_digits, train
 from draft_core.models.digits import data as D
 from draft_core.samplers.ddim import DDIMSampler
 from draft_core.testing import RewardConformance
 from draft_rewards.digits import DigitClassifier, classify
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +160,9 @@ def test_generated_digits_score_highest_for_their_prompt(canonical_samples):
 class TestDigitClassifierConformance(RewardConformance):
     def make_reward(self):
         return DigitClassifier(target=3)
+
+
+def test_digits_prompt_list_is_the_canonical_prompts():
+    from draft_core.prompts import load_prompts
+
+    assert load_prompts("digits") == D.PROMPTS
