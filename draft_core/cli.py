@@ -142,7 +142,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for i, img in enumerate(images):
         save_image(img, out / f"{i:04d}.png")
     save_grid(images, out / "grid.png", nrow=args.n)
-    torch.save(images, out / "images.pt") if args.save_tensor else None
+    if args.save_tensor:
+        torch.save(images, out / "images.pt")
     print(f"wrote {len(images)} images and grid.png to {out}")
     return 0
 

@@ -75,7 +75,6 @@ def _build_plugin(registry: Registry, kind: str, section: dict, key: str | None 
 
 
 def _construct(registry: Registry, kind: str, name: str, kwargs: dict, key: str):
-    registry.check_kwargs(kind, name, kwargs)
     try:
         return registry.build(kind, name, **kwargs)
     except DraftError:

@@ -49,12 +49,14 @@ class ChainSampler:
     # -- scheduler ---------------------------------------------------------------------
     def scheduler(self, model):
         """The model's scheduler with timesteps set; cached (these steps keep no state)."""
-        key = model.scheduler_config
-        if self._cache is None or self._cache[0] != key or self._cache[1] != model.device:
-            sched = self.scheduler_class.from_config(model.scheduler_config)
-            sched.set_timesteps(self.num_steps, device=model.device)
-            self._cache = (dict(key), model.device, sched)
-        return self._cache[2]
+        config = model.scheduler_config
+        cache = self._cache
+        if cache is not None and cache[1] == model.device and (cache[0] is config or cache[0] == config):
+            return cache[2]
+        sched = self.scheduler_class.from_config(config)
+        sched.set_timesteps(self.num_steps, device=model.device)
+        self._cache = (config, model.device, sched)
+        return sched
 
     def timesteps(self, model) -> torch.Tensor:
         return self.scheduler(model).timesteps
