@@ -65,6 +65,7 @@ class Sampler(Protocol):
         checkpoint: bool = False,
         lora_steps: tuple[int, int] | None = None,
         generator: torch.Generator | None = None,
+        trace: list | None = None,
     ) -> torch.Tensor:
         """Sample [B, C, h, w] from ``noise`` (same shape).
 
@@ -72,7 +73,7 @@ class Sampler(Protocol):
         every step without autograd. stop_at: stop at that step and return its one-step
         prediction x̂0 (ReFL). checkpoint: recompute each differentiable step in the
         backward pass, keeping only its input. lora_steps: LoRA active only for steps
-        start <= i < end.
+        start <= i < end. trace: a list to which each step appends (i, its input, detached).
         """
         ...
 

@@ -61,7 +61,13 @@ def build_components(config: Config, registry: Registry | None = None) -> Compon
     """Resolve every name and argument of the config; loads no model weights."""
     registry = registry or load_registry()
     sampler = _build_plugin(registry, "sampler", config.sampler)
-    estimator = _build_plugin(registry, "estimator", config.estimator)
+    section = dict(config.estimator)
+    kl = section.pop("kl", None)  # a wrapper around any estimator, not one of its arguments
+    estimator = _build_plugin(registry, "estimator", section)
+    if kl is not None:
+        from draft_estimators.kl import KLRegularized
+
+        estimator = KLRegularized(estimator, kl)
     reward = build_reward(config.reward, registry)
     if hasattr(estimator, "check"):
         estimator.check(sampler)

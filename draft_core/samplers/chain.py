@@ -94,6 +94,7 @@ class ChainSampler:
         checkpoint: bool = False,
         lora_steps: tuple[int, int] | None = None,
         generator: torch.Generator | None = None,
+        trace: list | None = None,
     ) -> torch.Tensor:
         T = self.num_steps
         for name, value in (("grad_from", grad_from), ("stop_at", stop_at)):
@@ -105,6 +106,8 @@ class ChainSampler:
         x = upcast(noise) * sched.init_noise_sigma
         for i in range(T):
             lora_on = lora_steps is None or lora_steps[0] <= i < lora_steps[1]
+            if trace is not None:
+                trace.append((i, x.detach()))
             step_noise = self.draw_step_noise(x, generator) if i != stop_at else None
             differentiable = grad_from is not None and i >= grad_from
             if not differentiable:
