@@ -75,9 +75,9 @@ def build_components(config: Config, registry: Registry | None = None) -> Compon
     return Components(sampler, estimator, reward, prompts)
 
 
-def _build_plugin(registry: Registry, kind: str, section: dict, key: str | None = None):
+def _build_plugin(registry: Registry, kind: str, section: dict):
     name, kwargs = plugin_kwargs(section)
-    return _construct(registry, kind, name, kwargs, key or kind)
+    return _construct(registry, kind, name, kwargs, kind)
 
 
 def _construct(registry: Registry, kind: str, name: str, kwargs: dict, key: str):

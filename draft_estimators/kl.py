@@ -46,11 +46,7 @@ class KLRegularized:
     def __repr__(self) -> str:
         return f"KLRegularized({self.inner!r}, beta={self.beta})"
 
-    def check(self, sampler) -> None:
-        if hasattr(self.inner, "check"):
-            self.inner.check(sampler)
-
-    def __getattr__(self, name: str) -> Any:  # state_dict / load_state_dict of stateful estimators
+    def __getattr__(self, name: str) -> Any:  # the inner estimator's check, state_dict, ...
         if name == "inner":
             raise AttributeError(name)
         return getattr(self.inner, name)
