@@ -128,10 +128,20 @@ class DigitClassifier(nn.Module):
             raise ValueError(f"DigitClassifier: target must be a digit 0..9, got {target!r}.")
         self.target = target
         self.weights = weights
+        self.net: DigitCNN | None = None  # loaded on the first call
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str] = ()) -> torch.Tensor:
         """images: [B, 3, H, W] in [0, 1], any size. Returns [B] log-probabilities."""
-        return _logits(images, self.weights, "DigitClassifier").log_softmax(dim=-1)[:, self.target]
+        check_image_batch(images, "DigitClassifier")
+        x = images if images.dtype == torch.float64 else images.float()
+        if self.net is None:
+            # The instance's own copy (0.25 MB) of the cached CNN, so that copying this reward
+            # (e.g. for the `dpg` estimator's critic) copies its network too.
+            self.net = _copy_to(_CACHE.get(self.weights, torch.device("cpu"), torch.float32), x.device, x.dtype)
+        param = next(self.net.parameters())
+        if param.device != x.device or param.dtype != x.dtype:
+            self.net.to(device=x.device, dtype=x.dtype)
+        return self.net(classifier_input(x)).log_softmax(dim=-1)[:, self.target]
 
     def extra_repr(self) -> str:
         return f"target={self.target}" + (f", weights={self.weights!r}" if self.weights is not None else "")

@@ -128,6 +128,17 @@ class ChainSampler:
                 x = self._next(model, x, i, cond, lora_on, step_noise)
         return x
 
+    # -- the MDP view of sampling (paper Appendix C.2) ------------------------------------
+    def action(self, model, sample: torch.Tensor, step: int, cond: Conditioning) -> torch.Tensor:
+        """The policy's action at step ``step``: the guided model output (ε̃, or ṽ for v-prediction)."""
+        t = self.scheduler(model).timesteps[step]
+        return self._model_output(model, upcast(sample), t, cond)
+
+    def transition(self, model, sample: torch.Tensor, step: int, action: torch.Tensor, noise: Any = None) -> torch.Tensor:
+        """The next state x_{i+1} from state ``sample`` and ``action``, by the scheduler's own step."""
+        sched = self.scheduler(model)
+        return self.scheduler_step(sched, action, sched.timesteps[step], upcast(sample), noise)[0]
+
     def predict_x0(self, model, sample: torch.Tensor, step: int, cond: Conditioning, lora_on: bool = True) -> torch.Tensor:
         return self._step(model, upcast(sample), step, cond, lora_on)[1]
 

@@ -1,0 +1,217 @@
+"""The `dpg` estimator (paper Appendix C.2): policy gradient by hand, critic training, state."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from draft_core.errors import ConfigError
+from draft_core.samplers import DDPMSampler
+from draft_core.samplers.ddim import DDIMSampler
+from draft_estimators.dpg import DeterministicPolicyGradient
+from model_fixtures import LinearReward, grads_of, step_inputs, tiny_with_lora
+
+PROMPTS = ["a cat", "a dog"]
+
+
+class PooledLinearReward(nn.Module):
+    """A small network reward: a Linear layer on 8x8 average-pooled pixels, then tanh."""
+
+    def __init__(self, dtype=torch.float64, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc = nn.Linear(3 * 8 * 8, 1).to(dtype)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(self.fc.weight.shape, generator=g, dtype=dtype) * 0.3)
+            self.fc.bias.zero_()
+        self.requires_grad_(False)
+
+    def forward(self, images, prompts=()):
+        x = nn.functional.adaptive_avg_pool2d(images, 8).flatten(1)
+        return torch.tanh(self.fc(x.to(self.fc.weight.dtype))).squeeze(1)
+
+
+def _setup(states=3, guidance=3.0, seed=0):
+    model, params = tiny_with_lora(torch.float64)
+    sampler = DDIMSampler(steps=3, guidance_scale=guidance)
+    reward = PooledLinearReward()
+    inputs = step_inputs(model, sampler, reward, PROMPTS, seed=seed)
+    est = DeterministicPolicyGradient(states=states, critic_rank=2, critic_lr=1e-2)
+    return model, params, sampler, reward, inputs, est
+
+
+def _randomise_critic(est, reward, seed=1):
+    est._build_critic(reward)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in est.critic_params:
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.2)
+    for p in est.critic.parameters():
+        p.data = p.data.double()
+
+
+def _guided_eps(model, x, t, cond, scale):
+    """Classifier-free guidance written out: ε(∅) + g (ε(c) − ε(∅))."""
+    eps_u = model.unet(x, t, encoder_hidden_states=cond.uncond.expand(x.shape[0], -1, -1)).sample
+    eps_c = model.unet(x, t, encoder_hidden_states=cond.cond).sample
+    return eps_u + scale * (eps_c - eps_u)
+
+
+def _q_by_hand(model, sampler, critic, cond, state, step, a):
+    """Equation 3 from the DDIM formulas (epsilon prediction), independent of the scheduler's step()."""
+    sched = sampler.scheduler(model)
+    ac = sched.alphas_cumprod.to(torch.float64)
+    ts = sched.timesteps
+    t = int(ts[step])
+    prev = t - sched.config.num_train_timesteps // sampler.num_steps
+    a_t = ac[t]
+    a_prev = ac[prev] if prev >= 0 else sched.final_alpha_cumprod.to(torch.float64)
+    x0 = (state - (1 - a_t).sqrt() * a) / a_t.sqrt()
+    nxt = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * a
+    if step == sampler.num_steps - 1:
+        x0_hat = nxt
+    else:
+        t1 = ts[step + 1]
+        eps = _guided_eps(model, nxt, t1, cond, sampler.guidance_scale)
+        a1 = ac[int(t1)]
+        x0_hat = (nxt - (1 - a1).sqrt() * eps) / a1.sqrt()
+    return critic(model.decode(x0_hat), cond.prompts)
+
+
+def test_policy_gradient_is_grad_a_q_times_dmu_dtheta():
+    model, params, sampler, reward, inputs, est = _setup(states=3)
+    _randomise_critic(est, reward)
+    critic_before = copy.deepcopy(est.critic)
+    grads, out = grads_of(est, inputs, params)
+
+    # By hand: ∇_a Q with the UNet's parameters frozen inside Q, then ⟨g, μ_θ(s)⟩ differentiated in θ.
+    trace = []
+    with torch.no_grad():
+        sampler.sample(model, inputs.cond, inputs.noise, trace=trace)
+    frozen = copy.deepcopy(model)
+    frozen.unet.requires_grad_(False)
+    for p in params:
+        p.grad = None
+    surrogate = 0.0
+    fd_checked = 0
+    for step, state in trace:
+        t = sampler.timesteps(model)[step]
+        action = _guided_eps(model, state, t, inputs.cond, sampler.guidance_scale)
+        a = action.detach().requires_grad_(True)
+        q = _q_by_hand(frozen, sampler, critic_before, inputs.cond, state, step, a)
+        (g,) = torch.autograd.grad(q.sum(), a)
+        if fd_checked < 1:  # ∇_a Q itself against a central difference along a random direction
+            d = torch.randn(a.shape, generator=torch.Generator().manual_seed(step), dtype=a.dtype)
+            with torch.no_grad():
+                h = 1e-5
+                fd = (_q_by_hand(frozen, sampler, critic_before, inputs.cond, state, step, a + h * d).sum()
+                      - _q_by_hand(frozen, sampler, critic_before, inputs.cond, state, step, a - h * d).sum()) / (2 * h)
+            assert fd.item() == pytest.approx((g * d).sum().item(), rel=1e-6)
+            fd_checked += 1
+        surrogate = surrogate - (g * action).flatten(1).sum(1).sum() / len(PROMPTS)
+    (surrogate / len(trace)).backward()
+    by_hand = [p.grad.clone() for p in params]
+    flat = torch.cat([g.flatten() for g in grads])
+    assert flat.abs().max() > 0
+    # diffusers' DDIM step takes square roots of its float32 ᾱ in float32: agreement to ~1e-8
+    # relative in Q, so compare to 1e-5 of the largest entry rather than to float64 precision.
+    torch.testing.assert_close(flat, torch.cat([g.flatten() for g in by_hand]), rtol=1e-5, atol=1e-5 * flat.abs().max().item())
+    assert out.queries == 4 and out.logs["dpg_steps"] == 3
+
+
+def test_no_gradient_reaches_theta_through_the_critics_denoising_step():
+    """Differentiating Q(μ_θ(s)) in θ everywhere (denoiser included) gives another gradient."""
+    model, params, sampler, reward, inputs, est = _setup(states=3)
+    _randomise_critic(est, reward)
+    critic_before = copy.deepcopy(est.critic)
+    grads, _ = grads_of(est, inputs, params)
+    trace = []
+    with torch.no_grad():
+        sampler.sample(model, inputs.cond, inputs.noise, trace=trace)
+    for p in params:
+        p.grad = None
+    total = 0.0
+    for step, state in trace:
+        t = sampler.timesteps(model)[step]
+        action = _guided_eps(model, state, t, inputs.cond, sampler.guidance_scale)
+        total = total - _q_by_hand(model, sampler, critic_before, inputs.cond, state, step, action).sum() / len(PROMPTS)
+    (total / len(trace)).backward()
+    naive = torch.cat([p.grad.flatten() for p in params])
+    ours = torch.cat([g.flatten() for g in grads])
+    assert not torch.allclose(ours, naive, rtol=1e-3), "the denoising step's θ-dependence leaked into the gradient"
+
+
+def test_critic_loss_falls_on_a_fixed_batch():
+    model, params, sampler, reward, inputs, est = _setup(states=1, guidance=1.0)
+    _randomise_critic(est, reward)  # start away from the reward (LoRA B = 0 would start at Q ≈ R)
+    for group in est.optimizer.param_groups:
+        group["lr"] = 5e-4  # small enough for Adam to descend without overshooting
+    losses = []
+    for _ in range(8):
+        inputs.generator.manual_seed(0)  # the same states every time; θ is never updated
+        out = est(inputs)
+        losses.append(out.logs["critic_loss"])
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.2 * losses[0], losses
+
+
+def test_state_dict_round_trip_continues_exactly():
+    def run(est, inputs, n):
+        for _ in range(n):
+            out = est(inputs)
+        return out
+
+    *_, inputs, straight = _setup(states=2)
+    run(straight, inputs, 3)
+    *_, inputs2, first = _setup(states=2)
+    run(first, inputs2, 2)
+    state = first.state_dict()
+    assert any(k.startswith("critic_opt.") for k in state) and any(k.startswith("critic.") for k in state)
+    *_, inputs3, resumed = _setup(states=2)
+    resumed.load_state_dict(state)  # before the critic exists: applied when it is built
+    inputs3.generator.set_state(inputs2.generator.get_state())
+    run(resumed, inputs3, 1)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_dpg_refuses_rewards_without_a_network_and_stochastic_samplers():
+    model, params, sampler, reward, inputs, est = _setup()
+    inputs.reward = LinearReward((1, 3, 64, 64), torch.float64)
+    with pytest.raises(ConfigError, match="not a torch.nn.Module"):
+        est(inputs)
+    with pytest.raises(ConfigError, match="deterministic sampler"):
+        est.check(DDPMSampler(steps=3))
+    with pytest.raises(ConfigError, match="min_step=3"):
+        DeterministicPolicyGradient(min_step=3).check(DDIMSampler(steps=3))
+    with pytest.raises(ConfigError, match="estimator.states"):
+        DeterministicPolicyGradient(states=0)
+
+
+def test_dpg_trains_and_resumes_through_the_runner(tmp_path):
+    from draft_core import cli
+    from safetensors.torch import load_file
+
+    sets = []
+    for o in ["model.name=digits", "reward.name=digit-classifier", "reward.target=8", "sampler.steps=3",
+              "estimator.name=dpg", "estimator.states=1", "train.batch_size=2", "train.lr=0.01",
+              "train.sample_every=0", "train.sample_per_prompt=1", "train.sample_prompts=[a handwritten digit one]",
+              "train.checkpoint_every=1"]:
+        sets += ["--set", o]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert cli.main(["train", "--preset", "quickstart", "--out", str(straight), *sets, "--set", "train.steps=3", "--no-progress"]) == 0
+    assert cli.main(["train", "--preset", "quickstart", "--out", str(split), *sets, "--set", "train.steps=2", "--no-progress"]) == 0
+    assert (split / "checkpoints" / "step-000002" / "extra.safetensors").exists()
+    assert cli.main(["train", "--resume", str(split), "--set", "train.steps=3", "--no-progress"]) == 0
+    a = load_file(straight / "lora" / "pytorch_lora_weights.safetensors")
+    b = load_file(split / "lora" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    import json
+
+    rows = [json.loads(r) for r in (split / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all("critic_loss" in r for r in rows)
