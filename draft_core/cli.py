@@ -106,6 +106,22 @@ def _parse_window(text: str | None, steps: int) -> tuple[int, int] | None:
     return start, end
 
 
+def _learned_sampling(specs, model, sampler):
+    """The learned guidance schedule / negative prompt saved beside the first LoRA that has them."""
+    from draft_core.sampler_params import LearnedSampling
+
+    found = [(s, LearnedSampling.load(s.path.parent if s.path.is_file() else s.path, model.device)) for s in specs]
+    found = [(s, learned) for s, learned in found if learned is not None]
+    if not found:
+        return None
+    spec, learned = found[0]
+    learned.attach(sampler)
+    parts = [p for p, on in (("guidance schedule", learned.guidance), ("negative prompt", learned.negative)) if on is not None]
+    note = f" (ignoring those of {len(found) - 1} other LoRA(s))" if len(found) > 1 else ""
+    print(f"using the learned {' and '.join(parts)} from {spec.path}{note}; --no-learned-sampling turns them off", file=sys.stderr)
+    return learned
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -127,6 +143,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.dtype != "auto":
         model.to(dtype=resolve_dtype(args.dtype, model.device))
     apply_loras(model.unet, specs)
+    learned = None if args.no_learned_sampling else _learned_sampling(specs, model, sampler)
     prompts = [p for p in args.prompt for _ in range(args.n)]
     gen = torch.Generator().manual_seed(args.seed)
     noise = model.make_noise(len(prompts), gen)  # drawn as a diffusers pipeline draws it
@@ -136,6 +153,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     with torch.no_grad():
         for i in range(0, len(prompts), args.batch_size):
             cond = model.encode_prompts(prompts[i : i + args.batch_size])
+            if learned is not None:
+                cond = learned.condition(cond)
             x = sampler.sample(model, cond, noise[i : i + args.batch_size], lora_steps=window, generator=gen)
             images.append(model.decode(x).cpu())
     images = torch.cat(images)
@@ -181,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     sa.add_argument("--save-tensor", action="store_true", help="also write images.pt ([N,3,H,W] float in [0,1])")
     sa.add_argument("--out", default="samples")
+    sa.add_argument("--no-learned-sampling", action="store_true",
+                    help="ignore a learned guidance schedule / negative prompt saved beside the LoRA")
     sa.set_defaults(func=cmd_sample)
     return p
 

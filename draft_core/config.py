@@ -87,6 +87,17 @@ class TrainSection:
     keep_checkpoints: int = 2
 
 
+@dataclass
+class LearnSection:
+    """Sampler hyperparameters trained with the LoRA (paper Appendix B.12)."""
+
+    guidance: bool = False  # a guidance weight per sampling step, from sampler.guidance_scale
+    guidance_lr_mult: float = 50.0  # the schedule's learning rate = train.lr x this
+    negative_prompt: bool = False  # a prompt-dependent negative embedding, MLP(self-attention(e))
+    negative_prompt_lr_mult: float = 1.0
+    negative_prompt_heads: int = 4
+
+
 PLUGIN_SECTIONS = {"sampler": "sampler", "estimator": "estimator", "reward": "reward"}
 
 
@@ -99,6 +110,7 @@ class Config:
     reward: dict[str, Any] = field(default_factory=lambda: {"name": "jpeg-compressibility"})
     prompts: PromptsSection = field(default_factory=PromptsSection)
     train: TrainSection = field(default_factory=TrainSection)
+    learn: LearnSection = field(default_factory=LearnSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -289,10 +301,14 @@ def check_values(c: Config) -> None:
         "train.checkpoint_every": c.train.checkpoint_every,
         "train.keep_checkpoints": c.train.keep_checkpoints,
         "lora.rank": c.lora.rank,
+        "learn.negative_prompt_heads": c.learn.negative_prompt_heads,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"config key '{key}' must be a positive integer, got {value}.")
+    for key in ("guidance_lr_mult", "negative_prompt_lr_mult"):
+        if getattr(c.learn, key) <= 0:
+            raise ConfigError(f"config key 'learn.{key}' must be > 0, got {getattr(c.learn, key)}.")
     if c.train.lr <= 0:
         raise ConfigError(f"config key 'train.lr' must be > 0, got {c.train.lr}.")
     if c.train.sample_every < 0:

@@ -29,6 +29,9 @@ from draft_core.plugins import Registry, load_registry
 from draft_core.prompts import load_prompts
 from draft_core.protocols import StepInputs
 from draft_core.reward_sum import WeightedReward
+from draft_core.sampler_params import LearnedSampling, plot_guidance
+
+LEARNED_PREFIX = "learned_sampling."  # checkpoint keys of the learned sampler hyperparameters
 
 
 class Interrupted(Exception):
@@ -133,6 +136,7 @@ class Trainer:
         self.progress = progress
         self.step = 0
         self.saved_step = -1
+        self.learned: LearnedSampling | None = None
 
     # -- setup ------------------------------------------------------------------
     def setup(self, resume: bool = False) -> None:
@@ -151,7 +155,15 @@ class Trainer:
         if hasattr(self.c.reward, "to"):
             self.c.reward.to(device)
         t = cfg.train
-        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        groups = [{"params": self.params}]
+        with torch.random.fork_rng(devices=[]):  # the negative prompt's initial weights, likewise
+            torch.manual_seed(cfg.train.seed + 1)
+            self.learned = LearnedSampling.from_config(cfg.learn, self.model, self.c.sampler)
+        if self.learned is not None:  # guidance schedule / negative prompt, trained with the LoRA
+            self.learned.attach(self.c.sampler)
+            groups += self.learned.param_groups(t.lr, cfg.learn)
+            self.params = self.params + list(self.learned.parameters())
+        self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(t.lr_decay))
         rank = self.acc.process_index
         # Separate streams, so a change in one consumer (e.g. the estimator) does not shift the others.
@@ -190,8 +202,12 @@ class Trainer:
         self.optimizer.load_state_dict(state.optimizer)
         self.lr_scheduler.load_state_dict(state.lr_scheduler)
         self._set_rng_state(state.rng)
-        if state.extra and hasattr(self.c.estimator, "load_state_dict"):
-            self.c.estimator.load_state_dict(state.extra)
+        extra = dict(state.extra or {})
+        learned = {k[len(LEARNED_PREFIX):]: extra.pop(k) for k in list(extra) if k.startswith(LEARNED_PREFIX)}
+        if learned and self.learned is not None:
+            self.learned.load_state_dict({k: v.to(self.model.device) for k, v in learned.items()})
+        if extra and hasattr(self.c.estimator, "load_state_dict"):
+            self.c.estimator.load_state_dict(extra)
         self.step = self.saved_step = state.step
         # Rows logged after the checkpoint belong to steps that will run again.
         metrics = self.run_dir / "metrics.jsonl"
@@ -213,6 +229,9 @@ class Trainer:
         prompts = [self.c.prompts[i] for i in idx]
         return prompts, self.model.make_noise(b, self.gens["noise"])
 
+    def _condition(self, cond):
+        return cond if self.learned is None else self.learned.condition(cond)
+
     def _sync_gradients(self) -> None:
         if self.acc.num_processes == 1:
             return
@@ -231,7 +250,7 @@ class Trainer:
         queries = 1
         for _ in range(cfg.grad_accum):
             prompts, noise = self._batch()
-            cond = self.model.encode_prompts(prompts)
+            cond = self._condition(self.model.encode_prompts(prompts))
             inputs = StepInputs(self.model, self.c.sampler, self.c.reward, cond, noise, self.gens["estimator"])
             with self.acc.autocast():
                 out = self.c.estimator(inputs)
@@ -280,7 +299,7 @@ class Trainer:
         noise = self.model.make_noise(len(prompts), gen)
         images = []
         for i in range(0, len(prompts), 8):
-            cond = self.model.encode_prompts(prompts[i : i + 8])
+            cond = self._condition(self.model.encode_prompts(prompts[i : i + 8]))
             x = self.c.sampler.sample(self.model, cond, noise[i : i + 8], generator=gen)
             images.append(self.model.decode(x))
         return save_grid(torch.cat(images), self.run_dir / "samples" / f"{tag}.png", nrow=len(base))
@@ -290,17 +309,23 @@ class Trainer:
         if self.step == self.saved_step:
             return
         if self.acc.is_main_process:
-            extra = self.c.estimator.state_dict() if hasattr(self.c.estimator, "state_dict") else None
+            extra = dict(self.c.estimator.state_dict()) if hasattr(self.c.estimator, "state_dict") else {}
+            if self.learned is not None:
+                extra.update({LEARNED_PREFIX + k: v.detach() for k, v in self.learned.state_dict().items()})
             state = TrainingState(
                 step=self.step,
                 lora=lora_state(self.model.unet),
                 optimizer=self.optimizer.state_dict(),
                 lr_scheduler=self.lr_scheduler.state_dict(),
                 rng=rng if rng is not None else self._rng_state(),
-                extra=extra,
+                extra=extra or None,
             )
             save_checkpoint(self.run_dir / "checkpoints", state, keep=self.config.train.keep_checkpoints)
             save_lora(self.model.unet, self.run_dir / "lora")
+            if self.learned is not None:
+                self.learned.save(self.run_dir / "lora")
+                if self.learned.guidance is not None:
+                    plot_guidance(self.learned.guidance, self.run_dir / "guidance_schedule.png", self.title())
             plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png", self.title())
         self.saved_step = self.step
         self.acc.wait_for_everyone()

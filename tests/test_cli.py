@@ -22,7 +22,7 @@ from draft_core.models.loading import load_model
 
 BUILTINS = {
     "samplers": ["ddim", "ddpm"],
-    "estimators": ["draft", "draft-k", "draft-lv", "refl"],
+    "estimators": ["dpg", "draft", "draft-k", "draft-lv", "refl"],
     "rewards": ["digit-classifier", "jpeg-compressibility", "jpeg-incompressibility", "rotation-anticorrelation"],
 }
 STEPS, GUIDANCE, SEED = 3, 7.5, 5
@@ -91,7 +91,7 @@ def test_train_unknown_key(capsys, no_model):
 def test_train_unknown_estimator(capsys, no_model):
     message = run_error(capsys, "train", "--preset", "quickstart", "--set", "estimator.name=draft-kk")
     assert "'draft-kk'" in message
-    assert "Registered estimators: draft, draft-k, draft-lv, refl" in message
+    assert "Registered estimators: dpg, draft, draft-k, draft-lv, refl" in message
     assert "Did you mean 'draft-k'?" in message
 
 

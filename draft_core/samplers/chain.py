@@ -32,6 +32,7 @@ class ChainSampler:
             raise ConfigError(f"sampler.steps must be a positive integer, got {steps!r}.")
         self.num_steps = steps
         self.guidance_scale = float(guidance_scale)
+        self.guidance_schedule = None  # a learned per-step schedule (draft_core.sampler_params), if any
         self._cache: tuple[dict, torch.device, Any] | None = None
 
     def __repr__(self) -> str:
@@ -62,21 +63,30 @@ class ChainSampler:
         return self.scheduler(model).timesteps
 
     # -- one step ----------------------------------------------------------------------
-    def _model_output(self, model, sample: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def guidance_at(self, step: int):
+        """The guidance scale at ``step``: the constant, or the learned schedule's (a tensor)."""
+        if self.guidance_schedule is None:
+            return self.guidance_scale
+        return self.guidance_schedule.at(step, self.num_steps)
+
+    def _model_output(self, model, sample: torch.Tensor, t: torch.Tensor, cond: Conditioning, step: int) -> torch.Tensor:
         unet = model.unet
         x = sample.to(unet.dtype)
-        if self.guidance_scale > 1.0:
-            uncond = cond.uncond.expand(cond.cond.shape[0], -1, -1)
+        scale = self.guidance_at(step)
+        if self.guidance_schedule is not None or scale > 1.0:
+            uncond = cond.uncond.expand(cond.cond.shape[0], -1, -1).to(cond.cond.dtype)
             out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond.cond])).sample
             out_u, out_c = upcast(out).chunk(2)
-            return out_u + self.guidance_scale * (out_c - out_u)
+            if torch.is_tensor(scale):
+                scale = scale.to(out_u.dtype)
+            return out_u + scale * (out_c - out_u)
         return upcast(unet(x, t, encoder_hidden_states=cond.cond).sample)
 
     def _step(self, model, sample, i, cond, lora_on, noise=None):
         sched = self.scheduler(model)
         t = sched.timesteps[i]
         with adapters_enabled(model.unet, lora_on):
-            out = self._model_output(model, sample, t, cond)
+            out = self._model_output(model, sample, t, cond, i)
         return self.scheduler_step(sched, out, t, sample, noise)
 
     def _next(self, model, sample, i, cond, lora_on, noise=None):
@@ -132,7 +142,7 @@ class ChainSampler:
     def action(self, model, sample: torch.Tensor, step: int, cond: Conditioning) -> torch.Tensor:
         """The policy's action at step ``step``: the guided model output (ε̃, or ṽ for v-prediction)."""
         t = self.scheduler(model).timesteps[step]
-        return self._model_output(model, upcast(sample), t, cond)
+        return self._model_output(model, upcast(sample), t, cond, step)
 
     def transition(self, model, sample: torch.Tensor, step: int, action: torch.Tensor, noise: Any = None) -> torch.Tensor:
         """The next state x_{i+1} from state ``sample`` and ``action``, by the scheduler's own step."""
