@@ -139,3 +139,15 @@ def test_preprocessing_matches_weights_transforms(weights):
         worst, mean = grey_levels(PREPROCESS[weights](x), reference, IMAGENET_STD)
         # measured: max 1.0, mean 0.29 grey levels (PIL's uint8 rounding)
         assert worst < 1.5 and mean < 0.5, (name, worst, mean)
+
+
+def test_installed_distribution_registers_adversarial(capsys):
+    """Installed (pip install ./plugins/draft-rewards-adversarial), `adversarial` is listed with its distribution."""
+    from draft_core.cli import main
+    from draft_core.plugins import load_registry
+
+    entry = load_registry(refresh=True).get("reward", "adversarial")
+    assert (entry.distribution, entry.plugin) == ("draft-rewards-adversarial", "adversarial")
+    assert main(["plugins"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.split()[1:2] == ["adversarial"])
+    assert row.split()[0] == "reward" and "draft-rewards-adversarial==" in row

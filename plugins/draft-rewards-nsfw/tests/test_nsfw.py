@@ -135,3 +135,15 @@ def test_preprocessing_matches_feature_extractor():
         worst, mean = grey_levels(CLIP_224(x), reference, CLIP_STD)
         # measured: max 1.03, mean 0.3 grey levels (PIL's uint8 rounding)
         assert worst < 1.5 and mean < 0.5, (name, worst, mean)
+
+
+def test_installed_distribution_registers_nsfw(capsys):
+    """Installed (pip install ./plugins/draft-rewards-nsfw), `nsfw` is listed with its distribution."""
+    from draft_core.cli import main
+    from draft_core.plugins import load_registry
+
+    entry = load_registry(refresh=True).get("reward", "nsfw")
+    assert (entry.distribution, entry.plugin) == ("draft-rewards-nsfw", "nsfw")
+    assert main(["plugins"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.split()[1:2] == ["nsfw"])
+    assert row.split()[0] == "reward" and "draft-rewards-nsfw==" in row

@@ -187,3 +187,28 @@ def test_owlv2_preprocessing_matches_processor(size):
         worst, mean = grey_levels(owlv2_preprocess(x, size), reference, CLIP_STD)
         # measured: max 0.008, mean 0.0001 grey levels (float32 arithmetic)
         assert worst < 0.05 and mean < 0.005, (name, worst, mean)
+
+
+def test_installed_distribution_registers_owlvit(capsys):
+    """Installed (pip install ./plugins/draft-rewards-owlvit), `owlvit` is listed with its distribution."""
+    from draft_core.cli import main
+    from draft_core.plugins import load_registry
+
+    entry = load_registry(refresh=True).get("reward", "owlvit")
+    assert (entry.distribution, entry.plugin) == ("draft-rewards-owlvit", "owlvit")
+    assert main(["plugins"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.split()[1:2] == ["owlvit"])
+    assert row.split()[0] == "reward" and "draft-rewards-owlvit==" in row
+
+
+def test_not_loaded_names_the_distribution(monkeypatch):
+    """Without the plugin (here: filtered out by DRAFT_PLUGINS), the error says what provides it."""
+    from draft_core.errors import PluginError
+    from draft_core.plugins import load_registry
+
+    monkeypatch.setenv("DRAFT_PLUGINS", "")
+    with pytest.raises(PluginError) as info:
+        load_registry(refresh=True).get("reward", "owlvit")
+    assert "'owlvit' is provided by the distribution draft-rewards-owlvit" in str(info.value)
+    monkeypatch.delenv("DRAFT_PLUGINS")
+    load_registry(refresh=True)
