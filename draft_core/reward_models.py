@@ -87,18 +87,23 @@ def offline_note() -> str:
     return "Set HF_HUB_OFFLINE=1 to search only the local cache (no network)."
 
 
-def hub_load_error(what: str, source: str, exc: BaseException, *, files: str) -> ModelLoadError:
+def hub_load_error(
+    what: str, source: str, exc: BaseException, *, files: str, hub_id: str | None = None
+) -> ModelLoadError:
     """The error for a Hugging Face checkpoint that could not be loaded from ``source``.
 
-    files: what a local folder must hold (e.g. ``config.json and model.safetensors``).
+    source: the hub id or local folder tried; hub_id: the checkpoint to suggest downloading
+    (default: ``source``); files: what a local folder must hold (e.g. ``config.json and
+    model.safetensors``).
     """
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hub_id = hub_id or source
     cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
         os.environ.get("HF_HOME", os.path.join("~", ".cache", "huggingface")), "hub"
     )
     return ModelLoadError(
         f"{what}: could not load '{source}' ({first}). Give `path:` a local folder holding"
-        f" {files} (as written by save_pretrained, or `hf download {source} --local-dir DIR`"
-        f" on a machine with network), or put '{source}' in the Hugging Face cache ({cache}). "
+        f" {files} (as written by save_pretrained, or `hf download {hub_id} --local-dir DIR`"
+        f" on a machine with network), or put '{hub_id}' in the Hugging Face cache ({cache}). "
         + offline_note()
     )

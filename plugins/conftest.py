@@ -14,3 +14,10 @@ def _torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _all_plugins(monkeypatch):
+    """Every installed plugin loads, whatever DRAFT_PLUGINS the caller's shell has."""
+    monkeypatch.delenv("DRAFT_PLUGINS", raising=False)
+    monkeypatch.delenv("DRAFT_STRICT_PLUGINS", raising=False)

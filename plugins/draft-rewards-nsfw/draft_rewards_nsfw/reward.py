@@ -80,7 +80,7 @@ class NSFWReward(nn.Module):
         try:
             return StableDiffusionSafetyChecker.from_pretrained(self.source, **kwargs)
         except (OSError, ValueError) as exc:
-            raise hub_load_error("nsfw", self.source, exc, files=_FILES) from exc
+            raise hub_load_error("nsfw", self.source, exc, files=_FILES, hub_id=self.model_id) from exc
 
     def scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The checker's scores, differentiable: ``concept`` [B, 17] (adjustment included),

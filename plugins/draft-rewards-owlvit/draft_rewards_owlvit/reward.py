@@ -124,7 +124,7 @@ class OwlViTReward(nn.Module):
         try:
             net = AutoModelForZeroShotObjectDetection.from_pretrained(self.source)
         except (OSError, ValueError) as exc:
-            raise hub_load_error("owlvit", self.source, exc, files=_FILES) from exc
+            raise hub_load_error("owlvit", self.source, exc, files=_FILES, hub_id=self.model_id) from exc
         if net.config.model_type not in ("owlvit", "owlv2"):
             raise ModelLoadError(
                 f"owlvit: '{self.source}' is a {net.config.model_type} model, not OWL-ViT or OWLv2."
@@ -152,7 +152,7 @@ class OwlViTReward(nn.Module):
             try:
                 processor = AutoProcessor.from_pretrained(self.source)
             except (OSError, ValueError) as exc:
-                raise hub_load_error("owlvit", self.source, exc, files=_FILES) from exc
+                raise hub_load_error("owlvit", self.source, exc, files=_FILES, hub_id=self.model_id) from exc
             tokenizer = processor.tokenizer
             too_long = [q for q in self.queries
                         if len(tokenizer(q)["input_ids"]) > tokenizer.model_max_length]

@@ -146,9 +146,14 @@ def test_images_out_of_range(owlvit_dir):
 # -- weights missing -----------------------------------------------------------------------------
 
 
-def test_path_not_a_folder(tmp_path):
+def test_path_not_a_folder_or_empty(tmp_path):
     with pytest.raises(ModelLoadError, match="not a folder.*config.json.*hf download google/owlvit-base-patch32"):
         OwlViTReward(QUERIES, path=str(tmp_path / "missing"))(torch.rand(1, 3, 8, 8), [])
+    with pytest.raises(ModelLoadError) as info:
+        OwlViTReward(QUERIES, path=str(tmp_path))(torch.rand(1, 3, 8, 8), [])
+    message = str(info.value)
+    assert f"could not load '{tmp_path}'" in message, message
+    assert "hf download google/owlvit-base-patch32 --local-dir" in message, message
 
 
 def test_hub_id_missing_offline(monkeypatch):
@@ -203,12 +208,11 @@ def test_installed_distribution_registers_owlvit(capsys):
 
 def test_not_loaded_names_the_distribution(monkeypatch):
     """Without the plugin (here: filtered out by DRAFT_PLUGINS), the error says what provides it."""
+    from draft_core import plugins
     from draft_core.errors import PluginError
-    from draft_core.plugins import load_registry
 
+    monkeypatch.setattr(plugins, "_cache", None)  # put back afterwards
     monkeypatch.setenv("DRAFT_PLUGINS", "")
     with pytest.raises(PluginError) as info:
-        load_registry(refresh=True).get("reward", "owlvit")
+        plugins.load_registry(refresh=True).get("reward", "owlvit")
     assert "'owlvit' is provided by the distribution draft-rewards-owlvit" in str(info.value)
-    monkeypatch.delenv("DRAFT_PLUGINS")
-    load_registry(refresh=True)
