@@ -216,3 +216,9 @@ def test_not_loaded_names_the_distribution(monkeypatch):
     with pytest.raises(PluginError) as info:
         plugins.load_registry(refresh=True).get("reward", "owlvit")
     assert "'owlvit' is provided by the distribution draft-rewards-owlvit" in str(info.value)
+
+
+@pytest.mark.parametrize("size", [5, 16])  # shrinking (blur, then bilinear) and enlarging
+def test_owlv2_preprocessing_gradients(size):
+    x = torch.rand(1, 3, 12, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: owlv2_preprocess(z, size), (x,))
