@@ -33,9 +33,9 @@ def test_clip_224_matches_clip_image_processor(name):
     img, x = _photo(name)
     ref = proc(images=Image.fromarray(img), return_tensors="pt").pixel_values.double()
     diff = ((CLIP_224(x) - ref) * torch.tensor(CLIP_STD, dtype=torch.float64).view(1, 3, 1, 1)).abs() * 255
-    # PIL rounds to uint8 after resizing: about 0.3 grey levels on average, a few at edges.
+    # PIL rounds to uint8 after resizing (and after its first pass): 0.3 grey levels on average.
     assert diff.mean() < 0.5, float(diff.mean())
-    assert diff.max() < 6, float(diff.max())
+    assert diff.max() < 1.5, float(diff.max())
 
 
 @pytest.mark.parametrize("name", PHOTOS)
@@ -47,7 +47,7 @@ def test_imagenet_v2_matches_torchvision_weights_transforms(name):
     std = torch.tensor(IMAGENET_V2.std, dtype=torch.float64).view(1, 3, 1, 1)
     diff = ((IMAGENET_V2(x) - ref) * std).abs() * 255
     assert diff.mean() < 0.5, float(diff.mean())
-    assert diff.max() < 6, float(diff.max())
+    assert diff.max() < 1.5, float(diff.max())
 
 
 def test_crop_and_pad_geometry():
