@@ -85,6 +85,7 @@ class TrainSection:
     sample_per_prompt: int = 2
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
+    max_nonfinite: int = 5  # stop after this many skipped (non-finite) updates in a row
 
 
 PLUGIN_SECTIONS = {"sampler": "sampler", "estimator": "estimator", "reward": "reward"}
@@ -288,6 +289,7 @@ def check_values(c: Config) -> None:
         "train.sample_per_prompt": c.train.sample_per_prompt,
         "train.checkpoint_every": c.train.checkpoint_every,
         "train.keep_checkpoints": c.train.keep_checkpoints,
+        "train.max_nonfinite": c.train.max_nonfinite,
         "lora.rank": c.lora.rank,
     }
     for key, value in positive.items():
