@@ -160,7 +160,12 @@ class Trainer:
 
         cfg = self.config
         cpu = cfg.model.device == "cpu" or (cfg.model.device == "auto" and not torch.cuda.is_available())
-        self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu)
+        if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"model.device is {cfg.model.device!r}, but this machine has no CUDA GPU; use auto or cpu.")
+        try:
+            self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu)
+        except ValueError as exc:
+            raise ConfigError(f"train.mixed_precision={cfg.train.mixed_precision!r} cannot be used here: {exc}") from None
         n = self.acc.num_processes
         if cfg.train.batch_size % n:
             raise ConfigError(
@@ -224,6 +229,13 @@ class Trainer:
     def _restore(self) -> None:
         from draft_core.checkpoint import CheckpointError
 
+        if latest_checkpoint(self.run_dir / "checkpoints") is None:
+            # Stopped before its first checkpoint: start again from step 0 in the same folder.
+            self.log(f"--resume {self.run_dir}: no checkpoint yet, so the run starts again from step 0")
+            if self.acc.is_main_process:
+                _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+                self.config.dump(self.run_dir / "config.yaml")
+            return
         path, state = load_latest(self.run_dir / "checkpoints", warn=self.log)
         n, rank = self.acc.num_processes, self.acc.process_index
         saved_n = int(state.meta.get("num_processes", 1))
