@@ -167,6 +167,9 @@ class Trainer:
         except ValueError as exc:
             raise ConfigError(f"train.mixed_precision={cfg.train.mixed_precision!r} cannot be used here: {exc}") from None
         n = self.acc.num_processes
+        if self.acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            self.log(f"warning: accelerate is set up for {self.acc.distributed_type.name}, but draft does not shard: "
+                     f"each process holds the whole frozen base and the LoRA is trained data-parallel (README: Training on several GPUs)")
         if cfg.train.batch_size % n:
             raise ConfigError(
                 f"train.batch_size={cfg.train.batch_size} is the global batch, split evenly over the {n} processes; "
