@@ -45,6 +45,7 @@ def _default_run_dir(args: argparse.Namespace) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.config import load_config
+    from draft_core.inputs import check_new_run_dir
     from draft_core.runner import Trainer, build_components
 
     if args.resume:
@@ -62,11 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise DraftError("draft train needs a CONFIG.yaml or --preset NAME (e.g. draft train --preset quickstart).")
         config = load_config(args.config, args.set, preset=args.preset)
         run_dir = Path(args.out) if args.out else _default_run_dir(args)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise DraftError(
-                f"run folder '{run_dir}' already exists and is not empty. Continue it with "
-                f"`draft train --resume {run_dir}`, or choose another --out."
-            )
+        check_new_run_dir(run_dir)
     components = build_components(config)  # every name and argument checked before the model loads
     if args.dry_run:
         import yaml
@@ -207,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from draft_core.inputs import check_argv_text
+
+    try:
+        check_argv_text(sys.argv[1:] if argv is None else argv)
+    except DraftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

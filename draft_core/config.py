@@ -85,6 +85,7 @@ class TrainSection:
     sample_per_prompt: int = 2
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
+    max_nonfinite: int = 5  # stop after this many skipped (non-finite) updates in a row
 
 
 @dataclass
@@ -257,9 +258,13 @@ def read_yaml(path: Path) -> dict:
     if path.is_dir():
         raise ConfigError(f"config '{path}' is a folder; give a YAML file (or --resume {path} to continue a run).")
     try:
-        data = yaml_load(path.read_text())
+        data = yaml_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' does not exist.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 YAML.") from None
+    except OSError as exc:
+        raise ConfigError(f"config file '{path}' cannot be read ({exc.strerror or exc}).") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
     if data is None:
@@ -300,6 +305,7 @@ def check_values(c: Config) -> None:
         "train.sample_per_prompt": c.train.sample_per_prompt,
         "train.checkpoint_every": c.train.checkpoint_every,
         "train.keep_checkpoints": c.train.keep_checkpoints,
+        "train.max_nonfinite": c.train.max_nonfinite,
         "lora.rank": c.lora.rank,
         "learn.negative_prompt_heads": c.learn.negative_prompt_heads,
     }
@@ -326,6 +332,15 @@ def check_values(c: Config) -> None:
             f"config key 'prompts.template' must contain one '{{}}' where the prompt goes and no other "
             f"braces (write '{{{{' for a literal brace), got {c.prompts.template!r}."
         )
+    if not c.lora.targets:
+        raise ConfigError("config key 'lora.targets' is an empty list; name the layers to adapt (e.g. [to_q, to_k, to_v, to_out.0]).")
+    if c.model.device != "auto":
+        import torch
+
+        try:
+            torch.device(c.model.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"config key 'model.device' is {c.model.device!r}; give auto, cpu, cuda or cuda:N.") from None
     if c.prompts.items is not None and not c.prompts.items:
         raise ConfigError("config key 'prompts.items' is an empty list; give prompts, or null to use prompts.source.")
     for section in ("sampler", "estimator"):

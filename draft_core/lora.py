@@ -135,7 +135,13 @@ def apply_loras(unet: torch.nn.Module, specs: Sequence[LoraSpec]) -> list[str]:
         is_file = spec.path.is_file()
         folder = spec.path.parent if is_file else spec.path
         weight_name = spec.path.name if is_file else WEIGHT_NAME
-        unet.load_lora_adapter(str(folder), prefix="unet", adapter_name=name, weight_name=weight_name)
+        if is_file and spec.path.suffix != ".safetensors":
+            from draft_core.checkpoint import safe_torch_load  # a pickle with arbitrary objects is refused
+
+            state = safe_torch_load(spec.path)
+            unet.load_lora_adapter(state, prefix="unet", adapter_name=name)
+        else:
+            unet.load_lora_adapter(str(folder), prefix="unet", adapter_name=name, weight_name=weight_name)
         names.append(name)
     if names:
         unet.set_adapters(names, weights=[s.scale for s in specs])

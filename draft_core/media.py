@@ -37,7 +37,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 def plot_reward_curve(metrics_path: Path, out: Path, title: str = "") -> Path | None:
     """Reward mean ± std per step, with a moving average; None when there is nothing to plot."""
-    rows = read_metrics(metrics_path)
+    rows = [r for r in read_metrics(metrics_path) if isinstance(r.get("reward_mean"), (int, float))]  # not skipped steps
     if not rows:
         return None
     import matplotlib

@@ -16,7 +16,12 @@ BUILTIN = {"animals": "animals.txt", "digits": "digits.txt"}
 
 def read_prompt_file(path: Path) -> list[str]:
     """One prompt per line; blank lines and lines starting with '#' are skipped."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"prompt file '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8, one prompt per line.") from None
+    except OSError as exc:
+        raise ConfigError(f"prompt file '{path}' cannot be read ({exc.strerror or exc}).") from None
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 

@@ -13,16 +13,20 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from draft_core.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
+from draft_core.checkpoint import TrainingState, latest_checkpoint, load_latest, replace_folder, save_checkpoint
 from draft_core.config import Config, plugin_kwargs
 from draft_core.errors import ConfigError, DraftError
+from draft_core.faults import (
+    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, PeerFailed, RewardPluginError, Source, nonfinite_message,
+    reward_source, where,
+)
 from draft_core.lora import add_lora, load_lora_state, lora_state, save_lora
 from draft_core.media import plot_reward_curve, save_before_after, save_grid
 from draft_core.plugins import Registry, load_registry
@@ -44,6 +48,7 @@ class Components:
     estimator: Any
     reward: Any
     prompts: list[str]
+    sources: list[tuple[Any, Source]] = field(default_factory=list)  # (reward term, who provides it)
 
 
 def build_reward(section: dict, registry: Registry):
@@ -75,7 +80,12 @@ def build_components(config: Config, registry: Registry | None = None) -> Compon
     if hasattr(estimator, "check"):
         estimator.check(sampler)
     prompts = load_prompts(config.prompts.source, config.prompts.items, config.prompts.template)
-    return Components(sampler, estimator, reward, prompts)
+    terms = {n: r for n, (r, _) in reward.terms.items()} if isinstance(reward, WeightedReward) else {config.reward["name"]: reward}
+    sources = []
+    for name, term in terms.items():
+        e = registry.get("reward", name)
+        sources.append((term, Source(name, e.plugin, e.distribution, e.version)))
+    return Components(sampler, estimator, reward, prompts, sources)
 
 
 def _build_plugin(registry: Registry, kind: str, section: dict):
@@ -127,7 +137,13 @@ class _StopRequest:
 
 
 class Trainer:
-    """setup() loads everything, train() runs the loop; state is checkpointed every N steps."""
+    """setup() loads everything, train() runs the loop; state is checkpointed every N steps.
+
+    Data parallel (``torchrun``/``accelerate launch``): ``train.batch_size`` is the global
+    batch. Every process draws the same prompts and noise for the whole batch and takes its
+    own slice, so N processes see exactly the samples one process would; gradients are
+    averaged with one all-reduce per step. Only the main process writes the run folder.
+    """
 
     def __init__(self, config: Config, run_dir: Path, components: Components, *, progress: bool = True) -> None:
         self.config = config
@@ -137,6 +153,8 @@ class Trainer:
         self.step = 0
         self.saved_step = -1
         self.learned: LearnedSampling | None = None
+        self.nonfinite = NonFiniteCounter(config.train.max_nonfinite)
+        self._agreed = False  # the failure being raised was agreed by every process
 
     # -- setup ------------------------------------------------------------------
     def setup(self, resume: bool = False) -> None:
@@ -146,7 +164,21 @@ class Trainer:
 
         cfg = self.config
         cpu = cfg.model.device == "cpu" or (cfg.model.device == "auto" and not torch.cuda.is_available())
-        self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu)
+        if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"model.device is {cfg.model.device!r}, but this machine has no CUDA GPU; use auto or cpu.")
+        try:
+            self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu)
+        except ValueError as exc:
+            raise ConfigError(f"train.mixed_precision={cfg.train.mixed_precision!r} cannot be used here: {exc}") from None
+        n = self.acc.num_processes
+        if self.acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            self.log(f"warning: accelerate is set up for {self.acc.distributed_type.name}, but draft does not shard: "
+                     f"each process holds the whole frozen base and the LoRA is trained data-parallel (README: Training on several GPUs)")
+        if cfg.train.batch_size % n:
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} is the global batch, split evenly over the {n} processes; "
+                f"give a multiple of {n}."
+            )
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
         self.model = load_model(cfg.model.name, device, resolve_dtype(cfg.model.dtype, device), cfg.model.revision)
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
@@ -167,15 +199,19 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(t.lr_decay))
         rank = self.acc.process_index
         # Separate streams, so a change in one consumer (e.g. the estimator) does not shift the others.
+        # Prompts and noise are drawn for the global batch, identically on every process; the
+        # estimator's own randomness is independent per process.
         self.gens = {
-            name: torch.Generator().manual_seed(t.seed * 1000 + offset + 7919 * rank)
+            name: torch.Generator().manual_seed(t.seed * 1000 + offset + (7919 * rank if name == "estimator" else 0))
             for offset, name in enumerate(("data", "noise", "estimator"))
         }
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._restore()
         elif self.acc.is_main_process:
             self.config.dump(self.run_dir / "config.yaml")
+        self.acc.wait_for_everyone()
 
     def _rng_state(self) -> dict[str, torch.Tensor]:
         state = {f"gen_{k}": g.get_state() for k, g in self.gens.items()}
@@ -193,72 +229,140 @@ class Trainer:
         if cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda)
 
+    def _all_rng_states(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every process's RNG state (a collective): process 0's keys as they are, process r's as ``rank{r}/KEY``."""
+        if self.acc.num_processes == 1:
+            return local
+        from accelerate.utils import gather_object
+
+        states = gather_object([local])
+        merged = dict(states[0])
+        for r, s in enumerate(states[1:], start=1):
+            merged.update({f"rank{r}/{k}": v for k, v in s.items()})
+        return merged
+
     def _restore(self) -> None:
-        path = latest_checkpoint(self.run_dir / "checkpoints")
-        if path is None:
-            raise DraftError(f"--resume {self.run_dir}: no checkpoint in {self.run_dir / 'checkpoints'} to resume from.")
-        state = load_checkpoint(path)
+        from draft_core.checkpoint import CheckpointError
+
+        if latest_checkpoint(self.run_dir / "checkpoints") is None:
+            # Stopped before its first checkpoint: start again from step 0 in the same folder.
+            self.log(f"--resume {self.run_dir}: no checkpoint yet, so the run starts again from step 0")
+            if self.acc.is_main_process:
+                _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+                self.config.dump(self.run_dir / "config.yaml")
+            return
+        path, state = load_latest(self.run_dir / "checkpoints", warn=self.log)
+        n, rank = self.acc.num_processes, self.acc.process_index
+        saved_n = int(state.meta.get("num_processes", 1))
+        if saved_n != n:
+            raise CheckpointError(
+                f"--resume {self.run_dir}: the checkpoint was written by {saved_n} process(es), this run has {n}. "
+                f"Resume with {saved_n} (each process's random stream is in the checkpoint)."
+            )
         load_lora_state(self.model.unet, {k: v.to(self.model.device) for k, v in state.lora.items()})
         self.optimizer.load_state_dict(state.optimizer)
         self.lr_scheduler.load_state_dict(state.lr_scheduler)
-        self._set_rng_state(state.rng)
+        prefix = f"rank{rank}/"
+        rng = state.rng if rank == 0 else {k[len(prefix):]: v for k, v in state.rng.items() if k.startswith(prefix)}
+        self._set_rng_state(rng)
         extra = dict(state.extra or {})
         learned = {k[len(LEARNED_PREFIX):]: extra.pop(k) for k in list(extra) if k.startswith(LEARNED_PREFIX)}
         if learned and self.learned is not None:
             self.learned.load_state_dict({k: v.to(self.model.device) for k, v in learned.items()})
         if extra and hasattr(self.c.estimator, "load_state_dict"):
             self.c.estimator.load_state_dict(extra)
+        self.nonfinite.load(state.meta)
         self.step = self.saved_step = state.step
-        # Rows logged after the checkpoint belong to steps that will run again.
-        metrics = self.run_dir / "metrics.jsonl"
-        if metrics.exists():
-            rows = [r for r in metrics.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= state.step]
-            metrics.write_text("".join(r + "\n" for r in rows))
         if self.acc.is_main_process:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", state.step)
             self.config.dump(self.run_dir / "config.yaml")
         self.log(f"resumed from {path} (step {state.step})")
 
     def log(self, message: str) -> None:
         if self.acc.is_main_process:
-            tqdm.write(f"[draft] {message}", file=sys.stderr)
+            tqdm.write(message if message.startswith("[draft]") else f"[draft] {message}", file=sys.stderr)
 
     # -- pieces of a step ---------------------------------------------------------
     def _batch(self) -> tuple[list[str], torch.Tensor]:
-        b = self.config.train.batch_size
-        idx = torch.randint(len(self.c.prompts), (b,), generator=self.gens["data"]).tolist()
-        prompts = [self.c.prompts[i] for i in idx]
-        return prompts, self.model.make_noise(b, self.gens["noise"])
+        """This process's slice of the global batch (the same prompts and noise on every process)."""
+        n, rank = self.acc.num_processes, self.acc.process_index
+        B = self.config.train.batch_size
+        b = B // n
+        idx = torch.randint(len(self.c.prompts), (B,), generator=self.gens["data"]).tolist()[rank * b : (rank + 1) * b]
+        noise = self.model.make_noise(B, self.gens["noise"])[rank * b : (rank + 1) * b]
+        return [self.c.prompts[i] for i in idx], noise
 
     def _condition(self, cond):
         return cond if self.learned is None else self.learned.condition(cond)
 
-    def _sync_gradients(self) -> None:
+    def _reduce(self, scalars: list[float]) -> list[float]:
+        """Average the gradients and ``scalars`` over processes in one all-reduce."""
         if self.acc.num_processes == 1:
-            return
+            return scalars
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = self.acc.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+        flat = torch.cat([g.flatten() for g in grads] + [torch.tensor(scalars, dtype=grads[0].dtype, device=grads[0].device)])
+        flat = self.acc.reduce(flat, reduction="mean")
         offset = 0
         for p in self.params:
             n = p.numel()
             p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
+        return flat[offset:].tolist()
+
+    def _any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any process (a collective when there are several)."""
+        if self.acc.num_processes == 1:
+            return flag
+        return bool(self.acc.reduce(torch.tensor([float(flag)], device=self.acc.device), reduction="sum").item() > 0)
+
+    def _failure(self, error: BaseException | None) -> BaseException:
+        """The exception to raise once every process knows that one of them failed."""
+        self._agreed = True
+        if error is None:
+            return PeerFailed(f"another process failed during step {self.step + 1} (its error is in its log); all processes stopped.")
+        if isinstance(error, DraftError):
+            return error
+        src = reward_source(error, self.c.sources)
+        if src is None:
+            return error
+        kept = (f"the state after step {self.step} (the last completed step) is checkpointed" if self.step
+                else "no step had completed, so there is no checkpoint")
+        err = RewardPluginError(
+            f"step {self.step + 1}: {src.describe()} raised {type(error).__name__}: {error} (at {where(error)}). "
+            f"The run stopped; {kept}. Fix or update that plugin, then continue with "
+            f"`draft train --resume {self.run_dir}`."
+        )
+        err.__cause__ = error
+        return err
+
+    def _reward_name(self) -> str:
+        return " + ".join(src.describe() for _, src in self.c.sources) or repr(self.c.reward)
 
     def train_step(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         cfg = self.config.train
         rewards, losses, logs = [], [], {}
         queries = 1
+        bad_reward = bad_loss = False
+        error: BaseException | None = None
         for _ in range(cfg.grad_accum):
             prompts, noise = self._batch()
             cond = self._condition(self.model.encode_prompts(prompts))
             inputs = StepInputs(self.model, self.c.sampler, self.c.reward, cond, noise, self.gens["estimator"])
-            with self.acc.autocast():
-                out = self.c.estimator(inputs)
+            try:
+                with self.acc.autocast():
+                    out = self.c.estimator(inputs)
+            except Interrupted:
+                raise
+            except Exception as exc:  # decided on below, together with the other processes
+                error = exc
+                break
+            if not torch.isfinite(out.reward).all():
+                bad_reward = True
+                break
             if not torch.isfinite(out.loss):
-                raise DraftError(
-                    f"the loss became {out.loss.item()} at step {self.step + 1}. The last checkpoint is kept; "
-                    f"lower train.lr or set train.grad_clip, then resume with `draft train --resume {self.run_dir}`."
-                )
+                bad_loss = True
+                break
             (out.loss / cfg.grad_accum).backward()
             rewards.append(out.reward.float())
             losses.append(out.loss.item())
@@ -267,20 +371,45 @@ class Trainer:
                 logs[k] = logs.get(k, 0.0) + v / cfg.grad_accum
             for k, v in getattr(self.c.reward, "last_terms", {}).items():
                 logs[f"reward/{k}"] = logs.get(f"reward/{k}", 0.0) + v.float().mean().item() / cfg.grad_accum
-        self._sync_gradients()
+        local_loss = sum(losses) / len(losses) if losses else 0.0
+        loss, any_error, any_bad_reward, any_bad_loss = self._reduce(
+            [local_loss, float(error is not None), float(bad_reward), float(bad_loss)]
+        )
+        if any_error > 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise self._failure(error)
+        lr = self.optimizer.param_groups[0]["lr"]
+        skipped = None
+        if any_bad_reward > 0:
+            skipped = (REWARD, "non-finite reward values (NaN or inf)")
+        elif any_bad_loss > 0:
+            skipped = (ESTIMATOR, "a non-finite loss")
+        elif not all(torch.isfinite(p.grad).all() for p in self.params if p.grad is not None):
+            skipped = (ESTIMATOR, "non-finite gradients")
+        self.step += 1
+        if skipped:
+            # No update: the LoRA, the optimiser and the LR schedule stay as they were.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite.skip(self.step, skipped[0])
+            self.skipped = skipped
+            self.log(f"step {self.step}: {skipped[0]} produced {skipped[1]}; update skipped "
+                     f"({self.nonfinite.streak} in a row, {self.nonfinite.total} in this run)")
+            return {
+                "step": self.step, "skipped": skipped[0], "reason": skipped[1], "reward_mean": None,
+                "nonfinite_total": self.nonfinite.total, "lr": lr, "seconds": time.perf_counter() - t0,
+            }
+        self.nonfinite.ok()
         clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         reward = self.acc.gather(torch.cat(rewards))
-        self.step += 1
         return {
             "step": self.step,
             "reward_mean": reward.mean().item(),
             "reward_std": reward.std().item() if reward.numel() > 1 else 0.0,
-            "loss": sum(losses) / len(losses),
+            "loss": loss,
             "grad_norm": grad_norm,
             "lr": lr,
             "seconds": time.perf_counter() - t0,
@@ -305,9 +434,11 @@ class Trainer:
         return save_grid(torch.cat(images), self.run_dir / "samples" / f"{tag}.png", nrow=len(base))
 
     def save(self, rng: dict[str, torch.Tensor] | None = None) -> None:
-        """Checkpoint the state after ``self.step`` completed steps (``rng``: that moment's RNG state)."""
+        """Checkpoint the state after ``self.step`` completed steps (``rng``: that moment's RNG
+        state). Every process calls it at the same step; only the main one writes."""
         if self.step == self.saved_step:
             return
+        rng = self._all_rng_states(rng if rng is not None else self._rng_state())
         if self.acc.is_main_process:
             extra = dict(self.c.estimator.state_dict()) if hasattr(self.c.estimator, "state_dict") else {}
             if self.learned is not None:
@@ -317,22 +448,36 @@ class Trainer:
                 lora=lora_state(self.model.unet),
                 optimizer=self.optimizer.state_dict(),
                 lr_scheduler=self.lr_scheduler.state_dict(),
-                rng=rng if rng is not None else self._rng_state(),
+                rng=rng,
                 extra=extra or None,
+                meta={"num_processes": self.acc.num_processes, **self.nonfinite.state()},
             )
             save_checkpoint(self.run_dir / "checkpoints", state, keep=self.config.train.keep_checkpoints)
-            save_lora(self.model.unet, self.run_dir / "lora")
-            if self.learned is not None:
-                self.learned.save(self.run_dir / "lora")
-                if self.learned.guidance is not None:
-                    plot_guidance(self.learned.guidance, self.run_dir / "guidance_schedule.png", self.title())
+            replace_folder(self._write_lora_folder, self.run_dir / "lora")
+            if self.learned is not None and self.learned.guidance is not None:
+                plot_guidance(self.learned.guidance, self.run_dir / "guidance_schedule.png", self.title())
             plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png", self.title())
         self.saved_step = self.step
         self.acc.wait_for_everyone()
 
+    def _write_lora_folder(self, folder: Path) -> None:
+        """The LoRA (diffusers format) and any learned sampler hyperparameters beside it."""
+        save_lora(self.model.unet, folder)
+        if self.learned is not None:
+            self.learned.save(folder)
+
     def title(self) -> str:
         reward = self.config.reward.get("name") or "+".join(self.config.reward.get("weights", {}))
         return f"{self.config.estimator['name']} on {reward} ({self.config.model.name})"
+
+    def _stop_for_nonfinite(self) -> NonFiniteStop:
+        component, what = self.skipped
+        source = self._reward_name() if component == REWARD else repr(self.c.estimator)
+        self._agreed = True
+        return NonFiniteStop(nonfinite_message(
+            self.step, component, what, self.nonfinite, source,
+            latest_checkpoint(self.run_dir / "checkpoints"), self.run_dir,
+        ))
 
     # -- the loop -----------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -346,33 +491,44 @@ class Trainer:
         metrics = open(self.run_dir / "metrics.jsonl", "a") if self.acc.is_main_process else None
         rng_done = self._rng_state()  # the RNG state right after the last completed step
         last: dict[str, Any] = {}
+        self._agreed = False
         try:
             with _StopRequest() as stop:
                 while self.step < cfg.steps:
-                    last = self.train_step()
+                    row = self.train_step()
                     rng_done = self._rng_state()
                     if metrics:
-                        metrics.write(json.dumps(last) + "\n")
+                        metrics.write(json.dumps(row) + "\n")
                         metrics.flush()
                     bar.update(1)
-                    bar.set_postfix(reward=f"{last['reward_mean']:.4g}", s_per_step=f"{last['seconds']:.2f}")
+                    if "skipped" in row:
+                        if self.nonfinite.exhausted():
+                            raise self._stop_for_nonfinite()
+                    else:
+                        last = row
+                        bar.set_postfix(reward=f"{row['reward_mean']:.4g}", s_per_step=f"{row['seconds']:.2f}")
                     if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
                         self.sample_grid(f"step-{self.step:06d}")
                     if self.step % cfg.checkpoint_every == 0:
                         self.save()
-                    if stop.signal:
-                        raise Interrupted(stop.signal)
+                    if self._any(stop.signal is not None):  # every process stops at the same step
+                        self._agreed = True
+                        raise Interrupted(stop.signal or "a signal to another process")
+        except NonFiniteStop:
+            bar.close()
+            raise  # the last checkpoint stays as it was
         except (Interrupted, KeyboardInterrupt) as exc:
             bar.close()
             # The state is that of the last completed step, with the RNG as it was then, so a
             # resumed run repeats the interrupted step exactly.
-            self.save(rng=rng_done)
-            self.log(f"interrupted ({exc or 'SIGINT'}) after step {self.step}; checkpoint kept. "
-                     f"Resume with: draft train --resume {self.run_dir}")
+            if self._save_is_safe():
+                self.save(rng=rng_done)
+                self.log(f"interrupted ({exc or 'SIGINT'}) after step {self.step}; checkpoint kept. "
+                         f"Resume with: draft train --resume {self.run_dir}")
             raise
         except BaseException:
             bar.close()
-            if self.step > 0:
+            if self.step > 0 and self._save_is_safe():
                 self.save(rng=rng_done)
                 self.log(f"failed after step {self.step}; checkpoint kept. Resume with: draft train --resume {self.run_dir}")
             raise
@@ -386,3 +542,29 @@ class Trainer:
             save_before_after(self.run_dir / "samples" / "step-000000.png", final, self.run_dir / "samples" / "before_after.png")
             plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png", self.title())
         return last
+
+    def _save_is_safe(self) -> bool:
+        """A checkpoint is a collective: with several processes, write one only when every
+        process stopped at the same agreed point; otherwise the last periodic one is kept."""
+        if self.acc.num_processes == 1 or self._agreed:
+            return True
+        latest = latest_checkpoint(self.run_dir / "checkpoints")
+        self.log(f"stopped outside a synchronised point, so no new checkpoint; the last one ({latest}) is kept.")
+        return False
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows after ``step`` (they will run again) and a row cut short by a kill."""
+    if not path.exists():
+        return
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            rows.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(r + "\n" for r in rows))
+    tmp.replace(path)

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 from draft_core import cli
 from draft_core.config import load_config
-from draft_core.errors import DraftError
 from draft_core.runner import Interrupted, Trainer, build_components, lr_factor
 
 FAST = [
@@ -131,15 +130,6 @@ def test_failure_or_interrupt_keeps_work_and_resumes_exactly(tmp_path, how):
     assert run_cli("--resume", str(out)) == 0
     assert_same_lora(lora_of(tmp_path / "ref"), lora_of(out))
     assert [r["step"] for r in metrics_of(out)] == [1, 2, 3, 4]
-
-
-def test_non_finite_loss_is_a_clear_error_and_keeps_the_checkpoint(tmp_path):
-    trainer = _trainer(tmp_path / "run", ["train.steps=3", "train.sample_every=0", "train.checkpoint_every=1"])
-    reward = trainer.c.reward
-    trainer.c.reward = lambda images, prompts: reward(images, prompts) * (float("nan") if trainer.step == 2 else 1.0)
-    with pytest.raises(DraftError, match="loss became nan at step 3.*--resume"):
-        trainer.train()
-    assert (tmp_path / "run" / "checkpoints" / "step-000002").exists()
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path):

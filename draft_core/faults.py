@@ -1,0 +1,119 @@
+"""What the training loop does when luck or a plugin goes bad: non-finite values, raising
+rewards, and processes that must agree before they stop.
+
+Non-finite reward or gradient: the update is skipped and counted; ``train.max_nonfinite``
+skipped updates in a row stop the run (the last checkpoint stays as it was). A reward that
+raises stops the run with a message naming the plugin and the distribution that provides
+it. With several processes every such decision is taken on all-reduced flags, so all
+processes stop at the same step and no process waits forever in a collective.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from draft_core.errors import DraftError
+
+REWARD, ESTIMATOR = "reward", "estimator"
+
+
+class NonFiniteStop(DraftError):
+    """Too many non-finite updates in a row."""
+
+
+class RewardPluginError(DraftError):
+    """A reward plugin raised during training."""
+
+
+class PeerFailed(DraftError):
+    """Another process of a data-parallel run failed; its own error is in its log."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Who provides a reward: its registered name, plugin module and distribution."""
+
+    name: str
+    plugin: str
+    distribution: str | None
+    version: str | None
+
+    def describe(self) -> str:
+        dist = f"distribution {self.distribution}" + (f" {self.version}" if self.version else "") if self.distribution \
+            else "no installed distribution"
+        return f"reward '{self.name}' (plugin '{self.plugin}' from {dist})"
+
+
+def reward_source(exc: BaseException, terms: list[tuple[object, Source]]) -> Source | None:
+    """The reward whose code raised ``exc``: the innermost traceback frame that is a method of
+    one of the reward objects in ``terms`` or runs in the module that defines it."""
+    by_id = {id(obj): src for obj, src in terms}
+    by_module = {}
+    for obj, src in terms:
+        module = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None)
+        if module and module != "builtins":
+            by_module.setdefault(module, src)
+    for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        owner = frame.f_locals.get("self")
+        if owner is not None and id(owner) in by_id:
+            return by_id[id(owner)]
+        src = by_module.get(frame.f_globals.get("__name__"))
+        if src is not None:
+            return src
+    return None
+
+
+def where(exc: BaseException) -> str:
+    """``file:line in function`` of the innermost frame of ``exc``."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    if not tb:
+        return "unknown location"
+    last = tb[-1]
+    return f"{Path(last.filename).name}:{last.lineno} in {last.name}"
+
+
+@dataclass
+class NonFiniteCounter:
+    """Skipped updates: ``total`` over the run, ``streak`` in a row, and the streak's first step."""
+
+    limit: int
+    total: int = 0
+    streak: int = 0
+    first: int = 0
+    by: dict[str, int] = field(default_factory=dict)
+
+    def ok(self) -> None:
+        self.streak = 0
+
+    def skip(self, step: int, component: str) -> None:
+        self.total += 1
+        self.by[component] = self.by.get(component, 0) + 1
+        if self.streak == 0:
+            self.first = step
+        self.streak += 1
+
+    def state(self) -> dict:
+        return {"nonfinite": {"total": self.total, "streak": self.streak, "first": self.first, "by": self.by}}
+
+    def load(self, meta: dict) -> None:
+        saved = meta.get("nonfinite") or {}
+        self.total, self.streak = int(saved.get("total", 0)), int(saved.get("streak", 0))
+        self.first, self.by = int(saved.get("first", 0)), dict(saved.get("by", {}))
+
+    def exhausted(self) -> bool:
+        return self.streak >= self.limit
+
+
+def nonfinite_message(step: int, component: str, what: str, counter: NonFiniteCounter, source: str,
+                      checkpoint: Path | None, run_dir: Path) -> str:
+    culprit = f"the reward ({source})" if component == REWARD else f"the estimator ({source})"
+    kept = f"The last checkpoint, {checkpoint}, is intact" if checkpoint else "No checkpoint had been written yet"
+    return (
+        f"step {step}: {culprit} produced {what}; that is {counter.streak} skipped updates in a row "
+        f"(steps {counter.first}-{step}, train.max_nonfinite={counter.limit}), so the run stopped. {kept}. "
+        + ("Check the reward for inputs where it returns NaN or inf"
+           if component == REWARD else "Lower train.lr, set train.grad_clip, or use a smaller estimator.k")
+        + f", then continue with `draft train --resume {run_dir}`."
+    )

@@ -1,0 +1,53 @@
+"""Launched by tests/test_distributed.py under torchrun (not a test itself): runs the real
+`draft train` CLI in each process, then resumes the run in the same processes, and records
+for the test each process's final LoRA and which run-folder writes it made."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+from safetensors.torch import save_file  # noqa: E402
+
+import draft_core.runner as runner  # noqa: E402
+from draft_core import cli  # noqa: E402
+from draft_core.config import Config  # noqa: E402
+from draft_core.lora import lora_state  # noqa: E402
+
+dump, run, steps = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+rank = int(os.environ["RANK"])
+writes: list[str] = []
+
+
+def recording(name, fn):
+    def wrapper(*args, **kwargs):
+        writes.append(name)
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+runner.save_checkpoint = recording("checkpoint", runner.save_checkpoint)
+runner.replace_folder = recording("lora", runner.replace_folder)
+runner.plot_reward_curve = recording("reward_curve", runner.plot_reward_curve)
+runner.save_grid = recording("samples", runner.save_grid)
+Config.dump = recording("config", Config.dump)
+train = runner.Trainer.train
+
+
+def train_and_record(self):
+    out = train(self)
+    save_file(lora_state(self.model.unet), dump / f"rank{rank}-step{self.step}.safetensors")
+    return out
+
+
+runner.Trainer.train = train_and_record
+# The first part of the run, then a resume in the same processes (checkpoint saved and loaded by both).
+codes = [cli.main(["train", *sys.argv[4:], "--out", run, "--no-progress", "--set", f"train.steps={steps - 1}"]),
+         cli.main(["train", "--resume", run, "--no-progress", "--set", f"train.steps={steps}"])]
+(dump / f"rank{rank}.json").write_text(json.dumps({"codes": codes, "writes": writes}))
