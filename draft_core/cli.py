@@ -1,4 +1,4 @@
-"""The ``draft`` command line: plugins, train, sample.
+"""The ``draft`` command line: plugins, train, sample, score (in ``cli_score``).
 
 Input errors (config, names, paths) print one paragraph and exit 2, with no traceback;
 an interrupted run exits 130 after checkpointing.
@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--save-tensor", action="store_true", help="also write images.pt ([N,3,H,W] float in [0,1])")
     sa.add_argument("--out", default="samples")
     sa.set_defaults(func=cmd_sample)
+
+    from draft_core import cli_score
+
+    cli_score.add_parser(sub)
     return p
 
 
