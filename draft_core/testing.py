@@ -5,7 +5,8 @@ Subclass ``RewardConformance`` in a test module and supply ``make_reward``
 
 Like diffusers' ``SchedulerCommonTest`` and kornia's per-op checklist (smoke,
 cardinality, exception, gradcheck, device), so a plugin's reward gets the same
-checks as the built-ins by writing only::
+checks as the built-ins (also: pixel values outside [0, 1] raise, which
+``draft_core.images.check_image_batch`` does; weights take no gradient) by writing only::
 
     class TestMyReward(RewardConformance):
         def make_reward(self):

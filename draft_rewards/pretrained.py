@@ -56,6 +56,7 @@ class PretrainedReward(nn.Module):
         self.dtype_name = check_dtype(dtype, self.reward_name)
         self.net: nn.Module | None = None
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._cache_key: tuple | None = None
 
     # -- for subclasses -----------------------------------------------------------------------
 
@@ -93,11 +94,15 @@ class PretrainedReward(nn.Module):
         if net is None or (current.dtype in _HALF and dtype != current.dtype):
             net = self.load().requires_grad_(False).eval()
             self.net = net
-            self._prompt_cache.clear()
+            self._cache_key = None
             current = next(net.parameters())
         if current.device != device or current.dtype != dtype:
             net.to(device=device, dtype=dtype)
+        # Cached prompt embeddings belong to one placement of the network (which a caller's
+        # .to() may also have changed since the last call).
+        if self._cache_key != (device, dtype):
             self._prompt_cache.clear()
+            self._cache_key = (device, dtype)
         if net.training:  # a caller's .train() must not switch dropout on
             net.eval()
         return net

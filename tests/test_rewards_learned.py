@@ -367,6 +367,15 @@ def test_float32_after_bfloat16_reloads_full_precision(weights):
     assert reward.model_dtype() == torch.float32
 
 
+def test_prompt_cache_follows_a_callers_move(weights):
+    # reward.to(...) by a caller (the runner moves rewards to its device) moves the network
+    # but not the cached prompt embeddings: they must be recomputed, not reused.
+    moved, images, prompts = make("hpsv2", weights), _images_224().double(), ["a cat", "a dog"]
+    moved(images.float(), prompts)
+    moved.double()
+    torch.testing.assert_close(moved(images, prompts), make("hpsv2", weights)(images, prompts), rtol=0, atol=0)
+
+
 def test_bad_dtype_raises():
     with pytest.raises(ValueError, match=r"dtype must be one of .*'bfloat16'.*got 'half'"):
         PickScore(dtype="half")
