@@ -21,7 +21,7 @@ from draft_core.testing import RewardConformance
 from draft_rewards.aesthetic import HEAD_FILE, HEAD_REPO, Aesthetic
 from draft_rewards.clip_score import CLIP_L14, PICKSCORE, ClipScore, PickScore
 from draft_rewards.hpsv2 import HPS_FILES, HPS_REPO, HPSv2, check_version
-from reward_models import TINY_OPEN_CLIP, aesthetic_state_dict, fake_hub_cache, save_all
+from reward_models import TINY_CLIP_CONFIG, TINY_OPEN_CLIP, aesthetic_state_dict, fake_hub_cache, save_all
 
 skdata = pytest.importorskip("skimage.data")
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket"]
@@ -113,10 +113,26 @@ def _open_clip_ids(prompts):
     return ids, (ids != 0).long()
 
 
+@pytest.fixture(scope="session")
+def legacy_eos_clip(tmp_path_factory):
+    """The tiny CLIP with eos_token_id 2, as older hub configs have (pooling at argmax of the ids)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    config = {**TINY_CLIP_CONFIG, "text_config": {**TINY_CLIP_CONFIG["text_config"], "eos_token_id": 2}}
+    folder = tmp_path_factory.mktemp("legacy_clip")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        CLIPModel(CLIPConfig(**config)).save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.parametrize("name", ["pickscore", "clip-score"])
-def test_clip_scores_match_clip_model_logits(weights, name):
+@pytest.mark.parametrize("eos", ["eos-id", "legacy-argmax"])
+def test_clip_scores_match_clip_model_logits(weights, legacy_eos_clip, name, eos):
     from transformers import CLIPModel
 
+    if eos == "legacy-argmax":
+        weights = {**weights, "clip": legacy_eos_clip}
     model = CLIPModel.from_pretrained(weights["clip"]).eval()
     images, prompts = _images_224(), ["a photo of a cat", "an oil painting of a dog"]
     ids, mask = _open_clip_ids(prompts)
@@ -250,6 +266,36 @@ def test_missing_weights_offline_fail_fast_and_say_how(empty_offline_cache, name
     assert message.startswith(f"{name}: ") and "\n" not in message
     assert hub_id in message and (file is None or file in message)
     assert f"--set reward.{option}=" in message and "HF_HUB_OFFLINE=1" in message
+
+
+@pytest.mark.slow
+def test_missing_weights_in_a_fresh_process_with_an_empty_hf_home(tmp_path):
+    """The real setting: HF_HUB_OFFLINE=1 and HF_HOME with nothing in it, read at import.
+
+    Slow (a fresh interpreter imports torch, transformers and open_clip: 5-20 s); the
+    in-process test above covers the same code with the cache location patched."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from draft_rewards import Aesthetic, ClipScore, HPSv2, PickScore\n"
+        "for reward in (Aesthetic(), HPSv2(), PickScore(), ClipScore()):\n"
+        "    try:\n"
+        "        reward(torch.rand(1, 3, 8, 8), ['a cat'])\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and len(lines) == 4, (done.stdout, done.stderr[-2000:])
+    for line, hub_id in zip(lines, [HEAD_REPO, HPS_REPO, PICKSCORE, CLIP_L14]):
+        assert line.startswith("ModelLoadError") and hub_id in line and "HF_HUB_OFFLINE=1" in line, line
+    assert time.perf_counter() - start < 200  # the interpreter's imports, not a network wait
 
 
 def test_hpsv2_version_picks_the_file(empty_offline_cache):
