@@ -32,7 +32,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _how_to_provide(option: str, example: str) -> str:
-    mode = "HF_HUB_OFFLINE=1 is set, so only the hub cache was searched" if hub_offline() else "the hub was not reachable"
+    mode = "HF_HUB_OFFLINE=1 is set, so only the hub cache was searched" if hub_offline() else "downloading it failed"
     return (
         f"({mode}.) Either give a local copy with --set reward.{option}={example} (in a config: "
         f"reward: {{{option}: {example}}}), or put it in the Hugging Face cache on a machine that reaches "
@@ -80,13 +80,9 @@ def from_pretrained(loader, name: str, *, reward: str, option: str, expected: st
     source, extra = pretrained_source(name, reward=reward, option=option, expected=expected)
     try:
         return loader(source, **extra, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # missing files; a config or weights that do not fit
         where = f"the local folder '{source}'" if not extra else f"the hub model '{name}'"
-        hint = (
-            f"It must be {expected}."
-            if not extra
-            else _how_to_provide(option, "/path/to/folder")
-        )
+        hint = _how_to_provide(option, "/path/to/folder") if extra else f"It must be {expected}."
         raise ModelLoadError(f"{reward}: could not load {where} ({_reason(exc)}). {hint}") from exc
 
 
