@@ -134,15 +134,23 @@ def cmd_score(args: argparse.Namespace) -> int:
                 f"or --prompts FILE (one line per image)."
             )
         prompts = [""] * len(paths)
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise DraftError(f"--device '{args.device}' is not a device; give auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DraftError(f"--device {args.device}: CUDA is not available here; use --device cpu (or auto).")
     _quiet_libraries()
     if isinstance(reward, torch.nn.Module):
         reward.to(device)
     done = 0
     for chunk, images in batches(paths, args.batch_size):
         chunk_prompts = prompts[done : done + len(chunk)]
-        with torch.no_grad():
-            scores = reward(images.to(device), chunk_prompts)
+        try:
+            with torch.no_grad():
+                scores = reward(images.to(device), chunk_prompts)
+        except ValueError as exc:  # the reward refused these images (size, shape): an input error
+            raise DraftError(f"reward '{args.reward}' cannot score {chunk[0]}{' ...' if len(chunk) > 1 else ''}: {exc}") from None
         if tuple(scores.shape) != (len(chunk),):
             raise DraftError(f"reward '{args.reward}' returned shape {list(scores.shape)} for {len(chunk)} images; rewards return [B].")
         for path, prompt, score in zip(chunk, chunk_prompts, scores.float().cpu().tolist()):

@@ -106,11 +106,19 @@ def test_errors_are_one_paragraph(capsys, images, tmp_path):
     assert "quality" in run_error(capsys, "score", "--reward", "jpeg-compressibility", "--set", "reward.quality=0", str(wide))
     assert "reward arguments only" in run_error(capsys, "score", "--reward", "jpeg-compressibility", "--set", "train.steps=3", str(wide))
     assert "--prompt TEXT" in run_error(capsys, "score", "--reward", "pickscore", str(wide))
+    assert "must be square" in run_error(capsys, "score", "--reward", "rotation-anticorrelation", str(wide))
+    assert "is not a device" in run_error(capsys, "score", "--reward", "jpeg-compressibility", "--device", "gpu0", str(wide))
     prompts = tmp_path / "one.txt"
     prompts.write_text("just one\n")
     assert "1 prompts (non-empty lines) for 2 images" in run_error(
         capsys, "score", "--reward", "clip-score", "--prompts", str(prompts), str(folder)
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(capsys, images):
+    _, wide = images
+    assert "CUDA is not available" in run_error(capsys, "score", "--reward", "jpeg-compressibility", "--device", "cuda", str(wide))
 
 
 def test_missing_weights_offline_is_a_clear_error(capsys, images, monkeypatch, tmp_path):
