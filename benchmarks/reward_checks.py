@@ -1,6 +1,6 @@
 """Preprocessing parity and CPU cost of the learned rewards (aesthetic, hpsv2, pickscore, clip-score, diversity).
 
-    PYTHONPATH=.:tests python benchmarks/reward_checks.py [--real-vit-l] [--out results.json]
+    python benchmarks/reward_checks.py [--real-vit-l] [--out results.json]
 
 Parity: each reward's differentiable preprocessing against its model's official processor
 (CLIPImageProcessor at the settings of openai/clip-vit-large-patch14 and PickScore's
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +27,11 @@ import torch
 
 from draft_core.preprocess import CLIP_STD
 from draft_rewards.diversity import Diversity
-from reward_models import save_all
-from test_rewards_learned import PHOTOS, PROMPTS, REWARDS, _official_pixels, _photo, make
+
+# the tests' tiny networks and official-processor references
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from reward_models import save_all  # noqa: E402
+from test_rewards_learned import PHOTOS, PROMPTS, REWARDS, _official_pixels, _photo, make  # noqa: E402
 
 
 def parity(weights) -> dict:
