@@ -1,4 +1,4 @@
-"""The ``draft`` command line: plugins, train, sample.
+"""The ``draft`` command line: plugins, train, sample, score (in ``cli_score``).
 
 Input errors (config, names, paths) print one paragraph and exit 2, with no traceback;
 an interrupted run exits 130 after checkpointing.
@@ -200,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--no-learned-sampling", action="store_true",
                     help="ignore a learned guidance schedule / negative prompt saved beside the LoRA")
     sa.set_defaults(func=cmd_sample)
+
+    from draft_core import cli_score
+
+    cli_score.add_parser(sub)
     return p
 
 

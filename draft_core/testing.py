@@ -5,7 +5,8 @@ Subclass ``RewardConformance`` in a test module and supply ``make_reward``
 
 Like diffusers' ``SchedulerCommonTest`` and kornia's per-op checklist (smoke,
 cardinality, exception, gradcheck, device), so a plugin's reward gets the same
-checks as the built-ins by writing only::
+checks as the built-ins (also: pixel values outside [0, 1] raise, which
+``draft_core.images.check_image_batch`` does; weights take no gradient) by writing only::
 
     class TestMyReward(RewardConformance):
         def make_reward(self):
@@ -35,6 +36,8 @@ class RewardConformance:
     extra_dtypes: tuple[torch.dtype, ...] = (torch.float64, torch.bfloat16)
     #: keyword arguments for ``torch.autograd.gradcheck``.
     gradcheck_kwargs: dict[str, Any] = {}
+    #: pixel values outside [0, 1] raise ValueError (``draft_core.images.check_image_batch`` does this).
+    checks_range: bool = True
 
     def make_reward(self) -> Reward:
         raise NotImplementedError("a RewardConformance subclass must define make_reward()")
@@ -87,6 +90,15 @@ class RewardConformance:
         with pytest.raises(ValueError, match=named):
             self.make_reward()(torch.rand(shape), self.prompts(shape[0]))
 
+    @pytest.mark.parametrize("bad_range", ["[-1, 1]", "[0, 255]"])
+    def test_bad_range_raises(self, bad_range):
+        if not self.checks_range:
+            pytest.skip("this reward declares checks_range = False")
+        images = self.make_images(2)
+        images = images * 2 - 1 if bad_range == "[-1, 1]" else images * 255
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            self.make_reward()(images, self.prompts(2))
+
     # -- gradients -------------------------------------------------------------------------
 
     def test_gradcheck(self):
@@ -106,6 +118,15 @@ class RewardConformance:
         assert torch.isfinite(images.grad).all()
         # every image in the batch gets a gradient, not just the first
         assert (images.grad.flatten(1).abs().sum(dim=1) > 0).all()
+
+    def test_parameters_frozen(self):
+        # A reward is a fixed function: its weights (loaded on first call, if any) take no gradient.
+        reward = self.make_reward()
+        images = self.make_images(2).requires_grad_(True)
+        reward(images, self.prompts(2)).sum().backward()
+        if isinstance(reward, torch.nn.Module):
+            trainable = [n for n, p in reward.named_parameters() if p.requires_grad or p.grad is not None]
+            assert not trainable, f"parameters that take gradients: {trainable[:5]}"
 
     # -- device ----------------------------------------------------------------------------
 

@@ -1,18 +1,34 @@
 """Built-in rewards, registered through the ``draft`` entry points like any plugin.
 
 JPEG compressibility / incompressibility (kornia's differentiable codec), rotational
-anti-correlation, and the digit classifier of the embedded ``digits`` model (its small
-weights ship in ``assets/`` and load on first call), so importing is cheap.
+anti-correlation, the digit classifier of the embedded ``digits`` model, and the learned
+rewards on pretrained networks: ``aesthetic`` (LAION aesthetic predictor), ``hpsv2``,
+``pickscore``, ``clip-score``, plus the in-batch ``diversity`` term. Weights load on the
+first call, never at import or construction, so importing is cheap.
 """
 
 from __future__ import annotations
 
 from draft_core import hookimpl
+from draft_rewards.aesthetic import Aesthetic
+from draft_rewards.clip_score import ClipScore, PickScore
 from draft_rewards.digits import DigitClassifier
+from draft_rewards.diversity import Diversity
+from draft_rewards.hpsv2 import HPSv2
 from draft_rewards.jpeg import JpegCompressibility, JpegIncompressibility
 from draft_rewards.rotation import RotationAnticorrelation
 
-__all__ = ["DigitClassifier", "JpegCompressibility", "JpegIncompressibility", "RotationAnticorrelation"]
+__all__ = [
+    "Aesthetic",
+    "ClipScore",
+    "DigitClassifier",
+    "Diversity",
+    "HPSv2",
+    "JpegCompressibility",
+    "JpegIncompressibility",
+    "PickScore",
+    "RotationAnticorrelation",
+]
 
 
 @hookimpl
@@ -21,3 +37,8 @@ def register_rewards(register):
     register("jpeg-incompressibility", JpegIncompressibility)
     register("rotation-anticorrelation", RotationAnticorrelation)
     register("digit-classifier", DigitClassifier)
+    register("aesthetic", Aesthetic)
+    register("hpsv2", HPSv2)
+    register("pickscore", PickScore)
+    register("clip-score", ClipScore)
+    register("diversity", Diversity)

@@ -23,7 +23,10 @@ from draft_core.models.loading import load_model
 BUILTINS = {
     "samplers": ["ddim", "ddpm"],
     "estimators": ["dpg", "draft", "draft-k", "draft-lv", "refl"],
-    "rewards": ["digit-classifier", "jpeg-compressibility", "jpeg-incompressibility", "rotation-anticorrelation"],
+    "rewards": [
+        "aesthetic", "clip-score", "digit-classifier", "diversity", "hpsv2", "jpeg-compressibility",
+        "jpeg-incompressibility", "pickscore", "rotation-anticorrelation",
+    ],
 }
 STEPS, GUIDANCE, SEED = 3, 7.5, 5
 

@@ -172,4 +172,9 @@ def test_plugin_registers_the_builtin_rewards():
         "jpeg-incompressibility": JpegIncompressibility,
         "rotation-anticorrelation": RotationAnticorrelation,
         "digit-classifier": DigitClassifier,
+        "aesthetic": draft_rewards.Aesthetic,
+        "hpsv2": draft_rewards.HPSv2,
+        "pickscore": draft_rewards.PickScore,
+        "clip-score": draft_rewards.ClipScore,
+        "diversity": draft_rewards.Diversity,
     }
