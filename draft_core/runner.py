@@ -24,6 +24,7 @@ from draft_core.checkpoint import TrainingState, latest_checkpoint, load_checkpo
 from draft_core.config import Config, plugin_kwargs
 from draft_core.errors import ConfigError, DraftError
 from draft_core.lora import add_lora, load_lora_state, lora_state, save_lora
+from draft_core.lora_tools import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve, save_before_after, save_grid
 from draft_core.plugins import Registry, load_registry
 from draft_core.prompts import load_prompts
@@ -301,6 +302,7 @@ class Trainer:
             )
             save_checkpoint(self.run_dir / "checkpoints", state, keep=self.config.train.keep_checkpoints)
             save_lora(self.model.unet, self.run_dir / "lora")
+            write_model_card(self.run_dir / "lora", run_card_info(self.run_dir))
             plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png", self.title())
         self.saved_step = self.step
         self.acc.wait_for_everyone()
