@@ -262,12 +262,15 @@ def write_model_card(folder: str | Path, info: dict) -> Path:
         "tags": ["lora", "text-to-image", "draft", "diffusers"],
     }
     rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in info.items() if k != "command")
-    usage = (
-        "```python\nfrom diffusers import StableDiffusionPipeline\n"
-        f"pipe = StableDiffusionPipeline.from_pretrained({base!r})\n"
-        f"pipe.load_lora_weights({str(folder)!r})\n```\n"
-        f"or `draft sample --model {base} --lora {folder}:1.0 --prompt ...`"
-    )
+    from draft_core.models.loading import EMBEDDED
+
+    usage = f"`draft sample --model {base} --lora {folder}:1.0 --prompt ...`"
+    if base not in EMBEDDED:  # an embedded model is no diffusers pipeline to from_pretrained
+        usage = (
+            "```python\nfrom diffusers import StableDiffusionPipeline\n"
+            f"pipe = StableDiffusionPipeline.from_pretrained({base!r})\n"
+            f"pipe.load_lora_weights({str(folder)!r})\n```\n\nor {usage}"
+        )
     text = (
         f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n"
         f"# DRaFT LoRA for {base}\n\n"
@@ -306,7 +309,8 @@ def run_card_info(run_dir: str | Path, command: str | None = None) -> dict:
         "sampler": cfg.get("sampler"),
         "lora": cfg.get("lora"),
         "steps": rows[-1]["step"] if rows else 0,
-        "final_reward": rows[-1]["reward_mean"] if rows else None,
+        "final_reward": rows[-1]["reward_mean"] if rows else None,  # the last step's batch mean
+        "final_reward_last10": sum(r["reward_mean"] for r in rows[-10:]) / len(rows[-10:]) if rows else None,
         "prompts": cfg.get("prompts", {}).get("source"),
         "command": command or command_line(),
     }
