@@ -51,7 +51,7 @@ def _read_json_prompts(path: Path) -> list[str]:
 def load_prompt_set(source: str, per_category: int | None = None) -> list[PromptItem]:
     """The prompts of ``source`` in file order, grouped by category; ``per_category`` keeps the first K of each."""
     path = Path(source).expanduser()
-    if source in BUILTIN and not path.exists():
+    if source in BUILTIN:  # as prompts.load_prompts: a built-in name wins over a file of that name
         items = [PromptItem(source, p) for p in load_prompts(source)]
     elif path.is_dir():
         folder = path / "benchmark" if not any((path / f"{s}.json").exists() for s in HPDV2_STYLES) else path

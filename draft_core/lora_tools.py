@@ -200,7 +200,8 @@ def to_kohya(lora: LoraFile) -> dict[str, torch.Tensor]:
         key = kohya_name(name)
         out[f"{key}.lora_down.weight"] = m.down.contiguous()
         out[f"{key}.lora_up.weight"] = m.up.contiguous()
-        out[f"{key}.alpha"] = torch.tensor(m.scale * m.rank, dtype=torch.float32)
+        alpha = m.scale * m.rank
+        out[f"{key}.alpha"] = torch.tensor(round(alpha) if abs(alpha - round(alpha)) < 1e-9 else alpha, dtype=torch.float32)
     return out
 
 

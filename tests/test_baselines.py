@@ -88,6 +88,25 @@ def test_doodl_raises_the_reward_and_keeps_the_noise_on_the_sphere(digits):
     assert not torch.equal(x_T, noise(0))
 
 
+def test_gradient_with_respect_to_the_initial_noise_matches_finite_differences():
+    model = build_tiny_random().to(dtype=torch.float64)
+    sampler = DDIMSampler(steps=2, guidance_scale=3.0)
+    cond = model.encode_prompts(PROMPTS[:2])
+    reward = LinearReward((3, *model.image_size), dtype=torch.float64)
+    x_T = model.make_noise(2, torch.Generator().manual_seed(0), dtype=torch.float64).requires_grad_(True)
+
+    def f(x):
+        return reward(model.decode(sampler.sample(model, cond, x, grad_from=0, checkpoint=True)), PROMPTS[:2]).sum()
+
+    (grad,) = torch.autograd.grad(f(x_T), [x_T])
+    direction = torch.randn(x_T.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    eps = 1e-6
+    with torch.no_grad():
+        numeric = (f(x_T + eps * direction) - f(x_T - eps * direction)) / (2 * eps)
+    assert grad.abs().sum() > 0
+    torch.testing.assert_close((grad * direction).sum(), numeric, rtol=1e-6, atol=1e-8)
+
+
 def test_doodl_checkpointing_changes_nothing(tiny, reward):
     sampler = DDPMSampler(steps=2, guidance_scale=3.0)  # stochastic steps: one fixed chain per x_T
     outs = [
@@ -149,6 +168,13 @@ def test_sample_with_best_of_n(tmp_path, capsys):
 
     r = JpegCompressibility()
     assert (r(best, ["a cat"] * 2) >= r(plain, ["a cat"] * 2) - 1e-6).all()
+
+
+def test_sample_with_doodl_and_a_template(tmp_path, capsys):
+    args = ["sample", "--model", "tiny-random", "--prompt", "a cat", "--n", "1", "--steps", "2"]
+    assert main([*args, "--method", "doodl:steps=1", "--reward", "jpeg-compressibility", "--out", str(tmp_path / "d")]) == 0
+    assert main([*args, "--method", "prompt-template", "--out", str(tmp_path / "t")]) == 0
+    assert (tmp_path / "d" / "0000.png").is_file() and (tmp_path / "t" / "grid.png").is_file()
 
 
 def test_sample_method_errors_before_loading(capsys, no_model):
