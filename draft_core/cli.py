@@ -122,6 +122,7 @@ def _learned_sampling(specs, model, sampler):
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
+    from draft_core.baselines import NoiseSource, build_method, build_reward
     from draft_core.lora import LoraSpec, apply_loras
     from draft_core.media import save_grid
     from draft_core.models.loading import load_model, resolve_dtype
@@ -132,6 +133,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if value < 1:
             raise DraftError(f"{flag} must be a positive integer, got {value}.")
     specs = [LoraSpec.parse(s) for s in args.lora]
+    method = build_method(args.method, build_reward(args.reward) if args.reward else None)
     sampler = load_registry().build("sampler", args.sampler, steps=args.steps, guidance_scale=args.guidance)
     window = _parse_window(args.lora_steps, args.steps)
     _quiet_libraries()
@@ -141,6 +143,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         model.to(dtype=resolve_dtype(args.dtype, model.device))
     apply_loras(model.unet, specs)
     learned = None if args.no_learned_sampling else _learned_sampling(specs, model, sampler)
+    if learned is not None:
+        method.condition = learned.condition
     prompts = [p for p in args.prompt for _ in range(args.n)]
     gen = torch.Generator().manual_seed(args.seed)
     noise = model.make_noise(len(prompts), gen)  # drawn as a diffusers pipeline draws it
@@ -149,11 +153,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     images = []
     with torch.no_grad():
         for i in range(0, len(prompts), args.batch_size):
-            cond = model.encode_prompts(prompts[i : i + args.batch_size])
-            if learned is not None:
-                cond = learned.condition(cond)
-            x = sampler.sample(model, cond, noise[i : i + args.batch_size], lora_steps=window, generator=gen)
-            images.append(model.decode(x).cpu())
+            source = NoiseSource.from_generator(noise[i : i + args.batch_size], model, gen)
+            made = method.generate(model, sampler, prompts[i : i + args.batch_size], source, lora_steps=window, generator=gen)
+            images.append(made.images.cpu())
     images = torch.cat(images)
     for i, img in enumerate(images):
         save_image(img, out / f"{i:04d}.png")
@@ -196,13 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--device", default="auto")
     sa.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     sa.add_argument("--save-tensor", action="store_true", help="also write images.pt ([N,3,H,W] float in [0,1])")
+    sa.add_argument("--method", default="plain", metavar="NAME[:k=v,...]", help="plain, best-of-n[:n=16], doodl[:steps=20,lr=0.05], prompt-template[:template=...]")
+    sa.add_argument("--reward", metavar="NAME[:k=v,...]", help="the reward best-of-n and doodl use, e.g. digit-classifier:target=8")
     sa.add_argument("--out", default="samples")
     sa.add_argument("--no-learned-sampling", action="store_true",
                     help="ignore a learned guidance schedule / negative prompt saved beside the LoRA")
     sa.set_defaults(func=cmd_sample)
 
-    from draft_core import cli_score
+    from draft_core import cli_eval, cli_lora, cli_score
 
+    cli_eval.add_parser(sub)
+    cli_lora.add_parser(sub)
     cli_score.add_parser(sub)
     return p
 

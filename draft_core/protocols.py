@@ -69,7 +69,8 @@ class Sampler(Protocol):
     ) -> torch.Tensor:
         """Sample [B, C, h, w] from ``noise`` (same shape).
 
-        grad_from: first step run with autograd (stop-gradient on its input); None runs
+        grad_from: first step run with autograd (stop-gradient on its input, except at
+        step 0, where gradients reach ``noise`` if it requires them: DOODL); None runs
         every step without autograd. stop_at: stop at that step and return its one-step
         prediction x̂0 (ReFL). checkpoint: recompute each differentiable step in the
         backward pass, keeping only its input. lora_steps: LoRA active only for steps

@@ -28,6 +28,7 @@ from draft_core.faults import (
     reward_source, where,
 )
 from draft_core.lora import add_lora, load_lora_state, lora_state, save_lora
+from draft_core.lora_tools import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve, save_before_after, save_grid
 from draft_core.plugins import Registry, load_registry
 from draft_core.prompts import load_prompts
@@ -465,6 +466,7 @@ class Trainer:
         save_lora(self.model.unet, folder)
         if self.learned is not None:
             self.learned.save(folder)
+        write_model_card(folder, run_card_info(self.run_dir))
 
     def title(self) -> str:
         reward = self.config.reward.get("name") or "+".join(self.config.reward.get("weights", {}))

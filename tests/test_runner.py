@@ -68,6 +68,8 @@ def test_run_folder_has_everything(tmp_path):
     assert saved.estimator == {"name": "draft-lv", "n": 2} and saved.sampler["steps"] == 3
     # The LoRA trained: it moved away from its zero-initialised B factors.
     assert any(v.abs().sum() > 0 for k, v in lora_of(out).items() if "lora_B" in k)
+    card = (out / "lora" / "README.md").read_text()  # the model card, refreshed with the LoRA
+    assert "base_model: tiny-random" in card and "| steps | 4 |" in card and "draft-lv" in card
 
 
 def test_resume_continues_exactly(tmp_path):

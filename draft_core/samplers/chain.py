@@ -126,8 +126,10 @@ class ChainSampler:
                         return self._step(model, x, i, cond, lora_on)[1]
                     x = self._next(model, x, i, cond, lora_on, step_noise)
                 continue
-            if i == grad_from:
-                x = x.detach()  # stop_grad(x_t): the truncation of DRaFT-K / ReFL
+            if i == grad_from and i > 0:
+                # stop_grad(x_t): the truncation of DRaFT-K / ReFL. At step 0 the input is the caller's
+                # x_T, which keeps its graph: DOODL differentiates with respect to it.
+                x = x.detach()
             if i == stop_at:
                 return self._step(model, x, i, cond, lora_on)[1]
             if checkpoint:

@@ -1,0 +1,99 @@
+"""``draft lora mix | export | fuse``: share a trained LoRA outside draft."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from draft_core.errors import DraftError
+
+
+def _base_model_of(lora_folder: Path) -> str | None:
+    """The model a run's LoRA was trained on (from the run's config.yaml or the LoRA's model card)."""
+    import yaml
+
+    for config in (lora_folder.parent / "config.yaml", lora_folder / "config.yaml"):
+        if config.is_file():
+            return (yaml.safe_load(config.read_text()) or {}).get("model", {}).get("name")
+    card = lora_folder / "README.md"
+    if card.is_file():
+        for line in card.read_text().splitlines():
+            if line.startswith("base_model:"):
+                return line.split(":", 1)[1].strip() or None
+    return None
+
+
+def cmd_mix(args: argparse.Namespace) -> int:
+    from draft_core.lora import LoraSpec
+    from draft_core.lora_tools import command_line, read_lora, save_mixed, write_model_card
+
+    specs = [LoraSpec.parse(s) for s in args.loras]
+    path = save_mixed(specs, args.out)
+    bases = {_base_model_of(s.path if s.path.is_dir() else s.path.parent) for s in specs} - {None}
+    rank = next(iter(read_lora(path).modules.values())).rank
+    write_model_card(args.out, {
+        "base_model": bases.pop() if len(bases) == 1 else (sorted(bases) or None),
+        "mix": [{"lora": str(s.path), "weight": s.scale} for s in specs],
+        "rank": rank,
+        "exact": "yes: ranks concatenated, the merged delta is the weighted sum of the deltas",
+        "command": command_line(),
+    })
+    print(f"wrote {path} (rank {rank}) and {Path(args.out) / 'README.md'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from draft_core.lora import LoraSpec
+    from draft_core.lora_tools import export_kohya
+
+    if args.format != "kohya":
+        raise DraftError(f"--format '{args.format}' is not supported; the one export format is kohya.")
+    spec = LoraSpec.parse(args.lora)
+    if spec.scale != 1.0:
+        raise DraftError(f"lora export takes a LoRA without :SCALE (got {args.lora}); to export a scaled LoRA, `draft lora mix {spec.path}:{spec.scale:g} --out DIR` first.")
+    out = export_kohya(spec.path, args.out)
+    print(f"wrote {out} (kohya layout: lora_unet_*.lora_down/lora_up/alpha; loads in AUTOMATIC1111, ComfyUI, diffusers)")
+    return 0
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from draft_core.cli_eval import load_for_sampling
+    from draft_core.lora import LoraSpec
+    from draft_core.lora_tools import fuse_lora_into_model
+
+    specs = [LoraSpec.parse(s) for s in args.lora]
+    if not specs:
+        raise DraftError("draft lora fuse needs at least one --lora PATH[:SCALE].")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise DraftError(f"--out '{out}' exists and is not empty; choose a new folder for the fused pipeline.")
+    model = load_for_sampling(args)
+    fuse_lora_into_model(model, specs)
+    model.save_pretrained(out)
+    kind = "StableDiffusionPipeline.from_pretrained" if model.vae is not None else "draft's load_model (a pixel-space model, no VAE)"
+    print(f"wrote a diffusers pipeline folder with the LoRA fused to {out}; load it with {kind} or --model {out}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    lo = sub.add_parser("lora", help="mix LoRAs, export them for AUTOMATIC1111/ComfyUI, or fuse one into a pipeline")
+    lsub = lo.add_subparsers(dest="lora_command", required=True)
+
+    mx = lsub.add_parser("mix", help="bake a linear combination of LoRAs into one diffusers LoRA (exact, ranks concatenated)")
+    mx.add_argument("loras", nargs="+", metavar="PATH:WEIGHT")
+    mx.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors and README.md")
+    mx.set_defaults(func=cmd_mix)
+
+    ex = lsub.add_parser("export", help="write a LoRA in the kohya key layout (AUTOMATIC1111, ComfyUI)")
+    ex.add_argument("lora", metavar="PATH", help="a LoRA folder, run folder or .safetensors file")
+    ex.add_argument("--format", default="kohya", help="kohya (the only one)")
+    ex.add_argument("--out", required=True, help="the .safetensors file to write")
+    ex.set_defaults(func=cmd_export)
+
+    fu = lsub.add_parser("fuse", help="fold LoRA(s) into the base weights and save a full diffusers pipeline folder")
+    fu.add_argument("--model", default="digits", help="embedded model name, diffusers folder, or hub id")
+    fu.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", help="a LoRA and its scale (repeatable)")
+    fu.add_argument("--device", default="cpu")
+    fu.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    fu.add_argument("--out", required=True)
+    fu.set_defaults(func=cmd_fuse)

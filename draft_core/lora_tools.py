@@ -1,0 +1,318 @@
+"""Sharing a trained LoRA: mix several into one, export the kohya layout, fuse into a pipeline, model cards.
+
+- ``mix_loras``: a linear combination Σ w_i ΔW_i (paper Section 5.2) baked into one
+  diffusers LoRA by concatenating ranks, so the merged adapter's delta equals the
+  weighted sum exactly (up to float rounding of the scaled factors).
+- ``export_kohya``: the key layout AUTOMATIC1111, ComfyUI and kohya-ss/sd-scripts load
+  (``lora_unet_<module_path_with_underscores>.lora_down.weight`` / ``.lora_up.weight`` /
+  ``.alpha``, kohya scale = alpha / rank).
+- ``fuse_lora_into_model``: W <- W + scale·ΔW in the base weights, then a full diffusers folder.
+- ``write_model_card``: ``README.md`` beside the LoRA, saying how it was made.
+
+peft's per-module scale is ``lora_alpha / r`` (``/ sqrt(r)`` with rslora), with
+``rank_pattern`` / ``alpha_pattern`` overriding per module; diffusers stores that config
+in the safetensors metadata under ``lora_adapter_metadata`` with ``unet.``-prefixed keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from draft_core.errors import DraftError
+from draft_core.lora import WEIGHT_NAME, LoraSpec
+
+METADATA_KEY = "lora_adapter_metadata"
+# component prefix in diffusers' files -> kohya prefix (SD 1.x: one text encoder, "lora_te").
+KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
+_PEFT_KEY = re.compile(r"(?P<component>unet|text_encoder|text_encoder_2)\.(?P<module>.+)\.lora_(?P<factor>[AB])\.weight")
+
+
+@dataclass
+class LoraModule:
+    """One adapted layer: down [r, in] (peft lora_A), up [out, r] (lora_B) and its scale alpha/r."""
+
+    down: torch.Tensor
+    up: torch.Tensor
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+
+@dataclass
+class LoraFile:
+    """A diffusers-format LoRA read back: modules keyed ``component.module_path``, plus its peft configs."""
+
+    modules: dict[str, LoraModule]
+    configs: dict[str, dict]  # component -> peft LoraConfig dict (may be empty)
+    path: Path
+
+
+def lora_file_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p / WEIGHT_NAME if p.is_dir() else p
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    # peft's rule (tuners_utils.get_pattern_key): a pattern matches a module name that ends with it.
+    for pattern, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return value
+    return default
+
+
+def _module_scale(config: dict, module: str, rank: int) -> float:
+    if not config:
+        return 1.0  # no metadata: diffusers and peft assume lora_alpha = r
+    alpha = float(_pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", rank)))
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+def read_lora(path: str | Path) -> LoraFile:
+    """Read a diffusers-format LoRA file (or the folder holding ``pytorch_lora_weights.safetensors``)."""
+    from safetensors import safe_open
+
+    file = lora_file_path(path)
+    if not file.is_file():
+        raise DraftError(f"no LoRA file at '{file}': give a folder holding {WEIGHT_NAME} or a .safetensors file.")
+    with safe_open(str(file), "pt") as f:
+        metadata = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    flat = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
+    configs: dict[str, dict] = {}
+    for key, value in flat.items():
+        component, _, field = key.partition(".")
+        configs.setdefault(component, {})[field] = value
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        m = _PEFT_KEY.fullmatch(key)
+        if m is None:
+            raise DraftError(
+                f"'{file}' holds key '{key}', which is not a diffusers/peft LoRA key (component.module.lora_A/B.weight). "
+                f"Only plain LoRA files written by draft or diffusers' save_lora_weights are supported here."
+            )
+        factors.setdefault(f"{m['component']}.{m['module']}", {})[m["factor"]] = tensor
+    modules = {}
+    for name, f in factors.items():
+        if set(f) != {"A", "B"}:
+            raise DraftError(f"'{file}': module '{name}' lacks its lora_{'B' if 'A' in f else 'A'} factor.")
+        component, _, module = name.partition(".")
+        rank = f["A"].shape[0]
+        modules[name] = LoraModule(f["A"], f["B"], _module_scale(configs.get(component, {}), module, rank))
+    return LoraFile(modules, configs, file)
+
+
+# -- mix ----------------------------------------------------------------------------
+def mix_loras(specs: Sequence[LoraSpec]) -> tuple[dict[str, torch.Tensor], float, int]:
+    """Rank-concatenate ``Σ w_i ΔW_i`` into one LoRA: (peft state dict with component prefixes, scale, rank).
+
+    Each module's merged factors are down = [A_1; A_2; ...] and up = [c_1 B_1, c_2 B_2, ...] with
+    c_i = w_i s_i / s, so up·down·s = Σ w_i s_i B_i A_i exactly. s is the common scale of the inputs
+    when they share one (so a single LoRA with weight 1 is copied bit for bit), else 1. A LoRA that
+    lacks a module contributes zero rows there, so every module has the same rank Σ r_i. LoRAs with
+    weight 0 are left out.
+    """
+    files = [(read_lora(s.path), float(s.scale)) for s in specs if s.scale != 0]
+    if not files:
+        raise DraftError("lora mix needs at least one LoRA with a non-zero weight (e.g. runs/a/lora:0.5 runs/b/lora:0.75).")
+    scales = {m.scale for f, _ in files for m in f.modules.values()}
+    common = scales.pop() if len(scales) == 1 else 1.0
+    names = sorted(set().union(*(f.modules for f, _ in files)))
+    state: dict[str, torch.Tensor] = {}
+    for name in names:
+        shape_ref = next(f.modules[name] for f, _ in files if name in f.modules)
+        downs, ups = [], []
+        for f, w in files:
+            m = f.modules.get(name)
+            rank = next(iter(f.modules.values())).rank
+            if m is None:  # zero contribution, same rank everywhere
+                downs.append(torch.zeros(rank, shape_ref.down.shape[1], dtype=shape_ref.down.dtype))
+                ups.append(torch.zeros(shape_ref.up.shape[0], rank, dtype=shape_ref.up.dtype))
+                continue
+            if m.down.shape[1] != shape_ref.down.shape[1] or m.up.shape[0] != shape_ref.up.shape[0]:
+                raise DraftError(f"LoRA {f.path} has shape {list(m.up.shape)}x{list(m.down.shape)} at '{name}', unlike the others: were they trained on different base models?")
+            c = w * m.scale / common
+            downs.append(m.down.float())
+            ups.append(m.up.float() if c == 1.0 else m.up.float() * c)
+        state[f"{name}.lora_A.weight"] = torch.cat(downs).contiguous()
+        state[f"{name}.lora_B.weight"] = torch.cat(ups, dim=1).contiguous()
+    ranks = {v.shape[0] for k, v in state.items() if k.endswith("lora_A.weight")}
+    if len(ranks) != 1:
+        raise DraftError(f"the LoRAs to mix use different ranks in different modules ({sorted(ranks)}); rank_pattern LoRAs are not supported by lora mix.")
+    return state, common, ranks.pop()
+
+
+def save_mixed(specs: Sequence[LoraSpec], out: str | Path) -> Path:
+    """Write the mix of ``specs`` as ``out/pytorch_lora_weights.safetensors`` (loadable by load_lora_weights)."""
+    from diffusers import StableDiffusionPipeline
+
+    state, scale, rank = mix_loras(specs)
+    components = sorted({k.split(".", 1)[0] for k in state})
+    if components != ["unet"]:
+        raise DraftError(f"lora mix handles UNet LoRAs; these hold {components}.")
+    base = next(c for s in specs for c in [read_lora(s.path).configs.get("unet", {})] if s.scale != 0)
+    targets = sorted({k.split(".", 1)[1].rsplit(".lora_", 1)[0] for k in state})
+    metadata = {
+        **{k: v for k, v in base.items() if k not in ("rank_pattern", "alpha_pattern")},
+        "r": rank,
+        "lora_alpha": scale * rank,
+        "use_rslora": False,
+        "target_modules": targets,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(
+        out,
+        unet_lora_layers={k.split(".", 1)[1]: v for k, v in state.items()},
+        safe_serialization=True,
+        unet_lora_adapter_metadata=metadata,
+    )
+    return out / WEIGHT_NAME
+
+
+# -- kohya export ---------------------------------------------------------------------
+def kohya_name(name: str) -> str:
+    """``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`` ->
+    ``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``."""
+    component, _, module = name.partition(".")
+    if component not in KOHYA_PREFIXES:
+        raise DraftError(f"cannot export LoRA module '{name}' to kohya: unknown component '{component}' (known: {sorted(KOHYA_PREFIXES)}).")
+    return f"{KOHYA_PREFIXES[component]}_{module.replace('.', '_')}"
+
+
+def to_kohya(lora: LoraFile) -> dict[str, torch.Tensor]:
+    """Kohya keys: ``.lora_down.weight`` [r, in], ``.lora_up.weight`` [out, r], ``.alpha`` (0-dim, float32)
+    with alpha = scale · r, so kohya's ΔW = up·down·alpha/r is peft's ΔW."""
+    out: dict[str, torch.Tensor] = {}
+    for name, m in sorted(lora.modules.items()):
+        key = kohya_name(name)
+        out[f"{key}.lora_down.weight"] = m.down.contiguous()
+        out[f"{key}.lora_up.weight"] = m.up.contiguous()
+        alpha = m.scale * m.rank
+        out[f"{key}.alpha"] = torch.tensor(round(alpha) if abs(alpha - round(alpha)) < 1e-9 else alpha, dtype=torch.float32)
+    return out
+
+
+def export_kohya(path: str | Path, out: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    lora = read_lora(path)
+    state = to_kohya(lora)
+    ranks = sorted({m.rank for m in lora.modules.values()})
+    alphas = sorted({float(v) for k, v in state.items() if k.endswith(".alpha")})
+    metadata = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(ranks[0]) if len(ranks) == 1 else json.dumps(ranks),
+        "ss_network_alpha": f"{alphas[0]:g}" if len(alphas) == 1 else json.dumps(alphas),
+        "draft_source": str(lora.path),
+    }
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise DraftError(f"--out '{out}' must name a .safetensors file (kohya LoRAs are single files).")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out), metadata=metadata)
+    return out
+
+
+# -- fuse ------------------------------------------------------------------------------
+def fuse_lora_into_model(model, specs: Sequence[LoraSpec]) -> None:
+    """Fold ``Σ scale_i ΔW_i`` into the UNet's base weights and drop the adapters (in place)."""
+    from draft_core.lora import apply_loras
+
+    names = apply_loras(model.unet, specs)
+    if not names:
+        raise DraftError("lora fuse needs at least one --lora PATH[:SCALE].")
+    model.unet.fuse_lora(adapter_names=names)
+    model.unet.unload_lora()
+
+
+# -- model card -------------------------------------------------------------------------
+def command_line(argv: Sequence[str] | None = None) -> str:
+    argv = list(sys.argv if argv is None else argv)
+    if argv and Path(argv[0]).name in ("draft", "cli.py", "__main__.py"):
+        argv = ["draft", *argv[1:]]
+    return shlex.join(argv)
+
+
+def write_model_card(folder: str | Path, info: dict) -> Path:
+    """``folder/README.md``: a YAML header (diffusers' model-card fields) and a table of ``info``.
+
+    info keys used: base_model, rewards, estimator, steps, final_reward, command, and any others
+    (shown as extra rows).
+    """
+    import yaml
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = info.get("base_model") or "BASE_MODEL"
+    header = {
+        "base_model": info.get("base_model"),
+        "library_name": "diffusers",
+        "tags": ["lora", "text-to-image", "draft", "diffusers"],
+    }
+    rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in info.items() if k != "command")
+    from draft_core.models.loading import EMBEDDED
+
+    usage = f"`draft sample --model {base} --lora {folder}:1.0 --prompt ...`"
+    if base not in EMBEDDED:  # an embedded model is no diffusers pipeline to from_pretrained
+        usage = (
+            "```python\nfrom diffusers import StableDiffusionPipeline\n"
+            f"pipe = StableDiffusionPipeline.from_pretrained({base!r})\n"
+            f"pipe.load_lora_weights({str(folder)!r})\n```\n\nor {usage}"
+        )
+    text = (
+        f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n"
+        f"# DRaFT LoRA for {base}\n\n"
+        "A LoRA fine-tuned with draft (Directly Fine-Tuning Diffusion Models on Differentiable Rewards).\n\n"
+        f"| field | value |\n| --- | --- |\n{rows}\n\n"
+        f"Made by:\n\n```bash\n{info.get('command', '(unknown)')}\n```\n\nUse:\n\n{usage}\n"
+    )
+    path = folder / "README.md"
+    path.write_text(text)
+    return path
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def run_card_info(run_dir: str | Path, command: str | None = None) -> dict:
+    """What a training run's model card says, from its config.yaml and metrics.jsonl."""
+    import yaml
+
+    from draft_core.media import read_metrics
+
+    run_dir = Path(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    reward = cfg.get("reward", {})
+    rewards = reward.get("weights") or {k: v for k, v in reward.items() if k != "args"}
+    info = {
+        "base_model": cfg.get("model", {}).get("name"),
+        "rewards": rewards,
+        "estimator": cfg.get("estimator"),
+        "sampler": cfg.get("sampler"),
+        "lora": cfg.get("lora"),
+        "steps": rows[-1]["step"] if rows else 0,
+        "final_reward": rows[-1]["reward_mean"] if rows else None,  # the last step's batch mean
+        "final_reward_last10": sum(r["reward_mean"] for r in rows[-10:]) / len(rows[-10:]) if rows else None,
+        "prompts": cfg.get("prompts", {}).get("source"),
+        "command": command or command_line(),
+    }
+    return info
