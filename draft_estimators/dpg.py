@@ -199,6 +199,7 @@ class DeterministicPolicyGradient:
         critic_grads = torch.autograd.grad(critic_loss, self.critic_params, allow_unused=True)
         for p, g in zip(self.critic_params, critic_grads):
             p.grad = torch.zeros_like(p) if g is None else g.to(p.dtype)
+        _average_across_processes([p.grad for p in self.critic_params])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         q_all = torch.cat(q_values)
@@ -220,3 +221,18 @@ class DeterministicPolicyGradient:
         x0_hat = nxt if step == sampler.num_steps - 1 else sampler.predict_x0(model, nxt, step + 1, cond)
         return self.critic(model.decode(x0_hat), cond.prompts).float()
 
+
+def _average_across_processes(grads: list[torch.Tensor]) -> None:
+    """Data parallel: average the critic's gradients over processes (one all-reduce), so every
+    process keeps the same critic, as the runner does for the LoRA."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()

@@ -215,3 +215,16 @@ def test_dpg_trains_and_resumes_through_the_runner(tmp_path):
 
     rows = [json.loads(r) for r in (split / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all("critic_loss" in r for r in rows)
+
+
+def test_critic_gradients_are_averaged_across_processes(tmp_path):
+    """Two gloo processes: each ends with the mean of both processes' critic gradients."""
+    import torch.multiprocessing as mp
+
+    from dpg_average_worker import average_worker
+
+    mp.spawn(average_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert torch.equal(grads[0], torch.full((2, 3), 1.5))
+        assert torch.equal(grads[1], torch.arange(4.0) * 1.5)
