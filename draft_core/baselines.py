@@ -97,7 +97,7 @@ class Method:
         return self.name
 
     def encode(self, model, prompts: Sequence[str]):
-        cond = self.encode(model, prompts)
+        cond = model.encode_prompts(list(prompts))
         return cond if self.condition is None else self.condition(cond)
 
     def generate(self, model, sampler, prompts: Sequence[str], noise: NoiseSource, *, lora_steps=None, generator=None) -> Generated:

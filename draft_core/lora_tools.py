@@ -301,6 +301,9 @@ def run_card_info(run_dir: str | Path, command: str | None = None) -> dict:
     run_dir = Path(run_dir)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     rows = read_metrics(run_dir / "metrics.jsonl")
+    steps = rows[-1]["step"] if rows else 0
+    # Skipped (non-finite) steps log no usable reward: the card reports the others.
+    rows = [r for r in rows if isinstance(r.get("reward_mean"), (int, float)) and math.isfinite(r["reward_mean"])]
     reward = cfg.get("reward", {})
     rewards = reward.get("weights") or {k: v for k, v in reward.items() if k != "args"}
     info = {
@@ -309,7 +312,7 @@ def run_card_info(run_dir: str | Path, command: str | None = None) -> dict:
         "estimator": cfg.get("estimator"),
         "sampler": cfg.get("sampler"),
         "lora": cfg.get("lora"),
-        "steps": rows[-1]["step"] if rows else 0,
+        "steps": steps,
         "final_reward": rows[-1]["reward_mean"] if rows else None,  # the last step's batch mean
         "final_reward_last10": sum(r["reward_mean"] for r in rows[-10:]) / len(rows[-10:]) if rows else None,
         "prompts": cfg.get("prompts", {}).get("source"),

@@ -139,7 +139,7 @@ def test_query_too_long(owlvit_dir):
 
 
 def test_images_out_of_range(owlvit_dir):
-    with pytest.raises(ValueError, match=r"must be in \[0, 1\], got values in \[0, 255\]"):
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got min 0 and max 255 \(images in \[0, 255\]\? divide by 255\)"):
         OwlViTReward(QUERIES, path=owlvit_dir)(torch.full((1, 3, 8, 8), 255.0).index_fill(1, torch.tensor([0]), 0), [])
 
 
