@@ -14,7 +14,13 @@ Peak memory of a step (``peak_memory``), measured in a fresh process per case
   ``ru_maxrss`` reports at exit) over the step, minus the resident size just before it.
   The peak is reset first (``echo 5 > /proc/self/clear_refs``) after glibc has returned
   freed memory (``malloc_trim``), so the figure is the step's own high-water mark above
-  the loaded model, allocator overheads included.
+  the loaded model, allocator overheads included. The subprocess runs with
+  ``MALLOC_MMAP_THRESHOLD_=65536``: glibc then serves every allocation of 64 KiB or more
+  (all activations here) with mmap and returns it when freed, so the peak tracks live
+  tensors, as CUDA's caching allocator reuses blocks. With glibc's default (a threshold
+  that grows up to 32 MiB), freed activations stay in the heap and fragment it, and a
+  long backward pass (full DRaFT: one recomputation per step) shows a peak that grows
+  with the number of steps although the live tensors do not (``--glibc-default``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import argparse
 import ctypes
 import gc
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -227,11 +234,16 @@ def peak_memory(run: Callable[[], Any], device) -> dict[str, Any]:
     return {"peak_mib": (peak - before) / 1024, "method": "VmHWM (peak RSS, reset before the step) - VmRSS before"}
 
 
-def memory_in_subprocess(model: str, case: str, steps: int, batch: int, timeout: float = 600) -> dict[str, Any]:
+MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def memory_in_subprocess(model: str, case: str, steps: int, batch: int, timeout: float = 600,
+                         glibc_default: bool = False) -> dict[str, Any]:
     """Run ``peak_memory`` for one case in a fresh Python process; returns its JSON."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "memory", "--model", model, "--case", case,
            "--steps", str(steps), "--batch", str(batch)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    env = dict(os.environ) if glibc_default else {**os.environ, **MMAP_ENV}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"memory probe failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -249,11 +261,33 @@ def _memory_main(argv: list[str]) -> None:
     run = bench.runner(args.case)
     warm_up(bench)
     result = peak_memory(lambda: run(0), bench.model.device)
-    result.update(model=args.model, case=args.case, steps=args.steps, batch=args.batch)
+    result.update(model=args.model, case=args.case, steps=args.steps, batch=args.batch,
+                  malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"))
     print(json.dumps(result))
 
 
+def _memory_table_main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="benchlib.py memory-table", description="peak memory of every case, one process each")
+    ap.add_argument("--model", default="tiny-random", choices=sorted(MODELS))
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--glibc-default", action="store_true", help="leave glibc's mmap threshold as it is")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    rows = {case: memory_in_subprocess(args.model, case, args.steps, args.batch, glibc_default=args.glibc_default)
+            for case in CASES}
+    base = rows["draft-k K=1"]["peak_mib"]
+    print(f"{args.model}, {args.steps} DDIM steps, batch {args.batch}, malloc: "
+          f"{'glibc default' if args.glibc_default else MMAP_ENV}")
+    for case, row in rows.items():
+        print(f"  {case:20s} {row['peak_mib']:8.1f} MiB  {row['peak_mib'] / base:5.2f}x DRaFT-1")
+    write_json(args.out, {"model": args.model, "steps": args.steps, "batch": args.batch,
+                          "glibc_default": args.glibc_default, "rows": rows})
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["memory"]:
-        sys.exit("usage: python benchmarks/benchlib.py memory [--model M] [--case C] [--steps N] [--batch B]")
-    _memory_main(sys.argv[2:])
+    commands = {"memory": _memory_main, "memory-table": _memory_table_main}
+    if sys.argv[1:2] and sys.argv[1] in commands:
+        commands[sys.argv[1]](sys.argv[2:])
+    else:
+        sys.exit("usage: python benchmarks/benchlib.py {memory|memory-table} [--model M] [--steps N] [--batch B] ...")

@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -182,7 +183,9 @@ def memory_in_subprocess(model_dir: Path, a, side: str, truncation: str) -> dict
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", side, "--truncation", truncation,
            "--model-dir", str(model_dir), "--steps", str(a.steps), "--batch", str(a.batch),
            "--guidance", str(a.guidance), "--eta", str(a.eta), "--lr", str(a.lr), "--seed", str(a.seed)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    from benchlib import MMAP_ENV  # large allocations returned when freed: the peak tracks live tensors
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **MMAP_ENV})
     if done.returncode != 0:
         raise RuntimeError(f"memory probe failed: {' '.join(cmd)}\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -193,32 +196,41 @@ def smooth(values: list[float], w: int) -> list[float]:
 
 
 def reach(means: dict[str, list[float]], seconds: dict[str, list[float]], level_frac: float, window: int) -> dict:
-    """When each side's smoothed reward first reaches start + level_frac x the smaller best gain.
+    """When each side's smoothed reward first reaches start + level_frac x the larger best gain.
 
-    means/seconds: per side, the batch-mean reward and the wall time of each step. The start
-    is the mean of the two sides' first batch (the same base model). With no gain on one
-    side there is no common level, and no ratio."""
+    means/seconds: per side, the batch-mean reward and the wall time of each step; the
+    first side is the reference of the ratio (second / first). The start is the mean of
+    the two sides' first batch (the same base model). A side that never reaches the level
+    in its steps is reported as not reached, with its total time as a lower bound; the
+    ratio is then a bound too (``ratio_is_bound``). With no gain on either side there is
+    no level."""
     curves = {n: smooth(v, window) for n, v in means.items()}
     start = statistics.fmean(v[0] for v in means.values())
     gains = {n: max(c) - start for n, c in curves.items()}
-    out: dict = {"start_reward": start, "best_gain": gains, "smooth": window}
-    if min(gains.values()) <= 0:
-        out["level"] = None
+    out: dict = {"start_reward": start, "best_gain": gains, "smooth": window, "level": None}
+    if max(gains.values()) <= 0:
         return out
-    out["level"] = level = start + level_frac * min(gains.values())
+    out["level"] = level = start + level_frac * max(gains.values())
     for n, c in curves.items():
-        hit = next(i for i, v in enumerate(c) if v >= level)
-        out[n] = {"steps_to_level": hit + 1, "seconds_to_level": sum(seconds[n][: hit + 1])}
-    a, b = list(means)
-    out["ratio"] = out[b]["seconds_to_level"] / out[a]["seconds_to_level"]
+        hit = next((i for i, v in enumerate(c) if v >= level), None)
+        out[n] = {"reached": hit is not None, "steps_to_level": None if hit is None else hit + 1,
+                  "seconds_to_level": sum(seconds[n] if hit is None else seconds[n][: hit + 1])}
+    ref, other = list(means)
+    if out[ref]["reached"]:
+        out["ratio"] = out[other]["seconds_to_level"] / out[ref]["seconds_to_level"]
+        out["ratio_is_bound"] = not out[other]["reached"]  # then a lower bound
     return out
 
 
+TTR_OURS = {"draft-lv": lambda steps: {"name": "draft-lv", "n": 2},
+            "draft-k-range": lambda steps: {"name": "draft-k", "k_range": [1, steps]}}
+
+
 def time_to_reward(model_dir: Path, a) -> dict:
-    """TRL (random truncation) against draft-lv n=2, alternating steps on the same machine."""
+    """TRL (random truncation) against ours (draft-lv n=2 by default), alternating steps."""
     r_trl, r_ours = RecordingReward(), RecordingReward()
     steps = {"trl": make_trl(model_dir, a, "random", r_trl),
-             "ours": make_ours(model_dir, a, {"name": "draft-lv", "n": 2}, r_ours)}
+             "ours": make_ours(model_dir, a, TTR_OURS[a.ttr_ours](a.steps), r_ours)}
     seconds = {n: [] for n in steps}
     for i in range(a.ttr_max):
         for n in (["trl", "ours"] if i % 2 == 0 else ["ours", "trl"]):
@@ -227,7 +239,8 @@ def time_to_reward(model_dir: Path, a) -> dict:
             seconds[n].append(time.perf_counter() - t0)
     means = {"trl": r_trl.means, "ours": r_ours.means}
     out = reach(means, seconds, a.level, a.smooth)
-    out.update(steps=a.ttr_max, reward_means=means, seconds=seconds)
+    out.update(steps=a.ttr_max, ours=dict(out.get("ours", {}), estimator=TTR_OURS[a.ttr_ours](a.steps)),
+               reward_means=means, seconds=seconds)
     return out
 
 
@@ -245,6 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ttr-steps", type=int, default=20, help="DDIM steps for the time-to-reward runs (default 20)")
     ap.add_argument("--ttr-max", type=int, default=40, help="training steps per side for time to reward (0: skip)")
     ap.add_argument("--ttr-lr", type=float, default=1e-2, help="learning rate of both sides for time to reward")
+    ap.add_argument("--ttr-ours", choices=sorted(TTR_OURS), default="draft-lv",
+                    help="our side of the time to reward: draft-lv (n=2, default) or draft-k-range (k_range [1, T], AlignProp's kind)")
+    ap.add_argument("--no-step-time", action="store_true", help="only the time to reward")
     ap.add_argument("--level", type=float, default=0.5, help="target: start + LEVEL x the smaller best gain")
     ap.add_argument("--smooth", type=int, default=5, help="moving-average window of the reward curve, in steps")
     ap.add_argument("--out", type=Path, default=None, help="write all numbers as JSON here")
@@ -265,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_dir = write_model(Path(tempfile.mkdtemp(prefix="tiny-random-")))
     result: dict = {"settings": {k: v for k, v in vars(a).items() if k not in ("out", "model_dir", "memory_probe")}}
     print(f"tiny-random, {a.steps} DDIM steps (eta {a.eta}), CFG {a.guidance}, batch {a.batch}, float32, 1 thread")
-    for trunc in ["fixed"] + ([] if a.no_random else ["random"]):
+    for trunc in ([] if a.no_step_time else ["fixed"] + ([] if a.no_random else ["random"])):
         steps = {"trl": make_trl(model_dir, a, trunc, RecordingReward()),
                  "ours": make_ours(model_dir, a, ours_estimator(trunc, a.steps), RecordingReward())}
         times = alternate(steps, a.rounds)
@@ -285,13 +301,15 @@ def main(argv: list[str] | None = None) -> dict:
         ttr_args = argparse.Namespace(**{**vars(a), "steps": a.ttr_steps, "lr": a.ttr_lr})
         ttr = time_to_reward(model_dir, ttr_args)
         result["time_to_reward"] = ttr
-        head = f"  time to reward ({a.ttr_steps} DDIM steps, lr {a.ttr_lr}, {a.ttr_max} steps each, start {ttr['start_reward']:.5f})"
-        if ttr["level"] is None:
-            print(f"{head}: no common level, best gains {ttr['best_gain']}")
-        else:
-            print(f"{head}, level {ttr['level']:.5f}: TRL {ttr['trl']['seconds_to_level']:.1f} s "
-                  f"({ttr['trl']['steps_to_level']} steps), draft-lv {ttr['ours']['seconds_to_level']:.1f} s "
-                  f"({ttr['ours']['steps_to_level']} steps), ratio {ttr['ratio']:.2f}")
+        head = f"  time to reward, TRL random truncation vs {a.ttr_ours} ({a.ttr_steps} DDIM steps, lr {a.ttr_lr}, {a.ttr_max} steps each, start {ttr['start_reward']:.5f})"
+        print(head + (": no gain on either side" if ttr["level"] is None else f", level {ttr['level']:.5f}:"))
+        for n, label in (("trl", "TRL"), ("ours", a.ttr_ours)):
+            if n in ttr:
+                row = ttr[n]
+                print(f"    {label}: " + (f"{row['seconds_to_level']:.1f} s ({row['steps_to_level']} steps)" if row["reached"]
+                                          else f"not reached in {a.ttr_max} steps ({row['seconds_to_level']:.1f} s)"))
+        if "ratio" in ttr:
+            print(f"    ratio ours/TRL {'>= ' if ttr['ratio_is_bound'] else ''}{ttr['ratio']:.2f}")
     from benchlib import write_json
 
     write_json(a.out, result)

@@ -1,6 +1,6 @@
 """Cost of one training step of each estimator relative to sampling alone, all cases interleaved.
 
-    python benchmarks/step_cost.py [--model tiny-random] [--steps 50] [--batch 4] [--rounds 5] [--cases ...]
+    python benchmarks/step_cost.py [--model tiny-random] [--steps 50] [--batch 4] [--rounds 5] [--cases ...] [--breakdown]
 
 The pytest-benchmark suite (``pytest benchmarks --benchmark-only``) pairs each case with
 its own sampling run; this script instead runs every case once per round, rotating
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -19,6 +20,45 @@ import torch
 from benchlib import CASES, MODELS, make_bench, ratios, time_interleaved, write_json
 
 DEFAULT_CASES = ["sampling", "draft-k K=1", "draft-lv n=2", "refl m=20", "draft-k K=10", "draft (full, ckpt)"]
+
+
+def breakdown(bench, n: int = 2, rounds: int = 5) -> dict[str, float]:
+    """Seconds of the pieces DRaFT-LV adds to DRaFT-1, interleaved: the UNet forward and
+    backward of the n re-noised copies (with CFG), and their decode + reward forward and
+    backward; beside one sampling step and one decode of the batch, for scale."""
+    model, sampler = bench.model, bench.sampler
+    inputs = bench.inputs(0)
+    last = sampler.num_steps - 1
+    x = inputs.noise.repeat(n, 1, 1, 1)
+    cond = inputs.cond.repeat(n)
+
+    def unet_copies():
+        sampler.predict_x0(model, x, last, cond).sum().backward()
+
+    def decode_reward_copies():
+        y = x.clone().requires_grad_()
+        bench.reward(model.decode(y), cond.prompts).sum().backward()
+
+    def one_sampling_step():
+        with torch.no_grad():
+            sampler.predict_x0(model, inputs.noise, last, inputs.cond)
+
+    def decode_batch():
+        with torch.no_grad():
+            model.decode(inputs.noise)
+
+    parts = {"lv: unet fwd+bwd of n copies": unet_copies, "lv: decode+reward fwd+bwd of n copies": decode_reward_copies,
+             "one sampling step (no grad)": one_sampling_step, "decode of the batch (no grad)": decode_batch}
+    times = {k: [] for k in parts}
+    for r in range(rounds + 1):
+        for k, f in parts.items():
+            t0 = time.perf_counter()
+            f()
+            if r:
+                times[k].append(time.perf_counter() - t0)
+    for p in bench.params:
+        p.grad = None
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -29,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES), metavar="CASE",
                     help=f"cases to time (default: {DEFAULT_CASES}); 'sampling' is always included")
+    ap.add_argument("--breakdown", action="store_true", help="also time the pieces DRaFT-LV (n=2) adds to DRaFT-1")
     ap.add_argument("--out", type=Path, default=None, help="write the times and ratios as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -44,6 +85,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  draft-lv n=2 / draft-k K=1: {rel['draft-lv n=2'] / rel['draft-k K=1']:.2f}")
     result = {"model": args.model, "steps": args.steps, "batch": args.batch, "rounds": args.rounds,
               "seconds": times, "ratio_to_sampling": rel}
+    if args.breakdown:
+        result["lv_breakdown_seconds"] = parts = breakdown(bench)
+        sampling = statistics.median(times["sampling"])
+        for k, v in parts.items():
+            print(f"  {k:40s} {v:7.3f} s   {v / sampling:5.3f}x sampling")
     write_json(args.out, result)
     return result
 

@@ -17,7 +17,9 @@ import step_cost
 
 def test_step_cost_script(tmp_path):
     out = tmp_path / "cost.json"
-    res = step_cost.main(["--steps", "2", "--batch", "1", "--rounds", "1", "--cases", "draft-k K=1", "--out", str(out)])
+    res = step_cost.main(["--steps", "2", "--batch", "1", "--rounds", "1", "--cases", "draft-k K=1", "--breakdown",
+                          "--out", str(out)])
+    assert all(v > 0 for v in res["lv_breakdown_seconds"].values())
     assert res["ratio_to_sampling"]["sampling"] == 1.0 and res["ratio_to_sampling"]["draft-k K=1"] > 0
     assert json.loads(out.read_text())["steps"] == 2
 
@@ -81,19 +83,22 @@ def test_figure_scripts_run_at_toy_scale(runs):
     assert (runs / "lora_scaling.png").exists() and (runs / "lora_mixing.png").exists()
 
 
-def test_time_to_reward_level_is_reached_by_both_sides():
+def test_time_to_reward_level_and_censoring():
     import peer_trl
 
-    means = {"trl": [-3.0, -2.9, -2.5, -2.0, -1.0], "ours": [-3.0, -2.0, -1.0, -0.5, -0.5]}
+    means = {"trl": [-3.0, -2.9, -2.5, -2.0, -1.0], "ours": [-3.0, -2.0, -1.5, -1.4, -1.4]}
     seconds = {"trl": [2.0] * 5, "ours": [1.0] * 5}
     res = peer_trl.reach(means, seconds, level_frac=0.5, window=1)
-    # start -3, gains 2.0 (trl) and 2.5 (ours): level -2.0, reached at step 4 (trl) and 2 (ours).
+    # start -3, best gains 2.0 (trl) and 1.6 (ours): level -3 + 0.5 * 2.0 = -2.0, reached at step 4 and 2.
     assert res["level"] == pytest.approx(-2.0)
-    assert res["trl"] == {"steps_to_level": 4, "seconds_to_level": 8.0}
-    assert res["ours"] == {"steps_to_level": 2, "seconds_to_level": 2.0}
-    assert res["ratio"] == pytest.approx(0.25)
-    flat = peer_trl.reach({"trl": [-3.0, -3.5], "ours": [-3.0, -1.0]}, {"trl": [1, 1], "ours": [1, 1]}, 0.5, 1)
-    assert flat["level"] is None and "ratio" not in flat
+    assert res["trl"] == {"reached": True, "steps_to_level": 4, "seconds_to_level": 8.0}
+    assert res["ours"] == {"reached": True, "steps_to_level": 2, "seconds_to_level": 2.0}
+    assert res["ratio"] == pytest.approx(0.25) and not res["ratio_is_bound"]
+    # A side that never gets there is censored: its whole run time bounds the ratio from below.
+    flat = peer_trl.reach({"trl": [-3.0, -1.0], "ours": [-3.0, -3.2]}, {"trl": [1.0, 1.0], "ours": [3.0, 3.0]}, 0.5, 1)
+    assert flat["ours"] == {"reached": False, "steps_to_level": None, "seconds_to_level": 6.0}
+    assert flat["ratio"] == pytest.approx(3.0) and flat["ratio_is_bound"]
+    assert peer_trl.reach({"trl": [-3.0, -3.5], "ours": [-3.0, -4.0]}, seconds, 0.5, 1)["level"] is None
 
 
 def test_peer_script_at_toy_scale():
