@@ -35,6 +35,11 @@ SCALES = [0.0, 0.25, 0.5, 0.75, 1.0]
 MIX = [0.0, 0.5, 1.0]
 
 
+def enlarge(images: torch.Tensor, factor: int = 3) -> torch.Tensor:
+    """Nearest-neighbour upscaling, so that 32 px samples are legible in the grids."""
+    return torch.nn.functional.interpolate(images, scale_factor=factor, mode="nearest")
+
+
 @torch.no_grad()
 def sample(model, sampler, prompts: list[str], seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["scaling"].append({"scale_a": s, "reward_a": reward_a(images, PROMPTS).mean().item(),
                                   "reward_b": reward_b(images, PROMPTS).mean().item()})
         print(f"A x {s:4.2f}: reward A {result['scaling'][-1]['reward_a']:.3f}, reward B {result['scaling'][-1]['reward_b']:.5f}")
-    save_grid(torch.cat(rows), a.out_dir / "lora_scaling.png", nrow=len(PROMPTS))
+    save_grid(enlarge(torch.cat(rows)), a.out_dir / "lora_scaling.png", nrow=len(PROMPTS))
 
     prompts = [PROMPTS[d] for d in a.mix_prompts]
     cells = []
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"A x {alpha:3.1f} + B x {beta:3.1f}: reward A {result['mixing'][-1]['reward_a']:.3f}, "
                   f"reward B {result['mixing'][-1]['reward_b']:.5f}")
     # One grid row per alpha; each cell holds the prompts side by side.
-    save_grid(torch.cat(cells), a.out_dir / "lora_mixing.png", nrow=len(MIX) * len(prompts))
+    save_grid(enlarge(torch.cat(cells)), a.out_dir / "lora_mixing.png", nrow=len(MIX) * len(prompts))
     result["machine"] = machine()
     (a.out_dir / "lora_mixing.json").write_text(json.dumps(result, indent=1))
     print(f"wrote {a.out_dir / 'lora_scaling.png'}, {a.out_dir / 'lora_mixing.png'} and {a.out_dir / 'lora_mixing.json'}")
