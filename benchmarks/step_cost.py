@@ -1,10 +1,11 @@
-"""Cost of one training step of each estimator relative to sampling alone, interleaved.
+"""Cost of one training step of each estimator relative to sampling alone, all cases interleaved.
 
-    python benchmarks/step_cost.py [--steps 50] [--batch 4] [--repeats 5]
+    python benchmarks/step_cost.py [--model tiny-random] [--steps 50] [--batch 4] [--rounds 5] [--cases ...] [--breakdown]
 
-Each round times plain no-grad sampling and then one step (forward + backward) of each
-estimator on the same model, so machine noise hits all sides alike; the ratios are
-medians over rounds.
+The pytest-benchmark suite (``pytest benchmarks --benchmark-only``) pairs each case with
+its own sampling run; this script instead runs every case once per round, rotating
+the order, so that slow drifts in machine load fall on all cases alike. Ratios are
+medians over rounds; the first round warms up and is dropped.
 """
 
 from __future__ import annotations
@@ -12,59 +13,85 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
-from draft_core.lora import add_lora
-from draft_core.models import load_model
-from draft_core.protocols import StepInputs
-from draft_core.samplers.ddim import DDIMSampler
-from draft_estimators import FullBackprop, LowVariance, ReFL, TruncatedBackprop
-from draft_rewards.jpeg import JpegCompressibility
+from benchlib import CASES, MODELS, make_bench, ratios, time_interleaved, write_json
+
+DEFAULT_CASES = ["sampling", "draft-k K=1", "draft-lv n=2", "refl m=20", "draft-k K=10", "draft (full, ckpt)"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="tiny-random")
+def breakdown(bench, n: int = 2, rounds: int = 5) -> dict[str, float]:
+    """Seconds of the pieces DRaFT-LV adds to DRaFT-1, interleaved: the UNet forward and
+    backward of the n re-noised copies (with CFG), and their decode + reward forward and
+    backward; beside one sampling step and one decode of the batch, for scale."""
+    model, sampler = bench.model, bench.sampler
+    inputs = bench.inputs(0)
+    last = sampler.num_steps - 1
+    x = inputs.noise.repeat(n, 1, 1, 1)
+    cond = inputs.cond.repeat(n)
+
+    def unet_copies():
+        sampler.predict_x0(model, x, last, cond).sum().backward()
+
+    def decode_reward_copies():
+        y = x.clone().requires_grad_()
+        bench.reward(model.decode(y), cond.prompts).sum().backward()
+
+    def one_sampling_step():
+        with torch.no_grad():
+            sampler.predict_x0(model, inputs.noise, last, inputs.cond)
+
+    def decode_batch():
+        with torch.no_grad():
+            model.decode(inputs.noise)
+
+    parts = {"lv: unet fwd+bwd of n copies": unet_copies, "lv: decode+reward fwd+bwd of n copies": decode_reward_copies,
+             "one sampling step (no grad)": one_sampling_step, "decode of the batch (no grad)": decode_batch}
+    times = {k: [] for k in parts}
+    for r in range(rounds + 1):
+        for k, f in parts.items():
+            t0 = time.perf_counter()
+            f()
+            if r:
+                times[k].append(time.perf_counter() - t0)
+    for p in bench.params:
+        p.grad = None
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="tiny-random", choices=sorted(MODELS))
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
-    model = load_model(args.model)
-    params = add_lora(model.unet, rank=4)
-    sampler = DDIMSampler(steps=args.steps)
-    reward = JpegCompressibility()
-    prompts = ["a photo of a cat"] * args.batch
-    estimators = {
-        "draft-k K=1": TruncatedBackprop(k=1),
-        "draft-lv n=2": LowVariance(n=2),
-        "refl m=20": ReFL(m=min(20, args.steps)),
-        "draft-k K=10": TruncatedBackprop(k=min(10, args.steps)),
-        "draft (full, ckpt)": FullBackprop(),
-    }
-    times: dict[str, list[float]] = {"sampling": [], **{k: [] for k in estimators}}
-    for r in range(args.repeats + 1):  # round 0 warms up
-        gen = torch.Generator().manual_seed(r)
-        cond = model.encode_prompts(prompts)
-        noise = model.make_noise(args.batch, gen)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            model.decode(sampler.sample(model, cond, noise))
-        if r:
-            times["sampling"].append(time.perf_counter() - t0)
-        for name, est in estimators.items():
-            t0 = time.perf_counter()
-            out = est(StepInputs(model, sampler, reward, model.encode_prompts(prompts), noise, gen))
-            out.loss.backward()
-            for p in params:
-                p.grad = None
-            if r:
-                times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times["sampling"])
-    print(f"{args.model}, {args.steps} DDIM steps, CFG, batch {args.batch}, {torch.get_num_threads()} threads")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:20s} {med:7.3f} s   {med / base:5.2f}x sampling")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES), metavar="CASE",
+                    help=f"cases to time (default: {DEFAULT_CASES}); 'sampling' is always included")
+    ap.add_argument("--breakdown", action="store_true", help="also time the pieces DRaFT-LV (n=2) adds to DRaFT-1")
+    ap.add_argument("--out", type=Path, default=None, help="write the times and ratios as JSON here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    cases = ["sampling"] + [c for c in args.cases if c != "sampling"]
+    bench = make_bench(args.model, args.steps, args.batch)
+    times = time_interleaved(bench, cases, args.rounds)
+    rel = ratios(times)
+    print(f"{args.model}, {args.steps} DDIM steps, CFG 7.5, batch {args.batch}, {torch.get_num_threads()} thread, "
+          f"{args.rounds} rounds (+1 warm-up)")
+    for case in cases:
+        print(f"  {case:20s} {statistics.median(times[case]):7.3f} s   {rel[case]:5.2f}x sampling")
+    if "draft-k K=1" in rel and "draft-lv n=2" in rel:
+        print(f"  draft-lv n=2 / draft-k K=1: {rel['draft-lv n=2'] / rel['draft-k K=1']:.2f}")
+    result = {"model": args.model, "steps": args.steps, "batch": args.batch, "rounds": args.rounds,
+              "seconds": times, "ratio_to_sampling": rel}
+    if args.breakdown:
+        result["lv_breakdown_seconds"] = parts = breakdown(bench)
+        sampling = statistics.median(times["sampling"])
+        for k, v in parts.items():
+            print(f"  {k:40s} {v:7.3f} s   {v / sampling:5.3f}x sampling")
+    write_json(args.out, result)
+    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,303 @@
+"""What the benchmark suite and scripts share: the cases, one training step, peak memory.
+
+A *case* is sampling alone or one registered estimator with its arguments. One training
+step of a case = the estimator's forward (sampling with or without autograd, decode,
+reward), the backward pass, and an AdamW step on the LoRA parameters. Sampling alone =
+no-grad sampling and decode, what the same batch costs to generate.
+
+Peak memory of a step (``peak_memory``), measured in a fresh process per case
+(``python benchmarks/benchlib.py memory ...``) so that nothing earlier inflates it:
+
+- CUDA: ``torch.cuda.max_memory_allocated()`` over the step, minus what was allocated
+  before it (the model and LoRA): the tensors the step itself needs at its peak.
+- CPU: the process's peak resident set size (``VmHWM`` in ``/proc/self/status``, which
+  ``ru_maxrss`` reports at exit) over the step, minus the resident size just before it.
+  The peak is reset first (``echo 5 > /proc/self/clear_refs``) after glibc has returned
+  freed memory (``malloc_trim``), so the figure is the step's own high-water mark above
+  the loaded model, allocator overheads included. The subprocess runs with
+  ``MALLOC_MMAP_THRESHOLD_=65536``: glibc then serves every allocation of 64 KiB or more
+  (all activations here) with mmap and returns it when freed, so the peak tracks live
+  tensors, as CUDA's caching allocator reuses blocks. With glibc's default (a threshold
+  that grows up to 32 MiB), freed activations stay in the heap and fragment it, and a
+  long backward pass (full DRaFT: one recomputation per step) shows a peak that grows
+  with the number of steps although the live tensors do not (``--glibc-default``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from draft_core.lora import add_lora
+from draft_core.models import load_model
+from draft_core.models.digits.data import PROMPTS as DIGIT_PROMPTS
+from draft_core.plugins import load_registry
+from draft_core.protocols import EstimatorOutput, StepInputs
+
+# name -> estimator section ({"name": registered estimator, **arguments}); None = sampling alone.
+CASES: dict[str, dict[str, Any] | None] = {
+    "sampling": None,
+    "draft-k K=1": {"name": "draft-k", "k": 1},
+    "draft-k K=5": {"name": "draft-k", "k": 5},
+    "draft-k K=10": {"name": "draft-k", "k": 10},
+    "draft-k K=25": {"name": "draft-k", "k": 25},
+    "draft-k K=50": {"name": "draft-k", "k": 50},
+    "draft (full, ckpt)": {"name": "draft"},
+    "draft-lv n=1": {"name": "draft-lv", "n": 1},
+    "draft-lv n=2": {"name": "draft-lv", "n": 2},
+    "draft-lv n=4": {"name": "draft-lv", "n": 4},
+    "refl m=20": {"name": "refl", "m": 20},
+    "dpg states=2": {"name": "dpg", "states": 2},
+}
+
+# Cases that only some models can run: dpg adapts the reward's network as its critic, so it
+# needs a network reward (digits' classifier), not JPEG.
+CASE_MODELS: dict[str, tuple[str, ...]] = {"dpg states=2": ("digits",)}
+
+
+def pairs() -> list[tuple[str, str]]:
+    """Every (model, case) the suite runs."""
+    return [(m, c) for m in MODELS for c in CASES if m in CASE_MODELS.get(c, (m,))]
+
+# Each model with the reward and prompts it is benchmarked on.
+MODELS: dict[str, dict[str, Any]] = {
+    "tiny-random": {"reward": {"name": "jpeg-compressibility", "quality": 50}, "prompts": ["a photo of a cat", "a photo of a dog"]},
+    "digits": {"reward": {"name": "digit-classifier", "target": 8}, "prompts": DIGIT_PROMPTS},
+}
+
+
+def fit_to_steps(section: dict[str, Any] | None, steps: int) -> dict[str, Any] | None:
+    """The case's arguments with K and m clipped to the sampler's steps (for short smoke runs)."""
+    if section is None:
+        return None
+    out = dict(section)
+    for key in ("k", "m"):
+        if key in out:
+            out[key] = min(out[key], steps)
+    return out
+
+
+@dataclass
+class Bench:
+    """A model with a fresh LoRA, a DDIM sampler with CFG, a reward and a fixed batch of prompts."""
+
+    model: Any
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    sampler: Any
+    reward: Any
+    prompts: list[str]
+    registry: Any
+
+    @property
+    def steps(self) -> int:
+        return self.sampler.num_steps
+
+    def estimator(self, case: str) -> Any:
+        """The registered estimator of ``case`` (None for sampling alone)."""
+        section = fit_to_steps(CASES[case], self.steps)
+        if section is None:
+            return None
+        args = {k: v for k, v in section.items() if k != "name"}
+        return self.registry.build("estimator", section["name"], **args)
+
+    def inputs(self, seed: int) -> StepInputs:
+        gen = torch.Generator().manual_seed(seed)
+        cond = self.model.encode_prompts(self.prompts)
+        return StepInputs(self.model, self.sampler, self.reward, cond, self.model.make_noise(len(self.prompts), gen), gen)
+
+    @torch.no_grad()
+    def sample_alone(self, seed: int = 0) -> torch.Tensor:
+        inputs = self.inputs(seed)
+        return self.model.decode(self.sampler.sample(self.model, inputs.cond, inputs.noise, generator=inputs.generator))
+
+    def train_step(self, estimator: Any, seed: int = 0) -> EstimatorOutput:
+        out = estimator(self.inputs(seed))
+        out.loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return out
+
+    def runner(self, case: str) -> Callable[[int], Any]:
+        """A function of the seed that runs one step of ``case``."""
+        est = self.estimator(case)
+        if est is None:
+            return self.sample_alone
+        return lambda seed=0: self.train_step(est, seed)
+
+
+def make_bench(model_name: str, steps: int, batch: int, device: str | None = None,
+               guidance_scale: float = 7.5, lora_rank: int = 4) -> Bench:
+    registry = load_registry()
+    spec = MODELS[model_name]
+    model = load_model(model_name, device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        params = add_lora(model.unet, rank=lora_rank)
+    sampler = registry.build("sampler", "ddim", steps=steps, guidance_scale=guidance_scale)
+    reward_args = {k: v for k, v in spec["reward"].items() if k != "name"}
+    reward = registry.build("reward", spec["reward"]["name"], **reward_args)
+    if hasattr(reward, "to"):
+        reward.to(model.device)
+    prompts = [spec["prompts"][i % len(spec["prompts"])] for i in range(batch)]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    return Bench(model, params, optimizer, sampler, reward, prompts, registry)
+
+
+@torch.no_grad()
+def warm_up(bench: Bench) -> None:
+    """Load what loads lazily (the empty-prompt embedding, reward weights) before measuring."""
+    bench.model.encode_prompts(bench.prompts)
+    bench.reward(torch.zeros(1, 3, *bench.model.image_size, device=bench.model.device), bench.prompts[:1])
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_interleaved(bench: Bench, cases: list[str], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per step of each case; each round runs every case once, the order rotating
+    from round to round, so that machine noise falls on all cases alike."""
+    runs = {case: bench.runner(case) for case in cases}
+    times: dict[str, list[float]] = {case: [] for case in cases}
+    device = bench.model.device
+    for r in range(warmup + rounds):
+        order = cases[r % len(cases):] + cases[: r % len(cases)]
+        for case in order:
+            sync(device)
+            t0 = time.perf_counter()
+            runs[case](r)
+            sync(device)
+            if r >= warmup:
+                times[case].append(time.perf_counter() - t0)
+    return times
+
+
+def ratios(times: dict[str, list[float]], base: str = "sampling") -> dict[str, float]:
+    """Median time of each case over the median time of ``base``."""
+    ref = statistics.median(times[base])
+    return {case: statistics.median(ts) / ref for case, ts in times.items()}
+
+
+def write_json(path: Path | None, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` (its folder made); nothing when path is None."""
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2))
+
+
+# -- peak memory ----------------------------------------------------------------------
+def _status_kib(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
+
+
+def _reset_peak_rss() -> bool:
+    """Free what glibc holds, then reset the kernel's peak-RSS mark; False where unsupported."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(run: Callable[[], Any], device) -> dict[str, Any]:
+    """Peak memory of ``run()`` above what was in use before it, in MiB (see the module doc)."""
+    if torch.device(device).type == "cuda":
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # so that the reserved peak is this step's, not an earlier one's
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        return {"peak_mib": (peak - before) / 2**20, "total_peak_mib": peak / 2**20,
+                "reserved_peak_mib": torch.cuda.max_memory_reserved() / 2**20,
+                "method": "torch.cuda.max_memory_allocated - allocated before (total: with the weights)"}
+    if not _reset_peak_rss():
+        raise RuntimeError("peak CPU memory needs Linux's /proc/self/clear_refs (kernel >= 4.0)")
+    before = _status_kib("VmRSS")
+    run()
+    peak = _status_kib("VmHWM")
+    return {"peak_mib": (peak - before) / 1024, "method": "VmHWM (peak RSS, reset before the step) - VmRSS before"}
+
+
+MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def memory_in_subprocess(model: str, case: str, steps: int, batch: int, timeout: float = 600,
+                         glibc_default: bool = False) -> dict[str, Any]:
+    """Run ``peak_memory`` for one case in a fresh Python process; returns its JSON."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "memory", "--model", model, "--case", case,
+           "--steps", str(steps), "--batch", str(batch)]
+    env = dict(os.environ) if glibc_default else {**os.environ, **MMAP_ENV}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory probe failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _memory_main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="benchlib.py memory", description="peak memory of one step of one case")
+    ap.add_argument("--model", default="tiny-random", choices=sorted(MODELS))
+    ap.add_argument("--case", default="draft-k K=1", choices=list(CASES))
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=4)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    bench = make_bench(args.model, args.steps, args.batch)
+    run = bench.runner(args.case)
+    warm_up(bench)
+    result = peak_memory(lambda: run(0), bench.model.device)
+    result.update(model=args.model, case=args.case, steps=args.steps, batch=args.batch,
+                  malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"))
+    print(json.dumps(result))
+
+
+def _memory_table_main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="benchlib.py memory-table", description="peak memory of every case, one process each")
+    ap.add_argument("--model", default="tiny-random", choices=sorted(MODELS))
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--glibc-default", action="store_true", help="leave glibc's mmap threshold as it is")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    rows = {case: memory_in_subprocess(args.model, case, args.steps, args.batch, glibc_default=args.glibc_default)
+            for case in CASES}
+    base = rows["draft-k K=1"]["peak_mib"]
+    print(f"{args.model}, {args.steps} DDIM steps, batch {args.batch}, malloc: "
+          f"{'glibc default' if args.glibc_default else MMAP_ENV}")
+    for case, row in rows.items():
+        print(f"  {case:20s} {row['peak_mib']:8.1f} MiB  {row['peak_mib'] / base:5.2f}x DRaFT-1")
+    write_json(args.out, {"model": args.model, "steps": args.steps, "batch": args.batch,
+                          "glibc_default": args.glibc_default, "rows": rows})
+
+
+if __name__ == "__main__":
+    commands = {"memory": _memory_main, "memory-table": _memory_table_main}
+    if sys.argv[1:2] and sys.argv[1] in commands:
+        commands[sys.argv[1]](sys.argv[2:])
+    else:
+        sys.exit("usage: python benchmarks/benchlib.py {memory|memory-table} [--model M] [--steps N] [--batch B] ...")
