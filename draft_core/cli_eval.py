@@ -32,7 +32,7 @@ def load_for_sampling(args: argparse.Namespace):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from draft_core.baselines import build_method, build_reward
-    from draft_core.cli import _parse_window
+    from draft_core.cli import _learned_sampling, _parse_window
     from draft_core.evaluation import RowSpec, evaluate, load_prompt_set, to_markdown, write_outputs
     from draft_core.lora import LoraSpec, apply_loras
     from draft_core.lora_tools import command_line
@@ -55,6 +55,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = load_for_sampling(args)
     apply_loras(model.unet, specs)
+    learned = None if args.no_learned_sampling else _learned_sampling(specs, model, sampler)
     for reward in rewards.values():
         if hasattr(reward, "to"):
             reward.to(model.device)
@@ -62,6 +63,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(
         model, sampler, rows, items, rewards, n_per_prompt=args.n_per_prompt, seed=args.seed,
         batch_size=args.batch_size, lora_steps=window, sheet_columns=args.sheet_columns, progress=log,
+        learned=learned,
     )
     result.settings = {
         "command": command_line(),
@@ -101,5 +103,7 @@ def add_parser(sub) -> None:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     ev.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    ev.add_argument("--no-learned-sampling", action="store_true",
+                    help="ignore a learned guidance schedule / negative prompt saved beside the LoRA")
     ev.add_argument("--out", default="eval", help="folder for table.md, table.csv, results.json, contact_sheet.png")
     ev.set_defaults(func=cmd_eval)

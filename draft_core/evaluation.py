@@ -250,11 +250,14 @@ def evaluate(
     lora_steps: tuple[int, int] | None = None,
     sheet_columns: int = 8,
     progress: Callable[[str], None] | None = None,
+    learned=None,
 ) -> EvalResult:
     """Run every row over every (prompt, sample) and score each image with every reward.
 
     Rows with LoRAs expect them loaded as the model's active adapters (``apply_loras``); rows
-    without run with the adapters disabled. Rewards are called without gradient.
+    without run with the adapters disabled. ``learned``: sampler hyperparameters learned with
+    the LoRAs (``draft_core.sampler_params.LearnedSampling``), used by the rows with LoRAs
+    only. Rewards are called without gradient.
     """
     if n_per_prompt < 1 or batch_size < 1:
         raise ConfigError(f"--n-per-prompt and --batch-size must be positive integers, got {n_per_prompt} and {batch_size}.")
@@ -268,6 +271,9 @@ def evaluate(
         with torch.no_grad():
             reward(torch.full((1, 3, *model.image_size), 0.5, device=model.device), [items[0].prompt])
     for row in rows:
+        use = learned if row.loras else None
+        sampler.guidance_schedule = use.guidance if use is not None else None
+        row.method.condition = use.condition if use is not None else None
         scores: dict[str, list[float]] = {name: [] for name in rewards}
         row_sheet: dict[int, torch.Tensor] = {}
         info: dict[str, list] = {}

@@ -153,3 +153,21 @@ def test_bad_learn_values_are_clear_errors():
         load_config(overrides=["learn.guidance_lr_mult=0"])
     with pytest.raises(ConfigError, match="unknown config key 'learn.guidence'"):
         load_config(overrides=["learn.guidence=true"])
+
+
+def test_draft_eval_uses_the_learned_params_for_the_lora_rows_only(tmp_path):
+    run = tmp_path / "run"
+    assert _train(run, 1, "train.lr=0.05") == 0
+    common = ["eval", "--model", "tiny-random", "--lora", str(run), "--base", "--prompts", "animals",
+              "--prompts-per-category", "2", "--reward", "jpeg-compressibility", "--n-per-prompt", "1",
+              "--steps", "3", "--quiet"]
+    assert cli.main([*common, "--out", str(tmp_path / "on")]) == 0
+    assert cli.main([*common, "--no-learned-sampling", "--out", str(tmp_path / "off")]) == 0
+
+    def scores(folder):
+        rows = json.loads((folder / "results.json").read_text())["rows"]
+        return {r["loras"] != []: r["scores"]["jpeg-compressibility"] for r in rows}
+
+    on, off = scores(tmp_path / "on"), scores(tmp_path / "off")
+    assert on[False] == off[False]  # the base model's row ignores what the LoRA learned
+    assert on[True] != off[True]
