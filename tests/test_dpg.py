@@ -81,24 +81,31 @@ def _q_by_hand(model, sampler, critic, cond, state, step, a):
     return critic(model.decode(x0_hat), cond.prompts)
 
 
-def test_policy_gradient_is_grad_a_q_times_dmu_dtheta():
-    model, params, sampler, reward, inputs, est = _setup(states=3)
+def _estimator_grads_and_trajectory(states=3):
+    """The estimator's gradient (critic randomised first, kept as it was before its update),
+    and the no-grad trajectory it acted on as (step, state, timestep) triples."""
+    model, params, sampler, reward, inputs, est = _setup(states=states)
     _randomise_critic(est, reward)
     critic_before = copy.deepcopy(est.critic)
     grads, out = grads_of(est, inputs, params)
-
-    # By hand: ∇_a Q with the UNet's parameters frozen inside Q, then ⟨g, μ_θ(s)⟩ differentiated in θ.
     trace = []
     with torch.no_grad():
         sampler.sample(model, inputs.cond, inputs.noise, trace=trace)
-    frozen = copy.deepcopy(model)
-    frozen.unet.requires_grad_(False)
     for p in params:
         p.grad = None
+    steps = [(step, state, sampler.timesteps(model)[step]) for step, state in trace]
+    return model, params, sampler, inputs, critic_before, grads, out, steps
+
+
+def test_policy_gradient_is_grad_a_q_times_dmu_dtheta():
+    model, params, sampler, inputs, critic_before, grads, out, steps = _estimator_grads_and_trajectory()
+
+    # By hand: ∇_a Q with the UNet's parameters frozen inside Q, then ⟨g, μ_θ(s)⟩ differentiated in θ.
+    frozen = copy.deepcopy(model)
+    frozen.unet.requires_grad_(False)
     surrogate = 0.0
     fd_checked = 0
-    for step, state in trace:
-        t = sampler.timesteps(model)[step]
+    for step, state, t in steps:
         action = _guided_eps(model, state, t, inputs.cond, sampler.guidance_scale)
         a = action.detach().requires_grad_(True)
         q = _q_by_hand(frozen, sampler, critic_before, inputs.cond, state, step, a)
@@ -112,7 +119,7 @@ def test_policy_gradient_is_grad_a_q_times_dmu_dtheta():
             assert fd.item() == pytest.approx((g * d).sum().item(), rel=1e-6)
             fd_checked += 1
         surrogate = surrogate - (g * action).flatten(1).sum(1).sum() / len(PROMPTS)
-    (surrogate / len(trace)).backward()
+    (surrogate / len(steps)).backward()
     by_hand = [p.grad.clone() for p in params]
     flat = torch.cat([g.flatten() for g in grads])
     assert flat.abs().max() > 0
@@ -124,21 +131,12 @@ def test_policy_gradient_is_grad_a_q_times_dmu_dtheta():
 
 def test_no_gradient_reaches_theta_through_the_critics_denoising_step():
     """Differentiating Q(μ_θ(s)) in θ everywhere (denoiser included) gives another gradient."""
-    model, params, sampler, reward, inputs, est = _setup(states=3)
-    _randomise_critic(est, reward)
-    critic_before = copy.deepcopy(est.critic)
-    grads, _ = grads_of(est, inputs, params)
-    trace = []
-    with torch.no_grad():
-        sampler.sample(model, inputs.cond, inputs.noise, trace=trace)
-    for p in params:
-        p.grad = None
+    model, params, sampler, inputs, critic_before, grads, _, steps = _estimator_grads_and_trajectory()
     total = 0.0
-    for step, state in trace:
-        t = sampler.timesteps(model)[step]
+    for step, state, t in steps:
         action = _guided_eps(model, state, t, inputs.cond, sampler.guidance_scale)
         total = total - _q_by_hand(model, sampler, critic_before, inputs.cond, state, step, action).sum() / len(PROMPTS)
-    (total / len(trace)).backward()
+    (total / len(steps)).backward()
     naive = torch.cat([p.grad.flatten() for p in params])
     ours = torch.cat([g.flatten() for g in grads])
     assert not torch.allclose(ours, naive, rtol=1e-3), "the denoising step's θ-dependence leaked into the gradient"
