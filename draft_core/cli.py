@@ -107,7 +107,7 @@ def _learned_sampling(specs, model, sampler):
     """The learned guidance schedule / negative prompt saved beside the first LoRA that has them."""
     from draft_core.sampler_params import LearnedSampling
 
-    found = [(s, LearnedSampling.load(s.path.parent if s.path.is_file() else s.path, model.device)) for s in specs]
+    found = [(s, LearnedSampling.load(s.folder, model.device)) for s in specs]
     found = [(s, learned) for s, learned in found if learned is not None]
     if not found:
         return None

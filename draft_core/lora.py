@@ -108,6 +108,11 @@ class LoraSpec:
     path: Path
     scale: float = 1.0
 
+    @property
+    def folder(self) -> Path:
+        """The folder holding the LoRA file (and anything saved beside it)."""
+        return self.path.parent if self.path.is_file() else self.path
+
     @classmethod
     def parse(cls, text: str) -> "LoraSpec":
         """``PATH[:SCALE]``; a run folder stands for its ``lora/`` subfolder."""
@@ -133,7 +138,6 @@ def apply_loras(unet: torch.nn.Module, specs: Sequence[LoraSpec]) -> list[str]:
     for i, spec in enumerate(specs):
         name = f"lora{i}"
         is_file = spec.path.is_file()
-        folder = spec.path.parent if is_file else spec.path
         weight_name = spec.path.name if is_file else WEIGHT_NAME
         if is_file and spec.path.suffix != ".safetensors":
             from draft_core.checkpoint import safe_torch_load  # a pickle with arbitrary objects is refused
@@ -141,7 +145,7 @@ def apply_loras(unet: torch.nn.Module, specs: Sequence[LoraSpec]) -> list[str]:
             state = safe_torch_load(spec.path)
             unet.load_lora_adapter(state, prefix="unet", adapter_name=name)
         else:
-            unet.load_lora_adapter(str(folder), prefix="unet", adapter_name=name, weight_name=weight_name)
+            unet.load_lora_adapter(str(spec.folder), prefix="unet", adapter_name=name, weight_name=weight_name)
         names.append(name)
     if names:
         unet.set_adapters(names, weights=[s.scale for s in specs])

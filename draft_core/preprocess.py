@@ -9,8 +9,7 @@ processor on a real photograph is its uint8 rounding (tested per reward).
 
 Presets name the processors they mirror: ``CLIP_224`` (CLIPImageProcessor for ViT-B/L/H at
 224: shortest edge bicubic, centre crop), ``OPEN_CLIP_LONGEST_224`` (HPSv2's
-resize-longest-and-pad), ``OWLVIT_768`` (square bicubic resize), ``OWLV2_960`` (pad to a
-square, bilinear resize), ``IMAGENET_V1`` / ``IMAGENET_V2`` (torchvision ResNet-50 weights).
+resize-longest-and-pad), ``OWLVIT_768`` (square bicubic resize), ``IMAGENET_V1`` / ``IMAGENET_V2`` (torchvision ResNet-50 weights).
 """
 
 from __future__ import annotations
@@ -118,8 +117,9 @@ class ImagePreprocess:
 
     resize: ``shortest`` (shorter side to ``resize_to``, then centre crop ``size``),
     ``longest`` (longer side to ``size``, then pad to a square: centred, or bottom/right
-    with ``pad_first``), or ``exact`` (straight to ``size`` x ``size``, aspect not kept).
-    ``pad_first`` pads to a square before resizing (OWLv2). ``crop_rounding``: ``floor``
+    when ``pad_center`` is false), or ``exact`` (straight to ``size`` x ``size``, aspect not
+    kept). OWLv2's processor (pad first, Gaussian blur when shrinking) is not a recipe here:
+    the owlvit plugin has its own. ``crop_rounding``: ``floor``
     for transformers processors, ``round`` for torchvision transforms. ``clamp`` clips the
     resized image to [0, 1] as PIL's uint8 output does (bicubic overshoots at edges), after
     each of PIL's two passes (width, then height): on scikit-image's photos this takes the
@@ -135,7 +135,6 @@ class ImagePreprocess:
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
     pad_center: bool = True
-    pad_first: bool = False
     crop_rounding: Literal["round", "floor"] = "round"
     clamp: bool = True
 
@@ -147,9 +146,6 @@ class ImagePreprocess:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [0, 1] -> [B, 3, size, size] normalised model input, differentiably."""
         x = images
-        if self.pad_first:
-            side = max(x.shape[-2:])
-            x = pad_to(x, side, side, center=False)
         if self.resize == "shortest":
             x = resize_shortest(x, self.resize_to or self.size, self.mode, self.antialias, self.clamp)
             x = center_crop(x, self.size, self.crop_rounding)
@@ -169,7 +165,6 @@ CLIP_224 = ImagePreprocess(size=224, resize="shortest", mode="bicubic", crop_rou
 OPEN_CLIP_224 = ImagePreprocess(size=224, resize="shortest", mode="bicubic", crop_rounding="round")
 OPEN_CLIP_LONGEST_224 = ImagePreprocess(size=224, resize="longest", mode="bicubic", pad_center=True)
 OWLVIT_768 = ImagePreprocess(size=768, resize="exact", mode="bicubic")
-OWLV2_960 = ImagePreprocess(size=960, resize="exact", mode="bilinear", pad_first=True)
 IMAGENET_V1 = ImagePreprocess(
     size=224, resize="shortest", resize_to=256, mode="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD
 )

@@ -170,3 +170,18 @@ class RewardConformance:
         others = images.clone()
         others[1:] = self.make_images(2, seed=7)
         torch.testing.assert_close(reward(others, prompts)[0], batched[0])
+
+
+def assert_plugin_listed(kind: str, name: str, distribution: str, plugin: str, capsys) -> None:
+    """An installed distribution's plugin is registered under ``name`` and listed by ``draft
+    plugins`` with its distribution and version (for a plugin distribution's own tests;
+    ``capsys`` is pytest's fixture)."""
+    from draft_core.cli import main
+    from draft_core.plugins import load_registry
+
+    entry = load_registry(refresh=True).get(kind, name)
+    assert (entry.distribution, entry.plugin) == (distribution, plugin)
+    assert main(["plugins"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.split()[1:2] == [name])
+    assert row.split()[0] == kind and f"{distribution}==" in row
+

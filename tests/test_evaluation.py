@@ -20,7 +20,6 @@ from draft_core.evaluation import (
     sheet_prompts,
     to_markdown,
     to_records,
-    write_outputs,
 )
 from draft_core.lora import LoraSpec, add_lora, apply_loras, save_lora
 from draft_core.models.tiny import build_tiny_random

@@ -74,7 +74,7 @@ class ChainSampler:
         x = sample.to(unet.dtype)
         scale = self.guidance_at(step)
         if self.guidance_schedule is not None or scale > 1.0:
-            uncond = cond.uncond.expand(cond.cond.shape[0], -1, -1).to(cond.cond.dtype)
+            uncond = cond.uncond.expand(cond.cond.shape[0], -1, -1)
             out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond.cond])).sample
             out_u, out_c = upcast(out).chunk(2)
             if torch.is_tensor(scale):

@@ -19,7 +19,7 @@ from torchvision.transforms._presets import ImageClassification
 
 from draft_core.errors import ModelLoadError
 from draft_core.preprocess import IMAGENET_STD
-from draft_core.testing import RewardConformance
+from draft_core.testing import RewardConformance, assert_plugin_listed
 from draft_core.testing_parity import grey_levels, photos
 from draft_rewards_adversarial import AdversarialReward
 from draft_rewards_adversarial.reward import PREPROCESS, checkpoint_file
@@ -143,11 +143,4 @@ def test_preprocessing_matches_weights_transforms(weights):
 
 def test_installed_distribution_registers_adversarial(capsys):
     """Installed (pip install ./plugins/draft-rewards-adversarial), `adversarial` is listed with its distribution."""
-    from draft_core.cli import main
-    from draft_core.plugins import load_registry
-
-    entry = load_registry(refresh=True).get("reward", "adversarial")
-    assert (entry.distribution, entry.plugin) == ("draft-rewards-adversarial", "adversarial")
-    assert main(["plugins"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.split()[1:2] == ["adversarial"])
-    assert row.split()[0] == "reward" and "draft-rewards-adversarial==" in row
+    assert_plugin_listed("reward", "adversarial", "draft-rewards-adversarial", "adversarial", capsys)

@@ -14,7 +14,7 @@ from PIL import Image
 import diffusers.pipelines.stable_diffusion.safety_checker as checker_module
 from draft_core.errors import ModelLoadError
 from draft_core.preprocess import CLIP_224, CLIP_STD
-from draft_core.testing import RewardConformance
+from draft_core.testing import RewardConformance, assert_plugin_listed
 from draft_core.testing_parity import grey_levels, photos
 from draft_rewards_nsfw import NSFWReward
 
@@ -139,14 +139,7 @@ def test_preprocessing_matches_feature_extractor():
 
 def test_installed_distribution_registers_nsfw(capsys):
     """Installed (pip install ./plugins/draft-rewards-nsfw), `nsfw` is listed with its distribution."""
-    from draft_core.cli import main
-    from draft_core.plugins import load_registry
-
-    entry = load_registry(refresh=True).get("reward", "nsfw")
-    assert (entry.distribution, entry.plugin) == ("draft-rewards-nsfw", "nsfw")
-    assert main(["plugins"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.split()[1:2] == ["nsfw"])
-    assert row.split()[0] == "reward" and "draft-rewards-nsfw==" in row
+    assert_plugin_listed("reward", "nsfw", "draft-rewards-nsfw", "nsfw", capsys)
 
 
 def test_trains_from_a_config(checker_dir, tmp_path):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from draft_core.errors import ModelLoadError
 from draft_core.preprocess import CLIP_STD, OWLVIT_768
-from draft_core.testing import RewardConformance
+from draft_core.testing import RewardConformance, assert_plugin_listed
 from draft_core.testing_parity import grey_levels, photos
 from draft_rewards_owlvit import OwlViTReward
 from draft_rewards_owlvit.preprocess import owlv2_preprocess, preprocess_for
@@ -196,14 +196,7 @@ def test_owlv2_preprocessing_matches_processor(size):
 
 def test_installed_distribution_registers_owlvit(capsys):
     """Installed (pip install ./plugins/draft-rewards-owlvit), `owlvit` is listed with its distribution."""
-    from draft_core.cli import main
-    from draft_core.plugins import load_registry
-
-    entry = load_registry(refresh=True).get("reward", "owlvit")
-    assert (entry.distribution, entry.plugin) == ("draft-rewards-owlvit", "owlvit")
-    assert main(["plugins"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.split()[1:2] == ["owlvit"])
-    assert row.split()[0] == "reward" and "draft-rewards-owlvit==" in row
+    assert_plugin_listed("reward", "owlvit", "draft-rewards-owlvit", "owlvit", capsys)
 
 
 def test_not_loaded_names_the_distribution(monkeypatch):
