@@ -45,7 +45,7 @@ from draft_core.lora import add_lora
 from draft_core.models import load_model
 from draft_core.models.digits.data import PROMPTS as DIGIT_PROMPTS
 from draft_core.plugins import load_registry
-from draft_core.protocols import EstimatorOutput, StepInputs
+from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 
 # name -> estimator section ({"name": registered estimator, **arguments}); None = sampling alone.
 CASES: dict[str, dict[str, Any] | None] = {

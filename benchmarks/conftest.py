@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from draft_core.testing_fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread, as the core's tests)
+from draft_core.testing.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread, as the core's tests)
 
 SMOKE_STEPS, SMOKE_BATCH = 2, 1
 

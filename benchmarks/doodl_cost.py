@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from draft_core.baselines import DOODL, NoiseSource, Plain, build_reward
+from draft_core.evaluation.baselines import DOODL, NoiseSource, Plain, build_reward
 from draft_core.models.loading import load_model
 from draft_core.samplers.ddim import DDIMSampler
 

@@ -25,7 +25,7 @@ import torch
 from draft_core.lora import load_lora_state
 from draft_core.models.digits.data import PROMPTS
 from draft_core.plugins import load_registry
-from draft_core.protocols import StepInputs
+from draft_core.plugins.protocols import StepInputs
 from toy import RESULTS, add_training_args, common_settings, make_trainer, runs_dir, settings, train_run, write_figure
 
 

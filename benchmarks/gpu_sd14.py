@@ -34,7 +34,7 @@ from draft_core.models.pipeline import DiffusionModel
 from draft_core.models.tiny import SD14_SCHEDULER_CONFIG, tiny_text_config, tiny_unet_config, tiny_vae_config
 from draft_core.models.tokenizer import offline_clip_tokenizer
 from draft_core.plugins import load_registry
-from draft_core.preprocess import OPEN_CLIP_LONGEST_224
+from draft_core.rewarding.preprocess import OPEN_CLIP_LONGEST_224
 
 CASES = ["sampling", "draft-k K=1", "draft-lv n=2", "draft-k K=10", "draft (full, ckpt)"]
 PROMPTS = ["a photo of a corgi wearing a red scarf", "an oil painting of a lighthouse at dawn",

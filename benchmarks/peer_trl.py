@@ -9,7 +9,7 @@ loaded by both), on the same prompts, batch, DDIM steps, guidance, eta, precisio
 optimiser (AdamW, lr, betas, weight decay 1e-4, clip 1.0) and reward
 (``jpeg-compressibility``, quality 50; TRL's loss ``10 - mean r`` has the same gradient as
 ours). A step is a full optimiser step on each side (``AlignPropTrainer.step`` against
-``draft_core.runner.Trainer.train_step``).
+``draft_core.training.runner.Trainer.train_step``).
 
 1. Time per step at K = 1: TRL with ``truncated_backprop_rand=False,
    truncated_backprop_timestep=T-1`` against ``draft-k k=1``; then TRL's random truncation
@@ -122,7 +122,8 @@ def make_trl(model_dir: Path, a, truncation: str, reward: RecordingReward):
 
 def make_ours(model_dir: Path, a, estimator: dict, reward: RecordingReward):
     from draft_core.config import load_config
-    from draft_core.runner import Trainer, build_components
+    from draft_core.training.components import build_components
+    from draft_core.training.runner import Trainer
 
     raw = {
         "model": {"name": str(model_dir)},
@@ -270,9 +271,9 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     import_trl()
-    from draft_core.cli import _quiet_libraries
+    from draft_core.cli.common import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     if a.memory_probe:
         result = memory_probe(a.model_dir, a, a.memory_probe, a.truncation)
         print(json.dumps(result))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from draft_core.preprocess import CLIP_STD
+from draft_core.rewarding.preprocess import CLIP_STD
 from draft_rewards.diversity import Diversity
 
 # the tests' tiny networks and official-processor references

@@ -23,7 +23,8 @@ import yaml
 from draft_core.config import load_config
 from draft_core.lora import lora_state, save_lora
 from draft_core.models.digits.data import PROMPTS
-from draft_core.runner import Trainer, build_components
+from draft_core.training.components import build_components
+from draft_core.training.runner import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "runs"

@@ -4,8 +4,8 @@ Public surface: ``hookimpl`` for plugins, the three protocols, and ``DraftError`
 """
 
 from draft_core.errors import DraftError
-from draft_core.hookspecs import hookimpl
-from draft_core.protocols import (
+from draft_core.plugins.hookspecs import hookimpl
+from draft_core.plugins.protocols import (
     Conditioning,
     EstimatorOutput,
     GradientEstimator,

@@ -1,11 +1,12 @@
 """The paper's gradient estimators, registered through the same hooks any plugin uses.
 
-draft (full backprop), draft-k (truncated), draft-lv (low variance), refl, dpg.
+draft (full backprop), draft-k (truncated), draft-lv (low variance), refl, dpg, and the wrapper kl.
 """
 
-from draft_core.hookspecs import hookimpl
+from draft_core.plugins.hookspecs import hookimpl
 
 from draft_estimators.dpg import DeterministicPolicyGradient
+from draft_estimators.kl import KLRegularized
 from draft_estimators.low_variance import LowVariance
 from draft_estimators.refl import ReFL
 from draft_estimators.truncated import FullBackprop, TruncatedBackprop
@@ -18,6 +19,7 @@ def register_estimators(register) -> None:
     register("draft-lv", LowVariance)
     register("refl", ReFL)
     register("dpg", DeterministicPolicyGradient)
+    register("kl", KLRegularized)  # a wrapper: `kl: β` beside any estimator's name
 
 
-__all__ = ["DeterministicPolicyGradient", "FullBackprop", "LowVariance", "ReFL", "TruncatedBackprop"]
+__all__ = ["DeterministicPolicyGradient", "FullBackprop", "KLRegularized", "LowVariance", "ReFL", "TruncatedBackprop"]

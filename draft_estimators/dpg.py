@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from draft_core.errors import ConfigError
-from draft_core.protocols import EstimatorOutput, StepInputs
+from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 
 CRITIC_ADAPTER = "draft_critic"
 

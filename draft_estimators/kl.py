@@ -16,7 +16,7 @@ import torch
 from draft_core.errors import ConfigError
 from draft_core.lora import adapters_enabled
 from draft_core.models.pipeline import upcast
-from draft_core.protocols import EstimatorOutput, StepInputs
+from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 
 
 class _TracingSampler:
@@ -35,7 +35,12 @@ class _TracingSampler:
 
 
 class KLRegularized:
-    """Wraps an estimator; beta: weight of the squared prediction difference."""
+    """Wraps an estimator; beta: weight of the squared prediction difference.
+
+    Registered as ``kl``, an estimator wrapper: a config writes ``estimator: {name: draft-lv, kl: 0.1}``.
+    """
+
+    wraps_estimator = True
 
     def __init__(self, inner, beta: float) -> None:
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from diffusers.utils.torch_utils import randn_tensor
 
 from draft_core.errors import ConfigError
-from draft_core.protocols import EstimatorOutput, StepInputs
+from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 
 
 class LowVariance:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from draft_core.errors import ConfigError
-from draft_core.protocols import EstimatorOutput, StepInputs
+from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 
 
 def reward_loss(inputs: StepInputs, sample) -> EstimatorOutput:

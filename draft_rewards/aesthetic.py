@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from draft_core.errors import ModelLoadError
-from draft_core.preprocess import CLIP_224, ImagePreprocess
+from draft_core.rewarding.preprocess import CLIP_224, ImagePreprocess
 from draft_rewards.clip_score import CLIP_L14
 from draft_rewards.hub import from_pretrained, hub_file, load_state_dict_file, load_strict, local_path
 from draft_rewards.pretrained import PretrainedReward

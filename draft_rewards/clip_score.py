@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from draft_core.preprocess import CLIP_224, ImagePreprocess
+from draft_core.rewarding.preprocess import CLIP_224, ImagePreprocess
 from draft_rewards.hub import from_pretrained
 from draft_rewards.pretrained import PretrainedReward
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from draft_core.errors import ModelLoadError
-from draft_core.images import check_image_batch
+from draft_core.rewarding.checks import check_image_batch
 
 METRICS = ("euclidean", "lpips")
 #: torchvision weight files that lpips' backbones load (``torch.hub`` cache, ``checkpoints/``).

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from draft_core.preprocess import OPEN_CLIP_LONGEST_224, ImagePreprocess
+from draft_core.rewarding.preprocess import OPEN_CLIP_LONGEST_224, ImagePreprocess
 from draft_rewards.hub import hub_file, load_state_dict_file, load_strict, local_path
 from draft_rewards.pretrained import PretrainedReward
 

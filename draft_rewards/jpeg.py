@@ -13,7 +13,7 @@ import torch
 from kornia.enhance import jpeg_codec_differentiable
 from torch import nn
 
-from draft_core.images import check_image_batch
+from draft_core.rewarding.checks import check_image_batch
 
 
 def check_quality(quality: float) -> float:

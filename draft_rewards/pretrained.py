@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from draft_core.images import check_image_batch
-from draft_core.preprocess import ImagePreprocess
+from draft_core.rewarding.checks import check_image_batch
+from draft_core.rewarding.preprocess import ImagePreprocess
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HALF = (torch.bfloat16, torch.float16)

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from draft_core.images import check_image_batch
+from draft_core.rewarding.checks import check_image_batch
 
 
 def rotation_anticorrelation(images: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import draft_core.models
 import draft_core.models.loading
 from draft_core.models.pipeline import DiffusionModel
-from draft_core.testing_fixtures import one_thread, plugin_env  # noqa: F401  (autouse fixtures)
+from draft_core.testing.fixtures import one_thread, plugin_env  # noqa: F401  (autouse fixtures)
 
 
 @pytest.fixture

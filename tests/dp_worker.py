@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 from safetensors.torch import save_file  # noqa: E402
 
-import draft_core.runner as runner  # noqa: E402
+import draft_core.training.runner as runner  # noqa: E402
 from draft_core import cli  # noqa: E402
 from draft_core.config import Config  # noqa: E402
 from draft_core.lora import lora_state  # noqa: E402

@@ -6,7 +6,7 @@ import torch
 
 from draft_core.lora import add_lora
 from draft_core.models.tiny import SD14_SCHEDULER_CONFIG, build_tiny_random
-from draft_core.protocols import StepInputs
+from draft_core.plugins.protocols import StepInputs
 
 
 def tiny_with_lora(dtype=torch.float32, scheduler_overrides: dict | None = None, rank: int = 2, seed: int = 0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from draft_core.baselines import (
+from draft_core.evaluation.baselines import (
     DOODL,
     PAPER_TEMPLATE,
     BestOfN,

@@ -10,9 +10,9 @@ import pytest
 from draft_core.config import Config, load_config, parse_override
 from draft_core.errors import ConfigError, DraftError
 from draft_core.plugins import load_registry
-from draft_core.prompts import load_prompts
-from draft_core.reward_sum import WeightedReward
-from draft_core.runner import build_components
+from draft_core.config.prompts import load_prompts
+from draft_core.rewarding.weighted import WeightedReward
+from draft_core.training.components import build_components
 from draft_core.samplers.ddim import DDIMSampler
 from draft_estimators import FullBackprop, LowVariance, ReFL, TruncatedBackprop
 from draft_rewards import DigitClassifier, JpegCompressibility, JpegIncompressibility, RotationAnticorrelation

@@ -163,6 +163,6 @@ class TestDigitClassifierConformance(RewardConformance):
 
 
 def test_digits_prompt_list_is_the_canonical_prompts():
-    from draft_core.prompts import load_prompts
+    from draft_core.config.prompts import load_prompts
 
     assert load_prompts("digits") == D.PROMPTS

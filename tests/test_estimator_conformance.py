@@ -1,8 +1,8 @@
-"""Every built-in estimator passes the shared checklist (draft_core.testing_estimators)."""
+"""Every built-in estimator passes the shared checklist (draft_core.testing.estimators)."""
 
 from __future__ import annotations
 
-from draft_core.testing_estimators import EstimatorConformance
+from draft_core.testing.estimators import EstimatorConformance
 from draft_estimators import DeterministicPolicyGradient, FullBackprop, LowVariance, ReFL, TruncatedBackprop
 from draft_estimators.kl import KLRegularized
 

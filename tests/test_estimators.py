@@ -218,10 +218,22 @@ def test_kl_wrapper_adds_the_squared_prediction_difference_at_the_last_step():
 def test_kl_is_configured_on_any_estimator():
     from draft_core.config import load_config
     from draft_core.errors import ConfigError
-    from draft_core.runner import build_components
+    from draft_core.training.components import build_components
     from draft_estimators.kl import KLRegularized
 
     c = build_components(load_config(overrides=["estimator.name=refl", "estimator.kl=0.1", "sampler.steps=20"]))
     assert isinstance(c.estimator, KLRegularized) and isinstance(c.estimator.inner, ReFL) and c.estimator.beta == 0.1
     with pytest.raises(ConfigError, match="estimator.kl must be a number >= 0"):
         build_components(load_config(overrides=["estimator.kl=-1"]))
+
+
+def test_kl_is_resolved_by_name_through_the_registry():
+    """The core knows the KL wrapper only as the registered name ``kl``; naming it as the estimator is an error."""
+    from draft_core.config import load_config
+    from draft_core.errors import ConfigError
+    from draft_core.training.components import build_components
+
+    c = build_components(load_config(overrides=["estimator.name=draft-k", "estimator.kl={beta: 0.5}", "sampler.steps=20"]))
+    assert type(c.estimator).__name__ == "KLRegularized" and c.estimator.beta == 0.5
+    with pytest.raises(ConfigError, match="wraps another estimator"):
+        build_components(load_config(overrides=["estimator.name=kl"]))

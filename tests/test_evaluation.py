@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from draft_core.baselines import BestOfN, Plain
+from draft_core.evaluation.baselines import BestOfN, Plain
 from draft_core.cli import main
 from draft_core.errors import ConfigError
 from draft_core.evaluation import (

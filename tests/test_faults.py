@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from draft_core import cli, hookimpl, plugins
-from draft_core.checkpoint import (
+from draft_core import cli, hookimpl
+from draft_core.plugins import discovery, load_registry
+from draft_core.training.checkpoint import (
     MANIFEST, CheckpointError, TrainingState, UnsafeFile, load_checkpoint, load_latest, safe_torch_load,
     save_checkpoint, verify, _sha256,
 )
@@ -55,8 +56,8 @@ class FlakyPlugin:
 @pytest.fixture
 def flaky(monkeypatch):
     """The installed plugins plus 'flaky' from the (fake) distribution draft-flaky-test 9.9."""
-    monkeypatch.setattr(plugins, "_cache", None)  # restored afterwards
-    plugins.load_registry().register_plugin(FlakyPlugin(), "flaky_plugin", distribution="draft-flaky-test", version="9.9")
+    monkeypatch.setattr(discovery, "_cache", None)  # restored afterwards
+    load_registry().register_plugin(FlakyPlugin(), "flaky_plugin", distribution="draft-flaky-test", version="9.9")
 
 
 def train(out, *sets, resume=False):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from draft_core import plugins
+from draft_core.plugins import discovery, hookspecs
 from draft_core.errors import PluginError
 from draft_core.plugins import KNOWN_EXTERNAL, Registry, format_plugins, load_registry
 
@@ -33,7 +33,7 @@ class FakeDistribution:
         self.metadata = {"name": name}
         self.version = version
         self.entry_points = [
-            importlib.metadata.EntryPoint(ep, value, plugins.GROUP)
+            importlib.metadata.EntryPoint(ep, value, discovery.GROUP)
             for ep, value in entry_points.items()
         ] + [importlib.metadata.EntryPoint("unrelated", "os", "console_scripts")]
 
@@ -47,7 +47,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch):
     """
     monkeypatch.delenv("DRAFT_PLUGINS", raising=False)
     monkeypatch.delenv("DRAFT_STRICT_PLUGINS", raising=False)
-    monkeypatch.setattr(plugins, "_cache", None)
+    monkeypatch.setattr(discovery, "_cache", None)
     before = set(sys.modules)
     yield
     for name in set(sys.modules) - before:
@@ -249,7 +249,7 @@ def test_allow_list(make_module, installed, monkeypatch):
 
 def test_register_plugin_programmatically():
     class Plugin:
-        @plugins.hookspecs.hookimpl
+        @hookspecs.hookimpl
         def register_rewards(self, register):
             register("const", lambda value=1.0: value)
 

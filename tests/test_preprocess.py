@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from draft_core.preprocess import (
+from draft_core.rewarding.preprocess import (
     CLIP_224,
     CLIP_STD,
     IMAGENET_V2,

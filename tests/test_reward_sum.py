@@ -6,8 +6,8 @@ import pytest
 import torch
 from draft_core.testing import RewardConformance
 
-from draft_core.protocols import Reward
-from draft_core.reward_sum import WeightedReward
+from draft_core.plugins.protocols import Reward
+from draft_core.rewarding.weighted import WeightedReward
 from draft_rewards.jpeg import JpegCompressibility
 from draft_rewards.rotation import RotationAnticorrelation
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from draft_core.errors import ModelLoadError
-from draft_core.preprocess import CLIP_MEAN, CLIP_STD, OPEN_CLIP_LONGEST_224
+from draft_core.rewarding.preprocess import CLIP_MEAN, CLIP_STD, OPEN_CLIP_LONGEST_224
 from draft_core.testing import RewardConformance
 from draft_rewards.aesthetic import HEAD_FILE, HEAD_REPO, Aesthetic
 from draft_rewards.clip_score import CLIP_L14, PICKSCORE, ClipScore, PickScore

@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 
 from draft_core import cli
 from draft_core.config import load_config
-from draft_core.runner import Interrupted, Trainer, build_components, lr_factor
+from draft_core.training.components import build_components
+from draft_core.training.runner import Trainer, lr_factor
+from draft_core.training.signals import Interrupted
 
 FAST = [
     "model.name=tiny-random",

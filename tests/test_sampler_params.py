@@ -10,7 +10,7 @@ import torch
 from draft_core import cli
 from draft_core.samplers import DDPMSampler
 from draft_core.samplers.ddim import DDIMSampler
-from draft_core.sampler_params import FILENAME, GuidanceSchedule, LearnedSampling, NegativePrompt
+from draft_core.training.learned_sampling import FILENAME, GuidanceSchedule, LearnedSampling, NegativePrompt
 from draft_estimators import FullBackprop
 from model_fixtures import LinearReward, step_inputs, tiny_with_lora
 

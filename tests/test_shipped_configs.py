@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from draft_core.config import PRESETS_DIR, load_config
-from draft_core.runner import build_components
+from draft_core.training.components import build_components
 
 ROOT = Path(__file__).resolve().parents[1]
 

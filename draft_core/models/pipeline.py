@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from draft_core.protocols import Conditioning
+from draft_core.models.conditioning import Conditioning
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:

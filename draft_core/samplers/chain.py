@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint as torch_checkpoint
 from draft_core.errors import ConfigError
 from draft_core.lora import adapters_enabled
 from draft_core.models.pipeline import upcast
-from draft_core.protocols import Conditioning
+from draft_core.models.conditioning import Conditioning
 
 
 class ChainSampler:
@@ -32,7 +32,7 @@ class ChainSampler:
             raise ConfigError(f"sampler.steps must be a positive integer, got {steps!r}.")
         self.num_steps = steps
         self.guidance_scale = float(guidance_scale)
-        self.guidance_schedule = None  # a learned per-step schedule (draft_core.sampler_params), if any
+        self.guidance_schedule = None  # a learned per-step schedule (draft_core.training.learned_sampling), if any
         self._cache: tuple[dict, torch.device, Any] | None = None
 
     def __repr__(self) -> str:

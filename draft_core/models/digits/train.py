@@ -19,7 +19,7 @@ randomness comes from seeded generators in a fixed order, and
 ``torch.use_deterministic_algorithms(True)`` is on while training.
 
 Without ``--out`` the files go where the package ships them: the model's into
-``draft_core/models/digits/weights/``, the classifier into ``draft_rewards/assets/``.
+``draft_core/models/digits/weights/``, the classifier beside it.
 With ``--out DIR`` all of them go into DIR.
 """
 
@@ -40,7 +40,6 @@ import torch.nn.functional as F
 from draft_core.models.digits import WEIGHTS_DIR, pack_text_encoder_state
 from draft_core.models.digits import data as D
 
-CLASSIFIER_DIR = Path(__file__).resolve().parents[3] / "draft_rewards" / "assets"
 TOKENIZER_MAX_LENGTH = 16  # the longest training prompt is 6 tokens with bos/eos
 TEXT_WIDTH = 64
 
@@ -229,7 +228,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 3) -> torch.
 
 
 def train_classifier(steps: int, seed: int, batch: int = 64, lr: float = 3e-3) -> dict:
-    from draft_rewards.digits import DEFAULT_WIDTHS, DigitCNN, classifier_input
+    from draft_core.models.digits.classifier import DEFAULT_WIDTHS, DigitCNN, classifier_input
 
     pixels, labels = D.load_raw()
     images = D.upsample(pixels)  # [N, 3, 32, 32] in [0, 1], the reward's input convention
@@ -322,7 +321,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads (part of what fixes the bits)")
     args = ap.parse_args(argv)
     model_dir = args.out or WEIGHTS_DIR
-    classifier_dir = args.out or CLASSIFIER_DIR
 
     import diffusers
     import transformers
@@ -341,11 +339,11 @@ def main(argv: list[str] | None = None) -> None:
         }
         if args.classifier_steps > 0:
             clf = train_classifier(args.classifier_steps, args.seed)
-            save_classifier(classifier_dir, clf)
+            save_classifier(model_dir, clf)
             log["classifier"] = {k: clf[k] for k in ("steps", "final_loss", "held_out_accuracy", "seconds")}
         log["total_seconds"] = round(time.perf_counter() - t0, 1)
         _write_json(model_dir / "training_log.json", log)
-    print(f"wrote {model_dir}" + (f" and {classifier_dir}" if args.classifier_steps > 0 else ""), flush=True)
+    print(f"wrote {model_dir}", flush=True)
 
 
 if __name__ == "__main__":

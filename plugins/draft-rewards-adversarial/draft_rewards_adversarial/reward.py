@@ -19,8 +19,8 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
 from draft_core.errors import ModelLoadError, closest
-from draft_core.preprocess import IMAGENET_V1, IMAGENET_V2, ImagePreprocess
-from draft_core.reward_models import check_dtype_option, check_reward_images, compute_dtype, frozen_model
+from draft_core.rewarding.preprocess import IMAGENET_V1, IMAGENET_V2, ImagePreprocess
+from draft_core.rewarding.pretrained import check_dtype_option, check_reward_images, compute_dtype, frozen_model
 
 PREPROCESS = {"IMAGENET1K_V1": IMAGENET_V1, "IMAGENET1K_V2": IMAGENET_V2}
 DOWNLOAD_TIMEOUT_S = 60

@@ -18,9 +18,9 @@ from torchvision.models import ResNet50_Weights
 from torchvision.transforms._presets import ImageClassification
 
 from draft_core.errors import ModelLoadError
-from draft_core.preprocess import IMAGENET_STD
+from draft_core.rewarding.preprocess import IMAGENET_STD
 from draft_core.testing import RewardConformance, assert_plugin_listed
-from draft_core.testing_parity import grey_levels, photos
+from draft_core.testing.parity import grey_levels, photos
 from draft_rewards_adversarial import AdversarialReward
 from draft_rewards_adversarial.reward import PREPROCESS, checkpoint_file
 
@@ -99,7 +99,7 @@ def test_class_names_and_indices():
 
 
 def test_frozen_and_dtype_follows_run(cached):
-    from draft_core.reward_models import _FROZEN
+    from draft_core.rewarding.pretrained import _FROZEN
 
     out = AdversarialReward(1, image_size=SIZE, dtype="bfloat16")(torch.rand(1, 3, 32, 32), [])
     assert out.dtype == torch.float32 and torch.isfinite(out).all()

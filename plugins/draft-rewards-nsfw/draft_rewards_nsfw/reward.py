@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from draft_core.errors import ModelLoadError
-from draft_core.preprocess import CLIP_224
-from draft_core.reward_models import (
+from draft_core.rewarding.preprocess import CLIP_224
+from draft_core.rewarding.pretrained import (
     check_dtype_option,
     check_reward_images,
     compute_dtype,

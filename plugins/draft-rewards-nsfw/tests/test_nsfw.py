@@ -13,9 +13,9 @@ from PIL import Image
 
 import diffusers.pipelines.stable_diffusion.safety_checker as checker_module
 from draft_core.errors import ModelLoadError
-from draft_core.preprocess import CLIP_224, CLIP_STD
+from draft_core.rewarding.preprocess import CLIP_224, CLIP_STD
 from draft_core.testing import RewardConformance, assert_plugin_listed
-from draft_core.testing_parity import grey_levels, photos
+from draft_core.testing.parity import grey_levels, photos
 from draft_rewards_nsfw import NSFWReward
 
 
@@ -103,7 +103,7 @@ def test_local_checker_folder_and_subfolder(checker_dir):
 
 
 def test_frozen_and_dtype_follows_run(checker_dir):
-    from draft_core.reward_models import _FROZEN
+    from draft_core.rewarding.pretrained import _FROZEN
 
     out = NSFWReward(path=checker_dir, dtype="bfloat16")(torch.rand(1, 3, 32, 32), [])
     assert out.dtype == torch.float32 and torch.isfinite(out).all()

@@ -2,7 +2,7 @@
 
 OWL-ViT (``OwlViTImageProcessor``): a square bicubic resize to the model's image size
 (768 for the base models; the aspect ratio is not kept), rescale, CLIP normalisation:
-``draft_core.preprocess.OWLVIT_768`` at the model's size.
+``draft_core.rewarding.preprocess.OWLVIT_768`` at the model's size.
 
 OWLv2 (``Owlv2ImageProcessor``): pad bottom/right to a square with black, then
 scikit-image's resize as the processor reimplements it: a Gaussian blur with
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from draft_core.preprocess import CLIP_MEAN, CLIP_STD, OWLVIT_768, normalize, pad_to
+from draft_core.rewarding.preprocess import CLIP_MEAN, CLIP_STD, OWLVIT_768, normalize, pad_to
 
 
 def owlv2_preprocess(images: torch.Tensor, size: int = 960) -> torch.Tensor:

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from draft_core.errors import ModelLoadError
-from draft_core.preprocess import CLIP_STD, OWLVIT_768
+from draft_core.rewarding.preprocess import CLIP_STD, OWLVIT_768
 from draft_core.testing import RewardConformance, assert_plugin_listed
-from draft_core.testing_parity import grey_levels, photos
+from draft_core.testing.parity import grey_levels, photos
 from draft_rewards_owlvit import OwlViTReward
 from draft_rewards_owlvit.preprocess import owlv2_preprocess, preprocess_for
 
@@ -114,7 +114,7 @@ def test_network_follows_the_run_dtype(owlvit_dir):
     reward = OwlViTReward(QUERIES, path=owlvit_dir, dtype="bfloat16")
     out = reward(torch.rand(1, 3, 32, 32), [])
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
-    from draft_core.reward_models import _FROZEN
+    from draft_core.rewarding.pretrained import _FROZEN
 
     nets = [m for k, m in _FROZEN.items() if k[0] == ("owlvit", owlvit_dir) and k[2] == torch.bfloat16]
     assert nets and all(p.dtype == torch.bfloat16 and not p.requires_grad for p in nets[0].parameters())
@@ -201,7 +201,7 @@ def test_installed_distribution_registers_owlvit(capsys):
 
 def test_not_loaded_names_the_distribution(monkeypatch):
     """Without the plugin (here: filtered out by DRAFT_PLUGINS), the error says what provides it."""
-    from draft_core import plugins
+    from draft_core.plugins import discovery as plugins
     from draft_core.errors import PluginError
 
     monkeypatch.setattr(plugins, "_cache", None)  # put back afterwards

@@ -6,7 +6,7 @@ Subclass ``RewardConformance`` in a test module and supply ``make_reward``
 Like diffusers' ``SchedulerCommonTest`` and kornia's per-op checklist (smoke,
 cardinality, exception, gradcheck, device), so a plugin's reward gets the same
 checks as the built-ins (also: pixel values outside [0, 1] raise, which
-``draft_core.images.check_image_batch`` does; weights take no gradient) by writing only::
+``draft_core.rewarding.checks.check_image_batch`` does; weights take no gradient) by writing only::
 
     class TestMyReward(RewardConformance):
         def make_reward(self):
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 
-from draft_core.protocols import Reward
+from draft_core.plugins.protocols import Reward
 
 
 class RewardConformance:
@@ -36,7 +36,7 @@ class RewardConformance:
     extra_dtypes: tuple[torch.dtype, ...] = (torch.float64, torch.bfloat16)
     #: keyword arguments for ``torch.autograd.gradcheck``.
     gradcheck_kwargs: dict[str, Any] = {}
-    #: pixel values outside [0, 1] raise ValueError (``draft_core.images.check_image_batch`` does this).
+    #: pixel values outside [0, 1] raise ValueError (``draft_core.rewarding.checks.check_image_batch`` does this).
     checks_range: bool = True
 
     def make_reward(self) -> Reward:

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from draft_core.errors import ConfigError
-from draft_core.protocols import Conditioning
+from draft_core.models.conditioning import Conditioning
 
 FILENAME = "sampler_params.safetensors"
 

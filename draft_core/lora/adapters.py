@@ -140,7 +140,7 @@ def apply_loras(unet: torch.nn.Module, specs: Sequence[LoraSpec]) -> list[str]:
         is_file = spec.path.is_file()
         weight_name = spec.path.name if is_file else WEIGHT_NAME
         if is_file and spec.path.suffix != ".safetensors":
-            from draft_core.checkpoint import safe_torch_load  # a pickle with arbitrary objects is refused
+            from draft_core.training.checkpoint import safe_torch_load  # a pickle with arbitrary objects is refused
 
             state = safe_torch_load(spec.path)
             unet.load_lora_adapter(state, prefix="unet", adapter_name=name)

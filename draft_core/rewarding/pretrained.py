@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from draft_core.errors import ModelLoadError
-from draft_core.images import check_image_batch
+from draft_core.rewarding.checks import check_image_batch
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -24,10 +24,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from draft_core.baselines import Method, NoiseSource
+from draft_core.evaluation.baselines import Method, NoiseSource
 from draft_core.errors import ConfigError
 from draft_core.lora import LoraSpec, adapters_enabled
-from draft_core.prompts import BUILTIN, load_prompts, read_prompt_file
+from draft_core.config.prompts import BUILTIN, load_prompts, read_prompt_file
 
 HPDV2_STYLES = ("anime", "concept-art", "paintings", "photo")
 
@@ -256,7 +256,7 @@ def evaluate(
 
     Rows with LoRAs expect them loaded as the model's active adapters (``apply_loras``); rows
     without run with the adapters disabled. ``learned``: sampler hyperparameters learned with
-    the LoRAs (``draft_core.sampler_params.LearnedSampling``), used by the rows with LoRAs
+    the LoRAs (``draft_core.training.learned_sampling.LearnedSampling``), used by the rows with LoRAs
     only. Rewards are called without gradient.
     """
     if n_per_prompt < 1 or batch_size < 1:

@@ -15,27 +15,12 @@ from pathlib import Path
 from draft_core.errors import DraftError
 
 
-def load_for_sampling(args: argparse.Namespace):
-    """The model of ``--model`` on ``--device`` in ``--dtype`` (as ``draft sample`` loads it)."""
-    import torch
-
-    from draft_core.cli import _quiet_libraries
-    from draft_core.models.loading import load_model, resolve_dtype
-
-    _quiet_libraries()
-    device = torch.device(args.device) if args.device != "auto" else None
-    model = load_model(args.model, device)
-    if args.dtype != "auto":
-        model.to(dtype=resolve_dtype(args.dtype, model.device))
-    return model
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from draft_core.baselines import build_method, build_reward
-    from draft_core.cli import _learned_sampling, _parse_window
+    from draft_core.evaluation.baselines import build_method, build_reward
+    from draft_core.cli.common import learned_sampling, load_for_sampling, parse_window
     from draft_core.evaluation import RowSpec, evaluate, load_prompt_set, to_markdown, write_outputs
     from draft_core.lora import LoraSpec, apply_loras
-    from draft_core.lora_tools import command_line
+    from draft_core.lora.card import command_line
     from draft_core.plugins import load_registry
 
     for flag, value in (("--n-per-prompt", args.n_per_prompt), ("--batch-size", args.batch_size), ("--steps", args.steps)):
@@ -49,13 +34,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     methods = [build_method(text, selector) for text in (args.method or ["plain"])]
     specs = [LoraSpec.parse(s) for s in args.lora]
     sampler = registry.build("sampler", args.sampler, steps=args.steps, guidance_scale=args.guidance)
-    window = _parse_window(args.lora_steps, args.steps)
+    window = parse_window(args.lora_steps, args.steps)
     configs = ([[]] if args.base or not specs else []) + ([specs] if specs else [])
     rows = [RowSpec(list(c), m) for c in configs for m in methods]
 
     model = load_for_sampling(args)
     apply_loras(model.unet, specs)
-    learned = None if args.no_learned_sampling else _learned_sampling(specs, model, sampler)
+    learned = None if args.no_learned_sampling else learned_sampling(specs, model, sampler)
     for reward in rewards.values():
         if hasattr(reward, "to"):
             reward.to(model.device)

@@ -1,6 +1,6 @@
 """Pytest fixtures shared by the core's and the plugin distributions' tests.
 
-A ``conftest.py`` takes them by importing them (``from draft_core.testing_fixtures import
+A ``conftest.py`` takes them by importing them (``from draft_core.testing.fixtures import
 one_thread, plugin_env``): both are autouse.
 """
 

@@ -89,7 +89,7 @@ class Method:
     def __init__(self, reward=None) -> None:
         self.reward = reward
         # Rewrites encoded prompts before sampling, e.g. a learned negative prompt
-        # (draft_core.sampler_params.LearnedSampling.condition); None leaves them as they are.
+        # (draft_core.training.learned_sampling.LearnedSampling.condition); None leaves them as they are.
         self.condition = None
 
     @property

@@ -1,4 +1,4 @@
-"""Sharing a trained LoRA: mix several into one, export the kohya layout, fuse into a pipeline, model cards.
+"""Sharing a trained LoRA: mix several into one, export the kohya layout, fuse into a pipeline.
 
 - ``mix_loras``: a linear combination Σ w_i ΔW_i (paper Section 5.2) baked into one
   diffusers LoRA by concatenating ranks, so the merged adapter's delta equals the
@@ -7,7 +7,6 @@
   (``lora_unet_<module_path_with_underscores>.lora_down.weight`` / ``.lora_up.weight`` /
   ``.alpha``, kohya scale = alpha / rank).
 - ``fuse_lora_into_model``: W <- W + scale·ΔW in the base weights, then a full diffusers folder.
-- ``write_model_card``: ``README.md`` beside the LoRA, saying how it was made.
 
 peft's per-module scale is ``lora_alpha / r`` (``/ sqrt(r)`` with rslora), with
 ``rank_pattern`` / ``alpha_pattern`` overriding per module; diffusers stores that config
@@ -19,8 +18,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,7 +25,7 @@ from typing import Sequence
 import torch
 
 from draft_core.errors import DraftError
-from draft_core.lora import WEIGHT_NAME, LoraSpec
+from draft_core.lora.adapters import WEIGHT_NAME, LoraSpec
 
 METADATA_KEY = "lora_adapter_metadata"
 # component prefix in diffusers' files -> kohya prefix (SD 1.x: one text encoder, "lora_te").
@@ -229,93 +226,10 @@ def export_kohya(path: str | Path, out: str | Path) -> Path:
 # -- fuse ------------------------------------------------------------------------------
 def fuse_lora_into_model(model, specs: Sequence[LoraSpec]) -> None:
     """Fold ``Σ scale_i ΔW_i`` into the UNet's base weights and drop the adapters (in place)."""
-    from draft_core.lora import apply_loras
+    from draft_core.lora.adapters import apply_loras
 
     names = apply_loras(model.unet, specs)
     if not names:
         raise DraftError("lora fuse needs at least one --lora PATH[:SCALE].")
     model.unet.fuse_lora(adapter_names=names)
     model.unet.unload_lora()
-
-
-# -- model card -------------------------------------------------------------------------
-def command_line(argv: Sequence[str] | None = None) -> str:
-    argv = list(sys.argv if argv is None else argv)
-    if argv and Path(argv[0]).name in ("draft", "cli.py", "__main__.py"):
-        argv = ["draft", *argv[1:]]
-    return shlex.join(argv)
-
-
-def write_model_card(folder: str | Path, info: dict) -> Path:
-    """``folder/README.md``: a YAML header (diffusers' model-card fields) and a table of ``info``.
-
-    info keys used: base_model, rewards, estimator, steps, final_reward, command, and any others
-    (shown as extra rows).
-    """
-    import yaml
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    base = info.get("base_model") or "BASE_MODEL"
-    header = {
-        "base_model": info.get("base_model"),
-        "library_name": "diffusers",
-        "tags": ["lora", "text-to-image", "draft", "diffusers"],
-    }
-    rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in info.items() if k != "command")
-    from draft_core.models.loading import EMBEDDED
-
-    usage = f"`draft sample --model {base} --lora {folder}:1.0 --prompt ...`"
-    if base not in EMBEDDED:  # an embedded model is no diffusers pipeline to from_pretrained
-        usage = (
-            "```python\nfrom diffusers import StableDiffusionPipeline\n"
-            f"pipe = StableDiffusionPipeline.from_pretrained({base!r})\n"
-            f"pipe.load_lora_weights({str(folder)!r})\n```\n\nor {usage}"
-        )
-    text = (
-        f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n"
-        f"# DRaFT LoRA for {base}\n\n"
-        "A LoRA fine-tuned with draft (Directly Fine-Tuning Diffusion Models on Differentiable Rewards).\n\n"
-        f"| field | value |\n| --- | --- |\n{rows}\n\n"
-        f"Made by:\n\n```bash\n{info.get('command', '(unknown)')}\n```\n\nUse:\n\n{usage}\n"
-    )
-    path = folder / "README.md"
-    path.write_text(text)
-    return path
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return str(value)
-
-
-def run_card_info(run_dir: str | Path, command: str | None = None) -> dict:
-    """What a training run's model card says, from its config.yaml and metrics.jsonl."""
-    import yaml
-
-    from draft_core.media import read_metrics
-
-    run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    steps = rows[-1]["step"] if rows else 0
-    # Skipped (non-finite) steps log no usable reward: the card reports the others.
-    rows = [r for r in rows if isinstance(r.get("reward_mean"), (int, float)) and math.isfinite(r["reward_mean"])]
-    reward = cfg.get("reward", {})
-    rewards = reward.get("weights") or {k: v for k, v in reward.items() if k != "args"}
-    info = {
-        "base_model": cfg.get("model", {}).get("name"),
-        "rewards": rewards,
-        "estimator": cfg.get("estimator"),
-        "sampler": cfg.get("sampler"),
-        "lora": cfg.get("lora"),
-        "steps": steps,
-        "final_reward": rows[-1]["reward_mean"] if rows else None,  # the last step's batch mean
-        "final_reward_last10": sum(r["reward_mean"] for r in rows[-10:]) / len(rows[-10:]) if rows else None,
-        "prompts": cfg.get("prompts", {}).get("source"),
-        "command": command or command_line(),
-    }
-    return info

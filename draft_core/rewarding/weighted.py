@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from draft_core.protocols import Reward
+from draft_core.plugins.protocols import Reward
 
 
 class WeightedReward:

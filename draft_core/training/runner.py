@@ -10,131 +10,38 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from draft_core.checkpoint import TrainingState, latest_checkpoint, load_latest, replace_folder, save_checkpoint
-from draft_core.config import Config, plugin_kwargs
+from draft_core.training.checkpoint import TrainingState, latest_checkpoint, load_latest, replace_folder, save_checkpoint
+from draft_core.config import Config
 from draft_core.errors import ConfigError, DraftError
-from draft_core.faults import (
-    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, PeerFailed, RewardPluginError, Source, nonfinite_message,
+from draft_core.training.faults import (
+    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, PeerFailed, RewardPluginError, nonfinite_message,
     reward_source, where,
 )
 from draft_core.lora import add_lora, load_lora_state, lora_state, save_lora
-from draft_core.lora_tools import run_card_info, write_model_card
+from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve, save_before_after, save_grid
-from draft_core.plugins import Registry, load_registry
-from draft_core.prompts import load_prompts
-from draft_core.protocols import StepInputs
-from draft_core.reward_sum import WeightedReward
-from draft_core.sampler_params import LearnedSampling, plot_guidance
+from draft_core.plugins.protocols import StepInputs
+from draft_core.training.components import Components
+from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
+from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state, set_rng_state
+from draft_core.training.metrics import truncate_metrics
+from draft_core.training.signals import Interrupted, StopRequest
 
 LEARNED_PREFIX = "learned_sampling."  # checkpoint keys of the learned sampler hyperparameters
-
-
-class Interrupted(Exception):
-    """Raised inside the loop on SIGINT/SIGTERM so the run can checkpoint and exit cleanly."""
-
-
-@dataclass
-class Components:
-    sampler: Any
-    estimator: Any
-    reward: Any
-    prompts: list[str]
-    sources: list[tuple[Any, Source]] = field(default_factory=list)  # (reward term, who provides it)
-
-
-def build_reward(section: dict, registry: Registry):
-    if "weights" in section:
-        args = section.get("args") or {}
-        unknown = sorted(set(args) - set(section["weights"]))
-        if unknown:
-            raise ConfigError(f"reward.args names {unknown}, which are not in reward.weights {sorted(section['weights'])}.")
-        terms = {
-            name: (_construct(registry, "reward", name, args.get(name) or {}, f"reward.args.{name}"), float(w))
-            for name, w in section["weights"].items()
-        }
-        return WeightedReward(terms)
-    return _build_plugin(registry, "reward", section)
-
-
-def build_components(config: Config, registry: Registry | None = None) -> Components:
-    """Resolve every name and argument of the config; loads no model weights."""
-    registry = registry or load_registry()
-    sampler = _build_plugin(registry, "sampler", config.sampler)
-    section = dict(config.estimator)
-    kl = section.pop("kl", None)  # a wrapper around any estimator, not one of its arguments
-    estimator = _build_plugin(registry, "estimator", section)
-    if kl is not None:
-        from draft_estimators.kl import KLRegularized
-
-        estimator = KLRegularized(estimator, kl)
-    reward = build_reward(config.reward, registry)
-    if hasattr(estimator, "check"):
-        estimator.check(sampler)
-    prompts = load_prompts(config.prompts.source, config.prompts.items, config.prompts.template)
-    terms = {n: r for n, (r, _) in reward.terms.items()} if isinstance(reward, WeightedReward) else {config.reward["name"]: reward}
-    sources = []
-    for name, term in terms.items():
-        e = registry.get("reward", name)
-        sources.append((term, Source(name, e.plugin, e.distribution, e.version)))
-    return Components(sampler, estimator, reward, prompts, sources)
-
-
-def _build_plugin(registry: Registry, kind: str, section: dict):
-    name, kwargs = plugin_kwargs(section)
-    return _construct(registry, kind, name, kwargs, kind)
-
-
-def _construct(registry: Registry, kind: str, name: str, kwargs: dict, key: str):
-    try:
-        return registry.build(kind, name, **kwargs)
-    except DraftError:
-        raise
-    except (TypeError, ValueError, KeyError) as exc:
-        # A factory rejecting a value is an input error: say which plugin and which arguments.
-        raise ConfigError(f"{kind} '{name}' rejected its arguments {kwargs} (config section '{key}'): {exc}") from exc
 
 
 def lr_factor(decay: str):
     if decay == "sqrt":  # the paper's min(10 · step^-0.5, 1), steps counted from 1
         return lambda i: min(10.0 * (i + 1) ** -0.5, 1.0)
     return lambda i: 1.0
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM (Ctrl-C, schedulers, preemption) ask the loop to stop after the current
-    step, so the checkpoint is exact; a second signal stops at once."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self._previous: dict = {}
-
-    def _handler(self, signum, frame):
-        if self.signal is not None:
-            raise Interrupted(signal.Signals(signum).name)
-        self.signal = signal.Signals(signum).name
-        tqdm.write("[draft] stopping after this step (signal again to stop now)", file=sys.stderr)
-
-    def __enter__(self) -> "_StopRequest":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, h in self._previous.items():
-            signal.signal(sig, h)
 
 
 class Trainer:
@@ -214,42 +121,14 @@ class Trainer:
             self.config.dump(self.run_dir / "config.yaml")
         self.acc.wait_for_everyone()
 
-    def _rng_state(self) -> dict[str, torch.Tensor]:
-        state = {f"gen_{k}": g.get_state() for k, g in self.gens.items()}
-        state["torch_cpu"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                state[f"torch_cuda_{i}"] = s
-        return state
-
-    def _set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
-        for k, g in self.gens.items():
-            g.set_state(state[f"gen_{k}"])
-        torch.set_rng_state(state["torch_cpu"])
-        cuda = [state[k] for k in sorted(state) if k.startswith("torch_cuda_")]
-        if cuda and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda)
-
-    def _all_rng_states(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Every process's RNG state (a collective): process 0's keys as they are, process r's as ``rank{r}/KEY``."""
-        if self.acc.num_processes == 1:
-            return local
-        from accelerate.utils import gather_object
-
-        states = gather_object([local])
-        merged = dict(states[0])
-        for r, s in enumerate(states[1:], start=1):
-            merged.update({f"rank{r}/{k}": v for k, v in s.items()})
-        return merged
-
     def _restore(self) -> None:
-        from draft_core.checkpoint import CheckpointError
+        from draft_core.training.checkpoint import CheckpointError
 
         if latest_checkpoint(self.run_dir / "checkpoints") is None:
             # Stopped before its first checkpoint: start again from step 0 in the same folder.
             self.log(f"--resume {self.run_dir}: no checkpoint yet, so the run starts again from step 0")
             if self.acc.is_main_process:
-                _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+                truncate_metrics(self.run_dir / "metrics.jsonl", 0)
                 self.config.dump(self.run_dir / "config.yaml")
             return
         path, state = load_latest(self.run_dir / "checkpoints", warn=self.log)
@@ -265,7 +144,7 @@ class Trainer:
         self.lr_scheduler.load_state_dict(state.lr_scheduler)
         prefix = f"rank{rank}/"
         rng = state.rng if rank == 0 else {k[len(prefix):]: v for k, v in state.rng.items() if k.startswith(prefix)}
-        self._set_rng_state(rng)
+        set_rng_state(self.gens, rng)
         extra = dict(state.extra or {})
         learned = {k[len(LEARNED_PREFIX):]: extra.pop(k) for k in list(extra) if k.startswith(LEARNED_PREFIX)}
         if learned and self.learned is not None:
@@ -275,7 +154,7 @@ class Trainer:
         self.nonfinite.load(state.meta)
         self.step = self.saved_step = state.step
         if self.acc.is_main_process:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", state.step)
+            truncate_metrics(self.run_dir / "metrics.jsonl", state.step)
             self.config.dump(self.run_dir / "config.yaml")
         self.log(f"resumed from {path} (step {state.step})")
 
@@ -295,26 +174,6 @@ class Trainer:
 
     def _condition(self, cond):
         return cond if self.learned is None else self.learned.condition(cond)
-
-    def _reduce(self, scalars: list[float]) -> list[float]:
-        """Average the gradients and ``scalars`` over processes in one all-reduce."""
-        if self.acc.num_processes == 1:
-            return scalars
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.flatten() for g in grads] + [torch.tensor(scalars, dtype=grads[0].dtype, device=grads[0].device)])
-        flat = self.acc.reduce(flat, reduction="mean")
-        offset = 0
-        for p in self.params:
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
-        return flat[offset:].tolist()
-
-    def _any(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on any process (a collective when there are several)."""
-        if self.acc.num_processes == 1:
-            return flag
-        return bool(self.acc.reduce(torch.tensor([float(flag)], device=self.acc.device), reduction="sum").item() > 0)
 
     def _failure(self, error: BaseException | None) -> BaseException:
         """The exception to raise once every process knows that one of them failed."""
@@ -373,7 +232,7 @@ class Trainer:
             for k, v in getattr(self.c.reward, "last_terms", {}).items():
                 logs[f"reward/{k}"] = logs.get(f"reward/{k}", 0.0) + v.float().mean().item() / cfg.grad_accum
         local_loss = sum(losses) / len(losses) if losses else 0.0
-        loss, any_error, any_bad_reward, any_bad_loss = self._reduce(
+        loss, any_error, any_bad_reward, any_bad_loss = average_gradients(self.acc, self.params, 
             [local_loss, float(error is not None), float(bad_reward), float(bad_loss)]
         )
         if any_error > 0:
@@ -439,7 +298,7 @@ class Trainer:
         state). Every process calls it at the same step; only the main one writes."""
         if self.step == self.saved_step:
             return
-        rng = self._all_rng_states(rng if rng is not None else self._rng_state())
+        rng = all_rng_states(self.acc, rng if rng is not None else rng_state(self.gens))
         if self.acc.is_main_process:
             extra = dict(self.c.estimator.state_dict()) if hasattr(self.c.estimator, "state_dict") else {}
             if self.learned is not None:
@@ -491,14 +350,14 @@ class Trainer:
             disable=not (self.progress and self.acc.is_main_process), dynamic_ncols=True,
         )
         metrics = open(self.run_dir / "metrics.jsonl", "a") if self.acc.is_main_process else None
-        rng_done = self._rng_state()  # the RNG state right after the last completed step
+        rng_done = rng_state(self.gens)  # the RNG state right after the last completed step
         last: dict[str, Any] = {}
         self._agreed = False
         try:
-            with _StopRequest() as stop:
+            with StopRequest() as stop:
                 while self.step < cfg.steps:
                     row = self.train_step()
-                    rng_done = self._rng_state()
+                    rng_done = rng_state(self.gens)
                     if metrics:
                         metrics.write(json.dumps(row) + "\n")
                         metrics.flush()
@@ -513,7 +372,7 @@ class Trainer:
                         self.sample_grid(f"step-{self.step:06d}")
                     if self.step % cfg.checkpoint_every == 0:
                         self.save()
-                    if self._any(stop.signal is not None):  # every process stops at the same step
+                    if any_process(self.acc, stop.signal is not None):  # every process stops at the same step
                         self._agreed = True
                         raise Interrupted(stop.signal or "a signal to another process")
         except NonFiniteStop:
@@ -553,20 +412,3 @@ class Trainer:
         latest = latest_checkpoint(self.run_dir / "checkpoints")
         self.log(f"stopped outside a synchronised point, so no new checkpoint; the last one ({latest}) is kept.")
         return False
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows after ``step`` (they will run again) and a row cut short by a kill."""
-    if not path.exists():
-        return
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
-            rows.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(r + "\n" for r in rows))
-    tmp.replace(path)

@@ -25,7 +25,8 @@ def _base_model_of(lora_folder: Path) -> str | None:
 
 def cmd_mix(args: argparse.Namespace) -> int:
     from draft_core.lora import LoraSpec
-    from draft_core.lora_tools import command_line, read_lora, save_mixed, write_model_card
+    from draft_core.lora.card import command_line, write_model_card
+    from draft_core.lora.files import read_lora, save_mixed
 
     specs = [LoraSpec.parse(s) for s in args.loras]
     path = save_mixed(specs, args.out)
@@ -44,7 +45,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from draft_core.lora import LoraSpec
-    from draft_core.lora_tools import export_kohya
+    from draft_core.lora.files import export_kohya
 
     if args.format != "kohya":
         raise DraftError(f"--format '{args.format}' is not supported; the one export format is kohya.")
@@ -57,9 +58,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
-    from draft_core.cli_eval import load_for_sampling
+    from draft_core.cli.common import load_for_sampling
     from draft_core.lora import LoraSpec
-    from draft_core.lora_tools import fuse_lora_into_model
+    from draft_core.lora.files import fuse_lora_into_model
 
     specs = [LoraSpec.parse(s) for s in args.lora]
     if not specs:

@@ -120,7 +120,7 @@ def batches(paths: list[Path], size: int):
 def cmd_score(args: argparse.Namespace) -> int:
     import torch
 
-    from draft_core.cli import _quiet_libraries
+    from draft_core.cli.common import quiet_libraries
 
     if args.batch_size < 1:
         raise DraftError(f"--batch-size must be a positive integer, got {args.batch_size}.")
@@ -140,7 +140,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise DraftError(f"--device '{args.device}' is not a device; give auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DraftError(f"--device {args.device}: CUDA is not available here; use --device cpu (or auto).")
-    _quiet_libraries()
+    quiet_libraries()
     if isinstance(reward, torch.nn.Module):
         reward.to(device)
     done = 0

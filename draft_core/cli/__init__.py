@@ -1,0 +1,49 @@
+"""The ``draft`` command line: one module per command (``plugins``, ``train``, ``sample``, ``eval``,
+``score``, ``lora``) and the helpers they share (``common``).
+
+Input errors (config, names, paths) print one paragraph and exit 2, with no traceback;
+an interrupted run exits 130 after checkpointing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from draft_core.errors import DraftError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from draft_core.cli import eval as cli_eval, lora as cli_lora, plugins as cli_plugins, sample as cli_sample
+    from draft_core.cli import score as cli_score, train as cli_train
+
+    p = argparse.ArgumentParser(prog="draft", description="Fine-tune diffusion models on differentiable rewards (DRaFT).")
+    sub = p.add_subparsers(dest="command", required=True)
+    for command in (cli_plugins, cli_train, cli_sample, cli_eval, cli_lora, cli_score):
+        command.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from draft_core.config.inputs import check_argv_text
+
+    try:
+        check_argv_text(sys.argv[1:] if argv is None else argv)
+    except DraftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DraftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from draft_core.training.signals import Interrupted
+
+        if isinstance(exc, Interrupted):
+            return 130
+        raise
+

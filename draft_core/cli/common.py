@@ -1,0 +1,64 @@
+"""Helpers every ``draft`` command shares: quiet libraries, ``--lora-steps`` windows, learned sampler
+hyperparameters saved beside a LoRA, and loading a model for sampling."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from draft_core.errors import DraftError
+
+
+def quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def parse_window(text: str | None, steps: int) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        fields = text.split(":")
+        if len(fields) != 2:
+            raise ValueError(text)
+        start, end = (int(v) if v else d for v, d in zip(fields, (0, steps)))
+    except ValueError:
+        raise DraftError(f"--lora-steps '{text}' must be START:END step indices (e.g. 0:20 or 30:), with 0 <= START <= END <= {steps}.") from None
+    if not 0 <= start <= end <= steps:
+        raise DraftError(f"--lora-steps '{text}' is outside 0..{steps}; give START:END with 0 <= START <= END <= {steps}.")
+    return start, end
+
+
+def learned_sampling(specs, model, sampler):
+    """The learned guidance schedule / negative prompt saved beside the first LoRA that has them."""
+    from draft_core.training.learned_sampling import LearnedSampling
+
+    found = [(s, LearnedSampling.load(s.folder, model.device)) for s in specs]
+    found = [(s, learned) for s, learned in found if learned is not None]
+    if not found:
+        return None
+    spec, learned = found[0]
+    learned.attach(sampler)
+    parts = [p for p, on in (("guidance schedule", learned.guidance), ("negative prompt", learned.negative)) if on is not None]
+    note = f" (ignoring those of {len(found) - 1} other LoRA(s))" if len(found) > 1 else ""
+    print(f"using the learned {' and '.join(parts)} from {spec.path}{note}; --no-learned-sampling turns them off", file=sys.stderr)
+    return learned
+
+
+def load_for_sampling(args: argparse.Namespace):
+    """The model of ``--model`` on ``--device`` in ``--dtype`` (as ``draft sample`` loads it)."""
+    import torch
+
+    from draft_core.models.loading import load_model, resolve_dtype
+
+    quiet_libraries()
+    device = torch.device(args.device) if args.device != "auto" else None
+    model = load_model(args.model, device)
+    if args.dtype != "auto":
+        model.to(dtype=resolve_dtype(args.dtype, model.device))
+    return model

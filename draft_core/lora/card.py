@@ -1,0 +1,91 @@
+"""The model card beside a saved LoRA (``README.md``): how it was made and how to load it."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    argv = list(sys.argv if argv is None else argv)
+    if argv and Path(argv[0]).name in ("draft", "cli.py", "__main__.py"):
+        argv = ["draft", *argv[1:]]
+    return shlex.join(argv)
+
+
+def write_model_card(folder: str | Path, info: dict) -> Path:
+    """``folder/README.md``: a YAML header (diffusers' model-card fields) and a table of ``info``.
+
+    info keys used: base_model, rewards, estimator, steps, final_reward, command, and any others
+    (shown as extra rows).
+    """
+    import yaml
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = info.get("base_model") or "BASE_MODEL"
+    header = {
+        "base_model": info.get("base_model"),
+        "library_name": "diffusers",
+        "tags": ["lora", "text-to-image", "draft", "diffusers"],
+    }
+    rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in info.items() if k != "command")
+    from draft_core.models.loading import EMBEDDED
+
+    usage = f"`draft sample --model {base} --lora {folder}:1.0 --prompt ...`"
+    if base not in EMBEDDED:  # an embedded model is no diffusers pipeline to from_pretrained
+        usage = (
+            "```python\nfrom diffusers import StableDiffusionPipeline\n"
+            f"pipe = StableDiffusionPipeline.from_pretrained({base!r})\n"
+            f"pipe.load_lora_weights({str(folder)!r})\n```\n\nor {usage}"
+        )
+    text = (
+        f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n"
+        f"# DRaFT LoRA for {base}\n\n"
+        "A LoRA fine-tuned with draft (Directly Fine-Tuning Diffusion Models on Differentiable Rewards).\n\n"
+        f"| field | value |\n| --- | --- |\n{rows}\n\n"
+        f"Made by:\n\n```bash\n{info.get('command', '(unknown)')}\n```\n\nUse:\n\n{usage}\n"
+    )
+    path = folder / "README.md"
+    path.write_text(text)
+    return path
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def run_card_info(run_dir: str | Path, command: str | None = None) -> dict:
+    """What a training run's model card says, from its config.yaml and metrics.jsonl."""
+    import yaml
+
+    from draft_core.media import read_metrics
+
+    run_dir = Path(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    steps = rows[-1]["step"] if rows else 0
+    # Skipped (non-finite) steps log no usable reward: the card reports the others.
+    rows = [r for r in rows if isinstance(r.get("reward_mean"), (int, float)) and math.isfinite(r["reward_mean"])]
+    reward = cfg.get("reward", {})
+    rewards = reward.get("weights") or {k: v for k, v in reward.items() if k != "args"}
+    info = {
+        "base_model": cfg.get("model", {}).get("name"),
+        "rewards": rewards,
+        "estimator": cfg.get("estimator"),
+        "sampler": cfg.get("sampler"),
+        "lora": cfg.get("lora"),
+        "steps": steps,
+        "final_reward": rows[-1]["reward_mean"] if rows else None,  # the last step's batch mean
+        "final_reward_last10": sum(r["reward_mean"] for r in rows[-10:]) / len(rows[-10:]) if rows else None,
+        "prompts": cfg.get("prompts", {}).get("source"),
+        "command": command or command_line(),
+    }
+    return info

@@ -1,0 +1,114 @@
+"""The three protocols every sampler, estimator and reward implements.
+
+Shapes: ``B`` batch, ``C/h/w`` the model's sample space (VAE latents, or pixels for
+a pixel-space model), ``H/W`` decoded image size, ``L/D`` text tokens and width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from draft_core.models.conditioning import Conditioning
+
+if TYPE_CHECKING:  # pragma: no cover
+    from draft_core.models.pipeline import DiffusionModel
+
+__all__ = ["Conditioning", "EstimatorOutput", "GradientEstimator", "Reward", "Sampler", "StepInputs"]
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """``reward(images, prompts) -> Tensor[B]``; higher is better.
+
+    images: [B, 3, H, W] float in [0, 1], any device; the result must be
+    differentiable with respect to ``images``.
+    """
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Runs the reverse process and exposes what gradient estimators need.
+
+    Steps are indexed ``i = 0 .. T-1`` in sampling order (step 0 starts from noise;
+    step T-1 is the paper's t = 1).
+    """
+
+    num_steps: int
+
+    def sample(
+        self,
+        model: "DiffusionModel",
+        cond: Conditioning,
+        noise: torch.Tensor,
+        *,
+        grad_from: int | None = None,
+        stop_at: int | None = None,
+        checkpoint: bool = False,
+        lora_steps: tuple[int, int] | None = None,
+        generator: torch.Generator | None = None,
+        trace: list | None = None,
+    ) -> torch.Tensor:
+        """Sample [B, C, h, w] from ``noise`` (same shape).
+
+        grad_from: first step run with autograd (stop-gradient on its input, except at
+        step 0, where gradients reach ``noise`` if it requires them: DOODL); None runs
+        every step without autograd. stop_at: stop at that step and return its one-step
+        prediction x̂0 (ReFL). checkpoint: recompute each differentiable step in the
+        backward pass, keeping only its input. lora_steps: LoRA active only for steps
+        start <= i < end. trace: a list to which each step appends (i, its input, detached).
+        """
+        ...
+
+    def predict_x0(
+        self, model: "DiffusionModel", sample: torch.Tensor, step: int, cond: Conditioning
+    ) -> torch.Tensor:
+        """One-step prediction x̂0 from ``sample`` at step ``step`` (with guidance)."""
+        ...
+
+    def add_noise(
+        self, model: "DiffusionModel", x0: torch.Tensor, noise: torch.Tensor, step: int
+    ) -> torch.Tensor:
+        """Forward-diffuse ``x0`` to the noise level of step ``step``: α_t x0 + σ_t ε."""
+        ...
+
+
+@dataclass
+class StepInputs:
+    """What an estimator gets for one training step.
+
+    noise: [B, C, h, w] initial noise x_T. generator: the source of any further
+    randomness the estimator draws (re-noising, random truncation), so that a
+    resumed run draws the same numbers.
+    """
+
+    model: "DiffusionModel"
+    sampler: Sampler
+    reward: Reward
+    cond: Conditioning
+    noise: torch.Tensor
+    generator: torch.Generator
+
+
+@dataclass
+class EstimatorOutput:
+    """loss: scalar to minimise (its gradient is the estimator's). reward: [B], detached,
+    the reward of the batch's samples. queries: reward evaluations per image this step.
+    logs: extra scalars for metrics.jsonl."""
+
+    loss: torch.Tensor
+    reward: torch.Tensor
+    images: torch.Tensor | None = None
+    queries: int = 1
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class GradientEstimator(Protocol):
+    """Turns (model, sampler, reward, batch) into a surrogate loss."""
+
+    def __call__(self, inputs: StepInputs) -> EstimatorOutput: ...

@@ -1,0 +1,139 @@
+"""Test helpers for estimator authors: the checklist every gradient estimator passes.
+
+Subclass ``EstimatorConformance`` and supply ``make_estimator`` (needs pytest)::
+
+    from draft_core.testing.estimators import EstimatorConformance
+
+    class TestMyEstimator(EstimatorConformance):
+        def make_estimator(self):
+            return MyEstimator(k=2)
+
+It runs the estimator on ``tiny-random`` with a random LoRA (both factors non-zero, so
+every LoRA weight can get a gradient), a 3-step DDIM sampler with guidance and a small
+network reward, and checks the ``GradientEstimator`` contract: the output's types and
+shapes, a finite scalar loss whose gradient reaches the LoRA and nothing else, the same
+result for the same random streams, the model left as it was found (adapters on, no
+gradients on frozen weights), and ``check`` refusing a sampler it cannot work with when
+it has such a limit. The gradients' values are each estimator's own tests' business.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from draft_core.lora import add_lora
+from draft_core.models.tiny import build_tiny_random
+from draft_core.plugins.protocols import EstimatorOutput, GradientEstimator, StepInputs
+from draft_core.samplers.ddim import DDIMSampler
+
+
+class TinyNetworkReward(nn.Module):
+    """r = tanh(w · avgpool8(images)): smooth, cheap, and a network (``dpg`` adapts it)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc = nn.Linear(3 * 8 * 8, 1)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(self.fc.weight.shape, generator=g) * 0.3)
+            self.fc.bias.zero_()
+        self.requires_grad_(False)
+
+    def forward(self, images: torch.Tensor, prompts=()) -> torch.Tensor:
+        """images: [B, 3, H, W] in [0, 1] -> [B]."""
+        x = nn.functional.adaptive_avg_pool2d(images.float(), 8).flatten(1)
+        return torch.tanh(self.fc(x)).squeeze(1)
+
+
+class EstimatorConformance:
+    """Shared tests for a ``GradientEstimator``; override ``make_estimator`` (and the attributes)."""
+
+    #: sampling steps of the test sampler (estimators with a K or m must fit in it).
+    steps: int = 3
+    prompts: tuple[str, ...] = ("a cat", "a dog")
+
+    def make_estimator(self) -> GradientEstimator:
+        raise NotImplementedError("an EstimatorConformance subclass must define make_estimator()")
+
+    def make_sampler(self):
+        return DDIMSampler(steps=self.steps, guidance_scale=3.0)
+
+    # -- fixtures --------------------------------------------------------------------------
+
+    @pytest.fixture(scope="class")
+    def setup(self):
+        model = build_tiny_random(seed=0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            params = add_lora(model.unet, rank=2, init=False)
+        return model, params
+
+    def inputs(self, model, seed: int = 0) -> StepInputs:
+        cond = model.encode_prompts(list(self.prompts))
+        noise = model.make_noise(len(self.prompts), torch.Generator().manual_seed(seed))
+        return StepInputs(model, self.make_sampler(), TinyNetworkReward(), cond, noise, torch.Generator().manual_seed(seed + 1))
+
+    @staticmethod
+    def _zero(model, params) -> None:
+        for p in params:
+            p.grad = None
+        for p in model.unet.parameters():
+            p.grad = None
+
+    def run(self, estimator, model, params, seed: int = 0):
+        self._zero(model, params)
+        out = estimator(self.inputs(model, seed))
+        out.loss.backward()
+        grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        return out, grads
+
+    # -- the contract ------------------------------------------------------------------------
+
+    def test_is_gradient_estimator(self):
+        assert isinstance(self.make_estimator(), GradientEstimator)
+
+    def test_output_contract(self, setup):
+        model, params = setup
+        out, _ = self.run(self.make_estimator(), model, params)
+        assert isinstance(out, EstimatorOutput)
+        assert out.loss.ndim == 0 and torch.isfinite(out.loss) and out.loss.requires_grad
+        assert out.reward.shape == (len(self.prompts),) and not out.reward.requires_grad
+        assert torch.isfinite(out.reward).all()
+        assert isinstance(out.queries, int) and out.queries >= 1
+        assert all(isinstance(v, float) for v in out.logs.values()), out.logs
+        if out.images is not None:
+            assert out.images.shape[0] == len(self.prompts) and not out.images.requires_grad
+
+    def test_gradient_reaches_the_lora_and_nothing_else(self, setup):
+        model, params = setup
+        _, grads = self.run(self.make_estimator(), model, params)
+        flat = torch.cat([g.flatten() for g in grads])
+        assert torch.isfinite(flat).all() and flat.abs().max() > 0
+        lora = {id(p) for p in params}
+        stray = [n for n, p in model.unet.named_parameters() if id(p) not in lora and p.grad is not None]
+        assert not stray, f"frozen weights got gradients: {stray[:3]}"
+        for module in (model.text_encoder, model.vae):
+            if module is not None:
+                assert all(p.grad is None for p in module.parameters())
+
+    def test_same_random_streams_same_result(self, setup):
+        model, params = setup
+        out_a, grads_a = self.run(self.make_estimator(), model, params, seed=3)
+        out_b, grads_b = self.run(self.make_estimator(), model, params, seed=3)
+        assert torch.equal(out_a.loss.detach(), out_b.loss.detach())
+        for a, b in zip(grads_a, grads_b):
+            assert torch.equal(a, b)
+
+    def test_leaves_the_model_as_it_found_it(self, setup):
+        model, params = setup
+        probe = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+        cond = model.encode_prompts(["a probe"])
+        with torch.no_grad():
+            before = model.unet(probe, 10, encoder_hidden_states=cond.cond).sample
+        self.run(self.make_estimator(), model, params)
+        with torch.no_grad():
+            after = model.unet(probe, 10, encoder_hidden_states=cond.cond).sample
+        assert torch.equal(before, after), "the estimator left the UNet changed (adapters off, weights moved?)"
+        assert all(p.requires_grad for p in params)

@@ -1,0 +1,59 @@
+"""What a training step needs from the processes of a data-parallel run: RNG state to checkpoint and
+restore, gradients averaged in one all-reduce, and agreement on whether any process saw a flag."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rng_state(gens: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    state = {f"gen_{k}": g.get_state() for k, g in gens.items()}
+    state["torch_cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"torch_cuda_{i}"] = s
+    return state
+
+
+def set_rng_state(gens: dict[str, torch.Generator], state: dict[str, torch.Tensor]) -> None:
+    for k, g in gens.items():
+        g.set_state(state[f"gen_{k}"])
+    torch.set_rng_state(state["torch_cpu"])
+    cuda = [state[k] for k in sorted(state) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def all_rng_states(acc, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every process's RNG state (a collective): process 0's keys as they are, process r's as ``rank{r}/KEY``."""
+    if acc.num_processes == 1:
+        return local
+    from accelerate.utils import gather_object
+
+    states = gather_object([local])
+    merged = dict(states[0])
+    for r, s in enumerate(states[1:], start=1):
+        merged.update({f"rank{r}/{k}": v for k, v in s.items()})
+    return merged
+
+
+def average_gradients(acc, params: list[torch.nn.Parameter], scalars: list[float]) -> list[float]:
+    """Average the gradients and ``scalars`` over processes in one all-reduce."""
+    if acc.num_processes == 1:
+        return scalars
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.flatten() for g in grads] + [torch.tensor(scalars, dtype=grads[0].dtype, device=grads[0].device)])
+    flat = acc.reduce(flat, reduction="mean")
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+    return flat[offset:].tolist()
+
+
+def any_process(acc, flag: bool) -> bool:
+    """Whether ``flag`` holds on any process (a collective when there are several)."""
+    if acc.num_processes == 1:
+        return flag
+    return bool(acc.reduce(torch.tensor([float(flag)], device=acc.device), reduction="sum").item() > 0)
