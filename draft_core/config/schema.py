@@ -86,6 +86,7 @@ class TrainSection:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     max_nonfinite: int = 5  # stop after this many skipped (non-finite) updates in a row
+    log_every: int = 10  # without a progress bar (--no-progress), a line every this many steps
 
 
 @dataclass
@@ -306,6 +307,7 @@ def check_values(c: Config) -> None:
         "train.checkpoint_every": c.train.checkpoint_every,
         "train.keep_checkpoints": c.train.keep_checkpoints,
         "train.max_nonfinite": c.train.max_nonfinite,
+        "train.log_every": c.train.log_every,
         "lora.rank": c.lora.rank,
         "learn.negative_prompt_heads": c.learn.negative_prompt_heads,
     }

@@ -25,6 +25,11 @@ class Reward(Protocol):
 
     images: [B, 3, H, W] float in [0, 1], any device; the result must be
     differentiable with respect to ``images``.
+
+    Optional: ``check_available() -> None``, for a reward that loads weights. It must be cheap
+    (look for the files at a configured path or in the Hugging Face cache; load nothing) and
+    raise a ``DraftError`` (e.g. ``ModelLoadError``) naming what is missing and how to provide
+    it. ``draft train`` calls it in ``--dry-run`` and before the run folder is created.
     """
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor: ...

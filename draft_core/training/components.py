@@ -12,6 +12,7 @@ from draft_core.errors import ConfigError, DraftError
 from draft_core.plugins import Registry, load_registry
 from draft_core.rewarding.weighted import WeightedReward
 from draft_core.training.faults import Source
+from draft_core.training.provenance import python_source
 
 
 @dataclass
@@ -37,15 +38,22 @@ def build_reward(section: dict, registry: Registry):
     return _build_plugin(registry, "reward", section)
 
 
-def build_components(config: Config, registry: Registry | None = None) -> Components:
-    """Resolve every name and argument of the config; loads no model weights."""
+def build_components(config: Config, registry: Registry | None = None, *, reward: Any = None) -> Components:
+    """Resolve every name and argument of the config; loads no model weights.
+
+    reward: a reward object to train on instead of the config's reward section (which is then
+    not built); the run records the object's class in config.yaml and the model card.
+    """
     registry = registry or load_registry()
     sampler = _build_plugin(registry, "sampler", config.sampler)
     estimator = build_estimator(config.estimator, registry)
-    reward = build_reward(config.reward, registry)
+    given = reward is not None
+    reward = reward if given else build_reward(config.reward, registry)
     if hasattr(estimator, "check"):
         estimator.check(sampler)
     prompts = load_prompts(config.prompts.source, config.prompts.items, config.prompts.template)
+    if given:
+        return Components(sampler, estimator, reward, prompts, [(reward, python_source(reward))])
     terms = {n: r for n, (r, _) in reward.terms.items()} if isinstance(reward, WeightedReward) else {config.reward["name"]: reward}
     sources = []
     for name, term in terms.items():

@@ -32,7 +32,9 @@ from draft_core.plugins.protocols import StepInputs
 from draft_core.training.components import Components
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
 from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state, set_rng_state
-from draft_core.training.metrics import truncate_metrics
+from draft_core.training.metrics import step_line, truncate_metrics
+from draft_core.training.preflight import check_rewards_available
+from draft_core.training.provenance import recorded_config
 from draft_core.training.signals import Interrupted, StopRequest
 
 LEARNED_PREFIX = "learned_sampling."  # checkpoint keys of the learned sampler hyperparameters
@@ -54,7 +56,7 @@ class Trainer:
     """
 
     def __init__(self, config: Config, run_dir: Path, components: Components, *, progress: bool = True) -> None:
-        self.config = config
+        self.config = recorded_config(config, components)  # a reward given from Python is recorded as such
         self.run_dir = Path(run_dir)
         self.c = components
         self.progress = progress
@@ -71,6 +73,7 @@ class Trainer:
         from draft_core.models.loading import load_model, resolve_dtype
 
         cfg = self.config
+        check_rewards_available(self.c)  # before the model loads and the run folder exists
         cpu = cfg.model.device == "cpu" or (cfg.model.device == "auto" and not torch.cuda.is_available())
         if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"model.device is {cfg.model.device!r}, but this machine has no CUDA GPU; use auto or cpu.")
@@ -189,8 +192,8 @@ class Trainer:
                 else "no step had completed, so there is no checkpoint")
         err = RewardPluginError(
             f"step {self.step + 1}: {src.describe()} raised {type(error).__name__}: {error} (at {where(error)}). "
-            f"The run stopped; {kept}. Fix or update that plugin, then continue with "
-            f"`draft train --resume {self.run_dir}`."
+            f"The run stopped; {kept}. Fix or update that plugin, then "
+            + (f"continue with `draft train --resume {self.run_dir}`." if self.step else "run it again.")
         )
         err.__cause__ = error
         return err
@@ -325,7 +328,7 @@ class Trainer:
         save_lora(self.model.unet, folder)
         if self.learned is not None:
             self.learned.save(folder)
-        write_model_card(folder, run_card_info(self.run_dir))
+        write_model_card(folder, run_card_info(self.run_dir), location=self.run_dir / "lora")
 
     def title(self) -> str:
         reward = self.config.reward.get("name") or "+".join(self.config.reward.get("weights", {}))
@@ -362,6 +365,8 @@ class Trainer:
                         metrics.write(json.dumps(row) + "\n")
                         metrics.flush()
                     bar.update(1)
+                    if not self.progress and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                        self.log(step_line(row, cfg.steps))  # no bar: a line every train.log_every steps
                     if "skipped" in row:
                         if self.nonfinite.exhausted():
                             raise self._stop_for_nonfinite()

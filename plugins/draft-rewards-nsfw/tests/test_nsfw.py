@@ -124,6 +124,18 @@ def test_missing_weights(tmp_path, monkeypatch):
         assert part in str(info.value), str(info.value)
 
 
+def test_check_available_finds_the_checker_without_loading(checker_dir, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    NSFWReward(path=str(checker_dir)).check_available()
+    with pytest.raises(ModelLoadError, match="not a folder"):
+        NSFWReward(path=str(tmp_path / "missing")).check_available()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="'draft-tests/no-such-checker'.*HF_HUB_OFFLINE is set"):
+        NSFWReward(model="draft-tests/no-such-checker").check_available()
+
+
 def test_preprocessing_matches_feature_extractor():
     from transformers import CLIPImageProcessor
 
