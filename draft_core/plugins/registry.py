@@ -12,7 +12,7 @@ import pluggy
 
 import draft_core.plugins.hookspecs as hookspecs
 from draft_core.errors import PluginError, closest, did_you_mean
-from draft_core.plugins.arguments import argument_list
+from draft_core.plugins.arguments import Argument, argument_list
 
 GROUP = hookspecs.PROJECT
 CONFLICT_ADVICE = "Uninstall one of them, or set DRAFT_PLUGINS to the entry points to load."
@@ -344,9 +344,6 @@ class Registry:
 def _describe_params(params: list[inspect.Parameter], accepts_any: bool) -> str:
     if not params:
         return "It accepts any keyword arguments." if accepts_any else "It accepts no arguments."
-    shown = [
-        f"{p.name} (required)" if p.default is p.empty else f"{p.name}={p.default!r}"
-        for p in params
-    ]
+    shown = [Argument(p.name, p.default, None).text() for p in params]
     tail = ", and any other keyword" if accepts_any else ""
     return f"Accepted arguments: {', '.join(shown)}{tail}."
