@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from draft_core.config.values import check_value as _coerce
+from draft_core.config.values import check_value
 from draft_core.errors import ConfigError, did_you_mean, join_problems
 from draft_core.lora import DEFAULT_TARGETS
 
@@ -146,7 +146,7 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
             elif key in PLUGIN_SECTIONS:
                 kwargs[key] = _plugin_section(value, full)
             else:
-                kwargs[key] = _coerce(value, tp, full)
+                kwargs[key] = check_value(value, tp, full)
         except ConfigError as exc:
             problems.append(str(exc))
     return cls(**kwargs)
