@@ -37,6 +37,7 @@ from torch import nn
 
 from draft_core.errors import ConfigError
 from draft_core.plugins.protocols import EstimatorOutput, StepInputs
+from draft_core.rewarding.contract import unchecked
 
 CRITIC_ADAPTER = "draft_critic"
 
@@ -173,8 +174,8 @@ class DeterministicPolicyGradient:
             x0 = sampler.sample(model, cond, inputs.noise, trace=trace)
             images = model.decode(x0)
             ret = inputs.reward(images, cond.prompts).float()
-        if self.critic is None:
-            self._build_critic(inputs.reward)
+        if self.critic is None:  # a copy of the reward itself, not of the core's checks around it
+            self._build_critic(unchecked(inputs.reward))
         pool = T - self.min_step
         picks = torch.randperm(pool, generator=inputs.generator)[: min(self.states, pool)] + self.min_step
         steps = sorted(int(i) for i in picks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from draft_core.samplers.ddim import DDIMSampler
 from draft_core.testing.estimators import EstimatorConformance
 from draft_estimators import DeterministicPolicyGradient, FullBackprop, LowVariance, ReFL, TruncatedBackprop
 from draft_estimators.kl import KLRegularized
@@ -16,10 +17,16 @@ class TestDraftK(EstimatorConformance):
     def make_estimator(self):
         return TruncatedBackprop(k=2)
 
+    def make_unsupported_sampler(self):
+        return DDIMSampler(steps=1)  # K = 2 does not fit
+
 
 class TestDraftKRandomTruncation(EstimatorConformance):
     def make_estimator(self):
         return TruncatedBackprop(k_range=[1, 3])
+
+    def make_unsupported_sampler(self):
+        return DDIMSampler(steps=2)
 
 
 class TestDraftLV(EstimatorConformance):
@@ -31,12 +38,19 @@ class TestReFL(EstimatorConformance):
     def make_estimator(self):
         return ReFL(m=2)
 
+    def make_unsupported_sampler(self):
+        return DDIMSampler(steps=1)
+
 
 class TestDPG(EstimatorConformance):
     def make_estimator(self):
         return DeterministicPolicyGradient(states=2, critic_rank=2)
 
+    def make_unsupported_sampler(self):
+        return DDIMSampler(steps=3, eta=1.0)  # ancestral noise the policy does not choose
+
 
 class TestKLWrapper(EstimatorConformance):
     def make_estimator(self):
         return KLRegularized(LowVariance(n=1), 0.5)
+

@@ -98,8 +98,10 @@ def build_reward(name: str, overrides: list[str]):
             raise ConfigError(f"--set '{text}': draft score takes reward arguments only, as reward.KEY=VALUE.")
     raw = apply_overrides({"reward": {"name": name}}, overrides)
     name, kwargs = plugin_kwargs(raw["reward"])
-    try:
-        return load_registry().build("reward", name, **kwargs)
+    from draft_core.rewarding.contract import checked_reward
+
+    try:  # behind the core's checks of the images and of the scores
+        return checked_reward(load_registry().build("reward", name, **kwargs), load_registry().get("reward", name).describe())
     except DraftError:
         raise
     except (TypeError, ValueError, KeyError) as exc:

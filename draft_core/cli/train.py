@@ -48,11 +48,22 @@ def _check_resume(run_dir: Path, config) -> None:
         )
 
 
+def _defaults_block(config) -> str:
+    """YAML comments: each plugin's arguments that the config leaves at their defaults."""
+    from draft_core.training.components import default_arguments
+
+    lines = ["# plugin arguments left at their defaults (set any of them like the keys above):"]
+    for planned, defaults in default_arguments(config):
+        shown = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "(none)"
+        lines.append(f"#   {planned.key}: {planned.name}: {shown}")
+    return "\n".join(lines) + "\n"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.cli.common import quiet_libraries
     from draft_core.config import load_config
     from draft_core.config.inputs import check_new_run_dir
-    from draft_core.training.components import build_components
+    from draft_core.training.components import build_components, section_label
     from draft_core.training.preflight import check_ready
     from draft_core.training.runner import Trainer
 
@@ -80,6 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         import yaml
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        print(_defaults_block(config), end="")
         return 0
     quiet_libraries()
     trainer = Trainer(config, run_dir, components, progress=not args.no_progress)
@@ -88,8 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.setup(resume=bool(args.resume))
         trainer.log(
             f"{config.model.name} on {trainer.model.device} ({trainer.model.dtype}), LoRA rank {config.lora.rank} "
-            f"({sum(p.numel() for p in trainer.params):,} parameters), estimator {components.estimator!r}, "
-            f"sampler {components.sampler!r}, run folder {run_dir}"
+            f"({sum(p.numel() for p in trainer.params):,} parameters), estimator {section_label(config.estimator)}, "
+            f"sampler {section_label(config.sampler)}, reward {section_label(config.reward)}, run folder {run_dir}"
         )
         t0 = time.perf_counter()
         last = trainer.train()

@@ -13,8 +13,9 @@ every LoRA weight can get a gradient), a 3-step DDIM sampler with guidance and a
 network reward, and checks the ``GradientEstimator`` contract: the output's types and
 shapes, a finite scalar loss whose gradient reaches the LoRA and nothing else, the same
 result for the same random streams, the model left as it was found (adapters on, no
-gradients on frozen weights), and ``check`` refusing a sampler it cannot work with when
-it has such a limit. The gradients' values are each estimator's own tests' business.
+gradients on frozen weights), and ``check(sampler)``, when the estimator has one, accepting the
+test sampler and refusing the one ``make_unsupported_sampler`` returns (override it when the
+estimator has such a limit). The gradients' values are each estimator's own tests' business.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 import torch
 from torch import nn
 
+from draft_core.errors import DraftError
 from draft_core.lora import add_lora
 from draft_core.models.tiny import build_tiny_random
 from draft_core.plugins.protocols import EstimatorOutput, GradientEstimator, StepInputs
@@ -60,10 +62,15 @@ class EstimatorConformance:
     def make_sampler(self):
         return DDIMSampler(steps=self.steps, guidance_scale=3.0)
 
+    def make_unsupported_sampler(self):
+        """A sampler the estimator's ``check`` must refuse (e.g. too few steps for its K), or None."""
+        return None
+
     # -- fixtures --------------------------------------------------------------------------
 
     @pytest.fixture(scope="class")
-    def setup(self):
+    @classmethod
+    def setup(cls):
         model = build_tiny_random(seed=0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
@@ -93,6 +100,18 @@ class EstimatorConformance:
 
     def test_is_gradient_estimator(self):
         assert isinstance(self.make_estimator(), GradientEstimator)
+
+    def test_check(self):
+        estimator = self.make_estimator()
+        bad = self.make_unsupported_sampler()
+        check = getattr(estimator, "check", None)
+        if check is None:
+            assert bad is None, "make_unsupported_sampler() is given, but the estimator has no check(sampler) to refuse it"
+            pytest.skip("the estimator has no check(sampler): it works with any sampler")
+        assert check(self.make_sampler()) is None  # the test sampler is one it works with
+        if bad is not None:
+            with pytest.raises(DraftError):  # one paragraph for the user, before any model loads
+                check(bad)
 
     def test_output_contract(self, setup):
         model, params = setup

@@ -20,24 +20,25 @@ from tqdm.auto import tqdm
 
 from draft_core.training.checkpoint import TrainingState, latest_checkpoint, load_latest, replace_folder, save_checkpoint
 from draft_core.config import Config
-from draft_core.errors import ConfigError, DraftError
+from draft_core.errors import ConfigError
 from draft_core.training.faults import (
-    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, PeerFailed, RewardPluginError, nonfinite_message,
-    reward_source, where,
+    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, check_estimator_output, nonfinite_message, step_failure,
 )
 from draft_core.lora import add_lora, load_lora_state, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve, save_before_after, save_grid
 from draft_core.plugins.protocols import StepInputs
-from draft_core.training.components import Components
+from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
 from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state, set_rng_state
 from draft_core.training.metrics import step_line, truncate_metrics
+from draft_core.training.plugin_state import pack_state, unpack_state
 from draft_core.training.preflight import check_rewards_available
 from draft_core.training.provenance import recorded_config
 from draft_core.training.signals import Interrupted, StopRequest
 
 LEARNED_PREFIX = "learned_sampling."  # checkpoint keys of the learned sampler hyperparameters
+STATE_NUMBERS = "estimator_numbers"  # meta key: the estimator state's keys that were plain numbers
 
 
 def lr_factor(decay: str):
@@ -95,8 +96,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
             self.params = add_lora(self.model.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
-        if hasattr(self.c.reward, "to"):
-            self.c.reward.to(device)
+        self.reward.to(device)
         t = cfg.train
         groups = [{"params": self.params}]
         with torch.random.fork_rng(devices=[]):  # the negative prompt's initial weights, likewise
@@ -153,13 +153,20 @@ class Trainer:
         if learned and self.learned is not None:
             self.learned.load_state_dict({k: v.to(self.model.device) for k, v in learned.items()})
         if extra and hasattr(self.c.estimator, "load_state_dict"):
-            self.c.estimator.load_state_dict(extra)
+            self.c.estimator.load_state_dict(unpack_state(extra, state.meta.get(STATE_NUMBERS) or {}))
         self.nonfinite.load(state.meta)
         self.step = self.saved_step = state.step
         if self.acc.is_main_process:
             truncate_metrics(self.run_dir / "metrics.jsonl", state.step)
             self.config.dump(self.run_dir / "config.yaml")
         self.log(f"resumed from {path} (step {state.step})")
+
+    @property
+    def reward(self):
+        """What estimators call: ``components.reward`` behind the core's checks (rebuilt if it is replaced)."""
+        if getattr(self, "_reward_of", None) is not self.c.reward:
+            self._reward, self._reward_of = self.c.checked_reward(), self.c.reward
+        return self._reward
 
     def log(self, message: str) -> None:
         if self.acc.is_main_process:
@@ -181,22 +188,11 @@ class Trainer:
     def _failure(self, error: BaseException | None) -> BaseException:
         """The exception to raise once every process knows that one of them failed."""
         self._agreed = True
-        if error is None:
-            return PeerFailed(f"another process failed during step {self.step + 1} (its error is in its log); all processes stopped.")
-        if isinstance(error, DraftError):
-            return error
-        src = reward_source(error, self.c.sources)
-        if src is None:
-            return error
-        kept = (f"the state after step {self.step} (the last completed step) is checkpointed" if self.step
-                else "no step had completed, so there is no checkpoint")
-        err = RewardPluginError(
-            f"step {self.step + 1}: {src.describe()} raised {type(error).__name__}: {error} (at {where(error)}). "
-            f"The run stopped; {kept}. Fix or update that plugin, then "
-            + (f"continue with `draft train --resume {self.run_dir}`." if self.step else "run it again.")
-        )
-        err.__cause__ = error
-        return err
+        return step_failure(error, self.step, self.run_dir, self.c.sources)
+
+    def _estimator_name(self) -> str:
+        src = self.c.estimator_source
+        return f"{src.describe()}, {section_label(self.config.estimator)}" if src else repr(self.c.estimator)
 
     def _reward_name(self) -> str:
         return " + ".join(src.describe() for _, src in self.c.sources) or repr(self.c.reward)
@@ -211,10 +207,11 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             prompts, noise = self._batch()
             cond = self._condition(self.model.encode_prompts(prompts))
-            inputs = StepInputs(self.model, self.c.sampler, self.c.reward, cond, noise, self.gens["estimator"])
+            inputs = StepInputs(self.model, self.c.sampler, self.reward, cond, noise, self.gens["estimator"])
             try:
                 with self.acc.autocast():
                     out = self.c.estimator(inputs)
+                check_estimator_output(out, len(prompts), self._estimator_name())
             except Interrupted:
                 raise
             except Exception as exc:  # decided on below, together with the other processes
@@ -232,7 +229,7 @@ class Trainer:
             queries = out.queries
             for k, v in out.logs.items():
                 logs[k] = logs.get(k, 0.0) + v / cfg.grad_accum
-            for k, v in getattr(self.c.reward, "last_terms", {}).items():
+            for k, v in getattr(self.reward, "last_terms", {}).items():
                 logs[f"reward/{k}"] = logs.get(f"reward/{k}", 0.0) + v.float().mean().item() / cfg.grad_accum
         local_loss = sum(losses) / len(losses) if losses else 0.0
         loss, any_error, any_bad_reward, any_bad_loss = average_gradients(self.acc, self.params, 
@@ -249,6 +246,8 @@ class Trainer:
             skipped = (ESTIMATOR, "a non-finite loss")
         elif not all(torch.isfinite(p.grad).all() for p in self.params if p.grad is not None):
             skipped = (ESTIMATOR, "non-finite gradients")
+        # Everything the row needs is computed before step N counts: a failure here leaves it undone.
+        reward = None if skipped else self.acc.gather(torch.cat(rewards))
         self.step += 1
         if skipped:
             # No update: the LoRA, the optimiser and the LR schedule stay as they were.
@@ -267,7 +266,6 @@ class Trainer:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        reward = self.acc.gather(torch.cat(rewards))
         return {
             "step": self.step,
             "reward_mean": reward.mean().item(),
@@ -303,7 +301,9 @@ class Trainer:
             return
         rng = all_rng_states(self.acc, rng if rng is not None else rng_state(self.gens))
         if self.acc.is_main_process:
-            extra = dict(self.c.estimator.state_dict()) if hasattr(self.c.estimator, "state_dict") else {}
+            extra, numbers = ({}, {})
+            if hasattr(self.c.estimator, "state_dict"):
+                extra, numbers = pack_state(self.c.estimator.state_dict(), self._estimator_name())
             if self.learned is not None:
                 extra.update({LEARNED_PREFIX + k: v.detach() for k, v in self.learned.state_dict().items()})
             state = TrainingState(
@@ -313,7 +313,7 @@ class Trainer:
                 lr_scheduler=self.lr_scheduler.state_dict(),
                 rng=rng,
                 extra=extra or None,
-                meta={"num_processes": self.acc.num_processes, **self.nonfinite.state()},
+                meta={"num_processes": self.acc.num_processes, **self.nonfinite.state(), STATE_NUMBERS: numbers},
             )
             save_checkpoint(self.run_dir / "checkpoints", state, keep=self.config.train.keep_checkpoints)
             replace_folder(self._write_lora_folder, self.run_dir / "lora")
@@ -336,7 +336,7 @@ class Trainer:
 
     def _stop_for_nonfinite(self) -> NonFiniteStop:
         component, what = self.skipped
-        source = self._reward_name() if component == REWARD else repr(self.c.estimator)
+        source = self._reward_name() if component == REWARD else self._estimator_name()
         self._agreed = True
         return NonFiniteStop(nonfinite_message(
             self.step, component, what, self.nonfinite, source,
@@ -354,6 +354,7 @@ class Trainer:
         )
         metrics = open(self.run_dir / "metrics.jsonl", "a") if self.acc.is_main_process else None
         rng_done = rng_state(self.gens)  # the RNG state right after the last completed step
+        self.rows_step = self.step  # the last step whose metrics row is written
         last: dict[str, Any] = {}
         self._agreed = False
         try:
@@ -364,6 +365,7 @@ class Trainer:
                     if metrics:
                         metrics.write(json.dumps(row) + "\n")
                         metrics.flush()
+                    self.rows_step = self.step
                     bar.update(1)
                     if not self.progress and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                         self.log(step_line(row, cfg.steps))  # no bar: a line every train.log_every steps
@@ -387,15 +389,13 @@ class Trainer:
             bar.close()
             # The state is that of the last completed step, with the RNG as it was then, so a
             # resumed run repeats the interrupted step exactly.
-            if self._save_is_safe():
-                self.save(rng=rng_done)
+            if self._save_is_safe() and self._save_after_failure(rng_done):
                 self.log(f"interrupted ({exc or 'SIGINT'}) after step {self.step}; checkpoint kept. "
                          f"Resume with: draft train --resume {self.run_dir}")
             raise
         except BaseException:
             bar.close()
-            if self.step > 0 and self._save_is_safe():
-                self.save(rng=rng_done)
+            if self.step > 0 and self._save_is_safe() and self._save_after_failure(rng_done):
                 self.log(f"failed after step {self.step}; checkpoint kept. Resume with: draft train --resume {self.run_dir}")
             raise
         finally:
@@ -408,6 +408,22 @@ class Trainer:
             save_before_after(self.run_dir / "samples" / "step-000000.png", final, self.run_dir / "samples" / "before_after.png")
             plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png", self.title())
         return last
+
+    def _save_after_failure(self, rng: dict[str, torch.Tensor]) -> bool:
+        """Checkpoint the last completed step after a failure, when the state in memory is that
+        step's: the metrics rows and the checkpoints then always agree. False when nothing was saved."""
+        latest = latest_checkpoint(self.run_dir / "checkpoints")
+        if self.step != self.rows_step:
+            self.log(f"step {self.step} updated the LoRA but its metrics row was never written, so no new "
+                     f"checkpoint is written; the last one ({latest}) is kept.")
+            return False
+        try:
+            self.save(rng=rng)
+        except Exception as exc:  # the original failure is the one to report
+            self.log(f"could not write a checkpoint after the failure ({type(exc).__name__}: {exc}); "
+                     f"the last one ({latest}) is kept.")
+            return False
+        return True
 
     def _save_is_safe(self) -> bool:
         """A checkpoint is a collective: with several processes, write one only when every
