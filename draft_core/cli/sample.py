@@ -14,10 +14,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from draft_core.cli.common import learned_sampling, parse_window, quiet_libraries
     from draft_core.evaluation.baselines import NoiseSource, build_method, build_reward
     from draft_core.lora import LoraSpec, apply_loras
-    from draft_core.media import save_grid
+    from draft_core.media import generation_params, save_grid, save_png, to_pil
     from draft_core.models.loading import load_model, resolve_dtype
     from draft_core.plugins import load_registry
-    from torchvision.utils import save_image
 
     for flag, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--steps", args.steps)):
         if value < 1:
@@ -47,9 +46,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
             made = method.generate(model, sampler, prompts[i : i + args.batch_size], source, lora_steps=window, generator=gen)
             images.append(made.images.cpu())
     images = torch.cat(images)
-    for i, img in enumerate(images):
-        save_image(img, out / f"{i:04d}.png")
-    save_grid(images, out / "grid.png", nrow=args.n)
+    params = dict(model=args.model, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                  size=model.image_size, loras=[(s.path, s.scale) for s in specs], method=args.method if args.method != "plain" else None,
+                  lora_steps=args.lora_steps, learned=None if learned is None else "from the LoRA folder")
+    for i, img in enumerate(images):  # image i: the i-th noise drawn from --seed, for --prompt i // --n
+        save_png(to_pil(img), out / f"{i:04d}.png", generation_params(prompts[i], **params, index=i, n=len(prompts)))
+    save_grid(images, out / "grid.png", nrow=args.n, rows=args.prompt, cols=[f"#{j}" for j in range(args.n)],
+              params=generation_params(args.prompt, **params))
     if args.save_tensor:
         torch.save(images, out / "images.pt")
     print(f"wrote {len(images)} images and grid.png to {out}")

@@ -12,6 +12,8 @@ from draft_core.errors import ConfigError, DraftError
 from draft_core.plugins import Registry, load_registry
 from draft_core.rewarding.weighted import WeightedReward
 from draft_core.training.faults import Source
+from draft_core.training.tracking import check_trackers
+from draft_core.training.validation import build_validation
 
 
 @dataclass
@@ -21,6 +23,7 @@ class Components:
     reward: Any
     prompts: list[str]
     sources: list[tuple[Any, Source]] = field(default_factory=list)  # (reward term, who provides it)
+    validation: Any = None  # draft_core.training.validation.Validation, when train.validation is set
 
 
 def build_reward(section: dict, registry: Registry):
@@ -51,7 +54,9 @@ def build_components(config: Config, registry: Registry | None = None) -> Compon
     for name, term in terms.items():
         e = registry.get("reward", name)
         sources.append((term, Source(name, e.plugin, e.distribution, e.version)))
-    return Components(sampler, estimator, reward, prompts, sources)
+    check_trackers(config.train.trackers)
+    validation = build_validation(config, registry, reward, build_reward)
+    return Components(sampler, estimator, reward, prompts, sources, validation)
 
 
 def build_estimator(section: dict, registry: Registry):
