@@ -242,9 +242,12 @@ def test_sample_writes_images_and_a_grid(capsys, tmp_path):
     assert "wrote 2 images" in capsys.readouterr().out
     out = tmp_path / "tmp"
     assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "grid.png"]
-    for name in ("0000.png", "0001.png"):
+    for i, name in enumerate(("0000.png", "0001.png")):
         with Image.open(out / name) as img:
             assert img.size == (64, 64) and img.mode == "RGB"
+            params = img.text["parameters"]  # A1111's layout: prompt, then the settings line
+        assert params.startswith("a cat\nSteps: 3, Sampler: ddim, CFG scale: 7.5, Seed: 0, Size: 64x64, Model: tiny-random")
+        assert f"Index: {i}" in params
 
 
 def test_sample_equals_the_vanilla_pipeline(capsys, tmp_path, model_dir, vanilla_no_lora):

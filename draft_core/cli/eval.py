@@ -55,6 +55,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "model": args.model,
         "prompts": args.prompts,
         "sampler": repr(sampler),
+        "sampler_name": args.sampler,
+        "steps": args.steps,
+        "guidance": args.guidance,
     }
     paths = write_outputs(result, Path(args.out))
     print(to_markdown(result))

@@ -37,9 +37,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from draft_core.cli.common import learned_sampling, load_for_sampling, parse_window, resolve_device
     from draft_core.evaluation.baselines import build_method, build_reward
     from draft_core.lora import LoraSpec, apply_loras
-    from draft_core.media import save_grid
+    from draft_core.media import generation_params, save_grid, save_png, to_pil
     from draft_core.plugins import load_registry
-    from torchvision.utils import save_image
 
     for flag, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--steps", args.steps)):
         if value < 1:
@@ -61,9 +60,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for path in earlier:
         path.unlink()
-    for i, img in enumerate(images):
-        save_image(img, out / f"{i:04d}.png")
-    save_grid(images, out / "grid.png", nrow=args.n)
+    params = dict(model=args.model, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                  size=model.image_size, loras=[(s.path, s.scale) for s in specs], method=args.method if args.method != "plain" else None,
+                  lora_steps=args.lora_steps, learned=None if learned is None else "from the LoRA folder")
+    for i, img in enumerate(images):  # image i: the i-th noise drawn from --seed, for --prompt i // --n
+        save_png(to_pil(img), out / f"{i:04d}.png", generation_params(prompts[i], **params, index=i, n=len(prompts)))
+    save_grid(images, out / "grid.png", nrow=args.n, rows=args.prompt, cols=[f"#{j}" for j in range(args.n)],
+              params=generation_params(args.prompt, **params))
     if args.save_tensor:
         torch.save(images, out / "images.pt")
     replaced = f" (replacing the {len(earlier)} files of an earlier draft sample there)" if earlier else ""

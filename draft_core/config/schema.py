@@ -69,6 +69,23 @@ class PromptsSection:
 
 
 @dataclass
+class EmaSection:
+    decay: float | None = None  # e.g. 0.999: also keep an average of the trained weights (lora_ema/); null: none
+
+
+@dataclass
+class ValidationSection:
+    """Held-out prompts sampled with fixed seeds during training and scored; off while prompts is null."""
+
+    prompts: str | list[str] | None = None  # a prompt list name or file (as prompts.source), or the prompts
+    every: int = 100  # steps between validations; also at step 0 and at the end (0: only those two)
+    n_per_prompt: int = 2
+    rewards: list[str | dict] = field(default_factory=list)  # names or {name, args, label}; empty: the training reward
+    seed: int = 0
+    batch_size: int = 8
+
+
+@dataclass
 class TrainSection:
     steps: int = 2000
     batch_size: int = 4
@@ -78,15 +95,21 @@ class TrainSection:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float | None = 1.0
     lr_decay: Literal["none", "sqrt"] = "none"  # sqrt: lr · min(10·step^-0.5, 1)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # diffusers' get_scheduler, to train.steps
+    lr_warmup_steps: int = 0  # linear warm-up from 0 before the schedule
+    ema: EmaSection = field(default_factory=EmaSection)
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     sample_every: int = 100  # 0: only before and after training
-    sample_prompts: list[str] | None = None  # default: the first 10 prompts (one grid column each)
+    sample_prompts: list[str] | None = None  # default: the first 10 prompts (one grid row each)
     sample_per_prompt: int = 2
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     max_nonfinite: int = 5  # stop after this many skipped (non-finite) updates in a row
     log_every: int = 10  # without a progress bar (--no-progress), a line every this many steps
+    trackers: list[Literal["tensorboard", "wandb", "mlflow", "aim"]] = field(default_factory=list)
+    tracker_project: str = "draft"  # W&B project, MLflow experiment, TensorBoard subfolder
+    validation: ValidationSection = field(default_factory=ValidationSection)
 
 
 @dataclass
@@ -283,6 +306,7 @@ def value_problems(c: Config) -> list[str]:
     for key, value in positive.items():
         if value < 1:
             bad(f"config key '{key}' must be a positive integer, got {value}.")
+    _check_train_extras(c.train, bad)
     for key in ("guidance_lr_mult", "negative_prompt_lr_mult"):
         if getattr(c.learn, key) <= 0:
             bad(f"config key 'learn.{key}' must be > 0, got {getattr(c.learn, key)}.")
@@ -346,6 +370,26 @@ def _reward_problems(reward: dict[str, Any]) -> list[str]:
             f"(e.g. {{jpeg-compressibility: {{quality: 30}}}}), got {args!r}."
         )
     return problems
+
+
+def _check_train_extras(t: TrainSection, bad) -> None:
+    """Schedules, the weight average and validation."""
+    if t.lr_warmup_steps < 0:
+        bad(f"config key 'train.lr_warmup_steps' must be >= 0, got {t.lr_warmup_steps}.")
+    if t.lr_decay == "sqrt" and t.lr_schedule != "constant":
+        bad(
+            f"train.lr_decay is 'sqrt' (the paper's decay) and train.lr_schedule is '{t.lr_schedule}', which decays too; "
+            f"use one: lr_decay: sqrt with lr_schedule: constant (a warm-up may precede it), or lr_decay: none with "
+            f"lr_schedule: {t.lr_schedule}."
+        )
+    if t.ema.decay is not None and not 0 < t.ema.decay < 1:
+        bad(f"config key 'train.ema.decay' must be in (0, 1) (e.g. 0.999), or null for no average; got {t.ema.decay}.")
+    v = t.validation
+    for key in ("n_per_prompt", "batch_size"):
+        if getattr(v, key) < 1:
+            bad(f"config key 'train.validation.{key}' must be a positive integer, got {getattr(v, key)}.")
+    if v.every < 0:
+        bad(f"config key 'train.validation.every' must be >= 0 (0: only at step 0 and the end), got {v.every}.")
 
 
 def plugin_kwargs(section: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -20,6 +20,8 @@ from draft_core.rewarding.contract import CheckedReward, checked_reward
 from draft_core.rewarding.weighted import WeightedReward
 from draft_core.training.faults import Source
 from draft_core.training.provenance import python_source
+from draft_core.training.tracking import check_trackers
+from draft_core.training.validation import build_validation
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Components:
     prompts: list[str]
     sources: list[tuple[Any, Source]] = field(default_factory=list)  # (reward term, who provides it)
     estimator_source: Source | None = None
+    validation: Any = None  # draft_core.training.validation.Validation, when train.validation is set
 
     def checked_reward(self) -> CheckedReward:
         """``reward`` behind the core's checks: images before it runs, [B] after; each term of a
@@ -102,14 +105,16 @@ def build_components(config: Config, registry: Registry | None = None, *, reward
     prompts = load_prompts(config.prompts.source, config.prompts.items, config.prompts.template)
     e = registry.get("estimator", config.estimator["name"])
     estimator_source = Source(e.name, e.plugin, e.distribution, e.version, "estimator")
+    check_trackers(config.train.trackers)
+    validation = build_validation(config, registry, reward, build_reward)
     if given:
-        return Components(sampler, estimator, reward, prompts, [(reward, python_source(reward))], estimator_source)
+        return Components(sampler, estimator, reward, prompts, [(reward, python_source(reward))], estimator_source, validation)
     terms = {n: r for n, (r, _) in reward.terms.items()} if isinstance(reward, WeightedReward) else {config.reward["name"]: reward}
     sources = []
     for name, term in terms.items():
         r = registry.get("reward", name)
         sources.append((term, Source(name, r.plugin, r.distribution, r.version)))
-    return Components(sampler, estimator, reward, prompts, sources, estimator_source)
+    return Components(sampler, estimator, reward, prompts, sources, estimator_source, validation)
 
 
 def plan(config: Config, registry: Registry, include_reward: bool = True) -> list[Planned]:

@@ -8,7 +8,6 @@ concrete sampler, estimator or reward: it builds them by name through the regist
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -26,25 +25,23 @@ from draft_core.training.faults import (
 )
 from draft_core.lora import add_lora, load_lora_state, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
-from draft_core.media import plot_reward_curve, save_before_after, save_grid
+from draft_core.media import plot_reward_curve
 from draft_core.plugins.protocols import StepInputs
 from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
 from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state, set_rng_state
+from draft_core.training.ema import WeightsEma
 from draft_core.training.metrics import step_line, truncate_metrics
+from draft_core.training.pictures import RunPictures
 from draft_core.training.plugin_state import pack_state, unpack_state
 from draft_core.training.preflight import check_rewards_available
 from draft_core.training.provenance import recorded_config
+from draft_core.training.schedules import build_lr_scheduler, lr_factor  # noqa: F401 (lr_factor: also importable from here)
 from draft_core.training.signals import Interrupted, StopRequest
+from draft_core.training.tracking import Tracking, accelerator_options
 
 LEARNED_PREFIX = "learned_sampling."  # checkpoint keys of the learned sampler hyperparameters
 STATE_NUMBERS = "estimator_numbers"  # meta key: the estimator state's keys that were plain numbers
-
-
-def lr_factor(decay: str):
-    if decay == "sqrt":  # the paper's min(10 · step^-0.5, 1), steps counted from 1
-        return lambda i: min(10.0 * (i + 1) ** -0.5, 1.0)
-    return lambda i: 1.0
 
 
 class Trainer:
@@ -66,6 +63,7 @@ class Trainer:
         self.learned: LearnedSampling | None = None
         self.nonfinite = NonFiniteCounter(config.train.max_nonfinite)
         self._agreed = False  # the failure being raised was agreed by every process
+        self.tracking = Tracking()
 
     # -- setup ------------------------------------------------------------------
     def setup(self, resume: bool = False) -> None:
@@ -79,7 +77,7 @@ class Trainer:
         if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"model.device is {cfg.model.device!r}, but this machine has no CUDA GPU; use auto or cpu.")
         try:
-            self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu)
+            self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu, **accelerator_options(cfg.train.trackers, self.run_dir))
         except ValueError as exc:
             raise ConfigError(f"train.mixed_precision={cfg.train.mixed_precision!r} cannot be used here: {exc}") from None
         n = self.acc.num_processes
@@ -107,7 +105,9 @@ class Trainer:
             groups += self.learned.param_groups(t.lr, cfg.learn)
             self.params = self.params + list(self.learned.parameters())
         self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(t.lr_decay))
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, t)
+        self.ema = WeightsEma.from_config(t.ema, self.params)
+        self.pictures = RunPictures(cfg, self.run_dir, self.model, self.c, self._condition, self.learned)
         rank = self.acc.process_index
         # Separate streams, so a change in one consumer (e.g. the estimator) does not shift the others.
         # Prompts and noise are drawn for the global batch, identically on every process; the
@@ -131,7 +131,7 @@ class Trainer:
             # Stopped before its first checkpoint: start again from step 0 in the same folder.
             self.log(f"--resume {self.run_dir}: no checkpoint yet, so the run starts again from step 0")
             if self.acc.is_main_process:
-                truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+                truncate_metrics(self.run_dir / "metrics.jsonl", -1)  # step 0's validation runs again too
                 self.config.dump(self.run_dir / "config.yaml")
             return
         path, state = load_latest(self.run_dir / "checkpoints", warn=self.log)
@@ -152,6 +152,7 @@ class Trainer:
         learned = {k[len(LEARNED_PREFIX):]: extra.pop(k) for k in list(extra) if k.startswith(LEARNED_PREFIX)}
         if learned and self.learned is not None:
             self.learned.load_state_dict({k: v.to(self.model.device) for k, v in learned.items()})
+        self.ema.load_state_dict(extra)
         if extra and hasattr(self.c.estimator, "load_state_dict"):
             self.c.estimator.load_state_dict(unpack_state(extra, state.meta.get(STATE_NUMBERS) or {}))
         self.nonfinite.load(state.meta)
@@ -265,6 +266,7 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         self.optimizer.step()
         self.lr_scheduler.step()
+        self.ema.update()
         self.optimizer.zero_grad(set_to_none=True)
         return {
             "step": self.step,
@@ -280,19 +282,11 @@ class Trainer:
 
     @torch.no_grad()
     def sample_grid(self, tag: str) -> Path | None:
-        if not self.acc.is_main_process:
-            return None
-        t = self.config.train
-        base = t.sample_prompts or self.c.prompts[:10]
-        prompts = [p for _ in range(t.sample_per_prompt) for p in base]  # one row per seed
-        gen = torch.Generator().manual_seed(t.seed)  # the same noise in every grid
-        noise = self.model.make_noise(len(prompts), gen)
-        images = []
-        for i in range(0, len(prompts), 8):
-            cond = self._condition(self.model.encode_prompts(prompts[i : i + 8]))
-            x = self.c.sampler.sample(self.model, cond, noise[i : i + 8], generator=gen)
-            images.append(self.model.decode(x))
-        return save_grid(torch.cat(images), self.run_dir / "samples" / f"{tag}.png", nrow=len(base))
+        return self.pictures.grid(tag, self.step, self.tracking) if self.acc.is_main_process else None
+
+    def validate(self) -> dict[str, float]:
+        """``val/<reward>`` means when validation is due at this step (main process only), else {}."""
+        return self.pictures.validate(self.step, self.tracking) if self.acc.is_main_process else {}
 
     def save(self, rng: dict[str, torch.Tensor] | None = None) -> None:
         """Checkpoint the state after ``self.step`` completed steps (``rng``: that moment's RNG
@@ -306,6 +300,7 @@ class Trainer:
                 extra, numbers = pack_state(self.c.estimator.state_dict(), self._estimator_name())
             if self.learned is not None:
                 extra.update({LEARNED_PREFIX + k: v.detach() for k, v in self.learned.state_dict().items()})
+            extra.update(self.ema.state_dict())
             state = TrainingState(
                 step=self.step,
                 lora=lora_state(self.model.unet),
@@ -317,8 +312,10 @@ class Trainer:
             )
             save_checkpoint(self.run_dir / "checkpoints", state, keep=self.config.train.keep_checkpoints)
             replace_folder(self._write_lora_folder, self.run_dir / "lora")
+            self.ema.write(lambda folder: replace_folder(self._write_lora_folder, folder), self.run_dir / "lora_ema")
             if self.learned is not None and self.learned.guidance is not None:
-                plot_guidance(self.learned.guidance, self.run_dir / "guidance_schedule.png", self.title())
+                plot = plot_guidance(self.learned.guidance, self.run_dir / "guidance_schedule.png", self.title())
+                self.tracking.image("guidance_schedule", plot, self.step)
             plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png", self.title())
         self.saved_step = self.step
         self.acc.wait_for_everyone()
@@ -345,6 +342,14 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------
     def train(self) -> dict[str, Any]:
+        """Run to ``train.steps``, with the experiment trackers started for the duration."""
+        self.tracking = Tracking.start(self.acc, self.config, self.run_dir, self.step, self.config.train.tracker_project)
+        try:
+            return self._train()
+        finally:
+            self.tracking.close()
+
+    def _train(self) -> dict[str, Any]:
         cfg = self.config.train
         if self.step == 0:
             self.sample_grid("step-000000")
@@ -357,14 +362,15 @@ class Trainer:
         self.rows_step = self.step  # the last step whose metrics row is written
         last: dict[str, Any] = {}
         self._agreed = False
+        if self.step == 0 and (scores := self.validate()):
+            self.tracking.record(metrics, {"step": 0, **scores})
         try:
             with StopRequest() as stop:
                 while self.step < cfg.steps:
                     row = self.train_step()
                     rng_done = rng_state(self.gens)
-                    if metrics:
-                        metrics.write(json.dumps(row) + "\n")
-                        metrics.flush()
+                    row.update(self.validate())
+                    self.tracking.record(metrics, row)
                     self.rows_step = self.step
                     bar.update(1)
                     if not self.progress and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
@@ -404,8 +410,7 @@ class Trainer:
         bar.close()
         self.save()
         final = self.sample_grid(f"step-{self.step:06d}")
-        if final is not None and (self.run_dir / "samples" / "step-000000.png").exists():
-            save_before_after(self.run_dir / "samples" / "step-000000.png", final, self.run_dir / "samples" / "before_after.png")
+        if final is not None and self.pictures.before_after(final, self.step, self.tracking) is not None:
             plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png", self.title())
         return last
 
