@@ -78,7 +78,7 @@ def test_step(benchmark, benches, bench_settings, model, case):
 def test_every_built_in_estimator_has_a_benchmark_case():
     builtin = {e.name for e in load_registry().entries("estimator") if e.plugin == "draft_estimators"}
     covered = {section["name"] for section in CASES.values() if section is not None}
-    assert {"draft", "draft-k", "draft-lv", "refl", "dpg"} <= builtin
+    assert {"draft", "draft-k", "draft-lv", "refl", "dpg", "ddpo", "grpo"} <= builtin
     assert builtin <= covered, f"estimators without a benchmark case: {sorted(builtin - covered)}"
 
 

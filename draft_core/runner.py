@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ from draft_core.media import plot_reward_curve, save_before_after, save_grid
 from draft_core.plugins import Registry, load_registry
 from draft_core.prompts import load_prompts
 from draft_core.protocols import StepInputs
+from draft_core.reward_gradient import check_reward_gradient
 from draft_core.reward_sum import WeightedReward
 from draft_core.sampler_params import LearnedSampling, plot_guidance
 
@@ -82,6 +84,7 @@ def build_components(config: Config, registry: Registry | None = None) -> Compon
         estimator.check(sampler)
     prompts = load_prompts(config.prompts.source, config.prompts.items, config.prompts.template)
     terms = {n: r for n, (r, _) in reward.terms.items()} if isinstance(reward, WeightedReward) else {config.reward["name"]: reward}
+    check_reward_gradient(estimator, config.estimator["name"], terms, registry)
     sources = []
     for name, term in terms.items():
         e = registry.get("reward", name)
@@ -271,7 +274,10 @@ class Trainer:
         if learned and self.learned is not None:
             self.learned.load_state_dict({k: v.to(self.model.device) for k, v in learned.items()})
         if extra and hasattr(self.c.estimator, "load_state_dict"):
-            self.c.estimator.load_state_dict(extra)
+            # Estimator state is per process (e.g. ddpo's stored trajectories): this process's entries.
+            own = {k: v for k, v in extra.items() if not re.match(r"rank\d+/", k)} if rank == 0 else \
+                {k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)}
+            self.c.estimator.load_state_dict(own)
         self.nonfinite.load(state.meta)
         self.step = self.saved_step = state.step
         if self.acc.is_main_process:
@@ -343,7 +349,7 @@ class Trainer:
         t0 = time.perf_counter()
         cfg = self.config.train
         rewards, losses, logs = [], [], {}
-        queries = 1
+        queries = 0  # reward evaluations of this process's calls (a call reusing stored samples makes none)
         bad_reward = bad_loss = False
         error: BaseException | None = None
         for _ in range(cfg.grad_accum):
@@ -367,7 +373,7 @@ class Trainer:
             (out.loss / cfg.grad_accum).backward()
             rewards.append(out.reward.float())
             losses.append(out.loss.item())
-            queries = out.queries
+            queries += out.queries * out.reward.numel()
             for k, v in out.logs.items():
                 logs[k] = logs.get(k, 0.0) + v / cfg.grad_accum
             for k, v in getattr(self.c.reward, "last_terms", {}).items():
@@ -414,7 +420,7 @@ class Trainer:
             "grad_norm": grad_norm,
             "lr": lr,
             "seconds": time.perf_counter() - t0,
-            "reward_queries": queries * reward.numel(),
+            "reward_queries": queries * self.acc.num_processes,
             **logs,
         }
 
@@ -440,8 +446,10 @@ class Trainer:
         if self.step == self.saved_step:
             return
         rng = self._all_rng_states(rng if rng is not None else self._rng_state())
+        # Every process's estimator state, keyed as the RNG states are (a collective, like them).
+        estimator_state = self._all_rng_states(dict(self.c.estimator.state_dict())) if hasattr(self.c.estimator, "state_dict") else {}
         if self.acc.is_main_process:
-            extra = dict(self.c.estimator.state_dict()) if hasattr(self.c.estimator, "state_dict") else {}
+            extra = dict(estimator_state)
             if self.learned is not None:
                 extra.update({LEARNED_PREFIX + k: v.detach() for k, v in self.learned.state_dict().items()})
             state = TrainingState(

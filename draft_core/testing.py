@@ -12,6 +12,9 @@ checks as the built-ins (also: pixel values outside [0, 1] raise, which
         def make_reward(self):
             return MyReward()
 
+A reward that declares ``differentiable = False`` (a black box, for ddpo/grpo) skips the
+gradient checks and must instead return values without a graph.
+
 The base class name does not start with ``Test``, so pytest collects only subclasses.
 """
 
@@ -101,8 +104,13 @@ class RewardConformance:
 
     # -- gradients -------------------------------------------------------------------------
 
+    def _differentiable(self, reward) -> bool:
+        return bool(getattr(reward, "differentiable", True))
+
     def test_gradcheck(self):
         reward = self.make_reward()
+        if not self._differentiable(reward):
+            pytest.skip("the reward declares differentiable = False (test_declared_without_gradient checks that)")
         images = self.make_images(2, dtype=torch.float64, seed=1).requires_grad_(True)
         prompts = self.prompts(2)
         # fast_mode draws its projection vectors from the global generator: fix them, so
@@ -112,8 +120,11 @@ class RewardConformance:
             assert torch.autograd.gradcheck(lambda x: reward(x, prompts), (images,), **self.gradcheck_kwargs)
 
     def test_gradient_reaches_images(self):
+        reward = self.make_reward()
+        if not self._differentiable(reward):
+            pytest.skip("the reward declares differentiable = False (test_declared_without_gradient checks that)")
         images = self.make_images(2).requires_grad_(True)
-        self.make_reward()(images, self.prompts(2)).sum().backward()
+        reward(images, self.prompts(2)).sum().backward()
         assert images.grad is not None
         assert torch.isfinite(images.grad).all()
         # every image in the batch gets a gradient, not just the first
@@ -123,7 +134,9 @@ class RewardConformance:
         # A reward is a fixed function: its weights (loaded on first call, if any) take no gradient.
         reward = self.make_reward()
         images = self.make_images(2).requires_grad_(True)
-        reward(images, self.prompts(2)).sum().backward()
+        out = reward(images, self.prompts(2))
+        if self._differentiable(reward):
+            out.sum().backward()
         if isinstance(reward, torch.nn.Module):
             trainable = [n for n, p in reward.named_parameters() if p.requires_grad or p.grad is not None]
             assert not trainable, f"parameters that take gradients: {trainable[:5]}"
@@ -146,8 +159,19 @@ class RewardConformance:
         images = self.make_images(2, device=device).requires_grad_(True)
         out = reward(images, self.prompts(2))
         assert out.device.type == device
-        out.sum().backward()
-        assert images.grad is not None and images.grad.device.type == device
+        if self._differentiable(reward):
+            out.sum().backward()
+            assert images.grad is not None and images.grad.device.type == device
+
+    def test_declared_without_gradient(self):
+        """A reward declaring ``differentiable = False`` returns values without a graph, so no
+        estimator can take a meaningless gradient from it by accident."""
+        reward = self.make_reward()
+        if self._differentiable(reward):
+            pytest.skip("the reward is differentiable (test_gradcheck checks its gradient)")
+        images = self.make_images(2).requires_grad_(True)
+        out = reward(images, self.prompts(2))
+        assert not out.requires_grad and out.grad_fn is None
 
     # -- determinism and batch independence ------------------------------------------------
 

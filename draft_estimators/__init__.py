@@ -1,11 +1,14 @@
 """The paper's gradient estimators, registered through the same hooks any plugin uses.
 
-draft (full backprop), draft-k (truncated), draft-lv (low variance), refl, dpg.
+draft (full backprop), draft-k (truncated), draft-lv (low variance), refl, dpg, and the
+policy-gradient baselines ddpo and grpo (they need no reward gradient).
 """
 
 from draft_core.hookspecs import hookimpl
 
+from draft_estimators.ddpo import DDPO
 from draft_estimators.dpg import DeterministicPolicyGradient
+from draft_estimators.grpo import GRPO
 from draft_estimators.low_variance import LowVariance
 from draft_estimators.refl import ReFL
 from draft_estimators.truncated import FullBackprop, TruncatedBackprop
@@ -18,6 +21,8 @@ def register_estimators(register) -> None:
     register("draft-lv", LowVariance)
     register("refl", ReFL)
     register("dpg", DeterministicPolicyGradient)
+    register("ddpo", DDPO)
+    register("grpo", GRPO)
 
 
-__all__ = ["DeterministicPolicyGradient", "FullBackprop", "LowVariance", "ReFL", "TruncatedBackprop"]
+__all__ = ["DDPO", "GRPO", "DeterministicPolicyGradient", "FullBackprop", "LowVariance", "ReFL", "TruncatedBackprop"]

@@ -22,10 +22,10 @@ from draft_core.models.loading import load_model
 
 BUILTINS = {
     "samplers": ["ddim", "ddpm"],
-    "estimators": ["dpg", "draft", "draft-k", "draft-lv", "refl"],
+    "estimators": ["ddpo", "dpg", "draft", "draft-k", "draft-lv", "grpo", "refl"],
     "rewards": [
         "aesthetic", "clip-score", "digit-classifier", "diversity", "hpsv2", "jpeg-compressibility",
-        "jpeg-incompressibility", "pickscore", "rotation-anticorrelation",
+        "jpeg-incompressibility", "jpeg-size", "jpeg-size-inverse", "pickscore", "rotation-anticorrelation",
     ],
 }
 STEPS, GUIDANCE, SEED = 3, 7.5, 5
