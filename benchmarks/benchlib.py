@@ -61,7 +61,13 @@ CASES: dict[str, dict[str, Any] | None] = {
     "draft-lv n=4": {"name": "draft-lv", "n": 4},
     "refl m=20": {"name": "refl", "m": 20},
     "dpg states=2": {"name": "dpg", "states": 2},
+    "ddpo": {"name": "ddpo"},
+    "grpo G=4": {"name": "grpo", "group_size": 4},
 }
+
+# Cases whose estimator samples with noise (its policy is each step's Gaussian): DDIM with
+# eta = 1, as DDPO samples; the others use the deterministic DDIM of the Bench.
+STOCHASTIC_CASES = {"ddpo", "grpo G=4"}
 
 # Cases that only some models can run: dpg adapts the reward's network as its critic, so it
 # needs a network reward (digits' classifier), not JPEG.
@@ -124,8 +130,15 @@ class Bench:
         inputs = self.inputs(seed)
         return self.model.decode(self.sampler.sample(self.model, inputs.cond, inputs.noise, generator=inputs.generator))
 
-    def train_step(self, estimator: Any, seed: int = 0) -> EstimatorOutput:
-        out = estimator(self.inputs(seed))
+    def stochastic_sampler(self) -> Any:
+        """DDIM with eta = 1 and the Bench sampler's steps and guidance (DDPO's sampler)."""
+        return self.registry.build("sampler", "ddim", steps=self.steps, guidance_scale=self.sampler.guidance_scale, eta=1.0)
+
+    def train_step(self, estimator: Any, seed: int = 0, sampler: Any = None) -> EstimatorOutput:
+        inputs = self.inputs(seed)
+        if sampler is not None:
+            inputs.sampler = sampler
+        out = estimator(inputs)
         out.loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -136,7 +149,8 @@ class Bench:
         est = self.estimator(case)
         if est is None:
             return self.sample_alone
-        return lambda seed=0: self.train_step(est, seed)
+        sampler = self.stochastic_sampler() if case in STOCHASTIC_CASES else None
+        return lambda seed=0: self.train_step(est, seed, sampler)
 
 
 def make_bench(model_name: str, steps: int, batch: int, device: str | None = None,

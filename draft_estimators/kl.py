@@ -45,6 +45,11 @@ class KLRegularized:
     def __init__(self, inner, beta: float) -> None:
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
             raise ConfigError(f"estimator.kl must be a number >= 0 (the weight β_KL), got {beta!r}.")
+        if not getattr(inner, "needs_reward_gradient", True):
+            raise ConfigError(
+                f"estimator.kl regularises the last step of a DRaFT-style sampling pass; {inner!r} trains on stored "
+                "trajectories instead. For grpo use its own KL weight, estimator.beta; ddpo has no KL term."
+            )
         self.inner = inner
         self.beta = float(beta)
 

@@ -49,6 +49,7 @@ def train_and_record(self):
 
 runner.Trainer.train = train_and_record
 # The first part of the run, then a resume in the same processes (checkpoint saved and loaded by both).
-codes = [cli.main(["train", *sys.argv[4:], "--out", run, "--no-progress", "--set", f"train.steps={steps - 1}"]),
+split = int(os.environ.get("DP_WORKER_SPLIT", steps - 1))  # the step after which the run stops and resumes
+codes = [cli.main(["train", *sys.argv[4:], "--out", run, "--no-progress", "--set", f"train.steps={split}"]),
          cli.main(["train", "--resume", run, "--no-progress", "--set", f"train.steps={steps}"])]
 (dump / f"rank{rank}.json").write_text(json.dumps({"codes": codes, "writes": writes}))

@@ -22,10 +22,10 @@ from draft_core.models.loading import load_model
 
 BUILTINS = {
     "samplers": ["ddim", "ddpm"],
-    "estimators": ["dpg", "draft", "draft-k", "draft-lv", "kl", "refl"],  # kl: a wrapper of any estimator
+    "estimators": ["ddpo", "dpg", "draft", "draft-k", "draft-lv", "grpo", "kl", "refl"],  # kl: a wrapper of any estimator
     "rewards": [
         "aesthetic", "clip-score", "digit-classifier", "diversity", "hpsv2", "jpeg-compressibility",
-        "jpeg-incompressibility", "pickscore", "rotation-anticorrelation",
+        "jpeg-incompressibility", "jpeg-size", "jpeg-size-inverse", "pickscore", "rotation-anticorrelation",
     ],
 }
 STEPS, GUIDANCE, SEED = 3, 7.5, 5
@@ -94,7 +94,7 @@ def test_train_unknown_key(capsys, no_model):
 def test_train_unknown_estimator(capsys, no_model):
     message = run_error(capsys, "train", "--preset", "quickstart", "--set", "estimator.name=draft-kk")
     assert "'draft-kk'" in message
-    assert "Registered estimators: dpg, draft, draft-k, draft-lv, kl, refl" in message
+    assert "Registered estimators: ddpo, dpg, draft, draft-k, draft-lv, grpo, kl, refl" in message
     assert "Did you mean 'draft-k'?" in message
 
 

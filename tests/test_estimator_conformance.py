@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from draft_core.samplers import DDPMSampler
 from draft_core.samplers.ddim import DDIMSampler
 from draft_core.testing.estimators import EstimatorConformance
-from draft_estimators import DeterministicPolicyGradient, FullBackprop, LowVariance, ReFL, TruncatedBackprop
+from draft_estimators import DDPO, GRPO, DeterministicPolicyGradient, FullBackprop, LowVariance, ReFL, TruncatedBackprop
 from draft_estimators.kl import KLRegularized
 
 
@@ -54,3 +55,18 @@ class TestKLWrapper(EstimatorConformance):
     def make_estimator(self):
         return KLRegularized(LowVariance(n=1), 0.5)
 
+
+class TestDDPO(EstimatorConformance):
+    def make_estimator(self):
+        return DDPO()
+
+    def make_sampler(self):
+        return DDIMSampler(steps=self.steps, guidance_scale=3.0, eta=1.0)
+
+
+class TestGRPO(EstimatorConformance):
+    def make_estimator(self):
+        return GRPO(group_size=2, beta=0.1, minibatches=2)
+
+    def make_sampler(self):
+        return DDPMSampler(steps=self.steps, guidance_scale=3.0)

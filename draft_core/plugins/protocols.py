@@ -24,7 +24,13 @@ class Reward(Protocol):
     """``reward(images, prompts) -> Tensor[B]``; higher is better.
 
     images: [B, 3, H, W] float in [0, 1], any device; the result must be
-    differentiable with respect to ``images``.
+    differentiable with respect to ``images``, unless the reward declares
+    ``differentiable = False`` (an attribute of the object or its class; absent means
+    True): a black-box score (a real JPEG encoder's file size, an OCR or detector count,
+    a judge model) returns values without a graph. Only estimators that do not need the
+    reward's gradient (``needs_reward_gradient = False``: ddpo, grpo) accept such a reward;
+    the others refuse it before any model loads. A weighted sum is differentiable only if
+    every term is.
 
     Optional: ``check_available() -> None``, for a reward that loads weights. It must be cheap
     (look for the files at a configured path or in the Hugging Face cache; load nothing) and
@@ -41,6 +47,16 @@ class Sampler(Protocol):
 
     Steps are indexed ``i = 0 .. T-1`` in sampling order (step 0 starts from noise;
     step T-1 is the paper's t = 1).
+
+    Optional capability, for policy-gradient estimators (ddpo, grpo), offered by samplers
+    whose steps draw noise (``ddpm``; ``ddim`` with eta > 0; any SDE sampler can join):
+    ``stochastic: bool`` (True when the steps draw noise), ``initial_sample(model, noise)
+    -> x_0`` and ``transition_distribution(model, sample, step, cond, lora_on=True) ->
+    (mean, std)``: the Gaussian N(mean, std²) that step ``step`` draws x_{i+1} from given
+    x_i = ``sample``, with classifier-free guidance inside the mean and autograd through it
+    when enabled; mean [B, C, h, w], std a tensor broadcastable to it (0 at a step that
+    draws no noise). ``draft_core.samplers.gaussian.log_prob(x_next, mean, std)`` turns it
+    into log p_θ(x_{i+1} | x_i, c); lora_on=False gives the frozen base model's step.
     """
 
     num_steps: int

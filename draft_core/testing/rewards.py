@@ -14,8 +14,10 @@ checks as the built-ins (also: weights take no gradient) by writing only::
 The reward is called as the core calls it, behind ``draft_core.rewarding.contract.CheckedReward``:
 the core checks the images before any reward runs (so a reward need not: the shape and range
 tests check that the core refuses bad images before the reward sees them) and checks what the
-reward returns (a floating [B] on the images' device). The base class name does not start with
-``Test``, so pytest collects only subclasses.
+reward returns (a floating [B] on the images' device). A reward that declares
+``differentiable = False`` (a black box, for ddpo/grpo) skips the gradient checks and must instead
+return values without a graph. The base class name does not start with ``Test``, so pytest
+collects only subclasses.
 """
 
 from __future__ import annotations
@@ -106,8 +108,14 @@ class RewardConformance:
 
     # -- gradients -------------------------------------------------------------------------
 
+    def _differentiable(self, reward) -> bool:
+        return bool(getattr(reward, "differentiable", True))
+
     def test_gradcheck(self):
-        reward = self.checked()
+        reward = self.make_reward()
+        if not self._differentiable(reward):
+            pytest.skip("the reward declares differentiable = False (test_declared_without_gradient checks that)")
+        reward = self.checked(reward)
         images = self.make_images(2, dtype=torch.float64, seed=1).requires_grad_(True)
         prompts = self.prompts(2)
         # fast_mode draws its projection vectors from the global generator: fix them, so
@@ -117,8 +125,11 @@ class RewardConformance:
             assert torch.autograd.gradcheck(lambda x: reward(x, prompts), (images,), **self.gradcheck_kwargs)
 
     def test_gradient_reaches_images(self):
+        reward = self.make_reward()
+        if not self._differentiable(reward):
+            pytest.skip("the reward declares differentiable = False (test_declared_without_gradient checks that)")
         images = self.make_images(2).requires_grad_(True)
-        self.checked()(images, self.prompts(2)).sum().backward()
+        self.checked(reward)(images, self.prompts(2)).sum().backward()
         assert images.grad is not None, "no gradient reached the images (is the graph cut, e.g. by .detach()?)"
         assert torch.isfinite(images.grad).all()
         # every image in the batch gets a gradient, not just the first
@@ -128,7 +139,9 @@ class RewardConformance:
         # A reward is a fixed function: its weights (loaded on first call, if any) take no gradient.
         reward = self.make_reward()
         images = self.make_images(2).requires_grad_(True)
-        self.checked(reward)(images, self.prompts(2)).sum().backward()
+        out = self.checked(reward)(images, self.prompts(2))
+        if self._differentiable(reward):
+            out.sum().backward()
         if isinstance(reward, torch.nn.Module):
             trainable = [n for n, p in reward.named_parameters() if p.requires_grad or p.grad is not None]
             assert not trainable, f"parameters that take gradients: {trainable[:5]}"
@@ -151,8 +164,19 @@ class RewardConformance:
         images = self.make_images(2, device=device).requires_grad_(True)
         out = self.checked(reward)(images, self.prompts(2))  # the core checks that it is on the images' device
         assert out.device.type == device
-        out.sum().backward()
-        assert images.grad is not None and images.grad.device.type == device
+        if self._differentiable(reward):
+            out.sum().backward()
+            assert images.grad is not None and images.grad.device.type == device
+
+    def test_declared_without_gradient(self):
+        """A reward declaring ``differentiable = False`` returns values without a graph, so no
+        estimator can take a meaningless gradient from it by accident."""
+        reward = self.make_reward()
+        if self._differentiable(reward):
+            pytest.skip("the reward is differentiable (test_gradcheck checks its gradient)")
+        images = self.make_images(2).requires_grad_(True)
+        out = self.checked(reward)(images, self.prompts(2))
+        assert not out.requires_grad and out.grad_fn is None
 
     # -- determinism and batch independence ------------------------------------------------
 

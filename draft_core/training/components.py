@@ -17,6 +17,7 @@ from draft_core.errors import ConfigError, DraftError, PluginError, join_problem
 from draft_core.plugins import Registry, load_registry
 from draft_core.plugins.arguments import defaults_left, type_problems
 from draft_core.rewarding.contract import CheckedReward, checked_reward
+from draft_core.rewarding.gradient import check_reward_gradient
 from draft_core.rewarding.weighted import WeightedReward
 from draft_core.training.faults import Source
 from draft_core.training.provenance import python_source
@@ -108,8 +109,10 @@ def build_components(config: Config, registry: Registry | None = None, *, reward
     check_trackers(config.train.trackers)
     validation = build_validation(config, registry, reward, build_reward)
     if given:
+        check_reward_gradient(estimator, config.estimator["name"], {python_source(reward).name: reward}, registry)
         return Components(sampler, estimator, reward, prompts, [(reward, python_source(reward))], estimator_source, validation)
     terms = {n: r for n, (r, _) in reward.terms.items()} if isinstance(reward, WeightedReward) else {config.reward["name"]: reward}
+    check_reward_gradient(estimator, config.estimator["name"], terms, registry)
     sources = []
     for name, term in terms.items():
         r = registry.get("reward", name)

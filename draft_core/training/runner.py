@@ -9,6 +9,7 @@ concrete sampler, estimator or reward: it builds them by name through the regist
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -154,7 +155,10 @@ class Trainer:
             self.learned.load_state_dict({k: v.to(self.model.device) for k, v in learned.items()})
         self.ema.load_state_dict(extra)
         if extra and hasattr(self.c.estimator, "load_state_dict"):
-            self.c.estimator.load_state_dict(unpack_state(extra, state.meta.get(STATE_NUMBERS) or {}))
+            # Estimator state is per process (e.g. ddpo's stored trajectories): this process's entries.
+            own = {k: v for k, v in extra.items() if not re.match(r"rank\d+/", k)} if rank == 0 else \
+                {k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)}
+            self.c.estimator.load_state_dict(unpack_state(own, state.meta.get(STATE_NUMBERS) or {}))
         self.nonfinite.load(state.meta)
         self.step = self.saved_step = state.step
         if self.acc.is_main_process:
@@ -202,7 +206,7 @@ class Trainer:
         t0 = time.perf_counter()
         cfg = self.config.train
         rewards, losses, logs = [], [], {}
-        queries = 1
+        queries = 0  # reward evaluations of this process's calls (a call reusing stored samples makes none)
         bad_reward = bad_loss = False
         error: BaseException | None = None
         for _ in range(cfg.grad_accum):
@@ -227,7 +231,7 @@ class Trainer:
             (out.loss / cfg.grad_accum).backward()
             rewards.append(out.reward.float())
             losses.append(out.loss.item())
-            queries = out.queries
+            queries += out.queries * out.reward.numel()
             for k, v in out.logs.items():
                 logs[k] = logs.get(k, 0.0) + v / cfg.grad_accum
             for k, v in getattr(self.reward, "last_terms", {}).items():
@@ -276,7 +280,7 @@ class Trainer:
             "grad_norm": grad_norm,
             "lr": lr,
             "seconds": time.perf_counter() - t0,
-            "reward_queries": queries * reward.numel(),
+            "reward_queries": queries * self.acc.num_processes,
             **logs,
         }
 
@@ -294,10 +298,13 @@ class Trainer:
         if self.step == self.saved_step:
             return
         rng = all_rng_states(self.acc, rng if rng is not None else rng_state(self.gens))
+        # Every process's estimator state, keyed as the RNG states are (a collective, like them);
+        # plain numbers are packed as tensors and listed (rank 0's keys) to come back as numbers.
+        extra, numbers = ({}, {})
+        if hasattr(self.c.estimator, "state_dict"):
+            extra, numbers = pack_state(self.c.estimator.state_dict(), self._estimator_name())
+            extra = all_rng_states(self.acc, extra)
         if self.acc.is_main_process:
-            extra, numbers = ({}, {})
-            if hasattr(self.c.estimator, "state_dict"):
-                extra, numbers = pack_state(self.c.estimator.state_dict(), self._estimator_name())
             if self.learned is not None:
                 extra.update({LEARNED_PREFIX + k: v.detach() for k, v in self.learned.state_dict().items()})
             extra.update(self.ema.state_dict())
