@@ -35,7 +35,9 @@ def argv(out: Path) -> list[str]:
 
 
 def start(out: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    # The killed run must use this process's intra-op thread count (the suite's, see DRAFT_TEST_THREADS):
+    # the reference and the resume run here, and another count rounds the kernels' sums differently.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-m", "draft_core.cli", *argv(out)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

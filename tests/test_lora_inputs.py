@@ -121,7 +121,7 @@ def test_a_kohya_file_applies_like_the_lora_it_came_from(capsys, tmp_path, tiny_
     kohya = sampled(capsys, tmp_path / "b", f"{tmp_path / 'k.safetensors'}:3")
     # diffusers' converter scales by alpha/rank as peft does; the same UNet up to float rounding
     # of the factors (values in [0, 1], ~1e-7 apart), while the LoRA itself moves the image far more.
-    torch.testing.assert_close(kohya, ours, rtol=0, atol=1e-5)
+    torch.testing.assert_close(kohya, ours, rtol=1e-5, atol=1e-5 * ours.abs().max().item())
     assert (ours - plain).abs().max() > 1e-3
     # Two adapters at once: peft's "Already found a peft_config" warning is not shown to users.
     sampled(capsys, tmp_path / "c", f"{run}/lora:0.5", f"{tmp_path / 'k.safetensors'}:0.5")

@@ -142,7 +142,10 @@ def test_draft_sample_uses_the_learned_params_beside_the_lora(tmp_path, capsys):
     with torch.no_grad():
         x = sampler.sample(model, learned.condition(model.encode_prompts(["a cat", "a cat"])), noise, generator=gen)
         images = model.decode(x)
-    torch.testing.assert_close(images, on, rtol=0, atol=1e-6)
+    # Two float32 runs of the same sampling, here and through the CLI: equal up to rounding, a few ulps
+    # of the images' [0, 1] scale where another CPU orders the sums otherwise; without the learned
+    # schedule and negative prompt (`off`) they are far apart.
+    torch.testing.assert_close(images, on, rtol=1e-5, atol=1e-5 * on.abs().max().item())
 
 
 def test_bad_learn_values_are_clear_errors():

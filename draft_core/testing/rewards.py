@@ -192,13 +192,17 @@ class RewardConformance:
         images = self.make_images(3)
         prompts = self.prompts(3)
         batched = reward(images, prompts)
-        # each image alone scores as it does in the batch (batched kernels may differ by ulps)
+        # Each image alone scores as it does in the batch: batched kernels sum in another order, so a
+        # float32 network may differ by some ulps of the scores' scale (more on another CPU), or of 1 for
+        # small scores made of order-1 terms (cosines, log-probabilities); a reward that mixes the batch
+        # (batch statistics, normalising across images) is off by far more.
+        tol = {"rtol": 1e-5, "atol": 1e-5 * max(1.0, batched.detach().abs().max().item())}
         alone = torch.cat([reward(images[i : i + 1], prompts[i : i + 1]) for i in range(3)])
-        torch.testing.assert_close(batched, alone)
+        torch.testing.assert_close(batched, alone, **tol)
         # changing the other images leaves image 0's reward alone
         others = images.clone()
         others[1:] = self.make_images(2, seed=7)
-        torch.testing.assert_close(reward(others, prompts)[0], batched[0])
+        torch.testing.assert_close(reward(others, prompts)[0], batched[0], **tol)
 
 
 def assert_plugin_listed(kind: str, name: str, distribution: str, plugin: str, capsys) -> None:
