@@ -65,6 +65,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else _default_run_dir(args)
         check_new_run_dir(run_dir)
     components = build_components(config)  # every name and argument checked before the model loads
+    for note in components.warnings:
+        print(f"[draft] warning: {note}", file=sys.stderr)
     if args.dry_run:
         import yaml
 

@@ -29,12 +29,13 @@ from draft_core.faults import (
 )
 from draft_core.lora import add_lora, load_lora_state, lora_state, save_lora
 from draft_core.lora_tools import run_card_info, write_model_card
+from draft_core.memory import CheckpointedReward
 from draft_core.media import plot_reward_curve, save_before_after, save_grid
 from draft_core.plugins import Registry, load_registry
 from draft_core.prompts import load_prompts
 from draft_core.protocols import StepInputs
 from draft_core.reward_sum import WeightedReward
-from draft_core.sampler_params import LearnedSampling, plot_guidance
+from draft_core.sampler_params import LearnedSampling, guidance_learning_warning, plot_guidance
 
 LEARNED_PREFIX = "learned_sampling."  # checkpoint keys of the learned sampler hyperparameters
 
@@ -50,6 +51,7 @@ class Components:
     reward: Any
     prompts: list[str]
     sources: list[tuple[Any, Source]] = field(default_factory=list)  # (reward term, who provides it)
+    warnings: list[str] = field(default_factory=list)  # settings that work, but not as one may expect
 
 
 def build_reward(section: dict, registry: Registry):
@@ -86,7 +88,11 @@ def build_components(config: Config, registry: Registry | None = None) -> Compon
     for name, term in terms.items():
         e = registry.get("reward", name)
         sources.append((term, Source(name, e.plugin, e.distribution, e.version)))
-    return Components(sampler, estimator, reward, prompts, sources)
+    warnings = []
+    if config.learn.guidance:
+        note = guidance_learning_warning(estimator, sampler, config.estimator["name"])
+        warnings += [note] if note else []
+    return Components(sampler, estimator, reward, prompts, sources, warnings)
 
 
 def _build_plugin(registry: Registry, kind: str, section: dict):
@@ -182,6 +188,7 @@ class Trainer:
             )
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
         self.model = load_model(cfg.model.name, device, resolve_dtype(cfg.model.dtype, device), cfg.model.revision)
+        self.model.checkpoint_decode = cfg.train.checkpoint_decode
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
             self.params = add_lora(self.model.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
@@ -339,6 +346,12 @@ class Trainer:
     def _reward_name(self) -> str:
         return " + ".join(src.describe() for _, src in self.c.sources) or repr(self.c.reward)
 
+    def _estimator_step(self, applied: bool) -> None:
+        """The estimator's optional hook, once per optimiser step (GradientEstimator's docstring)."""
+        hook = getattr(self.c.estimator, "on_optimizer_step", None)
+        if hook is not None:
+            hook(applied)
+
     def train_step(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         cfg = self.config.train
@@ -346,10 +359,15 @@ class Trainer:
         queries = 1
         bad_reward = bad_loss = False
         error: BaseException | None = None
+        reward_fn = CheckpointedReward(self.c.reward, cfg.checkpoint_reward)
+
+        def backward(part: torch.Tensor) -> None:  # for estimators that run their own backward passes
+            (part / cfg.grad_accum).backward()
+
         for _ in range(cfg.grad_accum):
             prompts, noise = self._batch()
             cond = self._condition(self.model.encode_prompts(prompts))
-            inputs = StepInputs(self.model, self.c.sampler, self.c.reward, cond, noise, self.gens["estimator"])
+            inputs = StepInputs(self.model, self.c.sampler, reward_fn, cond, noise, self.gens["estimator"], backward)
             try:
                 with self.acc.autocast():
                     out = self.c.estimator(inputs)
@@ -364,7 +382,8 @@ class Trainer:
             if not torch.isfinite(out.loss):
                 bad_loss = True
                 break
-            (out.loss / cfg.grad_accum).backward()
+            if not out.backward_done:
+                (out.loss / cfg.grad_accum).backward()
             rewards.append(out.reward.float())
             losses.append(out.loss.item())
             queries = out.queries
@@ -391,6 +410,7 @@ class Trainer:
         if skipped:
             # No update: the LoRA, the optimiser and the LR schedule stay as they were.
             self.optimizer.zero_grad(set_to_none=True)
+            self._estimator_step(False)
             self.nonfinite.skip(self.step, skipped[0])
             self.skipped = skipped
             self.log(f"step {self.step}: {skipped[0]} produced {skipped[1]}; update skipped "
@@ -405,6 +425,7 @@ class Trainer:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._estimator_step(True)
         reward = self.acc.gather(torch.cat(rewards))
         return {
             "step": self.step,
