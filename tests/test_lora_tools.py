@@ -144,9 +144,9 @@ def test_kohya_tensors_shapes_and_alpha(two_loras):
     a, _ = two_loras
     lora = read_lora(a)
     state = to_kohya(lora)
-    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_q"  # default targets: no attn1
     down, up, alpha = state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"], state[f"{key}.alpha"]
-    to_q = build_tiny_random().unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    to_q = build_tiny_random().unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_q
     assert down.shape == (2, to_q.in_features) and up.shape == (to_q.out_features, 2)
     assert alpha.shape == () and alpha.item() == 3.0  # kohya's alpha/rank = peft's lora_alpha/r = 1.5
     assert len(state) == 3 * len(lora.modules)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else _default_run_dir(args)
         check_new_run_dir(run_dir)
     components = build_components(config)  # every name and argument checked before the model loads
+    for note in components.warnings:
+        print(f"[draft] warning: {note}", file=sys.stderr)
     check_ready(config, components)  # the model and the rewards' weights exist (nothing loaded)
     if args.dry_run:
         import yaml

@@ -19,7 +19,7 @@ import yaml
 
 from draft_core.config.values import check_value
 from draft_core.errors import ConfigError, did_you_mean, join_problems
-from draft_core.lora import DEFAULT_TARGETS
+from draft_core.lora import DEFAULT_TARGETS, TARGET_SETS
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -50,7 +50,7 @@ def yaml_load(text: str):
 class ModelSection:
     name: str = "tiny-random"  # embedded model, local diffusers folder, or hub id
     revision: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU; float16 refused
     device: str = "auto"  # auto: the device accelerate picks
 
 
@@ -58,7 +58,9 @@ class ModelSection:
 class LoraSection:
     rank: int = 8
     alpha: float | None = None  # None: alpha = rank
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    # module-name suffixes, or a named set (draft_core.lora.TARGET_SETS): "cross-attention+ff"
+    # (the paper's A.1, this default) or "attention+ff" (self-attention too)
+    targets: str | list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
 
 
 @dataclass
@@ -99,7 +101,7 @@ class TrainSection:
     lr_warmup_steps: int = 0  # linear warm-up from 0 before the schedule
     ema: EmaSection = field(default_factory=EmaSection)
     seed: int = 0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # fp16 is refused (no loss scaling)
     sample_every: int = 100  # 0: only before and after training
     sample_prompts: list[str] | None = None  # default: the first 10 prompts (one grid row each)
     sample_per_prompt: int = 2
@@ -110,6 +112,10 @@ class TrainSection:
     trackers: list[Literal["tensorboard", "wandb", "mlflow", "aim"]] = field(default_factory=list)
     tracker_project: str = "draft"  # W&B project, MLflow experiment, TensorBoard subfolder
     validation: ValidationSection = field(default_factory=ValidationSection)
+    # Recompute the VAE decode / the reward in the backward pass instead of keeping their
+    # activations: true, false or auto (decode: models with a VAE; reward: network rewards).
+    checkpoint_decode: bool | Literal["auto"] = "auto"
+    checkpoint_reward: bool | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -329,6 +335,20 @@ def value_problems(c: Config) -> list[str]:
         )
     if not c.lora.targets:
         bad("config key 'lora.targets' is an empty list; name the layers to adapt (e.g. [to_q, to_k, to_v, to_out.0]).")
+    if isinstance(c.lora.targets, str) and c.lora.targets not in TARGET_SETS:
+        bad(
+            f"config key 'lora.targets' is {c.lora.targets!r}, which is not a named set of layers; give one of "
+            f"{', '.join(TARGET_SETS)} or a list of module-name suffixes (e.g. [attn2.to_q, ff.net.2]).{did_you_mean(c.lora.targets, list(TARGET_SETS))}"
+        )
+    half = {"train.mixed_precision": c.train.mixed_precision == "fp16", "model.dtype": c.model.dtype == "float16"}
+    for key, half_precision in half.items():
+        if half_precision:
+            bad(
+                f"config key '{key}' asks for float16 training, which draft refuses: float16 gradients need loss "
+                f"scaling (a grad scaler), which the training loop does not apply, so small reward gradients would "
+                f"underflow to zero unnoticed. Use bfloat16 (model.dtype: auto gives it on CUDA, or "
+                f"train.mixed_precision: bf16), which needs no scaling, or float32."
+            )
     if c.model.device != "auto":
         import torch
 

@@ -4,6 +4,7 @@
 from draft_core.lora.adapters import (
     ADAPTER,
     DEFAULT_TARGETS,
+    TARGET_SETS,
     WEIGHT_NAME,
     LoraSpec,
     adapters_enabled,
@@ -17,6 +18,6 @@ from draft_core.lora.adapters import (
 from draft_core.lora.loading import apply_loras
 
 __all__ = [
-    "ADAPTER", "DEFAULT_TARGETS", "WEIGHT_NAME", "LoraSpec", "adapters_enabled", "add_lora", "apply_loras",
+    "ADAPTER", "DEFAULT_TARGETS", "TARGET_SETS", "WEIGHT_NAME", "LoraSpec", "adapters_enabled", "add_lora", "apply_loras",
     "load_lora_state", "lora_config_dict", "lora_parameters", "lora_state", "save_lora",
 ]

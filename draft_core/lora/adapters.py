@@ -1,7 +1,8 @@
 """LoRA on the UNet through peft, saved and loaded in the diffusers LoRA format.
 
-Targets follow the paper (Appendix A.1): the attention projections (self- and
-cross-attention) and the feed-forward layers of every transformer block. Saved files
+Targets follow the paper (Appendix A.1): the cross-attention projections (``attn2``)
+and the feed-forward layers of every transformer block; the named set ``attention+ff``
+adds the self-attention projections (``attn1``). Saved files
 are ``pytorch_lora_weights.safetensors`` with ``unet.``-prefixed peft keys, which a plain
 ``StableDiffusionPipeline.load_lora_weights(dir)`` loads.
 """
@@ -20,7 +21,14 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from draft_core.errors import DraftError
 
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
+CROSS_ATTENTION = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+DEFAULT_TARGETS = CROSS_ATTENTION + FEED_FORWARD  # the paper's (A.1)
+# Named sets for lora.targets (peft matches each entry as a module-name suffix).
+TARGET_SETS = {
+    "cross-attention+ff": DEFAULT_TARGETS,
+    "attention+ff": ("to_q", "to_k", "to_v", "to_out.0") + FEED_FORWARD,
+}
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER = "default"
 
@@ -29,16 +37,21 @@ def add_lora(
     unet: torch.nn.Module,
     rank: int = 8,
     alpha: float | None = None,
-    targets: Sequence[str] = DEFAULT_TARGETS,
+    targets: Sequence[str] | str = DEFAULT_TARGETS,
     init: str | bool = True,
 ) -> list[torch.nn.Parameter]:
     """Add a trainable LoRA adapter (fp32 parameters, base weights stay frozen); return its parameters.
 
-    alpha defaults to rank (scale 1). init=True starts at the identity (B = 0);
-    "gaussian" or False give a non-zero start (used by gradient tests).
+    targets: module-name suffixes or a name in ``TARGET_SETS``. alpha defaults to rank
+    (scale 1). init=True starts at the identity (B = 0); "gaussian" or False give a
+    non-zero start (used by gradient tests).
     """
     if rank < 1:
         raise DraftError(f"lora.rank must be a positive integer, got {rank}.")
+    if isinstance(targets, str):
+        if targets not in TARGET_SETS:
+            raise DraftError(f"lora.targets {targets!r} is not a named set; use one of {list(TARGET_SETS)} or a list of module names.")
+        targets = TARGET_SETS[targets]
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha if alpha is not None else rank,

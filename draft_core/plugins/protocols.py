@@ -7,7 +7,7 @@ a pixel-space model), ``H/W`` decoded image size, ``L/D`` text tokens and width.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -104,7 +104,12 @@ class StepInputs:
 
     noise: [B, C, h, w] initial noise x_T. generator: the source of any further
     randomness the estimator draws (re-noising, random truncation), so that a
-    resumed run draws the same numbers.
+    resumed run draws the same numbers. backward: where the caller allows it, a
+    function that runs the backward pass of a part of the loss at once (the runner's one
+    scales it for gradient accumulation); an estimator whose loss is a sum of parts
+    with separate graphs may call it on each part in turn, so that only one part's
+    graph is alive at a time, and return ``EstimatorOutput(backward_done=True)``.
+    None: return the whole loss and let the caller differentiate it.
     """
 
     model: "DiffusionModel"
@@ -113,23 +118,41 @@ class StepInputs:
     cond: Conditioning
     noise: torch.Tensor
     generator: torch.Generator
+    backward: Callable[[torch.Tensor], None] | None = None
 
 
 @dataclass
 class EstimatorOutput:
     """loss: scalar to minimise (its gradient is the estimator's). reward: [B], detached,
     the reward of the batch's samples. queries: reward evaluations per image this step.
-    logs: extra scalars for metrics.jsonl."""
+    logs: extra scalars for metrics.jsonl. backward_done: the estimator already ran the
+    backward pass of the whole loss through ``StepInputs.backward``; ``loss`` is then
+    its detached value, for logging and the non-finite check only."""
 
     loss: torch.Tensor
     reward: torch.Tensor
     images: torch.Tensor | None = None
     queries: int = 1
     logs: dict[str, float] = field(default_factory=dict)
+    backward_done: bool = False
 
 
 @runtime_checkable
 class GradientEstimator(Protocol):
-    """Turns (model, sampler, reward, batch) into a surrogate loss."""
+    """Turns (model, sampler, reward, batch) into a surrogate loss.
+
+    Optional methods the runner uses when an estimator has them:
+
+    - ``check(sampler)``: raise ``ConfigError`` for a sampler it cannot work with.
+    - ``differentiated_steps(num_steps) -> range``: the sampling steps whose UNet calls
+      can carry gradient to the parameters (used to warn when a learned guidance
+      schedule would learn only some of its knots).
+    - ``on_optimizer_step(applied: bool)``: called once per optimiser step, after the
+      runner's non-finite checks and all ``train.grad_accum`` micro-batches: ``applied``
+      is True right after the LoRA's update, False when the update was skipped. An
+      estimator with state of its own to train (``dpg``'s critic) updates it here, so
+      it moves exactly when the policy does, and discards what it accumulated otherwise.
+    - ``state_dict()`` / ``load_state_dict(state)``: tensors saved with each checkpoint.
+    """
 
     def __call__(self, inputs: StepInputs) -> EstimatorOutput: ...

@@ -22,8 +22,12 @@ from draft_core.models.conditioning import Conditioning
 
 
 class ChainSampler:
-    """CFG: ε̃ = ε(∅) + g·(ε(c) − ε(∅)), g = guidance_scale (diffusers' convention, the paper's
-    1 + w); g <= 1 disables guidance (one UNet call per step)."""
+    """CFG: ε̃ = ε(∅) + g·(ε(c) − ε(∅)), g = guidance_scale (diffusers' g, the paper's 1 + w).
+
+    One rule for a constant g and a learned schedule: the formula is applied for every g,
+    including 0 < g < 1 (between unconditional and conditional) and g <= 0; g = 1 is the
+    conditional prediction alone, computed with one UNet call. (diffusers' pipelines
+    instead switch guidance off for every g <= 1.)"""
 
     scheduler_class: Any = None
 
@@ -73,7 +77,7 @@ class ChainSampler:
         unet = model.unet
         x = sample.to(unet.dtype)
         scale = self.guidance_at(step)
-        if self.guidance_schedule is not None or scale > 1.0:
+        if self.guidance_schedule is not None or scale != 1.0:
             uncond = cond.uncond.expand(cond.cond.shape[0], -1, -1)
             out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond.cond])).sample
             out_u, out_c = upcast(out).chunk(2)

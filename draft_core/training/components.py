@@ -20,6 +20,7 @@ from draft_core.rewarding.contract import CheckedReward, checked_reward
 from draft_core.rewarding.gradient import check_reward_gradient
 from draft_core.rewarding.weighted import WeightedReward
 from draft_core.training.faults import Source
+from draft_core.training.learned_sampling import guidance_learning_warning
 from draft_core.training.provenance import python_source
 from draft_core.training.tracking import check_trackers
 from draft_core.training.validation import build_validation
@@ -34,6 +35,7 @@ class Components:
     sources: list[tuple[Any, Source]] = field(default_factory=list)  # (reward term, who provides it)
     estimator_source: Source | None = None
     validation: Any = None  # draft_core.training.validation.Validation, when train.validation is set
+    warnings: list[str] = field(default_factory=list)  # settings that work, but not as one may expect
 
     def checked_reward(self) -> CheckedReward:
         """``reward`` behind the core's checks: images before it runs, [B] after; each term of a
@@ -108,16 +110,20 @@ def build_components(config: Config, registry: Registry | None = None, *, reward
     estimator_source = Source(e.name, e.plugin, e.distribution, e.version, "estimator")
     check_trackers(config.train.trackers)
     validation = build_validation(config, registry, reward, build_reward)
+    warnings = []
+    if config.learn.guidance:
+        note = guidance_learning_warning(estimator, sampler, config.estimator["name"])
+        warnings += [note] if note else []
     if given:
         check_reward_gradient(estimator, config.estimator["name"], {python_source(reward).name: reward}, registry)
-        return Components(sampler, estimator, reward, prompts, [(reward, python_source(reward))], estimator_source, validation)
+        return Components(sampler, estimator, reward, prompts, [(reward, python_source(reward))], estimator_source, validation, warnings)
     terms = {n: r for n, (r, _) in reward.terms.items()} if isinstance(reward, WeightedReward) else {config.reward["name"]: reward}
     check_reward_gradient(estimator, config.estimator["name"], terms, registry)
     sources = []
     for name, term in terms.items():
         r = registry.get("reward", name)
         sources.append((term, Source(name, r.plugin, r.distribution, r.version)))
-    return Components(sampler, estimator, reward, prompts, sources, estimator_source, validation)
+    return Components(sampler, estimator, reward, prompts, sources, estimator_source, validation, warnings)
 
 
 def plan(config: Config, registry: Registry, include_reward: bool = True) -> list[Planned]:

@@ -27,6 +27,7 @@ from draft_core.training.faults import (
 from draft_core.lora import add_lora, load_lora_state, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve
+from draft_core.memory import CheckpointedReward
 from draft_core.plugins.protocols import StepInputs
 from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
@@ -92,6 +93,7 @@ class Trainer:
             )
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
         self.model = load_model(cfg.model.name, device, resolve_dtype(cfg.model.dtype, device), cfg.model.revision)
+        self.model.checkpoint_decode = cfg.train.checkpoint_decode
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
             self.params = add_lora(self.model.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
@@ -202,6 +204,12 @@ class Trainer:
     def _reward_name(self) -> str:
         return " + ".join(src.describe() for _, src in self.c.sources) or repr(self.c.reward)
 
+    def _estimator_step(self, applied: bool) -> None:
+        """The estimator's optional hook, once per optimiser step (GradientEstimator's docstring)."""
+        hook = getattr(self.c.estimator, "on_optimizer_step", None)
+        if hook is not None:
+            hook(applied)
+
     def train_step(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         cfg = self.config.train
@@ -209,10 +217,15 @@ class Trainer:
         queries = 0  # reward evaluations of this process's calls (a call reusing stored samples makes none)
         bad_reward = bad_loss = False
         error: BaseException | None = None
+        reward_fn = CheckpointedReward(self.reward, cfg.checkpoint_reward)  # behind the core's checks
+
+        def backward(part: torch.Tensor) -> None:  # for estimators that run their own backward passes
+            (part / cfg.grad_accum).backward()
+
         for _ in range(cfg.grad_accum):
             prompts, noise = self._batch()
             cond = self._condition(self.model.encode_prompts(prompts))
-            inputs = StepInputs(self.model, self.c.sampler, self.reward, cond, noise, self.gens["estimator"])
+            inputs = StepInputs(self.model, self.c.sampler, reward_fn, cond, noise, self.gens["estimator"], backward)
             try:
                 with self.acc.autocast():
                     out = self.c.estimator(inputs)
@@ -228,7 +241,8 @@ class Trainer:
             if not torch.isfinite(out.loss):
                 bad_loss = True
                 break
-            (out.loss / cfg.grad_accum).backward()
+            if not out.backward_done:
+                (out.loss / cfg.grad_accum).backward()
             rewards.append(out.reward.float())
             losses.append(out.loss.item())
             queries += out.queries * out.reward.numel()
@@ -257,6 +271,7 @@ class Trainer:
         if skipped:
             # No update: the LoRA, the optimiser and the LR schedule stay as they were.
             self.optimizer.zero_grad(set_to_none=True)
+            self._estimator_step(False)
             self.nonfinite.skip(self.step, skipped[0])
             self.skipped = skipped
             self.log(f"step {self.step}: {skipped[0]} produced {skipped[1]}; update skipped "
@@ -272,6 +287,8 @@ class Trainer:
         self.lr_scheduler.step()
         self.ema.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self._estimator_step(True)
+        reward = self.acc.gather(torch.cat(rewards))
         return {
             "step": self.step,
             "reward_mean": reward.mean().item(),
