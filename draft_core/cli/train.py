@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +13,13 @@ from draft_core.errors import DraftError
 def _default_run_dir(args: argparse.Namespace) -> Path:
     stem = args.preset or (Path(args.config).stem if args.config else "run")
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_device_type(config) -> str:
+    import torch
+
+    device = config.model.device
+    return "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -38,6 +46,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else _default_run_dir(args)
         check_new_run_dir(run_dir)
     components = build_components(config)  # every name and argument checked before the model loads
+    if config.train.memory_budget is not None and not args.no_plan_check and not args.dry_run:
+        from draft_core.planning.fitting import check_budget
+
+        check_budget(config, train_device_type(config), progress=lambda m: print(f"[draft] {m}", file=sys.stderr))
     if args.dry_run:
         import yaml
 
@@ -69,4 +81,5 @@ def add_parser(sub) -> None:
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     tr.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then exit")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--no-plan-check", action="store_true", help="train even if the plan predicts more than train.memory_budget")
     tr.set_defaults(func=cmd_train)

@@ -86,6 +86,7 @@ class TrainSection:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     max_nonfinite: int = 5  # stop after this many skipped (non-finite) updates in a row
+    memory_budget: str | int | None = None  # e.g. 24GiB: draft train refuses a config predicted to need more
 
 
 @dataclass
@@ -321,6 +322,10 @@ def check_values(c: Config) -> None:
         raise ConfigError(f"config key 'train.sample_every' must be >= 0 (0: only before and after), got {c.train.sample_every}.")
     if len(c.train.betas) != 2 or not all(0 <= b < 1 for b in c.train.betas):
         raise ConfigError(f"config key 'train.betas' must be two numbers in [0, 1), got {c.train.betas}.")
+    if c.train.memory_budget is not None:
+        from draft_core.planning.budget import parse_bytes
+
+        parse_bytes(c.train.memory_budget, "config key 'train.memory_budget'")
     if c.train.grad_clip is not None and c.train.grad_clip <= 0:
         raise ConfigError(f"config key 'train.grad_clip' must be > 0 or null (no clipping), got {c.train.grad_clip}.")
     try:

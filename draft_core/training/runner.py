@@ -65,19 +65,29 @@ class Trainer:
         self._agreed = False  # the failure being raised was agreed by every process
 
     # -- setup ------------------------------------------------------------------
-    def setup(self, resume: bool = False) -> None:
+    def make_accelerator(self, cpu: bool):
+        """The accelerate ``Accelerator`` of the run (``draft plan`` puts a one-process stand-in here)."""
         from accelerate import Accelerator
 
-        from draft_core.models.loading import load_model, resolve_dtype
+        try:
+            return Accelerator(mixed_precision=self.config.train.mixed_precision, cpu=cpu)
+        except ValueError as exc:
+            raise ConfigError(f"train.mixed_precision={self.config.train.mixed_precision!r} cannot be used here: {exc}") from None
+
+    def load_model(self, device: torch.device, dtype: torch.dtype):
+        """The configured model with its weights (``draft plan`` builds it on the meta device instead)."""
+        from draft_core.models.loading import load_model
+
+        return load_model(self.config.model.name, device, dtype, self.config.model.revision)
+
+    def setup(self, resume: bool = False) -> None:
+        from draft_core.models.loading import resolve_dtype
 
         cfg = self.config
         cpu = cfg.model.device == "cpu" or (cfg.model.device == "auto" and not torch.cuda.is_available())
         if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"model.device is {cfg.model.device!r}, but this machine has no CUDA GPU; use auto or cpu.")
-        try:
-            self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu)
-        except ValueError as exc:
-            raise ConfigError(f"train.mixed_precision={cfg.train.mixed_precision!r} cannot be used here: {exc}") from None
+        self.acc = self.make_accelerator(cpu)
         n = self.acc.num_processes
         if self.acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
             self.log(f"warning: accelerate is set up for {self.acc.distributed_type.name}, but draft does not shard: "
@@ -88,7 +98,7 @@ class Trainer:
                 f"give a multiple of {n}."
             )
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
-        self.model = load_model(cfg.model.name, device, resolve_dtype(cfg.model.dtype, device), cfg.model.revision)
+        self.model = self.load_model(device, resolve_dtype(cfg.model.dtype, device))
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
             self.params = add_lora(self.model.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
