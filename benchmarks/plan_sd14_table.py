@@ -53,7 +53,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rewards", nargs="+", default=list(REWARDS), choices=list(REWARDS))
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--markdown", action="store_true", help="only print the table of the rows in --out")
     a = ap.parse_args(argv)
+    if a.markdown:
+        rows = json.loads(a.out.read_text())["rows"]
+        print(markdown(rows))
+        return {"rows": rows}
     rows = json.loads(a.out.read_text())["rows"] if a.out and a.out.exists() else {}  # an interrupted run goes on
     for batch in a.batches:
         for reward in a.rewards:
@@ -89,6 +94,16 @@ def main(argv: list[str] | None = None) -> dict:
     return {"rows": rows}
 
 
+def label(case: str, reward: str, batch: int, proposal: dict) -> str:
+    """The proposal's label as draft plan words it now (a combination keeps its own)."""
+    from draft_core.planning.fitting import candidates
+
+    for p in candidates(row_config(case, reward, batch)):
+        if p.overrides == proposal["set"]:
+            return p.label
+    return proposal["label"]
+
+
 def markdown(rows: dict) -> str:
     def card(c):
         return f"{c} GiB" if c else "> 80 GiB"
@@ -101,8 +116,8 @@ def markdown(rows: dict) -> str:
         b = r["breakdown_bytes"]
         after = card(r["card_after"])
         if r.get("proposal"):
-            after += f" ({r['proposal']['label']}: {r['proposal']['peak_bytes'] / GiB:.1f} GiB, " \
-                     f"{r['proposal']['cost_ratio']:.2f}x)"
+            after += f" ({label(case, reward, int(batch.removeprefix('batch ')), r['proposal'])}: " \
+                     f"{r['proposal']['peak_bytes'] / GiB:.1f} GiB, {r['proposal']['cost_ratio']:.2f}x)"
         lines.append(f"| {case} | {reward} | {batch.removeprefix('batch ')} | {r['peak_bytes'] / GiB:.1f} GiB | "
                      f"{(b['base weights'] + b['reward weights']) / GiB:.1f} GiB | {b['activations'] / GiB:.1f} GiB | "
                      f"{r['cost_ratio']:.2f}x | {card(r['card_before'])} | {after} |")

@@ -226,8 +226,8 @@ def test_candidates_include_checkpointing_once_the_config_has_it(monkeypatch):
     config = load_config(None, TINY + ["estimator.name=draft", "train.batch_size=4"])
     labels = [p.label for p in fitting.candidates(config)]
     assert not any("checkpoint" in label for label in labels)  # this draft has no such keys yet
-    assert any("micro-batches of 1, accumulated 4x" in label for label in labels)
-    assert any("K=1 instead of full DRaFT" in label for label in labels)
+    assert "micro-batches of 1 x 4 (4 samples per update, as now)" in labels
+    assert "DRaFT-K, K=1 (instead of full DRaFT)" in labels
 
     @dataclasses.dataclass
     class WithCheckpointing(schema.TrainSection):
@@ -237,7 +237,7 @@ def test_candidates_include_checkpointing_once_the_config_has_it(monkeypatch):
     monkeypatch.setattr(schema, "TrainSection", WithCheckpointing)
     config.train = WithCheckpointing(**dataclasses.asdict(config.train))
     found = {p.label: p for p in fitting.candidates(config)}
-    both = found["checkpoint the VAE decode and checkpoint the reward model"]
+    both = found["checkpoint the VAE decode and the reward model"]
     assert both.overrides == ["train.checkpoint_decode=true", "train.checkpoint_reward=true"]
     assert both.kind == fitting.KINDS[0]
 
@@ -261,7 +261,7 @@ def test_a_budget_nothing_meets_is_a_clear_error():
 
     config = load_config(None, TINY + ["estimator.name=draft-lv", "estimator.n=1"])
     with pytest.raises(PlanError, match=r"predicts a peak of .* over the memory budget of 1\.0 MiB\. No change draft "
-                                        r"knows fits it: the lowest predicted peak is .*, with DRaFT-LV with n=0 "
+                                        r"knows fits it: the lowest predicted peak is .*, with DRaFT-LV, n=0 "
                                         r".*--set estimator.n=0.*--no-plan-check"):
         check_budget(config, "cpu", budget=MiB)
 

@@ -78,11 +78,12 @@ def _table(config, trace, budget, proposals) -> str:
         else:
             lines.append(f"over the budget of {format_bytes(budget)} by {format_bytes(trace.peak - budget)}. "
                          f"Changes, those that fit first (cheapest first):")
-            lines.append(f"  {'':3s}{'change':58s} {'peak':>10s} {'step cost':>10s}  kind")
+            width = max([len(p.label) for p in proposals] + [6])
+            lines.append(f"  fits  {'change':{width}s} {'peak':>10s} {'step cost':>10s}  kind")
             for p in proposals:
-                mark = "ok " if p.fits(budget) else "-  "
-                lines.append(f"  {mark}{p.label[:58]:58s} {format_bytes(p.peak):>10s} {p.trace.cost_ratio:>9.2f}x  {p.kind}")
-                lines.append(f"       --set {' --set '.join(p.overrides)}")
+                lines.append(f"  {'yes' if p.fits(budget) else 'no':4s}  {p.label:{width}s} {format_bytes(p.peak):>10s} "
+                             f"{p.trace.cost_ratio:>9.2f}x  {p.kind}")
+                lines.append(f"        --set {' --set '.join(p.overrides)}")
     return "\n".join(lines)
 
 

@@ -67,7 +67,7 @@ def candidates(config: Config, device_type: str = "cuda") -> list[Proposal]:
     for key in ckpt:
         out.append(Proposal(CHECKPOINT_KEYS[key], [f"train.{key}=true"], KINDS[0]))
     if len(ckpt) > 1:
-        out.append(Proposal(" and ".join(CHECKPOINT_KEYS[k] for k in ckpt), [f"train.{k}=true" for k in ckpt], KINDS[0]))
+        out.append(Proposal("checkpoint the VAE decode and the reward model", [f"train.{k}=true" for k in ckpt], KINDS[0]))
     est, steps = config.estimator, int(config.sampler.get("steps", 50))
     if est.get("name") in ("draft", "draft-k"):
         largest_k = steps if est["name"] == "draft" else (est["k_range"][1] if est.get("k_range") else est.get("k", 1) or steps)
@@ -77,7 +77,7 @@ def candidates(config: Config, device_type: str = "cuda") -> list[Proposal]:
     B, G = config.train.batch_size, config.train.grad_accum
     for m in range(2, B + 1):
         if B % m == 0:
-            out.append(Proposal(f"micro-batches of {B // m}, accumulated {G * m}x (same {B * G} samples per update)",
+            out.append(Proposal(f"micro-batches of {B // m} x {G * m} ({B * G} samples per update, as now)",
                                 [f"train.batch_size={B // m}", f"train.grad_accum={G * m}"], KINDS[1]))
     out += _bf16_rewards(config, device_type)
     out += _estimator_changes(config)
@@ -92,7 +92,7 @@ def _bf16_rewards(config: Config, device_type: str) -> list[Proposal]:
             dtype = "bfloat16" if device_type == "cuda" else "float32"  # as the reward resolves it there
         if dtype not in ("bfloat16", "float16") and takes_dtype(name):
             sets.append(f"{key}=bfloat16")
-    return [Proposal("the reward model in bfloat16", sets, KINDS[2])] if sets else []
+    return [Proposal("reward model in bfloat16", sets, KINDS[2])] if sets else []
 
 
 def _estimator_changes(config: Config) -> list[Proposal]:
@@ -112,14 +112,15 @@ def _estimator_changes(config: Config) -> list[Proposal]:
         drop = ["estimator.k_range=null"] if est.get("k_range") else []
         for small in K_LADDER:
             if small < k and small <= steps:
-                out.append(Proposal(f"DRaFT-K with K={small} instead of {'full DRaFT' if name == 'draft' else f'K={k}'}",
+                out.append(Proposal(f"DRaFT-K, K={small} (instead of {'full DRaFT' if name == 'draft' else f'K={k}'})",
                                     ["estimator.name=draft-k", f"estimator.k={small}", *drop, *wrappers], KINDS[3]))
         if k > 1:
-            out.append(Proposal("DRaFT-LV (n=2) instead", ["estimator.name=draft-lv", "estimator.n=2", *wrappers], KINDS[3]))
+            out.append(Proposal(f"DRaFT-LV, n=2 (instead of {'full DRaFT' if name == 'draft' else f'DRaFT-K, K={k}'})",
+                                ["estimator.name=draft-lv", "estimator.n=2", *wrappers], KINDS[3]))
     elif name == "draft-lv" and est.get("n", 2) > 0:
         n = est.get("n", 2)
         for small in sorted({n // 2, 0} - {n}, reverse=True):
-            out.append(Proposal(f"DRaFT-LV with n={small} re-noised copies instead of {n}", [f"estimator.n={small}"], KINDS[3]))
+            out.append(Proposal(f"DRaFT-LV, n={small} (instead of n={n})", [f"estimator.n={small}"], KINDS[3]))
     return out
 
 

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from draft_core.config import Config
 from draft_core.planning.architectures import META, PlanError, meta_model, module_tensors, use_architectures
@@ -250,10 +251,10 @@ def _trace(trainer: StepTrainer, device: str, *, elide: bool, steps: int, around
     tracer.register(trainer.params, LORA)
     tracer.register(module_tensors(trainer.c.reward), REWARD)
     unet = trainer.model.unet
-    layers = [m for m in unet.modules() if hasattr(m, "disable_adapters") and m is not unet][:1]
+    layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)][:1]  # LoRA on or off changes a call's cost
     elided = (elide_repeats(unet, tracer, device, lambda: tuple(m.disable_adapters for m in layers))
               if elide else contextlib.nullcontext())
-    extra = flops = None
+    extra = None
     rng = rng_state(trainer.gens)
     with tracer:
         for _ in range(steps - 1):  # warm-up steps: the measured one is the steady state
