@@ -171,6 +171,10 @@ SLOW_CASES = {
     "digits draft": (DIGITS, ["estimator.name=draft"]),
     "digits draft-lv": (DIGITS, ["estimator.name=draft-lv", "estimator.n=2"]),
     "digits refl": (DIGITS, ["estimator.name=refl", "estimator.m=3"]),
+    "tiny-random draft-lv with kl": (TINY, ["estimator.name=draft-lv", "estimator.n=1", "estimator.kl=0.1"]),
+    "tiny-random ddpm, grad_accum, learned sampling": (TINY, ["sampler.name=ddpm", "estimator.name=draft-k", "estimator.k=2",
+                                                              "train.grad_accum=2", "learn.guidance=true",
+                                                              "learn.negative_prompt=true"]),
 }
 
 
