@@ -12,6 +12,7 @@ import fig_k_effect
 import fig_lora_mixing
 import fig_rl_vs_draft
 import fig_sample_efficiency
+import gpu_plan_check
 import gpu_sd14
 import step_cost
 
@@ -42,6 +43,15 @@ def test_gpu_script_runs_at_tiny_scale_on_cpu(tmp_path):
     assert all(r["median_s"] > 0 and r["peak_mib"] > 0 for r in rows.values())
     # DRaFT-LV decodes and scores 1 + n images per sample: its step needs more memory than DRaFT-1's.
     assert rows["draft-lv n=2"]["peak_mib"] > rows["draft-k K=1"]["peak_mib"]
+    assert json.loads(out.read_text())["steps"] == 2
+
+
+def test_gpu_plan_check_runs_at_tiny_scale_on_cpu(tmp_path):
+    out = tmp_path / "plan.json"
+    res = gpu_plan_check.main(["--tiny", "--batches", "1", "--cases", "DRaFT-1", "full DRaFT", "--out", str(out)])
+    assert set(res["rows"]) == {"DRaFT-1 | hpsv2 | batch 1", "full DRaFT | hpsv2 | batch 1"}
+    for row in res["rows"].values():
+        assert abs(row["ratio_to_tally"] - 1) < 0.10 and row["rss_step_mib"] > 0
     assert json.loads(out.read_text())["steps"] == 2
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from draft_core.errors import ModelLoadError
 from draft_core.rewarding.preprocess import CLIP_224, ImagePreprocess
-from draft_rewards.clip_score import CLIP_L14
+from draft_rewards.clip_score import CLIP_L14, clip_config
 from draft_rewards.hub import (
     from_pretrained, hub_file, hub_file_available, load_state_dict_file, load_strict, local_path, pretrained_available,
 )
@@ -137,6 +137,15 @@ class Aesthetic(PretrainedReward):
             CLIPVisionModelWithProjection.from_pretrained, self.clip_model, config=vision_config, dtype=torch.float32, **kw
         )
         return AestheticNet(vision, head)
+
+    def architecture(self) -> nn.Module:
+        """The vision tower and the improved head with random weights, reading no weights file (``draft plan``)."""
+        from transformers import CLIPVisionModelWithProjection
+
+        config = clip_config(self.clip_model, reward="aesthetic", option="clip_model")
+        vision_config = config.vision_config
+        vision_config.projection_dim = config.projection_dim
+        return AestheticNet(CLIPVisionModelWithProjection(vision_config), AestheticMLP(config.projection_dim))
 
     def preprocessor(self, net: nn.Module) -> ImagePreprocess:
         return CLIP_224.with_size(net.vision.config.image_size)

@@ -60,6 +60,13 @@ def _defaults_block(config) -> str:
     return "\n".join(lines) + "\n"
 
 
+def train_device_type(config) -> str:
+    import torch
+
+    device = config.model.device
+    return "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.cli.common import quiet_libraries
     from draft_core.config import load_config
@@ -90,6 +97,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     for note in components.warnings:
         print(f"[draft] warning: {note}", file=sys.stderr)
     check_ready(config, components)  # the model and the rewards' weights exist (nothing loaded)
+    if config.train.memory_budget is not None and not args.no_plan_check and not args.dry_run:
+        from draft_core.planning.fitting import check_budget
+
+        check_budget(config, train_device_type(config), progress=lambda m: print(f"[draft] {m}", file=sys.stderr))
     if args.dry_run:
         import yaml
 
@@ -151,4 +162,5 @@ def add_parser(sub) -> None:
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     tr.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then exit")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar; a line every train.log_every steps instead")
+    tr.add_argument("--no-plan-check", action="store_true", help="train even if the plan predicts more than train.memory_budget")
     tr.set_defaults(func=cmd_train)

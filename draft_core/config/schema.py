@@ -116,6 +116,7 @@ class TrainSection:
     # activations: true, false or auto (decode: models with a VAE; reward: network rewards).
     checkpoint_decode: bool | Literal["auto"] = "auto"
     checkpoint_reward: bool | Literal["auto"] = "auto"
+    memory_budget: str | int | None = None  # e.g. 24GiB: draft train refuses a config predicted to need more
 
 
 @dataclass
@@ -322,6 +323,13 @@ def value_problems(c: Config) -> list[str]:
         bad(f"config key 'train.sample_every' must be >= 0 (0: only before and after), got {c.train.sample_every}.")
     if len(c.train.betas) != 2 or not all(0 <= b < 1 for b in c.train.betas):
         bad(f"config key 'train.betas' must be two numbers in [0, 1), got {c.train.betas}.")
+    if c.train.memory_budget is not None:
+        from draft_core.planning.budget import parse_bytes
+
+        try:
+            parse_bytes(c.train.memory_budget, "config key 'train.memory_budget'")
+        except ConfigError as exc:
+            bad(str(exc))
     if c.train.grad_clip is not None and c.train.grad_clip <= 0:
         bad(f"config key 'train.grad_clip' must be > 0 or null (no clipping), got {c.train.grad_clip}.")
     try:

@@ -119,7 +119,7 @@ class DiffusionModel:
 
         Where gradients flow, the VAE's activations are recomputed in the backward pass
         instead of kept, one image at a time (``checkpoint_decode``; draft_core.memory)."""
-        from draft_core import memory
+        import draft_core.memory as memory
 
         if memory.wants(self.checkpoint_decode, self.vae is not None) and memory.grad_flows(sample):
             # One region per image: the backward pass recomputes (and holds) one image's decoder at a time.

@@ -9,7 +9,6 @@ concrete sampler, estimator or reward: it builds them by name through the regist
 from __future__ import annotations
 
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -18,32 +17,31 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from draft_core.training.checkpoint import TrainingState, latest_checkpoint, load_latest, replace_folder, save_checkpoint
+from draft_core.training.checkpoint import TrainingState, latest_checkpoint, replace_folder, save_checkpoint
 from draft_core.config import Config
 from draft_core.errors import ConfigError
 from draft_core.training.faults import (
     ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, check_estimator_output, nonfinite_message, step_failure,
 )
-from draft_core.lora import add_lora, load_lora_state, lora_state, save_lora
+from draft_core.lora import add_lora, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve
 from draft_core.memory import CheckpointedReward
 from draft_core.plugins.protocols import StepInputs
 from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
-from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state, set_rng_state
+from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state
 from draft_core.training.ema import WeightsEma
-from draft_core.training.metrics import step_line, truncate_metrics
+from draft_core.training.metrics import step_line
 from draft_core.training.pictures import RunPictures
-from draft_core.training.plugin_state import pack_state, unpack_state
+from draft_core.training.plugin_state import pack_state
 from draft_core.training.preflight import check_rewards_available
 from draft_core.training.provenance import recorded_config
+from draft_core.training.restore import LEARNED_PREFIX, STATE_NUMBERS, restore
 from draft_core.training.schedules import build_lr_scheduler, lr_factor  # noqa: F401 (lr_factor: also importable from here)
 from draft_core.training.signals import Interrupted, StopRequest
 from draft_core.training.tracking import Tracking, accelerator_options
 
-LEARNED_PREFIX = "learned_sampling."  # checkpoint keys of the learned sampler hyperparameters
-STATE_NUMBERS = "estimator_numbers"  # meta key: the estimator state's keys that were plain numbers
 
 
 class Trainer:
@@ -68,20 +66,31 @@ class Trainer:
         self.tracking = Tracking()
 
     # -- setup ------------------------------------------------------------------
-    def setup(self, resume: bool = False) -> None:
+    def make_accelerator(self, cpu: bool):
+        """The accelerate ``Accelerator`` of the run (``draft plan`` puts a one-process stand-in here)."""
         from accelerate import Accelerator
 
-        from draft_core.models.loading import load_model, resolve_dtype
+        try:
+            return Accelerator(mixed_precision=self.config.train.mixed_precision, cpu=cpu,
+                               **accelerator_options(self.config.train.trackers, self.run_dir))
+        except ValueError as exc:
+            raise ConfigError(f"train.mixed_precision={self.config.train.mixed_precision!r} cannot be used here: {exc}") from None
+
+    def load_model(self, device: torch.device, dtype: torch.dtype):
+        """The configured model with its weights (``draft plan`` builds it on the meta device instead)."""
+        from draft_core.models.loading import load_model
+
+        return load_model(self.config.model.name, device, dtype, self.config.model.revision)
+
+    def setup(self, resume: bool = False) -> None:
+        from draft_core.models.loading import resolve_dtype
 
         cfg = self.config
         check_rewards_available(self.c)  # before the model loads and the run folder exists
         cpu = cfg.model.device == "cpu" or (cfg.model.device == "auto" and not torch.cuda.is_available())
         if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"model.device is {cfg.model.device!r}, but this machine has no CUDA GPU; use auto or cpu.")
-        try:
-            self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu, **accelerator_options(cfg.train.trackers, self.run_dir))
-        except ValueError as exc:
-            raise ConfigError(f"train.mixed_precision={cfg.train.mixed_precision!r} cannot be used here: {exc}") from None
+        self.acc = self.make_accelerator(cpu)
         n = self.acc.num_processes
         if self.acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
             self.log(f"warning: accelerate is set up for {self.acc.distributed_type.name}, but draft does not shard: "
@@ -92,7 +101,7 @@ class Trainer:
                 f"give a multiple of {n}."
             )
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
-        self.model = load_model(cfg.model.name, device, resolve_dtype(cfg.model.dtype, device), cfg.model.revision)
+        self.model = self.load_model(device, resolve_dtype(cfg.model.dtype, device))
         self.model.checkpoint_decode = cfg.train.checkpoint_decode
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
@@ -128,45 +137,7 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     def _restore(self) -> None:
-        from draft_core.training.checkpoint import CheckpointError
-
-        if latest_checkpoint(self.run_dir / "checkpoints") is None:
-            # Stopped before its first checkpoint: start again from step 0 in the same folder.
-            self.log(f"--resume {self.run_dir}: no checkpoint yet, so the run starts again from step 0")
-            if self.acc.is_main_process:
-                truncate_metrics(self.run_dir / "metrics.jsonl", -1)  # step 0's validation runs again too
-                self.config.dump(self.run_dir / "config.yaml")
-            return
-        path, state = load_latest(self.run_dir / "checkpoints", warn=self.log)
-        n, rank = self.acc.num_processes, self.acc.process_index
-        saved_n = int(state.meta.get("num_processes", 1))
-        if saved_n != n:
-            raise CheckpointError(
-                f"--resume {self.run_dir}: the checkpoint was written by {saved_n} process(es), this run has {n}. "
-                f"Resume with {saved_n} (each process's random stream is in the checkpoint)."
-            )
-        load_lora_state(self.model.unet, {k: v.to(self.model.device) for k, v in state.lora.items()})
-        self.optimizer.load_state_dict(state.optimizer)
-        self.lr_scheduler.load_state_dict(state.lr_scheduler)
-        prefix = f"rank{rank}/"
-        rng = state.rng if rank == 0 else {k[len(prefix):]: v for k, v in state.rng.items() if k.startswith(prefix)}
-        set_rng_state(self.gens, rng)
-        extra = dict(state.extra or {})
-        learned = {k[len(LEARNED_PREFIX):]: extra.pop(k) for k in list(extra) if k.startswith(LEARNED_PREFIX)}
-        if learned and self.learned is not None:
-            self.learned.load_state_dict({k: v.to(self.model.device) for k, v in learned.items()})
-        self.ema.load_state_dict(extra)
-        if extra and hasattr(self.c.estimator, "load_state_dict"):
-            # Estimator state is per process (e.g. ddpo's stored trajectories): this process's entries.
-            own = {k: v for k, v in extra.items() if not re.match(r"rank\d+/", k)} if rank == 0 else \
-                {k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)}
-            self.c.estimator.load_state_dict(unpack_state(own, state.meta.get(STATE_NUMBERS) or {}))
-        self.nonfinite.load(state.meta)
-        self.step = self.saved_step = state.step
-        if self.acc.is_main_process:
-            truncate_metrics(self.run_dir / "metrics.jsonl", state.step)
-            self.config.dump(self.run_dir / "config.yaml")
-        self.log(f"resumed from {path} (step {state.step})")
+        restore(self)
 
     @property
     def reward(self):
