@@ -40,3 +40,8 @@ class TestDPG(EstimatorConformance):
 class TestKLWrapper(EstimatorConformance):
     def make_estimator(self):
         return KLRegularized(LowVariance(n=1), 0.5)
+
+
+class TestDraftKAlignPropTruncation(EstimatorConformance):
+    def make_estimator(self):
+        return TruncatedBackprop(alignprop_range=[0, 3])
