@@ -27,7 +27,8 @@ Each training step:
 Each chosen state's graphs (the action's UNet call; Q's transition, denoising step,
 decode and critic) are released before the next state's are built: the critic's
 gradient is taken per state, and the policy term's backward pass runs at once when the
-runner passes ``StepInputs.backward``.
+runner passes ``StepInputs.backward``. The action's UNet call is checkpointed (one more
+UNet forward per state), so that only one UNet graph is alive at a time.
 
 The critic's LoRA and optimiser state belong to the estimator and are saved with every
 checkpoint (``state_dict``). The critic is a copy of the reward network (its base weights
@@ -44,6 +45,7 @@ import torch
 from torch import nn
 
 from draft_core.errors import ConfigError
+from draft_core.memory import run as checkpointed
 from draft_core.memory import unwrap_reward
 from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 from draft_core.rewarding.contract import unchecked
@@ -202,22 +204,27 @@ class DeterministicPolicyGradient:
         q_values = []
         for i in steps:
             state = trace[i][1]
-            action = sampler.action(model, state, i, cond)  # with autograd into θ
+            # With autograd into θ, checkpointed: its UNet activations are recomputed in the policy
+            # term's backward pass instead of being held while Q is evaluated and differentiated.
+            action = checkpointed(sampler.action, model, state, i, cond)
             a = action.detach().requires_grad_(True)
             q = self.q_value(model, sampler, cond, state, i, a)
             (grad_a,) = torch.autograd.grad(q.sum(), a, retain_graph=True)
             err = (q - ret).pow(2).mean() / n
-            # The critic's gradient now, so that this state's Q graph is freed before the next.
+            # The critic's gradient now, and no reference to Q kept: this state's Q graph (its
+            # UNet part is not traversed by that gradient) is freed before the policy term's
+            # backward pass and the next state.
             for acc, g in zip(critic_grads, torch.autograd.grad(err, self.critic_params, allow_unused=True)):
                 if g is not None:
                     acc += g.to(acc.dtype)
+            critic_loss += err.item()
+            q_values.append(q.detach())
+            del q, err
             term = -(grad_a.detach() * action).flatten(1).sum(1).sum() / (batch * n)
             if split:
                 inputs.backward(term)
                 term = term.detach()
             policy_loss = policy_loss + term
-            critic_loss += err.item()
-            q_values.append(q.detach())
         self._accumulate(critic_grads)
         q_all = torch.cat(q_values)
         return EstimatorOutput(

@@ -158,6 +158,12 @@ def test_train_dry_run_prints_the_resolved_config(capsys, no_model, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_train_dry_run_warns_when_a_learned_schedule_would_learn_only_some_knots(capsys, no_model):
+    assert main(["train", "--preset", "quickstart", "--dry-run", "--set", "learn.guidance=true"]) == 0
+    err = capsys.readouterr().err
+    assert "[draft] warning: learn.guidance" in err and "steps 19 of 0-19" in err and "'draft'" in err
+
+
 def test_train_dry_run_into_an_empty_out_folder(capsys, no_model, tmp_path):
     (tmp_path / "empty").mkdir()
     assert main(["train", "--preset", "quickstart", "--dry-run", "--out", "empty"]) == 0

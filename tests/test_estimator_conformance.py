@@ -70,3 +70,8 @@ class TestGRPO(EstimatorConformance):
 
     def make_sampler(self):
         return DDPMSampler(steps=self.steps, guidance_scale=3.0)
+
+
+class TestDraftKAlignPropTruncation(EstimatorConformance):
+    def make_estimator(self):
+        return TruncatedBackprop(alignprop_range=[0, 3])
