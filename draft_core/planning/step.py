@@ -89,6 +89,9 @@ class StepTrainer(Trainer):
     def make_accelerator(self, cpu: bool):
         return OneProcess(self._device)
 
+    def check_rewards(self) -> None:
+        """Nothing: a plan loads no reward weights (meta tensors, or random ones with ``random_rewards``)."""
+
     def load_model(self, device, dtype):
         return super().load_model(device, dtype) if self._factory is None else self._factory()
 

@@ -76,6 +76,10 @@ class Trainer:
         except ValueError as exc:
             raise ConfigError(f"train.mixed_precision={self.config.train.mixed_precision!r} cannot be used here: {exc}") from None
 
+    def check_rewards(self) -> None:
+        """Each reward's weights are there (``draft plan`` with random reward weights skips it)."""
+        check_rewards_available(self.c)
+
     def load_model(self, device: torch.device, dtype: torch.dtype):
         """The configured model with its weights (``draft plan`` builds it on the meta device instead)."""
         from draft_core.models.loading import load_model
@@ -86,7 +90,7 @@ class Trainer:
         from draft_core.models.loading import resolve_dtype
 
         cfg = self.config
-        check_rewards_available(self.c)  # before the model loads and the run folder exists
+        self.check_rewards()  # before the model loads and the run folder exists
         cpu = cfg.model.device == "cpu" or (cfg.model.device == "auto" and not torch.cuda.is_available())
         if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"model.device is {cfg.model.device!r}, but this machine has no CUDA GPU; use auto or cpu.")
