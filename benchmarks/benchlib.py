@@ -115,6 +115,7 @@ class Bench:
     reward: Any
     prompts: list[str]
     registry: Any
+    checkpoint_reward: bool | str = "auto"  # as train.checkpoint_reward (the decode's is the model's own)
 
     @property
     def steps(self) -> int:
@@ -145,7 +146,8 @@ class Bench:
     def train_step(self, estimator: Any, seed: int = 0, sampler: Any = None) -> EstimatorOutput:
         """As the runner runs it: the reward checkpointed by its default (``"auto"``), the
         estimator free to run its own backward passes, its hook after the update."""
-        inputs = replace(self.inputs(seed), reward=CheckpointedReward(self.reward), backward=lambda loss: loss.backward())
+        inputs = replace(self.inputs(seed), reward=CheckpointedReward(self.reward, self.checkpoint_reward),
+                         backward=lambda loss: loss.backward())
         if sampler is not None:
             inputs.sampler = sampler
         out = estimator(inputs)
@@ -196,10 +198,12 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(bench: Bench, cases: list[str], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+def time_interleaved(bench: Bench, cases: list[str], rounds: int, warmup: int = 1,
+                     runners: dict[str, Callable[[int], Any]] | None = None) -> dict[str, list[float]]:
     """Seconds per step of each case; each round runs every case once, the order rotating
-    from round to round, so that machine noise falls on all cases alike."""
-    runs = {case: bench.runner(case) for case in cases}
+    from round to round, so that machine noise falls on all cases alike. ``runners``: the
+    functions of the seed to time under those names, instead of the cases' own."""
+    runs = runners or {case: bench.runner(case) for case in cases}
     times: dict[str, list[float]] = {case: [] for case in cases}
     device = bench.model.device
     for r in range(warmup + rounds):
@@ -327,10 +331,13 @@ def _memory_table_main(argv: list[str]) -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--glibc-default", action="store_true", help="leave glibc's mmap threshold as it is")
+    ap.add_argument("--cases", nargs="+", default=None, choices=list(CASES), metavar="CASE",
+                    help="these cases only (default: every case the model runs); draft-k K=1 is always included")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    chosen = [c for m, c in pairs() if m == args.model and (args.cases is None or c in args.cases or c == "draft-k K=1")]
     rows = {case: memory_in_subprocess(args.model, case, args.steps, args.batch, glibc_default=args.glibc_default)
-            for m, case in pairs() if m == args.model}
+            for case in chosen}
     base = rows["draft-k K=1"]["peak_mib"]
     print(f"{args.model}, {args.steps} DDIM steps, batch {args.batch}, malloc: "
           f"{'glibc default' if args.glibc_default else MMAP_ENV}")

@@ -61,6 +61,23 @@ def breakdown(bench, n: int = 2, rounds: int = 5) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def checkpoint_cost(bench, cases: list[str], rounds: int) -> dict[str, list[float]]:
+    """Seconds per step of each case with the decode and the reward checkpointed as by default
+    (``auto``) and not at all (``off``), the four-or-more variants interleaved."""
+    runners = {}
+    for case in cases:
+        estimator = bench.estimator(case)
+        for mode, label in (("auto", "auto"), (False, "off")):
+            def run(seed, estimator=estimator, mode=mode):
+                bench.model.checkpoint_decode = bench.checkpoint_reward = mode
+                return bench.train_step(estimator, seed)
+
+            runners[f"{case} [checkpoint {label}]"] = run
+    times = time_interleaved(bench, list(runners), rounds, runners=runners)
+    bench.model.checkpoint_decode = bench.checkpoint_reward = "auto"
+    return times
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny-random", choices=sorted(MODELS))
@@ -70,6 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES), metavar="CASE",
                     help=f"cases to time (default: {DEFAULT_CASES}); 'sampling' is always included")
     ap.add_argument("--breakdown", action="store_true", help="also time the pieces DRaFT-LV (n=2) adds to DRaFT-1")
+    ap.add_argument("--checkpoint-cost", action="store_true",
+                    help="also time each training case with the decode and reward checkpointed (the default) and not")
     ap.add_argument("--out", type=Path, default=None, help="write the times and ratios as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -90,6 +109,12 @@ def main(argv: list[str] | None = None) -> dict:
         sampling = statistics.median(times["sampling"])
         for k, v in parts.items():
             print(f"  {k:40s} {v:7.3f} s   {v / sampling:5.3f}x sampling")
+    if args.checkpoint_cost:
+        ck = checkpoint_cost(bench, [c for c in cases if c != "sampling"], args.rounds)
+        result["checkpoint_seconds"] = ck
+        for case in [c for c in cases if c != "sampling"]:
+            on, off = (statistics.median(ck[f"{case} [checkpoint {m}]"]) for m in ("auto", "off"))
+            print(f"  {case:20s} checkpointed decode/reward {on:7.3f} s, not {off:7.3f} s: {on / off:5.2f}x")
     write_json(args.out, result)
     return result
 

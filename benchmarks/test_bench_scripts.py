@@ -20,8 +20,9 @@ import step_cost
 def test_step_cost_script(tmp_path):
     out = tmp_path / "cost.json"
     res = step_cost.main(["--steps", "2", "--batch", "1", "--rounds", "1", "--cases", "draft-k K=1", "--breakdown",
-                          "--out", str(out)])
+                          "--checkpoint-cost", "--out", str(out)])
     assert all(v > 0 for v in res["lv_breakdown_seconds"].values())
+    assert set(res["checkpoint_seconds"]) == {"draft-k K=1 [checkpoint auto]", "draft-k K=1 [checkpoint off]"}
     assert res["ratio_to_sampling"]["sampling"] == 1.0 and res["ratio_to_sampling"]["draft-k K=1"] > 0
     assert json.loads(out.read_text())["steps"] == 2
 
@@ -41,8 +42,8 @@ def test_gpu_script_runs_at_tiny_scale_on_cpu(tmp_path):
     rows = res["batches"][1]
     assert set(rows) == set(gpu_sd14.CASES)
     assert all(r["median_s"] > 0 and r["peak_mib"] > 0 for r in rows.values())
-    # DRaFT-LV decodes and scores 1 + n images per sample: its step needs more memory than DRaFT-1's.
-    assert rows["draft-lv n=2"]["peak_mib"] > rows["draft-k K=1"]["peak_mib"]
+    # (DRaFT-LV runs the backward pass of the sample and of each re-noised copy in turn, so its
+    # peak is now about DRaFT-1's; tests/test_memory.py checks that, by what autograd keeps.)
     assert json.loads(out.read_text())["steps"] == 2
 
 

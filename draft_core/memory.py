@@ -26,9 +26,6 @@ from typing import Any, Callable
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
-MODES = (True, False, "auto")
-
-
 def wants(mode: bool | str, has_work: bool) -> bool:
     """Whether ``mode`` checkpoints a call that holds activations worth saving (``has_work``)."""
     return mode is True or (mode == "auto" and has_work)

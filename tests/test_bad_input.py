@@ -65,7 +65,7 @@ unknown_key = st.builds(
     lambda sec, key, v: (BASE + sets((f"{sec}.{key}", v)), {}),
     st.sampled_from([*SECTIONS, "sampler", "estimator"]), ident, json_value,
 ).filter(lambda c: c[0][-1].split("=", 1)[0].split(".")[1] not in
-         {f for s in SECTIONS.values() for f in s.__dataclass_fields__} | {"name", "kl", "steps", "guidance_scale", "eta", "n", "k", "checkpoint", "k_range", "m"})
+         {f for s in SECTIONS.values() for f in s.__dataclass_fields__} | {"name", "kl", "steps", "guidance_scale", "eta", "n", "k", "checkpoint", "k_range", "alignprop_range", "m"})
 unknown_top = st.builds(lambda key, v: (BASE + sets((key, v)), {}), ident.filter(lambda k: k not in Config.__dataclass_fields__), json_value)
 unknown_name = st.builds(
     lambda sec, name: (BASE + sets((f"{sec}.name", name)), {}),

@@ -79,6 +79,16 @@ def test_draft_k_matches_central_differences(sampler_class, k):
     assert_central_differences(loss_at, grads, params, directions=1, h=3e-5, rel=1e-5)
 
 
+def _input_of_step(model, sampler, inputs, step, params):
+    """The trajectory's input to sampling step ``step`` (no grad); the parameters' gradients cleared."""
+    trace = []
+    with torch.no_grad():
+        sampler.sample(model, inputs.cond, inputs.noise, trace=trace)
+    for p in params:
+        p.grad = None
+    return trace[step][1]
+
+
 def _alphas(sampler, model, step):
     """ᾱ at sampling step ``step`` and at the step after it (the final ᾱ after the last), float64."""
     sched = sampler.scheduler(model)
@@ -98,13 +108,8 @@ def test_refl_at_t_above_1_matches_central_differences_and_x0_by_hand():
     assert_central_differences(loss_at, grads, params, directions=2)
 
     # x̂0 = (x_t − √(1−ᾱ_t) ε̃) / √ᾱ_t at step T − t, from the trajectory's input to that step.
-    trace = []
-    with torch.no_grad():
-        sampler.sample(model, inputs.cond, inputs.noise, trace=trace)
-    x = trace[step][1]
+    x = _input_of_step(model, sampler, inputs, step, params)
     t, abar, _ = _alphas(sampler, model, step)
-    for p in params:
-        p.grad = None
     eps = guided_eps(model, x, t, inputs.cond, sampler.guidance_scale)
     x0_hat = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
     reward = inputs.reward(model.decode(x0_hat), PROMPTS[:1])
@@ -125,13 +130,8 @@ def test_draft_lv_matches_algorithm_1_written_out(n, split):
     assert out.queries == 1 + n and out.backward_done == split
 
     last = sampler.num_steps - 1
-    trace = []
-    with torch.no_grad():
-        sampler.sample(model, inputs.cond, inputs.noise, trace=trace)
-    x1 = trace[last][1]
+    x1 = _input_of_step(model, sampler, inputs, last, params)
     t, abar, abar_end = _alphas(sampler, model, last)
-    for p in params:
-        p.grad = None
     eps = guided_eps(model, x1, t, inputs.cond, sampler.guidance_scale)
     x0 = abar_end.sqrt() * (x1 - (1 - abar).sqrt() * eps) / abar.sqrt() + (1 - abar_end).sqrt() * eps
     total = reward(model.decode(x0), PROMPTS).sum()
@@ -194,12 +194,7 @@ def test_kl_composes_with_every_builtin_estimator(name):
         wrapped, out = grads_of(KLRegularized(estimator, beta), inputs, params, split=split)
 
         step = sampler.num_steps - int(out.logs.get("refl_t", 1))  # ReFL stops early; the others run to the end
-        trace = []
-        with torch.no_grad():
-            sampler.sample(model, inputs.cond, inputs.noise, trace=trace)
-        x, t = trace[step][1], sampler.timesteps(model)[step]
-        for p in params:
-            p.grad = None
+        x, t = _input_of_step(model, sampler, inputs, step, params), sampler.timesteps(model)[step]
         eps = model.unet(x, t, encoder_hidden_states=inputs.cond.cond).sample
         with torch.no_grad(), adapters_enabled(model.unet, False):
             eps0 = model.unet(x, t, encoder_hidden_states=inputs.cond.cond).sample
