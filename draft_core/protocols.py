@@ -127,7 +127,8 @@ class StepInputs:
 @dataclass
 class EstimatorOutput:
     """loss: scalar to minimise (its gradient is the estimator's). reward: [B], detached,
-    the reward of the batch's samples. queries: reward evaluations per image this step.
+    the reward of the batch's samples. queries: reward evaluations per image this step (0 when
+    the call trains on samples stored by an earlier call, as ddpo and grpo do).
     logs: extra scalars for metrics.jsonl."""
 
     loss: torch.Tensor
