@@ -87,3 +87,11 @@ def test_draft_k_with_jpeg_size_exits_2_before_anything_is_created(tmp_path, cap
     assert "ddpo, grpo" in message and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
+
+
+def test_doodl_refuses_a_reward_without_gradient_and_best_of_n_takes_it():
+    from draft_core.baselines import build_method
+
+    with pytest.raises(ConfigError, match="doodl backpropagates the reward"):
+        build_method("doodl", JpegSize())
+    assert build_method("best-of-n:n=2", JpegSize()).label

@@ -168,6 +168,9 @@ class DOODL(Method):
             raise ConfigError(f"doodl: steps must be a non-negative integer, got {steps!r}.")
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise ConfigError(f"doodl: lr must be a positive number, got {lr!r}.")
+        if reward is not None and not getattr(reward, "differentiable", True):
+            raise ConfigError(f"doodl backpropagates the reward into the initial noise, but {reward!r} has no gradient "
+                              "(it declares differentiable = False); use best-of-n with it, or a differentiable reward.")
         self.steps, self.lr, self.checkpoint = steps, float(lr), bool(checkpoint)
 
     @property

@@ -124,7 +124,8 @@ class StepInputs:
 @dataclass
 class EstimatorOutput:
     """loss: scalar to minimise (its gradient is the estimator's). reward: [B], detached,
-    the reward of the batch's samples. queries: reward evaluations per image this step.
+    the reward of the batch's samples. queries: reward evaluations per image this step (0 when
+    the call trains on samples stored by an earlier call, as ddpo and grpo do).
     logs: extra scalars for metrics.jsonl. backward_done: the estimator already ran the
     backward pass of the whole loss through ``StepInputs.backward``; ``loss`` is then
     its detached value, for logging and the non-finite check only."""
