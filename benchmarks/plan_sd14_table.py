@@ -116,8 +116,8 @@ def markdown(rows: dict) -> str:
         b = r["breakdown_bytes"]
         after = card(r["card_after"])
         if r.get("proposal"):
-            after += f" ({label(case, reward, int(batch.removeprefix('batch ')), r['proposal'])}: " \
-                     f"{r['proposal']['peak_bytes'] / GiB:.1f} GiB, {r['proposal']['cost_ratio']:.2f}x)"
+            after += f": {label(case, reward, int(batch.removeprefix('batch ')), r['proposal'])} " \
+                     f"({r['proposal']['peak_bytes'] / GiB:.1f} GiB, {r['proposal']['cost_ratio']:.2f}x)"
         lines.append(f"| {case} | {reward} | {batch.removeprefix('batch ')} | {r['peak_bytes'] / GiB:.1f} GiB | "
                      f"{(b['base weights'] + b['reward weights']) / GiB:.1f} GiB | {b['activations'] / GiB:.1f} GiB | "
                      f"{r['cost_ratio']:.2f}x | {card(r['card_before'])} | {after} |")
