@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from draft_core.rewarding.preprocess import CLIP_224, ImagePreprocess
-from draft_rewards.hub import from_pretrained
+from draft_rewards.hub import from_pretrained, pretrained_available
 from draft_rewards.pretrained import PretrainedReward
 
 CLIP_L14 = "openai/clip-vit-large-patch14"
@@ -83,15 +83,16 @@ class ClipScore(PretrainedReward):
             raise ValueError(f"{self.reward_name}: model must be a hub id or a local folder, got {model!r}.")
         self.model = model
 
+    EXPECTED = "a folder written by CLIPModel.save_pretrained (config.json and weights)"
+
+    def check_available(self) -> None:
+        pretrained_available(self.model, reward=self.reward_name, option="model", expected=self.EXPECTED)
+
     def load(self) -> nn.Module:
         from transformers import CLIPModel
 
         return from_pretrained(
-            CLIPModel.from_pretrained,
-            self.model,
-            reward=self.reward_name,
-            option="model",
-            expected="a folder written by CLIPModel.save_pretrained (config.json and weights)",
+            CLIPModel.from_pretrained, self.model, reward=self.reward_name, option="model", expected=self.EXPECTED,
             dtype=torch.float32,
         )
 

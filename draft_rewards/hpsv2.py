@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from draft_core.rewarding.preprocess import OPEN_CLIP_LONGEST_224, ImagePreprocess
-from draft_rewards.hub import hub_file, load_state_dict_file, load_strict, local_path
+from draft_rewards.hub import hub_file, hub_file_available, load_state_dict_file, load_strict, local_path
 from draft_rewards.pretrained import PretrainedReward
 
 HPS_REPO = "xswu/HPSv2"
@@ -87,6 +87,12 @@ class HPSv2(PretrainedReward):
         if self.path is not None:
             return local_path(self.path, reward="hpsv2", option="path", expected=f"an HPSv2 checkpoint ({HPS_FILES[self.version]})")
         return hub_file(HPS_REPO, HPS_FILES[self.version], reward="hpsv2", option="path")
+
+    def check_available(self) -> None:
+        if self.path is not None:
+            self.checkpoint_file()
+        else:
+            hub_file_available(HPS_REPO, HPS_FILES[self.version], reward="hpsv2", option="path")
 
     def load(self) -> nn.Module:
         path = self.checkpoint_file()  # before building the model: a missing file fails fast

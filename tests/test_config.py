@@ -110,6 +110,10 @@ def test_plugin_section_shorthand_in_yaml(tmp_path):
         ("train.lr_decay=sqrt", lambda c: c.train.lr_decay, "sqrt"),
         ("lora.alpha=16", lambda c: c.lora.alpha, 16.0),
         ("lora.targets=[to_q, to_v]", lambda c: c.lora.targets, ["to_q", "to_v"]),
+        ("lora.targets=attention+ff", lambda c: c.lora.targets, "attention+ff"),
+        ("train.checkpoint_decode=false", lambda c: c.train.checkpoint_decode, False),
+        ("train.checkpoint_reward=true", lambda c: c.train.checkpoint_reward, True),
+        ("train.checkpoint_reward=auto", lambda c: c.train.checkpoint_reward, "auto"),
         ("model.name=/some/folder", lambda c: c.model.name, "/some/folder"),
         ("model.revision=null", lambda c: c.model.revision, None),
         ("sampler.guidance_scale=1.0", lambda c: c.sampler["guidance_scale"], 1.0),
@@ -290,6 +294,18 @@ def test_yaml_that_is_a_list(tmp_path):
 def test_range_checks(override, key):
     message = config_error(overrides=[override])
     assert f"'{key}'" in message and "must" in message
+
+
+@pytest.mark.parametrize("override", ["train.mixed_precision=fp16", "model.dtype=float16"])
+def test_float16_training_is_refused_with_the_reason(override):
+    message = config_error(overrides=[override])
+    assert f"'{override.split('=')[0]}'" in message and "loss scaling" in message and "bfloat16" in message
+
+
+def test_lora_targets_name_a_known_set():
+    message = config_error(overrides=["lora.targets=attention"])
+    assert "'attention'" in message and "cross-attention+ff" in message and "attention+ff" in message
+    assert "'train.checkpoint_decode'" in config_error(overrides=["train.checkpoint_decode=sometimes"])
 
 
 @pytest.mark.parametrize("override", ["train.lr=.nan", "train.grad_clip=.nan"])

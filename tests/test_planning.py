@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -223,23 +222,17 @@ def test_smallest_card():
     assert smallest_card(23 * 2**30) == 24 and smallest_card(41 * 2**30) == 48 and smallest_card(81 * 2**30) is None
 
 
-def test_candidates_include_checkpointing_once_the_config_has_it(monkeypatch):
-    import draft_core.config.schema as schema
+def test_candidates_propose_checkpointing_only_where_it_is_off():
     from draft_core.planning import fitting
 
     config = load_config(None, TINY + ["estimator.name=draft", "train.batch_size=4"])
     labels = [p.label for p in fitting.candidates(config)]
-    assert not any("checkpoint" in label for label in labels)  # this draft has no such keys yet
+    assert not any("checkpoint the" in label and "UNet" not in label for label in labels)  # "auto": on already
     assert "micro-batches of 1 x 4 (4 samples per update, as now)" in labels
     assert "DRaFT-K, K=1 (instead of full DRaFT)" in labels
 
-    @dataclasses.dataclass
-    class WithCheckpointing(schema.TrainSection):
-        checkpoint_decode: bool = False
-        checkpoint_reward: bool = False
-
-    monkeypatch.setattr(schema, "TrainSection", WithCheckpointing)
-    config.train = WithCheckpointing(**dataclasses.asdict(config.train))
+    config = load_config(None, TINY + ["estimator.name=draft", "train.batch_size=4",
+                                       "train.checkpoint_decode=false", "train.checkpoint_reward=false"])
     found = {p.label: p for p in fitting.candidates(config)}
     both = found["checkpoint the VAE decode and the reward model"]
     assert both.overrides == ["train.checkpoint_decode=true", "train.checkpoint_reward=true"]
@@ -255,9 +248,11 @@ def test_a_budget_that_a_change_meets_lists_it_first():
     assert {tuple(p.overrides) for p in proposals} == {("train.batch_size=1", "train.grad_accum=2"), ("estimator.n=0",)}
     assert proposals[0].fits(plan.peak - 1)
     micro = next(p for p in proposals if p.overrides[0] == "train.batch_size=1")
-    # the same samples per update, in two micro-steps: about the same FLOPs, about half the activations
+    # the same samples per update, in two micro-steps: about the same FLOPs, fewer activations at the
+    # peak (not half: DRaFT-LV runs the sample's and the copies' backward passes one at a time, so
+    # its peak also holds what does not scale with the batch)
     assert micro.peak < plan.peak and micro.trace.flops == pytest.approx(plan.flops, rel=0.02)
-    assert micro.trace.breakdown["activations"] < 0.6 * plan.breakdown["activations"]
+    assert micro.trace.breakdown["activations"] < 0.95 * plan.breakdown["activations"]
 
 
 def test_a_budget_nothing_meets_is_a_clear_error():

@@ -15,9 +15,11 @@ from draft_core.errors import DraftError
 
 def build_parser() -> argparse.ArgumentParser:
     from draft_core.cli import eval as cli_eval, lora as cli_lora, plugins as cli_plugins, sample as cli_sample
+    from draft_core import __version__
     from draft_core.cli import plan as cli_plan, score as cli_score, train as cli_train
 
     p = argparse.ArgumentParser(prog="draft", description="Fine-tune diffusion models on differentiable rewards (DRaFT).")
+    p.add_argument("--version", action="version", version=f"draft {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for command in (cli_plugins, cli_train, cli_plan, cli_sample, cli_eval, cli_lora, cli_score):
         command.add_parser(sub)
@@ -34,7 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `draft plugins --json | head`: the reader left; no traceback, and none at exit either.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except DraftError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,11 +16,12 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return shlex.join(argv)
 
 
-def write_model_card(folder: str | Path, info: dict) -> Path:
+def write_model_card(folder: str | Path, info: dict, location: str | Path | None = None) -> Path:
     """``folder/README.md``: a YAML header (diffusers' model-card fields) and a table of ``info``.
 
     info keys used: base_model, rewards, estimator, steps, final_reward, command, and any others
-    (shown as extra rows).
+    (shown as extra rows). location: where the LoRA will be read from, for the usage lines
+    (default ``folder``; a folder filled under a temporary name passes its final path).
     """
     import yaml
 
@@ -35,12 +36,13 @@ def write_model_card(folder: str | Path, info: dict) -> Path:
     rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in info.items() if k != "command")
     from draft_core.models.loading import EMBEDDED
 
-    usage = f"`draft sample --model {base} --lora {folder}:1.0 --prompt ...`"
+    where = Path(location) if location is not None else folder
+    usage = f"`draft sample --model {base} --lora {where}:1.0 --prompt ...`"
     if base not in EMBEDDED:  # an embedded model is no diffusers pipeline to from_pretrained
         usage = (
             "```python\nfrom diffusers import StableDiffusionPipeline\n"
             f"pipe = StableDiffusionPipeline.from_pretrained({base!r})\n"
-            f"pipe.load_lora_weights({str(folder)!r})\n```\n\nor {usage}"
+            f"pipe.load_lora_weights({str(where)!r})\n```\n\nor {usage}"
         )
     text = (
         f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n"

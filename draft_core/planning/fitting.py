@@ -63,7 +63,7 @@ def candidates(config: Config, device_type: str = "cuda") -> list[Proposal]:
     """Every single change this config admits (see the module doc), untraced."""
     out: list[Proposal] = []
     fields = train_fields()
-    ckpt = [k for k in CHECKPOINT_KEYS if k in fields and not getattr(config.train, k)]
+    ckpt = [k for k in CHECKPOINT_KEYS if k in fields and getattr(config.train, k) is False]  # "auto" is on where it saves
     for key in ckpt:
         out.append(Proposal(CHECKPOINT_KEYS[key], [f"train.{key}=true"], KINDS[0]))
     if len(ckpt) > 1:
