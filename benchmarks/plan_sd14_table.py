@@ -10,7 +10,11 @@ meta device. For each row: the predicted peak and its split, the step's FLOPs ov
 alone, the smallest card (24/40/48/80 GiB) it fits, and, for a row that does not fit 24 GiB,
 the fitting proposals (``draft plan --budget``) against each card in turn: the smallest card
 that some proposal fits, and the cheapest such proposal. SD 1.4 first: other model families
-join the table when draft supports them.
+join the table when draft supports them. ``--set`` and ``--tag`` add rows with other settings,
+e.g. without the decode and reward checkpointing that draft turns on by default:
+
+    python benchmarks/plan_sd14_table.py --rewards hpsv2 --set train.checkpoint_decode=false \
+        --set train.checkpoint_reward=false --tag "decode/reward not checkpointed" --out ...
 """
 
 from __future__ import annotations
@@ -33,13 +37,13 @@ REWARDS = ("hpsv2", "pickscore")
 GiB = 2**30
 
 
-def row_config(case: str, reward: str, batch: int):
+def row_config(case: str, reward: str, batch: int, extra: list[str] = ()):
     from draft_core.config import load_config
 
     return load_config(None, [
         "model.name=CompVis/stable-diffusion-v1-4", "model.dtype=bfloat16", "sampler.name=ddim", "sampler.steps=50",
         "sampler.guidance_scale=7.5", "lora.rank=32", f"train.batch_size={batch}", f"reward.name={reward}",
-        f"estimator={json.dumps(CASES[case])}",
+        f"estimator={json.dumps(CASES[case])}", *extra,
     ])
 
 
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rewards", nargs="+", default=list(REWARDS), choices=list(REWARDS))
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for every row")
+    ap.add_argument("--tag", default="", help="appended to each row's key (rows with other overrides)")
     ap.add_argument("--markdown", action="store_true", help="only print the table of the rows in --out")
     a = ap.parse_args(argv)
     if a.markdown:
@@ -63,14 +69,14 @@ def main(argv: list[str] | None = None) -> dict:
     for batch in a.batches:
         for reward in a.rewards:
             for case in a.cases:
-                key = f"{case} | {reward} | batch {batch}"
+                key = f"{case} | {reward} | batch {batch}" + (f" | {a.tag}" if a.tag else "")
                 if key in rows:
                     continue
                 t0 = time.perf_counter()
-                config = row_config(case, reward, batch)
+                config = row_config(case, reward, batch, a.set)
                 trace = plan_step(config, "cuda")
                 before = smallest_card(trace.peak)
-                row = {"peak_bytes": trace.peak, "breakdown_bytes": trace.breakdown, "flops": trace.flops,
+                row = {"set": a.set, "peak_bytes": trace.peak, "breakdown_bytes": trace.breakdown, "flops": trace.flops,
                        "cost_ratio": trace.cost_ratio, "card_before": before, "card_after": before, "proposal": None}
                 if before != CARDS_GIB[0]:
                     proposals = propose(config, CARDS_GIB[0] * GiB, "cuda",
@@ -94,11 +100,11 @@ def main(argv: list[str] | None = None) -> dict:
     return {"rows": rows}
 
 
-def label(case: str, reward: str, batch: int, proposal: dict) -> str:
+def label(case: str, reward: str, batch: int, proposal: dict, extra: list[str] = ()) -> str:
     """The proposal's label as draft plan words it now (a combination keeps its own)."""
     from draft_core.planning.fitting import candidates
 
-    for p in candidates(row_config(case, reward, batch)):
+    for p in candidates(row_config(case, reward, batch, extra)):
         if p.overrides == proposal["set"]:
             return p.label
     return proposal["label"]
@@ -108,17 +114,18 @@ def markdown(rows: dict) -> str:
     def card(c):
         return f"{c} GiB" if c else "> 80 GiB"
 
-    lines = ["| estimator | reward | batch | predicted peak | weights (base + reward) | activations at peak | "
+    lines = ["| estimator | reward | batch | settings | predicted peak | weights (base + reward) | activations at peak | "
              "step cost / sampling | smallest card | after fitting |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, r in rows.items():
-        case, reward, batch = key.split(" | ")
+        case, reward, batch, *tag = key.split(" | ")
         b = r["breakdown_bytes"]
         after = card(r["card_after"])
         if r.get("proposal"):
-            after += f" ({label(case, reward, int(batch.removeprefix('batch ')), r['proposal'])}: " \
-                     f"{r['proposal']['peak_bytes'] / GiB:.1f} GiB, {r['proposal']['cost_ratio']:.2f}x)"
-        lines.append(f"| {case} | {reward} | {batch.removeprefix('batch ')} | {r['peak_bytes'] / GiB:.1f} GiB | "
+            after += f": {label(case, reward, int(batch.removeprefix('batch ')), r['proposal'], r.get('set', []))} " \
+                     f"({r['proposal']['peak_bytes'] / GiB:.1f} GiB, {r['proposal']['cost_ratio']:.2f}x)"
+        lines.append(f"| {case} | {reward} | {batch.removeprefix('batch ')} | {tag[0] if tag else 'defaults'} | "
+                     f"{r['peak_bytes'] / GiB:.1f} GiB | "
                      f"{(b['base weights'] + b['reward weights']) / GiB:.1f} GiB | {b['activations'] / GiB:.1f} GiB | "
                      f"{r['cost_ratio']:.2f}x | {card(r['card_before'])} | {after} |")
     return "\n".join(lines)
