@@ -2,8 +2,9 @@
 
 Run folder: ``config.yaml`` (resolved), ``metrics.jsonl`` (one row per optimiser step),
 ``lora/`` (diffusers format, refreshed at each checkpoint), ``samples/`` (grids for fixed
-prompts and seeds), ``reward_curve.png`` and ``checkpoints/``. The runner knows no
-concrete sampler, estimator or reward: it builds them by name through the registry.
+prompts and seeds), ``reward_curve.png``, ``report.html`` (draft_core.report) and
+``checkpoints/``. The runner knows no concrete sampler, estimator or reward: it builds them
+by name through the registry.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from draft_core.lora import add_lora, load_lora_state, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve, save_before_after, save_grid
 from draft_core.plugins.protocols import StepInputs
+from draft_core.report import refresh_report
 from draft_core.training.components import Components
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
 from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state, set_rng_state
@@ -291,7 +293,9 @@ class Trainer:
             cond = self._condition(self.model.encode_prompts(prompts[i : i + 8]))
             x = self.c.sampler.sample(self.model, cond, noise[i : i + 8], generator=gen)
             images.append(self.model.decode(x))
-        return save_grid(torch.cat(images), self.run_dir / "samples" / f"{tag}.png", nrow=len(base))
+        path = save_grid(torch.cat(images), self.run_dir / "samples" / f"{tag}.png", nrow=len(base))
+        refresh_report(self.run_dir, self.log)  # report.html shows every grid: rewritten with each new one
+        return path
 
     def save(self, rng: dict[str, torch.Tensor] | None = None) -> None:
         """Checkpoint the state after ``self.step`` completed steps (``rng``: that moment's RNG
