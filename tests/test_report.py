@@ -29,6 +29,7 @@ def test_page_is_one_self_contained_file(tmp_path):
     assert [g["step"] for g in data["runs"][0]["grids"]] == list(GRID_STEPS)
     reward = data["charts"]["reward"]["series"][0]
     assert reward["x"] == list(range(1, STEPS + 1)) and reward["y"][SKIPPED - 1] is None
+    assert reward["hi"][0] - reward["y"][0] == pytest.approx(0.1) and reward["lo"][SKIPPED - 1] is None  # ± std
     val = data["charts"]["val/ink-coverage"]["series"][0]
     assert val["x"] == [10, 20, 30] and val["y"] == pytest.approx([0.21, 0.22, 0.23])
     assert {"kl", "loss", "grad_norm", "lr", "seconds"} <= set(data["other"])
@@ -100,6 +101,9 @@ def test_page_in_a_browser(browser, tmp_path):
     assert len(re.findall(r"[ML]", d)) == STEPS - 1 and d.count("M") == 2  # the skipped step breaks the line
     d = b.js("document.querySelector('path.line[data-series=\"val/ink-coverage\"]').getAttribute('d')")
     assert d.count("M") == 1 and d.count("L") == 2  # validation points every 10 steps, joined
+    assert b.js("document.querySelectorAll('[data-chart=\"reward\"] path[fill-opacity]').length") == 1  # the std band
+    markers = "document.querySelectorAll('[data-chart=\"%s\"] g[clip-path] circle').length"
+    assert b.js(markers % "val/ink-coverage") == 3 and b.js(markers % "other") == 0  # a marker for each sparse point
 
     # Hover: the tooltip shows the value at the nearest step.
     x, y, w, h = chart_box(b, "reward")

@@ -40,10 +40,11 @@ def reward_chart(runs: list[RunData]) -> dict:
         color, label = COLORS[i % len(COLORS)], (run.name if len(runs) > 1 else "reward (batch mean)")
         s = run.series[REWARD]
         extra = {}
-        std = run.series.get("reward_std")
-        if std and std.x == s.x and len(runs) == 1:
-            extra = {"lo": [y - d if y is not None and d is not None else y for y, d in zip(s.y, std.y)],
-                     "hi": [y + d if y is not None and d is not None else y for y, d in zip(s.y, std.y)]}
+        if "reward_std" in run.series and len(runs) == 1:  # the ± std band, for one run only
+            std = dict(zip(run.series["reward_std"].x, run.series["reward_std"].y))
+            ds = [std.get(x) or 0.0 for x in s.x]
+            extra = {"lo": [y - d if y is not None else None for y, d in zip(s.y, ds)],
+                     "hi": [y + d if y is not None else None for y, d in zip(s.y, ds)]}
         window = max(1, len(s.finite()) // 20)
         series.append({"name": label, "group": label, "color": color, "x": s.x, "y": s.y, "width": 1,
                        "opacity": 0.55 if window > 1 else 1, **extra})
@@ -59,8 +60,9 @@ def metric_chart(runs: list[RunData], key: str) -> dict:
         if key in run.series:
             s = run.series[key]
             label = run.name if len(runs) > 1 else key
+            sparse = len(s.x) <= 12 or 2 * len(s.x) <= len(run.steps)  # e.g. validation every N steps
             series.append({"name": label, "group": label, "color": COLORS[i % len(COLORS)], "x": s.x, "y": s.y,
-                           "markers": len(s.finite()) <= 60})  # sparse (validation) points: mark each one
+                           "markers": sparse})  # mark each of a few points
     return {"title": key, "xlabel": "step", "series": series}
 
 
