@@ -21,6 +21,13 @@ Peak memory of a step (``peak_memory``), measured in a fresh process per case
   that grows up to 32 MiB), freed activations stay in the heap and fragment it, and a
   long backward pass (full DRaFT: one recomputation per step) shows a peak that grows
   with the number of steps although the live tensors do not (``--glibc-default``).
+
+The CPU probe also reports ``tensor_peak_mib`` (``tensor_peak``): the peak of the bytes of
+live tensors during a second run of the step, from the allocation and free events of
+PyTorch's CPU allocator that ``torch.profiler`` records (``profile_memory``), above those
+alive before it: the CPU counterpart of CUDA's ``max_memory_allocated``, without the
+allocator's heap, Python objects or autograd's own bookkeeping (which grows by some
+100 KiB per checkpointed sampling step, whatever the model's size).
 """
 
 from __future__ import annotations
@@ -35,13 +42,14 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from draft_core.lora import add_lora
+from draft_core.memory import CheckpointedReward
 from draft_core.models import load_model
 from draft_core.models.digits.data import PROMPTS as DIGIT_PROMPTS
 from draft_core.plugins import load_registry
@@ -61,7 +69,13 @@ CASES: dict[str, dict[str, Any] | None] = {
     "draft-lv n=4": {"name": "draft-lv", "n": 4},
     "refl m=20": {"name": "refl", "m": 20},
     "dpg states=2": {"name": "dpg", "states": 2},
+    "ddpo": {"name": "ddpo"},
+    "grpo G=4": {"name": "grpo", "group_size": 4},
 }
+
+# Cases whose estimator samples with noise (its policy is each step's Gaussian): DDIM with
+# eta = 1, as DDPO samples; the others use the deterministic DDIM of the Bench.
+STOCHASTIC_CASES = {"ddpo", "grpo G=4"}
 
 # Cases that only some models can run: dpg adapts the reward's network as its critic, so it
 # needs a network reward (digits' classifier), not JPEG.
@@ -124,11 +138,23 @@ class Bench:
         inputs = self.inputs(seed)
         return self.model.decode(self.sampler.sample(self.model, inputs.cond, inputs.noise, generator=inputs.generator))
 
-    def train_step(self, estimator: Any, seed: int = 0) -> EstimatorOutput:
-        out = estimator(self.inputs(seed))
-        out.loss.backward()
+    def stochastic_sampler(self) -> Any:
+        """DDIM with eta = 1 and the Bench sampler's steps and guidance (DDPO's sampler)."""
+        return self.registry.build("sampler", "ddim", steps=self.steps, guidance_scale=self.sampler.guidance_scale, eta=1.0)
+
+    def train_step(self, estimator: Any, seed: int = 0, sampler: Any = None) -> EstimatorOutput:
+        """As the runner runs it: the reward checkpointed by its default (``"auto"``), the
+        estimator free to run its own backward passes, its hook after the update."""
+        inputs = replace(self.inputs(seed), reward=CheckpointedReward(self.reward), backward=lambda loss: loss.backward())
+        if sampler is not None:
+            inputs.sampler = sampler
+        out = estimator(inputs)
+        if not out.backward_done:
+            out.loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if hasattr(estimator, "on_optimizer_step"):
+            estimator.on_optimizer_step(True)
         return out
 
     def runner(self, case: str) -> Callable[[int], Any]:
@@ -136,7 +162,8 @@ class Bench:
         est = self.estimator(case)
         if est is None:
             return self.sample_alone
-        return lambda seed=0: self.train_step(est, seed)
+        sampler = self.stochastic_sampler() if case in STOCHASTIC_CASES else None
+        return lambda seed=0: self.train_step(est, seed, sampler)
 
 
 def make_bench(model_name: str, steps: int, batch: int, device: str | None = None,
@@ -244,6 +271,22 @@ def peak_memory(run: Callable[[], Any], device) -> dict[str, Any]:
     return {"peak_mib": (peak - before) / 1024, "method": "VmHWM (peak RSS, reset before the step) - VmRSS before"}
 
 
+def tensor_peak(run: Callable[[], Any]) -> float:
+    """Peak MiB of live tensors on the CPU during ``run()``, above those alive before it
+    (see the module doc); traced by ``torch.profiler``, so slower than ``run()`` alone."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type().name == "CPU")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
+
+
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
@@ -271,6 +314,8 @@ def _memory_main(argv: list[str]) -> None:
     run = bench.runner(args.case)
     warm_up(bench)
     result = peak_memory(lambda: run(0), bench.model.device)
+    if torch.device(bench.model.device).type == "cpu":
+        result["tensor_peak_mib"] = tensor_peak(lambda: run(0))
     result.update(model=args.model, case=args.case, steps=args.steps, batch=args.batch,
                   malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"))
     print(json.dumps(result))
@@ -285,12 +330,16 @@ def _memory_table_main(argv: list[str]) -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     rows = {case: memory_in_subprocess(args.model, case, args.steps, args.batch, glibc_default=args.glibc_default)
-            for case in CASES}
+            for m, case in pairs() if m == args.model}
     base = rows["draft-k K=1"]["peak_mib"]
     print(f"{args.model}, {args.steps} DDIM steps, batch {args.batch}, malloc: "
           f"{'glibc default' if args.glibc_default else MMAP_ENV}")
+    tensors = rows["draft-k K=1"].get("tensor_peak_mib")
     for case, row in rows.items():
-        print(f"  {case:20s} {row['peak_mib']:8.1f} MiB  {row['peak_mib'] / base:5.2f}x DRaFT-1")
+        line = f"  {case:20s} {row['peak_mib']:8.1f} MiB  {row['peak_mib'] / base:5.2f}x DRaFT-1"
+        if tensors:
+            line += f"   live tensors {row['tensor_peak_mib']:7.1f} MiB  {row['tensor_peak_mib'] / tensors:5.2f}x"
+        print(line)
     write_json(args.out, {"model": args.model, "steps": args.steps, "batch": args.batch,
                           "glibc_default": args.glibc_default, "rows": rows})
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from draft_core.testing.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread, as the core's tests)
+from draft_core.testing.fixtures import one_thread, suite_threads  # noqa: F401  (autouse: one intra-op thread, as the core's tests)
 
 SMOKE_STEPS, SMOKE_BATCH = 2, 1
 
@@ -118,6 +118,6 @@ def pytest_terminal_summary(terminalreporter, config):
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {k: state[k] for k in ("steps", "batch", "rounds")}
-        payload.update(results=state["results"], targets=targets, torch_threads=1, torch=torch.__version__)
+        payload.update(results=state["results"], targets=targets, torch_threads=suite_threads(), torch=torch.__version__)
         path.write_text(json.dumps(payload, indent=2))
         terminalreporter.write_line(f"wrote {path}")

@@ -33,42 +33,13 @@ from draft_core.lora import add_lora, lora_parameters
 from draft_core.models.pipeline import DiffusionModel
 from draft_core.models.tiny import SD14_SCHEDULER_CONFIG, tiny_text_config, tiny_unet_config, tiny_vae_config
 from draft_core.models.tokenizer import offline_clip_tokenizer
+from draft_core.planning.architectures import sd14_text_config, sd14_unet_config, sd14_vae_config
 from draft_core.plugins import load_registry
 from draft_core.rewarding.preprocess import OPEN_CLIP_LONGEST_224
 
 CASES = ["sampling", "draft-k K=1", "draft-lv n=2", "draft-k K=10", "draft (full, ckpt)"]
 PROMPTS = ["a photo of a corgi wearing a red scarf", "an oil painting of a lighthouse at dawn",
            "a raccoon washing dishes", "a watercolor of a mountain village"]
-
-
-def sd14_unet_config() -> dict:
-    return dict(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        mid_block_type="UNetMidBlock2DCrossAttn",
-        attention_head_dim=8, cross_attention_dim=768, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
-        flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, use_linear_projection=False,
-    )
-
-
-def sd14_vae_config() -> dict:
-    return dict(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-        block_out_channels=(128, 256, 512, 512), norm_num_groups=32, act_fn="silu", scaling_factor=0.18215,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )
-
-
-def sd14_text_config():
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-        max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu", projection_dim=768,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    )
 
 
 def build_sd14(tiny: bool) -> DiffusionModel:

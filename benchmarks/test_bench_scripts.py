@@ -10,7 +10,9 @@ import torch
 
 import fig_k_effect
 import fig_lora_mixing
+import fig_rl_vs_draft
 import fig_sample_efficiency
+import gpu_plan_check
 import gpu_sd14
 import step_cost
 
@@ -41,6 +43,15 @@ def test_gpu_script_runs_at_tiny_scale_on_cpu(tmp_path):
     assert all(r["median_s"] > 0 and r["peak_mib"] > 0 for r in rows.values())
     # DRaFT-LV decodes and scores 1 + n images per sample: its step needs more memory than DRaFT-1's.
     assert rows["draft-lv n=2"]["peak_mib"] > rows["draft-k K=1"]["peak_mib"]
+    assert json.loads(out.read_text())["steps"] == 2
+
+
+def test_gpu_plan_check_runs_at_tiny_scale_on_cpu(tmp_path):
+    out = tmp_path / "plan.json"
+    res = gpu_plan_check.main(["--tiny", "--batches", "1", "--cases", "DRaFT-1", "full DRaFT", "--out", str(out)])
+    assert set(res["rows"]) == {"DRaFT-1 | hpsv2 | batch 1", "full DRaFT | hpsv2 | batch 1"}
+    for row in res["rows"].values():
+        assert abs(row["ratio_to_tally"] - 1) < 0.10 and row["rss_step_mib"] > 0
     assert json.loads(out.read_text())["steps"] == 2
 
 
@@ -109,3 +120,37 @@ def test_peer_script_at_toy_scale():
                          "--ttr-steps", "2", "--ttr-max", "2", "--smooth", "1"])
     assert res["time_per_step_fixed"]["ratio_ours_to_trl"] > 0
     assert len(res["time_to_reward"]["reward_means"]["trl"]) == 2
+
+
+def test_rl_vs_draft_script_at_toy_scale(runs):
+    res = fig_rl_vs_draft.main(["--quick", "--out", str(runs / "rl")])
+    assert set(res["curves"]) == {"digit-classifier", "jpeg-size"} and (runs / "rl.png").stat().st_size > 0
+    for panel, curves in res["curves"].items():
+        # the same base model under the same evaluation sampler starts every curve of a panel
+        assert max(c["mean"][0] for c in curves.values()) == pytest.approx(min(c["mean"][0] for c in curves.values()))
+    c = res["curves"]["digit-classifier"]
+    # queries as the runner counts them: DRaFT-LV 1 + n per image, GRPO G per prompt, DDPO one per sampled image
+    assert c["DRaFT-LV n=2"]["queries"][-1] == 3 * c["DRaFT-1"]["queries"][-1]
+    assert c["GRPO G=2"]["queries"][-1] == 2 * 2 and c["DDPO"]["queries"][-1] == 2 * 2
+    assert "mean_own_sampler" in c["DDPO"] and json.loads((runs / "rl.json").read_text())["comparison"]
+
+
+def test_rl_vs_draft_targets_and_censoring():
+    rl = {"mean": [-3.0, -2.5, -2.0, -2.2], "queries": [0, 40, 80, 120], "seconds": [0, 10, 20, 30], "step": [0, 10, 20, 30]}
+    fast = {"mean": [-3.0, -1.0], "queries": [0, 10], "seconds": [0, 4], "step": [0, 5]}
+    res = fig_rl_vs_draft.compare({"DDPO": rl, "LV": fast}, "DDPO", "LV")
+    # DDPO's best, -2.0, at 80 queries / 20 s; LV crosses it halfway between its evaluations: 5 queries, 2 s
+    assert res["target"] == -2.0 and res["draft_queries"] == pytest.approx(5) and res["queries_ratio"] == pytest.approx(16)
+    assert res["seconds_ratio"] == pytest.approx(10) and not res["ratio_is_upper_bound"]
+    # with step costs measured side by side: DDPO's 20 steps at 3 s against LV's 2.5 steps at 1 s
+    res = fig_rl_vs_draft.compare({"DDPO": rl, "LV": fast}, "DDPO", "LV", {"DDPO": 3.0, "LV": 1.0})
+    assert res["seconds_ratio_interleaved"] == pytest.approx(24)
+    slow = {"mean": [-3.0, -2.8], "queries": [0, 10], "seconds": [0, 4], "step": [0, 5]}
+    res = fig_rl_vs_draft.compare({"DDPO": rl, "LV": slow}, "DDPO", "LV")
+    assert not res["draft_reached"] and res["ratio_is_upper_bound"] and res["queries_ratio"] == pytest.approx(8)
+    # the other way round: LV's best (-2.8 at 10 queries) is reached by DDPO at 40 queries (interpolated)
+    assert res["at_draft_best"]["rl_queries"] == pytest.approx(40 * 0.2 / 0.5) and res["at_draft_best"]["rl_reached"]
+    res = fig_rl_vs_draft.compare({"DDPO": rl, "LV": fast}, "DDPO", "LV")["at_draft_best"]
+    assert not res["rl_reached"] and res["ratio_is_lower_bound"] and res["queries_ratio"] == pytest.approx(12)
+    flat = {"mean": [-3.0, -3.1], "queries": [0, 10], "seconds": [0, 1], "step": [0, 5]}
+    assert fig_rl_vs_draft.compare({"DDPO": flat, "LV": fast}, "DDPO", "LV")["improved"] is False

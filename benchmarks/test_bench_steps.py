@@ -79,7 +79,7 @@ def test_every_built_in_estimator_has_a_benchmark_case():
     builtin = {e.name for e in load_registry().entries("estimator")
                if e.plugin == "draft_estimators" and not getattr(e.factory, "wraps_estimator", False)}  # kl wraps the others
     covered = {section["name"] for section in CASES.values() if section is not None}
-    assert {"draft", "draft-k", "draft-lv", "refl", "dpg"} <= builtin
+    assert {"draft", "draft-k", "draft-lv", "refl", "dpg", "ddpo", "grpo"} <= builtin
     assert builtin <= covered, f"estimators without a benchmark case: {sorted(builtin - covered)}"
 
 

@@ -23,6 +23,7 @@ import yaml
 from draft_core.config import load_config
 from draft_core.lora import lora_state, save_lora
 from draft_core.models.digits.data import PROMPTS
+from draft_core.plugins import load_registry
 from draft_core.training.components import build_components
 from draft_core.training.runner import Trainer
 
@@ -37,11 +38,12 @@ def paper_scaled(value_at_50: int, steps: int) -> int:
 
 
 def settings(estimator: dict, seed: int, *, sampler_steps: int, batch: int, lr: float,
-             reward: dict | None = None, lora_rank: int = 4) -> dict:
+             reward: dict | None = None, lora_rank: int = 4, sampler: dict | None = None) -> dict:
+    """A run's config; ``sampler``: extra DDIM arguments (e.g. eta for the policy-gradient estimators)."""
     return {
         "model": {"name": "digits"},
         "lora": {"rank": lora_rank},
-        "sampler": {"name": "ddim", "steps": sampler_steps, "guidance_scale": 7.5},
+        "sampler": {"name": "ddim", "steps": sampler_steps, "guidance_scale": 7.5, **(sampler or {})},
         "estimator": dict(estimator),
         "reward": dict(reward or REWARD_8),
         "prompts": {"source": "digits"},
@@ -60,14 +62,15 @@ def make_trainer(raw: dict, folder: Path) -> Trainer:
 
 
 @torch.no_grad()
-def evaluate(trainer: Trainer, n_per_prompt: int = 1, seed: int = 1234) -> float:
-    """Mean reward of full samples for the ten digit prompts with fixed noise."""
-    model, sampler = trainer.model, trainer.c.sampler
+def evaluate(trainer: Trainer, n_per_prompt: int = 1, seed: int = 1234, judge=None, sampler=None) -> float:
+    """Mean reward (the training reward, or ``judge``) of full samples for the ten digit prompts
+    with fixed noise, sampled with the run's own sampler (or ``sampler``)."""
+    model, sampler = trainer.model, sampler or trainer.c.sampler
     prompts = [p for p in PROMPTS for _ in range(n_per_prompt)]
     gen = torch.Generator().manual_seed(seed)
     noise = model.make_noise(len(prompts), gen)
     images = model.decode(sampler.sample(model, model.encode_prompts(prompts), noise, generator=gen))
-    return trainer.c.reward(images, prompts).mean().item()
+    return (judge or trainer.c.reward)(images, prompts).mean().item()
 
 
 def tag_of(raw: dict, n_steps: int, eval_every: int) -> str:
@@ -76,7 +79,8 @@ def tag_of(raw: dict, n_steps: int, eval_every: int) -> str:
     rew = raw["reward"]
     rew_tag = rew["name"] + "".join(f"-{k}{v}" for k, v in sorted(rew.items()) if k != "name")
     t = raw["train"]
-    return (f"{est_tag}_{rew_tag}_T{raw['sampler']['steps']}_b{t['batch_size']}_lr{t['lr']:g}"
+    samp = "".join(f"-{k}{v}" for k, v in sorted(raw["sampler"].items()) if k not in ("name", "steps", "guidance_scale"))
+    return (f"{est_tag}_{rew_tag}_T{raw['sampler']['steps']}{samp}_b{t['batch_size']}_lr{t['lr']:g}"
             f"_n{n_steps}_e{eval_every}_s{t['seed']}")
 
 
@@ -85,29 +89,53 @@ def runs_dir() -> Path:
     return Path(os.environ.get("DRAFT_BENCH_RUNS", RUNS))
 
 
-def train_run(raw: dict, n_steps: int, eval_every: int, *, log=print) -> dict[str, Any]:
-    """Train (or load the cached result of) one run; returns its record."""
-    folder = runs_dir() / tag_of(raw, n_steps, eval_every)
+def train_run(raw: dict, n_steps: int, eval_every: int, *, log=print, judge: dict | None = None,
+              eval_sampler: dict | None = None) -> dict[str, Any]:
+    """Train (or load the cached result of) one run; returns its record. judge: a reward section
+    to evaluate with instead of the training reward (e.g. the real JPEG size). eval_sampler: a
+    sampler section to evaluate with instead of the run's own (whose reward is then kept as
+    ``reward_own`` beside it)."""
+    tag = tag_of(raw, n_steps, eval_every)
+    for key, section in (("judge", judge), ("eval", eval_sampler)):
+        if section:
+            tag += f"_{key}-" + "-".join(f"{v}" for _, v in sorted(section.items()))
+    folder = runs_dir() / tag
     done = folder / "record.json"
     if done.exists():
         return json.loads(done.read_text())
     trainer = make_trainer(raw, folder)
+    scorer = _plugin(judge, "reward") if judge else None
+    if hasattr(scorer, "to"):
+        scorer.to(trainer.model.device)
+    other = _plugin(eval_sampler, "sampler") if eval_sampler else None
+
+    def score(step: int, queries: int) -> dict[str, Any]:
+        row = {"step": step, "queries": queries, "reward": evaluate(trainer, judge=scorer, sampler=other)}
+        if other is not None:
+            row["reward_own"] = evaluate(trainer, judge=scorer)
+        return row
+
     rows, evals, queries = [], [], 0
     t_start = time.perf_counter()
-    evals.append({"step": 0, "queries": 0, "reward": evaluate(trainer)})
+    evals.append(score(0, 0))
     for step in range(1, n_steps + 1):
         row = trainer.train_step()
         queries += row["reward_queries"]
         rows.append({k: row[k] for k in ("step", "reward_mean", "grad_norm", "seconds", "reward_queries")})
         if step % eval_every == 0 or step == n_steps:
-            evals.append({"step": step, "queries": queries, "reward": evaluate(trainer)})
+            evals.append(score(step, queries))
             log(f"  {folder.name}: step {step}, eval reward {evals[-1]['reward']:.3f}")
     save_lora(trainer.model.unet, folder / "lora")
     torch.save(lora_state(trainer.model.unet), folder / "lora_state.pt")
-    record = {"tag": folder.name, "settings": raw, "steps": rows, "evals": evals,
+    record = {"tag": folder.name, "settings": raw, "judge": judge, "eval_sampler": eval_sampler, "steps": rows, "evals": evals,
               "train_seconds": time.perf_counter() - t_start, "lora": str(folder / "lora")}
     done.write_text(json.dumps(record, indent=1))
     return record
+
+
+def _plugin(section: dict, kind: str):
+    name = section["name"]
+    return load_registry().build(kind, name, **{k: v for k, v in section.items() if k != "name"})
 
 
 def band(records: list[dict], key: str = "reward") -> dict[str, list[float]]:

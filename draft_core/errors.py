@@ -36,3 +36,10 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ' Did you mean X?' suffix, or an empty string."""
     match = closest(name, choices)
     return f" Did you mean '{match}'?" if match else ""
+
+
+def join_problems(problems: list[str]) -> str:
+    """One problem as it is; several as a numbered list under one line, so all are fixed in one go."""
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems:\n" + "\n".join(f"  {i}. {p}" for i, p in enumerate(problems, 1))

@@ -18,8 +18,17 @@ Each training step:
    from the critic's denoising step reaches θ); the policy loss is −⟨g, a⟩ averaged
    over the batch and the chosen states, whose gradient is ∇_a Q · ∇_θ μ_θ;
 4. the critic is trained by squared error (Q_φ(s_i, a_i) − R)² with its own AdamW
-   optimiser (``critic_lr``), one update per training step, using Q from before the
-   update for the policy gradient.
+   optimiser (``critic_lr``), one update per optimiser step of the policy, using Q from
+   before the update for the policy gradient. Its gradient is accumulated over the
+   micro-batches of ``train.grad_accum`` (averaged) and applied in
+   ``on_optimizer_step``, which the runner calls after its non-finite checks: the critic
+   steps exactly when the LoRA does, and a skipped step (a NaN reward) leaves it as it was.
+
+Each chosen state's graphs (the action's UNet call; Q's transition, denoising step,
+decode and critic) are released before the next state's are built: the critic's
+gradient is taken per state, and the policy term's backward pass runs at once when the
+runner passes ``StepInputs.backward``. The action's UNet call is checkpointed (one more
+UNet forward per state), so that only one UNet graph is alive at a time.
 
 The critic's LoRA and optimiser state belong to the estimator and are saved with every
 checkpoint (``state_dict``). The critic is a copy of the reward network (its base weights
@@ -36,7 +45,10 @@ import torch
 from torch import nn
 
 from draft_core.errors import ConfigError
+from draft_core.memory import run as checkpointed
+from draft_core.memory import unwrap_reward
 from draft_core.plugins.protocols import EstimatorOutput, StepInputs
+from draft_core.rewarding.contract import unchecked
 
 CRITIC_ADAPTER = "draft_critic"
 
@@ -70,12 +82,17 @@ class DeterministicPolicyGradient:
         self.critic_params: list[nn.Parameter] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending: dict[str, torch.Tensor] | None = None
+        self._critic_grads: list[torch.Tensor] | None = None  # summed over this step's micro-batches
+        self._micro_batches = 0
 
     def __repr__(self) -> str:
         return (
             f"DeterministicPolicyGradient(states={self.states}, min_step={self.min_step}, "
             f"critic_rank={self.critic_rank}, critic_lr={self.critic_lr})"
         )
+
+    def differentiated_steps(self, num_steps: int) -> range:
+        return range(self.min_step, num_steps)
 
     # -- checks ------------------------------------------------------------------------
     def check(self, sampler) -> None:
@@ -173,43 +190,79 @@ class DeterministicPolicyGradient:
             x0 = sampler.sample(model, cond, inputs.noise, trace=trace)
             images = model.decode(x0)
             ret = inputs.reward(images, cond.prompts).float()
-        if self.critic is None:
-            self._build_critic(inputs.reward)
+        if self.critic is None:  # a copy of the reward itself, not of the core's checkpointing and checks around it
+            self._build_critic(unchecked(unwrap_reward(inputs.reward)))
         pool = T - self.min_step
         picks = torch.randperm(pool, generator=inputs.generator)[: min(self.states, pool)] + self.min_step
         steps = sorted(int(i) for i in picks)
 
-        batch = ret.shape[0]
+        batch, n = ret.shape[0], len(steps)
+        split = inputs.backward is not None
         policy_loss = torch.zeros((), device=x0.device)
-        critic_loss = torch.zeros((), device=x0.device)
+        critic_loss = 0.0
+        critic_grads = [torch.zeros_like(p) for p in self.critic_params]
         q_values = []
         for i in steps:
             state = trace[i][1]
-            action = sampler.action(model, state, i, cond)  # with autograd into θ
+            # With autograd into θ, checkpointed: its UNet activations are recomputed in the policy
+            # term's backward pass instead of being held while Q is evaluated and differentiated.
+            action = checkpointed(sampler.action, model, state, i, cond)
             a = action.detach().requires_grad_(True)
             q = self.q_value(model, sampler, cond, state, i, a)
             (grad_a,) = torch.autograd.grad(q.sum(), a, retain_graph=True)
-            policy_loss = policy_loss - (grad_a.detach() * action).flatten(1).sum(1).sum() / batch
-            err = (q - ret).pow(2).mean()
-            critic_loss = critic_loss + err
+            err = (q - ret).pow(2).mean() / n
+            # The critic's gradient now, and no reference to Q kept: this state's Q graph (its
+            # UNet part is not traversed by that gradient) is freed before the policy term's
+            # backward pass and the next state.
+            for acc, g in zip(critic_grads, torch.autograd.grad(err, self.critic_params, allow_unused=True)):
+                if g is not None:
+                    acc += g.to(acc.dtype)
+            critic_loss += err.item()
             q_values.append(q.detach())
-        policy_loss = policy_loss / len(steps)
-        critic_loss = critic_loss / len(steps)
-        self.optimizer.zero_grad(set_to_none=True)
-        critic_grads = torch.autograd.grad(critic_loss, self.critic_params, allow_unused=True)
-        for p, g in zip(self.critic_params, critic_grads):
-            p.grad = torch.zeros_like(p) if g is None else g.to(p.dtype)
-        _average_across_processes([p.grad for p in self.critic_params])
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            del q, err
+            term = -(grad_a.detach() * action).flatten(1).sum(1).sum() / (batch * n)
+            if split:
+                inputs.backward(term)
+                term = term.detach()
+            policy_loss = policy_loss + term
+        self._accumulate(critic_grads)
         q_all = torch.cat(q_values)
         return EstimatorOutput(
             loss=policy_loss,
             reward=ret.detach(),
             images=images.detach(),
-            queries=1 + len(steps),
-            logs={"critic_loss": critic_loss.item(), "q_mean": q_all.mean().item(), "dpg_steps": float(len(steps))},
+            queries=1 + n,
+            logs={"critic_loss": critic_loss, "q_mean": q_all.mean().item(), "dpg_steps": float(n)},
+            backward_done=split,
         )
+
+    def _accumulate(self, grads: list[torch.Tensor]) -> None:
+        if self._critic_grads is None:
+            self._critic_grads = grads
+        else:
+            for acc, g in zip(self._critic_grads, grads):
+                acc += g
+        self._micro_batches += 1
+
+    def on_optimizer_step(self, applied: bool) -> None:
+        """After the runner's optimiser step (``applied``) or its skip: update the critic with
+        the mean of this step's micro-batch gradients, averaged over processes, or drop them.
+
+        A critic gradient that is not finite (all processes agree, after the all-reduce)
+        leaves the critic unchanged too."""
+        grads, count = self._critic_grads, self._micro_batches
+        self._critic_grads, self._micro_batches = None, 0
+        if not applied or grads is None:
+            return
+        for g in grads:
+            g /= count
+        _average_across_processes(grads)
+        if not all(torch.isfinite(g).all() for g in grads):
+            return
+        for p, g in zip(self.critic_params, grads):
+            p.grad = g
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def q_value(self, model, sampler, cond, state: torch.Tensor, step: int, action: torch.Tensor) -> torch.Tensor:
         """Q_φ(s_step, action) of Equation 3: transition, one-step denoise, adapted reward. [B]

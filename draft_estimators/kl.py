@@ -1,14 +1,17 @@
 """KL regularisation (paper Appendix B.8) as a wrapper any estimator composes with.
 
-loss = inner loss + β · mean ‖ε_finetuned − ε_pretrained‖², both predictions made at the
-input of the last denoising step the inner estimator's sampling ran (the conditional
-prediction in the model's own parametrisation: ε, or v for v-prediction models). The
-pretrained prediction is the same UNet with its adapters off, without gradient. Config:
-``estimator: {name: draft-lv, kl: 0.1}``.
+loss = inner loss + β · (1/B) Σ_b ‖ε_finetuned,b − ε_pretrained,b‖²₂: the paper's
+β_KL‖ε_finetuned − ε_pretrained‖²₂, a squared norm summed over every element of a sample's
+prediction (4×64×64 for SD 1.x at 512²), averaged over the batch. Both predictions are
+made at the input of the last denoising step the inner estimator's sampling ran (the
+conditional prediction in the model's own parametrisation: ε, or v for v-prediction
+models). The pretrained prediction is the same UNet with its adapters off, without
+gradient. Config: ``estimator: {name: draft-lv, kl: 0.1}``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -29,9 +32,12 @@ class _TracingSampler:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sampler, name)
 
-    def sample(self, *args, **kwargs):
+    def sample(self, *args, trace: list | None = None, **kwargs):
         self.trace = []
-        return self._sampler.sample(*args, trace=self.trace, **kwargs)
+        out = self._sampler.sample(*args, trace=self.trace, **kwargs)
+        if trace is not None:  # the inner estimator traces too (dpg)
+            trace.extend(self.trace)
+        return out
 
 
 class KLRegularized:
@@ -45,6 +51,11 @@ class KLRegularized:
     def __init__(self, inner, beta: float) -> None:
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
             raise ConfigError(f"estimator.kl must be a number >= 0 (the weight β_KL), got {beta!r}.")
+        if not getattr(inner, "needs_reward_gradient", True):
+            raise ConfigError(
+                f"estimator.kl regularises the last step of a DRaFT-style sampling pass; {inner!r} trains on stored "
+                "trajectories instead. For grpo use its own KL weight, estimator.beta; ddpo has no KL term."
+            )
         self.inner = inner
         self.beta = float(beta)
 
@@ -58,7 +69,7 @@ class KLRegularized:
 
     def __call__(self, inputs: StepInputs) -> EstimatorOutput:
         tracer = _TracingSampler(inputs.sampler)
-        out = self.inner(StepInputs(inputs.model, tracer, inputs.reward, inputs.cond, inputs.noise, inputs.generator))
+        out = self.inner(replace(inputs, sampler=tracer))
         if not tracer.trace:
             raise RuntimeError("KLRegularized: the inner estimator did not sample through its sampler")
         step, x = tracer.trace[-1]
@@ -68,7 +79,10 @@ class KLRegularized:
         finetuned = upcast(model.unet(sample, t, encoder_hidden_states=cond.cond).sample)
         with torch.no_grad(), adapters_enabled(model.unet, False):
             pretrained = upcast(model.unet(sample, t, encoder_hidden_states=cond.cond).sample)
-        kl = (finetuned - pretrained).pow(2).flatten(1).mean(1).mean()
+        kl = (finetuned - pretrained).pow(2).flatten(1).sum(1).mean()
+        if out.backward_done:  # the inner estimator ran its own backward: run this term's too
+            inputs.backward(self.beta * kl)
+            kl = kl.detach()
         out.loss = out.loss + self.beta * kl
         out.logs["kl"] = kl.item()
         return out

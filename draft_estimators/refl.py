@@ -27,6 +27,9 @@ class ReFL:
     def __repr__(self) -> str:
         return f"ReFL(m={self.m})"
 
+    def differentiated_steps(self, num_steps: int) -> range:
+        return range(num_steps - self.m, num_steps)
+
     def check(self, sampler) -> None:
         if self.m > sampler.num_steps:
             raise ConfigError(

@@ -1,6 +1,7 @@
 """Built-in rewards, registered through the ``draft`` entry points like any plugin.
 
-JPEG compressibility / incompressibility (kornia's differentiable codec), rotational
+JPEG compressibility / incompressibility (kornia's differentiable codec), the real JPEG
+encoder's file size (``jpeg-size``, ``jpeg-size-inverse``: no gradient, for ddpo/grpo), rotational
 anti-correlation, the digit classifier of the embedded ``digits`` model, ink coverage (bolder
 strokes), and the learned rewards on pretrained networks: ``aesthetic`` (LAION aesthetic
 predictor), ``hpsv2``, ``pickscore``, ``clip-score``, plus the in-batch ``diversity`` term.
@@ -17,6 +18,7 @@ from draft_rewards.diversity import Diversity
 from draft_rewards.hpsv2 import HPSv2
 from draft_rewards.ink import InkCoverage
 from draft_rewards.jpeg import JpegCompressibility, JpegIncompressibility
+from draft_rewards.jpeg_size import JpegSize, JpegSizeInverse
 from draft_rewards.rotation import RotationAnticorrelation
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "InkCoverage",
     "JpegCompressibility",
     "JpegIncompressibility",
+    "JpegSize",
+    "JpegSizeInverse",
     "PickScore",
     "RotationAnticorrelation",
 ]
@@ -37,6 +41,8 @@ __all__ = [
 def register_rewards(register):
     register("jpeg-compressibility", JpegCompressibility)
     register("jpeg-incompressibility", JpegIncompressibility)
+    register("jpeg-size", JpegSize)
+    register("jpeg-size-inverse", JpegSizeInverse)
     register("rotation-anticorrelation", RotationAnticorrelation)
     register("digit-classifier", DigitClassifier)
     register("ink-coverage", InkCoverage)

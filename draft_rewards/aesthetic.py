@@ -22,8 +22,10 @@ from torch import nn
 
 from draft_core.errors import ModelLoadError
 from draft_core.rewarding.preprocess import CLIP_224, ImagePreprocess
-from draft_rewards.clip_score import CLIP_L14
-from draft_rewards.hub import from_pretrained, hub_file, load_state_dict_file, load_strict, local_path
+from draft_rewards.clip_score import CLIP_L14, clip_config
+from draft_rewards.hub import (
+    from_pretrained, hub_file, hub_file_available, load_state_dict_file, load_strict, local_path, pretrained_available,
+)
 from draft_rewards.pretrained import PretrainedReward
 
 HEAD_REPO = "trl-lib/ddpo-aesthetic-predictor"
@@ -105,13 +107,21 @@ class Aesthetic(PretrainedReward):
             return local_path(self.path, reward="aesthetic", option="path", expected=f"the predictor head ({OFFICIAL_FILE})")
         return hub_file(HEAD_REPO, HEAD_FILE, reward="aesthetic", option="path")
 
+    CLIP_EXPECTED = "a CLIP model folder written by CLIPModel.save_pretrained (config.json and weights)"
+
+    def check_available(self) -> None:
+        if self.path is not None:
+            self.head_file()
+        else:
+            hub_file_available(HEAD_REPO, HEAD_FILE, reward="aesthetic", option="path")
+        pretrained_available(self.clip_model, reward="aesthetic", option="clip_model", expected=self.CLIP_EXPECTED)
+
     def load(self) -> nn.Module:
         from transformers import CLIPConfig, CLIPVisionModelWithProjection
 
         path = self.head_file()  # first: a missing file fails before the large CLIP loads
         head = head_from_state_dict(load_state_dict_file(path, reward="aesthetic", option="path"), path=path)
-        expected = "a CLIP model folder written by CLIPModel.save_pretrained (config.json and weights)"
-        kw = dict(reward="aesthetic", option="clip_model", expected=expected)
+        kw = dict(reward="aesthetic", option="clip_model", expected=self.CLIP_EXPECTED)
         config = from_pretrained(CLIPConfig.from_pretrained, self.clip_model, **kw)
         head_dim = next(head.parameters()).shape[1]
         if head_dim != config.projection_dim:
@@ -127,6 +137,15 @@ class Aesthetic(PretrainedReward):
             CLIPVisionModelWithProjection.from_pretrained, self.clip_model, config=vision_config, dtype=torch.float32, **kw
         )
         return AestheticNet(vision, head)
+
+    def architecture(self) -> nn.Module:
+        """The vision tower and the improved head with random weights, reading no weights file (``draft plan``)."""
+        from transformers import CLIPVisionModelWithProjection
+
+        config = clip_config(self.clip_model, reward="aesthetic", option="clip_model")
+        vision_config = config.vision_config
+        vision_config.projection_dim = config.projection_dim
+        return AestheticNet(CLIPVisionModelWithProjection(vision_config), AestheticMLP(config.projection_dim))
 
     def preprocessor(self, net: nn.Module) -> ImagePreprocess:
         return CLIP_224.with_size(net.vision.config.image_size)

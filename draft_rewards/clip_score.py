@@ -21,11 +21,42 @@ import torch.nn.functional as F
 from torch import nn
 
 from draft_core.rewarding.preprocess import CLIP_224, ImagePreprocess
-from draft_rewards.hub import from_pretrained
+from draft_rewards.hub import from_pretrained, pretrained_available
 from draft_rewards.pretrained import PretrainedReward
 
 CLIP_L14 = "openai/clip-vit-large-patch14"
 PICKSCORE = "yuvalkirstain/PickScore_v1"
+
+
+# The architectures of the default models (their config.json), so that ``architecture()`` needs no
+# download: openai's ViT-L/14 and the LAION ViT-H/14 that PickScore fine-tunes.
+KNOWN_CONFIGS = {
+    CLIP_L14: dict(
+        text_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                         hidden_act="quick_gelu", projection_dim=768),
+        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
+                           patch_size=14, image_size=224, hidden_act="quick_gelu", projection_dim=768),
+        projection_dim=768,
+    ),
+    PICKSCORE: dict(
+        text_config=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
+                         hidden_act="gelu", projection_dim=1024),
+        vision_config=dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32,
+                           patch_size=14, image_size=224, hidden_act="gelu", projection_dim=1024),
+        projection_dim=1024,
+    ),
+}
+
+
+def clip_config(model: str, *, reward: str, option: str = "model"):
+    """The ``CLIPConfig`` of ``model``: a default model's from ``KNOWN_CONFIGS``, else its config.json
+    (a local folder or the Hugging Face cache)."""
+    from transformers import CLIPConfig
+
+    if model in KNOWN_CONFIGS:
+        return CLIPConfig(**KNOWN_CONFIGS[model])
+    return from_pretrained(CLIPConfig.from_pretrained, model, reward=reward, option=option,
+                           expected="a CLIP model folder with its config.json")
 
 
 @lru_cache(maxsize=4)
@@ -52,17 +83,24 @@ class ClipScore(PretrainedReward):
             raise ValueError(f"{self.reward_name}: model must be a hub id or a local folder, got {model!r}.")
         self.model = model
 
+    EXPECTED = "a folder written by CLIPModel.save_pretrained (config.json and weights)"
+
+    def check_available(self) -> None:
+        pretrained_available(self.model, reward=self.reward_name, option="model", expected=self.EXPECTED)
+
     def load(self) -> nn.Module:
         from transformers import CLIPModel
 
         return from_pretrained(
-            CLIPModel.from_pretrained,
-            self.model,
-            reward=self.reward_name,
-            option="model",
-            expected="a folder written by CLIPModel.save_pretrained (config.json and weights)",
+            CLIPModel.from_pretrained, self.model, reward=self.reward_name, option="model", expected=self.EXPECTED,
             dtype=torch.float32,
         )
+
+    def architecture(self) -> nn.Module:
+        """The CLIP model with random weights, reading no weights file (``draft plan``)."""
+        from transformers import CLIPModel
+
+        return CLIPModel(clip_config(self.model, reward=self.reward_name))
 
     def encode_prompts(self, net: nn.Module, prompts: list[str]) -> torch.Tensor:
         length = net.config.text_config.max_position_embeddings

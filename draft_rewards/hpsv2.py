@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from draft_core.rewarding.preprocess import OPEN_CLIP_LONGEST_224, ImagePreprocess
-from draft_rewards.hub import hub_file, load_state_dict_file, load_strict, local_path
+from draft_rewards.hub import hub_file, hub_file_available, load_state_dict_file, load_strict, local_path
 from draft_rewards.pretrained import PretrainedReward
 
 HPS_REPO = "xswu/HPSv2"
@@ -38,7 +38,7 @@ def check_version(version: Any) -> str:
     return text
 
 
-def build_open_clip(arch: str | dict) -> nn.Module:
+def build_open_clip(arch: str | dict, device: torch.device | str = "cpu") -> nn.Module:
     """An open_clip CLIP with random weights: a named architecture or a config dict
     (``embed_dim``, ``vision_cfg``, ``text_cfg``, as in open_clip's model_configs)."""
     import open_clip
@@ -47,7 +47,7 @@ def build_open_clip(arch: str | dict) -> nn.Module:
         return open_clip.model.CLIP(**arch)
     if open_clip.get_model_config(arch) is None:
         raise ValueError(f"hpsv2: unknown open_clip architecture {arch!r} (HPSv2 is {ARCH}).")
-    return open_clip.create_model(arch, pretrained=None)
+    return open_clip.create_model(arch, pretrained=None, device=device)
 
 
 def open_clip_tokenizer(arch: str | dict):
@@ -88,6 +88,12 @@ class HPSv2(PretrainedReward):
             return local_path(self.path, reward="hpsv2", option="path", expected=f"an HPSv2 checkpoint ({HPS_FILES[self.version]})")
         return hub_file(HPS_REPO, HPS_FILES[self.version], reward="hpsv2", option="path")
 
+    def check_available(self) -> None:
+        if self.path is not None:
+            self.checkpoint_file()
+        else:
+            hub_file_available(HPS_REPO, HPS_FILES[self.version], reward="hpsv2", option="path")
+
     def load(self) -> nn.Module:
         path = self.checkpoint_file()  # before building the model: a missing file fails fast
         state_dict = load_state_dict_file(path, reward="hpsv2", option="path")
@@ -95,6 +101,11 @@ class HPSv2(PretrainedReward):
         name = self.arch if isinstance(self.arch, str) else "the given arch config"
         load_strict(model, state_dict, reward="hpsv2", path=path, expected=f"open_clip {name}")
         return model
+
+    def architecture(self) -> nn.Module:
+        """The network with random weights, reading no file, on the default device (``draft plan``
+        builds it on the meta device to predict memory)."""
+        return build_open_clip(self.arch, torch.get_default_device())
 
     def encode_prompts(self, net: nn.Module, prompts: list[str]) -> torch.Tensor:
         if self._tokenizer is None:

@@ -57,10 +57,35 @@ def hub_file(repo_id: str, filename: str, *, reward: str, option: str) -> Path:
     try:
         return Path(hf_hub_download(repo_id, filename, local_files_only=hub_offline()))
     except Exception as exc:  # every hub failure (missing, offline, HTTP) means the same to the user
-        raise ModelLoadError(
-            f"{reward}: could not get '{filename}' of the hub model '{repo_id}' ({_reason(exc)}). "
-            + _how_to_provide(option, f"/path/to/{filename}")
-        ) from exc
+        raise _hub_missing(repo_id, filename, _reason(exc), reward=reward, option=option) from exc
+
+
+def _hub_missing(repo_id: str, filename: str, reason: str, *, reward: str, option: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"{reward}: could not get '{filename}' of the hub model '{repo_id}' ({reason}). "
+        + _how_to_provide(option, f"/path/to/{filename}")
+    )
+
+
+def hub_file_available(repo_id: str, filename: str, *, reward: str, option: str) -> None:
+    """``hub_file``'s check without a download: the file is in the cache, or the hub may be asked
+    later (online); offline and not cached is the error ``hub_file`` would raise."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, filename), str) or not hub_offline():
+        return
+    raise _hub_missing(repo_id, filename, "not in the Hugging Face cache", reward=reward, option=option)
+
+
+def pretrained_available(name: str, *, reward: str, option: str, expected: str) -> None:
+    """``from_pretrained``'s check without loading: a local folder holding config.json, or a hub id
+    whose config.json is cached (or that the hub may be asked for, online)."""
+    source, extra = pretrained_source(name, reward=reward, option=option, expected=expected)
+    if not extra:
+        if not (Path(source) / "config.json").is_file():
+            raise ModelLoadError(f"{reward}: reward.{option} '{name}' holds no config.json; it must be {expected}.")
+        return
+    hub_file_available(name, "config.json", reward=reward, option=option)
 
 
 def looks_like_path(name: str) -> bool:

@@ -76,6 +76,10 @@ class PretrainedReward(nn.Module):
         """[N, D] embeddings of distinct prompts (called without autograd)."""
         raise NotImplementedError
 
+    def check_available(self) -> None:
+        """The weights ``load()`` will read can be found (a local file or folder, or the hub cache; online,
+        the hub is asked at the first call). Loads nothing; raises ModelLoadError naming what is missing."""
+
     # -- machinery --------------------------------------------------------------------------
 
     def compute_dtype(self, images: torch.Tensor) -> torch.dtype:

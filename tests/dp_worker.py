@@ -15,6 +15,7 @@ torch.set_num_threads(1)
 
 from safetensors.torch import save_file  # noqa: E402
 
+import draft_core.training.pictures as pictures  # noqa: E402
 import draft_core.training.runner as runner  # noqa: E402
 from draft_core import cli  # noqa: E402
 from draft_core.config import Config  # noqa: E402
@@ -35,7 +36,7 @@ def recording(name, fn):
 runner.save_checkpoint = recording("checkpoint", runner.save_checkpoint)
 runner.replace_folder = recording("lora", runner.replace_folder)
 runner.plot_reward_curve = recording("reward_curve", runner.plot_reward_curve)
-runner.save_grid = recording("samples", runner.save_grid)
+pictures.save_grid = recording("samples", pictures.save_grid)
 Config.dump = recording("config", Config.dump)
 train = runner.Trainer.train
 
@@ -48,6 +49,7 @@ def train_and_record(self):
 
 runner.Trainer.train = train_and_record
 # The first part of the run, then a resume in the same processes (checkpoint saved and loaded by both).
-codes = [cli.main(["train", *sys.argv[4:], "--out", run, "--no-progress", "--set", f"train.steps={steps - 1}"]),
+split = int(os.environ.get("DP_WORKER_SPLIT", steps - 1))  # the step after which the run stops and resumes
+codes = [cli.main(["train", *sys.argv[4:], "--out", run, "--no-progress", "--set", f"train.steps={split}"]),
          cli.main(["train", "--resume", run, "--no-progress", "--set", f"train.steps={steps}"])]
 (dump / f"rank{rank}.json").write_text(json.dumps({"codes": codes, "writes": writes}))

@@ -12,7 +12,8 @@ HOSTILE = "</script><script>window.injected = 1</script>"  # a prompt that must 
 
 
 def make_run(root, name="run", slope=0.02, model="digits", lora=False):
-    """A run folder as the runner writes it: 30 steps (step 7 skipped), val/ink-coverage every 10, 4 grids.
+    """A run folder as the runner writes it: 30 steps (step 7 skipped), val/ink-coverage every 10,
+    4 sample grids (steps 0, 10, 20, 30) and 3 validation grids.
 
     lora: also a real LoRA file (random, on tiny-random's UNet) in ``lora/``.
     """
@@ -35,6 +36,8 @@ def make_run(root, name="run", slope=0.02, model="digits", lora=False):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for i, s in enumerate(GRID_STEPS):  # each grid a distinct colour
         Image.new("RGB", (70, 36), (60 * i, 255 - 60 * i, 90)).save(run / "samples" / f"step-{s:06d}.png")
+        if s:  # validation grids, as train.validation draws them
+            Image.new("RGB", (36, 36), (90, 60 * i, 255 - 60 * i)).save(run / "samples" / f"val-step-{s:06d}.png")
     if lora:
         save_random_lora(run / "lora")
     write_model_card(run / "lora", run_card_info(run, command="draft train --preset quickstart"))

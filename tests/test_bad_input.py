@@ -22,7 +22,7 @@ from draft_core.config import Config, LoraSection, ModelSection, PromptsSection,
 
 BASE = ["--preset", "quickstart", "--set", "model.name=tiny-random"]
 SIZES = ["train.steps", "train.batch_size", "train.grad_accum", "train.checkpoint_every", "train.keep_checkpoints",
-         "train.max_nonfinite", "train.sample_per_prompt", "lora.rank", "sampler.steps"]
+         "train.max_nonfinite", "train.log_every", "train.sample_per_prompt", "lora.rank", "sampler.steps"]
 INTS = [k for k in SIZES if k != "sampler.steps"] + ["train.seed", "train.sample_every"]
 FLOATS = ["train.lr", "train.weight_decay"]
 CHOICES = ["model.dtype", "train.mixed_precision", "train.lr_decay"]

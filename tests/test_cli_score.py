@@ -10,6 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
+from draft_core import hookimpl
 from draft_core.cli import main
 from draft_rewards.digits import DigitClassifier
 from draft_rewards.hpsv2 import HPSv2
@@ -129,3 +130,54 @@ def test_missing_weights_offline_is_a_clear_error(capsys, images, monkeypatch, t
     _, wide = images
     err = run_error(capsys, "score", "--reward", "hpsv2", "--prompt", "a cat", str(wide))
     assert "xswu/HPSv2" in err and "HPS_v2_compressed.pt" in err and "--set reward.path=" in err
+
+
+def test_a_folder_skips_drafts_own_contact_sheets(capsys, images):
+    folder, _ = images
+    for name in ("grid.png", "contact_sheet.png", "before_after.png"):
+        _save(folder / name, np.zeros((16, 48, 3), dtype=np.uint8))
+    assert main(["score", "--reward", "jpeg-compressibility", str(folder)]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split("\t")[0].rsplit("/", 1)[-1] for line in out.splitlines()] == ["a_ramp.png", "b_noise.png"]
+    assert "skipping before_after.png, contact_sheet.png, grid.png" in err
+    # Named as a file, a sheet is scored like any image.
+    assert main(["score", "--reward", "jpeg-compressibility", str(folder / "grid.png")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+class HalfNaN:
+    """NaN for the second image of each batch."""
+
+    def __call__(self, images, prompts):
+        values = images.mean(dim=(1, 2, 3))
+        return torch.where(torch.arange(len(values)) == 1, torch.full_like(values, float("nan")), values)
+
+
+class HalfNaNPlugin:
+    @hookimpl
+    def register_rewards(self, register):
+        register("half-nan", HalfNaN)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_non_finite_score_is_visible(capsys, images, monkeypatch, as_json):
+    from draft_core.plugins import discovery, load_registry
+
+    monkeypatch.setattr(discovery, "_cache", None)
+    load_registry().register_plugin(HalfNaNPlugin(), "half_nan", distribution="draft-half-nan-test", version="1.0")
+    folder, _ = images
+    assert main(["score", "--reward", "half-nan", str(folder), *(["--json"] if as_json else [])]) == 1
+    out, err = capsys.readouterr()
+    if as_json:
+        rows = [json.loads(line) for line in out.splitlines()]  # valid JSON: null, not NaN
+        assert rows[0]["score"] is not None and rows[1]["score"] is None
+    else:
+        assert out.splitlines()[1].endswith("\tnan")
+    assert "1 of 2 scores are not finite" in err and "b_noise.png" in err
+
+
+def test_a_prompts_file_that_is_not_utf8(capsys, images, tmp_path):
+    folder, _ = images
+    (tmp_path / "prompts.txt").write_bytes(b"a cat\n\xff\xfe a dog\n")
+    message = run_error(capsys, "score", "--reward", "clip-score", "--prompts", str(tmp_path / "prompts.txt"), str(folder))
+    assert "not UTF-8" in message and "prompts.txt" in message

@@ -61,9 +61,9 @@ def test_quickstart_preset():
     c = load_config(preset="quickstart")
     assert c.model.name == "digits" and c.lora.rank == 4
     assert c.sampler == {"name": "ddim", "steps": 20, "guidance_scale": 7.5}
-    assert c.estimator == {"name": "draft-lv", "n": 2, "kl": 3}
+    assert c.estimator == {"name": "draft-lv", "n": 2, "kl": 1e-3}
     assert c.reward == {"name": "ink-coverage", "softness": 0.05}
-    assert c.lora.targets == ["attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2"]
+    assert c.lora.targets == Config().lora.targets  # the paper's (A.1)
     assert c.prompts.source == "digits" and c.prompts.template == "{}"
     assert (c.train.steps, c.train.batch_size, c.train.lr, c.train.checkpoint_every) == (50, 4, 1e-3, 20)
     assert c.train.weight_decay == Config().train.weight_decay  # not in the preset: the default
@@ -111,6 +111,10 @@ def test_plugin_section_shorthand_in_yaml(tmp_path):
         ("train.lr_decay=sqrt", lambda c: c.train.lr_decay, "sqrt"),
         ("lora.alpha=16", lambda c: c.lora.alpha, 16.0),
         ("lora.targets=[to_q, to_v]", lambda c: c.lora.targets, ["to_q", "to_v"]),
+        ("lora.targets=attention+ff", lambda c: c.lora.targets, "attention+ff"),
+        ("train.checkpoint_decode=false", lambda c: c.train.checkpoint_decode, False),
+        ("train.checkpoint_reward=true", lambda c: c.train.checkpoint_reward, True),
+        ("train.checkpoint_reward=auto", lambda c: c.train.checkpoint_reward, "auto"),
         ("model.name=/some/folder", lambda c: c.model.name, "/some/folder"),
         ("model.revision=null", lambda c: c.model.revision, None),
         ("sampler.guidance_scale=1.0", lambda c: c.sampler["guidance_scale"], 1.0),
@@ -176,7 +180,7 @@ def test_renaming_in_a_file_then_set(tmp_path):
 
 def test_setting_the_same_name_keeps_the_arguments():
     c = load_config(overrides=["estimator.name=draft-lv"], preset="quickstart")
-    assert c.estimator == {"name": "draft-lv", "n": 2, "kl": 3}
+    assert c.estimator == {"name": "draft-lv", "n": 2, "kl": 1e-3}
 
 
 def test_set_plugin_shorthand():
@@ -185,7 +189,7 @@ def test_set_plugin_shorthand():
 
 
 def test_set_argument_without_renaming_keeps_the_name():
-    assert load_config(overrides=["estimator.n=5"], preset="quickstart").estimator == {"name": "draft-lv", "n": 5, "kl": 3}
+    assert load_config(overrides=["estimator.n=5"], preset="quickstart").estimator == {"name": "draft-lv", "n": 5, "kl": 1e-3}
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -293,6 +297,18 @@ def test_range_checks(override, key):
     assert f"'{key}'" in message and "must" in message
 
 
+@pytest.mark.parametrize("override", ["train.mixed_precision=fp16", "model.dtype=float16"])
+def test_float16_training_is_refused_with_the_reason(override):
+    message = config_error(overrides=[override])
+    assert f"'{override.split('=')[0]}'" in message and "loss scaling" in message and "bfloat16" in message
+
+
+def test_lora_targets_name_a_known_set():
+    message = config_error(overrides=["lora.targets=attention"])
+    assert "'attention'" in message and "cross-attention+ff" in message and "attention+ff" in message
+    assert "'train.checkpoint_decode'" in config_error(overrides=["train.checkpoint_decode=sometimes"])
+
+
 @pytest.mark.parametrize("override", ["train.lr=.nan", "train.grad_clip=.nan"])
 def test_nan_is_rejected(override):
     config_error(overrides=[override])
@@ -352,7 +368,7 @@ def test_builds_the_quickstart_components_without_a_model(no_model):
     components = build_components(load_config(preset="quickstart"))
     assert isinstance(components.sampler, DDIMSampler) and components.sampler.num_steps == 20
     assert isinstance(components.estimator.inner, LowVariance) and components.estimator.inner.n == 2
-    assert components.estimator.beta == 3  # the KL wrapper around it
+    assert components.estimator.beta == 1e-3  # the KL wrapper around it
     assert isinstance(components.reward, InkCoverage) and components.reward.softness == 0.05
     assert components.prompts[0] == "a handwritten digit zero" and len(components.prompts) == 10
 

@@ -3,35 +3,18 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
-from torch import nn
 
 from draft_core.errors import ConfigError
 from draft_core.samplers import DDPMSampler
 from draft_core.samplers.ddim import DDIMSampler
 from draft_estimators.dpg import DeterministicPolicyGradient
-from model_fixtures import LinearReward, grads_of, step_inputs, tiny_with_lora
+from model_fixtures import LinearReward, PooledLinearReward, grads_of, guided_eps, step_inputs, tiny_with_lora
 
 PROMPTS = ["a cat", "a dog"]
-
-
-class PooledLinearReward(nn.Module):
-    """A small network reward: a Linear layer on 8x8 average-pooled pixels, then tanh."""
-
-    def __init__(self, dtype=torch.float64, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.fc = nn.Linear(3 * 8 * 8, 1).to(dtype)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.randn(self.fc.weight.shape, generator=g, dtype=dtype) * 0.3)
-            self.fc.bias.zero_()
-        self.requires_grad_(False)
-
-    def forward(self, images, prompts=()):
-        x = nn.functional.adaptive_avg_pool2d(images, 8).flatten(1)
-        return torch.tanh(self.fc(x.to(self.fc.weight.dtype))).squeeze(1)
 
 
 def _setup(states=3, guidance=3.0, seed=0):
@@ -53,13 +36,6 @@ def _randomise_critic(est, reward, seed=1):
         p.data = p.data.double()
 
 
-def _guided_eps(model, x, t, cond, scale):
-    """Classifier-free guidance written out: ε(∅) + g (ε(c) − ε(∅))."""
-    eps_u = model.unet(x, t, encoder_hidden_states=cond.uncond.expand(x.shape[0], -1, -1)).sample
-    eps_c = model.unet(x, t, encoder_hidden_states=cond.cond).sample
-    return eps_u + scale * (eps_c - eps_u)
-
-
 def _q_by_hand(model, sampler, critic, cond, state, step, a):
     """Equation 3 from the DDIM formulas (epsilon prediction), independent of the scheduler's step()."""
     sched = sampler.scheduler(model)
@@ -75,7 +51,7 @@ def _q_by_hand(model, sampler, critic, cond, state, step, a):
         x0_hat = nxt
     else:
         t1 = ts[step + 1]
-        eps = _guided_eps(model, nxt, t1, cond, sampler.guidance_scale)
+        eps = guided_eps(model, nxt, t1, cond, sampler.guidance_scale)
         a1 = ac[int(t1)]
         x0_hat = (nxt - (1 - a1).sqrt() * eps) / a1.sqrt()
     return critic(model.decode(x0_hat), cond.prompts)
@@ -106,7 +82,7 @@ def test_policy_gradient_is_grad_a_q_times_dmu_dtheta():
     surrogate = 0.0
     fd_checked = 0
     for step, state, t in steps:
-        action = _guided_eps(model, state, t, inputs.cond, sampler.guidance_scale)
+        action = guided_eps(model, state, t, inputs.cond, sampler.guidance_scale)
         a = action.detach().requires_grad_(True)
         q = _q_by_hand(frozen, sampler, critic_before, inputs.cond, state, step, a)
         (g,) = torch.autograd.grad(q.sum(), a)
@@ -134,7 +110,7 @@ def test_no_gradient_reaches_theta_through_the_critics_denoising_step():
     model, params, sampler, inputs, critic_before, grads, _, steps = _estimator_grads_and_trajectory()
     total = 0.0
     for step, state, t in steps:
-        action = _guided_eps(model, state, t, inputs.cond, sampler.guidance_scale)
+        action = guided_eps(model, state, t, inputs.cond, sampler.guidance_scale)
         total = total - _q_by_hand(model, sampler, critic_before, inputs.cond, state, step, action).sum() / len(PROMPTS)
     (total / len(steps)).backward()
     naive = torch.cat([p.grad.flatten() for p in params])
@@ -151,6 +127,7 @@ def test_critic_loss_falls_on_a_fixed_batch():
     for _ in range(8):
         inputs.generator.manual_seed(0)  # the same states every time; θ is never updated
         out = est(inputs)
+        est.on_optimizer_step(True)  # as the runner does after the LoRA's update
         losses.append(out.logs["critic_loss"])
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.2 * losses[0], losses
@@ -160,6 +137,7 @@ def test_state_dict_round_trip_continues_exactly():
     def run(est, inputs, n):
         for _ in range(n):
             out = est(inputs)
+            est.on_optimizer_step(True)
         return out
 
     *_, inputs, straight = _setup(states=2)
@@ -226,3 +204,55 @@ def test_critic_gradients_are_averaged_across_processes(tmp_path):
         grads = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert torch.equal(grads[0], torch.full((2, 3), 1.5))
         assert torch.equal(grads[1], torch.arange(4.0) * 1.5)
+
+
+class PoisonableReward(PooledLinearReward):
+    """A network reward whose chosen calls (1-based) return NaN; its copies (the critic) never do."""
+
+    def __init__(self, nan_at=()) -> None:
+        super().__init__(dtype=torch.float32)
+        self.nan_at, self.calls, self.origin = set(nan_at), 0, id(self)
+
+    def forward(self, images, prompts=()):
+        r = super().forward(images, prompts)
+        if id(self) != self.origin:
+            return r
+        self.calls += 1
+        return r * float("nan") if self.calls in self.nan_at else r
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_the_critic_steps_with_the_policy_and_a_skipped_step_leaves_it_alone(tmp_path, grad_accum):
+    """A NaN reward in the second optimiser step: the runner skips it, the critic stays exactly
+    as it was, and the next step trains normally. The critic steps once per optimiser step,
+    whatever train.grad_accum is."""
+    from draft_core.config import load_config
+    from draft_core.training.components import build_components
+    from draft_core.training.runner import Trainer
+
+    sets = ["model.name=tiny-random", "sampler.steps=3", "estimator.name=dpg", "estimator.states=1",
+            "estimator.critic_rank=2", "train.batch_size=2", f"train.grad_accum={grad_accum}", "train.lr=0.01",
+            "train.sample_every=0", "lora.rank=2", "train.max_nonfinite=3"]
+    config = load_config(None, sets, preset="quickstart")
+    trainer = Trainer(config, tmp_path / "run", build_components(config), progress=False)
+    trainer.setup()
+    # One reward call per micro-batch (the trajectory's return); the last micro-batch of step 2 is NaN.
+    trainer.c.reward = PoisonableReward(nan_at=[2 * grad_accum])
+    est = trainer.c.estimator
+
+    def critic_state():
+        return [p.detach().clone() for p in est.critic_params], [s["step"].item() for s in est.optimizer.state.values()]
+
+    first = trainer.train_step()
+    assert "skipped" not in first
+    params_1, steps_1 = critic_state()
+    assert steps_1 and set(steps_1) == {1}  # one critic update for the one optimiser step
+    skipped = trainer.train_step()
+    assert skipped["skipped"] == "reward"
+    params_2, steps_2 = critic_state()
+    assert steps_2 == steps_1 and all(torch.equal(a, b) for a, b in zip(params_1, params_2))
+    assert all(torch.isfinite(p).all() for p in params_2)
+    third = trainer.train_step()
+    assert "skipped" not in third and math.isfinite(third["q_mean"]) and math.isfinite(third["loss"])
+    params_3, steps_3 = critic_state()
+    assert set(steps_3) == {2} and not all(torch.equal(a, b) for a, b in zip(params_2, params_3))

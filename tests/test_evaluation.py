@@ -11,6 +11,7 @@ import torch
 from draft_core.evaluation.baselines import BestOfN, Plain
 from draft_core.cli import main
 from draft_core.errors import ConfigError
+from draft_core.media import read_png_info
 from draft_core.evaluation import (
     PromptItem,
     RowSpec,
@@ -156,6 +157,10 @@ def test_eval_cli_writes_the_table_and_is_deterministic(tmp_path, capsys):
     assert len(first["rows"][0]["scores"]["jpeg-compressibility"]) == 4
     csv_head = (tmp_path / "a" / "table.csv").read_text().splitlines()[0]
     assert csv_head == "configuration,method,loras,reward,category,n,mean,se,seconds_per_image"
+    # The contact sheet names its rows (configurations) and columns (prompts), and how it was made.
+    info = read_png_info(tmp_path / "a" / "contact_sheet.png")
+    assert info["configurations"] == ["base", "base, prompt-template"] and info["steps"] == 2 and info["guidance"] == 3.0
+    assert info["seed"] == 1 and info["sampler"] == "ddim" and len(info["prompt"]) == 2 and info["layout"]["left"] > 0
 
 
 def test_eval_cli_input_errors_come_before_the_model(tmp_path, capsys, no_model):

@@ -1,7 +1,7 @@
 """Exact resume after a real SIGKILL: a `draft train` subprocess is killed with kill -9 after
 an arbitrary checkpoint, resumed with `draft train --resume`, and must end with the same LoRA,
-bit for bit, as an uninterrupted run (LoRA, optimiser, LR schedule, data order and every RNG
-stream come back from the checkpoint). SIGTERM in a subprocess checkpoints and says how to resume."""
+bit for bit, as an uninterrupted run (LoRA, its weight average, optimiser, LR schedule, data order
+and every RNG stream come back from the checkpoint). SIGTERM in a subprocess checkpoints and says how to resume."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
+from accelerate.utils import is_tensorboard_available
 from safetensors.torch import load_file
 
 from draft_core import cli
@@ -23,7 +25,8 @@ SETS = [
     "model.name=tiny-random", "reward.name=jpeg-compressibility", "prompts.source=animals", "sampler.steps=3",
     "estimator={name: draft-lv, n: 1}", "train.batch_size=2", "train.lr=0.01", "train.lr_decay=sqrt",
     "train.sample_every=0", "train.sample_per_prompt=1", "train.sample_prompts=[a cat]", "lora.rank=2",
-    "train.checkpoint_every=1", "train.keep_checkpoints=2", "train.steps=4",
+    "train.checkpoint_every=1", "train.keep_checkpoints=2", "train.steps=4", "train.ema.decay=0.9",
+    *(["train.trackers=[tensorboard]"] if is_tensorboard_available() else []),
 ]
 
 
@@ -32,7 +35,9 @@ def argv(out: Path) -> list[str]:
 
 
 def start(out: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    # The killed run must use this process's intra-op thread count (the suite's, see DRAFT_TEST_THREADS):
+    # the reference and the resume run here, and another count rounds the kernels' sums differently.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-m", "draft_core.cli", *argv(out)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -51,8 +56,8 @@ def wait_for_checkpoint(proc: subprocess.Popen, out: Path, step: int, timeout: f
     raise AssertionError(f"no checkpoint of step {step} after {timeout} s")
 
 
-def lora(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(out / "lora" / "pytorch_lora_weights.safetensors")
+def lora(out: Path, folder: str = "lora") -> dict[str, torch.Tensor]:
+    return load_file(out / folder / "pytorch_lora_weights.safetensors")
 
 
 def rows(out: Path) -> list[dict]:
@@ -73,10 +78,20 @@ def test_sigkill_at_an_arbitrary_step_then_resume_is_bitwise_identical(tmp_path)
     assert cli.main(["train", "--resume", str(run), "--no-progress"]) == 0
     a, b = lora(ref), lora(run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"killed after step {seen}"
+    a, b = lora(ref, "lora_ema"), lora(run, "lora_ema")  # the weight average, too
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"average, killed after step {seen}"
     assert [r["step"] for r in rows(run)] == list(range(1, 5))
     assert [r["reward_mean"] for r in rows(run)] == [r["reward_mean"] for r in rows(ref)]
     assert [r["lr"] for r in rows(run)] == [r["lr"] for r in rows(ref)]
+    if is_tensorboard_available():  # TensorBoard dropped what the killed process logged after its checkpoint
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run / "logs" / "draft"))
+        events.Reload()
+        logged = [(e.step, e.value) for e in events.Scalars("reward_mean")]
+        assert logged == [(r["step"], pytest.approx(r["reward_mean"], rel=1e-6)) for r in rows(ref)]  # float32 in the file
     assert not list((run / "checkpoints").glob(".*")) and not list(run.glob(".lora*"))
+    assert not list(run.glob(".lora_ema*"))
 
 
 def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path):

@@ -127,9 +127,23 @@ def test_discovers_and_attributes(make_module, installed):
     assert json.loads(json.dumps(described)) == described
     assert described["samplers"] == [
         {"name": "ddim", "plugin": "draft_samplers",
-         "distribution": "draft-diffusion", "version": "0.1.0"}]
+         "distribution": "draft-diffusion", "version": "0.1.0", "arguments": []}]
     table = format_plugins(registry)
     assert "draft-rewards-extra==1.2.3" in table and "Load errors" not in table
+
+
+def test_listing_shows_each_plugins_arguments_with_defaults(make_module, installed):
+    installed(FakeDistribution("draft-rewards-extra", "1.2.3", {"extra": make_module(REWARDS)}))
+    registry = load_registry(refresh=True)
+    [scaled] = [r for r in registry.describe()["rewards"] if r["name"] == "jpeg-compressibility"]
+    assert scaled["arguments"] == [
+        {"name": "weight", "required": False, "default": 1.0, "type": "float"},
+        {"name": "model", "required": False, "default": "tiny", "type": "str"},
+    ]
+    [row] = [line for line in format_plugins(registry).splitlines() if " jpeg-compressibility " in line]
+    assert row.endswith("weight=1.0, model='tiny'")
+    [row] = [line for line in format_plugins(registry).splitlines() if " aesthetic " in line]
+    assert row.endswith("path (required), mode='r'")
 
 
 def test_cached_until_refresh(make_module, installed):
@@ -222,11 +236,62 @@ def test_duplicate_name_names_both_providers(make_module, installed):
         FakeDistribution("draft-rewards-b", "2.0", {"b": make_module(REWARDS)}),
     )
     with pytest.raises(PluginError) as info:
-        load_registry(refresh=True)
+        load_registry(refresh=True, strict=True)
     message = str(info.value)
     assert "reward 'jpeg-compressibility' is registered twice" in message
     assert "plugin 'a' from draft-rewards-a 1.0" in message
     assert "plugin 'b' from draft-rewards-b 2.0" in message
+
+
+OTHER_DDIM = """
+    @hookimpl
+    def register_samplers(register):
+        register("ddim", list)
+        register("euler", list)
+"""
+
+
+def test_a_name_conflict_is_isolated_like_an_import_error(make_module, installed, capsys):
+    """An outside plugin registering a built-in's name: the built-in keeps it (even when the outside
+    distribution is found first), the plugin's other names still load, `draft plugins` reports it and
+    only a run that names it is refused; everything else says so in one warning line."""
+    installed(
+        FakeDistribution("draft-samplers-extra", "3.0", {"extra": make_module(OTHER_DDIM)}),
+        FakeDistribution("draft-diffusion", "0.1.0", {"draft_samplers": make_module(SAMPLERS)}),
+    )
+    registry = load_registry(refresh=True)
+    assert registry.names("sampler") == ["ddim", "euler"]
+    assert registry.get("sampler", "euler").distribution == "draft-samplers-extra"
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and "sampler 'ddim'" in warning[0] and "draft plugins" in warning[0]
+    with pytest.raises(PluginError) as info:
+        registry.get("sampler", "ddim")
+    message = str(info.value)
+    assert "plugin 'draft_samplers' from draft-diffusion 0.1.0" in message
+    assert "plugin 'extra' from draft-samplers-extra 3.0" in message and "DRAFT_PLUGINS" in message
+    table = format_plugins(registry)
+    assert "Name conflicts" in table and "Dropped: plugin 'extra' (draft-samplers-extra==3.0)" in table
+    [conflict] = registry.describe()["conflicts"]
+    assert (conflict["name"], conflict["kept"]["distribution"], conflict["dropped"]["plugin"]) == (
+        "ddim", "draft-diffusion", "extra")
+    with pytest.raises(PluginError, match="registered twice"):  # today's strictness on request
+        load_registry(refresh=True, strict=True)
+
+
+def test_unknown_allow_list_names_are_warned_about(make_module, installed, monkeypatch, capsys):
+    installed(
+        FakeDistribution("draft-diffusion", "0.1.0", {"draft_samplers": make_module(SAMPLERS)}),
+        FakeDistribution("draft-rewards-extra", "1", {"extra": make_module(REWARDS)}),
+    )
+    monkeypatch.setenv("DRAFT_PLUGINS", "extra,nonexistent")
+    registry = load_registry(refresh=True)
+    assert registry.unknown_allowed == ("nonexistent",)
+    [warning] = capsys.readouterr().err.strip().splitlines()
+    assert "DRAFT_PLUGINS" in warning and "'nonexistent'" in warning and "'extra'" not in warning
+    assert "'nonexistent', which no installed distribution provides" in format_plugins(registry)
+    monkeypatch.setenv("DRAFT_PLUGINS", "extra")
+    load_registry()
+    assert capsys.readouterr().err == ""
 
 
 def test_allow_list(make_module, installed, monkeypatch):

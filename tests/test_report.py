@@ -27,6 +27,7 @@ def test_page_is_one_self_contained_file(tmp_path):
     assert all(src.startswith("data:image/") for src in re.findall(r'\bsrc="([^"]*)"', text))
     assert "<link" not in text and not re.search(r"<script[^>]*\bsrc=", text) and "://" not in re.sub(r"data:[^\"]*", "", text).replace("http://www.w3.org/2000/svg", "")
     assert [g["step"] for g in data["runs"][0]["grids"]] == list(GRID_STEPS)
+    assert [g["step"] for g in data["runs"][0]["val_grids"]] == list(GRID_STEPS[1:])
     reward = data["charts"]["reward"]["series"][0]
     assert reward["x"] == list(range(1, STEPS + 1)) and reward["y"][SKIPPED - 1] is None
     assert reward["hi"][0] - reward["y"][0] == pytest.approx(0.1) and reward["lo"][SKIPPED - 1] is None  # ± std
@@ -36,6 +37,17 @@ def test_page_is_one_self_contained_file(tmp_path):
     assert HOSTILE not in text  # escaped in the HTML and in the JSON block alike
     assert f"draft train --resume {run}" in text and "draft sample --model digits" in text
     assert "DRaFT LoRA for digits" in text  # the model card, rendered
+
+
+def test_a_pending_validation_row_is_shown_before_it_is_written(tmp_path):
+    """Validation scores reach metrics.jsonl with their step's row, after the page is rewritten."""
+    from draft_core.report import read_run
+
+    run = make_run(tmp_path)
+    series = read_run(run, pending={"step": STEPS + 10, "val/ink-coverage": 0.5}).series["val/ink-coverage"]
+    assert series.x == [10, 20, 30, STEPS + 10] and series.y[-1] == 0.5
+    merged = read_run(run, pending={"step": 5, "val/ink-coverage": 0.25})  # into step 5's row
+    assert merged.series["val/ink-coverage"].x == [5, 10, 20, 30] and merged.series["reward_mean"].x == list(range(1, STEPS + 1))
 
 
 def test_large_grids_are_downscaled_and_many_are_thinned(tmp_path):
@@ -128,6 +140,14 @@ def test_page_in_a_browser(browser, tmp_path):
     assert b.js("document.querySelector('img.grid').src") == grids[2]
     assert b.js("document.querySelector('.grid-step').textContent") == "step 20 (3 of 4)"
 
+    # The validation grids have their own slider.
+    val = page_data(run / REPORT_NAME)[1]["runs"][0]["val_grids"]
+    assert b.js("document.querySelector('.grids[data-kind=\"val_grids\"] img.grid').src") == val[-1]["src"]
+    b.js("document.querySelector('.grids[data-kind=\"val_grids\"] input[type=range]').focus()")
+    b.key("Home", 36)
+    assert b.js("document.querySelector('.grids[data-kind=\"val_grids\"] .grid-step').textContent") == "step 10 (1 of 3)"
+    assert b.js("document.querySelector('.grids[data-kind=\"grids\"] .grid-step').textContent") == "step 20 (3 of 4)"
+
     # The metric picker redraws the third chart.
     b.js("(() => { const s = document.querySelector('select.metric'); s.value = 'kl'; s.dispatchEvent(new Event('change')); })()")
     assert b.js("document.querySelector('[data-chart=\"other\"] .chart-title').textContent") == "kl"
@@ -143,7 +163,7 @@ def test_overlay_of_two_runs_in_a_browser(browser, tmp_path):
     assert b.errors == []
     legend = b.js("[...document.querySelectorAll('[data-chart=\"reward\"] .legend .item')].map(e => e.innerText.trim())")
     assert legend == ["a", "b"]
-    assert b.js("document.querySelectorAll('.grids').length") == 2
+    assert b.js("document.querySelectorAll('.grids').length") == 2 * 2  # samples and validation, per run
     # Hiding run a (a click on its legend entry) leaves b's curve and its moving average.
     b.js("document.querySelector('[data-chart=\"reward\"] .legend .item').click()")
     shown = b.js("[...document.querySelectorAll('[data-chart=\"reward\"] path.line')].map(p => p.dataset.series)")

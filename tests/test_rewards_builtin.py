@@ -178,4 +178,6 @@ def test_plugin_registers_the_builtin_rewards():
         "pickscore": draft_rewards.PickScore,
         "clip-score": draft_rewards.ClipScore,
         "diversity": draft_rewards.Diversity,
+        "jpeg-size": draft_rewards.JpegSize,
+        "jpeg-size-inverse": draft_rewards.JpegSizeInverse,
     }

@@ -141,12 +141,15 @@ def test_failure_or_interrupt_keeps_work_and_resumes_exactly(tmp_path, how):
     assert [r["step"] for r in metrics_of(out)] == [1, 2, 3, 4]
 
 
-def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
+@pytest.mark.parametrize("estimator", [[], ["estimator={name: draft-lv, n: 1}"]],
+                         ids=["draft-k", "draft-lv-own-backward"])
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path, estimator):
     """Two micro-batches of 1 draw the same prompts and noise as one batch of 2; the averaged
-    gradient the optimiser sees must be the same."""
+    gradient the optimiser sees must be the same (also when the estimator runs its own
+    backward passes through StepInputs.backward, as draft-lv does)."""
     seen = {}
     for name, extra in {"one": ["train.batch_size=2"], "two": ["train.batch_size=1", "train.grad_accum=2"]}.items():
-        trainer = _trainer(tmp_path / name, ["train.steps=1", "train.sample_every=0"] + extra)
+        trainer = _trainer(tmp_path / name, ["train.steps=1", "train.sample_every=0"] + estimator + extra)
         trainer.sample_grid = lambda tag: None
         step = trainer.optimizer.step
 

@@ -165,7 +165,10 @@ def test_matches_vanilla_diffusers_pipeline(tiny, tiny_pipeline, guidance):
         )
         images = tiny.decode(x)
     assert images.shape == expected.shape == (2, 3, 64, 64)
-    torch.testing.assert_close(images, expected, rtol=1e-5, atol=1e-6)
+    # Our sampler and diffusers' pipeline: float32 runs of the same arithmetic, equal up to rounding that
+    # depends on the CPU's kernels (0 with AVX-512 ones, 8e-7 with AVX2 ones, on images in [0, 1]);
+    # guidance 7.0 for 7.5 is off by 5e-3, one step more by 0.15.
+    torch.testing.assert_close(images, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
 def test_guidance_changes_the_sample(tiny):

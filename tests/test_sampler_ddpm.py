@@ -35,7 +35,9 @@ def test_ddpm_matches_a_manual_diffusers_loop(model):
             out = model.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([cond.uncond.expand(2, -1, -1), cond.cond])).sample
             u, c = out.chunk(2)
             x = sched.step(u + 4.0 * (c - u), t, x, generator=torch.Generator().manual_seed(seed)).prev_sample
-    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-6)
+    # float32 runs of the same arithmetic: equal up to a few ulps of the latents' scale (~20), which
+    # near-zero elements carry too; a wrong step noise or guidance moves them by O(1).
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5 * x.abs().max().item())
 
 
 def test_ddpm_is_stochastic_but_reproducible(model):

@@ -50,15 +50,34 @@ def learned_sampling(specs, model, sampler):
     return learned
 
 
-def load_for_sampling(args: argparse.Namespace):
-    """The model of ``--model`` on ``--device`` in ``--dtype`` (as ``draft sample`` loads it)."""
+def resolve_device(text: str):
+    """``--device``: auto (CUDA when available, else the CPU), cpu, cuda, cuda:N or mps, checked to exist here."""
     import torch
 
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise DraftError(f"--device '{text}' is not a device; give auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DraftError(f"--device {text}: CUDA is not available here; use --device cpu (or auto).")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DraftError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise DraftError(f"--device {text}: MPS (Apple GPU) is not available here; use --device cpu (or auto).")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise DraftError(f"--device '{text}': draft runs on cpu, cuda or mps, not {device.type}.")
+    return device
+
+
+def load_for_sampling(args: argparse.Namespace):
+    """The model of ``--model`` on ``--device`` in ``--dtype`` (as ``draft sample`` loads it)."""
     from draft_core.models.loading import load_model, resolve_dtype
 
     quiet_libraries()
-    device = torch.device(args.device) if args.device != "auto" else None
-    model = load_model(args.model, device)
+    model = load_model(args.model, resolve_device(args.device))
     if args.dtype != "auto":
         model.to(dtype=resolve_dtype(args.dtype, model.device))
     return model

@@ -39,7 +39,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = [RowSpec(list(c), m) for c in configs for m in methods]
 
     model = load_for_sampling(args)
-    apply_loras(model.unet, specs)
+    apply_loras(model.unet, specs, model_name=args.model)
     learned = None if args.no_learned_sampling else learned_sampling(specs, model, sampler)
     for reward in rewards.values():
         if hasattr(reward, "to"):
@@ -55,6 +55,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "model": args.model,
         "prompts": args.prompts,
         "sampler": repr(sampler),
+        "sampler_name": args.sampler,
+        "steps": args.steps,
+        "guidance": args.guidance,
     }
     paths = write_outputs(result, Path(args.out))
     print(to_markdown(result))

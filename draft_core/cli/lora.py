@@ -8,29 +8,15 @@ from pathlib import Path
 from draft_core.errors import DraftError
 
 
-def _base_model_of(lora_folder: Path) -> str | None:
-    """The model a run's LoRA was trained on (from the run's config.yaml or the LoRA's model card)."""
-    import yaml
-
-    for config in (lora_folder.parent / "config.yaml", lora_folder / "config.yaml"):
-        if config.is_file():
-            return (yaml.safe_load(config.read_text()) or {}).get("model", {}).get("name")
-    card = lora_folder / "README.md"
-    if card.is_file():
-        for line in card.read_text().splitlines():
-            if line.startswith("base_model:"):
-                return line.split(":", 1)[1].strip() or None
-    return None
-
-
 def cmd_mix(args: argparse.Namespace) -> int:
     from draft_core.lora import LoraSpec
     from draft_core.lora.card import command_line, write_model_card
     from draft_core.lora.files import read_lora, save_mixed
+    from draft_core.lora.loading import base_model_of
 
     specs = [LoraSpec.parse(s) for s in args.loras]
     path = save_mixed(specs, args.out)
-    bases = {_base_model_of(s.path if s.path.is_dir() else s.path.parent) for s in specs} - {None}
+    bases = {base_model_of(s.folder) for s in specs} - {None}
     rank = next(iter(read_lora(path).modules.values())).rank
     write_model_card(args.out, {
         "base_model": bases.pop() if len(bases) == 1 else (sorted(bases) or None),

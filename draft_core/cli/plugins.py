@@ -9,7 +9,7 @@ import json
 def cmd_plugins(args: argparse.Namespace) -> int:
     from draft_core.plugins import format_plugins, load_registry
 
-    registry = load_registry()
+    registry = load_registry(report=False)  # its conflicts and allow-list notes are part of the listing
     if args.json:
         print(json.dumps(registry.describe(), indent=2))
     else:

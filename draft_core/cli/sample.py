@@ -3,21 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from draft_core.errors import DraftError
 
 
+EARLIER = re.compile(r"\d{4}\.png|grid\.png|images\.pt")  # what an earlier draft sample wrote
+
+
+def check_out(out: Path, overwrite: bool) -> list[Path]:
+    """``--out`` must be a folder (or not exist yet, under folders); the files of an earlier ``draft sample``
+    there are refused, or with ``--overwrite`` returned to be removed, so no stale image stays beside the new ones."""
+    if out.exists() and not out.is_dir():
+        raise DraftError(f"--out '{out}' is a file; give a folder for the images (it is created if missing).")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise DraftError(f"--out '{out}' is inside '{parent}', which is a file, not a folder.")
+    earlier = sorted(p for p in out.iterdir() if p.is_file() and EARLIER.fullmatch(p.name)) if out.is_dir() else []
+    if earlier and not overwrite:
+        shown = ", ".join(p.name for p in earlier[:4]) + (f" and {len(earlier) - 4} more" if len(earlier) > 4 else "")
+        raise DraftError(
+            f"--out '{out}' already holds {len(earlier)} files of an earlier draft sample ({shown}). Choose another "
+            f"--out, or add --overwrite to remove them and write the new images in their place."
+        )
+    return earlier
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from draft_core.cli.common import learned_sampling, parse_window, quiet_libraries
-    from draft_core.evaluation.baselines import NoiseSource, build_method, build_reward
+    from draft_core.api import generate
+    from draft_core.cli.common import learned_sampling, load_for_sampling, parse_window, resolve_device
+    from draft_core.evaluation.baselines import build_method, build_reward
     from draft_core.lora import LoraSpec, apply_loras
-    from draft_core.media import save_grid
-    from draft_core.models.loading import load_model, resolve_dtype
+    from draft_core.media import generation_params, save_grid, save_png, to_pil
     from draft_core.plugins import load_registry
-    from torchvision.utils import save_image
 
     for flag, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--steps", args.steps)):
         if value < 1:
@@ -26,33 +47,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
     method = build_method(args.method, build_reward(args.reward) if args.reward else None)
     sampler = load_registry().build("sampler", args.sampler, steps=args.steps, guidance_scale=args.guidance)
     window = parse_window(args.lora_steps, args.steps)
-    quiet_libraries()
-    device = torch.device(args.device) if args.device != "auto" else None
-    model = load_model(args.model, device)
-    if args.dtype != "auto":
-        model.to(dtype=resolve_dtype(args.dtype, model.device))
-    apply_loras(model.unet, specs)
+    resolve_device(args.device)
+    out = Path(args.out)
+    earlier = check_out(out, args.overwrite)
+    model = load_for_sampling(args)
+    apply_loras(model.unet, specs, model_name=args.model)
     learned = None if args.no_learned_sampling else learned_sampling(specs, model, sampler)
     if learned is not None:
         method.condition = learned.condition
     prompts = [p for p in args.prompt for _ in range(args.n)]
-    gen = torch.Generator().manual_seed(args.seed)
-    noise = model.make_noise(len(prompts), gen)  # drawn as a diffusers pipeline draws it
-    out = Path(args.out)
+    images = generate(model, sampler, method, prompts, seed=args.seed, batch_size=args.batch_size, lora_steps=window)
     out.mkdir(parents=True, exist_ok=True)
-    images = []
-    with torch.no_grad():
-        for i in range(0, len(prompts), args.batch_size):
-            source = NoiseSource.from_generator(noise[i : i + args.batch_size], model, gen)
-            made = method.generate(model, sampler, prompts[i : i + args.batch_size], source, lora_steps=window, generator=gen)
-            images.append(made.images.cpu())
-    images = torch.cat(images)
-    for i, img in enumerate(images):
-        save_image(img, out / f"{i:04d}.png")
-    save_grid(images, out / "grid.png", nrow=args.n)
+    for path in earlier:
+        path.unlink()
+    params = dict(model=args.model, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                  size=model.image_size, loras=[(s.path, s.scale) for s in specs], method=args.method if args.method != "plain" else None,
+                  lora_steps=args.lora_steps, learned=None if learned is None else "from the LoRA folder")
+    for i, img in enumerate(images):  # image i: the i-th noise drawn from --seed, for --prompt i // --n
+        save_png(to_pil(img), out / f"{i:04d}.png", generation_params(prompts[i], **params, index=i, n=len(prompts)))
+    save_grid(images, out / "grid.png", nrow=args.n, rows=args.prompt, cols=[f"#{j}" for j in range(args.n)],
+              params=generation_params(args.prompt, **params))
     if args.save_tensor:
         torch.save(images, out / "images.pt")
-    print(f"wrote {len(images)} images and grid.png to {out}")
+    replaced = f" (replacing the {len(earlier)} files of an earlier draft sample there)" if earlier else ""
+    print(f"wrote {len(images)} images and grid.png to {out}{replaced}")
     return 0
 
 
@@ -73,7 +91,8 @@ def add_parser(sub) -> None:
     sa.add_argument("--save-tensor", action="store_true", help="also write images.pt ([N,3,H,W] float in [0,1])")
     sa.add_argument("--method", default="plain", metavar="NAME[:k=v,...]", help="plain, best-of-n[:n=16], doodl[:steps=20,lr=0.05], prompt-template[:template=...]")
     sa.add_argument("--reward", metavar="NAME[:k=v,...]", help="the reward best-of-n and doodl use, e.g. digit-classifier:target=8")
-    sa.add_argument("--out", default="samples")
+    sa.add_argument("--out", default="samples", help="folder for NNNN.png and grid.png")
+    sa.add_argument("--overwrite", action="store_true", help="replace the images of an earlier draft sample in --out")
     sa.add_argument("--no-learned-sampling", action="store_true",
                     help="ignore a learned guidance schedule / negative prompt saved beside the LoRA")
     sa.set_defaults(func=cmd_sample)

@@ -2,20 +2,29 @@
 
     draft score --reward NAME [--set reward.KEY=VALUE ...] [--prompt TEXT | --prompts FILE] IMAGES... [--json]
 
-IMAGES are files or folders (their PNG/JPEG/WebP/BMP files, sorted by name). Lines are
-``path<TAB>score``, or JSON objects ``{"path", "score", "prompt"}`` with ``--json``. Images
-go to the reward in batches of consecutive same-sized images, as RGB floats in [0, 1].
+IMAGES are files or folders (their PNG/JPEG/WebP/BMP files, sorted by name). In a folder, the
+contact sheets and plots draft itself writes (``grid.png``, ``contact_sheet.png``,
+``before_after.png``, ``reward_curve.png``, ``guidance_schedule.png``) are skipped, with a line
+on stderr; name such a file to score it. Lines are ``path<TAB>score``, or JSON objects
+``{"path", "score", "prompt"}`` with ``--json``. Images go to the reward in batches of
+consecutive same-sized images, as RGB floats in [0, 1].
+
+A score that is not finite (NaN or infinite) is printed as ``nan``/``inf`` (``null`` in JSON),
+a warning on stderr names those images, and the exit status is 1; otherwise it is 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from draft_core.errors import ConfigError, DraftError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Written by draft sample / eval / train beside the images: grids of them, and plots.
+DRAFT_SHEETS = ("grid.png", "contact_sheet.png", "before_after.png", "reward_curve.png", "guidance_schedule.png")
 
 
 def add_parser(sub) -> None:
@@ -36,14 +45,21 @@ def add_parser(sub) -> None:
 
 
 def collect_images(items: list[str]) -> list[Path]:
-    """Files as given; folders expanded to their image files, sorted."""
+    """Files as given; folders expanded to their image files, sorted, without draft's own contact sheets."""
+    import sys
+
     paths: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
             found = sorted(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES)
+            sheets = [c for c in found if c.name in DRAFT_SHEETS]
+            found = [c for c in found if c.name not in DRAFT_SHEETS]
+            if sheets:
+                print(f"skipping {', '.join(c.name for c in sheets)} in '{item}' (contact sheets or plots draft writes; "
+                      f"name a file to score it)", file=sys.stderr)
             if not found:
-                raise DraftError(f"folder '{item}' holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
+                raise DraftError(f"folder '{item}' holds no image files ({', '.join(IMAGE_SUFFIXES)}) besides draft's own contact sheets.")
             paths += found
         elif p.is_file():
             paths.append(p)
@@ -61,6 +77,8 @@ def read_prompts(args: argparse.Namespace, count: int) -> list[str] | None:
         lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise DraftError(f"--prompts '{args.prompts}' could not be read: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError as exc:
+        raise DraftError(f"--prompts '{args.prompts}' is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8, one prompt per line.") from None
     prompts = [line.strip() for line in lines if line.strip()]
     if len(prompts) != count:
         raise DraftError(
@@ -80,8 +98,10 @@ def build_reward(name: str, overrides: list[str]):
             raise ConfigError(f"--set '{text}': draft score takes reward arguments only, as reward.KEY=VALUE.")
     raw = apply_overrides({"reward": {"name": name}}, overrides)
     name, kwargs = plugin_kwargs(raw["reward"])
-    try:
-        return load_registry().build("reward", name, **kwargs)
+    from draft_core.rewarding.contract import checked_reward
+
+    try:  # behind the core's checks of the images and of the scores
+        return checked_reward(load_registry().build("reward", name, **kwargs), load_registry().get("reward", name).describe())
     except DraftError:
         raise
     except (TypeError, ValueError, KeyError) as exc:
@@ -120,7 +140,7 @@ def batches(paths: list[Path], size: int):
 def cmd_score(args: argparse.Namespace) -> int:
     import torch
 
-    from draft_core.cli.common import quiet_libraries
+    from draft_core.cli.common import quiet_libraries, resolve_device
 
     if args.batch_size < 1:
         raise DraftError(f"--batch-size must be a positive integer, got {args.batch_size}.")
@@ -134,16 +154,12 @@ def cmd_score(args: argparse.Namespace) -> int:
                 f"or --prompts FILE (one line per image)."
             )
         prompts = [""] * len(paths)
-    try:
-        device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise DraftError(f"--device '{args.device}' is not a device; give auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DraftError(f"--device {args.device}: CUDA is not available here; use --device cpu (or auto).")
+    device = resolve_device(args.device)
     quiet_libraries()
     if isinstance(reward, torch.nn.Module):
         reward.to(device)
     done = 0
+    nonfinite: list[Path] = []
     for chunk, images in batches(paths, args.batch_size):
         chunk_prompts = prompts[done : done + len(chunk)]
         try:
@@ -154,9 +170,19 @@ def cmd_score(args: argparse.Namespace) -> int:
         if tuple(scores.shape) != (len(chunk),):
             raise DraftError(f"reward '{args.reward}' returned shape {list(scores.shape)} for {len(chunk)} images; rewards return [B].")
         for path, prompt, score in zip(chunk, chunk_prompts, scores.float().cpu().tolist()):
+            if not math.isfinite(score):
+                nonfinite.append(path)
             if args.json:
-                print(json.dumps({"path": str(path), "score": score, "prompt": prompt}), flush=True)
+                value = score if math.isfinite(score) else None  # JSON has no NaN
+                print(json.dumps({"path": str(path), "score": value, "prompt": prompt}), flush=True)
             else:
                 print(f"{path}\t{score:.6g}", flush=True)
         done += len(chunk)
+    if nonfinite:
+        import sys
+
+        shown = ", ".join(str(p) for p in nonfinite[:3]) + (" ..." if len(nonfinite) > 3 else "")
+        print(f"warning: {len(nonfinite)} of {len(paths)} scores are not finite (NaN or infinite): {shown}. "
+              f"Reward '{args.reward}' could not score those images; exit status 1.", file=sys.stderr)
+        return 1
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -14,13 +15,67 @@ def _default_run_dir(args: argparse.Namespace) -> Path:
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _check_set_arguments(args: argparse.Namespace) -> None:
+    """``--set train.lr 1e-3`` (a space for the '='): argparse takes 1e-3 for the CONFIG argument."""
+    for text in args.set:
+        if "=" not in text:
+            value = args.config if args.config and not Path(args.config).exists() else "VALUE"
+            raise DraftError(
+                f"--set '{text}' has no '=': it is not of the form dotted.key=value. Write --set {text}={value}"
+                + (f" ('{value}' was read as the config file)." if value != "VALUE" else ".")
+            )
+
+
+def _check_resume(run_dir: Path, config) -> None:
+    """A resumed run keeps its model (the LoRA and optimiser state have its layers' shapes) and needs
+    its reward rebuildable from config.yaml."""
+    import yaml
+
+    from draft_core.training.provenance import is_python_reward
+
+    saved = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("model") or {}
+    if isinstance(saved, dict) and saved.get("name") not in (None, config.model.name):
+        raise DraftError(
+            f"--resume {run_dir}: the run was trained on model '{saved['name']}', and its LoRA and optimiser state "
+            f"fit that model's layers only; model.name={config.model.name!r} cannot continue it. Drop that --set "
+            f"to resume, or start a new run with --out (a LoRA of one model does not apply to another)."
+        )
+    if is_python_reward(config.reward):
+        raise DraftError(
+            f"--resume {run_dir}: the run trained on a reward object given from Python ({config.reward['name'][len('python:'):]}), "
+            f"which the command line cannot rebuild. Resume it from Python with the same object: "
+            f"build_components(load_config('{run_dir / 'config.yaml'}'), reward=...) and Trainer(...).setup(resume=True) "
+            f"(docs/python-api.md)."
+        )
+
+
+def _defaults_block(config) -> str:
+    """YAML comments: each plugin's arguments that the config leaves at their defaults."""
+    from draft_core.training.components import default_arguments
+
+    lines = ["# plugin arguments left at their defaults (set any of them like the keys above):"]
+    for planned, defaults in default_arguments(config):
+        shown = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "(none)"
+        lines.append(f"#   {planned.key}: {planned.name}: {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def train_device_type(config) -> str:
+    import torch
+
+    device = config.model.device
+    return "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.cli.common import quiet_libraries
     from draft_core.config import load_config
     from draft_core.config.inputs import check_new_run_dir
-    from draft_core.training.components import build_components
+    from draft_core.training.components import build_components, section_label
+    from draft_core.training.preflight import check_ready
     from draft_core.training.runner import Trainer
 
+    _check_set_arguments(args)
     if args.resume:
         if args.config or args.preset or args.out:
             raise DraftError(
@@ -31,6 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").exists():
             raise DraftError(f"--resume {run_dir}: no config.yaml there; give the folder of an earlier `draft train` run.")
         config = load_config(run_dir / "config.yaml", args.set)
+        _check_resume(run_dir, config)
     else:
         if not args.config and not args.preset:
             raise DraftError("draft train needs a CONFIG.yaml or --preset NAME (e.g. draft train --preset quickstart).")
@@ -38,26 +94,63 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else _default_run_dir(args)
         check_new_run_dir(run_dir)
     components = build_components(config)  # every name and argument checked before the model loads
+    for note in components.warnings:
+        print(f"[draft] warning: {note}", file=sys.stderr)
+    check_ready(config, components)  # the model and the rewards' weights exist (nothing loaded)
+    if config.train.memory_budget is not None and not args.no_plan_check and not args.dry_run:
+        from draft_core.planning.fitting import check_budget
+
+        check_budget(config, train_device_type(config), progress=lambda m: print(f"[draft] {m}", file=sys.stderr))
     if args.dry_run:
         import yaml
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        print(_defaults_block(config), end="")
         return 0
     quiet_libraries()
     trainer = Trainer(config, run_dir, components, progress=not args.no_progress)
-    trainer.setup(resume=bool(args.resume))
-    trainer.log(
-        f"{config.model.name} on {trainer.model.device} ({trainer.model.dtype}), LoRA rank {config.lora.rank} "
-        f"({sum(p.numel() for p in trainer.params):,} parameters), estimator {components.estimator!r}, "
-        f"sampler {components.sampler!r}, run folder {run_dir} (watch it in {run_dir / 'report.html'})"
-    )
-    t0 = time.perf_counter()
-    last = trainer.train()
+    existed = run_dir.exists()
+    try:
+        trainer.setup(resume=bool(args.resume))
+        trainer.log(
+            f"{config.model.name} on {trainer.model.device} ({trainer.model.dtype}), LoRA rank {config.lora.rank} "
+            f"({sum(p.numel() for p in trainer.params):,} parameters), estimator {section_label(config.estimator)}, "
+            f"sampler {section_label(config.sampler)}, reward {section_label(config.reward)}, run folder {run_dir} (watch it in {run_dir / 'report.html'})"
+        )
+        t0 = time.perf_counter()
+        last = trainer.train()
+    except Exception:
+        if not args.resume:
+            _remove_if_nothing_done(trainer, run_dir, existed)
+        raise
     trainer.log(
         f"done: {trainer.step} steps in {time.perf_counter() - t0:.1f} s; final reward {last.get('reward_mean', float('nan')):.4g}; "
         f"LoRA in {run_dir / 'lora'}, grids in {run_dir / 'samples'}, curve {run_dir / 'reward_curve.png'}, report {run_dir / 'report.html'}"
     )
     return 0
+
+
+def _remove_if_nothing_done(trainer, run_dir: Path, existed: bool) -> None:
+    """A new run that failed before completing a step leaves no folder (or its empty folder, when --out
+    named an existing empty one), so the same command can run again. An interrupt is no failure here:
+    it checkpoints, and --resume continues."""
+    import shutil
+    import sys
+
+    from draft_core.training.checkpoint import latest_checkpoint
+
+    if trainer.step > 0 or not run_dir.is_dir() or latest_checkpoint(run_dir / "checkpoints") is not None:
+        return
+    acc = getattr(trainer, "acc", None)
+    if acc is not None and not acc.is_main_process:
+        return
+    if existed:
+        for child in run_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"[draft] the run failed before its first step, so {run_dir} was {'emptied' if existed else 'removed'}; "
+          f"the same command can run again", file=sys.stderr)
 
 
 def add_parser(sub) -> None:
@@ -68,5 +161,6 @@ def add_parser(sub) -> None:
     tr.add_argument("--out", help="run folder (default runs/NAME-TIMESTAMP)")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     tr.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then exit")
-    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar; a line every train.log_every steps instead")
+    tr.add_argument("--no-plan-check", action="store_true", help="train even if the plan predicts more than train.memory_budget")
     tr.set_defaults(func=cmd_train)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
-from draft_core.errors import ConfigError, did_you_mean
-from draft_core.lora import DEFAULT_TARGETS
+from draft_core.config.values import check_value
+from draft_core.errors import ConfigError, did_you_mean, join_problems
+from draft_core.lora import DEFAULT_TARGETS, TARGET_SETS
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -50,7 +50,7 @@ def yaml_load(text: str):
 class ModelSection:
     name: str = "tiny-random"  # embedded model, local diffusers folder, or hub id
     revision: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU; float16 refused
     device: str = "auto"  # auto: the device accelerate picks
 
 
@@ -58,7 +58,9 @@ class ModelSection:
 class LoraSection:
     rank: int = 8
     alpha: float | None = None  # None: alpha = rank
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    # module-name suffixes, or a named set (draft_core.lora.TARGET_SETS): "cross-attention+ff"
+    # (the paper's A.1, this default) or "attention+ff" (self-attention too)
+    targets: str | list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
 
 
 @dataclass
@@ -66,6 +68,23 @@ class PromptsSection:
     source: str = "animals"  # a built-in list name or a text file, one prompt per line
     items: list[str] | None = None  # an explicit list; overrides source
     template: str = "{}"  # e.g. "a photo of a {}"
+
+
+@dataclass
+class EmaSection:
+    decay: float | None = None  # e.g. 0.999: also keep an average of the trained weights (lora_ema/); null: none
+
+
+@dataclass
+class ValidationSection:
+    """Held-out prompts sampled with fixed seeds during training and scored; off while prompts is null."""
+
+    prompts: str | list[str] | None = None  # a prompt list name or file (as prompts.source), or the prompts
+    every: int = 100  # steps between validations; also at step 0 and at the end (0: only those two)
+    n_per_prompt: int = 2
+    rewards: list[str | dict] = field(default_factory=list)  # names or {name, args, label}; empty: the training reward
+    seed: int = 0
+    batch_size: int = 8
 
 
 @dataclass
@@ -78,14 +97,26 @@ class TrainSection:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float | None = 1.0
     lr_decay: Literal["none", "sqrt"] = "none"  # sqrt: lr · min(10·step^-0.5, 1)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # diffusers' get_scheduler, to train.steps
+    lr_warmup_steps: int = 0  # linear warm-up from 0 before the schedule
+    ema: EmaSection = field(default_factory=EmaSection)
     seed: int = 0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # fp16 is refused (no loss scaling)
     sample_every: int = 100  # 0: only before and after training
-    sample_prompts: list[str] | None = None  # default: the first 10 prompts (one grid column each)
+    sample_prompts: list[str] | None = None  # default: the first 10 prompts (one grid row each)
     sample_per_prompt: int = 2
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     max_nonfinite: int = 5  # stop after this many skipped (non-finite) updates in a row
+    log_every: int = 10  # without a progress bar (--no-progress), a line every this many steps
+    trackers: list[Literal["tensorboard", "wandb", "mlflow", "aim"]] = field(default_factory=list)
+    tracker_project: str = "draft"  # W&B project, MLflow experiment, TensorBoard subfolder
+    validation: ValidationSection = field(default_factory=ValidationSection)
+    # Recompute the VAE decode / the reward in the backward pass instead of keeping their
+    # activations: true, false or auto (decode: models with a VAE; reward: network rewards).
+    checkpoint_decode: bool | Literal["auto"] = "auto"
+    checkpoint_reward: bool | Literal["auto"] = "auto"
+    memory_budget: str | int | None = None  # e.g. 24GiB: draft train refuses a config predicted to need more
 
 
 @dataclass
@@ -123,75 +154,32 @@ class Config:
 # -- parsing ------------------------------------------------------------------------
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints widen to floats, nothing else converts."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-    elif origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-    elif origin is list:
-        if isinstance(value, list):
-            (item,) = typing.get_args(tp)
-            return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    elif origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(value, tp):
-        return value
-    finite = " (a finite number)" if tp is float else ""
-    raise ConfigError(f"config key '{key}' has the value {value!r}, but it must be {_type_name(tp)}{finite}.")
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    """``cls`` from ``raw``; each bad key is added to ``problems`` and left at its default."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"config section '{prefix}' must be a mapping of keys to values, got {raw!r}.")
+        problems.append(f"config section '{prefix}' must be a mapping of keys to values, got {raw!r}.")
+        return cls()
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in raw.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in hints:
-            raise ConfigError(
+            problems.append(
                 f"unknown config key '{full}'. Keys accepted in '{prefix or 'the top level'}': "
                 f"{', '.join(names)}.{did_you_mean(str(key), names)}"
             )
+            continue
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, full)
-        elif key in PLUGIN_SECTIONS:
-            kwargs[key] = _plugin_section(value, full)
-        else:
-            kwargs[key] = _coerce(value, tp, full)
+        try:
+            if dataclasses.is_dataclass(tp):
+                kwargs[key] = _build(tp, value, full, problems)
+            elif key in PLUGIN_SECTIONS:
+                kwargs[key] = _plugin_section(value, full)
+            else:
+                kwargs[key] = check_value(value, tp, full)
+        except ConfigError as exc:
+            problems.append(str(exc))
     return cls(**kwargs)
 
 
@@ -291,13 +279,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), prese
         raw = _merge(raw, read_yaml(Path(path)))
     defaults = Config().to_dict()
     merged = _merge(defaults, apply_overrides(raw, list(overrides)))
-    config = _build(Config, merged, "")
-    check_values(config)
+    problems: list[str] = []
+    config = _build(Config, merged, "", problems)
+    problems += value_problems(config)
+    if problems:
+        raise ConfigError(join_problems(problems))
     return config
 
 
 def check_values(c: Config) -> None:
-    """Range checks that types cannot express."""
+    """Range checks that types cannot express; every problem is reported at once."""
+    problems = value_problems(c)
+    if problems:
+        raise ConfigError(join_problems(problems))
+
+
+def value_problems(c: Config) -> list[str]:
+    """What ``check_values`` finds wrong, one sentence per problem."""
+    problems: list[str] = []
+    bad = problems.append
     positive = {
         "train.steps": c.train.steps,
         "train.batch_size": c.train.batch_size,
@@ -306,68 +306,118 @@ def check_values(c: Config) -> None:
         "train.checkpoint_every": c.train.checkpoint_every,
         "train.keep_checkpoints": c.train.keep_checkpoints,
         "train.max_nonfinite": c.train.max_nonfinite,
+        "train.log_every": c.train.log_every,
         "lora.rank": c.lora.rank,
         "learn.negative_prompt_heads": c.learn.negative_prompt_heads,
     }
     for key, value in positive.items():
         if value < 1:
-            raise ConfigError(f"config key '{key}' must be a positive integer, got {value}.")
+            bad(f"config key '{key}' must be a positive integer, got {value}.")
+    _check_train_extras(c.train, bad)
     for key in ("guidance_lr_mult", "negative_prompt_lr_mult"):
         if getattr(c.learn, key) <= 0:
-            raise ConfigError(f"config key 'learn.{key}' must be > 0, got {getattr(c.learn, key)}.")
+            bad(f"config key 'learn.{key}' must be > 0, got {getattr(c.learn, key)}.")
     if c.train.lr <= 0:
-        raise ConfigError(f"config key 'train.lr' must be > 0, got {c.train.lr}.")
+        bad(f"config key 'train.lr' must be > 0, got {c.train.lr}.")
     if c.train.sample_every < 0:
-        raise ConfigError(f"config key 'train.sample_every' must be >= 0 (0: only before and after), got {c.train.sample_every}.")
+        bad(f"config key 'train.sample_every' must be >= 0 (0: only before and after), got {c.train.sample_every}.")
     if len(c.train.betas) != 2 or not all(0 <= b < 1 for b in c.train.betas):
-        raise ConfigError(f"config key 'train.betas' must be two numbers in [0, 1), got {c.train.betas}.")
+        bad(f"config key 'train.betas' must be two numbers in [0, 1), got {c.train.betas}.")
+    if c.train.memory_budget is not None:
+        from draft_core.planning.budget import parse_bytes
+
+        try:
+            parse_bytes(c.train.memory_budget, "config key 'train.memory_budget'")
+        except ConfigError as exc:
+            bad(str(exc))
     if c.train.grad_clip is not None and c.train.grad_clip <= 0:
-        raise ConfigError(f"config key 'train.grad_clip' must be > 0 or null (no clipping), got {c.train.grad_clip}.")
+        bad(f"config key 'train.grad_clip' must be > 0 or null (no clipping), got {c.train.grad_clip}.")
     try:
         ok = "{}" in c.prompts.template and c.prompts.template.format("x")
     except (IndexError, KeyError, ValueError):
         ok = False
     if not ok:
-        raise ConfigError(
+        bad(
             f"config key 'prompts.template' must contain one '{{}}' where the prompt goes and no other "
             f"braces (write '{{{{' for a literal brace), got {c.prompts.template!r}."
         )
     if not c.lora.targets:
-        raise ConfigError("config key 'lora.targets' is an empty list; name the layers to adapt (e.g. [to_q, to_k, to_v, to_out.0]).")
+        bad("config key 'lora.targets' is an empty list; name the layers to adapt (e.g. [to_q, to_k, to_v, to_out.0]).")
+    if isinstance(c.lora.targets, str) and c.lora.targets not in TARGET_SETS:
+        bad(
+            f"config key 'lora.targets' is {c.lora.targets!r}, which is not a named set of layers; give one of "
+            f"{', '.join(TARGET_SETS)} or a list of module-name suffixes (e.g. [attn2.to_q, ff.net.2]).{did_you_mean(c.lora.targets, list(TARGET_SETS))}"
+        )
+    half = {"train.mixed_precision": c.train.mixed_precision == "fp16", "model.dtype": c.model.dtype == "float16"}
+    for key, half_precision in half.items():
+        if half_precision:
+            bad(
+                f"config key '{key}' asks for float16 training, which draft refuses: float16 gradients need loss "
+                f"scaling (a grad scaler), which the training loop does not apply, so small reward gradients would "
+                f"underflow to zero unnoticed. Use bfloat16 (model.dtype: auto gives it on CUDA, or "
+                f"train.mixed_precision: bf16), which needs no scaling, or float32."
+            )
     if c.model.device != "auto":
         import torch
 
         try:
             torch.device(c.model.device)
         except (RuntimeError, ValueError):
-            raise ConfigError(f"config key 'model.device' is {c.model.device!r}; give auto, cpu, cuda or cuda:N.") from None
+            bad(f"config key 'model.device' is {c.model.device!r}; give auto, cpu, cuda or cuda:N.")
     if c.prompts.items is not None and not c.prompts.items:
-        raise ConfigError("config key 'prompts.items' is an empty list; give prompts, or null to use prompts.source.")
+        bad("config key 'prompts.items' is an empty list; give prompts, or null to use prompts.source.")
     for section in ("sampler", "estimator"):
         if not isinstance(getattr(c, section).get("name"), str):
-            raise ConfigError(f"config section '{section}' needs a 'name' (a registered {section}); see `draft plugins`.")
-    reward = c.reward
-    if "weights" in reward:
-        weights = reward["weights"]
-        if not isinstance(weights, dict) or not weights:
-            raise ConfigError(f"config key 'reward.weights' must map reward names to numbers, got {weights!r}.")
-        extra = sorted(set(reward) - {"weights", "args"})
-        if extra:
-            raise ConfigError(
-                f"config section 'reward' has 'weights' and also {extra}; with weights, give each reward's "
-                f"arguments under reward.args.<name> (e.g. reward.args.jpeg-compressibility.quality=30)."
-            )
-        for name, w in weights.items():
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-                raise ConfigError(f"config key 'reward.weights.{name}' must be a finite number, got {w!r}.")
-        args = reward.get("args") or {}
-        if not isinstance(args, dict) or not all(isinstance(v, dict) or v is None for v in args.values()):
-            raise ConfigError(
-                f"config key 'reward.args' must map reward names to their arguments "
-                f"(e.g. {{jpeg-compressibility: {{quality: 30}}}}), got {args!r}."
-            )
-    elif not isinstance(reward.get("name"), str):
-        raise ConfigError("config section 'reward' needs a 'name' (a registered reward) or 'weights' ({name: weight}).")
+            bad(f"config section '{section}' needs a 'name' (a registered {section}); see `draft plugins`.")
+    problems += _reward_problems(c.reward)
+    return problems
+
+
+def _reward_problems(reward: dict[str, Any]) -> list[str]:
+    if "weights" not in reward:
+        if not isinstance(reward.get("name"), str):
+            return ["config section 'reward' needs a 'name' (a registered reward) or 'weights' ({name: weight})."]
+        return []
+    weights = reward["weights"]
+    if not isinstance(weights, dict) or not weights:
+        return [f"config key 'reward.weights' must map reward names to numbers, got {weights!r}."]
+    problems = []
+    extra = sorted(set(reward) - {"weights", "args"})
+    if extra:
+        problems.append(
+            f"config section 'reward' has 'weights' and also {extra}; with weights, give each reward's "
+            f"arguments under reward.args.<name> (e.g. reward.args.jpeg-compressibility.quality=30)."
+        )
+    for name, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            problems.append(f"config key 'reward.weights.{name}' must be a finite number, got {w!r}.")
+    args = reward.get("args") or {}
+    if not isinstance(args, dict) or not all(isinstance(v, dict) or v is None for v in args.values()):
+        problems.append(
+            f"config key 'reward.args' must map reward names to their arguments "
+            f"(e.g. {{jpeg-compressibility: {{quality: 30}}}}), got {args!r}."
+        )
+    return problems
+
+
+def _check_train_extras(t: TrainSection, bad) -> None:
+    """Schedules, the weight average and validation."""
+    if t.lr_warmup_steps < 0:
+        bad(f"config key 'train.lr_warmup_steps' must be >= 0, got {t.lr_warmup_steps}.")
+    if t.lr_decay == "sqrt" and t.lr_schedule != "constant":
+        bad(
+            f"train.lr_decay is 'sqrt' (the paper's decay) and train.lr_schedule is '{t.lr_schedule}', which decays too; "
+            f"use one: lr_decay: sqrt with lr_schedule: constant (a warm-up may precede it), or lr_decay: none with "
+            f"lr_schedule: {t.lr_schedule}."
+        )
+    if t.ema.decay is not None and not 0 < t.ema.decay < 1:
+        bad(f"config key 'train.ema.decay' must be in (0, 1) (e.g. 0.999), or null for no average; got {t.ema.decay}.")
+    v = t.validation
+    for key in ("n_per_prompt", "batch_size"):
+        if getattr(v, key) < 1:
+            bad(f"config key 'train.validation.{key}' must be a positive integer, got {getattr(v, key)}.")
+    if v.every < 0:
+        bad(f"config key 'train.validation.every' must be >= 0 (0: only at step 0 and the end), got {v.every}.")
 
 
 def plugin_kwargs(section: dict[str, Any]) -> tuple[str, dict[str, Any]]:

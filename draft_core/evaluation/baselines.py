@@ -284,10 +284,12 @@ def build_reward(text: str, registry=None):
     from draft_core.errors import DraftError
     from draft_core.plugins import load_registry
 
+    from draft_core.rewarding.contract import checked_reward
+
     name, kwargs = parse_spec(text, "--reward")
     registry = registry or load_registry()
-    try:
-        return registry.build("reward", name, **kwargs)
+    try:  # called as training calls it: behind the core's input and output checks
+        return checked_reward(registry.build("reward", name, **kwargs), registry.get("reward", name).describe())
     except DraftError:
         raise
     except (TypeError, ValueError, KeyError) as exc:

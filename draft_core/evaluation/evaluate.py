@@ -206,7 +206,7 @@ def to_json(result: EvalResult) -> dict[str, Any]:
 
 def write_outputs(result: EvalResult, out: Path) -> dict[str, Path]:
     """table.md, table.csv, results.json and contact_sheet.png in ``out``."""
-    from draft_core.media import save_grid
+    from draft_core.media import generation_params, save_grid
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "table.md", "csv": out / "table.csv", "json": out / "results.json"}
@@ -217,8 +217,14 @@ def write_outputs(result: EvalResult, out: Path) -> dict[str, Path]:
         writer.writeheader()
         writer.writerows(records)
     paths["json"].write_text(json.dumps(to_json(result), indent=2))
-    if result.sheet is not None:
-        paths["sheet"] = save_grid(result.sheet, out / "contact_sheet.png", nrow=result.sheet_columns)
+    if result.sheet is not None:  # a row per configuration, a column per prompt (its first sample)
+        prompts = [result.items[i].prompt for i in sheet_prompts(result.items, result.sheet_columns)]
+        s = result.settings
+        params = generation_params(prompts, model=s.get("model", "?"), sampler=s.get("sampler_name", s.get("sampler", "?")),
+                                   steps=s.get("steps"), guidance=s.get("guidance"), seed=result.seed,
+                                   configurations=[row.label for row in result.rows])
+        paths["sheet"] = save_grid(result.sheet, out / "contact_sheet.png", nrow=result.sheet_columns, rows=[r.label for r in result.rows],
+                                   cols=prompts, title=f"draft eval, seed {result.seed}: the first sample of each prompt", params=params)
     return paths
 
 

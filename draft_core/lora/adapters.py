@@ -1,7 +1,8 @@
 """LoRA on the UNet through peft, saved and loaded in the diffusers LoRA format.
 
-Targets follow the paper (Appendix A.1): the attention projections (self- and
-cross-attention) and the feed-forward layers of every transformer block. Saved files
+Targets follow the paper (Appendix A.1): the cross-attention projections (``attn2``)
+and the feed-forward layers of every transformer block; the named set ``attention+ff``
+adds the self-attention projections (``attn1``). Saved files
 are ``pytorch_lora_weights.safetensors`` with ``unet.``-prefixed peft keys, which a plain
 ``StableDiffusionPipeline.load_lora_weights(dir)`` loads.
 """
@@ -9,7 +10,7 @@ are ``pytorch_lora_weights.safetensors`` with ``unet.``-prefixed peft keys, whic
 from __future__ import annotations
 
 import contextlib
-import re
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -20,7 +21,14 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from draft_core.errors import DraftError
 
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
+CROSS_ATTENTION = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+DEFAULT_TARGETS = CROSS_ATTENTION + FEED_FORWARD  # the paper's (A.1)
+# Named sets for lora.targets (peft matches each entry as a module-name suffix).
+TARGET_SETS = {
+    "cross-attention+ff": DEFAULT_TARGETS,
+    "attention+ff": ("to_q", "to_k", "to_v", "to_out.0") + FEED_FORWARD,
+}
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER = "default"
 
@@ -29,16 +37,21 @@ def add_lora(
     unet: torch.nn.Module,
     rank: int = 8,
     alpha: float | None = None,
-    targets: Sequence[str] = DEFAULT_TARGETS,
+    targets: Sequence[str] | str = DEFAULT_TARGETS,
     init: str | bool = True,
 ) -> list[torch.nn.Parameter]:
     """Add a trainable LoRA adapter (fp32 parameters, base weights stay frozen); return its parameters.
 
-    alpha defaults to rank (scale 1). init=True starts at the identity (B = 0);
-    "gaussian" or False give a non-zero start (used by gradient tests).
+    targets: module-name suffixes or a name in ``TARGET_SETS``. alpha defaults to rank
+    (scale 1). init=True starts at the identity (B = 0); "gaussian" or False give a
+    non-zero start (used by gradient tests).
     """
     if rank < 1:
         raise DraftError(f"lora.rank must be a positive integer, got {rank}.")
+    if isinstance(targets, str):
+        if targets not in TARGET_SETS:
+            raise DraftError(f"lora.targets {targets!r} is not a named set; use one of {list(TARGET_SETS)} or a list of module names.")
+        targets = TARGET_SETS[targets]
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha if alpha is not None else rank,
@@ -91,7 +104,16 @@ def lora_state(unet: torch.nn.Module, adapter: str = ADAPTER) -> dict[str, torch
 
 
 def load_lora_state(unet: torch.nn.Module, state: dict[str, torch.Tensor], adapter: str = ADAPTER) -> None:
-    result = set_peft_model_state_dict(unet, state, adapter_name=adapter)
+    try:
+        result = set_peft_model_state_dict(unet, state, adapter_name=adapter)
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc):
+            raise
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "")
+        raise DraftError(
+            f"the checkpoint's LoRA does not fit this model's layers ({first}); it was trained on another model. "
+            f"Resume with the run's own model.name."
+        ) from None
     unexpected = getattr(result, "unexpected_keys", []) or []
     if unexpected:
         raise DraftError(f"checkpoint LoRA has keys this model lacks: {unexpected[:3]}...")
@@ -99,6 +121,14 @@ def load_lora_state(unet: torch.nn.Module, state: dict[str, torch.Tensor], adapt
     missing = sorted(expected - set(state))
     if missing:
         raise DraftError(f"checkpoint LoRA lacks {len(missing)} of this model's LoRA tensors (e.g. {missing[0]}); was it written with another lora.rank or lora.targets?")
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -115,41 +145,33 @@ class LoraSpec:
 
     @classmethod
     def parse(cls, text: str) -> "LoraSpec":
-        """``PATH[:SCALE]``; a run folder stands for its ``lora/`` subfolder."""
+        """``PATH[:SCALE]``; a run folder stands for its ``lora/`` subfolder, a checkpoint folder
+        (``checkpoints/step-N``) for its ``lora.safetensors``."""
         path, scale = text, 1.0
-        m = re.fullmatch(r"(.+):([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)", text)
-        if m:
-            path, scale = m.group(1), float(m.group(2))
+        if not Path(text).exists():
+            # The longest existing path before a ':' is the LoRA, and the rest its scale; with no
+            # such path, a numeric tail is still read as the scale (the path is reported missing below).
+            colons = [i for i, c in enumerate(text) if c == ":"]
+            head = next((text[:i] for i in reversed(colons) if i and Path(text[:i]).exists()), None)
+            if head is None and colons and _number(text[colons[-1] + 1:]) is not None:
+                head = text[:colons[-1]]
+            if head is not None:
+                tail = text[len(head) + 1:]
+                if _number(tail) is None:
+                    raise DraftError(f"--lora '{text}': bad scale '{tail}'; SCALE must be a finite number (e.g. {head}:0.75).")
+                path, scale = head, _number(tail)
         p = Path(path)
         if p.is_dir() and not (p / WEIGHT_NAME).exists() and (p / "lora" / WEIGHT_NAME).exists():
             p = p / "lora"
+        elif p.is_dir() and not (p / WEIGHT_NAME).exists() and (p / "lora.safetensors").is_file():
+            p = p / "lora.safetensors"
         if not (p.is_file() or (p / WEIGHT_NAME).exists()):
             raise DraftError(
                 f"--lora '{text}': no LoRA found at '{p}'. Give a folder holding {WEIGHT_NAME} "
-                f"(such as a run's lora/ folder), a run folder, or a .safetensors file, optionally "
+                f"(such as a run's lora/ folder), a run folder, a checkpoint folder, or a .safetensors file, optionally "
                 f"followed by :SCALE (e.g. runs/x/lora:0.75)."
             )
         return cls(p, scale)
-
-
-def apply_loras(unet: torch.nn.Module, specs: Sequence[LoraSpec]) -> list[str]:
-    """Load each LoRA as its own adapter and mix them: W = W0 + Σ scale_i ΔW_i (paper §5.2)."""
-    names = []
-    for i, spec in enumerate(specs):
-        name = f"lora{i}"
-        is_file = spec.path.is_file()
-        weight_name = spec.path.name if is_file else WEIGHT_NAME
-        if is_file and spec.path.suffix != ".safetensors":
-            from draft_core.training.checkpoint import safe_torch_load  # a pickle with arbitrary objects is refused
-
-            state = safe_torch_load(spec.path)
-            unet.load_lora_adapter(state, prefix="unet", adapter_name=name)
-        else:
-            unet.load_lora_adapter(str(spec.folder), prefix="unet", adapter_name=name, weight_name=weight_name)
-        names.append(name)
-    if names:
-        unet.set_adapters(names, weights=[s.scale for s in specs])
-    return names
 
 
 @contextlib.contextmanager

@@ -16,12 +16,14 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return shlex.join(argv)
 
 
-def write_model_card(folder: str | Path, info: dict, usage: str | None = None, sections: str = "") -> Path:
+def write_model_card(folder: str | Path, info: dict, location: str | Path | None = None, usage: str | None = None,
+                     sections: str = "") -> Path:
     """``folder/README.md``: a YAML header (diffusers' model-card fields) and a table of ``info``.
 
     info keys used: base_model, rewards, estimator, steps, final_reward, command, and any others
-    (shown as extra rows). usage: the "Use:" text (default: how to load ``folder``);
-    sections: Markdown appended at the end (e.g. images).
+    (shown as extra rows). location: where the LoRA will be read from, for the usage lines
+    (default ``folder``; a folder filled under a temporary name passes its final path).
+    usage: the "Use:" text instead (e.g. for a Hub repository); sections: Markdown appended at the end.
     """
     import yaml
 
@@ -36,13 +38,14 @@ def write_model_card(folder: str | Path, info: dict, usage: str | None = None, s
     rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in info.items() if k != "command")
     from draft_core.models.loading import EMBEDDED
 
+    where = Path(location) if location is not None else folder
     if usage is None:
-        usage = f"`draft sample --model {base} --lora {folder}:1.0 --prompt ...`"
+        usage = f"`draft sample --model {base} --lora {where}:1.0 --prompt ...`"
         if base not in EMBEDDED:  # an embedded model is no diffusers pipeline to from_pretrained
             usage = (
                 "```python\nfrom diffusers import StableDiffusionPipeline\n"
                 f"pipe = StableDiffusionPipeline.from_pretrained({base!r})\n"
-                f"pipe.load_lora_weights({str(folder)!r})\n```\n\nor {usage}"
+                f"pipe.load_lora_weights({str(where)!r})\n```\n\nor {usage}"
             )
     text = (
         f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n"

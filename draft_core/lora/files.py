@@ -226,9 +226,9 @@ def export_kohya(path: str | Path, out: str | Path) -> Path:
 # -- fuse ------------------------------------------------------------------------------
 def fuse_lora_into_model(model, specs: Sequence[LoraSpec]) -> None:
     """Fold ``Σ scale_i ΔW_i`` into the UNet's base weights and drop the adapters (in place)."""
-    from draft_core.lora.adapters import apply_loras
+    from draft_core.lora.loading import apply_loras
 
-    names = apply_loras(model.unet, specs)
+    names = apply_loras(model.unet, specs, model_name=model.name or None)
     if not names:
         raise DraftError("lora fuse needs at least one --lora PATH[:SCALE].")
     model.unet.fuse_lora(adapter_names=names)

@@ -80,7 +80,8 @@ def stage(run_dir: str | Path, repo_id: str) -> Path:
         images.append(("reward during training", "images/reward_curve.png"))
     grids = sorted((run_dir / "samples").glob("step-*.png"))
     if len(grids) > 1:  # the first grid beside the last (the run's own before_after.png is the same picture)
-        save_before_after(grids[0], grids[-1], out / "images" / "before_after.png")
+        save_before_after(grids[0], grids[-1], out / "images" / "before_after.png",
+                          (f"before: {grids[0].stem.replace('-', ' ')}", f"after: {grids[-1].stem.replace('-', ' ')}"))
         images.append((f"before (left, {grids[0].stem}) and after (right, {grids[-1].stem}): fixed prompts and seeds", "images/before_after.png"))
     shutil.copy2(run_dir / "config.yaml", out / "config.yaml")
     write_report([run_dir], out / "report.html")

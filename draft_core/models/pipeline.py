@@ -46,6 +46,8 @@ class DiffusionModel:
         self.scheduler_config = dict(scheduler_config)
         self.name = name
         self._uncond: torch.Tensor | None = None
+        # True / False / "auto" (train.checkpoint_decode): see draft_core.memory.
+        self.checkpoint_decode: bool | str = "auto"
         for module in self.modules():
             module.requires_grad_(False)
             module.eval()
@@ -113,7 +115,18 @@ class DiffusionModel:
         return randn_tensor((batch, *self.sample_shape), generator=generator, device=self.device, dtype=dtype)
 
     def decode(self, sample: torch.Tensor) -> torch.Tensor:
-        """[B, C, h, w] sample -> [B, 3, H, W] float32 images in [0, 1], differentiably."""
+        """[B, C, h, w] sample -> [B, 3, H, W] float32 images in [0, 1], differentiably.
+
+        Where gradients flow, the VAE's activations are recomputed in the backward pass
+        instead of kept, one image at a time (``checkpoint_decode``; draft_core.memory)."""
+        import draft_core.memory as memory
+
+        if memory.wants(self.checkpoint_decode, self.vae is not None) and memory.grad_flows(sample):
+            # One region per image: the backward pass recomputes (and holds) one image's decoder at a time.
+            return torch.cat([memory.run(self._decode, sample[i : i + 1]) for i in range(sample.shape[0])])
+        return self._decode(sample)
+
+    def _decode(self, sample: torch.Tensor) -> torch.Tensor:
         if self.vae is not None:
             cfg = self.vae.config
             latents = sample.to(self.vae.dtype) / cfg.scaling_factor

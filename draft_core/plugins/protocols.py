@@ -7,7 +7,7 @@ a pixel-space model), ``H/W`` decoded image size, ``L/D`` text tokens and width.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -24,7 +24,18 @@ class Reward(Protocol):
     """``reward(images, prompts) -> Tensor[B]``; higher is better.
 
     images: [B, 3, H, W] float in [0, 1], any device; the result must be
-    differentiable with respect to ``images``.
+    differentiable with respect to ``images``, unless the reward declares
+    ``differentiable = False`` (an attribute of the object or its class; absent means
+    True): a black-box score (a real JPEG encoder's file size, an OCR or detector count,
+    a judge model) returns values without a graph. Only estimators that do not need the
+    reward's gradient (``needs_reward_gradient = False``: ddpo, grpo) accept such a reward;
+    the others refuse it before any model loads. A weighted sum is differentiable only if
+    every term is.
+
+    Optional: ``check_available() -> None``, for a reward that loads weights. It must be cheap
+    (look for the files at a configured path or in the Hugging Face cache; load nothing) and
+    raise a ``DraftError`` (e.g. ``ModelLoadError``) naming what is missing and how to provide
+    it. ``draft train`` calls it in ``--dry-run`` and before the run folder is created.
     """
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor: ...
@@ -36,6 +47,16 @@ class Sampler(Protocol):
 
     Steps are indexed ``i = 0 .. T-1`` in sampling order (step 0 starts from noise;
     step T-1 is the paper's t = 1).
+
+    Optional capability, for policy-gradient estimators (ddpo, grpo), offered by samplers
+    whose steps draw noise (``ddpm``; ``ddim`` with eta > 0; any SDE sampler can join):
+    ``stochastic: bool`` (True when the steps draw noise), ``initial_sample(model, noise)
+    -> x_0`` and ``transition_distribution(model, sample, step, cond, lora_on=True) ->
+    (mean, std)``: the Gaussian N(mean, std²) that step ``step`` draws x_{i+1} from given
+    x_i = ``sample``, with classifier-free guidance inside the mean and autograd through it
+    when enabled; mean [B, C, h, w], std a tensor broadcastable to it (0 at a step that
+    draws no noise). ``draft_core.samplers.gaussian.log_prob(x_next, mean, std)`` turns it
+    into log p_θ(x_{i+1} | x_i, c); lora_on=False gives the frozen base model's step.
     """
 
     num_steps: int
@@ -83,7 +104,12 @@ class StepInputs:
 
     noise: [B, C, h, w] initial noise x_T. generator: the source of any further
     randomness the estimator draws (re-noising, random truncation), so that a
-    resumed run draws the same numbers.
+    resumed run draws the same numbers. backward: where the caller allows it, a
+    function that runs the backward pass of a part of the loss at once (the runner's one
+    scales it for gradient accumulation); an estimator whose loss is a sum of parts
+    with separate graphs may call it on each part in turn, so that only one part's
+    graph is alive at a time, and return ``EstimatorOutput(backward_done=True)``.
+    None: return the whole loss and let the caller differentiate it.
     """
 
     model: "DiffusionModel"
@@ -92,23 +118,41 @@ class StepInputs:
     cond: Conditioning
     noise: torch.Tensor
     generator: torch.Generator
+    backward: Callable[[torch.Tensor], None] | None = None
 
 
 @dataclass
 class EstimatorOutput:
     """loss: scalar to minimise (its gradient is the estimator's). reward: [B], detached,
     the reward of the batch's samples. queries: reward evaluations per image this step.
-    logs: extra scalars for metrics.jsonl."""
+    logs: extra scalars for metrics.jsonl. backward_done: the estimator already ran the
+    backward pass of the whole loss through ``StepInputs.backward``; ``loss`` is then
+    its detached value, for logging and the non-finite check only."""
 
     loss: torch.Tensor
     reward: torch.Tensor
     images: torch.Tensor | None = None
     queries: int = 1
     logs: dict[str, float] = field(default_factory=dict)
+    backward_done: bool = False
 
 
 @runtime_checkable
 class GradientEstimator(Protocol):
-    """Turns (model, sampler, reward, batch) into a surrogate loss."""
+    """Turns (model, sampler, reward, batch) into a surrogate loss.
+
+    Optional methods the runner uses when an estimator has them:
+
+    - ``check(sampler)``: raise ``ConfigError`` for a sampler it cannot work with.
+    - ``differentiated_steps(num_steps) -> range``: the sampling steps whose UNet calls
+      can carry gradient to the parameters (used to warn when a learned guidance
+      schedule would learn only some of its knots).
+    - ``on_optimizer_step(applied: bool)``: called once per optimiser step, after the
+      runner's non-finite checks and all ``train.grad_accum`` micro-batches: ``applied``
+      is True right after the LoRA's update, False when the update was skipped. An
+      estimator with state of its own to train (``dpg``'s critic) updates it here, so
+      it moves exactly when the policy does, and discards what it accumulated otherwise.
+    - ``state_dict()`` / ``load_state_dict(state)``: tensors saved with each checkpoint.
+    """
 
     def __call__(self, inputs: StepInputs) -> EstimatorOutput: ...

@@ -12,8 +12,10 @@ import pluggy
 
 import draft_core.plugins.hookspecs as hookspecs
 from draft_core.errors import PluginError, closest, did_you_mean
+from draft_core.plugins.arguments import Argument, argument_list
 
 GROUP = hookspecs.PROJECT
+CONFLICT_ADVICE = "Uninstall one of them, or set DRAFT_PLUGINS to the entry points to load."
 BUILTIN_DISTRIBUTION = "draft-diffusion"
 KINDS = ("sampler", "estimator", "reward")
 PLURALS = {"sampler": "samplers", "estimator": "estimators", "reward": "rewards"}
@@ -39,6 +41,9 @@ class PluginEntry:
     distribution: str | None
     version: str | None
 
+    def describe(self) -> str:
+        return describe_provider(self.kind, self.name, self.plugin, self.distribution, self.version)
+
 
 @dataclass(frozen=True)
 class LoadError:
@@ -50,9 +55,32 @@ class LoadError:
     error: str
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """A name registered twice: ``kept`` (the built-in, or the first loaded) keeps it in the
+    listing; ``dropped`` was not registered. A run that names it gets an error."""
+
+    kept: PluginEntry
+    dropped: PluginEntry
+
+    def message(self) -> str:
+        k, d = self.kept, self.dropped
+        return (
+            f"{k.kind} '{k.name}' is registered twice: by {_provider(k.plugin, k.distribution, k.version)} and by "
+            f"{_provider(d.plugin, d.distribution, d.version)}."
+        )
+
+
 def normalise_distribution(name: str) -> str:
     """PEP 503 normalisation, so ``Draft_Diffusion`` and ``draft-diffusion`` compare equal."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def describe_provider(kind: str, name: str, plugin: str, distribution: str | None, version: str | None) -> str:
+    """``reward 'x' (plugin 'p' from distribution d 1.0)``: what error messages call a plugin's name."""
+    dist = f"distribution {distribution}" + (f" {version}" if version else "") if distribution \
+        else "no installed distribution"
+    return f"{kind} '{name}' (plugin '{plugin}' from {dist})"
 
 
 def _provider(plugin: str, distribution: str | None, version: str | None) -> str:
@@ -73,6 +101,9 @@ class Registry:
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, PluginEntry]] = {kind: {} for kind in KINDS}
         self.load_errors: list[LoadError] = []
+        self.conflicts: list[Conflict] = []  # names registered twice (non-strict discovery)
+        # DRAFT_PLUGINS names that match no installed entry point (set by discovery).
+        self.unknown_allowed: tuple[str, ...] = ()
         # Set by load_registry when DRAFT_PLUGINS filtered the third-party plugins.
         self.allow_list: tuple[str, ...] | None = None
         self._pm = pluggy.PluginManager(GROUP)
@@ -157,20 +188,22 @@ class Registry:
                 impl.function(**{a: available[a] for a in impl.argnames if a in available})
         return staged
 
-    def _commit(self, staged: list[PluginEntry]) -> None:
+    def _commit(self, staged: list[PluginEntry], strict: bool = True) -> None:
+        """Add ``staged``. A name already taken raises PluginError when ``strict``; otherwise the
+        first registration keeps it and the later one is recorded in ``conflicts`` and dropped."""
         seen: dict[tuple[str, str], PluginEntry] = {}
+        keep: list[PluginEntry] = []
         for entry in staged:
             key = (entry.kind, entry.name)
             other = seen.get(key) or self._entries[entry.kind].get(entry.name)
-            if other is not None:
-                raise PluginError(
-                    f"{entry.kind} '{entry.name}' is registered twice: by"
-                    f" {_provider(other.plugin, other.distribution, other.version)} and by"
-                    f" {_provider(entry.plugin, entry.distribution, entry.version)}."
-                    " Uninstall one of them, or set DRAFT_PLUGINS to the entry points to load."
-                )
-            seen[key] = entry
-        for entry in staged:
+            if other is None:
+                seen[key] = entry
+                keep.append(entry)
+            elif strict:
+                raise PluginError(f"{Conflict(other, entry).message()} {CONFLICT_ADVICE}")
+            else:
+                self.conflicts.append(Conflict(other, entry))
+        for entry in keep:
             self._entries[entry.kind][entry.name] = entry
 
     # -- lookup -------------------------------------------------------------
@@ -195,6 +228,10 @@ class Registry:
     def get(self, kind: str, name: str) -> PluginEntry:
         """The entry for ``name``; an unknown name raises PluginError saying what exists."""
         entries = self._kind(kind)
+        conflict = next((c for c in self.conflicts if (c.kept.kind, c.kept.name) == (kind, name)), None)
+        if conflict is not None:  # which of the two was meant cannot be known
+            raise PluginError(f"{conflict.message()} The second was dropped, so '{name}' cannot be used until "
+                              f"one is removed. {CONFLICT_ADVICE}")
         if name in entries:
             return entries[name]
         raise PluginError(self._unknown_message(kind, name))
@@ -289,19 +326,24 @@ class Registry:
         for kind in KINDS:
             out[PLURALS[kind]] = [
                 {"name": e.name, "plugin": e.plugin,
-                 "distribution": e.distribution, "version": e.version}
+                 "distribution": e.distribution, "version": e.version,
+                 "arguments": [a.describe() for a in argument_list(e.factory)]}
                 for e in self.entries(kind)
             ]
         out["errors"] = [asdict(e) for e in self.load_errors]
+        out["conflicts"] = [
+            {"kind": c.kept.kind, "name": c.kept.name, "message": c.message(),
+             "kept": {"plugin": c.kept.plugin, "distribution": c.kept.distribution, "version": c.kept.version},
+             "dropped": {"plugin": c.dropped.plugin, "distribution": c.dropped.distribution, "version": c.dropped.version}}
+            for c in self.conflicts
+        ]
+        out["unknown_allowed"] = list(self.unknown_allowed)
         return out
 
 
 def _describe_params(params: list[inspect.Parameter], accepts_any: bool) -> str:
     if not params:
         return "It accepts any keyword arguments." if accepts_any else "It accepts no arguments."
-    shown = [
-        f"{p.name} (required)" if p.default is p.empty else f"{p.name}={p.default!r}"
-        for p in params
-    ]
+    shown = [Argument(p.name, p.default, None).text() for p in params]
     tail = ", and any other keyword" if accepts_any else ""
     return f"Accepted arguments: {', '.join(shown)}{tail}."

@@ -1,12 +1,13 @@
 """The run report: ``report.html`` in every run folder, one self-contained page to watch and share a run.
 
 ``write_report([run])`` (re)builds a run's page from its folder; with several runs, one page
-overlays their curves. ``refresh_report`` is the runner's hook: it rewrites the page
-whenever a grid is added and never stops training over it.
+overlays their curves. ``refresh_report`` is the training loop's hook (draft_core.training.pictures):
+it rewrites the page whenever a grid or a validation is added, and never stops training over it.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,11 +19,12 @@ REPORT_NAME = "report.html"
 __all__ = ["REPORT_NAME", "RunData", "read_run", "refresh_report", "write_report"]
 
 
-def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
+def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, pending: dict | None = None) -> Path:
     """Write the page for ``run_dirs`` to ``out`` (default: ``RUN/report.html`` for one run).
 
-    Written to a temporary file first and moved into place, so a browser reloading the page
-    during training never reads half of it.
+    pending: a metrics row not in ``metrics.jsonl`` yet (a validation's scores, written with
+    its step's row a moment later), shown as if it were. The page is written to a temporary
+    file first and moved into place, so a browser reloading it during training never reads half.
     """
     from draft_core.report.page import render
 
@@ -34,7 +36,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
             f"(e.g. --out compare.html); a single run's page goes to RUN/{REPORT_NAME} by default."
         )
     paths = [Path(p) for p in run_dirs]
-    runs = [read_run(p, _unique_name(p, paths)) for p in paths]
+    runs = [read_run(p, _unique_name(p, paths), pending if i == 0 else None) for i, p in enumerate(paths)]
     out = Path(out) if out is not None else paths[0] / REPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -50,11 +52,14 @@ def _unique_name(path: Path, paths: list[Path]) -> str:
     return path.name
 
 
-def refresh_report(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> Path | None:
-    """Rewrite ``run_dir/report.html``; a failure is reported through ``warn``, never raised."""
+def refresh_report(run_dir: str | Path, warn: Callable[[str], None] | None = None, pending: dict | None = None) -> Path | None:
+    """Rewrite ``run_dir/report.html``; a failure is reported through ``warn`` (default: stderr), never raised."""
     try:
-        return write_report([run_dir])
+        return write_report([run_dir], pending=pending)
     except Exception as exc:  # the page is a view of the run: it must never cost the run
-        if warn is not None:
-            warn(f"warning: could not write {Path(run_dir) / REPORT_NAME} ({type(exc).__name__}: {exc}); training continues")
+        message = f"[draft] warning: could not write {Path(run_dir) / REPORT_NAME} ({type(exc).__name__}: {exc}); training continues"
+        if warn is None:
+            print(message, file=sys.stderr)
+        else:
+            warn(message)
         return None

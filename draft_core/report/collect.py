@@ -21,7 +21,6 @@ from draft_core.errors import DraftError
 
 MAX_SIDE = 1600  # grids wider or taller than this are downscaled for the page
 MAX_GRIDS = 48  # at most this many grids per run on the slider
-_GRID = re.compile(r"step-(\d+)\.png")
 # Per-step fields that are bookkeeping rather than something to plot.
 _NOT_PLOTTED = {"step", "skipped", "reason"}
 
@@ -53,7 +52,8 @@ class RunData:
     config_text: str
     steps: list[int]  # the step of every metrics row
     series: dict[str, Series]  # metric -> its points
-    grids: list[Grid]
+    grids: list[Grid]  # samples/step-*.png
+    val_grids: list[Grid]  # samples/val-step-*.png (validation)
     grid_prompts: list[str]
     card: str  # lora/README.md, markdown ("" when there is none yet)
     commands: dict[str, str] = field(default_factory=dict)
@@ -84,7 +84,8 @@ def check_run_dir(path: str | Path) -> Path:
     return p
 
 
-def read_run(path: str | Path, name: str | None = None) -> RunData:
+def read_run(path: str | Path, name: str | None = None, pending: dict | None = None) -> RunData:
+    """pending: a row not in metrics.jsonl yet, merged into that step's row or added after the last."""
     import yaml
 
     from draft_core.media import read_metrics
@@ -93,6 +94,12 @@ def read_run(path: str | Path, name: str | None = None) -> RunData:
     config_text = (path / "config.yaml").read_text()
     config = yaml.safe_load(config_text) or {}
     rows = read_metrics(path / "metrics.jsonl")
+    if pending:
+        same = [r for r in rows if r.get("step") == pending["step"]]
+        if same:
+            same[-1].update(pending)
+        elif not rows or rows[-1]["step"] < pending["step"]:
+            rows.append(dict(pending))
     keys: list[str] = []
     for row in rows:
         keys += [k for k, v in row.items() if k not in _NOT_PLOTTED and k not in keys and _number(v) is not None]
@@ -103,6 +110,7 @@ def read_run(path: str | Path, name: str | None = None) -> RunData:
     run = RunData(
         path=path, name=name or path.name, config=config, config_text=config_text,
         steps=[int(r["step"]) for r in rows], series=series, grids=read_grids(path / "samples"),
+        val_grids=read_grids(path / "samples", "val-step-"),
         grid_prompts=_grid_prompts(config), card=card.read_text() if card.is_file() else "",
     )
     run.commands = commands(run)
@@ -115,8 +123,10 @@ def _number(value) -> float | None:
     return float(value)
 
 
-def read_grids(folder: Path) -> list[Grid]:
-    found = sorted((int(m.group(1)), p) for p in folder.glob("step-*.png") if (m := _GRID.fullmatch(p.name)))
+def read_grids(folder: Path, prefix: str = "step-") -> list[Grid]:
+    """The grids ``folder/<prefix>NNNNNN.png`` in step order (at most MAX_GRIDS)."""
+    name = re.compile(re.escape(prefix) + r"(\d+)\.png")
+    found = sorted((int(m.group(1)), p) for p in folder.glob(f"{prefix}*.png") if (m := name.fullmatch(p.name)))
     if len(found) > MAX_GRIDS:  # an even selection, the first and the last always kept
         idx = sorted({round(i * (len(found) - 1) / (MAX_GRIDS - 1)) for i in range(MAX_GRIDS)})
         found = [found[i] for i in idx]

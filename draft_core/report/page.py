@@ -72,7 +72,8 @@ def page_data(runs: list[RunData]) -> dict:
     val = [k for k in keys if k.startswith("val/")]
     other = [k for k in keys if k not in val and k not in (REWARD, "reward_std")]
     return {
-        "runs": [{"name": r.name, "grids": [{"step": g.step, "src": g.src} for g in r.grids]} for r in runs],
+        "runs": [{"name": r.name, "grids": [{"step": g.step, "src": g.src} for g in r.grids],
+                  "val_grids": [{"step": g.step, "src": g.src} for g in r.val_grids]} for r in runs],
         "charts": {"reward": reward_chart(runs), **{k: metric_chart(runs, k) for k in val}},
         "other": {k: metric_chart(runs, k) for k in other},
     }
@@ -139,24 +140,21 @@ def _fmt(v: float | None) -> str:
 
 def _run_block(index: int, run: RunData, several: bool) -> str:
     e = html.escape
-    parts = []
+    pictures = []  # side by side where the page is wide enough
     if run.grids:
-        n = len(run.grids)
-        cols = " | ".join(run.grid_prompts)
-        parts.append(
-            f"<h3>Samples over training</h3><div class=\"grids\" data-run=\"{index}\">"
-            f"<div class=\"grid-controls\"><button type=\"button\" class=\"play\">play</button>"
-            f"<input type=\"range\" min=\"0\" max=\"{n - 1}\" value=\"{n - 1}\" step=\"1\" aria-label=\"training step\">"
-            f"<span class=\"grid-step\"></span></div><img class=\"grid\" alt=\"samples\" src=\"{run.grids[-1].src}\">"
-            f"<div class=\"note\">Fixed prompts and seeds: one column per prompt{(' (' + e(cols) + ')') if cols else ''}, one row per seed.</div></div>"
-        )
-        if n > 1:
+        pictures.append(_slider(index, "grids", "Samples over training", run.grids,
+                                "Fixed prompts and noise, the same at every step (labelled on the image)."))
+        if len(run.grids) > 1:
             first, last = run.grids[0], run.grids[-1]
-            parts.append(
-                "<h3>Before and after</h3><div class=\"pairs\">"
+            pictures.append(
+                "<div><h3>Before and after</h3><div class=\"pairs\">"
                 f"<figure><img class=\"pair\" alt=\"before\" src=\"{first.src}\"><figcaption>before (step {first.step})</figcaption></figure>"
-                f"<figure><img class=\"pair\" alt=\"after\" src=\"{last.src}\"><figcaption>after (step {last.step})</figcaption></figure></div>"
+                f"<figure><img class=\"pair\" alt=\"after\" src=\"{last.src}\"><figcaption>after (step {last.step})</figcaption></figure></div></div>"
             )
+    if run.val_grids:
+        pictures.append(_slider(index, "val_grids", "Validation samples", run.val_grids,
+                                "Held-out prompts with fixed seeds, scored by the validation rewards (train.validation)."))
+    parts = [f"<div class=\"pictures\">{''.join(pictures)}</div>"] if pictures else []
     cmds = "\n".join(f"# {k}\n{v}" for k, v in run.commands.items())
     parts.append(f"<h3>Commands</h3><pre><code>{e(cmds)}</code></pre>")
     if run.card:
@@ -166,6 +164,18 @@ def _run_block(index: int, run: RunData, several: bool) -> str:
     if several:
         return f"<details class=\"run\" open><summary>{e(run.name)} <span class=\"note\">{e(str(run.path))}</span></summary>{body}</details>"
     return f"<section><h2>Run</h2><p class=\"note\">{e(str(run.path))}</p>{body}</section>"
+
+
+def _slider(index: int, kind: str, heading: str, grids: list, note: str) -> str:
+    """A grid image with a slider (and play button) over ``grids``, starting at the last one."""
+    n = len(grids)
+    return (
+        f"<div><h3>{heading}</h3><div class=\"grids\" data-run=\"{index}\" data-kind=\"{kind}\">"
+        f"<div class=\"grid-controls\"><button type=\"button\" class=\"play\">play</button>"
+        f"<input type=\"range\" min=\"0\" max=\"{n - 1}\" value=\"{n - 1}\" step=\"1\" aria-label=\"training step\">"
+        f"<span class=\"grid-step\"></span></div><img class=\"grid\" alt=\"{heading}\" src=\"{grids[-1].src}\">"
+        f"<div class=\"note\">{html.escape(note)}</div></div></div>"
+    )
 
 
 def markdown(text: str) -> str:

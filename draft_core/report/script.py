@@ -218,7 +218,7 @@ window.addEventListener("resize", function () {
 });
 
 document.querySelectorAll(".grids").forEach(function (box) {
-  var grids = DATA.runs[+box.getAttribute("data-run")].grids;
+  var grids = DATA.runs[+box.getAttribute("data-run")][box.getAttribute("data-kind")];
   var slider = box.querySelector("input[type=range]"), img = box.querySelector("img.grid"),
       label = box.querySelector(".grid-step"), play = box.querySelector("button.play"), timer = null;
   function show(i) {
@@ -264,9 +264,11 @@ svg .cursor { stroke: #7b8494; stroke-dasharray: 3 3; } svg text { fill: #4b5361
 .tip { position: absolute; display: none; pointer-events: none; background: rgba(255,255,255,0.96); border: 1px solid #c9ced6;
        border-radius: 5px; padding: 4px 8px; font-size: 12px; white-space: nowrap; box-shadow: 0 2px 6px rgba(0,0,0,0.12); }
 .tip-head { font-weight: 600; }
+.pictures { display: flex; flex-wrap: wrap; gap: 10px 28px; align-items: flex-start; } .pictures > div { flex: 1 1 420px; min-width: 0; }
 .grid-controls { display: flex; gap: 10px; align-items: center; margin: 6px 0; }
 .grid-controls input { flex: 1; }
-img.grid, img.pair { width: 100%; image-rendering: pixelated; border: 1px solid #e2e5ea; }
+img.grid, img.pair { display: block; max-width: 100%; height: auto; image-rendering: pixelated; border: 1px solid #e2e5ea; }
+img.grid { max-height: 85vh; width: auto; } img.pair { width: 100%; }
 .pairs { display: flex; gap: 14px; align-items: flex-start; } .pairs figure { margin: 0; flex: 1 1 0; min-width: 0; }
 figcaption, .note { color: #5a6372; font-size: 12.5px; }
 .card { border-left: 3px solid #dde1e7; padding-left: 12px; }

@@ -10,6 +10,7 @@ says what was expected and how to provide it offline.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable, Hashable
 
 import torch
@@ -96,3 +97,20 @@ def hub_load_error(
         f" on a machine with network), or put '{hub_id}' in the Hugging Face cache ({cache}). "
         + offline_note()
     )
+
+
+def check_pretrained_available(what: str, hub_id: str, path: str | None, *, files: str, subfolder: str | None = None) -> None:
+    """The cheap check behind a reward's ``check_available()`` for a Hugging Face checkpoint: ``path``
+    is a folder, or ``hub_id``'s config.json is in the cache, or (HF_HUB_OFFLINE unset) the hub may
+    be asked at the first call. Loads nothing; ModelLoadError as ``hub_load_error`` words it otherwise."""
+    if path is not None:
+        if not Path(path).expanduser().is_dir():
+            raise ModelLoadError(f"{what}: path '{path}' is not a folder; give a folder holding {files}.")
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on"):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    name = f"{subfolder}/config.json" if subfolder else "config.json"
+    if not isinstance(try_to_load_from_cache(hub_id, name), str):
+        raise hub_load_error(what, hub_id, FileNotFoundError(f"{name} is not in the Hugging Face cache"), files=files)

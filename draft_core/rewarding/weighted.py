@@ -45,6 +45,11 @@ class WeightedReward:
         self.last_terms = last
         return total
 
+    @property
+    def differentiable(self) -> bool:
+        """A sum has a gradient only if every term has one (``Reward`` protocol)."""
+        return all(getattr(reward, "differentiable", True) for reward, _ in self.terms.values())
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{name!r}: ({reward!r}, {weight})" for name, (reward, weight) in self.terms.items())
         return f"WeightedReward({{{inner}}})"

@@ -22,8 +22,12 @@ from draft_core.models.conditioning import Conditioning
 
 
 class ChainSampler:
-    """CFG: ε̃ = ε(∅) + g·(ε(c) − ε(∅)), g = guidance_scale (diffusers' convention, the paper's
-    1 + w); g <= 1 disables guidance (one UNet call per step)."""
+    """CFG: ε̃ = ε(∅) + g·(ε(c) − ε(∅)), g = guidance_scale (diffusers' g, the paper's 1 + w).
+
+    One rule for a constant g and a learned schedule: the formula is applied for every g,
+    including 0 < g < 1 (between unconditional and conditional) and g <= 0; g = 1 is the
+    conditional prediction alone, computed with one UNet call. (diffusers' pipelines
+    instead switch guidance off for every g <= 1.)"""
 
     scheduler_class: Any = None
 
@@ -73,7 +77,7 @@ class ChainSampler:
         unet = model.unet
         x = sample.to(unet.dtype)
         scale = self.guidance_at(step)
-        if self.guidance_schedule is not None or scale > 1.0:
+        if self.guidance_schedule is not None or scale != 1.0:
             uncond = cond.uncond.expand(cond.cond.shape[0], -1, -1)
             out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond.cond])).sample
             out_u, out_c = upcast(out).chunk(2)
@@ -112,8 +116,7 @@ class ChainSampler:
                 raise ConfigError(f"{name}={value} is outside the {T} sampling steps (0..{T - 1}).")
         if grad_from is not None and stop_at is not None and stop_at < grad_from:
             raise ConfigError(f"stop_at={stop_at} comes before grad_from={grad_from}: no step would carry gradient.")
-        sched = self.scheduler(model)
-        x = upcast(noise) * sched.init_noise_sigma
+        x = self.initial_sample(model, noise)
         for i in range(T):
             lora_on = lora_steps is None or lora_steps[0] <= i < lora_steps[1]
             if trace is not None:
@@ -150,6 +153,34 @@ class ChainSampler:
         """The next state x_{i+1} from state ``sample`` and ``action``, by the scheduler's own step."""
         sched = self.scheduler(model)
         return self.scheduler_step(sched, action, sched.timesteps[step], upcast(sample), noise)[0]
+
+    # -- the stochastic policy view (DDPO, GRPO): each step's Gaussian ------------------------
+    #: whether the steps draw noise (subclasses say); deterministic samplers have no step densities.
+    stochastic: bool = False
+
+    def initial_sample(self, model, noise: torch.Tensor) -> torch.Tensor:
+        """The chain's first state x_0 from the initial noise (scaled by the scheduler's init sigma)."""
+        return upcast(noise) * self.scheduler(model).init_noise_sigma
+
+    def transition_distribution(
+        self, model, sample: torch.Tensor, step: int, cond: Conditioning, lora_on: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Gaussian N(mean, std²) step ``step`` draws x_{i+1} from, given x_i = ``sample``.
+
+        mean: [B, C, h, w], a function of the guided model output (CFG inside the mean, as in
+        DDPO), with autograd when enabled; std: a 0-d tensor (0 for a step without noise).
+        lora_on=False gives the frozen base model's step.
+        """
+        sched = self.scheduler(model)
+        t = sched.timesteps[step]
+        x = upcast(sample)
+        with adapters_enabled(model.unet, lora_on):
+            out = self._model_output(model, x, t, cond, step)
+        return self.step_gaussian(sched, out, t, x)
+
+    def step_gaussian(self, sched, out: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the scheduler's step from model output ``out`` (subclasses with noise provide it)."""
+        raise NotImplementedError(f"{type(self).__name__} draws no noise, so its steps have no Gaussian density.")
 
     def predict_x0(self, model, sample: torch.Tensor, step: int, cond: Conditioning, lora_on: bool = True) -> torch.Tensor:
         return self._step(model, upcast(sample), step, cond, lora_on)[1]

@@ -1,5 +1,8 @@
 """DDIM sampling (eta = 0 by default: deterministic) through diffusers' own ``DDIMScheduler.step``.
 
+With eta > 0 each step is a Gaussian (DDPO samples with eta = 1), exposed for policy-gradient
+estimators by ``transition_distribution``.
+
 The scheduler is built from the model's scheduler config, so epsilon, v- and
 sample-prediction, ``steps_offset`` and ``set_alpha_to_one`` follow the library.
 """
@@ -36,3 +39,17 @@ class DDIMSampler(ChainSampler):
     def scheduler_step(self, sched, out, t, x, noise):
         res = sched.step(out, t, x, eta=self.eta, variance_noise=noise)
         return res.prev_sample, res.pred_original_sample
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
+    def step_gaussian(self, sched, out, t, x):
+        """DDIM's step is mean + std·z: the mean is the scheduler's own step with zero noise, and
+        std = eta · sqrt(the scheduler's variance for (t, t_prev)), as its step computes it."""
+        if self.eta == 0:
+            return super().step_gaussian(sched, out, t, x)
+        mean = sched.step(out, t, x, eta=self.eta, variance_noise=torch.zeros_like(x)).prev_sample
+        prev_t = t - sched.config.num_train_timesteps // sched.num_inference_steps
+        std = self.eta * sched._get_variance(t, prev_t) ** 0.5
+        return mean, std.to(device=x.device)

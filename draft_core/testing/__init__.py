@@ -1,6 +1,15 @@
 """Test helpers for plugin authors: ``RewardConformance`` (here) and ``EstimatorConformance``
-(``draft_core.testing.estimators``), pytest fixtures (``fixtures``) and preprocessing parity (``parity``)."""
+(``draft_core.testing.estimators``), pytest fixtures (``fixtures``) and preprocessing parity (``parity``).
 
-from draft_core.testing.rewards import RewardConformance, assert_plugin_listed
+The checklists' plain ``assert`` statements show their values when they fail: the modules are
+registered for pytest's assertion rewriting here, before they are first imported (under pytest,
+importing any of them imports this package first).
+"""
+
+import pytest
+
+pytest.register_assert_rewrite("draft_core.testing.rewards", "draft_core.testing.estimators")
+
+from draft_core.testing.rewards import RewardConformance, assert_plugin_listed  # noqa: E402
 
 __all__ = ["RewardConformance", "assert_plugin_listed"]

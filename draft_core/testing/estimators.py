@@ -13,8 +13,12 @@ every LoRA weight can get a gradient), a 3-step DDIM sampler with guidance and a
 network reward, and checks the ``GradientEstimator`` contract: the output's types and
 shapes, a finite scalar loss whose gradient reaches the LoRA and nothing else, the same
 result for the same random streams, the model left as it was found (adapters on, no
-gradients on frozen weights), and ``check`` refusing a sampler it cannot work with when
-it has such a limit. The gradients' values are each estimator's own tests' business.
+gradients on frozen weights), and ``check(sampler)``, when the estimator has one, accepting the
+test sampler and refusing the one ``make_unsupported_sampler`` returns (override it when the
+estimator has such a limit). An estimator that declares ``needs_reward_gradient = False`` (ddpo,
+grpo) must also train on a reward without a graph (``ValuesOnlyReward``); one that needs a
+stochastic sampler overrides ``make_sampler``. The gradients' values are each estimator's
+own tests' business.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pytest
 import torch
 from torch import nn
 
+from draft_core.errors import DraftError
 from draft_core.lora import add_lora
 from draft_core.models.tiny import build_tiny_random
 from draft_core.plugins.protocols import EstimatorOutput, GradientEstimator, StepInputs
@@ -47,6 +52,19 @@ class TinyNetworkReward(nn.Module):
         return torch.tanh(self.fc(x)).squeeze(1)
 
 
+class ValuesOnlyReward:
+    """``TinyNetworkReward``'s values without a graph: a black-box reward (``differentiable = False``)."""
+
+    differentiable = False
+
+    def __init__(self) -> None:
+        self.inner = TinyNetworkReward()
+
+    def __call__(self, images: torch.Tensor, prompts=()) -> torch.Tensor:
+        with torch.no_grad():
+            return self.inner(images, prompts)
+
+
 class EstimatorConformance:
     """Shared tests for a ``GradientEstimator``; override ``make_estimator`` (and the attributes)."""
 
@@ -58,12 +76,18 @@ class EstimatorConformance:
         raise NotImplementedError("an EstimatorConformance subclass must define make_estimator()")
 
     def make_sampler(self):
+        """Deterministic DDIM; an estimator that needs a stochastic sampler (ddpo, grpo) overrides this."""
         return DDIMSampler(steps=self.steps, guidance_scale=3.0)
+
+    def make_unsupported_sampler(self):
+        """A sampler the estimator's ``check`` must refuse (e.g. too few steps for its K), or None."""
+        return None
 
     # -- fixtures --------------------------------------------------------------------------
 
     @pytest.fixture(scope="class")
-    def setup(self):
+    @classmethod
+    def setup(cls):
         model = build_tiny_random(seed=0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
@@ -93,6 +117,18 @@ class EstimatorConformance:
 
     def test_is_gradient_estimator(self):
         assert isinstance(self.make_estimator(), GradientEstimator)
+
+    def test_check(self):
+        estimator = self.make_estimator()
+        bad = self.make_unsupported_sampler()
+        check = getattr(estimator, "check", None)
+        if check is None:
+            assert bad is None, "make_unsupported_sampler() is given, but the estimator has no check(sampler) to refuse it"
+            pytest.skip("the estimator has no check(sampler): it works with any sampler")
+        assert check(self.make_sampler()) is None  # the test sampler is one it works with
+        if bad is not None:
+            with pytest.raises(DraftError):  # one paragraph for the user, before any model loads
+                check(bad)
 
     def test_output_contract(self, setup):
         model, params = setup
@@ -125,6 +161,20 @@ class EstimatorConformance:
         assert torch.equal(out_a.loss.detach(), out_b.loss.detach())
         for a, b in zip(grads_a, grads_b):
             assert torch.equal(a, b)
+
+    def test_trains_on_a_reward_without_gradient_when_it_says_so(self, setup):
+        """An estimator declaring ``needs_reward_gradient = False`` gets its LoRA gradient from reward values alone."""
+        estimator = self.make_estimator()
+        if getattr(estimator, "needs_reward_gradient", True):
+            pytest.skip("the estimator needs the reward's gradient (needs_reward_gradient is not False)")
+        model, params = setup
+        self._zero(model, params)
+        inputs = self.inputs(model)
+        inputs.reward = ValuesOnlyReward()
+        out = estimator(inputs)
+        out.loss.backward()
+        flat = torch.cat([p.grad.flatten() for p in params if p.grad is not None])
+        assert torch.isfinite(flat).all() and flat.abs().max() > 0
 
     def test_leaves_the_model_as_it_found_it(self, setup):
         model, params = setup

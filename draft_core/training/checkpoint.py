@@ -104,10 +104,14 @@ def replace_folder(fill: Callable[[Path], None], final: Path) -> None:
     for leftover in (tmp, old):
         shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir(parents=True)
-    fill(tmp)
-    for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+    try:
+        fill(tmp)
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+    except BaseException:  # nothing half-written stays behind; ``final`` is untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)

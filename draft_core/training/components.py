@@ -1,5 +1,10 @@
 """What a config names, built through the plugin registry: sampler, estimator (with any wrapper such as
-``kl``), reward (or a weighted sum of rewards) and prompts. Loads no model weights."""
+``kl``), reward (or a weighted sum of rewards) and prompts. Loads no model weights.
+
+Every name, argument and argument type is checked before anything is built, and every problem found
+is reported at once. The reward the runner hands to estimators is ``Components.checked_reward()``:
+the configured reward behind the core's contract checks (``draft_core.rewarding.contract``).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,17 @@ from typing import Any
 
 from draft_core.config import Config, plugin_kwargs
 from draft_core.config.prompts import load_prompts
-from draft_core.errors import ConfigError, DraftError
+from draft_core.errors import ConfigError, DraftError, PluginError, join_problems
 from draft_core.plugins import Registry, load_registry
+from draft_core.plugins.arguments import defaults_left, type_problems
+from draft_core.rewarding.contract import CheckedReward, checked_reward
+from draft_core.rewarding.gradient import check_reward_gradient
 from draft_core.rewarding.weighted import WeightedReward
 from draft_core.training.faults import Source
+from draft_core.training.learned_sampling import guidance_learning_warning
+from draft_core.training.provenance import python_source
+from draft_core.training.tracking import check_trackers
+from draft_core.training.validation import build_validation
 
 
 @dataclass
@@ -21,14 +33,50 @@ class Components:
     reward: Any
     prompts: list[str]
     sources: list[tuple[Any, Source]] = field(default_factory=list)  # (reward term, who provides it)
+    estimator_source: Source | None = None
+    validation: Any = None  # draft_core.training.validation.Validation, when train.validation is set
+    warnings: list[str] = field(default_factory=list)  # settings that work, but not as one may expect
+
+    def checked_reward(self) -> CheckedReward:
+        """``reward`` behind the core's checks: images before it runs, [B] after; each term of a
+        weighted sum is checked too, so a message names the term's own plugin."""
+        labels = {id(term): src.describe() for term, src in self.sources}
+        reward = self.reward
+        if type(reward) is WeightedReward:
+            reward = WeightedReward({
+                name: (checked_reward(term, labels.get(id(term), f"reward '{name}'"), check_images=False), w)
+                for name, (term, w) in reward.terms.items()
+            })
+            label = "the weighted sum of rewards " + ", ".join(labels.get(id(t), repr(n)) for n, (t, _) in self.reward.terms.items())
+        else:
+            label = labels.get(id(reward), f"reward {type(reward).__name__} (given from Python)")
+        return checked_reward(reward, label)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One plugin a config builds: ``kind`` ``name`` with ``kwargs``, from the config section ``key``."""
+
+    kind: str
+    name: str
+    kwargs: dict
+    key: str
+
+
+def section_label(section: dict) -> str:
+    """``draft-lv(n=2, kl=0.1)``: a plugin section's registered name and the arguments it gives."""
+    if "weights" in section:
+        return " + ".join(f"{w}·{name}" for name, w in section["weights"].items())
+    name, kwargs = plugin_kwargs(section)
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
 
 
 def build_reward(section: dict, registry: Registry):
     if "weights" in section:
         args = section.get("args") or {}
-        unknown = sorted(set(args) - set(section["weights"]))
+        unknown = _unknown_weighted_args(section)
         if unknown:
-            raise ConfigError(f"reward.args names {unknown}, which are not in reward.weights {sorted(section['weights'])}.")
+            raise ConfigError(unknown)
         terms = {
             name: (_construct(registry, "reward", name, args.get(name) or {}, f"reward.args.{name}"), float(w))
             for name, w in section["weights"].items()
@@ -37,21 +85,95 @@ def build_reward(section: dict, registry: Registry):
     return _build_plugin(registry, "reward", section)
 
 
-def build_components(config: Config, registry: Registry | None = None) -> Components:
-    """Resolve every name and argument of the config; loads no model weights."""
+def _unknown_weighted_args(section: dict) -> str:
+    unknown = sorted(set(section.get("args") or {}) - set(section["weights"]))
+    return f"reward.args names {unknown}, which are not in reward.weights {sorted(section['weights'])}." if unknown else ""
+
+
+def build_components(config: Config, registry: Registry | None = None, *, reward: Any = None) -> Components:
+    """Resolve every name and argument of the config; loads no model weights. All problems with
+    names, arguments and argument types are raised together, before anything is built.
+
+    reward: a reward object to train on instead of the config's reward section (which is then
+    not built); the run records the object's class in config.yaml and the model card.
+    """
     registry = registry or load_registry()
+    given = reward is not None
+    check_plugins(config, registry, include_reward=not given)
     sampler = _build_plugin(registry, "sampler", config.sampler)
     estimator = build_estimator(config.estimator, registry)
-    reward = build_reward(config.reward, registry)
+    reward = reward if given else build_reward(config.reward, registry)
     if hasattr(estimator, "check"):
         estimator.check(sampler)
     prompts = load_prompts(config.prompts.source, config.prompts.items, config.prompts.template)
+    e = registry.get("estimator", config.estimator["name"])
+    estimator_source = Source(e.name, e.plugin, e.distribution, e.version, "estimator")
+    check_trackers(config.train.trackers)
+    validation = build_validation(config, registry, reward, build_reward)
+    warnings = []
+    if config.learn.guidance:
+        note = guidance_learning_warning(estimator, sampler, config.estimator["name"])
+        warnings += [note] if note else []
+    if given:
+        check_reward_gradient(estimator, config.estimator["name"], {python_source(reward).name: reward}, registry)
+        return Components(sampler, estimator, reward, prompts, [(reward, python_source(reward))], estimator_source, validation, warnings)
     terms = {n: r for n, (r, _) in reward.terms.items()} if isinstance(reward, WeightedReward) else {config.reward["name"]: reward}
+    check_reward_gradient(estimator, config.estimator["name"], terms, registry)
     sources = []
     for name, term in terms.items():
-        e = registry.get("reward", name)
-        sources.append((term, Source(name, e.plugin, e.distribution, e.version)))
-    return Components(sampler, estimator, reward, prompts, sources)
+        r = registry.get("reward", name)
+        sources.append((term, Source(name, r.plugin, r.distribution, r.version)))
+    return Components(sampler, estimator, reward, prompts, sources, estimator_source, validation, warnings)
+
+
+def plan(config: Config, registry: Registry, include_reward: bool = True) -> list[Planned]:
+    """Every plugin the config builds, in order: sampler, estimator, its wrappers, reward(s).
+    A wrapper's ``kwargs`` leave out ``inner`` (the estimator it wraps)."""
+    planned = [Planned("sampler", *plugin_kwargs(config.sampler), "sampler")]
+    name, kwargs, wrappers = _split_estimator(config.estimator, registry)
+    planned.append(Planned("estimator", name, kwargs, "estimator"))
+    planned += [Planned("estimator", key, args, f"estimator.{key}") for key, args in wrappers]
+    section = config.reward
+    if not include_reward:
+        return planned
+    if "weights" in section:
+        args = section.get("args") or {}
+        planned += [Planned("reward", n, dict(args.get(n) or {}), f"reward.args.{n}") for n in section["weights"]]
+    else:
+        planned.append(Planned("reward", *plugin_kwargs(section), "reward"))
+    return planned
+
+
+def check_plugins(config: Config, registry: Registry, include_reward: bool = True) -> None:
+    """Raise one error listing every unknown plugin name, unknown or missing argument, and argument
+    value that does not fit its factory's annotation (``--set reward.scale=abc`` on a float)."""
+    problems: list[tuple[type, str]] = []
+    if include_reward and "weights" in config.reward:
+        unknown = _unknown_weighted_args(config.reward)
+        if unknown:
+            problems.append((ConfigError, unknown))
+    for p in plan(config, registry, include_reward):
+        try:
+            entry = registry.get(p.kind, p.name)
+            kwargs = {"inner": None, **p.kwargs} if _is_wrapper(registry, p.name) and p.kind == "estimator" else p.kwargs
+            registry.check_kwargs(p.kind, p.name, kwargs)
+        except PluginError as exc:
+            problems.append((type(exc), str(exc)))
+            continue
+        problems += [(ConfigError, text) for text in type_problems(entry.factory, p.kwargs, p.key)]
+    if len(problems) == 1:
+        raise problems[0][0](problems[0][1])
+    if problems:
+        raise ConfigError(join_problems([text for _, text in problems]))
+
+
+def default_arguments(config: Config, registry: Registry | None = None) -> list[tuple[Planned, dict]]:
+    """Each plugin the config builds with the arguments it leaves at their defaults (name -> default)."""
+    registry = registry or load_registry()
+    return [
+        (p, defaults_left(registry.get(p.kind, p.name).factory, p.kwargs, skip=("inner",)))
+        for p in plan(config, registry)
+    ]
 
 
 def build_estimator(section: dict, registry: Registry):
@@ -62,16 +184,27 @@ def build_estimator(section: dict, registry: Registry):
     builds ``kl(inner=draft-lv, beta=0.1)``; a mapping value gives the wrapper's keyword arguments.
     A key the estimator itself accepts stays the estimator's argument.
     """
+    name, kwargs, wrappers = _split_estimator(section, registry)
+    estimator = _construct(registry, "estimator", name, kwargs, "estimator")
+    for key, args in wrappers:
+        estimator = _construct(registry, "estimator", key, {"inner": estimator, **args}, f"estimator.{key}")
+    return estimator
+
+
+def _split_estimator(section: dict, registry: Registry) -> tuple[str, dict, list[tuple[str, dict]]]:
+    """(estimator name, its arguments, [(wrapper name, the wrapper's arguments), ...])."""
     name, kwargs = plugin_kwargs(section)
     if _is_wrapper(registry, name):
         raise ConfigError(
             f"estimator.name is '{name}', which wraps another estimator rather than being one: write it as a key "
             f"beside the estimator's name, e.g. estimator: {{name: draft-lv, {name}: 0.1}}."
         )
+    if name not in registry.names("estimator"):
+        return name, kwargs, []  # reported by check_plugins with the registered names
     accepted = _accepted_arguments(registry.get("estimator", name).factory)
     wrappers = [k for k in kwargs if (accepted is not None and k not in accepted) and _is_wrapper(registry, k)]
     values = {k: kwargs.pop(k) for k in wrappers}
-    estimator = _construct(registry, "estimator", name, kwargs, "estimator")
+    split = []
     for key, value in values.items():
         factory = registry.get("estimator", key).factory
         if isinstance(value, dict):
@@ -81,8 +214,8 @@ def build_estimator(section: dict, registry: Registry):
             if not params:
                 raise ConfigError(f"estimator.{key}: the wrapper '{key}' takes no value; give it a mapping of its arguments.")
             args = {params[0]: value}
-        estimator = _construct(registry, "estimator", key, {"inner": estimator, **args}, f"estimator.{key}")
-    return estimator
+        split.append((key, args))
+    return name, kwargs, split
 
 
 def _is_wrapper(registry: Registry, name: str) -> bool:

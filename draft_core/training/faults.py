@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from draft_core.errors import DraftError
+from draft_core.plugins.registry import describe_provider
+from draft_core.rewarding.contract import RewardContractError
 
 REWARD, ESTIMATOR = "reward", "estimator"
 
@@ -27,23 +29,45 @@ class RewardPluginError(DraftError):
     """A reward plugin raised during training."""
 
 
+class EstimatorContractError(DraftError):
+    """An estimator returned something other than what ``EstimatorOutput`` promises."""
+
+
+def check_estimator_output(out, batch: int, label: str) -> None:
+    """Raise EstimatorContractError unless ``out`` is an EstimatorOutput with a scalar loss and a reward [batch]."""
+    import torch
+
+    from draft_core.plugins.protocols import EstimatorOutput
+
+    problem = ""
+    if not isinstance(out, EstimatorOutput):
+        problem = f"returned {type(out).__name__}, not an EstimatorOutput"
+    elif not (isinstance(out.loss, torch.Tensor) and out.loss.ndim == 0):
+        shape = list(out.loss.shape) if isinstance(out.loss, torch.Tensor) else type(out.loss).__name__
+        problem = f"returned a loss of shape {shape}, not a scalar tensor"
+    elif not (isinstance(out.reward, torch.Tensor) and out.reward.shape == (batch,)):
+        shape = list(out.reward.shape) if isinstance(out.reward, torch.Tensor) else type(out.reward).__name__
+        problem = f"returned rewards of shape {shape}, not [{batch}] (one per image of the batch)"
+    if problem:
+        raise EstimatorContractError(f"{label} {problem}; see EstimatorOutput in draft_core.protocols.")
+
+
 class PeerFailed(DraftError):
     """Another process of a data-parallel run failed; its own error is in its log."""
 
 
 @dataclass(frozen=True)
 class Source:
-    """Who provides a reward: its registered name, plugin module and distribution."""
+    """Who provides a reward (or another plugin ``kind``): its registered name, plugin module and distribution."""
 
     name: str
     plugin: str
     distribution: str | None
     version: str | None
+    kind: str = "reward"
 
     def describe(self) -> str:
-        dist = f"distribution {self.distribution}" + (f" {self.version}" if self.version else "") if self.distribution \
-            else "no installed distribution"
-        return f"reward '{self.name}' (plugin '{self.plugin}' from {dist})"
+        return describe_provider(self.kind, self.name, self.plugin, self.distribution, self.version)
 
 
 def reward_source(exc: BaseException, terms: list[tuple[object, Source]]) -> Source | None:
@@ -63,6 +87,30 @@ def reward_source(exc: BaseException, terms: list[tuple[object, Source]]) -> Sou
         if src is not None:
             return src
     return None
+
+
+def step_failure(error: BaseException | None, step: int, run_dir: Path, sources: list[tuple[object, Source]]) -> BaseException:
+    """What to raise when step ``step + 1`` failed with ``error`` (None: on another process): a
+    plugin's breach of the contract or a raising reward plugin becomes one paragraph naming it."""
+    if error is None:
+        return PeerFailed(f"another process failed during step {step + 1} (its error is in its log); all processes stopped.")
+    kept = (f"the state after step {step} (the last completed step) is checkpointed" if step
+            else "no step had completed, so there is no checkpoint")
+    then = ("Fix or update that plugin, then "
+            + (f"continue with `draft train --resume {run_dir}`." if step else "run it again."))
+    if isinstance(error, (RewardContractError, EstimatorContractError)):
+        return type(error)(f"step {step + 1}: {error} The run stopped before this step's update; {kept}. {then}")
+    if isinstance(error, DraftError):
+        return error
+    src = reward_source(error, sources)
+    if src is None:
+        return error
+    err = RewardPluginError(
+        f"step {step + 1}: {src.describe()} raised {type(error).__name__}: {error} (at {where(error)}). "
+        f"The run stopped; {kept}. {then}"
+    )
+    err.__cause__ = error
+    return err
 
 
 def where(exc: BaseException) -> str:

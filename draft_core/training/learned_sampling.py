@@ -162,6 +162,41 @@ class LearnedSampling(nn.Module):
         return learned.to(device) if device is not None else learned
 
 
+def _spans(steps: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    spans: list[list[int]] = []
+    for i in steps:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def guidance_learning_warning(estimator, sampler, estimator_name: str) -> str | None:
+    """Why a learned guidance schedule would learn only some of its knots, or None.
+
+    The schedule has one knot per sampling step, and a knot learns only from the steps
+    the estimator differentiates (``differentiated_steps``; an estimator without it is
+    not judged). Appendix B.12 trains the schedule with full backpropagation.
+    """
+    steps_of = getattr(estimator, "differentiated_steps", None)
+    if steps_of is None:
+        return None
+    T = sampler.num_steps
+    learning = sorted(i for i in steps_of(T) if 0 <= i < T)
+    if len(learning) == T:
+        return None
+    frozen = sorted(set(range(T)) - set(learning))
+    return (
+        f"learn.guidance trains one guidance weight per sampling step, but estimator '{estimator_name}' "
+        f"({estimator!r}) differentiates only sampling steps {_spans(learning) or 'none'} of 0-{T - 1} "
+        f"(0 = pure noise), so only those knots of the schedule will learn; knots {_spans(frozen)} stay at "
+        f"sampler.guidance_scale={sampler.guidance_scale:g}. The paper (Appendix B.12) learns the schedule "
+        f"with full backpropagation: estimator 'draft' trains every knot."
+    )
+
+
 def plot_guidance(schedule: GuidanceSchedule, path: Path, title: str = "") -> Path:
     """The learned schedule against the sampling step (the paper's Figure 33)."""
     import matplotlib

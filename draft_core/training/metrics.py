@@ -21,3 +21,12 @@ def truncate_metrics(path: Path, step: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(r + "\n" for r in rows))
     tmp.replace(path)
+
+
+def step_line(row: dict, steps: int) -> str:
+    """One line for a metrics row, printed every ``train.log_every`` steps when there is no progress bar."""
+    head = f"step {row['step']}/{steps}"
+    if "skipped" in row:
+        return f"{head}: update skipped ({row['skipped']}: {row.get('reason', '')})"
+    return (f"{head}: reward {row['reward_mean']:.4g} (std {row.get('reward_std', 0.0):.3g}), loss {row['loss']:.4g}, "
+            f"grad norm {row['grad_norm']:.3g}, {row['seconds']:.2f} s/step")

@@ -2,14 +2,12 @@
 
 Run folder: ``config.yaml`` (resolved), ``metrics.jsonl`` (one row per optimiser step),
 ``lora/`` (diffusers format, refreshed at each checkpoint), ``samples/`` (grids for fixed
-prompts and seeds), ``reward_curve.png``, ``report.html`` (draft_core.report) and
-``checkpoints/``. The runner knows no concrete sampler, estimator or reward: it builds them
-by name through the registry.
+prompts and seeds), ``reward_curve.png`` and ``checkpoints/``. The runner knows no
+concrete sampler, estimator or reward: it builds them by name through the registry.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -19,31 +17,31 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from draft_core.training.checkpoint import TrainingState, latest_checkpoint, load_latest, replace_folder, save_checkpoint
+from draft_core.training.checkpoint import TrainingState, latest_checkpoint, replace_folder, save_checkpoint
 from draft_core.config import Config
-from draft_core.errors import ConfigError, DraftError
+from draft_core.errors import ConfigError
 from draft_core.training.faults import (
-    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, PeerFailed, RewardPluginError, nonfinite_message,
-    reward_source, where,
+    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, check_estimator_output, nonfinite_message, step_failure,
 )
-from draft_core.lora import add_lora, load_lora_state, lora_state, save_lora
+from draft_core.lora import add_lora, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
-from draft_core.media import plot_reward_curve, save_before_after, save_grid
+from draft_core.media import plot_reward_curve
+from draft_core.memory import CheckpointedReward
 from draft_core.plugins.protocols import StepInputs
-from draft_core.report import refresh_report
-from draft_core.training.components import Components
+from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
-from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state, set_rng_state
-from draft_core.training.metrics import truncate_metrics
+from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state
+from draft_core.training.ema import WeightsEma
+from draft_core.training.metrics import step_line
+from draft_core.training.pictures import RunPictures
+from draft_core.training.plugin_state import pack_state
+from draft_core.training.preflight import check_rewards_available
+from draft_core.training.provenance import recorded_config
+from draft_core.training.restore import LEARNED_PREFIX, STATE_NUMBERS, restore
+from draft_core.training.schedules import build_lr_scheduler, lr_factor  # noqa: F401 (lr_factor: also importable from here)
 from draft_core.training.signals import Interrupted, StopRequest
+from draft_core.training.tracking import Tracking, accelerator_options
 
-LEARNED_PREFIX = "learned_sampling."  # checkpoint keys of the learned sampler hyperparameters
-
-
-def lr_factor(decay: str):
-    if decay == "sqrt":  # the paper's min(10 · step^-0.5, 1), steps counted from 1
-        return lambda i: min(10.0 * (i + 1) ** -0.5, 1.0)
-    return lambda i: 1.0
 
 
 class Trainer:
@@ -56,7 +54,7 @@ class Trainer:
     """
 
     def __init__(self, config: Config, run_dir: Path, components: Components, *, progress: bool = True) -> None:
-        self.config = config
+        self.config = recorded_config(config, components)  # a reward given from Python is recorded as such
         self.run_dir = Path(run_dir)
         self.c = components
         self.progress = progress
@@ -65,21 +63,34 @@ class Trainer:
         self.learned: LearnedSampling | None = None
         self.nonfinite = NonFiniteCounter(config.train.max_nonfinite)
         self._agreed = False  # the failure being raised was agreed by every process
+        self.tracking = Tracking()
 
     # -- setup ------------------------------------------------------------------
-    def setup(self, resume: bool = False) -> None:
+    def make_accelerator(self, cpu: bool):
+        """The accelerate ``Accelerator`` of the run (``draft plan`` puts a one-process stand-in here)."""
         from accelerate import Accelerator
 
-        from draft_core.models.loading import load_model, resolve_dtype
+        try:
+            return Accelerator(mixed_precision=self.config.train.mixed_precision, cpu=cpu,
+                               **accelerator_options(self.config.train.trackers, self.run_dir))
+        except ValueError as exc:
+            raise ConfigError(f"train.mixed_precision={self.config.train.mixed_precision!r} cannot be used here: {exc}") from None
+
+    def load_model(self, device: torch.device, dtype: torch.dtype):
+        """The configured model with its weights (``draft plan`` builds it on the meta device instead)."""
+        from draft_core.models.loading import load_model
+
+        return load_model(self.config.model.name, device, dtype, self.config.model.revision)
+
+    def setup(self, resume: bool = False) -> None:
+        from draft_core.models.loading import resolve_dtype
 
         cfg = self.config
+        check_rewards_available(self.c)  # before the model loads and the run folder exists
         cpu = cfg.model.device == "cpu" or (cfg.model.device == "auto" and not torch.cuda.is_available())
         if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"model.device is {cfg.model.device!r}, but this machine has no CUDA GPU; use auto or cpu.")
-        try:
-            self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu)
-        except ValueError as exc:
-            raise ConfigError(f"train.mixed_precision={cfg.train.mixed_precision!r} cannot be used here: {exc}") from None
+        self.acc = self.make_accelerator(cpu)
         n = self.acc.num_processes
         if self.acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
             self.log(f"warning: accelerate is set up for {self.acc.distributed_type.name}, but draft does not shard: "
@@ -90,12 +101,12 @@ class Trainer:
                 f"give a multiple of {n}."
             )
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
-        self.model = load_model(cfg.model.name, device, resolve_dtype(cfg.model.dtype, device), cfg.model.revision)
+        self.model = self.load_model(device, resolve_dtype(cfg.model.dtype, device))
+        self.model.checkpoint_decode = cfg.train.checkpoint_decode
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
             self.params = add_lora(self.model.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
-        if hasattr(self.c.reward, "to"):
-            self.c.reward.to(device)
+        self.reward.to(device)
         t = cfg.train
         groups = [{"params": self.params}]
         with torch.random.fork_rng(devices=[]):  # the negative prompt's initial weights, likewise
@@ -106,7 +117,9 @@ class Trainer:
             groups += self.learned.param_groups(t.lr, cfg.learn)
             self.params = self.params + list(self.learned.parameters())
         self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(t.lr_decay))
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, t)
+        self.ema = WeightsEma.from_config(t.ema, self.params)
+        self.pictures = RunPictures(cfg, self.run_dir, self.model, self.c, self._condition, self.learned)
         rank = self.acc.process_index
         # Separate streams, so a change in one consumer (e.g. the estimator) does not shift the others.
         # Prompts and noise are drawn for the global batch, identically on every process; the
@@ -124,41 +137,14 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     def _restore(self) -> None:
-        from draft_core.training.checkpoint import CheckpointError
+        restore(self)
 
-        if latest_checkpoint(self.run_dir / "checkpoints") is None:
-            # Stopped before its first checkpoint: start again from step 0 in the same folder.
-            self.log(f"--resume {self.run_dir}: no checkpoint yet, so the run starts again from step 0")
-            if self.acc.is_main_process:
-                truncate_metrics(self.run_dir / "metrics.jsonl", 0)
-                self.config.dump(self.run_dir / "config.yaml")
-            return
-        path, state = load_latest(self.run_dir / "checkpoints", warn=self.log)
-        n, rank = self.acc.num_processes, self.acc.process_index
-        saved_n = int(state.meta.get("num_processes", 1))
-        if saved_n != n:
-            raise CheckpointError(
-                f"--resume {self.run_dir}: the checkpoint was written by {saved_n} process(es), this run has {n}. "
-                f"Resume with {saved_n} (each process's random stream is in the checkpoint)."
-            )
-        load_lora_state(self.model.unet, {k: v.to(self.model.device) for k, v in state.lora.items()})
-        self.optimizer.load_state_dict(state.optimizer)
-        self.lr_scheduler.load_state_dict(state.lr_scheduler)
-        prefix = f"rank{rank}/"
-        rng = state.rng if rank == 0 else {k[len(prefix):]: v for k, v in state.rng.items() if k.startswith(prefix)}
-        set_rng_state(self.gens, rng)
-        extra = dict(state.extra or {})
-        learned = {k[len(LEARNED_PREFIX):]: extra.pop(k) for k in list(extra) if k.startswith(LEARNED_PREFIX)}
-        if learned and self.learned is not None:
-            self.learned.load_state_dict({k: v.to(self.model.device) for k, v in learned.items()})
-        if extra and hasattr(self.c.estimator, "load_state_dict"):
-            self.c.estimator.load_state_dict(extra)
-        self.nonfinite.load(state.meta)
-        self.step = self.saved_step = state.step
-        if self.acc.is_main_process:
-            truncate_metrics(self.run_dir / "metrics.jsonl", state.step)
-            self.config.dump(self.run_dir / "config.yaml")
-        self.log(f"resumed from {path} (step {state.step})")
+    @property
+    def reward(self):
+        """What estimators call: ``components.reward`` behind the core's checks (rebuilt if it is replaced)."""
+        if getattr(self, "_reward_of", None) is not self.c.reward:
+            self._reward, self._reward_of = self.c.checked_reward(), self.c.reward
+        return self._reward
 
     def log(self, message: str) -> None:
         if self.acc.is_main_process:
@@ -180,40 +166,41 @@ class Trainer:
     def _failure(self, error: BaseException | None) -> BaseException:
         """The exception to raise once every process knows that one of them failed."""
         self._agreed = True
-        if error is None:
-            return PeerFailed(f"another process failed during step {self.step + 1} (its error is in its log); all processes stopped.")
-        if isinstance(error, DraftError):
-            return error
-        src = reward_source(error, self.c.sources)
-        if src is None:
-            return error
-        kept = (f"the state after step {self.step} (the last completed step) is checkpointed" if self.step
-                else "no step had completed, so there is no checkpoint")
-        err = RewardPluginError(
-            f"step {self.step + 1}: {src.describe()} raised {type(error).__name__}: {error} (at {where(error)}). "
-            f"The run stopped; {kept}. Fix or update that plugin, then continue with "
-            f"`draft train --resume {self.run_dir}`."
-        )
-        err.__cause__ = error
-        return err
+        return step_failure(error, self.step, self.run_dir, self.c.sources)
+
+    def _estimator_name(self) -> str:
+        src = self.c.estimator_source
+        return f"{src.describe()}, {section_label(self.config.estimator)}" if src else repr(self.c.estimator)
 
     def _reward_name(self) -> str:
         return " + ".join(src.describe() for _, src in self.c.sources) or repr(self.c.reward)
+
+    def _estimator_step(self, applied: bool) -> None:
+        """The estimator's optional hook, once per optimiser step (GradientEstimator's docstring)."""
+        hook = getattr(self.c.estimator, "on_optimizer_step", None)
+        if hook is not None:
+            hook(applied)
 
     def train_step(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         cfg = self.config.train
         rewards, losses, logs = [], [], {}
-        queries = 1
+        queries = 0  # reward evaluations of this process's calls (a call reusing stored samples makes none)
         bad_reward = bad_loss = False
         error: BaseException | None = None
+        reward_fn = CheckpointedReward(self.reward, cfg.checkpoint_reward)  # behind the core's checks
+
+        def backward(part: torch.Tensor) -> None:  # for estimators that run their own backward passes
+            (part / cfg.grad_accum).backward()
+
         for _ in range(cfg.grad_accum):
             prompts, noise = self._batch()
             cond = self._condition(self.model.encode_prompts(prompts))
-            inputs = StepInputs(self.model, self.c.sampler, self.c.reward, cond, noise, self.gens["estimator"])
+            inputs = StepInputs(self.model, self.c.sampler, reward_fn, cond, noise, self.gens["estimator"], backward)
             try:
                 with self.acc.autocast():
                     out = self.c.estimator(inputs)
+                check_estimator_output(out, len(prompts), self._estimator_name())
             except Interrupted:
                 raise
             except Exception as exc:  # decided on below, together with the other processes
@@ -225,13 +212,14 @@ class Trainer:
             if not torch.isfinite(out.loss):
                 bad_loss = True
                 break
-            (out.loss / cfg.grad_accum).backward()
+            if not out.backward_done:
+                (out.loss / cfg.grad_accum).backward()
             rewards.append(out.reward.float())
             losses.append(out.loss.item())
-            queries = out.queries
+            queries += out.queries * out.reward.numel()
             for k, v in out.logs.items():
                 logs[k] = logs.get(k, 0.0) + v / cfg.grad_accum
-            for k, v in getattr(self.c.reward, "last_terms", {}).items():
+            for k, v in getattr(self.reward, "last_terms", {}).items():
                 logs[f"reward/{k}"] = logs.get(f"reward/{k}", 0.0) + v.float().mean().item() / cfg.grad_accum
         local_loss = sum(losses) / len(losses) if losses else 0.0
         loss, any_error, any_bad_reward, any_bad_loss = average_gradients(self.acc, self.params, 
@@ -248,10 +236,13 @@ class Trainer:
             skipped = (ESTIMATOR, "a non-finite loss")
         elif not all(torch.isfinite(p.grad).all() for p in self.params if p.grad is not None):
             skipped = (ESTIMATOR, "non-finite gradients")
+        # Everything the row needs is computed before step N counts: a failure here leaves it undone.
+        reward = None if skipped else self.acc.gather(torch.cat(rewards))
         self.step += 1
         if skipped:
             # No update: the LoRA, the optimiser and the LR schedule stay as they were.
             self.optimizer.zero_grad(set_to_none=True)
+            self._estimator_step(False)
             self.nonfinite.skip(self.step, skipped[0])
             self.skipped = skipped
             self.log(f"step {self.step}: {skipped[0]} produced {skipped[1]}; update skipped "
@@ -265,7 +256,9 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         self.optimizer.step()
         self.lr_scheduler.step()
+        self.ema.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self._estimator_step(True)
         reward = self.acc.gather(torch.cat(rewards))
         return {
             "step": self.step,
@@ -275,27 +268,17 @@ class Trainer:
             "grad_norm": grad_norm,
             "lr": lr,
             "seconds": time.perf_counter() - t0,
-            "reward_queries": queries * reward.numel(),
+            "reward_queries": queries * self.acc.num_processes,
             **logs,
         }
 
     @torch.no_grad()
     def sample_grid(self, tag: str) -> Path | None:
-        if not self.acc.is_main_process:
-            return None
-        t = self.config.train
-        base = t.sample_prompts or self.c.prompts[:10]
-        prompts = [p for _ in range(t.sample_per_prompt) for p in base]  # one row per seed
-        gen = torch.Generator().manual_seed(t.seed)  # the same noise in every grid
-        noise = self.model.make_noise(len(prompts), gen)
-        images = []
-        for i in range(0, len(prompts), 8):
-            cond = self._condition(self.model.encode_prompts(prompts[i : i + 8]))
-            x = self.c.sampler.sample(self.model, cond, noise[i : i + 8], generator=gen)
-            images.append(self.model.decode(x))
-        path = save_grid(torch.cat(images), self.run_dir / "samples" / f"{tag}.png", nrow=len(base))
-        refresh_report(self.run_dir, self.log)  # report.html shows every grid: rewritten with each new one
-        return path
+        return self.pictures.grid(tag, self.step, self.tracking) if self.acc.is_main_process else None
+
+    def validate(self) -> dict[str, float]:
+        """``val/<reward>`` means when validation is due at this step (main process only), else {}."""
+        return self.pictures.validate(self.step, self.tracking) if self.acc.is_main_process else {}
 
     def save(self, rng: dict[str, torch.Tensor] | None = None) -> None:
         """Checkpoint the state after ``self.step`` completed steps (``rng``: that moment's RNG
@@ -303,10 +286,16 @@ class Trainer:
         if self.step == self.saved_step:
             return
         rng = all_rng_states(self.acc, rng if rng is not None else rng_state(self.gens))
+        # Every process's estimator state, keyed as the RNG states are (a collective, like them);
+        # plain numbers are packed as tensors and listed (rank 0's keys) to come back as numbers.
+        extra, numbers = ({}, {})
+        if hasattr(self.c.estimator, "state_dict"):
+            extra, numbers = pack_state(self.c.estimator.state_dict(), self._estimator_name())
+            extra = all_rng_states(self.acc, extra)
         if self.acc.is_main_process:
-            extra = dict(self.c.estimator.state_dict()) if hasattr(self.c.estimator, "state_dict") else {}
             if self.learned is not None:
                 extra.update({LEARNED_PREFIX + k: v.detach() for k, v in self.learned.state_dict().items()})
+            extra.update(self.ema.state_dict())
             state = TrainingState(
                 step=self.step,
                 lora=lora_state(self.model.unet),
@@ -314,12 +303,14 @@ class Trainer:
                 lr_scheduler=self.lr_scheduler.state_dict(),
                 rng=rng,
                 extra=extra or None,
-                meta={"num_processes": self.acc.num_processes, **self.nonfinite.state()},
+                meta={"num_processes": self.acc.num_processes, **self.nonfinite.state(), STATE_NUMBERS: numbers},
             )
             save_checkpoint(self.run_dir / "checkpoints", state, keep=self.config.train.keep_checkpoints)
             replace_folder(self._write_lora_folder, self.run_dir / "lora")
+            self.ema.write(lambda folder: replace_folder(self._write_lora_folder, folder), self.run_dir / "lora_ema")
             if self.learned is not None and self.learned.guidance is not None:
-                plot_guidance(self.learned.guidance, self.run_dir / "guidance_schedule.png", self.title())
+                plot = plot_guidance(self.learned.guidance, self.run_dir / "guidance_schedule.png", self.title())
+                self.tracking.image("guidance_schedule", plot, self.step)
             plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png", self.title())
         self.saved_step = self.step
         self.acc.wait_for_everyone()
@@ -329,7 +320,7 @@ class Trainer:
         save_lora(self.model.unet, folder)
         if self.learned is not None:
             self.learned.save(folder)
-        write_model_card(folder, run_card_info(self.run_dir))
+        write_model_card(folder, run_card_info(self.run_dir), location=self.run_dir / "lora")
 
     def title(self) -> str:
         reward = self.config.reward.get("name") or "+".join(self.config.reward.get("weights", {}))
@@ -337,7 +328,7 @@ class Trainer:
 
     def _stop_for_nonfinite(self) -> NonFiniteStop:
         component, what = self.skipped
-        source = self._reward_name() if component == REWARD else repr(self.c.estimator)
+        source = self._reward_name() if component == REWARD else self._estimator_name()
         self._agreed = True
         return NonFiniteStop(nonfinite_message(
             self.step, component, what, self.nonfinite, source,
@@ -346,6 +337,14 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------
     def train(self) -> dict[str, Any]:
+        """Run to ``train.steps``, with the experiment trackers started for the duration."""
+        self.tracking = Tracking.start(self.acc, self.config, self.run_dir, self.step, self.config.train.tracker_project)
+        try:
+            return self._train()
+        finally:
+            self.tracking.close()
+
+    def _train(self) -> dict[str, Any]:
         cfg = self.config.train
         if self.step == 0:
             self.sample_grid("step-000000")
@@ -355,17 +354,22 @@ class Trainer:
         )
         metrics = open(self.run_dir / "metrics.jsonl", "a") if self.acc.is_main_process else None
         rng_done = rng_state(self.gens)  # the RNG state right after the last completed step
+        self.rows_step = self.step  # the last step whose metrics row is written
         last: dict[str, Any] = {}
         self._agreed = False
+        if self.step == 0 and (scores := self.validate()):
+            self.tracking.record(metrics, {"step": 0, **scores})
         try:
             with StopRequest() as stop:
                 while self.step < cfg.steps:
                     row = self.train_step()
                     rng_done = rng_state(self.gens)
-                    if metrics:
-                        metrics.write(json.dumps(row) + "\n")
-                        metrics.flush()
+                    row.update(self.validate())
+                    self.tracking.record(metrics, row)
+                    self.rows_step = self.step
                     bar.update(1)
+                    if not self.progress and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                        self.log(step_line(row, cfg.steps))  # no bar: a line every train.log_every steps
                     if "skipped" in row:
                         if self.nonfinite.exhausted():
                             raise self._stop_for_nonfinite()
@@ -386,15 +390,13 @@ class Trainer:
             bar.close()
             # The state is that of the last completed step, with the RNG as it was then, so a
             # resumed run repeats the interrupted step exactly.
-            if self._save_is_safe():
-                self.save(rng=rng_done)
+            if self._save_is_safe() and self._save_after_failure(rng_done):
                 self.log(f"interrupted ({exc or 'SIGINT'}) after step {self.step}; checkpoint kept. "
                          f"Resume with: draft train --resume {self.run_dir}")
             raise
         except BaseException:
             bar.close()
-            if self.step > 0 and self._save_is_safe():
-                self.save(rng=rng_done)
+            if self.step > 0 and self._save_is_safe() and self._save_after_failure(rng_done):
                 self.log(f"failed after step {self.step}; checkpoint kept. Resume with: draft train --resume {self.run_dir}")
             raise
         finally:
@@ -403,10 +405,25 @@ class Trainer:
         bar.close()
         self.save()
         final = self.sample_grid(f"step-{self.step:06d}")
-        if final is not None and (self.run_dir / "samples" / "step-000000.png").exists():
-            save_before_after(self.run_dir / "samples" / "step-000000.png", final, self.run_dir / "samples" / "before_after.png")
+        if final is not None and self.pictures.before_after(final, self.step, self.tracking) is not None:
             plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png", self.title())
         return last
+
+    def _save_after_failure(self, rng: dict[str, torch.Tensor]) -> bool:
+        """Checkpoint the last completed step after a failure, when the state in memory is that
+        step's: the metrics rows and the checkpoints then always agree. False when nothing was saved."""
+        latest = latest_checkpoint(self.run_dir / "checkpoints")
+        if self.step != self.rows_step:
+            self.log(f"step {self.step} updated the LoRA but its metrics row was never written, so no new "
+                     f"checkpoint is written; the last one ({latest}) is kept.")
+            return False
+        try:
+            self.save(rng=rng)
+        except Exception as exc:  # the original failure is the one to report
+            self.log(f"could not write a checkpoint after the failure ({type(exc).__name__}: {exc}); "
+                     f"the last one ({latest}) is kept.")
+            return False
+        return True
 
     def _save_is_safe(self) -> bool:
         """A checkpoint is a collective: with several processes, write one only when every

@@ -63,6 +63,16 @@ def checkpoint_file(weights: ResNet50_Weights) -> Path:
 def load_state_dict(weights: ResNet50_Weights, path: str | None) -> dict[str, torch.Tensor]:
     """The ResNet-50 state dict from ``path`` (a .pth file or a folder holding the official file),
     torchvision's cache, or a download (not with HF_HUB_OFFLINE=1); a clear error otherwise."""
+    file, how = weights_file(weights, path, download=True)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which one
+        raise ModelLoadError(f"adversarial: could not read '{file}' as a state dict ({exc}). {how}") from exc
+
+
+def weights_file(weights: ResNet50_Weights, path: str | None, *, download: bool) -> tuple[Path, str]:
+    """(the file to read, how to provide it); ModelLoadError when it is missing and cannot be
+    downloaded. Without ``download`` a file that could still be downloaded is not fetched."""
     name = os.path.basename(weights.url)
     how = (f"Give `path:` the file {name} (or a folder holding it), or put it at"
            f" {checkpoint_file(weights)} (torchvision's cache, under TORCH_HOME); it is {weights.url}.")
@@ -80,11 +90,9 @@ def load_state_dict(weights: ResNet50_Weights, path: str | None) -> dict[str, to
                     f"adversarial: the ResNet-50 weights {name} are not in torchvision's cache and"
                     f" HF_HUB_OFFLINE is set, so they are not downloaded. {how}"
                 )
-            _download(weights, file, how)
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which one
-        raise ModelLoadError(f"adversarial: could not read '{file}' as a state dict ({exc}). {how}") from exc
+            if download:
+                _download(weights, file, how)
+    return file, how
 
 
 def _download(weights: ResNet50_Weights, file: Path, how: str) -> None:
@@ -127,6 +135,10 @@ class AdversarialReward(nn.Module):
         self.preprocess: ImagePreprocess = PREPROCESS[weights].with_size(image_size)
         self.path = path
         self.dtype = check_dtype_option(dtype, "adversarial")
+
+    def check_available(self) -> None:
+        """The weights can be found (``path``, or torchvision's cache; online, downloaded later). Loads nothing."""
+        weights_file(self.weights, self.path, download=False)
 
     def _load(self) -> nn.Module:
         net = resnet50()

@@ -131,6 +131,16 @@ def test_missing_weights_offline(tmp_path, monkeypatch):
             torch.rand(1, 3, 32, 32), [])
 
 
+def test_check_available_finds_the_weights_without_loading(torch_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    AdversarialReward(3, path=str(torch_home / "hub" / "checkpoints"), image_size=SIZE).check_available()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="resnet50-11ad3fa6.pth.*HF_HUB_OFFLINE"):
+        AdversarialReward("tabby", image_size=SIZE).check_available()
+    with pytest.raises(ModelLoadError, match="no ResNet-50 weights at"):
+        AdversarialReward(1, path=str(tmp_path / "nowhere.pth")).check_available()
+
+
 @pytest.mark.parametrize("weights", ["IMAGENET1K_V1", "IMAGENET1K_V2"])
 def test_preprocessing_matches_weights_transforms(weights):
     transform = ResNet50_Weights[weights].transforms()

@@ -27,6 +27,7 @@ from draft_core.errors import ModelLoadError
 from draft_core.rewarding.preprocess import CLIP_224
 from draft_core.rewarding.pretrained import (
     check_dtype_option,
+    check_pretrained_available,
     check_reward_images,
     compute_dtype,
     frozen_model,
@@ -62,6 +63,10 @@ class NSFWReward(nn.Module):
     @property
     def source(self) -> str:
         return str(Path(self.path).expanduser()) if self.path is not None else self.model_id
+
+    def check_available(self) -> None:
+        """The checker can be found (``path``, or the hub cache; online, the hub is asked later). Loads nothing."""
+        check_pretrained_available("nsfw", self.model_id, self.path, files=_FILES, subfolder=self.subfolder)
 
     def _load(self) -> nn.Module:
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker

@@ -59,14 +59,13 @@ def _official(checker, clip_input: torch.Tensor, monkeypatch) -> tuple[list[bool
     """The checker's forward: (has_nsfw_concepts, special scores [B, 3], concept scores [B, 17]).
 
     It rounds each score once, 3 special then 17 concept per image; a recording ``round``
-    in its module reads them out without changing them.
+    in its module reads them out before rounding, without changing what it returns.
     """
     seen: list[float] = []
 
     def recording_round(value, digits=None):
-        out = round(value, digits)
-        seen.append(float(out))
-        return out
+        seen.append(float(value))
+        return round(value, digits)
 
     monkeypatch.setattr(checker_module, "round", recording_round, raising=False)
     images = np.zeros((clip_input.shape[0], 8, 8, 3))
@@ -82,11 +81,15 @@ def test_scores_and_decisions_match_the_checker(checker_dir, monkeypatch):
     ours = reward.scores(images)
     checker = _small_checker()
     has_nsfw, special, concept = _official(checker, CLIP_224.with_size(32)(images), monkeypatch)
-    # the checker rounds to 3 decimals; its special scores after the first positive one
-    # already include the adjustment, so compare those only for images without one
-    torch.testing.assert_close(ours["concept"].double(), concept, atol=5e-4 + 1e-6, rtol=0)
+    # Unrounded, the checker's scores are the same float32 cosines minus thresholds as ours, equal
+    # up to a few float32 ulps of the scores' scale (its rounding to 3 decimals left 5e-4, nearly
+    # all of a fixed 5e-4 + 1e-6); a missing adjustment (0.01) or another concept is off by far more.
+    # Its special scores after the first positive one already include the adjustment, so compare
+    # those only for images without one.
+    scale = concept.abs().max().item()
+    torch.testing.assert_close(ours["concept"].double(), concept, rtol=1e-5, atol=1e-5 * scale)
     plain = ~ours["special"].gt(0).any(1)
-    torch.testing.assert_close(ours["special"].double()[plain], special[plain], atol=5e-4 + 1e-6, rtol=0)
+    torch.testing.assert_close(ours["special"].double()[plain], special[plain], rtol=1e-5, atol=1e-5 * scale)
     clear = ours["margin"].abs() > 1e-3  # away from the rounding boundary
     assert clear.sum() >= 12
     assert ours["nsfw"][clear].tolist() == torch.tensor(has_nsfw)[clear].tolist()
@@ -122,6 +125,18 @@ def test_missing_weights(tmp_path, monkeypatch):
         NSFWReward(model="draft-tests/no-such-checker")(torch.rand(1, 3, 8, 8), [])
     for part in ("'draft-tests/no-such-checker'", "`path:`", "HF_HUB_OFFLINE is set"):
         assert part in str(info.value), str(info.value)
+
+
+def test_check_available_finds_the_checker_without_loading(checker_dir, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    NSFWReward(path=str(checker_dir)).check_available()
+    with pytest.raises(ModelLoadError, match="not a folder"):
+        NSFWReward(path=str(tmp_path / "missing")).check_available()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="'draft-tests/no-such-checker'.*HF_HUB_OFFLINE is set"):
+        NSFWReward(model="draft-tests/no-such-checker").check_available()
 
 
 def test_preprocessing_matches_feature_extractor():

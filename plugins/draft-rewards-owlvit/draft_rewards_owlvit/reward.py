@@ -26,6 +26,7 @@ from torch import nn
 from draft_core.errors import ModelLoadError
 from draft_core.rewarding.pretrained import (
     check_dtype_option,
+    check_pretrained_available,
     check_reward_images,
     compute_dtype,
     frozen_model,
@@ -108,6 +109,11 @@ class OwlViTReward(nn.Module):
         return self.sign * (per_box * kept).sum(dim=1)
 
     # -- loading ---------------------------------------------------------------------------
+
+    def check_available(self) -> None:
+        """The checkpoint can be found (``path``, or the hub cache; online, the hub is asked later). Loads nothing."""
+        self._check_path()
+        check_pretrained_available("owlvit", self.model_id, self.path, files=_FILES)
 
     def _check_path(self) -> None:
         if self.path is not None and not Path(self.path).expanduser().is_dir():

@@ -168,6 +168,18 @@ def test_hub_id_missing_offline(monkeypatch):
         assert part in message, message
 
 
+def test_check_available_finds_the_model_without_loading(owlvit_dir, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    OwlViTReward(QUERIES, path=str(owlvit_dir)).check_available()
+    with pytest.raises(ModelLoadError, match="not a folder"):
+        OwlViTReward(QUERIES, path=str(tmp_path / "missing")).check_available()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="'draft-tests/no-such-owlvit'.*HF_HUB_OFFLINE is set"):
+        OwlViTReward(QUERIES, model="draft-tests/no-such-owlvit").check_available()
+
+
 # -- preprocessing parity ------------------------------------------------------------------------
 
 

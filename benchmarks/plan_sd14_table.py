@@ -1,0 +1,128 @@
+"""The README's memory table: ``draft plan``'s predictions for Stable Diffusion 1.4 at 512 px.
+
+    python benchmarks/plan_sd14_table.py [--out benchmarks/results/plan_sd14.json]
+
+Rows: DRaFT-1, DRaFT-LV (n = 2), DRaFT-K (K = 10) and full DRaFT (every UNet step
+checkpointed), with HPSv2 or PickScore as the reward, at batch 1 and 4; 50 DDIM steps,
+guidance 7.5, LoRA rank 32 (float32) on attention and feed-forward, weights in bfloat16, on
+CUDA. Nothing is downloaded: every network is built from its published configuration on the
+meta device. For each row: the predicted peak and its split, the step's FLOPs over sampling
+alone, the smallest card (24/40/48/80 GiB) it fits, and, for a row that does not fit 24 GiB,
+the fitting proposals (``draft plan --budget``) against each card in turn: the smallest card
+that some proposal fits, and the cheapest such proposal. SD 1.4 first: other model families
+join the table when draft supports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from benchlib import write_json
+
+CASES = {
+    "DRaFT-1": {"name": "draft-k", "k": 1},
+    "DRaFT-LV n=2": {"name": "draft-lv", "n": 2},
+    "DRaFT-K K=10": {"name": "draft-k", "k": 10},
+    "full DRaFT": {"name": "draft"},
+}
+REWARDS = ("hpsv2", "pickscore")
+GiB = 2**30
+
+
+def row_config(case: str, reward: str, batch: int):
+    from draft_core.config import load_config
+
+    return load_config(None, [
+        "model.name=CompVis/stable-diffusion-v1-4", "model.dtype=bfloat16", "sampler.name=ddim", "sampler.steps=50",
+        "sampler.guidance_scale=7.5", "lora.rank=32", f"train.batch_size={batch}", f"reward.name={reward}",
+        f"estimator={json.dumps(CASES[case])}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from draft_core.planning.budget import CARDS_GIB, smallest_card
+    from draft_core.planning.fitting import propose, rank
+    from draft_core.planning.step import plan_step
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--rewards", nargs="+", default=list(REWARDS), choices=list(REWARDS))
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--markdown", action="store_true", help="only print the table of the rows in --out")
+    a = ap.parse_args(argv)
+    if a.markdown:
+        rows = json.loads(a.out.read_text())["rows"]
+        print(markdown(rows))
+        return {"rows": rows}
+    rows = json.loads(a.out.read_text())["rows"] if a.out and a.out.exists() else {}  # an interrupted run goes on
+    for batch in a.batches:
+        for reward in a.rewards:
+            for case in a.cases:
+                key = f"{case} | {reward} | batch {batch}"
+                if key in rows:
+                    continue
+                t0 = time.perf_counter()
+                config = row_config(case, reward, batch)
+                trace = plan_step(config, "cuda")
+                before = smallest_card(trace.peak)
+                row = {"peak_bytes": trace.peak, "breakdown_bytes": trace.breakdown, "flops": trace.flops,
+                       "cost_ratio": trace.cost_ratio, "card_before": before, "card_after": before, "proposal": None}
+                if before != CARDS_GIB[0]:
+                    proposals = propose(config, CARDS_GIB[0] * GiB, "cuda",
+                                        progress=lambda m: print(f"    {m}", file=sys.stderr, flush=True))
+                    for card in CARDS_GIB:
+                        fits = rank(proposals, card * GiB)
+                        if fits and fits[0].fits(card * GiB):
+                            best = fits[0]
+                            row.update(card_after=card, proposal={"label": best.label, "set": best.overrides,
+                                                                  "peak_bytes": best.peak, "cost_ratio": best.trace.cost_ratio})
+                            break
+                    row["proposals"] = [{"label": p.label, "set": p.overrides, "peak_bytes": p.peak,
+                                         "cost_ratio": p.trace.cost_ratio} for p in proposals]
+                row["seconds"] = time.perf_counter() - t0
+                rows[key] = row
+                print(f"{key:36s} {trace.peak / GiB:6.2f} GiB  {trace.cost_ratio:5.2f}x  card {before}  "
+                      f"after {row['card_after']}  ({row['seconds']:.0f} s)", flush=True)
+                write_json(a.out, {"rows": rows})
+    print()
+    print(markdown(rows))
+    return {"rows": rows}
+
+
+def label(case: str, reward: str, batch: int, proposal: dict) -> str:
+    """The proposal's label as draft plan words it now (a combination keeps its own)."""
+    from draft_core.planning.fitting import candidates
+
+    for p in candidates(row_config(case, reward, batch)):
+        if p.overrides == proposal["set"]:
+            return p.label
+    return proposal["label"]
+
+
+def markdown(rows: dict) -> str:
+    def card(c):
+        return f"{c} GiB" if c else "> 80 GiB"
+
+    lines = ["| estimator | reward | batch | predicted peak | weights (base + reward) | activations at peak | "
+             "step cost / sampling | smallest card | after fitting |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key, r in rows.items():
+        case, reward, batch = key.split(" | ")
+        b = r["breakdown_bytes"]
+        after = card(r["card_after"])
+        if r.get("proposal"):
+            after += f" ({label(case, reward, int(batch.removeprefix('batch ')), r['proposal'])}: " \
+                     f"{r['proposal']['peak_bytes'] / GiB:.1f} GiB, {r['proposal']['cost_ratio']:.2f}x)"
+        lines.append(f"| {case} | {reward} | {batch.removeprefix('batch ')} | {r['peak_bytes'] / GiB:.1f} GiB | "
+                     f"{(b['base weights'] + b['reward weights']) / GiB:.1f} GiB | {b['activations'] / GiB:.1f} GiB | "
+                     f"{r['cost_ratio']:.2f}x | {card(r['card_before'])} | {after} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

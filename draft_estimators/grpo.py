@@ -1,0 +1,65 @@
+"""GRPO for diffusion (as in Flow-GRPO and DanceGRPO): G samples per prompt, advantages
+normalised within each group, PPO's clipped ratio, and an optional KL term to the frozen
+base model.
+
+Each call samples ``group_size`` trajectories of each prompt of its batch (the first from
+the runner's noise, the others from the estimator's random stream), so the reward is
+queried G times per prompt. Advantage of sample g of prompt k: (r_gk − mean_g r_·k) /
+(std_g r_·k + 1e-4). The KL term β · KL(p_θ ‖ p_base) per trained step is that of two
+Gaussians with the step's std, ‖μ_θ − μ_base‖² / (2σ²) (mean over elements, like the
+log-probabilities), μ_base being the same UNet with its LoRA off. Works on any sampler
+that offers ``transition_distribution`` (ddpm, ddim with eta > 0, an SDE sampler of a
+flow model); the buffer, schedule and loss are draft_estimators/policy.py's. The reward
+needs no gradient. The rewards reported per call are each prompt's group mean ([B]).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from draft_core.plugins.protocols import StepInputs
+from draft_estimators.advantages import group_advantages
+from draft_estimators.policy import PolicyGradient, _check_number
+
+
+class GRPO(PolicyGradient):
+    """group_size: samples per prompt (G >= 2). beta: weight of the KL term to the base
+    model (0: none). clip_range, adv_clip_max, timestep_fraction, inner_epochs,
+    minibatches, checkpoint: as for ddpo (the minibatches split the B·G trajectories)."""
+
+    name = "grpo"
+
+    def __init__(
+        self,
+        group_size: int = 4,
+        beta: float = 0.0,
+        clip_range: float = 1e-4,
+        adv_clip_max: float = 5.0,
+        timestep_fraction: float = 1.0,
+        inner_epochs: int = 1,
+        minibatches: int = 1,
+        checkpoint: bool = True,
+    ) -> None:
+        self.group_size = _check_number("group_size", group_size, 2, integer=True)
+        super().__init__(clip_range, adv_clip_max, timestep_fraction, inner_epochs, minibatches, checkpoint,
+                         kl_beta=float(_check_number("beta", beta, 0.0)))
+        self.queries_per_image = self.group_size
+
+    def __repr__(self) -> str:
+        return (f"GRPO(group_size={self.group_size}, beta={self.kl_beta}, clip_range={self.clip_range}, "
+                f"timestep_fraction={self.timestep_fraction}, inner_epochs={self.inner_epochs}, "
+                f"minibatches={self.minibatches})")
+
+    def expand(self, inputs: StepInputs):
+        """G copies of the batch: rows g·B .. (g+1)·B − 1 are copy g; copy 0 keeps the runner's noise."""
+        batch = inputs.noise.shape[0]
+        extra = inputs.model.make_noise((self.group_size - 1) * batch, inputs.generator, dtype=inputs.noise.dtype)
+        return inputs.cond.repeat(self.group_size), torch.cat([inputs.noise, extra.to(inputs.noise.device)])
+
+    def advantages(self, rewards: torch.Tensor, prompts: list[str]):
+        grouped = rewards.view(self.group_size, -1)
+        adv = group_advantages(grouped).flatten().to(rewards)
+        return adv, {"reward_group_std": grouped.std(dim=0, unbiased=False).mean().item()}
+
+    def report(self, rewards: torch.Tensor, batch: int) -> torch.Tensor:
+        return rewards.view(self.group_size, batch).mean(dim=0)
