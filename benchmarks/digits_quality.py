@@ -1,12 +1,14 @@
 """How often the ``digits`` model draws the digit it is asked for, judged by an independent classifier.
 
-    python benchmarks/digits_quality.py [--n 20] [--steps 50] [--guidance 7.5] [--seed 0] [--out FILE]
+    python benchmarks/digits_quality.py [--n 20] [--steps 50] [--guidance 7.5] [--seed 0] [--lora PATH[:SCALE]] [--out FILE]
 
 For each of the ten canonical prompts ("a handwritten digit zero", ...), N base-model
 samples (DDIM, CFG) are averaged down to 8x8 and classified by an sklearn ``SVC`` fitted
 on load_digits' raw 8x8 pixels: it shares nothing with the model but the data. The share
 classified as the prompted digit is the accuracy. The shipped CNN (the
-``digit-classifier`` reward) is reported beside it, with its agreement with the SVC.
+``digit-classifier`` reward) is reported beside it, with its agreement with the SVC, and the
+``ink-coverage`` reward (stroke weight). ``--lora`` measures a fine-tuned LoRA (a run folder,
+its ``lora/`` folder or a file) on the same prompts and noise.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from draft_core.models.digits.data import (
 )
 from draft_core.samplers.ddim import DDIMSampler
 from draft_rewards.digits import classify
+from draft_rewards.ink import ink_coverage
 
 
 @torch.no_grad()
@@ -38,8 +41,12 @@ def sample_digit(model, sampler, digit: int, n: int, seed: int) -> torch.Tensor:
 
 
 def evaluate(n: int = 20, steps: int = 50, guidance: float = 7.5, seed: int = 0,
-             weights_dir: str | Path = WEIGHTS_DIR) -> dict:
+             weights_dir: str | Path = WEIGHTS_DIR, lora: str | None = None) -> dict:
     model = build_digits(weights_dir)
+    if lora:
+        from draft_core.lora import LoraSpec, apply_loras
+
+        apply_loras(model.unet, [LoraSpec.parse(lora)])
     sampler = DDIMSampler(steps=steps, guidance_scale=guidance)
     svc = fit_reference_svc()
     per_digit = {}
@@ -53,11 +60,12 @@ def evaluate(n: int = 20, steps: int = 50, guidance: float = 7.5, seed: int = 0,
             "cnn_accuracy": (cnn_pred == digit).float().mean().item(),
             "cnn_svc_agreement": (cnn_pred == svc_pred).float().mean().item(),
             "svc_predictions": svc_pred.tolist(),
+            "ink_coverage": ink_coverage(images).mean().item(),
         }
     seconds = time.perf_counter() - t0
-    mean = {k: sum(d[k] for d in per_digit.values()) / 10 for k in ("svc_accuracy", "cnn_accuracy", "cnn_svc_agreement")}
+    mean = {k: sum(d[k] for d in per_digit.values()) / 10 for k in ("svc_accuracy", "cnn_accuracy", "cnn_svc_agreement", "ink_coverage")}
     return {
-        "n_per_digit": n, "steps": steps, "guidance_scale": guidance, "seed": seed,
+        "lora": lora, "n_per_digit": n, "steps": steps, "guidance_scale": guidance, "seed": seed,
         "per_digit": per_digit, "mean": mean, "sampling_seconds": round(seconds, 1),
         "torch_threads": torch.get_num_threads(),
     }
@@ -70,14 +78,15 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="a folder written by the training script")
+    ap.add_argument("--lora", default=None, metavar="PATH[:SCALE]", help="measure the model with this LoRA applied")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
-    result = evaluate(args.n, args.steps, args.guidance, args.seed, args.weights)
-    print(f"{'digit':<8}{'SVC':>7}{'CNN':>7}{'agree':>7}")
+    result = evaluate(args.n, args.steps, args.guidance, args.seed, args.weights, args.lora)
+    print(f"{'digit':<8}{'SVC':>7}{'CNN':>7}{'agree':>7}{'ink':>7}")
     for word, d in result["per_digit"].items():
-        print(f"{word:<8}{d['svc_accuracy']:>7.2f}{d['cnn_accuracy']:>7.2f}{d['cnn_svc_agreement']:>7.2f}")
+        print(f"{word:<8}{d['svc_accuracy']:>7.2f}{d['cnn_accuracy']:>7.2f}{d['cnn_svc_agreement']:>7.2f}{d['ink_coverage']:>7.3f}")
     m = result["mean"]
-    print(f"{'mean':<8}{m['svc_accuracy']:>7.3f}{m['cnn_accuracy']:>7.3f}{m['cnn_svc_agreement']:>7.3f}")
+    print(f"{'mean':<8}{m['svc_accuracy']:>7.3f}{m['cnn_accuracy']:>7.3f}{m['cnn_svc_agreement']:>7.3f}{m['ink_coverage']:>7.3f}")
     print(f"{10 * args.n} samples, {args.steps} DDIM steps, CFG {args.guidance}: {result['sampling_seconds']} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,10 +2,10 @@
 
 JPEG compressibility / incompressibility (kornia's differentiable codec), the real JPEG
 encoder's file size (``jpeg-size``, ``jpeg-size-inverse``: no gradient, for ddpo/grpo), rotational
-anti-correlation, the digit classifier of the embedded ``digits`` model, and the learned
-rewards on pretrained networks: ``aesthetic`` (LAION aesthetic predictor), ``hpsv2``,
-``pickscore``, ``clip-score``, plus the in-batch ``diversity`` term. Weights load on the
-first call, never at import or construction, so importing is cheap.
+anti-correlation, the digit classifier of the embedded ``digits`` model, ink coverage (bolder
+strokes), and the learned rewards on pretrained networks: ``aesthetic`` (LAION aesthetic
+predictor), ``hpsv2``, ``pickscore``, ``clip-score``, plus the in-batch ``diversity`` term.
+Weights load on the first call, never at import or construction, so importing is cheap.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from draft_rewards.clip_score import ClipScore, PickScore
 from draft_rewards.digits import DigitClassifier
 from draft_rewards.diversity import Diversity
 from draft_rewards.hpsv2 import HPSv2
+from draft_rewards.ink import InkCoverage
 from draft_rewards.jpeg import JpegCompressibility, JpegIncompressibility
 from draft_rewards.jpeg_size import JpegSize, JpegSizeInverse
 from draft_rewards.rotation import RotationAnticorrelation
@@ -26,6 +27,7 @@ __all__ = [
     "DigitClassifier",
     "Diversity",
     "HPSv2",
+    "InkCoverage",
     "JpegCompressibility",
     "JpegIncompressibility",
     "JpegSize",
@@ -43,6 +45,7 @@ def register_rewards(register):
     register("jpeg-size-inverse", JpegSizeInverse)
     register("rotation-anticorrelation", RotationAnticorrelation)
     register("digit-classifier", DigitClassifier)
+    register("ink-coverage", InkCoverage)
     register("aesthetic", Aesthetic)
     register("hpsv2", HPSv2)
     register("pickscore", PickScore)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install draft with its test and tracker extras and the plugins/ distributions;
 # re-installs only when a pyproject.toml changes. pip's own output goes to .venv/setup.log and is
-# shown only when a step fails.
+# shown only when a step fails. As root on Debian/Ubuntu it also installs Chromium once, for the
+# report page's browser tests (DRAFT_NO_BROWSER=1 skips that; without a browser they are skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
@@ -33,4 +34,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   for plugin in plugins/*/; do editables+=(-e "$plugin"); done
   quietly .venv/bin/python -m pip install -q --no-deps "${editables[@]}"
   echo "$want" > "$stamp"
+fi
+# A headless browser for tests/test_report.py: best effort and tried once (.venv/.browser-tried),
+# since the suite runs, skipping those tests, without one.
+if [ -z "${DRAFT_NO_BROWSER:-}" ] && [ ! -e .venv/.browser-tried ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+    && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && ! command -v google-chrome >/dev/null; then
+  touch .venv/.browser-tried
+  echo "installing chromium with apt-get for the report page's browser tests (once; DRAFT_NO_BROWSER=1 skips)" >&2
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >>"$log" 2>&1; then
+    echo "could not install chromium (see $log); the browser tests will be skipped" >&2
+  fi
 fi

@@ -24,7 +24,7 @@ BUILTINS = {
     "samplers": ["ddim", "ddpm"],
     "estimators": ["ddpo", "dpg", "draft", "draft-k", "draft-lv", "grpo", "kl", "refl"],  # kl: a wrapper of any estimator
     "rewards": [
-        "aesthetic", "clip-score", "digit-classifier", "diversity", "hpsv2", "jpeg-compressibility",
+        "aesthetic", "clip-score", "digit-classifier", "diversity", "hpsv2", "ink-coverage", "jpeg-compressibility",
         "jpeg-incompressibility", "jpeg-size", "jpeg-size-inverse", "pickscore", "rotation-anticorrelation",
     ],
 }
@@ -152,7 +152,7 @@ def test_train_dry_run_prints_the_resolved_config(capsys, no_model, tmp_path):
     out, err = capsys.readouterr()
     printed = yaml.safe_load(out)
     assert printed["train"]["steps"] == 7
-    assert printed["estimator"] == {"name": "draft-lv", "n": 2}
+    assert printed["estimator"] == {"name": "draft-lv", "n": 2, "kl": 1e-3}
     (tmp_path / "printed.yaml").write_text(out)
     assert load_config(tmp_path / "printed.yaml") == load_config(overrides=["train.steps=7"], preset="quickstart")
     assert not (tmp_path / "runs").exists()

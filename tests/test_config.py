@@ -15,7 +15,7 @@ from draft_core.rewarding.weighted import WeightedReward
 from draft_core.training.components import build_components
 from draft_core.samplers.ddim import DDIMSampler
 from draft_estimators import FullBackprop, LowVariance, ReFL, TruncatedBackprop
-from draft_rewards import DigitClassifier, JpegCompressibility, JpegIncompressibility, RotationAnticorrelation
+from draft_rewards import InkCoverage, JpegCompressibility, JpegIncompressibility, RotationAnticorrelation
 
 ANIMALS = (
     "cat dog horse monkey rabbit zebra spider bird sheep deer cow goat lion tiger bear raccoon fox "
@@ -61,10 +61,11 @@ def test_quickstart_preset():
     c = load_config(preset="quickstart")
     assert c.model.name == "digits" and c.lora.rank == 4
     assert c.sampler == {"name": "ddim", "steps": 20, "guidance_scale": 7.5}
-    assert c.estimator == {"name": "draft-lv", "n": 2}
-    assert c.reward == {"name": "digit-classifier", "target": 8}
+    assert c.estimator == {"name": "draft-lv", "n": 2, "kl": 1e-3}
+    assert c.reward == {"name": "ink-coverage", "softness": 0.05}
+    assert c.lora.targets == Config().lora.targets  # the paper's (A.1)
     assert c.prompts.source == "digits" and c.prompts.template == "{}"
-    assert (c.train.steps, c.train.batch_size, c.train.lr, c.train.checkpoint_every) == (80, 4, 1e-3, 20)
+    assert (c.train.steps, c.train.batch_size, c.train.lr, c.train.checkpoint_every) == (50, 4, 1e-3, 20)
     assert c.train.weight_decay == Config().train.weight_decay  # not in the preset: the default
 
 
@@ -179,7 +180,7 @@ def test_renaming_in_a_file_then_set(tmp_path):
 
 def test_setting_the_same_name_keeps_the_arguments():
     c = load_config(overrides=["estimator.name=draft-lv"], preset="quickstart")
-    assert c.estimator == {"name": "draft-lv", "n": 2}
+    assert c.estimator == {"name": "draft-lv", "n": 2, "kl": 1e-3}
 
 
 def test_set_plugin_shorthand():
@@ -188,7 +189,7 @@ def test_set_plugin_shorthand():
 
 
 def test_set_argument_without_renaming_keeps_the_name():
-    assert load_config(overrides=["estimator.n=5"], preset="quickstart").estimator == {"name": "draft-lv", "n": 5}
+    assert load_config(overrides=["estimator.n=5"], preset="quickstart").estimator == {"name": "draft-lv", "n": 5, "kl": 1e-3}
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -323,7 +324,7 @@ def test_reward_weights_must_be_numbers():
 
 def test_reward_weights_and_a_name():
     message = config_error(overrides=["reward.weights={jpeg-compressibility: 1}"], preset="quickstart")
-    assert "'weights'" in message and "'name'" in message and "'target'" in message and "reward.args" in message
+    assert "'weights'" in message and "'name'" in message and "'softness'" in message and "reward.args" in message
 
 
 def test_plugin_section_needs_a_name():
@@ -366,8 +367,9 @@ def test_dump_and_load_round_trip(tmp_path, preset, overrides):
 def test_builds_the_quickstart_components_without_a_model(no_model):
     components = build_components(load_config(preset="quickstart"))
     assert isinstance(components.sampler, DDIMSampler) and components.sampler.num_steps == 20
-    assert isinstance(components.estimator, LowVariance) and components.estimator.n == 2
-    assert isinstance(components.reward, DigitClassifier) and components.reward.target == 8
+    assert isinstance(components.estimator.inner, LowVariance) and components.estimator.inner.n == 2
+    assert components.estimator.beta == 1e-3  # the KL wrapper around it
+    assert isinstance(components.reward, InkCoverage) and components.reward.softness == 0.05
     assert components.prompts[0] == "a handwritten digit zero" and len(components.prompts) == 10
 
 

@@ -325,8 +325,8 @@ def test_every_config_problem_is_reported_at_once(tmp_path, capsys, no_model):
     err = _error(capsys, "train", str(config), "--dry-run")
     assert "2 problems" in err and "'train.stpes'" in err and "'lora.rnak'" in err
     err = _error(capsys, "train", "--preset", "quickstart", "--dry-run", "--set", "estimator.nn=3",
-                 "--set", "sampler.guidance_scale=high", "--set", "reward.target=eight")
-    assert "3 problems" in err and "'nn'" in err and "'sampler.guidance_scale'" in err and "'reward.target'" in err
+                 "--set", "sampler.guidance_scale=high", "--set", "reward.softness=soft")
+    assert "3 problems" in err and "'nn'" in err and "'sampler.guidance_scale'" in err and "'reward.softness'" in err
 
 
 def test_dry_run_shows_the_arguments_left_at_their_defaults(capsys, no_model):
@@ -336,7 +336,7 @@ def test_dry_run_shows_the_arguments_left_at_their_defaults(capsys, no_model):
     out = capsys.readouterr().out
     assert "#   sampler: ddim: eta=0.0" in out
     assert "#   estimator: draft-k: checkpoint=None, k_range=None" in out
-    assert "#   reward: digit-classifier: weights=None" in out
+    assert "#   reward: ink-coverage: threshold=0.5, ink='light'" in out
 
 
 def test_a_name_conflict_leaves_the_rest_of_the_cli_working(tmp_path, monkeypatch, capsys):

@@ -172,6 +172,7 @@ def test_plugin_registers_the_builtin_rewards():
         "jpeg-incompressibility": JpegIncompressibility,
         "rotation-anticorrelation": RotationAnticorrelation,
         "digit-classifier": DigitClassifier,
+        "ink-coverage": draft_rewards.InkCoverage,
         "aesthetic": draft_rewards.Aesthetic,
         "hpsv2": draft_rewards.HPSv2,
         "pickscore": draft_rewards.PickScore,

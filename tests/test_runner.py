@@ -54,11 +54,11 @@ def assert_same_lora(a, b):
 def test_run_folder_has_everything(tmp_path):
     out = tmp_path / "run"
     overrides = [o for o in FAST if not o.startswith("estimator.")]
-    overrides += ["train.steps=4", "train.sample_every=2", "train.checkpoint_every=2", "estimator.name=draft-lv"]
+    overrides += ["train.steps=4", "train.sample_every=2", "train.checkpoint_every=2", "estimator={name: draft-lv, n: 2}"]
     assert run_cli("--preset", "quickstart", "--out", str(out), *sum((["--set", o] for o in overrides), [])) == 0
     for name in ["config.yaml", "metrics.jsonl", "reward_curve.png", "lora/pytorch_lora_weights.safetensors",
                  "samples/step-000000.png", "samples/step-000002.png", "samples/step-000004.png",
-                 "samples/before_after.png", "checkpoints/latest", "checkpoints/step-000004/state.json"]:
+                 "samples/before_after.png", "checkpoints/latest", "checkpoints/step-000004/state.json", "report.html"]:
         assert (out / name).exists(), name
     rows = metrics_of(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -72,6 +72,11 @@ def test_run_folder_has_everything(tmp_path):
     assert any(v.abs().sum() > 0 for k, v in lora_of(out).items() if "lora_B" in k)
     card = (out / "lora" / "README.md").read_text()  # the model card, refreshed with the LoRA
     assert "base_model: tiny-random" in card and "| steps | 4 |" in card and "draft-lv" in card
+    # The report page, rewritten with the last grid: every grid, every step, the final model card.
+    report = (out / "report.html").read_text()
+    data = json.loads(report.split('id="draft-report-data">')[1].split("</script>")[0])
+    assert [g["step"] for g in data["runs"][0]["grids"]] == [0, 2, 4]
+    assert data["charts"]["reward"]["series"][0]["x"] == [1, 2, 3, 4] and "<td>steps</td><td>4</td>" in report
 
 
 def test_resume_continues_exactly(tmp_path):

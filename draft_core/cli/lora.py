@@ -1,4 +1,4 @@
-"""``draft lora mix | export | fuse``: share a trained LoRA outside draft."""
+"""``draft lora mix | export | fuse | push``: share a trained LoRA outside draft."""
 
 from __future__ import annotations
 
@@ -62,8 +62,26 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from draft_core.lora.push import check_repo_id, listing, push, run_lora, stage
+
+    run = Path(args.run)
+    check_repo_id(args.repo)
+    run_lora(run)
+    if args.dry_run:
+        staged = stage(run, args.repo)
+        print(f"would upload to {args.repo} ({'private' if args.private else 'public'}):")
+    else:
+        url, staged = push(run, args.repo, private=args.private)
+        print(f"uploaded to {url} ({'private' if args.private else 'public'}):")
+    for name, size in listing(staged):
+        print(f"  {name:<44} {size / 1024:>9.1f} KiB")
+    print(f"staged in {staged}" + (" (nothing was uploaded: --dry-run)" if args.dry_run else ""))
+    return 0
+
+
 def add_parser(sub) -> None:
-    lo = sub.add_parser("lora", help="mix LoRAs, export them for AUTOMATIC1111/ComfyUI, or fuse one into a pipeline")
+    lo = sub.add_parser("lora", help="mix LoRAs, export them for AUTOMATIC1111/ComfyUI, fuse one into a pipeline, or push one to the Hub")
     lsub = lo.add_subparsers(dest="lora_command", required=True)
 
     mx = lsub.add_parser("mix", help="bake a linear combination of LoRAs into one diffusers LoRA (exact, ranks concatenated)")
@@ -84,3 +102,10 @@ def add_parser(sub) -> None:
     fu.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     fu.add_argument("--out", required=True)
     fu.set_defaults(func=cmd_fuse)
+
+    pu = lsub.add_parser("push", help="upload a run's LoRA, model card (with its curve and grids) and kohya file to the Hugging Face Hub")
+    pu.add_argument("run", metavar="RUN_DIR", help="a run folder written by draft train")
+    pu.add_argument("--repo", required=True, metavar="USER/NAME", help="the Hub model repository (created when missing)")
+    pu.add_argument("--private", action="store_true", help="create the repository private")
+    pu.add_argument("--dry-run", action="store_true", help="stage the files in RUN_DIR/push and list them; upload nothing")
+    pu.set_defaults(func=cmd_push)

@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.log(
             f"{config.model.name} on {trainer.model.device} ({trainer.model.dtype}), LoRA rank {config.lora.rank} "
             f"({sum(p.numel() for p in trainer.params):,} parameters), estimator {section_label(config.estimator)}, "
-            f"sampler {section_label(config.sampler)}, reward {section_label(config.reward)}, run folder {run_dir}"
+            f"sampler {section_label(config.sampler)}, reward {section_label(config.reward)}, run folder {run_dir} (watch it in {run_dir / 'report.html'})"
         )
         t0 = time.perf_counter()
         last = trainer.train()
@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
     trainer.log(
         f"done: {trainer.step} steps in {time.perf_counter() - t0:.1f} s; final reward {last.get('reward_mean', float('nan')):.4g}; "
-        f"LoRA in {run_dir / 'lora'}, grids in {run_dir / 'samples'}, curve {run_dir / 'reward_curve.png'}"
+        f"LoRA in {run_dir / 'lora'}, grids in {run_dir / 'samples'}, curve {run_dir / 'reward_curve.png'}, report {run_dir / 'report.html'}"
     )
     return 0
 

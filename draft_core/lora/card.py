@@ -16,12 +16,14 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return shlex.join(argv)
 
 
-def write_model_card(folder: str | Path, info: dict, location: str | Path | None = None) -> Path:
+def write_model_card(folder: str | Path, info: dict, location: str | Path | None = None, usage: str | None = None,
+                     sections: str = "") -> Path:
     """``folder/README.md``: a YAML header (diffusers' model-card fields) and a table of ``info``.
 
     info keys used: base_model, rewards, estimator, steps, final_reward, command, and any others
     (shown as extra rows). location: where the LoRA will be read from, for the usage lines
     (default ``folder``; a folder filled under a temporary name passes its final path).
+    usage: the "Use:" text instead (e.g. for a Hub repository); sections: Markdown appended at the end.
     """
     import yaml
 
@@ -37,19 +39,21 @@ def write_model_card(folder: str | Path, info: dict, location: str | Path | None
     from draft_core.models.loading import EMBEDDED
 
     where = Path(location) if location is not None else folder
-    usage = f"`draft sample --model {base} --lora {where}:1.0 --prompt ...`"
-    if base not in EMBEDDED:  # an embedded model is no diffusers pipeline to from_pretrained
-        usage = (
-            "```python\nfrom diffusers import StableDiffusionPipeline\n"
-            f"pipe = StableDiffusionPipeline.from_pretrained({base!r})\n"
-            f"pipe.load_lora_weights({str(where)!r})\n```\n\nor {usage}"
-        )
+    if usage is None:
+        usage = f"`draft sample --model {base} --lora {where}:1.0 --prompt ...`"
+        if base not in EMBEDDED:  # an embedded model is no diffusers pipeline to from_pretrained
+            usage = (
+                "```python\nfrom diffusers import StableDiffusionPipeline\n"
+                f"pipe = StableDiffusionPipeline.from_pretrained({base!r})\n"
+                f"pipe.load_lora_weights({str(where)!r})\n```\n\nor {usage}"
+            )
     text = (
         f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n"
         f"# DRaFT LoRA for {base}\n\n"
         "A LoRA fine-tuned with draft (Directly Fine-Tuning Diffusion Models on Differentiable Rewards).\n\n"
         f"| field | value |\n| --- | --- |\n{rows}\n\n"
         f"Made by:\n\n```bash\n{info.get('command', '(unknown)')}\n```\n\nUse:\n\n{usage}\n"
+        + (f"\n{sections.strip()}\n" if sections.strip() else "")
     )
     path = folder / "README.md"
     path.write_text(text)

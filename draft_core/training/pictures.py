@@ -1,7 +1,8 @@
 """The pictures a run draws while it trains (main process only): the grid of fixed prompts and
 noise at step 0, every ``train.sample_every`` steps and at the end; the validation grids; and
 before/after. Each is labelled (a row per prompt, a column per sample), carries its generation
-parameters in the PNG, and goes to the experiment trackers too.
+parameters in the PNG, and goes to the experiment trackers too; each new grid or validation
+rewrites the run's report page (draft_core.report).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from draft_core.media import generation_params, save_before_after, save_grid
+from draft_core.report import refresh_report
 
 
 @torch.no_grad()
@@ -57,6 +59,7 @@ class RunPictures:
                          cols=[f"sample {j + 1}" for j in range(t.sample_per_prompt)], title=f"step {step}",
                          params=self.params(base, t.seed, step))
         tracking.image("samples", path, step)
+        refresh_report(self.run_dir)  # report.html shows every grid: rewritten with each new one
         return path
 
     def validate(self, step: int, tracking) -> dict[str, float]:
@@ -70,6 +73,7 @@ class RunPictures:
         path = save_grid(images, self.run_dir / "samples" / f"val-step-{step:06d}.png", nrow=v.n_per_prompt, rows=v.prompts,
                          cols=[f"seed {j + 1}" for j in range(v.n_per_prompt)], title=title, params=params)
         tracking.image("validation", path, step)
+        refresh_report(self.run_dir, pending={"step": step, **scores})  # this step's row is written after
         return scores
 
     def before_after(self, final: Path, step: int, tracking) -> Path | None:
