@@ -46,7 +46,7 @@ def evaluate(n: int = 20, steps: int = 50, guidance: float = 7.5, seed: int = 0,
     if lora:
         from draft_core.lora import LoraSpec, apply_loras
 
-        apply_loras(model.unet, [LoraSpec.parse(lora)])
+        apply_loras(model, [LoraSpec.parse(lora)])
     sampler = DDIMSampler(steps=steps, guidance_scale=guidance)
     svc = fit_reference_svc()
     per_digit = {}
