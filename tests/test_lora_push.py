@@ -85,7 +85,9 @@ def fake_hub(monkeypatch):
     FakeApi.calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_fake")
+    # scripts/test.sh runs the suite with HF_HUB_OFFLINE=1, which huggingface_hub reads once, at import.
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: socket.socket())  # "reachable"
     return FakeApi.calls
 
