@@ -43,6 +43,13 @@ def _tiny_random() -> DiffusionModel:
     return build_tiny_random()
 
 
+@embedded("tiny-random-flux", family="flux")
+def _tiny_random_flux() -> ModelFamily:
+    from draft_core.models.families.flux import build_tiny_random_flux
+
+    return build_tiny_random_flux()
+
+
 @embedded("digits")
 def _digits() -> DiffusionModel:
     from draft_core.models.digits import build_digits
