@@ -38,9 +38,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     spec = LoraSpec.parse(args.lora)
     if spec.scale != 1.0:
         raise DraftError(f"lora export takes a LoRA without :SCALE (got {args.lora}); to export a scaled LoRA, `draft lora mix {spec.path}:{spec.scale:g} --out DIR` first.")
-    out = export_kohya(spec.path, args.out)
+    out = export_kohya(spec.path, args.out, family=_family_of_lora(spec, args.family))
     print(f"wrote {out} (kohya layout: lora_unet_*.lora_down/lora_up/alpha; loads in AUTOMATIC1111, ComfyUI, diffusers)")
     return 0
+
+
+def _family_of_lora(spec, family: str | None):
+    """The family class a LoRA was trained on: --family, else its recorded base model's (run config or
+    model card); None when neither says (the UNet layout is written)."""
+    from draft_core.lora.loading import base_model_of
+    from draft_core.models.loading import check_model, family_of_pipeline
+
+    if family is not None:
+        return family_of_pipeline(None, str(spec.path), family)
+    base = base_model_of(spec.folder)
+    if base is None:
+        return None
+    try:
+        return check_model(base)
+    except DraftError as exc:
+        raise DraftError(f"{exc} (lora export looked up the model the LoRA was trained on, '{base}', for its family; "
+                         f"give --family sd|sdxl|sd3|flux to skip the look-up.)") from None
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
@@ -93,6 +111,7 @@ def add_parser(sub) -> None:
     ex.add_argument("lora", metavar="PATH", help="a LoRA folder, run folder or .safetensors file")
     ex.add_argument("--format", default="kohya", help="kohya (the only one)")
     ex.add_argument("--out", required=True, help="the .safetensors file to write")
+    ex.add_argument("--family", help="the model family the LoRA was trained on (default: its run config's or model card's model)")
     ex.set_defaults(func=cmd_export)
 
     fu = lsub.add_parser("fuse", help="fold LoRA(s) into the base weights and save a full diffusers pipeline folder")

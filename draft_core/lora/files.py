@@ -30,7 +30,7 @@ from draft_core.lora.adapters import WEIGHT_NAME, LoraSpec
 METADATA_KEY = "lora_adapter_metadata"
 # component prefix in diffusers' files -> kohya prefix (SD 1.x: one text encoder, "lora_te").
 KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
-_PEFT_KEY = re.compile(r"(?P<component>unet|text_encoder|text_encoder_2)\.(?P<module>.+)\.lora_(?P<factor>[AB])\.weight")
+_PEFT_KEY = re.compile(r"(?P<component>unet|transformer|text_encoder|text_encoder_2)\.(?P<module>.+)\.lora_(?P<factor>[AB])\.weight")
 
 
 @dataclass
@@ -202,15 +202,18 @@ def to_kohya(lora: LoraFile) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_kohya(path: str | Path, out: str | Path) -> Path:
+def export_kohya(path: str | Path, out: str | Path, family=None) -> Path:
+    """``family``: the model family the LoRA was trained on; one with its own kohya naming (``kohya_state``,
+    such as flux's BFL block names) writes that."""
     from safetensors.torch import save_file
 
     lora = read_lora(path)
-    state = to_kohya(lora)
-    ranks = sorted({m.rank for m in lora.modules.values()})
+    family_state = getattr(family, "kohya_state", None)
+    state = family_state(lora.modules) if family_state is not None else to_kohya(lora)
+    ranks = sorted({v.shape[0] for k, v in state.items() if k.endswith(".lora_down.weight")})
     alphas = sorted({float(v) for k, v in state.items() if k.endswith(".alpha")})
     metadata = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": getattr(family, "kohya_network_module", "networks.lora"),
         "ss_network_dim": str(ranks[0]) if len(ranks) == 1 else json.dumps(ranks),
         "ss_network_alpha": f"{alphas[0]:g}" if len(alphas) == 1 else json.dumps(alphas),
         "draft_source": str(lora.path),

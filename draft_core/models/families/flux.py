@@ -69,6 +69,14 @@ class FluxModel(ModelFamily):
     # the prompt enters through joint attention, so the default is every attention projection plus the
     # MLPs (diffusers' FLUX DreamBooth-LoRA list, with the single blocks' MLP added).
     default_lora_targets = "attention+ff"
+    #: ``draft lora export --format kohya`` writes BFL's block names with q, k, v fused (draft_core.lora.kohya_flux).
+    kohya_network_module = "networks.lora_flux"
+
+    @staticmethod
+    def kohya_state(modules: dict) -> dict[str, torch.Tensor]:
+        from draft_core.lora.kohya_flux import flux_kohya_state
+
+        return flux_kohya_state(modules)
 
     def __init__(
         self,
