@@ -13,3 +13,5 @@ def register_models(register) -> None:
     from draft_core.models.families.flux import FluxModel
 
     register("flux", FluxModel)
+    from draft_core.models.families.sd3 import SD3Model
+    register("sd3", SD3Model)
