@@ -94,9 +94,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else _default_run_dir(args)
         check_new_run_dir(run_dir)
     components = build_components(config)  # every name and argument checked before the model loads
-    for note in components.warnings:
-        print(f"[draft] warning: {note}", file=sys.stderr)
     check_ready(config, components)  # the model and the rewards' weights exist (nothing loaded)
+    for note in components.warnings:  # after the checks: a refused config gets its one error paragraph alone
+        print(f"[draft] warning: {note}", file=sys.stderr)
     if config.train.memory_budget is not None and not args.no_plan_check and not args.dry_run:
         from draft_core.planning.fitting import check_budget
 

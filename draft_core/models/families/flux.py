@@ -48,6 +48,7 @@ FLUX_DEV_SCHEDULER_CONFIG = {
     "shift": 3.0,
     "use_dynamic_shifting": True,
 }
+FLUX_SCHNELL_SCHEDULER_CONFIG = {**FLUX_DEV_SCHEDULER_CONFIG, "shift": 1.0, "use_dynamic_shifting": False}
 MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default (and its maximum) T5 length
 
 
@@ -268,7 +269,7 @@ EMBEDDED_TRANSFORMER_CONFIGS = {"tiny-random-flux": tiny_transformer_config}
 
 def build_tiny_random_flux(seed: int = 0, guidance_embeds: bool = True) -> FluxModel:
     """``tiny-random-flux``: FLUX.1-dev's classes from small configs, random weights from ``seed``.
-    ``guidance_embeds=False`` gives a schnell-like (not distilled) model."""
+    ``guidance_embeds=False`` gives a schnell-like model (not distilled, schnell's scheduler config)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5EncoderModel
 
@@ -282,4 +283,4 @@ def build_tiny_random_flux(seed: int = 0, guidance_embeds: bool = True) -> FluxM
         text_encoder = CLIPTextModel(tiny_text_config())
         text_encoder_2 = T5EncoderModel(tiny_t5_config())
     return FluxModel(transformer, text_encoder, text_encoder_2, offline_clip_tokenizer(), offline_clip_tokenizer(16),
-                     vae, FLUX_DEV_SCHEDULER_CONFIG, name="tiny-random-flux" if guidance_embeds else "tiny-random-flux-schnell")
+                     vae, FLUX_DEV_SCHEDULER_CONFIG if guidance_embeds else FLUX_SCHNELL_SCHEDULER_CONFIG, name="tiny-random-flux" if guidance_embeds else "tiny-random-flux-schnell")
