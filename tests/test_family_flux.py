@@ -89,6 +89,20 @@ def test_distilled_model_has_no_unconditional_pass():
         assert (model.denoise(x, t, cond, 1.0) - model.denoise(x, t, cond, 3.5)).abs().max() > 1e-4
 
 
+def test_save_pretrained_loads_in_flux_pipeline_and_back(tmp_path):
+    from draft_core.models.loading import load_model
+
+    model = build_tiny_random_flux()
+    model.save_pretrained(tmp_path / "flux")
+    assert FluxPipeline.from_pretrained(str(tmp_path / "flux")).transformer.config.guidance_embeds
+    again = load_model(str(tmp_path / "flux"), device="cpu", dtype=torch.float32)
+    assert isinstance(again, FluxModel) and again.sample_shape == model.sample_shape
+    assert again.max_sequence_length == model.max_sequence_length
+    assert FluxModel.is_guidance_distilled(str(tmp_path / "flux"))
+    noise = model.make_noise(2, torch.Generator().manual_seed(0))
+    assert torch.equal(draft_images(again, noise, euler(2)), draft_images(model, noise, euler(2)))
+
+
 # -- gradients ------------------------------------------------------------------------------
 @pytest.fixture
 def rope_in_float64(monkeypatch):
@@ -326,6 +340,9 @@ def test_train_and_sample_via_the_cli(tmp_path, capsys):
     assert main(["sample", "--model", "tiny-random-flux", "--sampler", "euler", "--guidance", "3.5", "--steps", "3",
                  "--prompt", "a cat", "--n", "2", "--lora", str(run), "--out", str(out)]) == 0
     assert (out / "grid.png").exists() and (out / "0001.png").exists()
+    kohya = tmp_path / "flux-kohya.safetensors"  # the family comes from the run's config.yaml
+    assert main(["lora", "export", str(run), "--format", "kohya", "--out", str(kohya)]) == 0
+    assert "lora_unet_single_blocks_0_linear2.lora_up.weight" in load_file(str(kohya))
 
 
 def test_shipped_flux_config_validates():
