@@ -15,3 +15,6 @@ def register_models(register) -> None:
     register("flux", FluxModel)
     from draft_core.models.families.sd3 import SD3Model
     register("sd3", SD3Model)
+    from draft_core.models.families.sdxl import SDXLModel
+
+    register("sdxl", SDXLModel)
