@@ -333,7 +333,13 @@ def test_bad_settings_exit_2_before_weights_load(tmp_path, capsys, monkeypatch, 
 # -- the CLI end to end ---------------------------------------------------------------------------
 def test_train_and_sample_via_the_cli(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", str(write_config(tmp_path)), "--out", str(run), "--no-progress"]) == 0
+    # --model alone: the default config with the family's sampler (euler), shortened.
+    fast = ["train.steps=2", "sampler.steps=2", "train.batch_size=2", "train.sample_every=0", "train.sample_per_prompt=1",
+            "train.sample_prompts=[a cat]", "estimator.name=draft-k", "lora.rank=2"]
+    assert main(["train", "--model", "tiny-random-flux", "--out", str(run), "--no-progress", *sum((["--set", s] for s in fast), [])]) == 0
+    from draft_core.config import load_config
+
+    assert load_config(run / "config.yaml").sampler["name"] == "euler"
     lora = run / "lora" / "pytorch_lora_weights.safetensors"
     assert lora.exists() and all(k.startswith("transformer.") for k in load_file(str(lora)))
     out = tmp_path / "samples"
