@@ -210,6 +210,30 @@ def test_lora_saved_by_draft_loads_in_flux_pipeline(tmp_path):
     assert rel_err(ours, theirs) <= 1e-5  # float32 forward passes with the LoRA applied by peft in both
 
 
+def test_lora_mix_and_fuse_on_flux(tmp_path, capsys):
+    """lora mix (0.5 and 0.25 of one LoRA = 0.75 of it) and lora fuse (a FluxPipeline folder) keep the LoRA's output."""
+    from draft_core.models.loading import load_model
+
+    model, _ = flux_with_lora()
+    save_lora(model, tmp_path / "a")
+    assert main(["lora", "mix", f"{tmp_path / 'a'}:0.5", f"{tmp_path / 'a'}:0.25", "--out", str(tmp_path / "mixed")]) == 0
+    assert main(["lora", "fuse", "--model", "tiny-random-flux", "--lora", str(tmp_path / "a"), "--out", str(tmp_path / "fused")]) == 0
+    x, t = model.make_noise(1, torch.Generator().manual_seed(0)), torch.tensor(500.0)
+    cond = model.encode_prompts(["a cat"])
+
+    def output(loaded, *specs):
+        apply_loras(loaded, [LoraSpec.parse(s) for s in specs])
+        with torch.no_grad():
+            return loaded.denoise(x, t, cond, 3.5)
+
+    fused = load_model(str(tmp_path / "fused"), device="cpu", dtype=torch.float32)
+    assert isinstance(fused, FluxModel)
+    # float32 sums in another order (W + ΔW folded; ranks concatenated): a few ulps of the output's scale.
+    assert rel_err(output(fused), output(build_tiny_random_flux(), str(tmp_path / "a"))) <= 1e-5
+    assert rel_err(output(build_tiny_random_flux(), str(tmp_path / "mixed")),
+                   output(build_tiny_random_flux(), f"{tmp_path / 'a'}:0.75")) <= 1e-5
+
+
 def _flux1_block_modules(rank: int, alpha: float, seed: int = 0) -> dict[str, LoraModule]:
     """A LoRA on every layer of one double and one single block at FLUX.1's widths (3072, MLP 12288),
     the widths diffusers' kohya reader assumes for single blocks' fused linear1."""
