@@ -367,9 +367,13 @@ def test_train_and_sample_via_the_cli(tmp_path, capsys):
     lora = run / "lora" / "pytorch_lora_weights.safetensors"
     assert lora.exists() and all(k.startswith("transformer.") for k in load_file(str(lora)))
     out = tmp_path / "samples"
-    assert main(["sample", "--model", "tiny-random-flux", "--sampler", "euler", "--guidance", "3.5", "--steps", "3",
+    assert main(["sample", "--model", "tiny-random-flux", "--guidance", "3.5", "--steps", "3",  # euler: the family's
                  "--prompt", "a cat", "--n", "2", "--lora", str(run), "--out", str(out)]) == 0
     assert (out / "grid.png").exists() and (out / "0001.png").exists()
+    from PIL import Image
+
+    with Image.open(out / "0000.png") as img:
+        assert img.size == (32, 32) and "Steps: 3, Sampler: euler, CFG scale: 3.5" in img.text["parameters"]
     kohya = tmp_path / "flux-kohya.safetensors"  # the family comes from the run's config.yaml
     assert main(["lora", "export", str(run), "--format", "kohya", "--out", str(kohya)]) == 0
     assert "lora_unet_single_blocks_0_linear2.lora_up.weight" in load_file(str(kohya))
