@@ -256,6 +256,9 @@ def test_an_sd_lora_on_sd3_is_one_paragraph(tmp_path, capsys):
     with pytest.raises(DraftError, match="LoRA of a unet") as info:
         apply_loras(build_tiny_random_sd3(), [LoraSpec(folder, 1.0)], model_name="tiny-random-sd3")
     assert "\n" not in str(info.value) and "tiny-random-sd3" in str(info.value)
+    message = run_error(capsys, "sample", "--model", "tiny-random-sd3", "--sampler", "euler", "--prompt", "a cat",
+                        "--steps", "2", "--lora", str(folder), "--out", str(tmp_path / "s"))
+    assert "LoRA of a unet" in message and not (tmp_path / "s").exists()
 
 
 # -- folders -------------------------------------------------------------------------------------------
