@@ -147,6 +147,21 @@ def test_every_draft_estimator_trains_a_step_on_sdxl(tiny_lora, name):
         assert torch.equal(model.denoise(probe, torch.tensor(10), probe_cond, 3.0), before)
 
 
+def test_learned_sampling_fits_the_sdxl_conditioning(tiny):
+    """The learned negative prompt is as wide as SDXL's concatenated embeddings (not text_encoder's alone)."""
+    from draft_core.config.schema import LearnSection
+    from draft_core.training.learned_sampling import LearnedSampling
+
+    sampler = DDIMSampler(steps=2, guidance_scale=5.0)
+    learned = LearnedSampling.from_config(LearnSection(guidance=True, negative_prompt=True), tiny, sampler)
+    cond = learned.condition(tiny.encode_prompts(PROMPTS))
+    assert cond.uncond.shape == cond.cond.shape == (2, 77, 64) and cond.uncond_pooled.shape == (1, 32)
+    learned.attach(sampler)
+    x0 = sampler.sample(tiny, cond, tiny.make_noise(2, torch.Generator().manual_seed(0)), grad_from=0)
+    (-x0.mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in learned.parameters())
+
+
 class TestLowVarianceConformsOnSDXL(EstimatorConformance):
     """The shared estimator checklist, run on the sdxl family instead of tiny-random."""
 
@@ -258,9 +273,8 @@ def test_lora_mix_and_fuse_on_sdxl(tiny, tmp_path):
     assert getattr(pipe.text_encoder_2, "peft_config", None)
 
     assert main(["lora", "fuse", "--model", "tiny-random-sdxl", "--lora", f"{a}:0.5", "--out", str(tmp_path / "fused")]) == 0
-    fused = StableDiffusionXLPipeline.from_pretrained(tmp_path / "fused")
-    assert not getattr(fused.unet, "peft_config", None)
-    fused_model = load_model(str(tmp_path / "fused"), device="cpu")
+    fused_model = load_model(str(tmp_path / "fused"), device="cpu")  # an SDXL folder (model_index.json), no adapters
+    assert isinstance(fused_model, SDXLModel) and not getattr(fused_model.unet, "peft_config", None)
     with torch.no_grad():
         got = fused_model.denoise(noise, t, cond, 5.0)
     # W + ΔW in the weights instead of W x + ΔW x: float32 rounding of the sums.
