@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from diffusers import StableDiffusion3Pipeline
 
 import draft_core.models.loading
@@ -350,6 +351,14 @@ def test_train_and_sample_on_tiny_random_sd3(capsys, tmp_path):
 
     with Image.open(tmp_path / "s" / "0000.png") as img:
         assert img.size == (64, 64) and "Sampler: euler" in img.text["parameters"]
+
+
+def test_a_config_without_a_sampler_name_gets_euler_and_keeps_its_steps(capsys, no_weights, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {name: tiny-random-sd3}\nsampler: {steps: 7, guidance_scale: 4.5}\n")
+    assert main(["train", str(config), "--dry-run", "--out", str(tmp_path / "run")]) == 0
+    sampler = yaml.safe_load(capsys.readouterr().out.split("\n# ")[0])["sampler"]
+    assert sampler == {"name": "euler", "steps": 7, "guidance_scale": 4.5}
 
 
 def test_draft_sample_refuses_a_diffusion_sampler_before_weights_load(capsys, no_weights, tmp_path):

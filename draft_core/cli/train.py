@@ -79,16 +79,16 @@ def _sampler_given(args: argparse.Namespace) -> bool:
 def _with_family_sampler(args: argparse.Namespace, config):
     """``config`` with the model family's default sampler when it differs from the config's default (ddim);
     a model that cannot be checked here is left for the preflight checks to report."""
-    from draft_core.config import load_config
     from draft_core.models.loading import check_model
 
     try:
         default = getattr(check_model(config.model.name, config.model.revision, config.model.family), "default_sampler", None)
     except DraftError:
         return config
-    if default is None or default == config.sampler.get("name"):
-        return config
-    return load_config(args.config, [f"sampler.name={default}", *args.set], preset=args.preset)
+    if default is not None and default != config.sampler.get("name"):
+        # Only the name: the steps and guidance the config gives (or the defaults) stay.
+        config.sampler = {**config.sampler, "name": default}
+    return config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
