@@ -175,7 +175,7 @@ def make_bench(model_name: str, steps: int, batch: int, device: str | None = Non
     model = load_model(model_name, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        params = add_lora(model.unet, rank=lora_rank)
+        params = add_lora(model, rank=lora_rank)
     sampler = registry.build("sampler", "ddim", steps=steps, guidance_scale=guidance_scale)
     reward_args = {k: v for k, v in spec["reward"].items() if k != "name"}
     reward = registry.build("reward", spec["reward"]["name"], **reward_args)

@@ -9,14 +9,14 @@ default steps and guidance unless given) are averaged down to 8x8 and classified
 on load_digits' raw 8x8 pixels: it shares nothing with the model but the data. The share
 classified as the prompted digit is the accuracy. The shipped CNN (the
 ``digit-classifier`` reward) is reported beside it, with its agreement with the SVC, and the
-``ink-coverage`` reward (stroke weight).
+``ink-coverage`` reward (stroke weight). ``--lora`` measures a fine-tuned LoRA (a run
+folder, its ``lora/`` folder or a file) on the same prompts and noise (``digits`` only).
 
 Measured: ``digits`` 200 of 200 (50 DDIM steps, CFG 7.5; results/digits_quality.json);
 ``digits-flow`` 189 of 200, 94.5% (20 Euler steps, CFG 8, seed 0; sevens 14/20, read as
 4s; results/digits_flow_quality.json). Its defaults were chosen on seed 1 with 10 per
 digit (CFG 2/3/4/5/6/8/11 at 20 steps: 0.72/0.85/0.89/0.92/0.93/0.98/0.97; 28 steps CFG
-4: 0.89; 40 steps CFG 8: 0.97), then measured once on seed 0. ``--lora`` measures a fine-tuned LoRA (a run folder,
-its ``lora/`` folder or a file) on the same prompts and noise.
+4: 0.89; 40 steps CFG 8: 0.97), then measured once on seed 0.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def evaluate(n: int = 20, steps: int | None = None, guidance: float | None = Non
         if lora:
             from draft_core.lora import LoraSpec, apply_loras
 
-            apply_loras(model.unet, [LoraSpec.parse(lora)])
+            apply_loras(model, [LoraSpec.parse(lora)])
         sampler = DDIMSampler(steps=steps, guidance_scale=guidance)
 
         def draw(digit: int) -> torch.Tensor:

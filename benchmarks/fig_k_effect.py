@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = make_trainer(settings({"name": "draft-k", "k": 1}, 0, **common), runs_dir() / f"k_probe_T{a.sampler_steps}")
     result["gradients"]["init"] = gradient_probe(trainer, a.ks, a.batches, a.batch)
     trained = train_run(settings({"name": "draft-lv", "n": 2}, a.seeds[0], **common), a.train_steps, a.eval_every)
-    load_lora_state(trainer.model.unet, torch.load(runs_dir() / trained["tag"] / "lora_state.pt", weights_only=True))
+    load_lora_state(trainer.model, torch.load(runs_dir() / trained["tag"] / "lora_state.pt", weights_only=True))
     result["gradients"]["trained (DRaFT-LV run)"] = gradient_probe(trainer, a.ks, a.batches, a.batch)
     for point, g in result["gradients"].items():
         print(f"LoRA at {point}: " + ", ".join(f"K={k}: |g| {n:.3g}, angle {ang:.0f} deg"

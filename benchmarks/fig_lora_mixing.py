@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     reward_a = registry.build("reward", REWARD_8["name"], target=REWARD_8["target"])
     reward_b = registry.build("reward", a.reward_b)
     model = load_model("digits")
-    names = apply_loras(model.unet, [LoraSpec.parse(f"{run_a['lora']}:1"), LoraSpec.parse(f"{run_b['lora']}:0")])
+    names = apply_loras(model, [LoraSpec.parse(f"{run_a['lora']}:1"), LoraSpec.parse(f"{run_b['lora']}:0")])
     sampler = DDIMSampler(steps=a.sampler_steps, guidance_scale=7.5)
     result: dict = {"settings": {**common, "train_steps": a.train_steps, "reward_a": "digit-classifier target 8",
                                  "reward_b": a.reward_b, "runs": [run_a["tag"], run_b["tag"]]},
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     for s in SCALES:
-        model.unet.set_adapters(names, weights=[s, 0.0])
+        model.denoiser.set_adapters(names, weights=[s, 0.0])
         images = sample(model, sampler, PROMPTS, seed=7)
         rows.append(images)
         result["scaling"].append({"scale_a": s, "reward_a": reward_a(images, PROMPTS).mean().item(),
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     cells = []
     for alpha in MIX:
         for beta in MIX:
-            model.unet.set_adapters(names, weights=[alpha, beta])
+            model.denoiser.set_adapters(names, weights=[alpha, beta])
             images = sample(model, sampler, prompts, seed=11)
             cells.append(images)
             result["mixing"].append({"alpha_a": alpha, "beta_b": beta, "reward_a": reward_a(images, prompts).mean().item(),

@@ -93,7 +93,7 @@ def build_bench(tiny: bool, steps: int, batch: int, device: torch.device, dtype:
     reward = reward or HPSv2Sized(tiny).to(device=device, dtype=dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        params = lora_parameters(model.unet) if hasattr(model.unet, "peft_config") else add_lora(model.unet, rank=lora_rank)
+        params = lora_parameters(model) if hasattr(model.denoiser, "peft_config") else add_lora(model, rank=lora_rank)
     sampler = registry.build("sampler", "ddim", steps=steps, guidance_scale=7.5)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
     return Bench(model, params, torch.optim.AdamW(params, lr=2e-4), sampler, reward, prompts, registry)

@@ -125,8 +125,8 @@ def train_run(raw: dict, n_steps: int, eval_every: int, *, log=print, judge: dic
         if step % eval_every == 0 or step == n_steps:
             evals.append(score(step, queries))
             log(f"  {folder.name}: step {step}, eval reward {evals[-1]['reward']:.3f}")
-    save_lora(trainer.model.unet, folder / "lora")
-    torch.save(lora_state(trainer.model.unet), folder / "lora_state.pt")
+    save_lora(trainer.model, folder / "lora")
+    torch.save(lora_state(trainer.model), folder / "lora_state.pt")
     record = {"tag": folder.name, "settings": raw, "judge": judge, "eval_sampler": eval_sampler, "steps": rows, "evals": evals,
               "train_seconds": time.perf_counter() - t_start, "lora": str(folder / "lora")}
     done.write_text(json.dumps(record, indent=1))

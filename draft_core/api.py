@@ -106,7 +106,7 @@ def sample(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     specs = [s if isinstance(s, LoraSpec) else LoraSpec.parse(s) for s in loras]
     if specs:
-        apply_loras(model.unet, specs, model_name=model.name or None)
+        apply_loras(model, specs, model_name=model.name or None)
     built = load_registry().build("sampler", sampler, steps=steps, guidance_scale=guidance_scale)
     expanded = [p for p in prompts for _ in range(n)]
     return generate(model, built, build_method("plain"), expanded, seed=seed, batch_size=batch_size)

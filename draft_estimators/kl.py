@@ -18,7 +18,6 @@ import torch
 
 from draft_core.errors import ConfigError
 from draft_core.lora import adapters_enabled
-from draft_core.models.pipeline import upcast
 from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 
 
@@ -75,10 +74,10 @@ class KLRegularized:
         step, x = tracer.trace[-1]
         model, cond = inputs.model, inputs.cond
         t = tracer.timesteps(model)[step]
-        sample = x.to(model.unet.dtype)
-        finetuned = upcast(model.unet(sample, t, encoder_hidden_states=cond.cond).sample)
-        with torch.no_grad(), adapters_enabled(model.unet, False):
-            pretrained = upcast(model.unet(sample, t, encoder_hidden_states=cond.cond).sample)
+        # The conditional outputs (no guidance; a distilled model gets its neutral guidance input, 1).
+        finetuned = model.denoise(x, t, cond, 1.0)
+        with torch.no_grad(), adapters_enabled(model.denoiser, False):
+            pretrained = model.denoise(x, t, cond, 1.0)
         kl = (finetuned - pretrained).pow(2).flatten(1).sum(1).mean()
         if out.backward_done:  # the inner estimator ran its own backward: run this term's too
             inputs.backward(self.beta * kl)

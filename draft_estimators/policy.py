@@ -41,11 +41,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from draft_core.errors import ConfigError
+from draft_core.models.conditioning import TENSOR_FIELDS
 from draft_core.plugins.protocols import Conditioning, EstimatorOutput, StepInputs
 from draft_core.samplers.gaussian import is_stochastic, kl_same_std, log_prob
 
-ON_DEVICE = ("latents", "log_probs", "advantages", "rewards", "cond", "uncond")
-BUFFER_KEYS = ("latents", "log_probs", "advantages", "rewards", "cond", "uncond", "steps", "perms", "order", "cursor")
+ON_DEVICE = ("latents", "log_probs", "advantages", "rewards")
+BUFFER_KEYS = ("latents", "log_probs", "advantages", "rewards", "cond", "steps", "perms", "order", "cursor")
+# The conditioning is stored as Conditioning.tensors(): "cond" always, the others when the family has them.
+OPTIONAL_KEYS = tuple(f for f in TENSOR_FIELDS if f != "cond")
 
 
 def clipped_surrogate(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float):
@@ -152,7 +155,7 @@ class PolicyGradient:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         found = {k[len("buffer."):]: v for k, v in state.items() if k.startswith("buffer.")}
-        if found and set(found) != set(BUFFER_KEYS):
+        if found and set(found) - set(OPTIONAL_KEYS) != set(BUFFER_KEYS):
             raise ConfigError(f"estimator '{self.name}': the checkpoint's trajectory buffer has keys {sorted(found)}, "
                               f"expected {sorted(BUFFER_KEYS)}; was it written by another version of draft?")
         self.buffer = dict(found) if found else None
@@ -183,10 +186,9 @@ class PolicyGradient:
         perms = torch.stack([torch.randperm(n, generator=g) for _ in range(self.inner_epochs)])
         order = torch.stack([steps[torch.randperm(steps.numel(), generator=g)[:per_update]]
                              for _ in range(self.inner_epochs * self.minibatches)])
-        uncond = cond.uncond.detach()
         self.buffer = {
             "latents": latents, "log_probs": old_log_probs, "advantages": adv.clamp(-self.adv_clip_max, self.adv_clip_max),
-            "rewards": self.report(rewards, inputs.noise.shape[0]), "cond": cond.cond.detach(), "uncond": uncond,
+            "rewards": self.report(rewards, inputs.noise.shape[0]), **cond.detach().tensors(),
             "steps": steps, "perms": perms, "order": order, "cursor": torch.zeros((), dtype=torch.int64),
         }
         logs["reward_sampled_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
@@ -200,7 +202,7 @@ class PolicyGradient:
             images, logs = self._fill(inputs)
         buf = self.buffer
         if buf["latents"].device != inputs.model.device:  # restored from a checkpoint (on the CPU)
-            buf.update({key: buf[key].to(inputs.model.device) for key in ON_DEVICE})
+            buf.update({key: buf[key].to(inputs.model.device) for key in (*ON_DEVICE, *TENSOR_FIELDS) if key in buf})
         k = int(buf["cursor"])
         epoch, part = divmod(k, self.minibatches)
         idx = torch.tensor_split(buf["perms"][epoch], self.minibatches)[part]
@@ -217,8 +219,7 @@ class PolicyGradient:
         buf = self.buffer
         device = buf["latents"].device
         idx = idx.to(device)
-        uncond = buf["uncond"] if buf["uncond"].shape[0] == 1 else buf["uncond"][idx]
-        cond = Conditioning(buf["cond"][idx], uncond, [""] * idx.numel())
+        cond = Conditioning.from_tensors({k: buf[k] for k in TENSOR_FIELDS if k in buf}).select(idx)
         adv = buf["advantages"][idx]
         total = torch.zeros((), device=device)
         clipped, approx_kl, kls = [], [], []

@@ -39,7 +39,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = [RowSpec(list(c), m) for c in configs for m in methods]
 
     model = load_for_sampling(args)
-    apply_loras(model.unet, specs, model_name=args.model)
+    apply_loras(model, specs, model_name=args.model)
     learned = None if args.no_learned_sampling else learned_sampling(specs, model, sampler)
     for reward in rewards.values():
         if hasattr(reward, "to"):

@@ -51,7 +51,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     earlier = check_out(out, args.overwrite)
     model = load_for_sampling(args)
-    apply_loras(model.unet, specs, model_name=args.model)
+    apply_loras(model, specs, model_name=args.model)
     learned = None if args.no_learned_sampling else learned_sampling(specs, model, sampler)
     if learned is not None:
         method.condition = learned.condition

@@ -19,7 +19,10 @@ import yaml
 
 from draft_core.config.values import check_value
 from draft_core.errors import ConfigError, did_you_mean, join_problems
-from draft_core.lora import DEFAULT_TARGETS, TARGET_SETS
+from draft_core.lora import TARGET_SETS
+
+# Names lora.targets accepts: every family has "default" and "attention+ff"; UNet families "cross-attention+ff".
+TARGET_SET_NAMES = ("default", *TARGET_SETS)
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -49,6 +52,7 @@ def yaml_load(text: str):
 @dataclass
 class ModelSection:
     name: str = "tiny-random"  # embedded model, local diffusers folder, or hub id
+    family: str | None = None  # sd, sdxl, sd3, flux or a plugin's; None: from model_index.json
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU; float16 refused
     device: str = "auto"  # auto: the device accelerate picks
@@ -58,9 +62,10 @@ class ModelSection:
 class LoraSection:
     rank: int = 8
     alpha: float | None = None  # None: alpha = rank
-    # module-name suffixes, or a named set (draft_core.lora.TARGET_SETS): "cross-attention+ff"
-    # (the paper's A.1, this default) or "attention+ff" (self-attention too)
-    targets: str | list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    # module-name suffixes, or a named set of the model family: "default" (the family's default; for
+    # UNet families the paper's A.1 set, "cross-attention+ff"), "attention+ff" (every attention
+    # projection and the feed-forward layers), "cross-attention+ff" (UNet families only)
+    targets: str | list[str] = "default"
 
 
 @dataclass
@@ -343,10 +348,10 @@ def value_problems(c: Config) -> list[str]:
         )
     if not c.lora.targets:
         bad("config key 'lora.targets' is an empty list; name the layers to adapt (e.g. [to_q, to_k, to_v, to_out.0]).")
-    if isinstance(c.lora.targets, str) and c.lora.targets not in TARGET_SETS:
+    if isinstance(c.lora.targets, str) and c.lora.targets not in TARGET_SET_NAMES:
         bad(
             f"config key 'lora.targets' is {c.lora.targets!r}, which is not a named set of layers; give one of "
-            f"{', '.join(TARGET_SETS)} or a list of module-name suffixes (e.g. [attn2.to_q, ff.net.2]).{did_you_mean(c.lora.targets, list(TARGET_SETS))}"
+            f"{', '.join(TARGET_SET_NAMES)} or a list of module-name suffixes (e.g. [attn2.to_q, ff.net.2]).{did_you_mean(c.lora.targets, list(TARGET_SET_NAMES))}"
         )
     half = {"train.mixed_precision": c.train.mixed_precision == "fp16", "model.dtype": c.model.dtype == "float16"}
     for key, half_precision in half.items():

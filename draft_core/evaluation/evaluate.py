@@ -289,7 +289,7 @@ def evaluate(
             prompts = [items[i].prompt for i, _ in batch]
             noise = NoiseSource.per_item(model, [item_seed(seed, i, j) for i, j in batch])
             generator = torch.Generator().manual_seed(item_seed(seed, *batch[0]) ^ 0x5EED)  # stochastic samplers' steps
-            with adapters_enabled(model.unet, bool(row.loras)):
+            with adapters_enabled(model.denoiser, bool(row.loras)):
                 out = row.method.generate(model, sampler, prompts, noise, lora_steps=lora_steps, generator=generator)
             with torch.no_grad():
                 for name, reward in rewards.items():

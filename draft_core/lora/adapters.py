@@ -1,10 +1,12 @@
-"""LoRA on the UNet through peft, saved and loaded in the diffusers LoRA format.
+"""LoRA on a model family's denoiser through peft, saved and loaded in the diffusers LoRA format.
 
-Targets follow the paper (Appendix A.1): the cross-attention projections (``attn2``)
-and the feed-forward layers of every transformer block; the named set ``attention+ff``
-adds the self-attention projections (``attn1``). Saved files
-are ``pytorch_lora_weights.safetensors`` with ``unet.``-prefixed peft keys, which a plain
-``StableDiffusionPipeline.load_lora_weights(dir)`` loads.
+Each function takes a model (a ``ModelFamily``: its ``denoiser`` gets the adapter, its named target
+sets apply, its pipeline class writes the file) or the denoiser module itself (then the UNet sets
+below apply). For UNets the targets follow the paper (Appendix A.1): the cross-attention
+projections (``attn2``) and the feed-forward layers of every transformer block; the named set
+``attention+ff`` adds the self-attention projections (``attn1``). Saved files are
+``pytorch_lora_weights.safetensors`` with ``unet.``- (or ``transformer.``-) prefixed peft keys,
+which the family's diffusers pipeline loads with ``load_lora_weights(dir)``.
 """
 
 from __future__ import annotations
@@ -33,22 +35,33 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER = "default"
 
 
+def denoiser_of(target) -> torch.nn.Module:
+    """The module that carries the LoRA: a model family's denoiser, or the module given."""
+    return target.denoiser if hasattr(target, "denoiser") and not isinstance(target, torch.nn.Module) else target
+
+
 def add_lora(
-    unet: torch.nn.Module,
+    target,
     rank: int = 8,
     alpha: float | None = None,
-    targets: Sequence[str] | str = DEFAULT_TARGETS,
+    targets: Sequence[str] | str | None = None,
     init: str | bool = True,
 ) -> list[torch.nn.Parameter]:
     """Add a trainable LoRA adapter (fp32 parameters, base weights stay frozen); return its parameters.
 
-    targets: module-name suffixes or a name in ``TARGET_SETS``. alpha defaults to rank
+    target: a model family or a denoiser module. targets: module-name suffixes, a named set of the
+    family (or of ``TARGET_SETS`` for a bare module), or None for the default. alpha defaults to rank
     (scale 1). init=True starts at the identity (B = 0); "gaussian" or False give a
     non-zero start (used by gradient tests).
     """
     if rank < 1:
         raise DraftError(f"lora.rank must be a positive integer, got {rank}.")
-    if isinstance(targets, str):
+    unet = denoiser_of(target)
+    if unet is not target:
+        targets = target.lora_targets(targets)
+    elif targets is None:
+        targets = DEFAULT_TARGETS
+    elif isinstance(targets, str):
         if targets not in TARGET_SETS:
             raise DraftError(f"lora.targets {targets!r} is not a named set; use one of {list(TARGET_SETS)} or a list of module names.")
         targets = TARGET_SETS[targets]
@@ -62,8 +75,9 @@ def add_lora(
         unet.add_adapter(config, adapter_name=ADAPTER)
     except ValueError as exc:  # peft: no module matched
         raise DraftError(
-            f"lora.targets {list(targets)} matched no layer of the UNet ({exc}). Use module-name "
-            f"suffixes such as {list(DEFAULT_TARGETS)}."
+            f"lora.targets {list(targets)} matched no layer of the {type(unet).__name__} ({exc}). Use module-name "
+            f"suffixes such as {list(DEFAULT_TARGETS if unet is target else target.lora_targets())}"
+            + (f", or one of the named sets {sorted(target.lora_target_sets)}." if unet is not target else ".")
         ) from exc
     params = lora_parameters(unet)
     for p in params:
@@ -72,20 +86,25 @@ def add_lora(
     return params
 
 
-def lora_parameters(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for n, p in unet.named_parameters() if "lora_" in n]
+def lora_parameters(target) -> list[torch.nn.Parameter]:
+    return [p for n, p in denoiser_of(target).named_parameters() if "lora_" in n]
 
 
-def lora_config_dict(unet: torch.nn.Module, adapter: str = ADAPTER) -> dict:
-    cfg = unet.peft_config[adapter].to_dict()
+def lora_config_dict(target, adapter: str = ADAPTER) -> dict:
+    cfg = denoiser_of(target).peft_config[adapter].to_dict()
     # Sets are not JSON; diffusers stores this dict in the safetensors metadata.
     return {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.items()}
 
 
-def save_lora(unet: torch.nn.Module, folder: str | Path, adapter: str = ADAPTER) -> Path:
-    """Write ``folder/pytorch_lora_weights.safetensors`` in the diffusers format."""
+def save_lora(target, folder: str | Path, adapter: str = ADAPTER) -> Path:
+    """Write ``folder/pytorch_lora_weights.safetensors`` in the diffusers format (the family's pipeline
+    class writes it; a bare UNet is written as Stable Diffusion's)."""
     from diffusers import StableDiffusionPipeline
 
+    unet = denoiser_of(target)
+    if unet is not target:
+        state = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
+        return target.save_lora_weights(folder, state, lora_config_dict(unet, adapter))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
@@ -98,12 +117,14 @@ def save_lora(unet: torch.nn.Module, folder: str | Path, adapter: str = ADAPTER)
     return folder / WEIGHT_NAME
 
 
-def lora_state(unet: torch.nn.Module, adapter: str = ADAPTER) -> dict[str, torch.Tensor]:
+def lora_state(target, adapter: str = ADAPTER) -> dict[str, torch.Tensor]:
     """The adapter's tensors (peft keys), for checkpoints."""
+    unet = denoiser_of(target)
     return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
 
 
-def load_lora_state(unet: torch.nn.Module, state: dict[str, torch.Tensor], adapter: str = ADAPTER) -> None:
+def load_lora_state(target, state: dict[str, torch.Tensor], adapter: str = ADAPTER) -> None:
+    unet = denoiser_of(target)
     try:
         result = set_peft_model_state_dict(unet, state, adapter_name=adapter)
     except RuntimeError as exc:

@@ -225,11 +225,11 @@ def export_kohya(path: str | Path, out: str | Path) -> Path:
 
 # -- fuse ------------------------------------------------------------------------------
 def fuse_lora_into_model(model, specs: Sequence[LoraSpec]) -> None:
-    """Fold ``Σ scale_i ΔW_i`` into the UNet's base weights and drop the adapters (in place)."""
+    """Fold ``Σ scale_i ΔW_i`` into the denoiser's base weights and drop the adapters (in place)."""
     from draft_core.lora.loading import apply_loras
 
-    names = apply_loras(model.unet, specs, model_name=model.name or None)
+    names = apply_loras(model, specs, model_name=model.name or None)
     if not names:
         raise DraftError("lora fuse needs at least one --lora PATH[:SCALE].")
-    model.unet.fuse_lora(adapter_names=names)
-    model.unet.unload_lora()
+    model.denoiser.fuse_lora(adapter_names=names)
+    model.denoiser.unload_lora()

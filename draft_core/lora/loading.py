@@ -73,28 +73,32 @@ def _lora_alpha_of_run(folder: Path, rank: int) -> float:
     return float(rank)
 
 
-def read_lora_input(spec: LoraSpec) -> LoraInput:
-    """The tensors of ``spec`` in diffusers' layout, whatever layout the file has."""
-    from diffusers import StableDiffusionPipeline
+def read_lora_input(spec: LoraSpec, model=None) -> LoraInput:
+    """The tensors of ``spec`` in diffusers' layout, whatever layout the file has, read by the model
+    family's own pipeline class (``lora_state_dict`` converts kohya and other layouts; Stable
+    Diffusion's without a model)."""
+    import diffusers
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     file = spec.path if spec.path.is_file() else spec.path / WEIGHT_NAME
     shown = f"--lora '{spec.path}'"
+    prefix = lora_prefix(model)
+    pipeline = getattr(diffusers, model.lora_pipeline if model is not None else "StableDiffusionPipeline")
     suffix = file.suffix.lower()
     if suffix == ".safetensors":
         try:
             raw = load_file(str(file))
         except (SafetensorError, OSError, ValueError) as exc:
             raise DraftError(f"{shown}: '{file}' could not be read as a safetensors file ({exc}).") from None
-        unprefixed = not any(k.startswith(("unet.", "text_encoder", "lora_")) for k in raw)
+        unprefixed = not any(k.startswith(("unet.", "transformer.", "text_encoder", "lora_")) for k in raw)
         if file.name == CHECKPOINT_LORA and unprefixed and any(".lora_A." in k for k in raw):
-            # A checkpoint's adapter: peft keys of the UNet, alpha from the run's config.
+            # A checkpoint's adapter: peft keys of the denoiser, alpha from the run's config.
             rank = next(v.shape[0] for k, v in raw.items() if ".lora_A." in k)
             modules = sorted({_FACTOR.split(k)[0] for k in raw})
-            metadata = {"unet.r": rank, "unet.lora_alpha": _lora_alpha_of_run(file.parent, rank),
-                        "unet.target_modules": modules}
-            return LoraInput({f"unet.{k}": v for k, v in raw.items()}, None, metadata)
+            metadata = {f"{prefix}.r": rank, f"{prefix}.lora_alpha": _lora_alpha_of_run(file.parent, rank),
+                        f"{prefix}.target_modules": modules}
+            return LoraInput({f"{prefix}.{k}": v for k, v in raw.items()}, None, metadata)
         source, kwargs = str(file.parent), {"weight_name": file.name}
     elif suffix in PICKLE_SUFFIXES:
         from draft_core.training.checkpoint import safe_torch_load  # a pickle with arbitrary objects is refused
@@ -107,8 +111,14 @@ def read_lora_input(spec: LoraSpec) -> LoraInput:
             f"{shown}: '{file.name}' is not a LoRA file. Give a folder holding {WEIGHT_NAME} (such as a run's "
             f"lora/ folder), a run folder, a checkpoint folder, or a .safetensors LoRA file (diffusers or kohya layout)."
         )
-    state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(source, return_lora_metadata=True, **kwargs)
+    out = pipeline.lora_state_dict(source, return_lora_metadata=True, **kwargs)
+    state, alphas, metadata = (out[0], None, out[-1]) if len(out) == 2 else out  # transformer pipelines return no alphas
     return LoraInput(dict(state), alphas or None, metadata or None)
+
+
+def lora_prefix(model) -> str:
+    """The key prefix of a model family's denoiser in LoRA files ("unet", "transformer")."""
+    return getattr(model, "denoiser_name", "unet") if model is not None else "unet"
 
 
 def _described(keys: Sequence[str]) -> str:
@@ -116,13 +126,19 @@ def _described(keys: Sequence[str]) -> str:
     return f"{len(keys)} tensors such as {shown}"
 
 
-def check_fits(unet: torch.nn.Module, lora: LoraInput, spec: LoraSpec, model_name: str | None) -> None:
-    """DraftError unless every UNet module the LoRA names exists in ``unet`` with matching sizes."""
+def check_fits(unet: torch.nn.Module, lora: LoraInput, spec: LoraSpec, model_name: str | None, prefix: str = "unet") -> None:
+    """DraftError unless every denoiser module the LoRA names exists in ``unet`` with matching sizes."""
     from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
 
     shown = f"--lora '{spec.path}'"
     keys = list(lora.state)
-    unet_keys = [k for k in keys if k.startswith("unet.")]
+    unet_keys = [k for k in keys if k.startswith(f"{prefix}.")]
+    other = "transformer" if prefix == "unet" else "unet"
+    if not unet_keys and any(k.startswith(f"{other}.") for k in keys):
+        raise DraftError(
+            f"{shown} is a LoRA of a {other} (a {'UNet' if other == 'unet' else 'transformer'} model family), "
+            f"but {model_name or 'this model'} has a {prefix}: LoRAs apply only to the model family they were trained on."
+        )
     if not unet_keys:
         if any(_FACTOR.search(k) for k in keys):
             parts = sorted({k.split(".", 1)[0] for k in keys})
@@ -132,7 +148,7 @@ def check_fits(unet: torch.nn.Module, lora: LoraInput, spec: LoraSpec, model_nam
         raise DraftError(f"{shown} applies to no module of the UNet: it holds {_described(keys)}, none of them LoRA factors of a UNet layer.{hint}")
     if len(unet_keys) < len(keys):
         print(f"warning: {shown}: ignoring its {len(keys) - len(unet_keys)} text-encoder tensors; draft applies UNet LoRAs only.", file=sys.stderr)
-    peft = {k[len("unet."):]: v for k, v in lora.state.items() if k.startswith("unet.")}
+    peft = {k[len(prefix) + 1:]: v for k, v in lora.state.items() if k.startswith(f"{prefix}.")}
     if not any(".lora_A." in k for k in peft):
         peft = convert_unet_state_dict_to_peft(peft)
     factors = {key: m for key in peft if (m := re.fullmatch(r"(.+)\.lora_([AB])\.weight", key))}
@@ -163,20 +179,26 @@ def check_fits(unet: torch.nn.Module, lora: LoraInput, spec: LoraSpec, model_nam
     raise DraftError(f"{shown} {trained} and does not fit {given}: {count} of its layers do not match (e.g. {detail}).{fix}")
 
 
-def apply_loras(unet: torch.nn.Module, specs: Sequence[LoraSpec], model_name: str | None = None) -> list[str]:
-    """Load each LoRA as its own adapter and mix them: W = W0 + Σ scale_i ΔW_i (paper §5.2).
+def apply_loras(target, specs: Sequence[LoraSpec], model_name: str | None = None) -> list[str]:
+    """Load each LoRA as its own adapter on the model's denoiser and mix them: W = W0 + Σ scale_i ΔW_i
+    (paper §5.2). ``target``: a model family (or a bare UNet).
 
     ``model_name`` (the ``--model`` given) only names the model in the error for a LoRA that does not fit.
     """
+    from draft_core.lora.adapters import denoiser_of
+
+    unet = denoiser_of(target)
+    model = target if unet is not target else None
+    prefix = lora_prefix(model)
     names = []
     for i, spec in enumerate(specs):
         name = f"lora{i}"
-        lora = read_lora_input(spec)
-        check_fits(unet, lora, spec, model_name)
+        lora = read_lora_input(spec, model)
+        check_fits(unet, lora, spec, model_name, prefix)
         with warnings.catch_warnings():
             # peft warns on every adapter after the first; several adapters are the point here.
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-            unet.load_lora_adapter(lora.state, prefix="unet", network_alphas=lora.alphas, adapter_name=name, metadata=lora.metadata)
+            unet.load_lora_adapter(lora.state, prefix=prefix, network_alphas=lora.alphas, adapter_name=name, metadata=lora.metadata)
         names.append(name)
     if names:
         unet.set_adapters(names, weights=[s.scale for s in specs])

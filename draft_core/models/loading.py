@@ -1,7 +1,8 @@
-"""Load a DiffusionModel by name: an embedded model, a local diffusers folder, or a hub id.
+"""Load a model by name: an embedded model, a local diffusers folder, or a hub id.
 
-Hub ids and folders go through each component's ``from_pretrained`` (the user's hub
-cache; a real SD 1.4 loads unchanged). Base weights are frozen; the default dtype is
+The family (``sd``, ``sdxl``, ``sd3``, ``flux``, or a plugin's) comes from the folder's
+``model_index.json`` (``_class_name``) unless ``model.family`` names it. Hub ids and folders go
+through each component's ``from_pretrained`` (the user's hub cache; a real SD 1.4 loads unchanged). Base weights are frozen; the default dtype is
 bfloat16 on CUDA and float32 on CPU.
 """
 
@@ -15,20 +16,21 @@ from typing import Callable
 import torch
 
 from draft_core.errors import ModelLoadError, did_you_mean
+from draft_core.models.family import ModelFamily
 from draft_core.models.pipeline import DiffusionModel
 
-# The pipeline classes (model_index.json's _class_name) whose folders load: Stable Diffusion 1.x's, and
-# what DiffusionModel.save_pretrained writes for a pixel-space model.
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "DraftPixelPipeline")
 # Named models built or shipped by the project; values build the model on the CPU.
-EMBEDDED: dict[str, Callable[[], DiffusionModel]] = {}
+EMBEDDED: dict[str, Callable[[], ModelFamily]] = {}
+# The family of each embedded model (known without building it).
+EMBEDDED_FAMILIES: dict[str, str] = {}
 
 
-def embedded(name: str):
-    """Decorator: register a named embedded model builder."""
+def embedded(name: str, family: str = "sd"):
+    """Decorator: register a named embedded model builder of ``family``."""
 
-    def wrap(fn: Callable[[], DiffusionModel]) -> Callable[[], DiffusionModel]:
+    def wrap(fn: Callable[[], ModelFamily]) -> Callable[[], ModelFamily]:
         EMBEDDED[name] = fn
+        EMBEDDED_FAMILIES[name] = family
         return fn
 
     return wrap
@@ -70,14 +72,17 @@ def load_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     revision: str | None = None,
-) -> DiffusionModel:
-    """``name``: an embedded model (``tiny-random``, ...), a local diffusers folder, or a hub id."""
+    family: str | None = None,
+) -> ModelFamily:
+    """``name``: an embedded model (``tiny-random``, ...), a local diffusers folder, or a hub id; its family
+    from ``model_index.json`` unless ``family`` (``model.family``) says."""
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     if name in EMBEDDED:
+        check_model(name, revision, family)
         model = EMBEDDED[name]()
     else:
-        model = _from_pretrained(name, dtype, revision)
+        model = _from_pretrained(name, dtype, revision, family)
     return model.to(device=device, dtype=dtype)
 
 
@@ -97,21 +102,44 @@ def _not_found(name: str, reason: str) -> ModelLoadError:
     )
 
 
-def check_model(name: str, revision: str | None = None) -> None:
-    """ModelLoadError unless ``name`` is an embedded model, a diffusers folder, or a hub id (its
-    ``model_index.json`` from the cache, or fetched where the network allows) whose pipeline class
-    draft supports. Reads no weights."""
-    if name in EMBEDDED:
-        return
+def family_of_pipeline(cls: str | None, name: str, family: str | None = None):
+    """The registered family class that loads a ``model_index.json`` whose ``_class_name`` is ``cls``
+    (``family``, from ``model.family``, overrides). ModelLoadError, before any weights load, otherwise."""
+    from draft_core.plugins.discovery import load_registry
+
+    registry = load_registry()
+    families = {e.name: e.factory for e in registry.entries("model")}
+    if family is not None:
+        if family not in families:
+            raise ModelLoadError(
+                f"model.family '{family}' is not a registered model family; the families are "
+                f"{', '.join(sorted(families))}.{did_you_mean(family, families)}"
+            )
+        return families[family]
+    for fam in families.values():
+        if cls in getattr(fam, "pipeline_classes", ()):
+            return fam
+    supported = "; ".join(f"{n}: {', '.join(getattr(f, 'pipeline_classes', ()))}" for n, f in sorted(families.items()))
+    raise ModelLoadError(
+        f"model '{name}' is a {cls} (model_index.json's _class_name), which no registered model family loads. "
+        f"The families and the pipelines they load are: {supported}. If the folder holds one of these "
+        f"families' components under another pipeline name, set model.family."
+    )
+
+
+def _index_class(name: str, revision: str | None) -> tuple[str | None, Path | None]:
+    """(model_index.json's _class_name, the local folder or None) of a folder or hub id."""
     local = Path(name).expanduser()
     if local.exists():
-        if not (local / "unet").is_dir():
-            raise ModelLoadError(
-                f"model '{name}' is a path but not a diffusers folder (no unet/ subfolder). Give a folder "
-                f"written by save_pretrained (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/, "
-                f"optionally vae/), a hub id such as CompVis/stable-diffusion-v1-4, or one of: {', '.join(sorted(EMBEDDED))}."
-            )
         index = local / "model_index.json"
+        if not index.is_file() and (local / "unet").is_dir():
+            return None, local  # an SD folder written without an index: the sd family reads it
+        if not index.is_file():
+            raise ModelLoadError(
+                f"model '{name}' is a path but not a diffusers folder (no model_index.json). Give a folder "
+                f"written by save_pretrained (model_index.json and one subfolder per component), a hub id such "
+                f"as CompVis/stable-diffusion-v1-4, or one of: {', '.join(sorted(EMBEDDED))}."
+            )
     else:
         from huggingface_hub import hf_hub_download
 
@@ -119,34 +147,36 @@ def check_model(name: str, revision: str | None = None) -> None:
             index = Path(hf_hub_download(name, "model_index.json", revision=revision, local_files_only=hub_offline()))
         except Exception as exc:  # not cached, offline, no such repo, invalid id: all mean "not found" here
             raise _not_found(name, " ".join(str(exc).split())[:200] or type(exc).__name__) from exc
+        local = None
     try:
-        cls = json.loads(index.read_text(encoding="utf-8")).get("_class_name") if index.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        cls = None
-    if cls is not None and cls not in SUPPORTED_PIPELINES:
-        xl = " (SDXL has two text encoders and extra size conditioning)" if "XL" in str(cls) else ""
-        raise ModelLoadError(
-            f"model '{name}' is a {cls} (model_index.json's _class_name), which draft does not support{xl}. "
-            f"draft drives {' and '.join(SUPPORTED_PIPELINES)} folders: Stable Diffusion 1.x-style models (one CLIP "
-            f"text encoder, a UNet2DConditionModel, a VAE) and draft's own pixel-space models."
-        )
+        cls = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"model '{name}': its model_index.json could not be read ({exc}).") from exc
+    return cls, local
 
 
-def _from_pretrained(name: str, dtype: torch.dtype, revision: str | None) -> DiffusionModel:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+def check_model(name: str, revision: str | None = None, family: str | None = None):
+    """The family class of ``name`` (an embedded model, a diffusers folder, or a hub id: its
+    ``model_index.json`` from the cache, or fetched where the network allows); ModelLoadError
+    unless a registered family loads it. Reads no weights."""
+    if name in EMBEDDED:
+        built = EMBEDDED_FAMILIES.get(name)
+        if family is not None and built is not None and family != built:
+            raise ModelLoadError(
+                f"model.family is '{family}' but the embedded model '{name}' is a '{built}' model; "
+                f"drop model.family or set it to '{built}'."
+            )
+        return family_of_pipeline(None, name, family or built or "sd")
+    cls, _ = _index_class(name, revision)
+    return family_of_pipeline(cls, name, family or (None if cls else "sd"))
 
-    check_model(name, revision)
+
+def _from_pretrained(name: str, dtype: torch.dtype, revision: str | None, family: str | None = None):
+    fam = check_model(name, revision, family)
     local = Path(name).expanduser()
     source = str(local) if local.exists() else name
     kw = {"revision": revision} if revision and not local.exists() else {}
     try:
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kw)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype, **kw)
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
-        scheduler_config = dict(DDIMScheduler.load_config(source, subfolder="scheduler", **kw))
-        has_vae = (local / "vae").is_dir() if local.exists() else True
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kw) if has_vae else None
+        return fam.from_pretrained(source, dtype, **kw)
     except (OSError, ValueError) as exc:
         raise _not_found(name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
-    return DiffusionModel(unet, text_encoder, tokenizer, scheduler_config, vae=vae, name=name)

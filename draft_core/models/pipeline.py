@@ -1,34 +1,45 @@
-"""DiffusionModel: the components a sampler drives (UNet, text encoder, tokenizer, optional VAE).
+"""The ``sd`` family: Stable Diffusion 1.x/2.x-style models (a UNet, one CLIP text encoder, optional VAE).
 
-A latent model (Stable Diffusion) decodes its samples through the VAE; a pixel-space
-model (no VAE) samples images directly in [-1, 1]. Either way ``decode`` returns
-images in [0, 1] and is differentiable.
+A latent model (Stable Diffusion) decodes its samples through the VAE; a pixel-space model (no
+VAE, such as the embedded ``digits``) samples images directly in [-1, 1]. Either way ``decode``
+returns images in [0, 1] and is differentiable. ``DiffusionModel`` is the family's class (its name
+predates the other families); ``ModelFamily`` is the interface all of them share.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
 from draft_core.models.conditioning import Conditioning
+from draft_core.models.family import ModelFamily, guided, upcast, uses_cfg
+
+__all__ = ["DiffusionModel", "SDModel", "upcast"]
+
+FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
+CROSS_ATTENTION = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+UNET_TARGET_SETS = {
+    # The paper's (Appendix A.1): cross-attention and feed-forward layers of every transformer block.
+    "cross-attention+ff": CROSS_ATTENTION + FEED_FORWARD,
+    "attention+ff": ("to_q", "to_k", "to_v", "to_out.0") + FEED_FORWARD,
+}
 
 
-def upcast(x: torch.Tensor) -> torch.Tensor:
-    """At least float32: half-precision model outputs are carried in float32; float64 stays."""
-    return x if x.dtype == torch.float64 else x.float()
+class DiffusionModel(ModelFamily):
+    """The ``sd`` family. unet: a diffusers ``UNet2DConditionModel``; text_encoder: transformers
+    ``CLIPTextModel``; vae: ``AutoencoderKL`` or None for pixel space; scheduler_config: a diffusers
+    scheduler config dict (its betas, prediction type, offsets); samplers build their own scheduler
+    from it."""
 
-
-class DiffusionModel:
-    """Frozen text-to-image components plus the scheduler config they were trained with.
-
-    unet: a diffusers ``UNet2DConditionModel``; text_encoder: transformers ``CLIPTextModel``;
-    vae: ``AutoencoderKL`` or None for pixel space; scheduler_config: a diffusers scheduler
-    config dict (its betas, prediction type, offsets); samplers build their own scheduler
-    from it.
-    """
+    family = "sd"
+    pipeline_classes = ("StableDiffusionPipeline", "DraftPixelPipeline")
+    lora_pipeline = "StableDiffusionPipeline"
+    denoiser_name = "unet"
+    lora_target_sets = UNET_TARGET_SETS
+    default_lora_targets = "cross-attention+ff"
 
     def __init__(
         self,
@@ -39,55 +50,14 @@ class DiffusionModel:
         vae: torch.nn.Module | None = None,
         name: str = "",
     ) -> None:
-        self.unet = unet
-        self.text_encoder = text_encoder
-        self.tokenizer = tokenizer
-        self.vae = vae
-        self.scheduler_config = dict(scheduler_config)
-        self.name = name
-        self._uncond: torch.Tensor | None = None
-        # True / False / "auto" (train.checkpoint_decode): see draft_core.memory.
-        self.checkpoint_decode: bool | str = "auto"
-        for module in self.modules():
-            module.requires_grad_(False)
-            module.eval()
-
-    def modules(self) -> list[torch.nn.Module]:
-        return [m for m in (self.unet, self.text_encoder, self.vae) if m is not None]
-
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.unet.dtype
-
-    @property
-    def vae_scale_factor(self) -> int:
-        if self.vae is None:
-            return 1
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        super().__init__({"unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "vae": vae},
+                         scheduler_config, name)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
-        """(C, h, w) of the space the sampler works in."""
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         return (self.unet.config.in_channels, *size)
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        _, h, w = self.sample_shape
-        return h * self.vae_scale_factor, w * self.vae_scale_factor
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        for module in self.modules():
-            # Only cast when needed: diffusers warns on every dtype cast.
-            same = dtype is None or module.dtype == dtype
-            module.to(device=device) if same else module.to(device=device, dtype=dtype)
-        self._uncond = None
-        return self
 
     @torch.no_grad()
     def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -108,35 +78,15 @@ class DiffusionModel:
             self._uncond = self._embed([""])
         return Conditioning(self._embed(prompts), self._uncond, list(prompts))
 
-    def make_noise(
-        self, batch: int, generator: torch.Generator | None = None, dtype=torch.float32
-    ) -> torch.Tensor:
-        """Initial noise [B, C, h, w], drawn as diffusers' pipelines draw it."""
-        return randn_tensor((batch, *self.sample_shape), generator=generator, device=self.device, dtype=dtype)
-
-    def decode(self, sample: torch.Tensor) -> torch.Tensor:
-        """[B, C, h, w] sample -> [B, 3, H, W] float32 images in [0, 1], differentiably.
-
-        Where gradients flow, the VAE's activations are recomputed in the backward pass
-        instead of kept, one image at a time (``checkpoint_decode``; draft_core.memory)."""
-        import draft_core.memory as memory
-
-        if memory.wants(self.checkpoint_decode, self.vae is not None) and memory.grad_flows(sample):
-            # One region per image: the backward pass recomputes (and holds) one image's decoder at a time.
-            return torch.cat([memory.run(self._decode, sample[i : i + 1]) for i in range(sample.shape[0])])
-        return self._decode(sample)
-
-    def _decode(self, sample: torch.Tensor) -> torch.Tensor:
-        if self.vae is not None:
-            cfg = self.vae.config
-            latents = sample.to(self.vae.dtype) / cfg.scaling_factor
-            if getattr(cfg, "shift_factor", None):
-                latents = latents + cfg.shift_factor
-            sample = self.vae.decode(latents).sample
-        images = (upcast(sample) / 2 + 0.5).clamp(0, 1)
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        return images
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance=1.0) -> torch.Tensor:
+        unet = self.unet
+        x = x.to(unet.dtype)
+        if uses_cfg(guidance):
+            uncond = cond.uncond.expand(cond.cond.shape[0], -1, -1)
+            out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond.cond])).sample
+            out_u, out_c = upcast(out).chunk(2)
+            return guided(out_u, out_c, guidance)
+        return upcast(unet(x, t, encoder_hidden_states=cond.cond).sample)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write a diffusers folder (model_index.json + one subfolder per component)."""
@@ -161,7 +111,32 @@ class DiffusionModel:
             "feature_extractor": [None, None],
             "requires_safety_checker": False,
         }
-        import json
-
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
         return folder
+
+    @classmethod
+    def from_pretrained(cls, source: str, dtype: torch.dtype, **kw) -> "DiffusionModel":
+        """Components from a diffusers folder or hub id (``kw``: ``revision``)."""
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        local = Path(source)
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype, **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+        scheduler_config = dict(DDIMScheduler.load_config(source, subfolder="scheduler", **kw))
+        has_vae = (local / "vae").is_dir() if local.exists() else True
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kw) if has_vae else None
+        return cls(unet, text_encoder, tokenizer, scheduler_config, vae=vae, name=source)
+
+    def pipeline(self):
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+            scheduler=DDIMScheduler.from_config(self.scheduler_config), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
+        )
+
+
+SDModel = DiffusionModel

@@ -253,7 +253,7 @@ def _trace(trainer: StepTrainer, device: str, *, elide: bool, steps: int, around
     tracer.register(base, BASE)
     tracer.register(trainer.params, LORA)
     tracer.register(module_tensors(trainer.c.reward), REWARD)
-    unet = trainer.model.unet
+    unet = trainer.model.denoiser
     layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)][:1]  # LoRA on or off changes a call's cost
     elided = (elide_repeats(unet, tracer, device, lambda: tuple(m.disable_adapters for m in layers))
               if elide else contextlib.nullcontext())
@@ -282,7 +282,7 @@ def _sampling_flops(trainer: StepTrainer) -> int:
     """FLOPs of sampling and decoding one micro-batch without autograd (elided repeats)."""
     model, sampler = trainer.model, trainer.c.sampler
     prompts, noise = trainer._batch()
-    with torch.no_grad(), MemoryTracer(cpu_attention_flops()) as tracer, elide_repeats(model.unet, tracer, "meta"):
+    with torch.no_grad(), MemoryTracer(cpu_attention_flops()) as tracer, elide_repeats(model.denoiser, tracer, "meta"):
         cond = model.encode_prompts(prompts)
         model.decode(sampler.sample(model, cond, noise))
     return tracer.flops

@@ -1,4 +1,4 @@
-"""The plugin contract: three hooks, each handed a ``register(name, factory)`` callback.
+"""The plugin contract: four hooks, each handed a ``register(name, factory)`` callback.
 
 A plugin module (named by an entry point in group ``draft``) implements any of
 these with ``@draft_core.hookimpl``. ``factory(**kwargs)`` builds the object from
@@ -32,3 +32,10 @@ def register_estimators(register: Register) -> None:
 @hookspec
 def register_rewards(register: Register) -> None:
     """Register rewards: ``register("jpeg-compressibility", JpegCompressibility)``."""
+
+
+@hookspec
+def register_models(register: Register) -> None:
+    """Register model families: ``register("sdxl", SDXLModel)``. The factory is a
+    ``draft_core.models.family.ModelFamily`` subclass: its ``pipeline_classes`` say which diffusers
+    folders it loads, ``from_pretrained(source, dtype, **kw)`` loads one."""

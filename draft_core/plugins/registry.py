@@ -17,8 +17,8 @@ from draft_core.plugins.arguments import Argument, argument_list
 GROUP = hookspecs.PROJECT
 CONFLICT_ADVICE = "Uninstall one of them, or set DRAFT_PLUGINS to the entry points to load."
 BUILTIN_DISTRIBUTION = "draft-diffusion"
-KINDS = ("sampler", "estimator", "reward")
-PLURALS = {"sampler": "samplers", "estimator": "estimators", "reward": "rewards"}
+KINDS = ("sampler", "estimator", "reward", "model")
+PLURALS = {"sampler": "samplers", "estimator": "estimators", "reward": "rewards", "model": "models"}
 
 # Names that users meet in the paper or docs but that live in their own
 # distribution, so an unknown-name error can say what to install.

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from draft_core.errors import ConfigError
 from draft_core.lora import adapters_enabled
-from draft_core.models.pipeline import upcast
+from draft_core.models.family import upcast
 from draft_core.models.conditioning import Conditioning
 
 
@@ -30,6 +30,8 @@ class ChainSampler:
     instead switch guidance off for every g <= 1.)"""
 
     scheduler_class: Any = None
+    #: False for diffusion samplers (ddim, ddpm), True for flow-matching ones (euler, flow-sde).
+    flow_matching: bool = False
 
     def __init__(self, steps: int = 50, guidance_scale: float = 7.5) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -37,7 +39,7 @@ class ChainSampler:
         self.num_steps = steps
         self.guidance_scale = float(guidance_scale)
         self.guidance_schedule = None  # a learned per-step schedule (draft_core.training.learned_sampling), if any
-        self._cache: tuple[dict, torch.device, Any] | None = None
+        self._cache: tuple[dict, torch.device, Any, dict] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(steps={self.num_steps}, guidance_scale={self.guidance_scale})"
@@ -55,12 +57,14 @@ class ChainSampler:
     def scheduler(self, model):
         """The model's scheduler with timesteps set; cached (these steps keep no state)."""
         config = model.scheduler_config
+        extra = model.timestep_kwargs(self.num_steps)
         cache = self._cache
-        if cache is not None and cache[1] == model.device and (cache[0] is config or cache[0] == config):
+        if (cache is not None and cache[1] == model.device and (cache[0] is config or cache[0] == config)
+                and repr(cache[3]) == repr(extra)):
             return cache[2]
         sched = self.scheduler_class.from_config(config)
-        sched.set_timesteps(self.num_steps, device=model.device)
-        self._cache = (config, model.device, sched)
+        sched.set_timesteps(self.num_steps, device=model.device, **extra)
+        self._cache = (config, model.device, sched, extra)
         return sched
 
     def timesteps(self, model) -> torch.Tensor:
@@ -74,22 +78,13 @@ class ChainSampler:
         return self.guidance_schedule.at(step, self.num_steps)
 
     def _model_output(self, model, sample: torch.Tensor, t: torch.Tensor, cond: Conditioning, step: int) -> torch.Tensor:
-        unet = model.unet
-        x = sample.to(unet.dtype)
-        scale = self.guidance_at(step)
-        if self.guidance_schedule is not None or scale != 1.0:
-            uncond = cond.uncond.expand(cond.cond.shape[0], -1, -1)
-            out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond.cond])).sample
-            out_u, out_c = upcast(out).chunk(2)
-            if torch.is_tensor(scale):
-                scale = scale.to(out_u.dtype)
-            return out_u + scale * (out_c - out_u)
-        return upcast(unet(x, t, encoder_hidden_states=cond.cond).sample)
+        """The family's guided output at ``step`` (a learned schedule's scale is a tensor, so CFG always runs)."""
+        return model.denoise(sample, t, cond, self.guidance_at(step))
 
     def _step(self, model, sample, i, cond, lora_on, noise=None):
         sched = self.scheduler(model)
         t = sched.timesteps[i]
-        with adapters_enabled(model.unet, lora_on):
+        with adapters_enabled(model.denoiser, lora_on):
             out = self._model_output(model, sample, t, cond, i)
         return self.scheduler_step(sched, out, t, sample, noise)
 
@@ -174,7 +169,7 @@ class ChainSampler:
         sched = self.scheduler(model)
         t = sched.timesteps[step]
         x = upcast(sample)
-        with adapters_enabled(model.unet, lora_on):
+        with adapters_enabled(model.denoiser, lora_on):
             out = self._model_output(model, x, t, cond, step)
         return self.step_gaussian(sched, out, t, x)
 

@@ -91,7 +91,7 @@ class EstimatorConformance:
         model = build_tiny_random(seed=0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
-            params = add_lora(model.unet, rank=2, init=False)
+            params = add_lora(model.denoiser, rank=2, init=False)
         return model, params
 
     def inputs(self, model, seed: int = 0) -> StepInputs:
@@ -103,7 +103,7 @@ class EstimatorConformance:
     def _zero(model, params) -> None:
         for p in params:
             p.grad = None
-        for p in model.unet.parameters():
+        for p in model.denoiser.parameters():
             p.grad = None
 
     def run(self, estimator, model, params, seed: int = 0):
@@ -148,10 +148,10 @@ class EstimatorConformance:
         flat = torch.cat([g.flatten() for g in grads])
         assert torch.isfinite(flat).all() and flat.abs().max() > 0
         lora = {id(p) for p in params}
-        stray = [n for n, p in model.unet.named_parameters() if id(p) not in lora and p.grad is not None]
+        stray = [n for n, p in model.denoiser.named_parameters() if id(p) not in lora and p.grad is not None]
         assert not stray, f"frozen weights got gradients: {stray[:3]}"
-        for module in (model.text_encoder, model.vae):
-            if module is not None:
+        for module in model.modules():  # the text encoders, the VAE
+            if module is not model.denoiser:
                 assert all(p.grad is None for p in module.parameters())
 
     def test_same_random_streams_same_result(self, setup):
@@ -181,9 +181,9 @@ class EstimatorConformance:
         probe = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
         cond = model.encode_prompts(["a probe"])
         with torch.no_grad():
-            before = model.unet(probe, 10, encoder_hidden_states=cond.cond).sample
+            before = model.denoise(probe, torch.tensor(10), cond)
         self.run(self.make_estimator(), model, params)
         with torch.no_grad():
-            after = model.unet(probe, 10, encoder_hidden_states=cond.cond).sample
-        assert torch.equal(before, after), "the estimator left the UNet changed (adapters off, weights moved?)"
+            after = model.denoise(probe, torch.tensor(10), cond)
+        assert torch.equal(before, after), "the estimator left the denoiser changed (adapters off, weights moved?)"
         assert all(p.requires_grad for p in params)

@@ -18,6 +18,8 @@ Config: ``learn: {guidance: true, guidance_lr_mult: 50, negative_prompt: true}``
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -104,7 +106,7 @@ class LearnedSampling(nn.Module):
         guidance = GuidanceSchedule(sampler.num_steps, sampler.guidance_scale) if section.guidance else None
         negative = None
         if section.negative_prompt:
-            width = model.text_encoder.config.hidden_size
+            width = model.encode_prompts([""]).cond.shape[-1]  # the width of the embedding it replaces
             negative = NegativePrompt(width, section.negative_prompt_heads)
         return cls(guidance, negative).to(model.device)
 
@@ -126,7 +128,8 @@ class LearnedSampling(nn.Module):
         """The conditioning with the learned negative prompt in place of the empty one."""
         if self.negative is None:
             return cond
-        return Conditioning(cond.cond, self.negative(cond.cond, cond.uncond), cond.prompts)
+        # Only the sequence embedding is learned; a family's pooled empty-prompt embedding stays as it is.
+        return dataclasses.replace(cond, uncond=self.negative(cond.cond, cond.uncond))
 
     # -- files ---------------------------------------------------------------------------
     def save(self, folder: Path) -> Path:

@@ -36,5 +36,40 @@ def check_ready(config: Config, components) -> None:
     """Everything about a run checkable without loading weights: the model, then the rewards' weights."""
     from draft_core.models.loading import check_model
 
-    check_model(config.model.name, config.model.revision)
+    family = check_model(config.model.name, config.model.revision, config.model.family)
+    check_family(config, components, family)
     check_rewards_available(components)
+
+
+def check_family(config: Config, components, family) -> None:
+    """The config's sampler, LoRA targets and learned sampling suit the model's family (``family``: its
+    class, from ``check_model``). One paragraph naming what was found and what is accepted."""
+    from draft_core.models.family import ModelFamily
+
+    if not (isinstance(family, type) and issubclass(family, ModelFamily)):
+        return  # a plugin family that does not build on ModelFamily declares nothing to check
+    sampler = components.sampler
+    flow_family, flow_sampler = family.flow_matching, getattr(sampler, "flow_matching", None)
+    if flow_sampler is not None and flow_family != flow_sampler:
+        wanted = "a flow-matching sampler (euler, flow-sde)" if flow_family else "a diffusion sampler (ddim, ddpm)"
+        raise DraftError(
+            f"sampler '{config.sampler.get('name')}' is a {'flow-matching' if flow_sampler else 'diffusion'} sampler, "
+            f"but model '{config.model.name}' is of the '{family.family}' family, which "
+            f"{'is trained with flow matching' if flow_family else 'predicts noise (or v) on a diffusion schedule'}: "
+            f"use {wanted}."
+        )
+    targets = config.lora.targets
+    if isinstance(targets, str) and targets != "default" and targets not in family.lora_target_sets:
+        raise DraftError(
+            f"lora.targets '{targets}' is not a named set of the '{family.family}' family (model "
+            f"'{config.model.name}'); its sets are default ({family.default_lora_targets}), "
+            f"{', '.join(sorted(family.lora_target_sets))}, or give a list of module-name suffixes."
+        )
+    if family.guidance_distilled:
+        learned = [k for k in ("guidance", "negative_prompt") if getattr(config.learn, k, False)]
+        if learned:
+            raise DraftError(
+                f"model '{config.model.name}' is guidance-distilled ('{family.family}' family: the guidance scale is "
+                f"an input of the transformer and there is no unconditional pass), so learn.{learned[0]} has "
+                f"nothing to learn; drop it. sampler.guidance_scale sets the distilled guidance."
+            )

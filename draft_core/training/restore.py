@@ -32,7 +32,7 @@ def restore(trainer) -> None:
             f"--resume {trainer.run_dir}: the checkpoint was written by {saved_n} process(es), this run has {n}. "
             f"Resume with {saved_n} (each process's random stream is in the checkpoint)."
         )
-    load_lora_state(trainer.model.unet, {k: v.to(trainer.model.device) for k, v in state.lora.items()})
+    load_lora_state(trainer.model, {k: v.to(trainer.model.device) for k, v in state.lora.items()})
     trainer.optimizer.load_state_dict(state.optimizer)
     trainer.lr_scheduler.load_state_dict(state.lr_scheduler)
     prefix = f"rank{rank}/"

@@ -84,7 +84,7 @@ class Trainer:
         """The configured model with its weights (``draft plan`` builds it on the meta device instead)."""
         from draft_core.models.loading import load_model
 
-        return load_model(self.config.model.name, device, dtype, self.config.model.revision)
+        return load_model(self.config.model.name, device, dtype, self.config.model.revision, self.config.model.family)
 
     def setup(self, resume: bool = False) -> None:
         from draft_core.models.loading import resolve_dtype
@@ -109,7 +109,7 @@ class Trainer:
         self.model.checkpoint_decode = cfg.train.checkpoint_decode
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
-            self.params = add_lora(self.model.unet, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
+            self.params = add_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
         self.reward.to(device)
         t = cfg.train
         groups = [{"params": self.params}]
@@ -302,7 +302,7 @@ class Trainer:
             extra.update(self.ema.state_dict())
             state = TrainingState(
                 step=self.step,
-                lora=lora_state(self.model.unet),
+                lora=lora_state(self.model),
                 optimizer=self.optimizer.state_dict(),
                 lr_scheduler=self.lr_scheduler.state_dict(),
                 rng=rng,
@@ -321,7 +321,7 @@ class Trainer:
 
     def _write_lora_folder(self, folder: Path) -> None:
         """The LoRA (diffusers format) and any learned sampler hyperparameters beside it."""
-        save_lora(self.model.unet, folder)
+        save_lora(self.model, folder)
         if self.learned is not None:
             self.learned.save(folder)
         write_model_card(folder, run_card_info(self.run_dir), location=self.run_dir / "lora")

@@ -1,0 +1,12 @@
+"""The built-in model families, registered through the ``register_models`` hook like a plugin's."""
+
+from __future__ import annotations
+
+from draft_core.plugins.hookspecs import hookimpl
+
+
+@hookimpl
+def register_models(register) -> None:
+    from draft_core.models.pipeline import DiffusionModel
+
+    register("sd", DiffusionModel)

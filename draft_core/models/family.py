@@ -1,0 +1,215 @@
+"""ModelFamily: what every model family (sd, sdxl, sd3, flux, a plugin's) gives the samplers and estimators.
+
+Samplers, estimators, rewards' wrappers, baselines and the CLI never touch a family's components
+by name: they call ``encode_prompts`` once per batch, ``denoise(x, t, cond, guidance)`` per step
+(classifier-free or distilled guidance applied inside), ``decode`` for images in [0, 1], and put
+the LoRA on ``denoiser``. A family is registered by name through the ``register_models`` hook
+(``register("sdxl", SDXLModel)``) and chosen from a diffusers folder's ``model_index.json``
+(``pipeline_classes``) or by ``model.family``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from draft_core.models.conditioning import Conditioning
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """At least float32: half-precision model outputs are carried in float32; float64 stays."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def guided(out_u: torch.Tensor, out_c: torch.Tensor, scale) -> torch.Tensor:
+    """Classifier-free guidance in diffusers' convention: out(∅) + g·(out(c) − out(∅))."""
+    if torch.is_tensor(scale):
+        scale = scale.to(out_u.dtype)
+    return out_u + scale * (out_c - out_u)
+
+
+def uses_cfg(scale) -> bool:
+    """One rule for constants and learned schedules: a tensor scale or any g != 1 runs two passes."""
+    return torch.is_tensor(scale) or scale != 1.0
+
+
+class ModelFamily:
+    """Frozen text-to-image components plus the scheduler config they were trained with.
+
+    Subclasses set the class attributes and implement ``encode_prompts``, ``denoise``,
+    ``sample_shape``, ``component_names`` and ``save_pretrained``; ``decode`` here handles a VAE
+    (scaling and shift factors) or pixel space (no VAE).
+    """
+
+    #: the family's registered name ("sd", "sdxl", ...).
+    family: ClassVar[str] = ""
+    #: model_index.json ``_class_name`` values this family loads (the first is what it writes).
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    #: the diffusers pipeline class whose ``save_lora_weights``/``load_lora_weights`` its LoRA files follow.
+    lora_pipeline: ClassVar[str] = ""
+    #: the attribute holding the denoiser, which is also the LoRA file's key prefix ("unet", "transformer").
+    denoiser_name: ClassVar[str] = "unet"
+    #: True for a guidance-distilled model (the guidance scale is an input; no unconditional pass).
+    guidance_distilled: ClassVar[bool] = False
+    #: "ddim" for noise-prediction families, "euler" for flow matching.
+    default_sampler: ClassVar[str] = "ddim"
+    #: True for a family trained with flow matching (its samplers must be flow samplers).
+    flow_matching: ClassVar[bool] = False
+    #: named LoRA target sets (peft module-name suffixes): every family has "attention+ff";
+    #: ``default_lora_targets`` names the default ("default" in a config).
+    lora_target_sets: ClassVar[dict[str, tuple[str, ...]]] = {}
+    default_lora_targets: ClassVar[str] = ""
+
+    def __init__(self, components: dict[str, Any], scheduler_config: dict, name: str = "") -> None:
+        for key, value in components.items():
+            setattr(self, key, value)
+        self._component_keys = list(components)
+        self.scheduler_config = dict(scheduler_config)
+        self.name = name
+        self._uncond: Any = None
+        # True / False / "auto" (train.checkpoint_decode): see draft_core.memory.
+        self.checkpoint_decode: bool | str = "auto"
+        for module in self.modules():
+            module.requires_grad_(False)
+            module.eval()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(family={self.family!r}, name={self.name!r})"
+
+    # -- components --------------------------------------------------------------------
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch modules among the components (denoiser first)."""
+        keys = [self.denoiser_name] + [k for k in self._component_keys if k != self.denoiser_name]
+        return [m for m in (getattr(self, k, None) for k in keys) if isinstance(m, torch.nn.Module)]
+
+    def named_modules(self) -> dict[str, torch.nn.Module]:
+        return {k: getattr(self, k) for k in self._component_keys if isinstance(getattr(self, k, None), torch.nn.Module)}
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network the LoRA trains (a UNet or a transformer)."""
+        return getattr(self, self.denoiser_name)
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    @property
+    def prediction_type(self) -> str:
+        """"epsilon", "v_prediction" or "flow" (the velocity ε − x0 of rectified flow)."""
+        return self.scheduler_config.get("prediction_type") or "epsilon"
+
+    @property
+    def vae_scale_factor(self) -> int:
+        vae = getattr(self, "vae", None)
+        if vae is None:
+            return 1
+        return 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the space the sampler works in (latents, or pixels without a VAE)."""
+        raise NotImplementedError
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        _, h, w = self.sample_shape
+        return h * self.vae_scale_factor, w * self.vae_scale_factor
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        for module in self.modules():
+            # Only cast when needed: diffusers warns on every dtype cast.
+            same = dtype is None or module.dtype == dtype
+            module.to(device=device) if same else module.to(device=device, dtype=dtype)
+        self._uncond = None
+        return self
+
+    def lora_targets(self, which: str | Sequence[str] | None = None) -> list[str]:
+        """Module-name suffixes for ``lora.targets``: a named set, or a list given as is."""
+        from draft_core.errors import ConfigError
+
+        if which is None or which == "default":
+            which = self.default_lora_targets
+        if not isinstance(which, str):
+            return list(which)
+        if which not in self.lora_target_sets:
+            raise ConfigError(
+                f"lora.targets {which!r} is not a named set of the '{self.family}' family; use one of "
+                f"{sorted(self.lora_target_sets)} or a list of module-name suffixes."
+            )
+        return list(self.lora_target_sets[which])
+
+    # -- prompts and the denoiser ------------------------------------------------------
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        """Encode prompts once (the empty prompt once per model), as the family's diffusers pipeline does."""
+        raise NotImplementedError
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance=1.0) -> torch.Tensor:
+        """The denoiser's output at sample ``x`` [B, C, h, w] and scheduler timestep ``t`` with guidance
+        applied (``guided``; a distilled model takes ``guidance`` as an input), in at least float32."""
+        raise NotImplementedError
+
+    def timestep_kwargs(self, num_steps: int) -> dict:
+        """Extra arguments for the scheduler's ``set_timesteps`` (a flow family's ``mu``, ``sigmas``)."""
+        return {}
+
+    # -- noise and images --------------------------------------------------------------
+    def make_noise(self, batch: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
+        """Initial noise [B, C, h, w], drawn as diffusers' pipelines draw it."""
+        return randn_tensor((batch, *self.sample_shape), generator=generator, device=self.device, dtype=dtype)
+
+    def decode(self, sample: torch.Tensor) -> torch.Tensor:
+        """[B, C, h, w] sample -> [B, 3, H, W] float32 images in [0, 1], differentiably.
+
+        Where gradients flow, the VAE's activations are recomputed in the backward pass
+        instead of kept, one image at a time (``checkpoint_decode``; draft_core.memory)."""
+        import draft_core.memory as memory
+
+        if memory.wants(self.checkpoint_decode, getattr(self, "vae", None) is not None) and memory.grad_flows(sample):
+            # One region per image: the backward pass recomputes (and holds) one image's decoder at a time.
+            return torch.cat([memory.run(self._decode, sample[i : i + 1]) for i in range(sample.shape[0])])
+        return self._decode(sample)
+
+    def _decode(self, sample: torch.Tensor) -> torch.Tensor:
+        vae = getattr(self, "vae", None)
+        if vae is not None:
+            cfg = vae.config
+            latents = sample.to(vae.dtype) / cfg.scaling_factor
+            if getattr(cfg, "shift_factor", None):
+                latents = latents + cfg.shift_factor
+            sample = vae.decode(latents).sample
+        images = (upcast(sample) / 2 + 0.5).clamp(0, 1)
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return images
+
+    # -- files -------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write a diffusers folder its family's pipeline class loads."""
+        raise NotImplementedError
+
+    def save_lora_weights(self, folder: str | Path, state: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+        """Write the denoiser's LoRA (peft keys without prefix) as the family's pipeline writes it."""
+        import diffusers
+
+        from draft_core.lora.adapters import WEIGHT_NAME
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        prefix = self.denoiser_name
+        kwargs = {f"{prefix}_lora_layers": state}
+        if metadata is not None:
+            kwargs[f"{prefix}_lora_adapter_metadata"] = metadata
+        getattr(diffusers, self.lora_pipeline).save_lora_weights(folder, safe_serialization=True, **kwargs)
+        return folder / WEIGHT_NAME
+
+    def pipeline(self):
+        """The family's own diffusers pipeline built on these components (parity tests, export)."""
+        raise NotImplementedError
