@@ -10,3 +10,5 @@ def register_models(register) -> None:
     from draft_core.models.pipeline import DiffusionModel
 
     register("sd", DiffusionModel)
+    from draft_core.models.families.sd3 import SD3Model
+    register("sd3", SD3Model)
