@@ -8,7 +8,9 @@ penultimate hidden states concatenated on the feature axis and padded to
 ``joint_attention_dim``, then ``MAX_SEQUENCE_LENGTH`` zero rows where T5's tokens would be;
 pooled = both projected text embeddings. Scheduler: ``FlowMatchEulerDiscreteScheduler``
 (shift 1). ``python -m draft_core.models.digits_flow.train`` writes ``weights/``,
-deterministically from its seed; ``build_digits_flow()`` reads them with no network.
+deterministically from its seed; ``build_digits_flow()`` reads them with no network, and
+``build_digits_flow_model()`` wraps them as the ``sd3`` family's ``SD3Model`` (what
+``load_model("digits-flow")`` returns; preset ``quickstart-flow`` fine-tunes it).
 
 As for ``digits``, only the token-embedding rows of the tokens in the training prompts are
 stored; every other row is rebuilt as zeros (those rows were never trained).
@@ -33,7 +35,7 @@ DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 8.0
 
 __all__ = ["WEIGHTS_DIR", "MAX_SEQUENCE_LENGTH", "DEFAULT_STEPS", "DEFAULT_GUIDANCE", "DigitsFlowComponents",
-           "build_digits_flow", "sd3_pipeline"]
+           "build_digits_flow", "build_digits_flow_model", "sd3_pipeline"]
 
 
 @dataclass
@@ -122,4 +124,17 @@ def build_digits_flow(weights_dir: str | Path = WEIGHTS_DIR) -> DigitsFlowCompon
         tokenizer_2=offline_clip_tokenizer(model_max_length=length),
         scheduler_config=scheduler_config,
         meta=meta,
+    )
+
+
+def build_digits_flow_model(weights_dir: str | Path = WEIGHTS_DIR):
+    """``digits-flow`` as an ``sd3``-family model (``SD3Model``: no VAE, no T5, float32, CPU, frozen)."""
+    from draft_core.models.families.sd3 import SD3Model
+
+    parts = build_digits_flow(weights_dir)
+    return SD3Model(
+        transformer=parts.transformer, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
+        tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2, scheduler_config=parts.scheduler_config,
+        text_encoder_3=None, tokenizer_3=None, vae=None, name="digits-flow",
+        max_sequence_length=parts.max_sequence_length,
     )
