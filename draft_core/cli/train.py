@@ -60,11 +60,46 @@ def _defaults_block(config) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _family_sampler(model: str) -> list[str]:
+    """``--set sampler.name=...`` for the model family's default sampler where the default config's does not
+    suit it (a flow-matching family samples with euler, not ddim); the model is looked up, not loaded."""
+    from draft_core.config.schema import Config
+    from draft_core.models.loading import check_model
+
+    family = check_model(model)
+    default = getattr(family, "default_sampler", None)
+    return [f"sampler.name={default}"] if default and default != Config().sampler["name"] else []
+
+
 def train_device_type(config) -> str:
     import torch
 
     device = config.model.device
     return "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def _sampler_given(args: argparse.Namespace) -> bool:
+    """Whether the preset, the config file or a --set names the sampler."""
+    from draft_core.config.schema import preset_path, read_yaml
+
+    raws = ([read_yaml(preset_path(args.preset))] if args.preset else []) + ([read_yaml(Path(args.config))] if args.config else [])
+    in_files = any(isinstance(r.get("sampler"), dict) and "name" in r["sampler"] for r in raws if isinstance(r, dict))
+    return in_files or any(s.split("=", 1)[0].strip() in ("sampler", "sampler.name") for s in args.set)
+
+
+def _with_family_sampler(args: argparse.Namespace, config):
+    """``config`` with the model family's default sampler when it differs from the config's default (ddim);
+    a model that cannot be checked here is left for the preflight checks to report."""
+    from draft_core.models.loading import check_model
+
+    try:
+        default = getattr(check_model(config.model.name, config.model.revision, config.model.family), "default_sampler", None)
+    except DraftError:
+        return config
+    if default is not None and default != config.sampler.get("name"):
+        # Only the name: the steps and guidance the config gives (or the defaults) stay.
+        config.sampler = {**config.sampler, "name": default}
+    return config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -76,6 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.training.runner import Trainer
 
     _check_set_arguments(args)
+    if getattr(args, "model", None):  # --model NAME: --set model.name=NAME, before the other overrides
+        args.set = [f"model.name={args.model}", *args.set]
     if args.resume:
         if args.config or args.preset or args.out:
             raise DraftError(
@@ -88,15 +125,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = load_config(run_dir / "config.yaml", args.set)
         _check_resume(run_dir, config)
     else:
-        if not args.config and not args.preset:
+        if not args.config and not args.preset and not getattr(args, "model", None):
             raise DraftError("draft train needs a CONFIG.yaml or --preset NAME (e.g. draft train --preset quickstart).")
+        if not args.config and not args.preset:  # --model alone: the default config, with the family's sampler
+            args.set = [*_family_sampler(args.model), *args.set]
         config = load_config(args.config, args.set, preset=args.preset)
+        if not _sampler_given(args):  # the model family's default sampler (euler for flow-matching models)
+            config = _with_family_sampler(args, config)
         run_dir = Path(args.out) if args.out else _default_run_dir(args)
         check_new_run_dir(run_dir)
     components = build_components(config)  # every name and argument checked before the model loads
-    for note in components.warnings:
-        print(f"[draft] warning: {note}", file=sys.stderr)
     check_ready(config, components)  # the model and the rewards' weights exist (nothing loaded)
+    for note in components.warnings:  # after the checks: a refused config gets its one error paragraph alone
+        print(f"[draft] warning: {note}", file=sys.stderr)
     if config.train.memory_budget is not None and not args.no_plan_check and not args.dry_run:
         from draft_core.planning.fitting import check_budget
 
@@ -157,6 +198,7 @@ def add_parser(sub) -> None:
     tr = sub.add_parser("train", help="fine-tune a LoRA on a reward")
     tr.add_argument("config", nargs="?", help="a YAML config")
     tr.add_argument("--preset", help="a built-in config (quickstart)")
+    tr.add_argument("--model", help="the model to fine-tune (--set model.name=NAME); alone, with the default config")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     tr.add_argument("--out", help="run folder (default runs/NAME-TIMESTAMP)")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
