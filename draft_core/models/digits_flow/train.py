@@ -1,6 +1,6 @@
 """Train the ``digits-flow`` model with rectified flow, deterministically from a seed.
 
-    python -m draft_core.models.digits_flow.train [--out DIR] [--steps 2000] [--batch 32] [--seed 0] [--threads 1]
+    python -m draft_core.models.digits_flow.train [--out DIR] [--steps 2600] [--batch 32] [--seed 0] [--threads 1]
 
 The recipe: an ``SD3Transformer2DModel`` on 32x32x3 pixels in [-1, 1] (patch 4, so each
 token is one original 8x8 pixel's 4x4 block: 64 image tokens; width 64 = 4 heads x 16,
