@@ -16,8 +16,9 @@ logit-normal (0, 1). AdamW lr 1e-3 with warm-up and cosine decay, gradient clip 
 The shipped weights come from the defaults (2,600 steps, batch 32, seed 0, one thread):
 1,636 s (27.3 min) on 2 CPU cores shared with other jobs (load 6-12; 0.33-1.0 s/step). One
 thread, not two: under that load two threads took 11 s/step, one 1.0. The token tables
-train as ``KeptRowsEmbedding`` (only the prompts' rows), which gives the same losses as the
-full tables for a quarter less time per step. Their samples (20 Euler steps, CFG 8): 200
+train as ``KeptRowsEmbedding`` (only the prompts' rows): the same logged losses as the full
+tables (checked at steps 25 and 50), without the optimiser and EMA work on 6.3M dead
+parameters (a noisy profile put that near a quarter of a step). Their samples (20 Euler steps, CFG 8): 200
 of 200 recognised as the prompted digit by an independent SVC (benchmarks/digits_quality.py
 --model digits-flow). A 2,000-step run (same recipe, 27.6 min under heavier load) reached
 189 of 200 (94.5%; sevens read as fours), hence 2,600.
