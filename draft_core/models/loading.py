@@ -71,6 +71,13 @@ def _digits() -> DiffusionModel:
     return build_digits()
 
 
+@embedded("digits-flow", family="sd3")
+def _digits_flow():
+    from draft_core.models.digits_flow import build_digits_flow_model
+
+    return build_digits_flow_model()
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
