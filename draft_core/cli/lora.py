@@ -15,7 +15,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
     from draft_core.lora.loading import base_model_of
 
     specs = [LoraSpec.parse(s) for s in args.loras]
-    path = save_mixed(specs, args.out)
+    path = save_mixed(specs, args.out, family=args.family)
     bases = {base_model_of(s.folder) for s in specs} - {None}
     rank = next(iter(read_lora(path).modules.values())).rank
     write_model_card(args.out, {
@@ -38,7 +38,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     spec = LoraSpec.parse(args.lora)
     if spec.scale != 1.0:
         raise DraftError(f"lora export takes a LoRA without :SCALE (got {args.lora}); to export a scaled LoRA, `draft lora mix {spec.path}:{spec.scale:g} --out DIR` first.")
-    out = export_kohya(spec.path, args.out)
+    out = export_kohya(spec.path, args.out, family=args.family)
     print(f"wrote {out} (kohya layout: lora_unet_*.lora_down/lora_up/alpha; loads in AUTOMATIC1111, ComfyUI, diffusers)")
     return 0
 
@@ -57,7 +57,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     model = load_for_sampling(args)
     fuse_lora_into_model(model, specs)
     model.save_pretrained(out)
-    kind = "StableDiffusionPipeline.from_pretrained" if model.vae is not None else "draft's load_model (a pixel-space model, no VAE)"
+    pixel = getattr(model, "vae", None) is None and model.family == "sd"
+    kind = "draft's load_model (a pixel-space model, no VAE)" if pixel else f"{model.pipeline_classes[0]}.from_pretrained"
     print(f"wrote a diffusers pipeline folder with the LoRA fused to {out}; load it with {kind} or --model {out}")
     return 0
 
@@ -80,6 +81,10 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+FAMILY_HELP = ("the model family whose LoRA layout to write (sd, sdxl, ...) or a model naming it; default: the family of "
+               "the base model the LoRA's run or model card records, else the one its keys imply (sd for a UNet)")
+
+
 def add_parser(sub) -> None:
     lo = sub.add_parser("lora", help="mix LoRAs, export them for AUTOMATIC1111/ComfyUI, fuse one into a pipeline, or push one to the Hub")
     lsub = lo.add_subparsers(dest="lora_command", required=True)
@@ -87,12 +92,14 @@ def add_parser(sub) -> None:
     mx = lsub.add_parser("mix", help="bake a linear combination of LoRAs into one diffusers LoRA (exact, ranks concatenated)")
     mx.add_argument("loras", nargs="+", metavar="PATH:WEIGHT")
     mx.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors and README.md")
+    mx.add_argument("--family", metavar="FAMILY_OR_MODEL", help=FAMILY_HELP)
     mx.set_defaults(func=cmd_mix)
 
     ex = lsub.add_parser("export", help="write a LoRA in the kohya key layout (AUTOMATIC1111, ComfyUI)")
     ex.add_argument("lora", metavar="PATH", help="a LoRA folder, run folder or .safetensors file")
     ex.add_argument("--format", default="kohya", help="kohya (the only one)")
     ex.add_argument("--out", required=True, help="the .safetensors file to write")
+    ex.add_argument("--family", metavar="FAMILY_OR_MODEL", help=FAMILY_HELP)
     ex.set_defaults(func=cmd_export)
 
     fu = lsub.add_parser("fuse", help="fold LoRA(s) into the base weights and save a full diffusers pipeline folder")

@@ -5,8 +5,12 @@
   weighted sum exactly (up to float rounding of the scaled factors).
 - ``export_kohya``: the key layout AUTOMATIC1111, ComfyUI and kohya-ss/sd-scripts load
   (``lora_unet_<module_path_with_underscores>.lora_down.weight`` / ``.lora_up.weight`` /
-  ``.alpha``, kohya scale = alpha / rank).
+  ``.alpha``, kohya scale = alpha / rank); each model family names its components
+  (``ModelFamily.kohya_prefixes``, ``kohya_name``: SD's text encoder is ``lora_te``, SDXL's ``lora_te1``/``lora_te2``).
 - ``fuse_lora_into_model``: W <- W + scale·ΔW in the base weights, then a full diffusers folder.
+
+Mix and export write the layout of a model family (``lora_family``): the one given, else the family of
+the base model the LoRA's run or model card records, else the first family whose denoiser the keys name.
 
 peft's per-module scale is ``lora_alpha / r`` (``/ sqrt(r)`` with rslora), with
 ``rank_pattern`` / ``alpha_pattern`` overriding per module; diffusers stores that config
@@ -26,11 +30,12 @@ import torch
 
 from draft_core.errors import DraftError
 from draft_core.lora.adapters import WEIGHT_NAME, LoraSpec
+from draft_core.models.family import ModelFamily
 
 METADATA_KEY = "lora_adapter_metadata"
-# component prefix in diffusers' files -> kohya prefix (SD 1.x: one text encoder, "lora_te").
-KOHYA_PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
-_PEFT_KEY = re.compile(r"(?P<component>unet|text_encoder|text_encoder_2)\.(?P<module>.+)\.lora_(?P<factor>[AB])\.weight")
+# component prefix in diffusers' files -> kohya prefix (SD 1.x: one text encoder, "lora_te"); families set their own.
+KOHYA_PREFIXES = ModelFamily.kohya_prefixes
+_PEFT_KEY = re.compile(r"(?P<component>[a-z][a-z0-9_]*)\.(?P<module>.+)\.lora_(?P<factor>[AB])\.weight")
 
 
 @dataclass
@@ -149,52 +154,92 @@ def mix_loras(specs: Sequence[LoraSpec]) -> tuple[dict[str, torch.Tensor], float
     return state, common, ranks.pop()
 
 
-def save_mixed(specs: Sequence[LoraSpec], out: str | Path) -> Path:
-    """Write the mix of ``specs`` as ``out/pytorch_lora_weights.safetensors`` (loadable by load_lora_weights)."""
-    from diffusers import StableDiffusionPipeline
+def lora_family(family=None, folders: Sequence[Path] = (), components: Sequence[str] = ()) -> type[ModelFamily]:
+    """The model family whose LoRA layout to write: ``family`` (a family class or instance, a family
+    name such as "sdxl", or a model: embedded name, diffusers folder or hub id); else the family of the
+    base model recorded beside the first of ``folders`` that records one (run config or model card);
+    else the first registered family whose denoiser is one of ``components`` (``sd`` for "unet")."""
+    from draft_core.lora.loading import base_model_of
+    from draft_core.models.loading import check_model, family_of_pipeline
+    from draft_core.plugins.discovery import load_registry
+
+    if isinstance(family, ModelFamily):
+        return type(family)
+    if isinstance(family, type):
+        return family
+    families = {e.name: e.factory for e in load_registry().entries("model")}
+    if isinstance(family, str):
+        return families[family] if family in families else check_model(family)
+    for folder in folders:
+        base = base_model_of(Path(folder))
+        if base is not None:
+            try:
+                return check_model(base)
+            except DraftError:
+                continue  # not loadable here (not cached, say): the keys decide
+    for fam in families.values():
+        if getattr(fam, "denoiser_name", None) in components:
+            return fam
+    return family_of_pipeline(None, "", "sd")
+
+
+def save_mixed(specs: Sequence[LoraSpec], out: str | Path, family=None) -> Path:
+    """Write the mix of ``specs`` as ``out/pytorch_lora_weights.safetensors`` (loadable by the family
+    pipeline's ``load_lora_weights``); each component (denoiser, text encoders) is mixed on its own.
+    ``family``: as ``lora_family``."""
+    import inspect
+
+    import diffusers
 
     state, scale, rank = mix_loras(specs)
-    components = sorted({k.split(".", 1)[0] for k in state})
-    if components != ["unet"]:
-        raise DraftError(f"lora mix handles UNet LoRAs; these hold {components}.")
-    base = next(c for s in specs for c in [read_lora(s.path).configs.get("unet", {})] if s.scale != 0)
-    targets = sorted({k.split(".", 1)[1].rsplit(".lora_", 1)[0] for k in state})
-    metadata = {
-        **{k: v for k, v in base.items() if k not in ("rank_pattern", "alpha_pattern")},
-        "r": rank,
-        "lora_alpha": scale * rank,
-        "use_rslora": False,
-        "target_modules": targets,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-    }
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        component, _, rest = key.partition(".")
+        layers.setdefault(component, {})[rest] = tensor
+    files = [read_lora(s.path) for s in specs if s.scale != 0]
+    fam = lora_family(family, [s.folder for s in specs if s.scale != 0], list(layers))
+    pipeline = getattr(diffusers, fam.lora_pipeline)
+    writes = sorted(p[: -len("_lora_layers")] for p in inspect.signature(pipeline.save_lora_weights).parameters
+                    if p.endswith("_lora_layers"))
+    unknown = sorted(set(layers) - set(writes))
+    if unknown:
+        raise DraftError(
+            f"lora mix: these LoRAs hold {', '.join(unknown)} layers, which a '{fam.family}' LoRA file ({fam.lora_pipeline}) "
+            f"does not have (it has {', '.join(writes)}): were they trained on another model family? Pass --family."
+        )
+    kwargs = {}
+    for component, tensors in sorted(layers.items()):
+        base = next(f.configs.get(component, {}) for f in files if any(n.startswith(f"{component}.") for n in f.modules))
+        kwargs[f"{component}_lora_layers"] = tensors
+        kwargs[f"{component}_lora_adapter_metadata"] = {
+            **{k: v for k, v in base.items() if k not in ("rank_pattern", "alpha_pattern")},
+            "r": rank,
+            "lora_alpha": scale * rank,
+            "use_rslora": False,
+            "target_modules": sorted({k.rsplit(".lora_", 1)[0] for k in tensors}),
+            "rank_pattern": {},
+            "alpha_pattern": {},
+        }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    StableDiffusionPipeline.save_lora_weights(
-        out,
-        unet_lora_layers={k.split(".", 1)[1]: v for k, v in state.items()},
-        safe_serialization=True,
-        unet_lora_adapter_metadata=metadata,
-    )
+    pipeline.save_lora_weights(out, safe_serialization=True, **kwargs)
     return out / WEIGHT_NAME
 
 
 # -- kohya export ---------------------------------------------------------------------
-def kohya_name(name: str) -> str:
+def kohya_name(name: str, family: type[ModelFamily] = ModelFamily) -> str:
     """``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`` ->
-    ``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``."""
+    ``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`` (the family's names)."""
     component, _, module = name.partition(".")
-    if component not in KOHYA_PREFIXES:
-        raise DraftError(f"cannot export LoRA module '{name}' to kohya: unknown component '{component}' (known: {sorted(KOHYA_PREFIXES)}).")
-    return f"{KOHYA_PREFIXES[component]}_{module.replace('.', '_')}"
+    return family.kohya_name(component, module)
 
 
-def to_kohya(lora: LoraFile) -> dict[str, torch.Tensor]:
+def to_kohya(lora: LoraFile, family: type[ModelFamily] = ModelFamily) -> dict[str, torch.Tensor]:
     """Kohya keys: ``.lora_down.weight`` [r, in], ``.lora_up.weight`` [out, r], ``.alpha`` (0-dim, float32)
     with alpha = scale · r, so kohya's ΔW = up·down·alpha/r is peft's ΔW."""
     out: dict[str, torch.Tensor] = {}
     for name, m in sorted(lora.modules.items()):
-        key = kohya_name(name)
+        key = kohya_name(name, family)
         out[f"{key}.lora_down.weight"] = m.down.contiguous()
         out[f"{key}.lora_up.weight"] = m.up.contiguous()
         alpha = m.scale * m.rank
@@ -202,11 +247,13 @@ def to_kohya(lora: LoraFile) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_kohya(path: str | Path, out: str | Path) -> Path:
+def export_kohya(path: str | Path, out: str | Path, family=None) -> Path:
+    """Write the LoRA at ``path`` as one kohya .safetensors file ``out`` (``family``: as ``lora_family``)."""
     from safetensors.torch import save_file
 
     lora = read_lora(path)
-    state = to_kohya(lora)
+    fam = lora_family(family, [lora.path.parent], sorted({n.split(".", 1)[0] for n in lora.modules}))
+    state = to_kohya(lora, fam)
     ranks = sorted({m.rank for m in lora.modules.values()})
     alphas = sorted({float(v) for k, v in state.items() if k.endswith(".alpha")})
     metadata = {
@@ -214,6 +261,7 @@ def export_kohya(path: str | Path, out: str | Path) -> Path:
         "ss_network_dim": str(ranks[0]) if len(ranks) == 1 else json.dumps(ranks),
         "ss_network_alpha": f"{alphas[0]:g}" if len(alphas) == 1 else json.dumps(alphas),
         "draft_source": str(lora.path),
+        "draft_family": fam.family,
     }
     out = Path(out)
     if out.suffix != ".safetensors":

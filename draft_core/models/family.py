@@ -62,6 +62,9 @@ class ModelFamily:
     #: ``default_lora_targets`` names the default ("default" in a config).
     lora_target_sets: ClassVar[dict[str, tuple[str, ...]]] = {}
     default_lora_targets: ClassVar[str] = ""
+    #: kohya key prefix per LoRA component (``lora_unet_<module path with underscores>``), for
+    #: ``draft lora export``; a family whose kohya names are not its module paths overrides ``kohya_name``.
+    kohya_prefixes: ClassVar[dict[str, str]] = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
 
     def __init__(self, components: dict[str, Any], scheduler_config: dict, name: str = "") -> None:
         for key, value in components.items():
@@ -209,6 +212,19 @@ class ModelFamily:
             kwargs[f"{prefix}_lora_adapter_metadata"] = metadata
         getattr(diffusers, self.lora_pipeline).save_lora_weights(folder, safe_serialization=True, **kwargs)
         return folder / WEIGHT_NAME
+
+    @classmethod
+    def kohya_name(cls, component: str, module: str) -> str:
+        """The kohya name (AUTOMATIC1111, ComfyUI, sd-scripts) of LoRA module ``module`` of ``component``:
+        ``("unet", "down_blocks.0.attentions.0.proj_in")`` -> ``lora_unet_down_blocks_0_attentions_0_proj_in``."""
+        from draft_core.errors import DraftError
+
+        if component not in cls.kohya_prefixes:
+            raise DraftError(
+                f"cannot export LoRA module '{component}.{module}' to kohya: unknown component '{component}' of the "
+                f"'{cls.family or 'sd'}' family (known: {sorted(cls.kohya_prefixes)})."
+            )
+        return f"{cls.kohya_prefixes[component]}_{module.replace('.', '_')}"
 
     def pipeline(self):
         """The family's own diffusers pipeline built on these components (parity tests, export)."""

@@ -43,6 +43,13 @@ def _tiny_random() -> DiffusionModel:
     return build_tiny_random()
 
 
+@embedded("tiny-random-sdxl", family="sdxl")
+def _tiny_random_sdxl():
+    from draft_core.models.families.sdxl import build_tiny_random_sdxl
+
+    return build_tiny_random_sdxl()
+
+
 @embedded("digits")
 def _digits() -> DiffusionModel:
     from draft_core.models.digits import build_digits

@@ -10,3 +10,6 @@ def register_models(register) -> None:
     from draft_core.models.pipeline import DiffusionModel
 
     register("sd", DiffusionModel)
+    from draft_core.models.families.sdxl import SDXLModel
+
+    register("sdxl", SDXLModel)
