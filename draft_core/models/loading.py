@@ -50,6 +50,13 @@ def _tiny_random_sdxl():
     return build_tiny_random_sdxl()
 
 
+@embedded("tiny-random-sd3", family="sd3")
+def _tiny_random_sd3():
+    from draft_core.models.tiny_sd3 import build_tiny_random_sd3
+
+    return build_tiny_random_sd3()
+
+
 @embedded("digits")
 def _digits() -> DiffusionModel:
     from draft_core.models.digits import build_digits

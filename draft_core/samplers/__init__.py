@@ -4,12 +4,15 @@ from draft_core.plugins.hookspecs import hookimpl
 from draft_core.samplers.chain import ChainSampler
 from draft_core.samplers.ddim import DDIMSampler
 from draft_core.samplers.ddpm import DDPMSampler
+from draft_core.samplers.flow import EulerSampler, FlowSDESampler
 
 
 @hookimpl
 def register_samplers(register) -> None:
     register("ddim", DDIMSampler)
     register("ddpm", DDPMSampler)
+    register("euler", EulerSampler)
+    register("flow-sde", FlowSDESampler)
 
 
-__all__ = ["ChainSampler", "DDIMSampler", "DDPMSampler"]
+__all__ = ["ChainSampler", "DDIMSampler", "DDPMSampler", "EulerSampler", "FlowSDESampler"]

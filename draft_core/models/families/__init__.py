@@ -13,3 +13,5 @@ def register_models(register) -> None:
     from draft_core.models.families.sdxl import SDXLModel
 
     register("sdxl", SDXLModel)
+    from draft_core.models.families.sd3 import SD3Model
+    register("sd3", SD3Model)
