@@ -79,6 +79,12 @@ class ModelFamily:
             module.requires_grad_(False)
             module.eval()
 
+    @classmethod
+    def is_guidance_distilled(cls, name: str, revision: str | None = None) -> bool:
+        """Whether model ``name`` of this family is guidance-distilled, known before any weights load
+        (a family where it depends on the checkpoint, like flux, reads the denoiser's config)."""
+        return bool(cls.guidance_distilled)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(family={self.family!r}, name={self.name!r})"
 

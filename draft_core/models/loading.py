@@ -57,6 +57,13 @@ def _tiny_random_sd3():
     return build_tiny_random_sd3()
 
 
+@embedded("tiny-random-flux", family="flux")
+def _tiny_random_flux() -> ModelFamily:
+    from draft_core.models.families.flux import build_tiny_random_flux
+
+    return build_tiny_random_flux()
+
+
 @embedded("digits")
 def _digits() -> DiffusionModel:
     from draft_core.models.digits import build_digits

@@ -65,7 +65,7 @@ def check_family(config: Config, components, family) -> None:
             f"'{config.model.name}'); its sets are default ({family.default_lora_targets}), "
             f"{', '.join(sorted(family.lora_target_sets))}, or give a list of module-name suffixes."
         )
-    if family.guidance_distilled:
+    if family.is_guidance_distilled(config.model.name, config.model.revision):
         learned = [k for k in ("guidance", "negative_prompt") if getattr(config.learn, k, False)]
         if learned:
             raise DraftError(

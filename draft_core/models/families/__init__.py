@@ -15,3 +15,6 @@ def register_models(register) -> None:
     register("sdxl", SDXLModel)
     from draft_core.models.families.sd3 import SD3Model
     register("sd3", SD3Model)
+    from draft_core.models.families.flux import FluxModel
+
+    register("flux", FluxModel)
