@@ -48,17 +48,24 @@ def test_gpu_script_runs_at_tiny_scale_on_cpu(tmp_path):
     assert json.loads(out.read_text())["steps"] == 2
 
 
-@pytest.mark.parametrize("family", ["sd"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
 def test_gpu_scale_runs_at_tiny_scale_on_cpu(tmp_path, family):
     out = tmp_path / "scale.json"
-    res = gpu_scale.main(["--family", family, "--tiny", "--rounds", "1", "--cases", "draft-k K=1", "draft (full, ckpt)",
-                          "--max-batch", "2", "--out", str(out)])
+    cases = ["draft-k K=1", "draft (full, ckpt)"] if family == "sd" else ["draft-k K=1"]
+    res = gpu_scale.main(["--family", family, "--tiny", "--rounds", "1", "--cases", *cases,
+                          "--max-batch", "2" if family == "sd" else "1", "--out", str(out)])
     rows = res["batches"][1]
-    assert set(rows) == {"sampling", "draft-k K=1", "draft (full, ckpt)"} and res["family"] == family
+    assert set(rows) == {"sampling", *cases} and res["family"] == family and res["model"] == gpu_scale.FAMILIES[family].tiny
+    assert res["sampler"] == ("ddim" if family in ("sd", "sdxl") else "euler")
     assert all(r["median_s"] > 0 and r["peak_mib"] > 0 for r in rows.values())
-    assert set(res["largest_batch"]) == {"draft-k K=1", "draft (full, ckpt)"}
-    assert all(0 <= b <= 2 for b in res["largest_batch"].values())
+    assert set(res["largest_batch"]) == set(cases) and all(0 <= b <= 2 for b in res["largest_batch"].values())
     assert json.loads(out.read_text())["steps"] == 2 and "| draft-k K=1 | 1 |" in gpu_scale.markdown(res)
+
+
+@pytest.mark.parametrize("model", ["tiny-random-sdxl", "tiny-random-sd3", "tiny-random-flux"])
+def test_step_cost_script_takes_every_family(model):
+    res = step_cost.main(["--model", model, "--steps", "2", "--batch", "1", "--rounds", "1", "--cases", "draft-k K=1"])
+    assert res["sampler"] == ("ddim" if model.endswith("sdxl") else "euler") and res["ratio_to_sampling"]["draft-k K=1"] > 0
 
 
 def test_largest_batch_doubles_then_bisects():

@@ -85,3 +85,21 @@ def test_components_are_the_published_ones(family, denoiser):
 def test_unknown_family_is_a_clear_error():
     with pytest.raises(ValueError, match="no published architecture"):
         published.components("sd9")
+
+
+@pytest.mark.parametrize("name, cls", [("stabilityai/stable-diffusion-xl-base-1.0", "SDXLModel"),
+                                       ("stabilityai/stable-diffusion-3.5-medium", "SD3Model"),
+                                       ("black-forest-labs/FLUX.1-dev", "FluxModel")])
+def test_plan_knows_the_published_models_by_name(name, cls):
+    """draft plan's model by name, without any file: the family's class at 1024 px, weights on meta."""
+    from draft_core.planning.architectures import meta_model
+
+    model = meta_model(name, torch.bfloat16)
+    assert type(model).__name__ == cls and model.family == published.PUBLISHED[name].family
+    assert model.image_size == (1024, 1024) and model.dtype == torch.bfloat16
+    assert all(p.device.type == "meta" for m in model.modules() for p in m.parameters())
+    if model.family != "sdxl":  # the T5 stand-in's ids stay inside T5's vocabulary
+        t5 = model.text_encoder_3 if model.family == "sd3" else model.text_encoder_2
+        tok = model.tokenizer_3 if model.family == "sd3" else model.tokenizer_2
+        ids = tok(["a photo of a cat"], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        assert int(ids.max()) < t5.config.vocab_size == 32128

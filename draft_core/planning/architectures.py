@@ -115,7 +115,7 @@ def published_model(name: str, device: torch.device | str = META, dtype: torch.d
     finally:
         torch.set_default_dtype(previous)
     scheduler_config = parts.pop("scheduler_config")
-    parts = {k: m.to(dtype) for k, m in parts.items()}
+    parts = {k: m if m.dtype == dtype else m.to(dtype) for k, m in parts.items()}  # diffusers warns on any cast
     for key, encoder in list(parts.items()):
         if key.startswith("text_encoder"):
             suffix = key.removeprefix("text_encoder")
