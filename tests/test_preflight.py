@@ -61,19 +61,19 @@ def test_missing_reward_weights_are_found_before_anything(capsys, offline, no_mo
 
 def test_missing_or_unsupported_models_are_found_in_dry_run(capsys, offline, no_model, tmp_path):
     assert "Did you mean" not in train_error(capsys, "--dry-run", *sets("model.name=draft-tests/no-such-model"))
-    sdxl = tmp_path / "sdxl"
-    (sdxl / "unet").mkdir(parents=True)
-    (sdxl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
-    err = train_error(capsys, "--dry-run", *sets(f"model.name={sdxl}"))
-    assert "StableDiffusionXLPipeline" in err and "does not support" in err and "StableDiffusionPipeline" in err
+    other = tmp_path / "kandinsky"  # a diffusers pipeline no registered family loads
+    (other / "unet").mkdir(parents=True)
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline"}))
+    err = train_error(capsys, "--dry-run", *sets(f"model.name={other}"))
+    assert "KandinskyV22Pipeline" in err and "no registered model family loads" in err and "StableDiffusionPipeline" in err
 
 
-def test_an_sdxl_folder_is_refused_before_it_loads(capsys, tmp_path):
-    sdxl = tmp_path / "sdxl"
-    (sdxl / "unet").mkdir(parents=True)
-    (sdxl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
-    assert cli.main(["sample", "--model", str(sdxl), "--prompt", "a cat", "--out", str(tmp_path / "o")]) == 2
-    assert "StableDiffusionXLPipeline" in capsys.readouterr().err and not (tmp_path / "o").exists()
+def test_an_unsupported_folder_is_refused_before_it_loads(capsys, tmp_path):
+    other = tmp_path / "kandinsky"
+    (other / "unet").mkdir(parents=True)
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline"}))
+    assert cli.main(["sample", "--model", str(other), "--prompt", "a cat", "--out", str(tmp_path / "o")]) == 2
+    assert "KandinskyV22Pipeline" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_check_available_of_the_learned_rewards(offline, tmp_path):

@@ -76,6 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.training.runner import Trainer
 
     _check_set_arguments(args)
+    if getattr(args, "model", None):  # --model NAME: --set model.name=NAME, before the other overrides
+        args.set = [f"model.name={args.model}", *args.set]
     if args.resume:
         if args.config or args.preset or args.out:
             raise DraftError(
@@ -88,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = load_config(run_dir / "config.yaml", args.set)
         _check_resume(run_dir, config)
     else:
-        if not args.config and not args.preset:
+        if not args.config and not args.preset and not getattr(args, "model", None):
             raise DraftError("draft train needs a CONFIG.yaml or --preset NAME (e.g. draft train --preset quickstart).")
         config = load_config(args.config, args.set, preset=args.preset)
         run_dir = Path(args.out) if args.out else _default_run_dir(args)
@@ -157,6 +159,7 @@ def add_parser(sub) -> None:
     tr = sub.add_parser("train", help="fine-tune a LoRA on a reward")
     tr.add_argument("config", nargs="?", help="a YAML config")
     tr.add_argument("--preset", help="a built-in config (quickstart)")
+    tr.add_argument("--model", help="the model to fine-tune (--set model.name=NAME); alone, with the default config")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     tr.add_argument("--out", help="run folder (default runs/NAME-TIMESTAMP)")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")

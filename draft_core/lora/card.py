@@ -16,6 +16,18 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return shlex.join(argv)
 
 
+def _pipeline_class(base: str) -> str:
+    """The diffusers pipeline class of the base model's family (Stable Diffusion's when it cannot be told)."""
+    from draft_core.models.loading import check_model
+
+    if base == "BASE_MODEL":
+        return "StableDiffusionPipeline"
+    try:
+        return check_model(base).pipeline_classes[0]
+    except Exception:  # not cached, offline, a placeholder: the card still gets its usage lines
+        return "StableDiffusionPipeline"
+
+
 def write_model_card(folder: str | Path, info: dict, location: str | Path | None = None, usage: str | None = None,
                      sections: str = "") -> Path:
     """``folder/README.md``: a YAML header (diffusers' model-card fields) and a table of ``info``.
@@ -42,9 +54,10 @@ def write_model_card(folder: str | Path, info: dict, location: str | Path | None
     if usage is None:
         usage = f"`draft sample --model {base} --lora {where}:1.0 --prompt ...`"
         if base not in EMBEDDED:  # an embedded model is no diffusers pipeline to from_pretrained
+            pipeline = _pipeline_class(base)
             usage = (
-                "```python\nfrom diffusers import StableDiffusionPipeline\n"
-                f"pipe = StableDiffusionPipeline.from_pretrained({base!r})\n"
+                f"```python\nfrom diffusers import {pipeline}\n"
+                f"pipe = {pipeline}.from_pretrained({base!r})\n"
                 f"pipe.load_lora_weights({str(where)!r})\n```\n\nor {usage}"
             )
     text = (

@@ -230,6 +230,9 @@ class ModelFamily:
                 f"cannot export LoRA module '{component}.{module}' to kohya: unknown component '{component}' of the "
                 f"'{cls.family or 'sd'}' family (known: {sorted(cls.kohya_prefixes)})."
             )
+        if component.startswith("text_encoder") and module.startswith(("encoder.layers.", "embeddings.", "final_layer_norm")):
+            # kohya names follow CLIP's module tree rooted at text_model, which transformers 5's CLIPTextModel drops.
+            module = f"text_model.{module}"
         return f"{cls.kohya_prefixes[component]}_{module.replace('.', '_')}"
 
     def pipeline(self):

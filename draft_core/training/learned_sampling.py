@@ -106,7 +106,7 @@ class LearnedSampling(nn.Module):
         guidance = GuidanceSchedule(sampler.num_steps, sampler.guidance_scale) if section.guidance else None
         negative = None
         if section.negative_prompt:
-            width = model.text_encoder.config.hidden_size
+            width = model.encode_prompts([""]).cond.shape[-1]  # the family's prompt embedding width (SDXL: both encoders)
             negative = NegativePrompt(width, section.negative_prompt_heads)
         return cls(guidance, negative).to(model.device)
 
