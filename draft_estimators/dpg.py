@@ -96,10 +96,11 @@ class DeterministicPolicyGradient:
 
     # -- checks ------------------------------------------------------------------------
     def check(self, sampler) -> None:
-        """DPG's MDP is deterministic: DDIM with eta = 0; enough steps for ``min_step``."""
-        if getattr(sampler, "eta", None) != 0:
+        """DPG's MDP is deterministic: DDIM with eta = 0 or the flow ODE (euler); enough steps for ``min_step``."""
+        flow_ode = getattr(sampler, "flow_matching", False) and not getattr(sampler, "stochastic", True)
+        if getattr(sampler, "eta", None) != 0 and not flow_ode:
             raise ConfigError(
-                f"estimator 'dpg' needs a deterministic sampler (ddim with eta: 0), got {sampler!r}; "
+                f"estimator 'dpg' needs a deterministic sampler (ddim with eta: 0, or euler), got {sampler!r}; "
                 "ancestral sampling adds noise the policy does not choose."
             )
         if self.min_step >= sampler.num_steps:

@@ -33,11 +33,12 @@ def tiny_t5_config() -> T5Config:
                     relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False)
 
 
-def tiny_transformer_config(sample_size: int = 8, in_channels: int = 16) -> dict:
+def tiny_transformer_config(sample_size: int = 8, in_channels: int = 16, sd35: bool = True) -> dict:
+    """sd35=False: SD3 Medium's block layout (no q/k RMS norm, no dual attention)."""
     return dict(sample_size=sample_size, patch_size=2, in_channels=in_channels, out_channels=in_channels,
                 num_layers=2, attention_head_dim=8, num_attention_heads=4, joint_attention_dim=T5_WIDTH,
                 caption_projection_dim=32, pooled_projection_dim=sum(CLIP_WIDTHS), pos_embed_max_size=16,
-                dual_attention_layers=(0,), qk_norm="rms_norm")
+                dual_attention_layers=(0,) if sd35 else (), qk_norm="rms_norm" if sd35 else None)
 
 
 def tiny_vae_config() -> dict:
@@ -47,11 +48,13 @@ def tiny_vae_config() -> dict:
                 use_post_quant_conv=False)
 
 
-def build_tiny_random_sd3(seed: int = 0, scheduler_config: dict | None = None, t5: bool = True) -> SD3Model:
-    """The tiny SD3.5-architecture model; the same seed gives the same weights. t5=False: no T5 (zeros)."""
+def build_tiny_random_sd3(seed: int = 0, scheduler_config: dict | None = None, t5: bool = True,
+                          sd35: bool = True) -> SD3Model:
+    """The tiny SD3.5-architecture model; the same seed gives the same weights. t5=False: no T5 (zeros);
+    sd35=False: SD3 Medium's transformer blocks."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = SD3Transformer2DModel(**tiny_transformer_config())
+        transformer = SD3Transformer2DModel(**tiny_transformer_config(sd35=sd35))
         vae = AutoencoderKL(**tiny_vae_config())
         text_encoder = CLIPTextModelWithProjection(tiny_clip_config(CLIP_WIDTHS[0]))
         text_encoder_2 = CLIPTextModelWithProjection(tiny_clip_config(CLIP_WIDTHS[1]))

@@ -40,7 +40,9 @@ COMPONENTS = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3",
 
 def flow_shift_mu(image_seq_len: int, config: dict) -> float:
     """The dynamic-shifting ``mu`` StableDiffusion3Pipeline computes: linear in the image's token count
-    between (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift); SD3's defaults."""
+    between (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift). ``config``: the
+    scheduler's config with its defaults filled in (the pipeline reads ``scheduler.config``, where
+    an unset max_shift is the scheduler's 1.15, not the pipeline's fallback 1.16)."""
     base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
     base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.16)
     slope = (max_shift - base_shift) / (max_len - base_len)
@@ -150,13 +152,17 @@ class SD3Model(ModelFamily):
         """``mu`` from the image's token count when the scheduler shifts dynamically (SD3 and SD3.5 do not)."""
         if not self.scheduler_config.get("use_dynamic_shifting"):
             return {}
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        config = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config).config
         _, h, w = self.sample_shape
         patch = self.transformer.config.patch_size
-        return {"mu": flow_shift_mu((h // patch) * (w // patch), self.scheduler_config)}
+        return {"mu": flow_shift_mu((h // patch) * (w // patch), config)}
 
     # -- files -------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write a diffusers folder ``StableDiffusion3Pipeline.from_pretrained`` loads (absent components: null)."""
+        """Write a diffusers folder ``StableDiffusion3Pipeline.from_pretrained`` loads. Absent components are
+        null in model_index.json; diffusers then wants them named, e.g. ``text_encoder_3=None, tokenizer_3=None``."""
         import diffusers
         from diffusers import FlowMatchEulerDiscreteScheduler
 
