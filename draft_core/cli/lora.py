@@ -43,6 +43,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _family_of_lora(spec, family: str | None):
+    """The family class a LoRA was trained on: --family, else its recorded base model's (run config or
+    model card); None when neither says (the UNet layout is written)."""
+    from draft_core.lora.loading import base_model_of
+    from draft_core.models.loading import check_model, family_of_pipeline
+
+    if family is not None:
+        return family_of_pipeline(None, str(spec.path), family)
+    base = base_model_of(spec.folder)
+    if base is None:
+        return None
+    try:
+        return check_model(base)
+    except DraftError as exc:
+        raise DraftError(f"{exc} (lora export looked up the model the LoRA was trained on, '{base}', for its family; "
+                         f"give --family sd|sdxl|sd3|flux to skip the look-up.)") from None
+
+
 def cmd_fuse(args: argparse.Namespace) -> int:
     from draft_core.cli.common import load_for_sampling
     from draft_core.lora import LoraSpec

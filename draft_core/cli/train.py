@@ -60,6 +60,17 @@ def _defaults_block(config) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _family_sampler(model: str) -> list[str]:
+    """``--set sampler.name=...`` for the model family's default sampler where the default config's does not
+    suit it (a flow-matching family samples with euler, not ddim); the model is looked up, not loaded."""
+    from draft_core.config.schema import Config
+    from draft_core.models.loading import check_model
+
+    family = check_model(model)
+    default = getattr(family, "default_sampler", None)
+    return [f"sampler.name={default}"] if default and default != Config().sampler["name"] else []
+
+
 def train_device_type(config) -> str:
     import torch
 
@@ -92,13 +103,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.config and not args.preset and not getattr(args, "model", None):
             raise DraftError("draft train needs a CONFIG.yaml or --preset NAME (e.g. draft train --preset quickstart).")
+        if not args.config and not args.preset:  # --model alone: the default config, with the family's sampler
+            args.set = [*_family_sampler(args.model), *args.set]
         config = load_config(args.config, args.set, preset=args.preset)
         run_dir = Path(args.out) if args.out else _default_run_dir(args)
         check_new_run_dir(run_dir)
     components = build_components(config)  # every name and argument checked before the model loads
-    for note in components.warnings:
-        print(f"[draft] warning: {note}", file=sys.stderr)
     check_ready(config, components)  # the model and the rewards' weights exist (nothing loaded)
+    for note in components.warnings:  # after the checks: a refused config gets its one error paragraph alone
+        print(f"[draft] warning: {note}", file=sys.stderr)
     if config.train.memory_budget is not None and not args.no_plan_check and not args.dry_run:
         from draft_core.planning.fitting import check_budget
 

@@ -253,11 +253,13 @@ def export_kohya(path: str | Path, out: str | Path, family=None) -> Path:
 
     lora = read_lora(path)
     fam = lora_family(family, [lora.path.parent], sorted({n.split(".", 1)[0] for n in lora.modules}))
-    state = to_kohya(lora, fam)
-    ranks = sorted({m.rank for m in lora.modules.values()})
+    # A family whose kohya layout is not one key per module (flux fuses q, k, v into BFL's qkv) writes its own.
+    family_state = getattr(fam, "kohya_state", None)
+    state = family_state(lora.modules) if family_state is not None else to_kohya(lora, fam)
+    ranks = sorted({v.shape[0] for k, v in state.items() if k.endswith(".lora_down.weight")})
     alphas = sorted({float(v) for k, v in state.items() if k.endswith(".alpha")})
     metadata = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": getattr(fam, "kohya_network_module", "networks.lora"),
         "ss_network_dim": str(ranks[0]) if len(ranks) == 1 else json.dumps(ranks),
         "ss_network_alpha": f"{alphas[0]:g}" if len(alphas) == 1 else json.dumps(alphas),
         "draft_source": str(lora.path),

@@ -15,6 +15,7 @@ as ``FluxPipeline(true_cfg_scale=g, negative_prompt="")`` does (schnell is sampl
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,6 +49,7 @@ FLUX_DEV_SCHEDULER_CONFIG = {
     "shift": 3.0,
     "use_dynamic_shifting": True,
 }
+FLUX_SCHNELL_SCHEDULER_CONFIG = {**FLUX_DEV_SCHEDULER_CONFIG, "shift": 1.0, "use_dynamic_shifting": False}
 MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default (and its maximum) T5 length
 
 
@@ -69,6 +71,14 @@ class FluxModel(ModelFamily):
     # the prompt enters through joint attention, so the default is every attention projection plus the
     # MLPs (diffusers' FLUX DreamBooth-LoRA list, with the single blocks' MLP added).
     default_lora_targets = "attention+ff"
+    #: ``draft lora export --format kohya`` writes BFL's block names with q, k, v fused (draft_core.lora.kohya_flux).
+    kohya_network_module = "networks.lora_flux"
+
+    @staticmethod
+    def kohya_state(modules: dict) -> dict[str, torch.Tensor]:
+        from draft_core.lora.kohya_flux import flux_kohya_state
+
+        return flux_kohya_state(modules)
 
     def __init__(
         self,
@@ -105,12 +115,10 @@ class FluxModel(ModelFamily):
             if local.exists():
                 config = local / "transformer" / "config.json"
             else:
-                from huggingface_hub import hf_hub_download
+                from huggingface_hub import constants, hf_hub_download
 
-                from draft_core.models.loading import hub_offline
-
-                config = Path(hf_hub_download(name, "transformer/config.json", revision=revision,
-                                              local_files_only=hub_offline()))
+                offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+                config = Path(hf_hub_download(name, "transformer/config.json", revision=revision, local_files_only=offline))
             return bool(json.loads(config.read_text(encoding="utf-8")).get("guidance_embeds", False))
         except Exception:  # unreadable here: loading reports it; FLUX.1-dev, the common case, is distilled
             return True
@@ -260,7 +268,7 @@ EMBEDDED_TRANSFORMER_CONFIGS = {"tiny-random-flux": tiny_transformer_config}
 
 def build_tiny_random_flux(seed: int = 0, guidance_embeds: bool = True) -> FluxModel:
     """``tiny-random-flux``: FLUX.1-dev's classes from small configs, random weights from ``seed``.
-    ``guidance_embeds=False`` gives a schnell-like (not distilled) model."""
+    ``guidance_embeds=False`` gives a schnell-like model (not distilled, schnell's scheduler config)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5EncoderModel
 
@@ -273,5 +281,6 @@ def build_tiny_random_flux(seed: int = 0, guidance_embeds: bool = True) -> FluxM
         vae = AutoencoderKL(**tiny_vae_config())
         text_encoder = CLIPTextModel(tiny_text_config())
         text_encoder_2 = T5EncoderModel(tiny_t5_config())
-    return FluxModel(transformer, text_encoder, text_encoder_2, offline_clip_tokenizer(), offline_clip_tokenizer(16),
-                     vae, FLUX_DEV_SCHEDULER_CONFIG, name="tiny-random-flux" if guidance_embeds else "tiny-random-flux-schnell")
+    scheduler_config = FLUX_DEV_SCHEDULER_CONFIG if guidance_embeds else FLUX_SCHNELL_SCHEDULER_CONFIG
+    return FluxModel(transformer, text_encoder, text_encoder_2, offline_clip_tokenizer(), offline_clip_tokenizer(16), vae,
+                     scheduler_config, name="tiny-random-flux" if guidance_embeds else "tiny-random-flux-schnell")
