@@ -18,7 +18,6 @@ import torch
 
 from draft_core.errors import ConfigError
 from draft_core.memory import run as checkpointed
-from draft_core.models.pipeline import upcast
 
 
 def check_range(value, steps: int | None = None) -> tuple[int, int]:
@@ -51,7 +50,7 @@ def sample_with_kept_steps(sampler, model, cond, noise: torch.Tensor, kept: list
     step's guided model output is computed with autograd (checkpointed: only its input is
     kept), a detached one without; the latent chain stays differentiable throughout.
     """
-    x = upcast(noise) * sampler.scheduler(model).init_noise_sigma
+    x = sampler.initial_sample(model, noise)
     for i, keep in enumerate(kept):
         step_noise = sampler.draw_step_noise(x, generator)
         if not keep:

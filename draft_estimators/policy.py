@@ -129,7 +129,8 @@ class PolicyGradient:
         if not callable(getattr(sampler, "transition_distribution", None)) or not getattr(sampler, "stochastic", False):
             raise ConfigError(
                 f"estimator '{self.name}' trains on the log-probabilities of the sampling steps, so it needs a "
-                f"stochastic sampler (ddpm, or ddim with eta > 0; DDPO samples with ddim, eta: 1.0), got {sampler!r}."
+                f"stochastic sampler (ddpm, or ddim with eta > 0; DDPO samples with ddim, eta: 1.0; for a flow-matching "
+                f"model flow-sde with eta > 0, as Flow-GRPO samples), got {sampler!r}."
             )
 
     # -- what a subclass provides ------------------------------------------------------------
@@ -180,7 +181,8 @@ class PolicyGradient:
         steps = torch.nonzero(stds > 0).flatten()
         if steps.numel() == 0:
             raise ConfigError(f"estimator '{self.name}': no step of {sampler!r} draws noise for this model, so there "
-                              "is no step log-probability to train on; use ddim with eta > 0 or ddpm with more steps.")
+                              "is no step log-probability to train on; use ddim with eta > 0 or ddpm with more steps "
+                                   "(flow-sde with eta > 0 for a flow-matching model).")
         per_update = max(1, int(self.timestep_fraction * steps.numel()))  # DDPO: int(T · fraction)
         g = inputs.generator
         perms = torch.stack([torch.randperm(n, generator=g) for _ in range(self.inner_epochs)])

@@ -115,8 +115,11 @@ class FlowSDESampler(FlowSampler):
 
     a Gaussian with mean the bracketed drift step and std g·√(−dt), a scalar per step
     (``step_gaussian``). At σ = 1 the factor 1/(1 − σ) is infinite; as Flow-GRPO does, 1 − σ_1
-    (the second sigma of the schedule) stands in for it there. eta = 0 is the ODE: ``euler``
-    bit for bit. Flow-GRPO trains with eta (its ``noise_level``) 0.7, the default here.
+    (the second sigma of the schedule) stands in for it there. That first step then has
+    g²·|dt| = eta² whatever the number of steps, so from pure noise its output's variance is about
+    (1 − eta²/2)² + eta² = 1 + eta⁴/4 rather than the flow's ~1; the later steps' score term pulls
+    the chain back (tests/test_sampler_flow.py measures the marginals from σ < 1). eta = 0 is the
+    ODE: ``euler`` bit for bit. Flow-GRPO trains with eta (its ``noise_level``) 0.7, the default here.
     """
 
     name = "flow-sde"
