@@ -76,7 +76,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--markdown", action="store_true", help="only print the table of the rows in --out")
     ap.add_argument("--family", default="sd", choices=["sd", "sdxl", "sd3", "flux"], help="sd: SD 1.4 (module doc)")
     ap.add_argument("--no-fit", action="store_true", help="no fitting proposals (module doc)")
+    ap.add_argument("--compact", nargs="+", type=Path, metavar="JSON",
+                    help="only print the README's compact table of these families' rows (one JSON each)")
     a = ap.parse_args(argv)
+    if a.compact:
+        print(compact({p: json.loads(p.read_text())["rows"] for p in a.compact}))
+        return {}
     if a.markdown:
         rows = json.loads(a.out.read_text())["rows"]
         print(markdown(rows))
@@ -152,6 +157,32 @@ def markdown(rows: dict) -> str:
                      f"{r['peak_bytes'] / GiB:.1f} GiB | "
                      f"{(b['base weights'] + b['reward weights']) / GiB:.1f} GiB | {b['activations'] / GiB:.1f} GiB | "
                      f"{r['cost_ratio']:.2f}x | {card(r['card_before'])} | {after} |")
+    return "\n".join(lines)
+
+
+NAMES = {"sd": "SD 1.4 (512 px)", "sdxl": "SDXL", "sd3": "SD3.5-medium", "flux": "FLUX.1-dev"}
+
+
+def compact(tables: dict) -> str:
+    """Estimators by rows, each family at batch 1 and 4 by columns: predicted peak (smallest card;
+    after fitting where that differs). Missing rows (a trace that did not finish) are marked."""
+    def card(c):
+        return f"{c}" if c else "> 80"
+
+    fams = [(next(iter(rows.values()))["family"] if rows else "?", rows) for rows in tables.values()]
+    head = "| estimator | " + " | ".join(f"{NAMES.get(f, f)}, batch {b}" for f, _ in fams for b in (1, 4)) + " |"
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for case in CASES:
+        cells = []
+        for _, rows in fams:
+            for b in (1, 4):
+                r = rows.get(f"{case} | hpsv2 | batch {b}")
+                if r is None:
+                    cells.append("not traced")
+                    continue
+                after = f" → {card(r['card_after'])}" if r["card_after"] != r["card_before"] else ""
+                cells.append(f"{r['peak_bytes'] / GiB:.1f} GiB ({card(r['card_before'])}{after})")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
