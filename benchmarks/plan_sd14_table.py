@@ -169,7 +169,7 @@ def compact(tables: dict) -> str:
     def card(c):
         return f"{c}" if c else "> 80"
 
-    fams = [(next(iter(rows.values()))["family"] if rows else "?", rows) for rows in tables.values()]
+    fams = [(next(iter(rows.values())).get("family", "sd") if rows else "?", rows) for rows in tables.values()]
     head = "| estimator | " + " | ".join(f"{NAMES.get(f, f)}, batch {b}" for f, _ in fams for b in (1, 4)) + " |"
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for case in CASES:
