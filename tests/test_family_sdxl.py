@@ -309,7 +309,7 @@ def test_a_lora_of_the_other_family_is_refused_naming_both(tiny_lora, tmp_path):
         assert f"trained on '{trained}'" in message and f"the model '{given}'" in message
 
 
-def test_a_flow_sampler_is_refused_before_the_model_loads(monkeypatch, capsys):
+def test_a_flow_sampler_is_refused_before_the_model_loads(monkeypatch, capsys, tmp_path):
     import draft_core.models
     import draft_core.models.loading
 
@@ -318,9 +318,10 @@ def test_a_flow_sampler_is_refused_before_the_model_loads(monkeypatch, capsys):
 
     for target, name in ((draft_core.models.loading, "load_model"), (draft_core.models, "load_model"), (SDXLModel, "__init__")):
         monkeypatch.setattr(target, name, refuse)
-    code = main(["train", "--model", "tiny-random-sdxl", "--set", "sampler.name=euler", "--dry-run"])
+    code = main(["train", "--model", "tiny-random-sdxl", "--set", "sampler.name=euler", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "euler" in err
+    assert not (tmp_path / "run").exists()
 
     # The family check itself (preflight), with a flow-matching sampler however it is registered.
     from draft_core.config import load_config

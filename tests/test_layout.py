@@ -96,3 +96,24 @@ def test_public_import_paths_still_work():
     from draft_core.testing.estimators import EstimatorConformance as same
 
     assert EstimatorConformance is same
+
+
+def _component_uses(path: Path, names: tuple[str, ...]) -> list[str]:
+    """Lines of ``path`` that read a model component by attribute (``model.unet``, ``x.transformer``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr in names:
+            found.append(f"{path.relative_to(CORE.parent)}:{node.lineno}: .{node.attr}")
+    return found
+
+
+def test_only_model_families_touch_their_components():
+    """Issue 12: samplers, estimators, reward wrappers, baselines and commands go through the family
+    interface (denoise, denoiser, encode_prompts, decode); only draft_core/models/ (the families) and
+    planning's architecture builders name a family's components."""
+    components = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+    allowed = (CORE / "models", CORE / "planning" / "architectures.py")
+    files = [p for root in (CORE, CORE.parent / "draft_estimators", CORE.parent / "draft_rewards") for p in root.rglob("*.py")]
+    offenders = [line for p in files if not any(p == a or a in p.parents for a in allowed)
+                 for line in _component_uses(p, components)]
+    assert offenders == []

@@ -86,6 +86,8 @@ def fake_hub(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_fake")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: the test command sets it for the whole suite.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: socket.socket())  # "reachable"
     return FakeApi.calls
 

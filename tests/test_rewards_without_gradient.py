@@ -90,7 +90,7 @@ def test_draft_k_with_jpeg_size_exits_2_before_anything_is_created(tmp_path, cap
 
 
 def test_doodl_refuses_a_reward_without_gradient_and_best_of_n_takes_it():
-    from draft_core.baselines import build_method
+    from draft_core.evaluation.baselines import build_method
 
     with pytest.raises(ConfigError, match="doodl backpropagates the reward"):
         build_method("doodl", JpegSize())

@@ -18,7 +18,10 @@ def format_plugins(registry: Registry) -> str:
     rows = [("KIND", "NAME", "DISTRIBUTION", "PLUGIN", "ARGUMENTS")]
     for kind in KINDS:
         for e in registry.entries(kind):
-            args = ", ".join(a.text() for a in argument_list(e.factory, skip=("inner",))) or "-"
+            if kind == "model":  # a family is chosen by its pipeline classes, not built from arguments
+                args = "loads " + (", ".join(getattr(e.factory, "pipeline_classes", ())) or "-")
+            else:
+                args = ", ".join(a.text() for a in argument_list(e.factory, skip=("inner",))) or "-"
             rows.append((kind, e.name, _where(e.distribution, e.version), e.plugin, args))
     lines: list[str] = []
     if len(rows) == 1:

@@ -106,7 +106,7 @@ class LearnedSampling(nn.Module):
         guidance = GuidanceSchedule(sampler.num_steps, sampler.guidance_scale) if section.guidance else None
         negative = None
         if section.negative_prompt:
-            width = model.encode_prompts([""]).cond.shape[-1]  # the family's prompt embedding width (SDXL: both encoders)
+            width = model.encode_prompts([""]).cond.shape[-1]  # the width of the embedding it replaces
             negative = NegativePrompt(width, section.negative_prompt_heads)
         return cls(guidance, negative).to(model.device)
 
