@@ -104,10 +104,11 @@ def test_the_schedules_differ():
             assert not torch.allclose(sigmas[a], sigmas[b]), (list(SCHEDULES)[a], list(SCHEDULES)[b])
 
 
+@pytest.mark.parametrize("sampler_class", [EulerSampler, FlowSDESampler])
 @pytest.mark.parametrize("name", ["shift3", "flux-sigmas-mu"])
-def test_x0_prediction_and_renoising_are_the_flow_formulas(name):
+def test_x0_prediction_and_renoising_are_the_flow_formulas(name, sampler_class):
     model = model_for(name)
-    sampler = EulerSampler(steps=STEPS, guidance_scale=2.0)
+    sampler = sampler_class(steps=STEPS, guidance_scale=2.0)
     sched = sampler.scheduler(model)
     cond = fake_cond()
     g = torch.Generator().manual_seed(1)

@@ -49,7 +49,7 @@ class Sampler(Protocol):
     step T-1 is the paper's t = 1).
 
     Optional capability, for policy-gradient estimators (ddpo, grpo), offered by samplers
-    whose steps draw noise (``ddpm``; ``ddim`` with eta > 0; any SDE sampler can join):
+    whose steps draw noise (``ddpm``; ``ddim`` with eta > 0; ``flow-sde`` with eta > 0; any SDE sampler can join):
     ``stochastic: bool`` (True when the steps draw noise), ``initial_sample(model, noise)
     -> x_0`` and ``transition_distribution(model, sample, step, cond, lora_on=True) ->
     (mean, std)``: the Gaussian N(mean, std²) that step ``step`` draws x_{i+1} from given
@@ -94,7 +94,7 @@ class Sampler(Protocol):
     def add_noise(
         self, model: "DiffusionModel", x0: torch.Tensor, noise: torch.Tensor, step: int
     ) -> torch.Tensor:
-        """Forward-diffuse ``x0`` to the noise level of step ``step``: α_t x0 + σ_t ε."""
+        """Forward-diffuse ``x0`` to the noise level of step ``step``: α_t x0 + σ_t ε ((1 − σ) x0 + σ ε for a flow)."""
         ...
 
 

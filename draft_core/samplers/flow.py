@@ -26,6 +26,7 @@ from draft_core.samplers.chain import ChainSampler
 class FlowSampler(ChainSampler):
     """What ``euler`` and ``flow-sde`` share: the schedule, indexing by step, x̂0 and re-noising."""
 
+    name = "flow"
     scheduler_class = FlowMatchEulerDiscreteScheduler
     flow_matching = True
 
@@ -49,9 +50,9 @@ class FlowSampler(ChainSampler):
 
     def index_of(self, sched, t: torch.Tensor) -> int:
         """The step index of timestep ``t`` (for callers of ``scheduler_step``/``step_gaussian`` by timestep)."""
-        hits = (sched.timesteps == t.to(sched.timesteps)).nonzero().flatten().tolist()
+        hits = (sched.timesteps == torch.as_tensor(t).to(sched.timesteps)).nonzero().flatten().tolist()
         if len(hits) != 1:
-            raise ConfigError(f"timestep {float(t)} is not exactly one of this schedule's {len(sched.timesteps)} steps.")
+            raise ValueError(f"timestep {float(t)} is not exactly one of this schedule's {len(sched.timesteps)} steps.")
         return hits[0]
 
     def initial_sample(self, model, noise: torch.Tensor) -> torch.Tensor:
@@ -104,7 +105,8 @@ class EulerSampler(FlowSampler):
 
 
 class FlowSDESampler(FlowSampler):
-    r"""Flow-GRPO's SDE sampler (Liu et al. 2025, "Flow-GRPO", eq. 9 and its code ``sde_step_with_logprob``).
+    r"""Flow-GRPO's SDE sampler (Liu et al. 2025, "Flow-GRPO": its ODE-to-SDE update, as its code's
+    ``sde_step_with_logprob`` computes it).
 
     The ODE dx = v dt has the marginals of x_σ = (1 − σ)x0 + σε. For any g_σ, the reverse-time SDE
     dx = [v − (g²/2)·∇log p_σ(x)] dσ + g dw̄ (dσ < 0) has the same marginals (Fokker–Planck), and for
@@ -146,7 +148,7 @@ class FlowSDESampler(FlowSampler):
     def _diffusion(self, sched, i: int, like: torch.Tensor) -> torch.Tensor:
         """g_σ at step ``i`` (0-d, ``like``'s dtype): eta·√(σ/(1 − σ)), with 1 − σ_1 for 1 − σ where σ = 1."""
         sigma = sched.sigmas[i].to(like.device, like.dtype)
-        one_minus = 1 - sigma if float(sched.sigmas[i]) < 1 else 1 - sched.sigmas[1].to(sigma)
+        one_minus = torch.where(sigma < 1, 1 - sigma, 1 - sched.sigmas[1].to(sigma))
         return self.eta * (sigma / one_minus).sqrt()
 
     def _gaussian(self, sched, out, i, x):
