@@ -21,7 +21,7 @@ from draft_core.lora import add_lora, save_lora
 from draft_core.models.loading import load_model
 
 BUILTINS = {
-    "samplers": ["ddim", "ddpm"],
+    "samplers": ["ddim", "ddpm", "euler", "flow-sde"],
     "estimators": ["ddpo", "dpg", "draft", "draft-k", "draft-lv", "grpo", "kl", "refl"],  # kl: a wrapper of any estimator
     "rewards": [
         "aesthetic", "clip-score", "digit-classifier", "diversity", "hpsv2", "ink-coverage", "jpeg-compressibility",

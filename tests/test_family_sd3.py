@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from diffusers import StableDiffusion3Pipeline
 
 import draft_core.models.loading
@@ -332,18 +333,38 @@ def test_an_unsupported_pipeline_exits_2_listing_the_supported_ones(capsys, no_w
 
 
 def test_train_and_sample_on_tiny_random_sd3(capsys, tmp_path):
-    sets = ["model.name=tiny-random-sd3", "train.steps=2", "sampler.name=euler", "sampler.steps=2",
-            "train.batch_size=1", "train.sample_every=0", "train.sample_per_prompt=1"]
+    """`draft train --model tiny-random-sd3` with the default config: the family's sampler (euler) is chosen."""
+    sets = ["train.steps=2", "sampler.steps=2", "estimator.name=draft-k", "estimator.k=1", "train.batch_size=1",
+            "train.sample_every=0", "train.sample_per_prompt=1", "train.sample_prompts=[a cat]", "lora.rank=2"]
     run = tmp_path / "run"
-    assert main(["train", str(ROOT / "configs" / "tiny-jpeg.yaml"), "--out", str(run), "--no-progress",
+    assert main(["train", "--model", "tiny-random-sd3", "--out", str(run), "--no-progress",
                  *sum((["--set", s] for s in sets), [])]) == 0
-    lora = run / "lora" / "pytorch_lora_weights.safetensors"
-    assert lora.exists() and load_config(run / "config.yaml").model.name == "tiny-random-sd3"
+    config = load_config(run / "config.yaml")
+    assert config.model.name == "tiny-random-sd3" and config.sampler["name"] == "euler"
+    assert (run / "lora" / "pytorch_lora_weights.safetensors").exists()
     capsys.readouterr()
-    assert main(["sample", "--model", "tiny-random-sd3", "--sampler", "euler", "--prompt", "a cat", "--n", "2",
-                 "--steps", "2", "--guidance", "4", "--lora", str(run / "lora"), "--out", str(tmp_path / "s")]) == 0
+    assert main(["sample", "--model", "tiny-random-sd3", "--prompt", "a cat", "--n", "2", "--steps", "2",
+                 "--guidance", "4", "--lora", str(run / "lora"), "--out", str(tmp_path / "s")]) == 0
     assert "wrote 2 images" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["0000.png", "0001.png", "grid.png"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "s" / "0000.png") as img:
+        assert img.size == (64, 64) and "Sampler: euler" in img.text["parameters"]
+
+
+def test_a_config_without_a_sampler_name_gets_euler_and_keeps_its_steps(capsys, no_weights, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {name: tiny-random-sd3}\nsampler: {steps: 7, guidance_scale: 4.5}\n")
+    assert main(["train", str(config), "--dry-run", "--out", str(tmp_path / "run")]) == 0
+    sampler = yaml.safe_load(capsys.readouterr().out.split("\n# ")[0])["sampler"]
+    assert sampler == {"name": "euler", "steps": 7, "guidance_scale": 4.5}
+
+
+def test_draft_sample_refuses_a_diffusion_sampler_before_weights_load(capsys, no_weights, tmp_path):
+    message = run_error(capsys, "sample", "--model", "tiny-random-sd3", "--sampler", "ddim", "--prompt", "a cat",
+                        "--out", str(tmp_path / "s"))
+    assert "'sd3' family" in message and "euler" in message
 
 
 def test_the_sd35_pickscore_config_validates():

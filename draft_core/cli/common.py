@@ -81,3 +81,24 @@ def load_for_sampling(args: argparse.Namespace):
     if args.dtype != "auto":
         model.to(dtype=resolve_dtype(args.dtype, model.device))
     return model
+
+
+def family_sampler(model: str, sampler: str | None, revision: str | None = None):
+    """(sampler name, family class) for ``--model``: the ``--sampler`` given, or (None) the model family's
+    default (ddim for noise-prediction families, euler for flow-matching ones). A sampler of the other
+    kind is refused here, before any weights load. Reads model_index.json only."""
+    from draft_core.models.loading import check_model
+    from draft_core.plugins import load_registry
+
+    family = check_model(model, revision)
+    name = sampler or getattr(family, "default_sampler", "ddim")
+    flow_family = getattr(family, "flow_matching", None)
+    flow_sampler = getattr(load_registry().get("sampler", name).factory, "flow_matching", None)
+    if flow_family is not None and flow_sampler is not None and flow_family != flow_sampler:
+        wanted = "euler or flow-sde" if flow_family else "ddim or ddpm"
+        raise DraftError(
+            f"--sampler {name} is a {'flow-matching' if flow_sampler else 'diffusion'} sampler, but model '{model}' "
+            f"is of the '{family.family}' family, which {'is trained with flow matching' if flow_family else 'predicts noise'}: "
+            f"use --sampler {wanted} (or leave --sampler out for the family's default, {family.default_sampler})."
+        )
+    return name, family

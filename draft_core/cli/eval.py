@@ -33,6 +33,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     selector = next(iter(rewards.values()))  # best-of-n and DOODL select/optimise with the first reward
     methods = [build_method(text, selector) for text in (args.method or ["plain"])]
     specs = [LoraSpec.parse(s) for s in args.lora]
+    from draft_core.cli.common import family_sampler
+
+    args.sampler, _ = family_sampler(args.model, args.sampler)
     sampler = registry.build("sampler", args.sampler, steps=args.steps, guidance_scale=args.guidance)
     window = parse_window(args.lora_steps, args.steps)
     configs = ([[]] if args.base or not specs else []) + ([specs] if specs else [])
@@ -82,7 +85,7 @@ def add_parser(sub) -> None:
                     help="a registered reward with its arguments, e.g. digit-classifier:target=8 (repeatable; the first selects for best-of-n and DOODL)")
     ev.add_argument("--n-per-prompt", type=int, default=4)
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--sampler", default="ddim")
+    ev.add_argument("--sampler", help="default: the model family's (ddim; euler for flow-matching models)")
     ev.add_argument("--steps", type=int, default=50)
     ev.add_argument("--guidance", type=float, default=7.5)
     ev.add_argument("--lora-steps", metavar="START:END", help="apply the LoRA only for sampling steps START <= i < END")

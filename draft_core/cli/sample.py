@@ -34,7 +34,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from draft_core.api import generate
-    from draft_core.cli.common import learned_sampling, load_for_sampling, parse_window, resolve_device
+    from draft_core.cli.common import family_sampler, learned_sampling, load_for_sampling, parse_window, resolve_device
     from draft_core.evaluation.baselines import build_method, build_reward
     from draft_core.lora import LoraSpec, apply_loras
     from draft_core.media import generation_params, save_grid, save_png, to_pil
@@ -45,6 +45,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise DraftError(f"{flag} must be a positive integer, got {value}.")
     specs = [LoraSpec.parse(s) for s in args.lora]
     method = build_method(args.method, build_reward(args.reward) if args.reward else None)
+    args.sampler, _ = family_sampler(args.model, args.sampler)
     sampler = load_registry().build("sampler", args.sampler, steps=args.steps, guidance_scale=args.guidance)
     window = parse_window(args.lora_steps, args.steps)
     resolve_device(args.device)
@@ -82,7 +83,7 @@ def add_parser(sub) -> None:
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", help="a LoRA and its scale (repeatable: mixed linearly)")
     sa.add_argument("--lora-steps", metavar="START:END", help="apply the LoRA only for sampling steps START <= i < END")
-    sa.add_argument("--sampler", default="ddim")
+    sa.add_argument("--sampler", help="default: the model family's (ddim; euler for flow-matching models)")
     sa.add_argument("--steps", type=int, default=50)
     sa.add_argument("--guidance", type=float, default=7.5)
     sa.add_argument("--batch-size", type=int, default=8)

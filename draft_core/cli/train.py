@@ -78,6 +78,30 @@ def train_device_type(config) -> str:
     return "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
 
 
+def _sampler_given(args: argparse.Namespace) -> bool:
+    """Whether the preset, the config file or a --set names the sampler."""
+    from draft_core.config.schema import preset_path, read_yaml
+
+    raws = ([read_yaml(preset_path(args.preset))] if args.preset else []) + ([read_yaml(Path(args.config))] if args.config else [])
+    in_files = any(isinstance(r.get("sampler"), dict) and "name" in r["sampler"] for r in raws if isinstance(r, dict))
+    return in_files or any(s.split("=", 1)[0].strip() in ("sampler", "sampler.name") for s in args.set)
+
+
+def _with_family_sampler(args: argparse.Namespace, config):
+    """``config`` with the model family's default sampler when it differs from the config's default (ddim);
+    a model that cannot be checked here is left for the preflight checks to report."""
+    from draft_core.models.loading import check_model
+
+    try:
+        default = getattr(check_model(config.model.name, config.model.revision, config.model.family), "default_sampler", None)
+    except DraftError:
+        return config
+    if default is not None and default != config.sampler.get("name"):
+        # Only the name: the steps and guidance the config gives (or the defaults) stay.
+        config.sampler = {**config.sampler, "name": default}
+    return config
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.cli.common import quiet_libraries
     from draft_core.config import load_config
@@ -106,6 +130,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.config and not args.preset:  # --model alone: the default config, with the family's sampler
             args.set = [*_family_sampler(args.model), *args.set]
         config = load_config(args.config, args.set, preset=args.preset)
+        if not _sampler_given(args):  # the model family's default sampler (euler for flow-matching models)
+            config = _with_family_sampler(args, config)
         run_dir = Path(args.out) if args.out else _default_run_dir(args)
         check_new_run_dir(run_dir)
     components = build_components(config)  # every name and argument checked before the model loads
