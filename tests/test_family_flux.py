@@ -210,6 +210,30 @@ def test_lora_saved_by_draft_loads_in_flux_pipeline(tmp_path):
     assert rel_err(ours, theirs) <= 1e-5  # float32 forward passes with the LoRA applied by peft in both
 
 
+def test_lora_mix_and_fuse_on_flux(tmp_path, capsys):
+    """lora mix (0.5 and 0.25 of one LoRA = 0.75 of it) and lora fuse (a FluxPipeline folder) keep the LoRA's output."""
+    from draft_core.models.loading import load_model
+
+    model, _ = flux_with_lora()
+    save_lora(model, tmp_path / "a")
+    assert main(["lora", "mix", f"{tmp_path / 'a'}:0.5", f"{tmp_path / 'a'}:0.25", "--out", str(tmp_path / "mixed")]) == 0
+    assert main(["lora", "fuse", "--model", "tiny-random-flux", "--lora", str(tmp_path / "a"), "--out", str(tmp_path / "fused")]) == 0
+    x, t = model.make_noise(1, torch.Generator().manual_seed(0)), torch.tensor(500.0)
+    cond = model.encode_prompts(["a cat"])
+
+    def output(loaded, *specs):
+        apply_loras(loaded, [LoraSpec.parse(s) for s in specs])
+        with torch.no_grad():
+            return loaded.denoise(x, t, cond, 3.5)
+
+    fused = load_model(str(tmp_path / "fused"), device="cpu", dtype=torch.float32)
+    assert isinstance(fused, FluxModel)
+    # float32 sums in another order (W + ΔW folded; ranks concatenated): a few ulps of the output's scale.
+    assert rel_err(output(fused), output(build_tiny_random_flux(), str(tmp_path / "a"))) <= 1e-5
+    assert rel_err(output(build_tiny_random_flux(), str(tmp_path / "mixed")),
+                   output(build_tiny_random_flux(), f"{tmp_path / 'a'}:0.75")) <= 1e-5
+
+
 def _flux1_block_modules(rank: int, alpha: float, seed: int = 0) -> dict[str, LoraModule]:
     """A LoRA on every layer of one double and one single block at FLUX.1's widths (3072, MLP 12288),
     the widths diffusers' kohya reader assumes for single blocks' fused linear1."""
@@ -343,9 +367,13 @@ def test_train_and_sample_via_the_cli(tmp_path, capsys):
     lora = run / "lora" / "pytorch_lora_weights.safetensors"
     assert lora.exists() and all(k.startswith("transformer.") for k in load_file(str(lora)))
     out = tmp_path / "samples"
-    assert main(["sample", "--model", "tiny-random-flux", "--sampler", "euler", "--guidance", "3.5", "--steps", "3",
+    assert main(["sample", "--model", "tiny-random-flux", "--guidance", "3.5", "--steps", "3",  # euler: the family's
                  "--prompt", "a cat", "--n", "2", "--lora", str(run), "--out", str(out)]) == 0
     assert (out / "grid.png").exists() and (out / "0001.png").exists()
+    from PIL import Image
+
+    with Image.open(out / "0000.png") as img:
+        assert img.size == (32, 32) and "Steps: 3, Sampler: euler, CFG scale: 3.5" in img.text["parameters"]
     kohya = tmp_path / "flux-kohya.safetensors"  # the family comes from the run's config.yaml
     assert main(["lora", "export", str(run), "--format", "kohya", "--out", str(kohya)]) == 0
     assert "lora_unet_single_blocks_0_linear2.lora_up.weight" in load_file(str(kohya))

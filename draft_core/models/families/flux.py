@@ -234,7 +234,7 @@ class FluxModel(ModelFamily):
         """Components from a diffusers folder or hub id, loaded by FluxPipeline itself (``kw``: ``revision``)."""
         from diffusers import FluxPipeline
 
-        pipe = FluxPipeline.from_pretrained(source, torch_dtype=dtype, **kw)
+        pipe = FluxPipeline.from_pretrained(source, dtype=dtype, **kw)
         return cls(pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2,
                    pipe.vae, dict(pipe.scheduler.config), name=source, resolution=resolution)
 
