@@ -86,10 +86,15 @@ def pairs() -> list[tuple[str, str]]:
     """Every (model, case) the suite runs."""
     return [(m, c) for m in MODELS for c in CASES if m in CASE_MODELS.get(c, (m,))]
 
-# Each model with the reward and prompts it is benchmarked on.
+# Each model with the reward and prompts it is benchmarked on (and a guidance scale other than 7.5:
+# FLUX.1-dev's distilled default). Every family samples with its default sampler.
+_JPEG = {"reward": {"name": "jpeg-compressibility", "quality": 50}, "prompts": ["a photo of a cat", "a photo of a dog"]}
 MODELS: dict[str, dict[str, Any]] = {
-    "tiny-random": {"reward": {"name": "jpeg-compressibility", "quality": 50}, "prompts": ["a photo of a cat", "a photo of a dog"]},
+    "tiny-random": _JPEG,
     "digits": {"reward": {"name": "digit-classifier", "target": 8}, "prompts": DIGIT_PROMPTS},
+    "tiny-random-sdxl": _JPEG,
+    "tiny-random-sd3": _JPEG,
+    "tiny-random-flux": {**_JPEG, "guidance": 3.5},
 }
 
 
@@ -106,7 +111,7 @@ def fit_to_steps(section: dict[str, Any] | None, steps: int) -> dict[str, Any] |
 
 @dataclass
 class Bench:
-    """A model with a fresh LoRA, a DDIM sampler with CFG, a reward and a fixed batch of prompts."""
+    """A model with a fresh LoRA, a sampler with guidance, a reward and a fixed batch of prompts."""
 
     model: Any
     params: list[torch.nn.Parameter]
@@ -120,6 +125,12 @@ class Bench:
     @property
     def steps(self) -> int:
         return self.sampler.num_steps
+
+    @property
+    def sampler_name(self) -> str:
+        """The sampler's registered name (its class's, for a sampler built outside the registry)."""
+        return next((n for n in self.registry.names("sampler") if isinstance(self.sampler, self.registry.get("sampler", n).factory)),
+                    type(self.sampler).__name__)
 
     def estimator(self, case: str) -> Any:
         """The registered estimator of ``case`` (None for sampling alone)."""
@@ -140,8 +151,10 @@ class Bench:
         return self.model.decode(self.sampler.sample(self.model, inputs.cond, inputs.noise, generator=inputs.generator))
 
     def stochastic_sampler(self) -> Any:
-        """DDIM with eta = 1 and the Bench sampler's steps and guidance (DDPO's sampler)."""
-        return self.registry.build("sampler", "ddim", steps=self.steps, guidance_scale=self.sampler.guidance_scale, eta=1.0)
+        """DDIM with eta = 1 (DDPO's sampler), or flow-sde for a flow-matching family, with the Bench
+        sampler's steps and guidance."""
+        name, extra = ("flow-sde", {}) if self.model.flow_matching else ("ddim", {"eta": 1.0})
+        return self.registry.build("sampler", name, steps=self.steps, guidance_scale=self.sampler.guidance_scale, **extra)
 
     def train_step(self, estimator: Any, seed: int = 0, sampler: Any = None) -> EstimatorOutput:
         """As the runner runs it: the reward checkpointed by its default (``"auto"``), the
@@ -169,14 +182,16 @@ class Bench:
 
 
 def make_bench(model_name: str, steps: int, batch: int, device: str | None = None,
-               guidance_scale: float = 7.5, lora_rank: int = 4) -> Bench:
+               guidance_scale: float | None = None, lora_rank: int = 4, sampler: str | None = None) -> Bench:
+    """sampler: a registered sampler (default: the model family's ``default_sampler``)."""
     registry = load_registry()
     spec = MODELS[model_name]
     model = load_model(model_name, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         params = add_lora(model, rank=lora_rank)
-    sampler = registry.build("sampler", "ddim", steps=steps, guidance_scale=guidance_scale)
+    guidance_scale = spec.get("guidance", 7.5) if guidance_scale is None else guidance_scale
+    sampler = registry.build("sampler", sampler or model.default_sampler, steps=steps, guidance_scale=guidance_scale)
     reward_args = {k: v for k, v in spec["reward"].items() if k != "name"}
     reward = registry.build("reward", spec["reward"]["name"], **reward_args)
     if hasattr(reward, "to"):

@@ -87,14 +87,14 @@ class HPSv2Sized(torch.nn.Module):
 
 
 def build_bench(tiny: bool, steps: int, batch: int, device: torch.device, dtype: torch.dtype, lora_rank: int,
-                model=None, reward=None) -> Bench:
+                model=None, reward=None, sampler: str = "ddim", guidance: float = 7.5) -> Bench:
     registry = load_registry()
     model = model or build_sd14(tiny).to(device=device, dtype=dtype)
     reward = reward or HPSv2Sized(tiny).to(device=device, dtype=dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         params = lora_parameters(model) if hasattr(model.denoiser, "peft_config") else add_lora(model, rank=lora_rank)
-    sampler = registry.build("sampler", "ddim", steps=steps, guidance_scale=7.5)
+    sampler = registry.build("sampler", sampler, steps=steps, guidance_scale=guidance)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
     return Bench(model, params, torch.optim.AdamW(params, lr=2e-4), sampler, reward, prompts, registry)
 

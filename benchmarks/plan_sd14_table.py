@@ -1,6 +1,8 @@
-"""The README's memory table: ``draft plan``'s predictions for Stable Diffusion 1.4 at 512 px.
+"""The README's memory table: ``draft plan``'s predictions for Stable Diffusion 1.4 at 512 px, and
+for SDXL, SD3.5-medium and FLUX.1-dev at 1024 px (``--family``).
 
     python benchmarks/plan_sd14_table.py [--out benchmarks/results/plan_sd14.json]
+    python benchmarks/plan_sd14_table.py --family sdxl --rewards hpsv2 [--no-fit] --out benchmarks/results/plan_sdxl.json
 
 Rows: DRaFT-1, DRaFT-LV (n = 2), DRaFT-K (K = 10) and full DRaFT (every UNet step
 checkpointed), with HPSv2 or PickScore as the reward, at batch 1 and 4; 50 DDIM steps,
@@ -10,7 +12,12 @@ meta device. For each row: the predicted peak and its split, the step's FLOPs ov
 alone, the smallest card (24/40/48/80 GiB) it fits, and, for a row that does not fit 24 GiB,
 the fitting proposals (``draft plan --budget``) against each card in turn: the smallest card
 that some proposal fits, and the cheapest such proposal. SD 1.4 first: other model families
-join the table when draft supports them. ``--set`` and ``--tag`` add rows with other settings,
+are named by ``--family`` (sd, the default, is SD 1.4): each at its native resolution with its
+default sampler, steps and guidance (gpu_scale.FAMILIES: SDXL ddim 50 steps guidance 5; SD3.5
+euler 28 steps guidance 7; FLUX.1-dev euler 28 steps, distilled guidance 3.5). ``--no-fit``
+skips the fitting proposals (each traces the step again), and a batch-4 row then reports, as its
+card after fitting, the batch-1 row's card: micro-batches of 1 x 4, the same samples per update.
+``--set`` and ``--tag`` add rows with other settings,
 e.g. without the decode and reward checkpointing that draft turns on by default:
 
     python benchmarks/plan_sd14_table.py --rewards hpsv2 --set train.checkpoint_decode=false \
@@ -37,12 +44,19 @@ REWARDS = ("hpsv2", "pickscore")
 GiB = 2**30
 
 
-def row_config(case: str, reward: str, batch: int, extra: list[str] = ()):
+def family_settings(family: str) -> list[str]:
+    from gpu_scale import FAMILIES
+
+    s = FAMILIES[family]
+    sampler = "ddim" if family in ("sd", "sdxl") else "euler"
+    return [f"model.name={s.name}", f"sampler.name={sampler}", f"sampler.steps={s.steps}", f"sampler.guidance_scale={s.guidance}"]
+
+
+def row_config(case: str, reward: str, batch: int, extra: list[str] = (), family: str = "sd"):
     from draft_core.config import load_config
 
     return load_config(None, [
-        "model.name=CompVis/stable-diffusion-v1-4", "model.dtype=bfloat16", "sampler.name=ddim", "sampler.steps=50",
-        "sampler.guidance_scale=7.5", "lora.rank=32", f"train.batch_size={batch}", f"reward.name={reward}",
+        *family_settings(family), "model.dtype=bfloat16", "lora.rank=32", f"train.batch_size={batch}", f"reward.name={reward}",
         f"estimator={json.dumps(CASES[case])}", *extra,
     ])
 
@@ -60,7 +74,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for every row")
     ap.add_argument("--tag", default="", help="appended to each row's key (rows with other overrides)")
     ap.add_argument("--markdown", action="store_true", help="only print the table of the rows in --out")
+    ap.add_argument("--family", default="sd", choices=["sd", "sdxl", "sd3", "flux"], help="sd: SD 1.4 (module doc)")
+    ap.add_argument("--no-fit", action="store_true", help="no fitting proposals (module doc)")
+    ap.add_argument("--compact", nargs="+", type=Path, metavar="JSON",
+                    help="only print the README's compact table of these families' rows (one JSON each)")
     a = ap.parse_args(argv)
+    if a.compact:
+        print(compact({p: json.loads(p.read_text())["rows"] for p in a.compact}))
+        return {}
     if a.markdown:
         rows = json.loads(a.out.read_text())["rows"]
         print(markdown(rows))
@@ -73,12 +94,18 @@ def main(argv: list[str] | None = None) -> dict:
                 if key in rows:
                     continue
                 t0 = time.perf_counter()
-                config = row_config(case, reward, batch, a.set)
+                config = row_config(case, reward, batch, a.set, a.family)
                 trace = plan_step(config, "cuda")
                 before = smallest_card(trace.peak)
-                row = {"set": a.set, "peak_bytes": trace.peak, "breakdown_bytes": trace.breakdown, "flops": trace.flops,
+                row = {"family": a.family, "set": a.set, "peak_bytes": trace.peak, "breakdown_bytes": trace.breakdown, "flops": trace.flops,
                        "cost_ratio": trace.cost_ratio, "card_before": before, "card_after": before, "proposal": None}
-                if before != CARDS_GIB[0]:
+                one = rows.get(key.replace(f"batch {batch}", "batch 1"))
+                if a.no_fit and batch > 1 and one and before != CARDS_GIB[0]:
+                    row.update(card_after=one["card_before"], proposal={
+                        "label": f"micro-batches of 1 x {batch} (the batch-1 row's peak)", "set": [
+                            "train.batch_size=1", f"train.grad_accum={batch}"], "peak_bytes": one["peak_bytes"],
+                        "cost_ratio": one["cost_ratio"]})
+                elif before != CARDS_GIB[0] and not a.no_fit:
                     proposals = propose(config, CARDS_GIB[0] * GiB, "cuda",
                                         progress=lambda m: print(f"    {m}", file=sys.stderr, flush=True))
                     for card in CARDS_GIB:
@@ -100,11 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
     return {"rows": rows}
 
 
-def label(case: str, reward: str, batch: int, proposal: dict, extra: list[str] = ()) -> str:
+def label(case: str, reward: str, batch: int, proposal: dict, extra: list[str] = (), family: str = "sd") -> str:
     """The proposal's label as draft plan words it now (a combination keeps its own)."""
     from draft_core.planning.fitting import candidates
 
-    for p in candidates(row_config(case, reward, batch, extra)):
+    for p in candidates(row_config(case, reward, batch, extra, family)):
         if p.overrides == proposal["set"]:
             return p.label
     return proposal["label"]
@@ -122,12 +149,40 @@ def markdown(rows: dict) -> str:
         b = r["breakdown_bytes"]
         after = card(r["card_after"])
         if r.get("proposal"):
-            after += f": {label(case, reward, int(batch.removeprefix('batch ')), r['proposal'], r.get('set', []))} " \
+            after += f": {label(case, reward, int(batch.removeprefix('batch ')), r['proposal'], r.get('set', []), r.get('family', 'sd'))} " \
                      f"({r['proposal']['peak_bytes'] / GiB:.1f} GiB, {r['proposal']['cost_ratio']:.2f}x)"
+        if r["card_after"] == r["card_before"] and r["card_before"] != 24 and not r.get("proposal") and "proposals" not in r:
+            after = "not searched"
         lines.append(f"| {case} | {reward} | {batch.removeprefix('batch ')} | {tag[0] if tag else 'defaults'} | "
                      f"{r['peak_bytes'] / GiB:.1f} GiB | "
                      f"{(b['base weights'] + b['reward weights']) / GiB:.1f} GiB | {b['activations'] / GiB:.1f} GiB | "
                      f"{r['cost_ratio']:.2f}x | {card(r['card_before'])} | {after} |")
+    return "\n".join(lines)
+
+
+NAMES = {"sd": "SD 1.4 (512 px)", "sdxl": "SDXL", "sd3": "SD3.5-medium", "flux": "FLUX.1-dev"}
+
+
+def compact(tables: dict) -> str:
+    """Estimators by rows, each family at batch 1 and 4 by columns: predicted peak (smallest card;
+    after fitting where that differs). Missing rows (a trace that did not finish) are marked."""
+    def card(c):
+        return f"{c}" if c else "> 80"
+
+    fams = [(next(iter(rows.values())).get("family", "sd") if rows else "?", rows) for rows in tables.values()]
+    head = "| estimator | " + " | ".join(f"{NAMES.get(f, f)}, batch {b}" for f, _ in fams for b in (1, 4)) + " |"
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for case in CASES:
+        cells = []
+        for _, rows in fams:
+            for b in (1, 4):
+                r = rows.get(f"{case} | hpsv2 | batch {b}")
+                if r is None:
+                    cells.append("not traced")
+                    continue
+                after = f" → {card(r['card_after'])}" if r["card_after"] != r["card_before"] else ""
+                cells.append(f"{r['peak_bytes'] / GiB:.1f} GiB ({card(r['card_before'])}{after})")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -1,10 +1,11 @@
 """Cost of one training step of each estimator relative to sampling alone, all cases interleaved.
 
-    python benchmarks/step_cost.py [--model tiny-random] [--steps 50] [--batch 4] [--rounds 5] [--cases ...] [--breakdown]
+    python benchmarks/step_cost.py [--model tiny-random|tiny-random-sdxl|tiny-random-sd3|tiny-random-flux|digits] [--steps 50] [--batch 4] [--rounds 5] [--cases ...] [--breakdown]
 
 The pytest-benchmark suite (``pytest benchmarks --benchmark-only``) pairs each case with
 its own sampling run; this script instead runs every case once per round, rotating
-the order, so that slow drifts in machine load fall on all cases alike. Ratios are
+the order, so that slow drifts in machine load fall on all cases alike. Each model samples with its
+family's default sampler (DDIM for sd and sdxl, Euler flow matching for sd3 and flux). Ratios are
 medians over rounds; the first round warms up and is dropped.
 """
 
@@ -96,13 +97,14 @@ def main(argv: list[str] | None = None) -> dict:
     bench = make_bench(args.model, args.steps, args.batch)
     times = time_interleaved(bench, cases, args.rounds)
     rel = ratios(times)
-    print(f"{args.model}, {args.steps} DDIM steps, CFG 7.5, batch {args.batch}, {torch.get_num_threads()} thread, "
+    print(f"{args.model}, {args.steps} {bench.sampler_name} steps, guidance {bench.sampler.guidance_scale}, batch {args.batch}, "
+          f"{torch.get_num_threads()} thread, "
           f"{args.rounds} rounds (+1 warm-up)")
     for case in cases:
         print(f"  {case:20s} {statistics.median(times[case]):7.3f} s   {rel[case]:5.2f}x sampling")
     if "draft-k K=1" in rel and "draft-lv n=2" in rel:
         print(f"  draft-lv n=2 / draft-k K=1: {rel['draft-lv n=2'] / rel['draft-k K=1']:.2f}")
-    result = {"model": args.model, "steps": args.steps, "batch": args.batch, "rounds": args.rounds,
+    result = {"model": args.model, "family": bench.model.family, "sampler": bench.sampler_name, "steps": args.steps, "batch": args.batch, "rounds": args.rounds,
               "seconds": times, "ratio_to_sampling": rel}
     if args.breakdown:
         result["lv_breakdown_seconds"] = parts = breakdown(bench)

@@ -13,6 +13,7 @@ import fig_lora_mixing
 import fig_rl_vs_draft
 import fig_sample_efficiency
 import gpu_plan_check
+import gpu_scale
 import gpu_sd14
 import step_cost
 
@@ -45,6 +46,38 @@ def test_gpu_script_runs_at_tiny_scale_on_cpu(tmp_path):
     # (DRaFT-LV runs the backward pass of the sample and of each re-noised copy in turn, so its
     # peak is now about DRaFT-1's; tests/test_memory.py checks that, by what autograd keeps.)
     assert json.loads(out.read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
+def test_gpu_scale_runs_at_tiny_scale_on_cpu(tmp_path, family):
+    out = tmp_path / "scale.json"
+    cases = ["draft-k K=1", "draft (full, ckpt)"] if family == "sd" else ["draft-k K=1"]
+    res = gpu_scale.main(["--family", family, "--tiny", "--rounds", "1", "--cases", *cases,
+                          "--max-batch", "2" if family == "sd" else "1", "--out", str(out)])
+    rows = res["batches"][1]
+    assert set(rows) == {"sampling", *cases} and res["family"] == family and res["model"] == gpu_scale.FAMILIES[family].tiny
+    assert res["sampler"] == ("ddim" if family in ("sd", "sdxl") else "euler")
+    assert all(r["median_s"] > 0 and r["peak_mib"] > 0 for r in rows.values())
+    assert set(res["largest_batch"]) == set(cases) and all(0 <= b <= 2 for b in res["largest_batch"].values())
+    assert json.loads(out.read_text())["steps"] == 2 and "| draft-k K=1 | 1 |" in gpu_scale.markdown(res)
+
+
+@pytest.mark.parametrize("model", ["tiny-random-sdxl", "tiny-random-sd3", "tiny-random-flux"])
+def test_step_cost_script_takes_every_family(model):
+    res = step_cost.main(["--model", model, "--steps", "2", "--batch", "1", "--rounds", "1", "--cases", "draft-k K=1"])
+    assert res["sampler"] == ("ddim" if model.endswith("sdxl") else "euler") and res["ratio_to_sampling"]["draft-k K=1"] > 0
+
+
+def test_largest_batch_doubles_then_bisects():
+    tried = []
+
+    def fits(b):
+        tried.append(b)
+        return b <= 11
+
+    assert gpu_scale.largest_batch(fits, 64) == 11 and tried == [1, 2, 4, 8, 16, 12, 10, 11]
+    assert gpu_scale.largest_batch(lambda b: b <= 100, 64) == 64
+    assert gpu_scale.largest_batch(lambda b: False, 64) == 0
 
 
 def test_gpu_plan_check_runs_at_tiny_scale_on_cpu(tmp_path):

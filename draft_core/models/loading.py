@@ -43,11 +43,11 @@ def _tiny_random() -> DiffusionModel:
     return build_tiny_random()
 
 
-@embedded("tiny-random-flux", family="flux")
-def _tiny_random_flux() -> ModelFamily:
-    from draft_core.models.families.flux import build_tiny_random_flux
+@embedded("tiny-random-sdxl", family="sdxl")
+def _tiny_random_sdxl():
+    from draft_core.models.families.sdxl import build_tiny_random_sdxl
 
-    return build_tiny_random_flux()
+    return build_tiny_random_sdxl()
 
 
 @embedded("tiny-random-sd3", family="sd3")
@@ -57,11 +57,11 @@ def _tiny_random_sd3():
     return build_tiny_random_sd3()
 
 
-@embedded("tiny-random-sdxl", family="sdxl")
-def _tiny_random_sdxl():
-    from draft_core.models.families.sdxl import build_tiny_random_sdxl
+@embedded("tiny-random-flux", family="flux")
+def _tiny_random_flux() -> ModelFamily:
+    from draft_core.models.families.flux import build_tiny_random_flux
 
-    return build_tiny_random_sdxl()
+    return build_tiny_random_flux()
 
 
 @embedded("digits")

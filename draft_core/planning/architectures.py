@@ -2,9 +2,9 @@
 
 Models: the embedded ones (``tiny-random``, ``digits``: small enough to build for real, then
 moved to meta), a local diffusers folder (each component's own ``config.json``), a hub id
-whose configs are in the Hugging Face cache, and Stable Diffusion 1.x by name from its
-published configuration (no download needed). SD 1.4 first: other families join when draft
-supports them.
+whose configs are in the Hugging Face cache, and by name from their published configurations
+(no download needed): Stable Diffusion 1.x, and SDXL, SD3.5-medium and FLUX.1-dev
+(``published.PUBLISHED``) as their families' classes.
 
 Rewards load their network on first use. A reward that reads a checkpoint offers
 ``architecture()``: the same network with random weights, built without any file (the
@@ -22,6 +22,7 @@ import torch
 
 from draft_core.errors import DraftError
 from draft_core.models.pipeline import DiffusionModel
+from draft_core.models.tokenizer import offline_clip_tokenizer
 
 META = torch.device("meta")
 
@@ -73,7 +74,6 @@ def build_sd14(device: torch.device | str = META, dtype: torch.dtype = torch.flo
     from transformers import CLIPTextModel
 
     from draft_core.models.tiny import SD14_SCHEDULER_CONFIG
-    from draft_core.models.tokenizer import offline_clip_tokenizer
 
     with torch.device(device):
         unet = UNet2DConditionModel(**sd14_unet_config()).to(dtype)
@@ -90,15 +90,73 @@ def meta_model(name: str, dtype: torch.dtype) -> DiffusionModel:
         return EMBEDDED[name]().to(device=META, dtype=dtype)
     if name in SD1_NAMES:
         return build_sd14(META, dtype)
+    from draft_core.planning.published import PUBLISHED
+
+    if name in PUBLISHED:
+        return published_model(name, META, dtype)
     return _from_configs(name, dtype)
+
+
+def published_model(name: str, device: torch.device | str = META, dtype: torch.dtype = torch.float32):
+    """A model of ``published.PUBLISHED`` as its family's class, built from its published configs: on the
+    meta device (shapes only) or with random weights made directly in ``dtype`` on ``device`` (a
+    12B transformer is never held in float32). Tokenizers: the offline CLIP one, which also stands in
+    for T5's (its ids folded into T5's vocabulary: random weights make any id as good as another)."""
+    from draft_core.models.loading import family_of_pipeline
+    from draft_core.planning.published import PUBLISHED, components
+
+    spec = PUBLISHED[name]
+    family = family_of_pipeline(spec.pipeline, name)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype.is_floating_point else previous)
+    try:
+        with torch.device(device):
+            parts = components(spec.family)
+    finally:
+        torch.set_default_dtype(previous)
+    scheduler_config = parts.pop("scheduler_config")
+    parts = {k: m if m.dtype == dtype else m.to(dtype) for k, m in parts.items()}  # diffusers warns on any cast
+    for key, encoder in list(parts.items()):
+        if key.startswith("text_encoder"):
+            suffix = key.removeprefix("text_encoder")
+            t5 = type(encoder).__name__ == "T5EncoderModel"
+            parts[f"tokenizer{suffix}"] = _t5_standin(encoder.config.vocab_size, 256 if spec.family == "sd3" else 512) if t5 \
+                else offline_clip_tokenizer()
+    return construct(family, parts, scheduler_config, name)
+
+
+def construct(family, parts: dict, scheduler_config: dict, name: str):
+    """``family``'s instance from diffusers-named components: through ``ModelFamily.__init__``'s
+    (components, scheduler_config, name) or a subclass's keyword arguments."""
+    import inspect
+
+    params = inspect.signature(family.__init__).parameters
+    if "components" in params:
+        return family(parts, scheduler_config, name=name)
+    kwargs = {k: v for k, v in parts.items() if k in params}
+    return family(**kwargs, scheduler_config=scheduler_config, name=name)
+
+
+def _t5_standin(vocab_size: int, max_length: int):
+    """The offline CLIP tokenizer in T5's place, its ids folded into ``vocab_size``."""
+    tokenizer = offline_clip_tokenizer(max_length)
+    call = type(tokenizer).__call__
+
+    class Folded(type(tokenizer)):
+        def __call__(self, *args, **kwargs):
+            out = call(self, *args, **kwargs)
+            ids = out["input_ids"]
+            out["input_ids"] = ids % vocab_size if torch.is_tensor(ids) else [[i % vocab_size for i in r] for r in ids]
+            return out
+
+    tokenizer.__class__ = Folded
+    return tokenizer
 
 
 def _from_configs(name: str, dtype: torch.dtype) -> DiffusionModel:
     """A diffusers folder or a cached hub id: each component from its config.json alone."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from draft_core.models.tokenizer import offline_clip_tokenizer
 
     local = Path(name).expanduser()
     source = str(local) if local.exists() else name

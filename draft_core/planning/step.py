@@ -229,7 +229,7 @@ def _cpu_timesteps(sampler, model) -> None:
     if scheduler_class is None or not callable(getattr(sampler, "scheduler", None)):
         return
     sched = scheduler_class.from_config(model.scheduler_config)
-    sched.set_timesteps(sampler.num_steps, device="cpu")
+    sched.set_timesteps(sampler.num_steps, device="cpu", **model.timestep_kwargs(sampler.num_steps))  # a flow family's mu, sigmas
     sampler.scheduler = lambda _model, _sched=sched: _sched
 
 
