@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from draft_core.config.ranges import range_problems
+from draft_core.config.unique_keys import UniqueKeyLoader
 from draft_core.config.values import check_value
 from draft_core.errors import ConfigError, did_you_mean, join_problems
 from draft_core.lora import TARGET_SETS
@@ -27,8 +29,9 @@ TARGET_SET_NAMES = ("default", *TARGET_SETS)
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads 1e-3 and 4e-4 as floats (YAML 1.2; PyYAML's 1.1 rule wants a dot)."""
+class _Loader(UniqueKeyLoader):
+    """SafeLoader that also reads 1e-3 and 4e-4 as floats (YAML 1.2; PyYAML's 1.1 rule wants a dot) and
+    refuses a key given twice (naming both lines)."""
 
 
 _Loader.add_implicit_resolver(
@@ -375,6 +378,7 @@ def value_problems(c: Config) -> list[str]:
         if not isinstance(getattr(c, section).get("name"), str):
             bad(f"config section '{section}' needs a 'name' (a registered {section}); see `draft plugins`.")
     problems += _reward_problems(c.reward)
+    problems += range_problems(c)  # weight decay, seeds, lora.alpha, sampler steps within the schedule
     return problems
 
 

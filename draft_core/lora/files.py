@@ -82,14 +82,12 @@ def _module_scale(config: dict, module: str, rank: int) -> float:
 
 def read_lora(path: str | Path) -> LoraFile:
     """Read a diffusers-format LoRA file (or the folder holding ``pytorch_lora_weights.safetensors``)."""
-    from safetensors import safe_open
+    from draft_core.lora.validate import read_lora_tensors
 
     file = lora_file_path(path)
     if not file.is_file():
         raise DraftError(f"no LoRA file at '{file}': give a folder holding {WEIGHT_NAME} or a .safetensors file.")
-    with safe_open(str(file), "pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, metadata = read_lora_tensors(file)  # checked: format, dtypes, finite values, pairs, ranks, metadata
     flat = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
     configs: dict[str, dict] = {}
     for key, value in flat.items():

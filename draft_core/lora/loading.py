@@ -78,8 +78,8 @@ def read_lora_input(spec: LoraSpec, model=None) -> LoraInput:
     family's own pipeline class (``lora_state_dict`` converts kohya and other layouts; Stable
     Diffusion's without a model)."""
     import diffusers
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+
+    from draft_core.lora.validate import LoraFileError, read_lora_tensors
 
     file = spec.path if spec.path.is_file() else spec.path / WEIGHT_NAME
     shown = f"--lora '{spec.path}'"
@@ -87,10 +87,7 @@ def read_lora_input(spec: LoraSpec, model=None) -> LoraInput:
     pipeline = getattr(diffusers, model.lora_pipeline if model is not None else "StableDiffusionPipeline")
     suffix = file.suffix.lower()
     if suffix == ".safetensors":
-        try:
-            raw = load_file(str(file))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise DraftError(f"{shown}: '{file}' could not be read as a safetensors file ({exc}).") from None
+        raw, _ = read_lora_tensors(file, f"{shown} ('{file}')")
         unprefixed = not any(k.startswith(("unet.", "transformer.", "text_encoder", "lora_")) for k in raw)
         if file.name == CHECKPOINT_LORA and unprefixed and any(".lora_A." in k for k in raw):
             # A checkpoint's adapter: peft keys of the denoiser, alpha from the run's config.
@@ -101,17 +98,17 @@ def read_lora_input(spec: LoraSpec, model=None) -> LoraInput:
             return LoraInput({f"{prefix}.{k}": v for k, v in raw.items()}, None, metadata)
         source, kwargs = str(file.parent), {"weight_name": file.name}
     elif suffix in PICKLE_SUFFIXES:
-        from draft_core.training.checkpoint import safe_torch_load  # a pickle with arbitrary objects is refused
-
-        source, kwargs = safe_torch_load(file), {}
-        if not isinstance(source, dict) or not all(isinstance(v, torch.Tensor) for v in source.values()):
-            raise DraftError(f"{shown}: '{file}' does not hold a state dict of tensors, so it is no LoRA.")
+        source, kwargs = read_lora_tensors(file, f"{shown} ('{file}')")[0], {}  # torch.load(weights_only=True), checked
     else:
         raise DraftError(
             f"{shown}: '{file.name}' is not a LoRA file. Give a folder holding {WEIGHT_NAME} (such as a run's "
             f"lora/ folder), a run folder, a checkpoint folder, or a .safetensors LoRA file (diffusers or kohya layout)."
         )
-    out = pipeline.lora_state_dict(source, return_lora_metadata=True, **kwargs)
+    try:
+        out = pipeline.lora_state_dict(source, return_lora_metadata=True, **kwargs)
+    except (ValueError, KeyError, IndexError, TypeError, RuntimeError, AttributeError) as exc:  # diffusers' converters on odd keys
+        raise LoraFileError(f"{shown}: diffusers could not convert '{file}' to its LoRA layout ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:200]}); give a diffusers, peft or kohya LoRA file.") from None
     state, alphas, metadata = (out[0], None, out[-1]) if len(out) == 2 else out  # transformer pipelines return no alphas
     return LoraInput(dict(state), alphas or None, metadata or None)
 

@@ -53,6 +53,9 @@ def run_lora(run_dir: Path) -> Path:
             f"'{run_dir}' holds no {'lora/' + WEIGHT_NAME}: give a run folder written by `draft train` "
             f"(the LoRA is written at the first checkpoint)."
         )
+    from draft_core.lora.files import read_lora
+
+    read_lora(folder)  # a bad file is refused here, before anything is staged or uploaded
     return folder
 
 

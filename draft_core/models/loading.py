@@ -8,6 +8,7 @@ bfloat16 on CUDA and float32 on CPU.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 
 from draft_core.errors import ModelLoadError, did_you_mean
 from draft_core.models.family import ModelFamily
+from draft_core.models.folder_index import check_index
 from draft_core.models.pipeline import DiffusionModel
 
 # Named models built or shipped by the project; values build the model on the CPU.
@@ -76,6 +78,31 @@ def _digits_flow():
     from draft_core.models.digits_flow import build_digits_flow_model
 
     return build_digits_flow_model()
+
+
+def _scheduler_constant(module: str, attr: str) -> Callable[[], dict]:
+    return lambda: getattr(importlib.import_module(module), attr)
+
+
+def _scheduler_file(package: str) -> Callable[[], dict]:
+    return lambda: json.loads((importlib.import_module(package).WEIGHTS_DIR / "scheduler_config.json").read_text(encoding="utf-8"))
+
+
+# Each embedded model's scheduler config, known without building the model (config range checks use it).
+_EMBEDDED_SCHEDULERS: dict[str, Callable[[], dict]] = {
+    "tiny-random": _scheduler_constant("draft_core.models.tiny", "SD14_SCHEDULER_CONFIG"),
+    "tiny-random-sdxl": _scheduler_constant("draft_core.models.families.sdxl", "SDXL_SCHEDULER_CONFIG"),
+    "tiny-random-sd3": _scheduler_constant("draft_core.models.tiny_sd3", "SD35_SCHEDULER_CONFIG"),
+    "tiny-random-flux": _scheduler_constant("draft_core.models.families.flux", "FLUX_DEV_SCHEDULER_CONFIG"),
+    "digits": _scheduler_file("draft_core.models.digits"),
+    "digits-flow": _scheduler_file("draft_core.models.digits_flow"),
+}
+
+
+def embedded_scheduler_config(name: str) -> dict | None:
+    """The scheduler config of the embedded model ``name`` without building it; None when not known."""
+    read = _EMBEDDED_SCHEDULERS.get(name)
+    return dict(read()) if read is not None else None
 
 
 def default_device() -> torch.device:
@@ -177,9 +204,11 @@ def _index_class(name: str, revision: str | None) -> tuple[str | None, Path | No
             raise _not_found(name, " ".join(str(exc).split())[:200] or type(exc).__name__) from exc
         local = None
     try:
-        cls = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        data = json.loads(index.read_text(encoding="utf-8"))
+        cls = data.get("_class_name")
     except (OSError, ValueError, AttributeError) as exc:
         raise ModelLoadError(f"model '{name}': its model_index.json could not be read ({exc}).") from exc
+    check_index(name, data)  # the components name diffusers' or transformers' classes, before anything is imported
     return cls, local
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from draft_core.lora import load_lora_state
+from draft_core.lora.validate import check_lora_state
 from draft_core.training.checkpoint import CheckpointError, latest_checkpoint, load_latest
 from draft_core.training.distributed import set_rng_state
 from draft_core.training.metrics import truncate_metrics
@@ -32,6 +33,7 @@ def restore(trainer) -> None:
             f"--resume {trainer.run_dir}: the checkpoint was written by {saved_n} process(es), this run has {n}. "
             f"Resume with {saved_n} (each process's random stream is in the checkpoint)."
         )
+    check_lora_state(state.lora, f"checkpoint '{path}': lora.safetensors")  # finite, floating, paired factors
     load_lora_state(trainer.model, {k: v.to(trainer.model.device) for k, v in state.lora.items()})
     trainer.optimizer.load_state_dict(state.optimizer)
     trainer.lr_scheduler.load_state_dict(state.lr_scheduler)

@@ -10,7 +10,6 @@ the flow velocity v = ε − x0, so the family's samplers are flow samplers (``e
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -188,16 +187,17 @@ class SD3Model(ModelFamily):
         (``kw``: ``revision``)."""
         from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
+        from draft_core.models.folder_index import component_class
+
         index = StableDiffusion3Pipeline.load_config(source, **kw)
         parts: dict[str, Any] = {}
         for key in COMPONENTS:
-            library, class_name = (index.get(key) or [None, None])[:2]
-            if library is None or class_name is None:
+            part_class = component_class(source, key, index.get(key))  # diffusers' and transformers' classes only
+            if part_class is None:
                 parts[key] = None
                 continue
-            part_class = getattr(importlib.import_module(library), class_name)
             if issubclass(part_class, torch.nn.Module):
-                dtype_kw = {"torch_dtype": dtype} if library == "diffusers" else {"dtype": dtype}
+                dtype_kw = {"torch_dtype": dtype} if part_class.__module__.startswith("diffusers") else {"dtype": dtype}
                 parts[key] = part_class.from_pretrained(source, subfolder=key, **dtype_kw, **kw)
             else:
                 parts[key] = part_class.from_pretrained(source, subfolder=key, **kw)
