@@ -20,3 +20,15 @@ def no_model(monkeypatch):
     monkeypatch.setattr(draft_core.models.loading, "load_model", refuse)
     monkeypatch.setattr(draft_core.models, "load_model", refuse)
     monkeypatch.setattr(DiffusionModel, "__init__", refuse)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="longer fuzz walls (tests/test_fuzz_*.py: ten times the Hypothesis examples)")
+
+
+def pytest_configure(config):
+    import os
+
+    if config.getoption("--slow", default=False):
+        os.environ["DRAFT_FUZZ_SLOW"] = "1"

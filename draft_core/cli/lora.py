@@ -65,10 +65,13 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     from draft_core.cli.common import load_for_sampling
     from draft_core.lora import LoraSpec
     from draft_core.lora.files import fuse_lora_into_model
+    from draft_core.lora.validate import check_lora_spec
 
     specs = [LoraSpec.parse(s) for s in args.lora]
     if not specs:
         raise DraftError("draft lora fuse needs at least one --lora PATH[:SCALE].")
+    for spec in specs:
+        check_lora_spec(spec)  # a bad file is refused before the model loads
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise DraftError(f"--out '{out}' exists and is not empty; choose a new folder for the fused pipeline.")

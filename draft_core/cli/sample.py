@@ -37,6 +37,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from draft_core.cli.common import family_sampler, learned_sampling, load_for_sampling, parse_window, resolve_device
     from draft_core.evaluation.baselines import build_method, build_reward
     from draft_core.lora import LoraSpec, apply_loras
+    from draft_core.lora.validate import check_lora_spec
     from draft_core.media import generation_params, save_grid, save_png, to_pil
     from draft_core.plugins import load_registry
 
@@ -44,6 +45,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if value < 1:
             raise DraftError(f"{flag} must be a positive integer, got {value}.")
     specs = [LoraSpec.parse(s) for s in args.lora]
+    for spec in specs:
+        check_lora_spec(spec)  # a bad file is refused before the model loads
     method = build_method(args.method, build_reward(args.reward) if args.reward else None)
     args.sampler, _ = family_sampler(args.model, args.sampler)
     sampler = load_registry().build("sampler", args.sampler, steps=args.steps, guidance_scale=args.guidance)

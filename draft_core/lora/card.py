@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Sequence
 
 def command_line(argv: Sequence[str] | None = None) -> str:
+    from draft_core.lora.redact import local_path
+
     argv = list(sys.argv if argv is None else argv)
     if argv and Path(argv[0]).name in ("draft", "cli.py", "__main__.py"):
         argv = ["draft", *argv[1:]]
-    return shlex.join(argv)
+    # An absolute --out (or config, or LoRA) under the working or home folder is written relative to it.
+    return shlex.join([argv[0], *(local_path(a) if a.startswith("/") else a for a in argv[1:])] if argv else argv)
 
 
 def _pipeline_class(base: str) -> str:
@@ -39,6 +42,8 @@ def write_model_card(folder: str | Path, info: dict, location: str | Path | None
     """
     import yaml
 
+    from draft_core.lora.redact import local_path
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     base = info.get("base_model") or "BASE_MODEL"
@@ -50,7 +55,7 @@ def write_model_card(folder: str | Path, info: dict, location: str | Path | None
     rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in info.items() if k != "command")
     from draft_core.models.loading import EMBEDDED
 
-    where = Path(location) if location is not None else folder
+    where = local_path(location if location is not None else folder)  # no absolute path where a relative one does
     if usage is None:
         usage = f"`draft sample --model {base} --lora {where}:1.0 --prompt ...`"
         if base not in EMBEDDED:  # an embedded model is no diffusers pipeline to from_pretrained

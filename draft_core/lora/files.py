@@ -249,6 +249,8 @@ def export_kohya(path: str | Path, out: str | Path, family=None) -> Path:
     """Write the LoRA at ``path`` as one kohya .safetensors file ``out`` (``family``: as ``lora_family``)."""
     from safetensors.torch import save_file
 
+    from draft_core.lora.redact import local_path
+
     lora = read_lora(path)
     fam = lora_family(family, [lora.path.parent], sorted({n.split(".", 1)[0] for n in lora.modules}))
     # A family whose kohya layout is not one key per module (flux fuses q, k, v into BFL's qkv) writes its own.
@@ -260,7 +262,7 @@ def export_kohya(path: str | Path, out: str | Path, family=None) -> Path:
         "ss_network_module": getattr(fam, "kohya_network_module", "networks.lora"),
         "ss_network_dim": str(ranks[0]) if len(ranks) == 1 else json.dumps(ranks),
         "ss_network_alpha": f"{alphas[0]:g}" if len(alphas) == 1 else json.dumps(alphas),
-        "draft_source": str(lora.path),
+        "draft_source": local_path(lora.path),  # relative where it can be: the file may be shared
         "draft_family": fam.family,
     }
     out = Path(out)

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
@@ -63,6 +64,7 @@ def stage(run_dir: str | Path, repo_id: str) -> Path:
     """Fill ``RUN/push/`` with what the repository will hold; returns that folder."""
     from draft_core.lora.card import run_card_info, write_model_card
     from draft_core.lora.files import export_kohya
+    from draft_core.lora.redact import redact_staged
     from draft_core.media import plot_reward_curve, save_before_after
     from draft_core.report import write_report
 
@@ -93,6 +95,8 @@ def stage(run_dir: str | Path, repo_id: str) -> Path:
     card = write_model_card(out, info, usage=hub_usage(info.get("base_model"), repo_id, kohya),
                             sections="## Training\n\n" + sections + "\n\nThe full run report: `report.html` (download and open it in a browser).")
     _hub_header(card, info.get("base_model"))
+    for change in redact_staged(out, run_dir):  # no absolute path of this machine goes up
+        print(f"[draft] push: {change}", file=sys.stderr)
     return out
 
 

@@ -206,3 +206,11 @@ def _metadata_problems(text: str, ranks: dict[str, int]) -> list[str]:
             if said != rank:
                 problems.append(f"its metadata says rank {said!r} for '{module}', but the tensors there have rank {rank}")
     return problems
+
+
+def check_lora_spec(spec) -> None:
+    """Check the file of a parsed ``--lora PATH[:SCALE]`` (a ``LoraSpec``) before any model loads."""
+    from draft_core.lora.adapters import WEIGHT_NAME
+
+    file = spec.path if spec.path.is_file() else spec.path / WEIGHT_NAME
+    read_lora_tensors(file, f"--lora '{spec.path}' ('{file}')")

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from draft_core.lora.redact import local_path
 from draft_core.media import generation_params, save_before_after, save_grid
 from draft_core.report import refresh_report
 
@@ -44,7 +45,7 @@ class RunPictures:
             prompts, model=cfg.model.name, sampler=cfg.sampler["name"],
             steps=getattr(sampler, "num_steps", cfg.sampler.get("steps")),
             guidance=getattr(sampler, "guidance_scale", cfg.sampler.get("guidance_scale", 0.0)), seed=seed,
-            size=self.model.image_size, loras=[(str(self.run_dir / "lora"), 1.0)] if step > 0 else [], step=step,
+            size=self.model.image_size, loras=[(local_path(self.run_dir / "lora"), 1.0)] if step > 0 else [], step=step,
             learned=", ".join(learned) or None,
         )
 
