@@ -46,12 +46,15 @@ def run_cli(argv: list[str]) -> Outcome:
     return Outcome(code, out.getvalue(), err.getvalue(), trace)
 
 
-def judge(outcome: Outcome, bad: bool, why: str, correct=None) -> None:
-    """Tally and check one case: bad input must end in a clear error; good input in exit 0 and ``correct()``."""
+def judge(outcome: Outcome, bad: bool | None, why: str, correct=None) -> None:
+    """Tally and check one case: bad input must end in a clear error; good input in exit 0 and ``correct()``;
+    ``bad=None``: either (input that is fine as far as the command reads it, which may still fail later)."""
     TALLY["tried"] += 1
     if outcome.trace is not None or "Traceback (most recent call last)" in outcome.err:
         TALLY["tracebacks"] += 1
         raise AssertionError(f"traceback for {why}:\n{outcome.trace or outcome.err}")
+    if bad is None:
+        bad = outcome.code != 0
     if bad:
         if outcome.code == 0:
             TALLY["silent"] += 1

@@ -164,7 +164,7 @@ def refuse(*args, **kwargs):
     raise AssertionError("a model was loaded before the bad LoRA file was refused")
 
 
-@settings(max_examples=examples(150), deadline=None, derandomize=True,
+@settings(max_examples=examples(100), deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(mutations=st.tuples(tensor_mutation, metadata_mutation),
        corruption=st.one_of(st.none(), st.tuples(st.sampled_from(BYTES), st.integers(0, 1 << 20))),
@@ -202,7 +202,7 @@ def test_malformed_lora_files_end_in_a_clear_error_or_a_correct_export(seed_lora
 PICKLES = ["good", "truncated", "random bytes", "a tensor", "a list", "an object", "empty dict", "nan"]
 
 
-@settings(max_examples=examples(30), deadline=None, derandomize=True,
+@settings(max_examples=examples(20), deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(kind=st.sampled_from(PICKLES), suffix=st.sampled_from([".pt", ".bin"]), cut=st.integers(1, 1 << 16))
 def test_pt_and_bin_files_go_through_torch_load_weights_only(seed_lora, tmp_path_factory, kind, suffix, cut):
