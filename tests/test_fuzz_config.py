@@ -111,5 +111,5 @@ def test_sampler_steps_follow_the_models_own_schedule(tmp_path):
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 100}))
     assert train_timesteps(str(folder)) == 100
     # The embedded models' scheduler configs, as known without building them, are the built models' own.
-    for name in ("tiny-random",):
+    for name in ("digits", "tiny-random-sdxl"):  # read from its weights folder; a constant of its module
         assert embedded_scheduler_config(name) == dict(EMBEDDED[name]().scheduler_config)

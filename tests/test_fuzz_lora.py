@@ -239,3 +239,19 @@ def test_issue_cases_each_name_the_file_and_the_problem(seed_lora, tmp_path):
         outcome = run_cli(["lora", "export", str(file), "--out", str(tmp_path / "k.safetensors")])
         assert outcome.code == 2 and expected in outcome.err and str(file) in outcome.err, (name, outcome.err)
         assert not (tmp_path / "k.safetensors").exists()
+
+
+def test_resume_refuses_a_checkpoint_lora_with_nan_before_loading_it(tmp_path):
+    """--resume reads the checkpoint's lora.safetensors through the same checks (a checksum-valid NaN is still refused)."""
+    from types import SimpleNamespace
+
+    from draft_core.lora.validate import LoraFileError
+    from draft_core.training.checkpoint import TrainingState, save_checkpoint
+    from draft_core.training.restore import restore
+
+    lora = {"down_blocks.0.attn1.to_q.lora_A.weight": torch.ones(2, 4), "down_blocks.0.attn1.to_q.lora_B.weight": torch.full((4, 2), math.nan)}
+    save_checkpoint(tmp_path / "checkpoints", TrainingState(step=3, lora=lora, optimizer={}, lr_scheduler={}, rng={"cpu": torch.zeros(2)}))
+    trainer = SimpleNamespace(run_dir=tmp_path, log=lambda m: None, acc=SimpleNamespace(num_processes=1, process_index=0),
+                              model=SimpleNamespace(device="cpu"))
+    with pytest.raises(LoraFileError, match=r"checkpoint '.*step-0*3': lora.safetensors is not a usable LoRA: '.*lora_B.weight' holds 8 non-finite"):
+        restore(trainer)
