@@ -183,6 +183,7 @@ def apply_loras(target, specs: Sequence[LoraSpec], model_name: str | None = None
     ``model_name`` (the ``--model`` given) only names the model in the error for a LoRA that does not fit.
     """
     from draft_core.lora.adapters import denoiser_of
+    from draft_core.lora.validate import LoraFileError
 
     unet = denoiser_of(target)
     model = target if unet is not target else None
@@ -195,7 +196,11 @@ def apply_loras(target, specs: Sequence[LoraSpec], model_name: str | None = None
         with warnings.catch_warnings():
             # peft warns on every adapter after the first; several adapters are the point here.
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-            unet.load_lora_adapter(lora.state, prefix=prefix, network_alphas=lora.alphas, adapter_name=name, metadata=lora.metadata)
+            try:
+                unet.load_lora_adapter(lora.state, prefix=prefix, network_alphas=lora.alphas, adapter_name=name, metadata=lora.metadata)
+            except (ValueError, TypeError, KeyError, RuntimeError) as exc:  # peft's LoraConfig on a file's odd metadata
+                raise LoraFileError(f"--lora '{spec.path}': peft could not build an adapter from it ({type(exc).__name__}: "
+                                    f"{' '.join(str(exc).split())[:200]}); check its lora_adapter_metadata.") from None
         names.append(name)
     if names:
         unet.set_adapters(names, weights=[s.scale for s in specs])

@@ -194,6 +194,9 @@ def _metadata_problems(text: str, ranks: dict[str, int]) -> list[str]:
                 continue
             if not isinstance(patterns, dict) or not all(_positive(v) for v in patterns.values()):
                 problems.append(f"{where % field} is {patterns!r}; it must map module names to numbers > 0")
+        targets = config.get("target_modules")
+        if targets is not None and not isinstance(targets, str) and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+            problems.append(f"{where % 'target_modules'} is {targets!r}; it must be a module name or a list of them")
         if "use_rslora" in config and not isinstance(config["use_rslora"], bool):
             problems.append(f"{where % 'use_rslora'} is {config['use_rslora']!r}; it must be true or false")
         if problems or "r" not in config:
