@@ -37,6 +37,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from draft_core.cli.common import family_sampler, learned_sampling, load_for_sampling, parse_window, resolve_device
     from draft_core.evaluation.baselines import build_method, build_reward
     from draft_core.lora import LoraSpec, apply_loras
+    from draft_core.lora.redact import local_path
     from draft_core.lora.validate import check_lora_spec
     from draft_core.media import generation_params, save_grid, save_png, to_pil
     from draft_core.plugins import load_registry
@@ -64,8 +65,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for path in earlier:
         path.unlink()
-    params = dict(model=args.model, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                  size=model.image_size, loras=[(s.path, s.scale) for s in specs], method=args.method if args.method != "plain" else None,
+    shown_model = local_path(args.model) if args.model.startswith("/") else args.model  # PNGs get shared: no absolute paths
+    params = dict(model=shown_model, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                  size=model.image_size, loras=[(local_path(s.path), s.scale) for s in specs], method=args.method if args.method != "plain" else None,
                   lora_steps=args.lora_steps, learned=None if learned is None else "from the LoRA folder")
     for i, img in enumerate(images):  # image i: the i-th noise drawn from --seed, for --prompt i // --n
         save_png(to_pil(img), out / f"{i:04d}.png", generation_params(prompts[i], **params, index=i, n=len(prompts)))
