@@ -69,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.cli.common import quiet_libraries
     from draft_core.config import load_config
     from draft_core.config.inputs import check_new_run_dir
-    from draft_core.lora.card import record_command
+    from draft_core.lora.card import command_line, record_command
     from draft_core.training.components import build_components, section_label
     from draft_core.training.preflight import check_ready
     from draft_core.training.runner import Trainer
@@ -77,6 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_set_arguments(args)
     if getattr(args, "model", None):  # --model NAME: --set model.name=NAME, before the other overrides
         args.set = [f"model.name={args.model}", *args.set]
+    notes: list[str] = []  # plugin arguments a --set SECTION.name=... dropped, printed once the checks pass
     if args.resume:
         if args.config or args.preset or args.out:
             raise DraftError(
@@ -86,18 +87,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise DraftError(f"--resume {run_dir}: no config.yaml there; give the folder of an earlier `draft train` run.")
-        config = load_config(run_dir / "config.yaml", args.set)
+        config = load_config(run_dir / "config.yaml", args.set, notes=notes)
         _check_resume(run_dir, config)
     else:
         if not args.config and not args.preset and not getattr(args, "model", None):
             raise DraftError("draft train needs a CONFIG.yaml or --preset NAME (e.g. draft train --preset quickstart).")
         # Resolved: the model family's sampler unless one is named (euler for flow-matching models).
-        config = load_config(args.config, args.set, preset=args.preset)
+        config = load_config(args.config, args.set, preset=args.preset, notes=notes)
         run_dir = Path(args.out) if args.out else _default_run_dir(args)
         check_new_run_dir(run_dir)
     components = build_components(config)  # every name and argument checked before the model loads
     check_ready(config, components)  # the model and the rewards' weights exist (nothing loaded)
-    for note in components.warnings:  # after the checks: a refused config gets its one error paragraph alone
+    for note in notes + components.warnings:  # after the checks: a refused config gets its one error paragraph alone
         print(f"[draft] warning: {note}", file=sys.stderr)
     if config.train.memory_budget is not None and not args.no_plan_check and not args.dry_run:
         from draft_core.planning.fitting import check_budget
@@ -115,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         trainer.setup(resume=bool(args.resume))
         if trainer.acc.is_main_process:  # the model card shows the command that started the run and each resume
-            record_command(run_dir)
+            record_command(run_dir, command_line(args.argv) if getattr(args, "argv", None) else None)
         trainer.log(
             f"{config.model.name} on {trainer.model.device} ({trainer.model.dtype}), LoRA rank {config.lora.rank} "
             f"({sum(p.numel() for p in trainer.params):,} parameters), estimator {section_label(config.estimator)}, "

@@ -32,16 +32,20 @@ GENERIC_SAMPLING: dict[str, Any] = {"name": "ddim", "steps": 50, "guidance_scale
 SAMPLING_KEYS = ("steps", "guidance_scale")
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), preset: str | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), preset: str | None = None,
+                *, notes: list[str] | None = None) -> Config:
     """Defaults <- preset or YAML file <- ``--set`` overrides, checked, then resolved (``resolve_config``).
 
     Renaming a plugin with ``--set`` (``sampler.name=ddpm``) keeps the old section's arguments the new
-    plugin accepts and prints a warning naming those it drops."""
+    plugin accepts and warns naming those it drops: appended to ``notes`` when given (the CLI prints
+    them once the config has passed its checks), printed to stderr otherwise."""
     renamed: dict[str, set[str]] = {}
     config = parse_config(path, list(overrides), preset=preset, renamed=renamed)
-    notes: list[str] = []
-    resolve_config(config, renamed=renamed, notes=notes)
-    for note in notes:
+    found: list[str] = []
+    resolve_config(config, renamed=renamed, notes=found)
+    if notes is not None:
+        notes += found
+    for note in found if notes is None else ():
         print(f"[draft] warning: {note}", file=sys.stderr)
     return config
 
