@@ -277,7 +277,8 @@ def _fill_estimator(section: dict[str, Any], registry: Any) -> dict[str, Any]:
 def _fill_reward(section: dict[str, Any], registry: Any) -> dict[str, Any]:
     if "weights" not in section:
         factory = _factory(registry, "reward", section.get("name"))
-        return section if factory is None else fill_defaults(factory, section, skip=("name",))
+        # Not "weights" or "args" (digit-classifier's weights file): those keys make a section a weighted sum.
+        return section if factory is None else fill_defaults(factory, section, skip=("name", "weights", "args"))
     weights, args = section.get("weights"), section.get("args") or {}
     if not isinstance(weights, dict) or not isinstance(args, dict):
         return section  # reported by the config's checks
