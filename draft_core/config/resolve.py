@@ -210,10 +210,11 @@ def _drop_unaccepted(section: str, value: dict[str, Any], carried: set[str], reg
     """After ``--set SECTION.name=NEW``: the carried-over keys NEW does not accept, dropped and named."""
     name = value.get("name")
     factory = _factory(registry, section, name)
-    accepted = accepted_arguments(factory) if factory is not None else None
-    if factory is None or (accepted is None and "weights" not in carried):
-        return value
-    dropped = sorted(k for k in carried if k in value and (accepted is None or k not in accepted))
+    if factory is None:
+        return value  # an unknown name: check_plugins reports it
+    accepted = accepted_arguments(factory)  # None: it takes any keyword
+    reserved = {"weights", "args"} if section == "reward" else set()  # a weighted sum's keys, never one reward's
+    dropped = sorted(k for k in carried if k in value and (k in reserved or (accepted is not None and k not in accepted)))
     if section == "estimator":  # an estimator wrapper (kl) wraps the new estimator as it did the old one
         dropped = [k for k in dropped if not is_wrapper(registry, k)]
     if dropped and notes is not None:
