@@ -46,6 +46,7 @@ def train(
     arguments, the model and the rewards' weights, and a new run's folder (absent or empty).
     """
     from draft_core.config.inputs import check_new_run_dir
+    from draft_core.lora.card import record_command
     from draft_core.training.preflight import check_ready
 
     if not isinstance(config, Config):
@@ -53,12 +54,14 @@ def train(
     elif overrides:
         raise TypeError("overrides apply to a config file; change a Config object's fields directly.")
     run_dir = Path(run_dir)
-    components = build_components(config, reward=reward)
+    components = build_components(config, reward=reward)  # resolves the config in place, as the CLI does
     check_ready(config, components)
     if not resume:
         check_new_run_dir(run_dir)
     trainer = Trainer(config, run_dir, components, progress=progress)
     trainer.setup(resume=resume)
+    if trainer.acc.is_main_process:
+        record_command(run_dir)  # the script's command line, for the model card
     trainer.train()
     return trainer
 
@@ -66,9 +69,12 @@ def train(
 def generate(model, sampler, method, prompts: Sequence[str], *, seed: int = 0, batch_size: int = 8,
              lora_steps: tuple[int, int] | None = None) -> torch.Tensor:
     """Images [len(prompts), 3, H, W] in [0, 1] on the CPU, in batches; the initial noise is drawn once
-    for all prompts from ``seed``, as a diffusers pipeline draws it (what ``draft sample`` does)."""
+    for all prompts from ``seed``, as a diffusers pipeline draws it (what ``draft sample`` does).
+    sampler: a built sampler of the model's kind (a diffusion sampler on a flow-matching model is refused)."""
+    from draft_core.config.resolve import check_sampler_family
     from draft_core.evaluation.baselines import NoiseSource
 
+    check_sampler_family(type(model), type(sampler).__name__, getattr(sampler, "flow_matching", None), model.name or repr(model))
     gen = torch.Generator().manual_seed(seed)
     noise = model.make_noise(len(prompts), gen)
     images = []
@@ -86,28 +92,34 @@ def sample(
     *,
     n: int = 1,
     seed: int = 0,
-    sampler: str = "ddim",
-    steps: int = 50,
-    guidance_scale: float = 7.5,
+    sampler: str | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
     loras: Sequence[str | LoraSpec] = (),
     batch_size: int = 8,
 ) -> torch.Tensor:
     """``n`` images per prompt, [len(prompts) * n, 3, H, W] in [0, 1], prompt by prompt.
 
-    model: a DiffusionModel or a name for ``load_model`` (embedded, folder, hub id). loras:
-    ``"PATH[:SCALE]"`` strings or LoraSpecs, mixed linearly; they are loaded into the model's UNet
-    as adapters (so a model object passed in keeps them). The same arguments and seed give the
-    images ``draft sample`` writes.
+    model: a DiffusionModel or a name for ``load_model`` (embedded, folder, hub id). sampler, steps,
+    guidance_scale: None takes them as ``draft sample`` does: the model family's sampler (euler for
+    flow-matching models), the steps and guidance of the run that trained the first LoRA, else the
+    model's (``draft_core.config.resolve``). loras: ``"PATH[:SCALE]"`` strings or LoraSpecs, mixed
+    linearly; they are loaded into the model's denoiser as adapters (so a model object passed in keeps
+    them). The same arguments and seed give the images ``draft sample`` writes.
     """
+    from draft_core.config.resolve import sampling_for
     from draft_core.evaluation.baselines import build_method
 
-    if isinstance(model, str):
-        model = load_model(model)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     specs = [s if isinstance(s, LoraSpec) else LoraSpec.parse(s) for s in loras]
+    registry = load_registry()
+    # Checked before any weights load (a name is looked up in its model_index.json).
+    section = sampling_for(model, sampler=sampler, steps=steps, guidance=guidance_scale, loras=specs, registry=registry)
+    if isinstance(model, str):
+        model = load_model(model)
     if specs:
         apply_loras(model, specs, model_name=model.name or None)
-    built = load_registry().build("sampler", sampler, steps=steps, guidance_scale=guidance_scale)
+    built = registry.build("sampler", section["name"], **{k: v for k, v in section.items() if k != "name"})
     expanded = [p for p in prompts for _ in range(n)]
     return generate(model, built, build_method("plain"), expanded, seed=seed, batch_size=batch_size)
 

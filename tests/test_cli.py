@@ -152,7 +152,7 @@ def test_train_dry_run_prints_the_resolved_config(capsys, no_model, tmp_path):
     out, err = capsys.readouterr()
     printed = yaml.safe_load(out)
     assert printed["train"]["steps"] == 7
-    assert printed["estimator"] == {"name": "draft-lv", "n": 2, "kl": 1e-3}
+    assert printed["estimator"] == {"name": "draft-lv", "n": 2, "kl": {"beta": 1e-3}}  # every argument written down
     (tmp_path / "printed.yaml").write_text(out)
     assert load_config(tmp_path / "printed.yaml") == load_config(overrides=["train.steps=7"], preset="quickstart")
     assert not (tmp_path / "runs").exists()

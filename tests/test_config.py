@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from draft_core.config import Config, load_config, parse_override
+from draft_core.config import Config, load_config, parse_override, resolve_config
 from draft_core.errors import ConfigError, DraftError
 from draft_core.plugins import load_registry
 from draft_core.config.prompts import load_prompts
@@ -22,6 +22,9 @@ ANIMALS = (
     "wolf lizard beetle ant butterfly fish shark whale dolphin squirrel mouse rat snake turtle frog "
     "chicken duck goose bee pig turkey fly llama camel bat gorilla hedgehog kangaroo"
 ).split()  # REFERENCE §1: ddpo-pytorch simple_animals.txt, file order
+# Resolved estimator sections: every argument of the factory written down, at its default.
+DRAFT_K = {"name": "draft-k", "k": 1, "checkpoint": None, "k_range": None, "alignprop_range": None}
+REFL = {"name": "refl", "m": 20}
 
 
 
@@ -48,11 +51,12 @@ def config_error(*args, **kwargs) -> str:
 # -- defaults, presets, files -----------------------------------------------------------------
 def test_defaults():
     c = load_config()
-    assert c == Config()
+    assert c == resolve_config(Config())  # the resolved defaults: every plugin argument written down
+    assert Config().sampler == {}  # unresolved: the model family's sampler
     assert c.model.name == "tiny-random"
-    assert c.sampler == {"name": "ddim", "steps": 50, "guidance_scale": 7.5}
+    assert c.sampler == {"name": "ddim", "steps": 50, "guidance_scale": 7.5, "eta": 0.0}
     assert c.estimator == {"name": "draft-lv", "n": 2}
-    assert c.reward == {"name": "jpeg-compressibility"}
+    assert c.reward == {"name": "jpeg-compressibility", "quality": 50.0}
     assert c.train.steps == 2000 and c.train.lr == 4e-4 and c.train.betas == [0.9, 0.999]
     assert c.prompts.source == "animals" and c.prompts.template == "{}"
 
@@ -60,9 +64,9 @@ def test_defaults():
 def test_quickstart_preset():
     c = load_config(preset="quickstart")
     assert c.model.name == "digits" and c.lora.rank == 4
-    assert c.sampler == {"name": "ddim", "steps": 20, "guidance_scale": 7.5}
-    assert c.estimator == {"name": "draft-lv", "n": 2, "kl": 1e-3}
-    assert c.reward == {"name": "ink-coverage", "softness": 0.05}
+    assert c.sampler == {"name": "ddim", "steps": 20, "guidance_scale": 7.5, "eta": 0.0}
+    assert c.estimator == {"name": "draft-lv", "n": 2, "kl": {"beta": 1e-3}}  # the wrapper with its arguments
+    assert c.reward == {"name": "ink-coverage", "softness": 0.05, "threshold": 0.5, "ink": "light"}
     assert c.lora.targets == Config().lora.targets  # the paper's (A.1)
     assert c.prompts.source == "digits" and c.prompts.template == "{}"
     assert (c.train.steps, c.train.batch_size, c.train.lr, c.train.checkpoint_every) == (50, 4, 1e-3, 20)
@@ -72,11 +76,11 @@ def test_quickstart_preset():
 def test_yaml_file_merges_over_defaults(tmp_path):
     path = write(tmp_path, "train:\n  steps: 5\nlora:\n  rank: 2\nsampler:\n  steps: 4\n")
     c = load_config(path)
-    d = Config()
+    d = resolve_config(Config())
     assert c.train.steps == 5 and c.lora.rank == 2
     assert c.train.lr == d.train.lr and c.train.batch_size == d.train.batch_size  # rest of the section kept
     assert c.lora.targets == d.lora.targets
-    assert c.sampler == {"name": "ddim", "steps": 4, "guidance_scale": 7.5}  # partial plugin section
+    assert c.sampler == {"name": "ddim", "steps": 4, "guidance_scale": 7.5, "eta": 0.0}  # partial plugin section
     assert (c.model, c.estimator, c.reward, c.prompts) == (d.model, d.estimator, d.reward, d.prompts)
 
 
@@ -84,17 +88,17 @@ def test_yaml_file_merges_over_a_preset(tmp_path):
     path = write(tmp_path, "train:\n  steps: 3\nestimator:\n  name: draft-k\n  k: 2\n")
     c = load_config(path, preset="quickstart")
     assert c.train.steps == 3 and c.train.lr == 1e-3
-    assert c.estimator == {"name": "draft-k", "k": 2}  # a named section replaces the preset's
+    assert c.estimator == {**DRAFT_K, "k": 2}  # a named section replaces the preset's
 
 
 def test_empty_yaml_file_is_the_defaults(tmp_path):
-    assert load_config(write(tmp_path, "# nothing\n")) == Config()
+    assert load_config(write(tmp_path, "# nothing\n")) == load_config()
 
 
 def test_plugin_section_shorthand_in_yaml(tmp_path):
     c = load_config(write(tmp_path, "estimator: draft-k\nreward: rotation-anticorrelation\n"), preset="quickstart")
-    assert c.estimator == {"name": "draft-k"}  # the preset's n: 2 belongs to draft-lv
-    assert c.reward == {"name": "rotation-anticorrelation"}
+    assert c.estimator == DRAFT_K  # the preset's n: 2 belongs to draft-lv
+    assert c.reward["name"] == "rotation-anticorrelation" and "softness" not in c.reward
 
 
 # -- --set ------------------------------------------------------------------------------------
@@ -166,30 +170,33 @@ def test_parse_override():
     [["estimator.name=draft-k", "estimator.k=5"], ["estimator.k=5", "estimator.name=draft-k"]],
     ids=["name-first", "name-last"],
 )
-def test_renaming_a_plugin_drops_the_old_plugins_arguments(overrides):
+def test_renaming_a_plugin_drops_the_old_plugins_arguments(overrides, capsys):
     c = load_config(overrides=overrides, preset="quickstart")
-    assert c.estimator == {"name": "draft-k", "k": 5}  # the preset's n: 2 is gone
+    # The preset's n: 2 is gone (draft-k takes no n), said on stderr; its kl wrapper wraps draft-k now.
+    assert c.estimator == {**DRAFT_K, "k": 5, "kl": {"beta": 1e-3}}
+    assert "dropped estimator.n of the previous estimator, which 'draft-k' does not accept; kept kl" in capsys.readouterr().err
     components = build_components(c)
-    assert isinstance(components.estimator, TruncatedBackprop) and components.estimator.k == 5
+    inner = components.estimator.inner
+    assert isinstance(inner, TruncatedBackprop) and inner.k == 5 and components.estimator.beta == 1e-3
 
 
 def test_renaming_in_a_file_then_set(tmp_path):
     path = write(tmp_path, "estimator:\n  name: draft-lv\n  n: 4\n")
-    assert load_config(path, ["estimator.name=refl", "estimator.m=3"]).estimator == {"name": "refl", "m": 3}
+    assert load_config(path, ["estimator.name=refl", "estimator.m=3"]).estimator == {**REFL, "m": 3}
 
 
 def test_setting_the_same_name_keeps_the_arguments():
     c = load_config(overrides=["estimator.name=draft-lv"], preset="quickstart")
-    assert c.estimator == {"name": "draft-lv", "n": 2, "kl": 1e-3}
+    assert c.estimator == {"name": "draft-lv", "n": 2, "kl": {"beta": 1e-3}}
 
 
 def test_set_plugin_shorthand():
     c = load_config(overrides=["estimator=draft-k", "estimator.k=3"], preset="quickstart")
-    assert c.estimator == {"name": "draft-k", "k": 3}
+    assert c.estimator == {**DRAFT_K, "k": 3}  # a whole section replaces the preset's, kl included
 
 
 def test_set_argument_without_renaming_keeps_the_name():
-    assert load_config(overrides=["estimator.n=5"], preset="quickstart").estimator == {"name": "draft-lv", "n": 5, "kl": 1e-3}
+    assert load_config(overrides=["estimator.n=5"], preset="quickstart").estimator == {"name": "draft-lv", "n": 5, "kl": {"beta": 1e-3}}
 
 
 # -- errors -----------------------------------------------------------------------------------

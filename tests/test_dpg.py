@@ -191,6 +191,12 @@ def test_dpg_trains_and_resumes_through_the_runner(tmp_path):
 
     rows = [json.loads(r) for r in (split / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all("critic_loss" in r for r in rows)
+    # The model card shows the command that started the run and the resume's, each as given.
+    card = (split / "lora" / "README.md").read_text()
+    made_by = card.split("Made by:\n\n```bash\n")[1].split("\n```")[0].splitlines()
+    assert [line.split()[:3] for line in made_by] == [["draft", "train", "--preset"], ["draft", "train", "--resume"]]
+    assert made_by[1].endswith("--set train.steps=3 --no-progress")
+    assert f"draft sample --model digits --lora {split / 'lora'}:1.0 --steps 3 --guidance 7.5 --prompt" in card
 
 
 def test_critic_gradients_are_averaged_across_processes(tmp_path):

@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from torch import nn
 
@@ -286,7 +287,7 @@ def test_an_estimator_plugin_is_named_checkpointed_with_plain_numbers_and_resume
     out = tmp_path / "run"
     assert train(out, "estimator={name: bad-state, bad_at: 0}", "train.steps=2") == 0
     err = capsys.readouterr().err
-    assert "estimator bad-state(bad_at=0)" in err and " object at 0x" not in err  # no __repr__ needed
+    assert "estimator bad-state(bad_at=0, k=1)" in err and " object at 0x" not in err  # no __repr__ needed; k: its default
     # The plain int `calls` went through the checkpoint and comes back an int: counting goes on.
     assert train(out, "train.steps=3", resume=True) == 0
     assert [r["calls"] for r in rows(out)] == [1.0, 2.0, 3.0]
@@ -334,9 +335,12 @@ def test_dry_run_shows_the_arguments_left_at_their_defaults(capsys, no_model):
 
     assert main(["train", "--preset", "quickstart", "--dry-run", "--set", "estimator={name: draft-k, k: 2, kl: 0.1}"]) == 0
     out = capsys.readouterr().out
-    assert "#   sampler: ddim: eta=0.0" in out
-    assert "#   estimator: draft-k: checkpoint=None, k_range=None" in out
-    assert "#   reward: ink-coverage: threshold=0.5, ink='light'" in out
+    printed = yaml.safe_load(out)  # the resolved config holds them all: no comment block is left to show
+    assert printed["sampler"]["eta"] == 0.0
+    assert printed["estimator"] == {"name": "draft-k", "k": 2, "checkpoint": None, "k_range": None,
+                                    "alignprop_range": None, "kl": {"beta": 0.1}}
+    assert (printed["reward"]["threshold"], printed["reward"]["ink"]) == (0.5, "light")
+    assert "# plugin arguments left at defaults" not in out
 
 
 def test_a_name_conflict_leaves_the_rest_of_the_cli_working(tmp_path, monkeypatch, capsys):

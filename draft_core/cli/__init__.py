@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
+    args.argv = ["draft", *(sys.argv[1:] if argv is None else argv)]  # the command as given (model cards record it)
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit

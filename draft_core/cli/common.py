@@ -1,5 +1,5 @@
 """Helpers every ``draft`` command shares: quiet libraries, ``--lora-steps`` windows, learned sampler
-hyperparameters saved beside a LoRA, and loading a model for sampling."""
+hyperparameters saved beside a LoRA, the sampler to sample with, and loading a model for sampling."""
 
 from __future__ import annotations
 
@@ -83,22 +83,16 @@ def load_for_sampling(args: argparse.Namespace):
     return model
 
 
-def family_sampler(model: str, sampler: str | None, revision: str | None = None):
-    """(sampler name, family class) for ``--model``: the ``--sampler`` given, or (None) the model family's
-    default (ddim for noise-prediction families, euler for flow-matching ones). A sampler of the other
-    kind is refused here, before any weights load. Reads model_index.json only."""
-    from draft_core.models.loading import check_model
+def sampler_for(args: argparse.Namespace, specs, registry=None):
+    """(the resolved sampler section, the built sampler) for ``--model``: ``--sampler``, ``--steps`` and
+    ``--guidance`` as given, else the steps and guidance of the run that trained the first ``--lora``
+    (its config.yaml), else the model's defaults (draft_core.config.resolve). A sampler of the wrong kind
+    for the model is refused here, before any weights load. Reads model_index.json only."""
+    from draft_core.config.resolve import sampling_for
     from draft_core.plugins import load_registry
 
-    family = check_model(model, revision)
-    name = sampler or getattr(family, "default_sampler", "ddim")
-    flow_family = getattr(family, "flow_matching", None)
-    flow_sampler = getattr(load_registry().get("sampler", name).factory, "flow_matching", None)
-    if flow_family is not None and flow_sampler is not None and flow_family != flow_sampler:
-        wanted = "euler or flow-sde" if flow_family else "ddim or ddpm"
-        raise DraftError(
-            f"--sampler {name} is a {'flow-matching' if flow_sampler else 'diffusion'} sampler, but model '{model}' "
-            f"is of the '{family.family}' family, which {'is trained with flow matching' if flow_family else 'predicts noise'}: "
-            f"use --sampler {wanted} (or leave --sampler out for the family's default, {family.default_sampler})."
-        )
-    return name, family
+    registry = registry or load_registry()
+    section = sampling_for(args.model, sampler=args.sampler, steps=args.steps, guidance=args.guidance, loras=specs,
+                           registry=registry)
+    name = section["name"]
+    return section, registry.build("sampler", name, **{k: v for k, v in section.items() if k != "name"})

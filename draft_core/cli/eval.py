@@ -24,7 +24,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from draft_core.plugins import load_registry
 
     for flag, value in (("--n-per-prompt", args.n_per_prompt), ("--batch-size", args.batch_size), ("--steps", args.steps)):
-        if value < 1:
+        if value is not None and value < 1:
             raise DraftError(f"{flag} must be a positive integer, got {value}.")
     # Every name, file and argument is checked before the model loads.
     items = load_prompt_set(args.prompts, args.prompts_per_category)
@@ -33,10 +33,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     selector = next(iter(rewards.values()))  # best-of-n and DOODL select/optimise with the first reward
     methods = [build_method(text, selector) for text in (args.method or ["plain"])]
     specs = [LoraSpec.parse(s) for s in args.lora]
-    from draft_core.cli.common import family_sampler
+    from draft_core.cli.common import sampler_for
 
-    args.sampler, _ = family_sampler(args.model, args.sampler)
-    sampler = registry.build("sampler", args.sampler, steps=args.steps, guidance_scale=args.guidance)
+    section, sampler = sampler_for(args, specs, registry)  # the model's (or the LoRA run's) steps and guidance unless given
+    args.sampler, args.steps, args.guidance = section["name"], section.get("steps"), section.get("guidance_scale")
     window = parse_window(args.lora_steps, args.steps)
     configs = ([[]] if args.base or not specs else []) + ([specs] if specs else [])
     rows = [RowSpec(list(c), m) for c in configs for m in methods]
@@ -86,8 +86,8 @@ def add_parser(sub) -> None:
     ev.add_argument("--n-per-prompt", type=int, default=4)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--sampler", help="default: the model family's (ddim; euler for flow-matching models)")
-    ev.add_argument("--steps", type=int, default=50)
-    ev.add_argument("--guidance", type=float, default=7.5)
+    ev.add_argument("--steps", type=int, help="default: the model's (50; FLUX.1-dev 28, digits-flow 20), or with --lora the run's")
+    ev.add_argument("--guidance", type=float, help="default: the model's (7.5; FLUX.1-dev 3.5, digits-flow 8), or with --lora the run's")
     ev.add_argument("--lora-steps", metavar="START:END", help="apply the LoRA only for sampling steps START <= i < END")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--sheet-columns", type=int, default=8, help="prompts shown per row of contact_sheet.png")

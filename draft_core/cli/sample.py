@@ -34,23 +34,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from draft_core.api import generate
-    from draft_core.cli.common import family_sampler, learned_sampling, load_for_sampling, parse_window, resolve_device
+    from draft_core.cli.common import learned_sampling, load_for_sampling, parse_window, resolve_device, sampler_for
     from draft_core.evaluation.baselines import build_method, build_reward
     from draft_core.lora import LoraSpec, apply_loras
     from draft_core.lora.redact import local_path
     from draft_core.lora.validate import check_lora_spec
     from draft_core.media import generation_params, save_grid, save_png, to_pil
-    from draft_core.plugins import load_registry
 
     for flag, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--steps", args.steps)):
-        if value < 1:
+        if value is not None and value < 1:
             raise DraftError(f"{flag} must be a positive integer, got {value}.")
     specs = [LoraSpec.parse(s) for s in args.lora]
     for spec in specs:
         check_lora_spec(spec)  # a bad file is refused before the model loads
     method = build_method(args.method, build_reward(args.reward) if args.reward else None)
-    args.sampler, _ = family_sampler(args.model, args.sampler)
-    sampler = load_registry().build("sampler", args.sampler, steps=args.steps, guidance_scale=args.guidance)
+    section, sampler = sampler_for(args, specs)  # the model's (or the LoRA run's) steps and guidance unless given
+    args.sampler, args.steps, args.guidance = section["name"], section.get("steps"), section.get("guidance_scale")
     window = parse_window(args.lora_steps, args.steps)
     resolve_device(args.device)
     out = Path(args.out)
@@ -89,8 +88,8 @@ def add_parser(sub) -> None:
     sa.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", help="a LoRA and its scale (repeatable: mixed linearly)")
     sa.add_argument("--lora-steps", metavar="START:END", help="apply the LoRA only for sampling steps START <= i < END")
     sa.add_argument("--sampler", help="default: the model family's (ddim; euler for flow-matching models)")
-    sa.add_argument("--steps", type=int, default=50)
-    sa.add_argument("--guidance", type=float, default=7.5)
+    sa.add_argument("--steps", type=int, help="default: the model's (50; FLUX.1-dev 28, digits-flow 20), or with --lora the run's")
+    sa.add_argument("--guidance", type=float, help="default: the model's (7.5; FLUX.1-dev 3.5, digits-flow 8), or with --lora the run's")
     sa.add_argument("--batch-size", type=int, default=8)
     sa.add_argument("--device", default="auto")
     sa.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])

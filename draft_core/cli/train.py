@@ -50,25 +50,12 @@ def _check_resume(run_dir: Path, config) -> None:
 
 
 def _defaults_block(config) -> str:
-    """YAML comments: each plugin's arguments that the config leaves at their defaults."""
+    """YAML comments: the plugin arguments left at defaults that YAML cannot hold (the resolved config
+    above holds every other argument); empty when there are none."""
     from draft_core.training.components import default_arguments
 
-    lines = ["# plugin arguments left at their defaults (set any of them like the keys above):"]
-    for planned, defaults in default_arguments(config):
-        shown = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "(none)"
-        lines.append(f"#   {planned.key}: {planned.name}: {shown}")
-    return "\n".join(lines) + "\n"
-
-
-def _family_sampler(model: str) -> list[str]:
-    """``--set sampler.name=...`` for the model family's default sampler where the default config's does not
-    suit it (a flow-matching family samples with euler, not ddim); the model is looked up, not loaded."""
-    from draft_core.config.schema import Config
-    from draft_core.models.loading import check_model
-
-    family = check_model(model)
-    default = getattr(family, "default_sampler", None)
-    return [f"sampler.name={default}"] if default and default != Config().sampler["name"] else []
+    lines = [f"#   {p.key}: {p.name}: " + ", ".join(f"{k}={v!r}" for k, v in d.items()) for p, d in default_arguments(config) if d]
+    return "".join(f"{line}\n" for line in ["# plugin arguments left at defaults that YAML cannot hold:", *lines]) if lines else ""
 
 
 def train_device_type(config) -> str:
@@ -78,34 +65,11 @@ def train_device_type(config) -> str:
     return "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def _sampler_given(args: argparse.Namespace) -> bool:
-    """Whether the preset, the config file or a --set names the sampler."""
-    from draft_core.config.schema import preset_path, read_yaml
-
-    raws = ([read_yaml(preset_path(args.preset))] if args.preset else []) + ([read_yaml(Path(args.config))] if args.config else [])
-    in_files = any(isinstance(r.get("sampler"), dict) and "name" in r["sampler"] for r in raws if isinstance(r, dict))
-    return in_files or any(s.split("=", 1)[0].strip() in ("sampler", "sampler.name") for s in args.set)
-
-
-def _with_family_sampler(args: argparse.Namespace, config):
-    """``config`` with the model family's default sampler when it differs from the config's default (ddim);
-    a model that cannot be checked here is left for the preflight checks to report."""
-    from draft_core.models.loading import check_model
-
-    try:
-        default = getattr(check_model(config.model.name, config.model.revision, config.model.family), "default_sampler", None)
-    except DraftError:
-        return config
-    if default is not None and default != config.sampler.get("name"):
-        # Only the name: the steps and guidance the config gives (or the defaults) stay.
-        config.sampler = {**config.sampler, "name": default}
-    return config
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.cli.common import quiet_libraries
     from draft_core.config import load_config
     from draft_core.config.inputs import check_new_run_dir
+    from draft_core.lora.card import command_line, record_command
     from draft_core.training.components import build_components, section_label
     from draft_core.training.preflight import check_ready
     from draft_core.training.runner import Trainer
@@ -113,6 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_set_arguments(args)
     if getattr(args, "model", None):  # --model NAME: --set model.name=NAME, before the other overrides
         args.set = [f"model.name={args.model}", *args.set]
+    notes: list[str] = []  # plugin arguments a --set SECTION.name=... dropped, printed once the checks pass
     if args.resume:
         if args.config or args.preset or args.out:
             raise DraftError(
@@ -122,21 +87,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise DraftError(f"--resume {run_dir}: no config.yaml there; give the folder of an earlier `draft train` run.")
-        config = load_config(run_dir / "config.yaml", args.set)
+        config = load_config(run_dir / "config.yaml", args.set, notes=notes)
         _check_resume(run_dir, config)
     else:
         if not args.config and not args.preset and not getattr(args, "model", None):
             raise DraftError("draft train needs a CONFIG.yaml or --preset NAME (e.g. draft train --preset quickstart).")
-        if not args.config and not args.preset:  # --model alone: the default config, with the family's sampler
-            args.set = [*_family_sampler(args.model), *args.set]
-        config = load_config(args.config, args.set, preset=args.preset)
-        if not _sampler_given(args):  # the model family's default sampler (euler for flow-matching models)
-            config = _with_family_sampler(args, config)
+        # Resolved: the model family's sampler unless one is named (euler for flow-matching models).
+        config = load_config(args.config, args.set, preset=args.preset, notes=notes)
         run_dir = Path(args.out) if args.out else _default_run_dir(args)
         check_new_run_dir(run_dir)
     components = build_components(config)  # every name and argument checked before the model loads
     check_ready(config, components)  # the model and the rewards' weights exist (nothing loaded)
-    for note in components.warnings:  # after the checks: a refused config gets its one error paragraph alone
+    for note in notes + components.warnings:  # after the checks: a refused config gets its one error paragraph alone
         print(f"[draft] warning: {note}", file=sys.stderr)
     if config.train.memory_budget is not None and not args.no_plan_check and not args.dry_run:
         from draft_core.planning.fitting import check_budget
@@ -153,6 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     existed = run_dir.exists()
     try:
         trainer.setup(resume=bool(args.resume))
+        if trainer.acc.is_main_process:  # the model card shows the command that started the run and each resume
+            record_command(run_dir, command_line(args.argv) if getattr(args, "argv", None) else None)
         trainer.log(
             f"{config.model.name} on {trainer.model.device} ({trainer.model.dtype}), LoRA rank {config.lora.rank} "
             f"({sum(p.numel() for p in trainer.params):,} parameters), estimator {section_label(config.estimator)}, "

@@ -145,7 +145,8 @@ PLUGIN_SECTIONS = {"sampler": "sampler", "estimator": "estimator", "reward": "re
 class Config:
     model: ModelSection = field(default_factory=ModelSection)
     lora: LoraSection = field(default_factory=LoraSection)
-    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "ddim", "steps": 50, "guidance_scale": 7.5})
+    # Empty: the model family's default sampler, steps and guidance (filled by draft_core.config.resolve).
+    sampler: dict[str, Any] = field(default_factory=dict)
     estimator: dict[str, Any] = field(default_factory=lambda: {"name": "draft-lv", "n": 2})
     reward: dict[str, Any] = field(default_factory=lambda: {"name": "jpeg-compressibility"})
     prompts: PromptsSection = field(default_factory=PromptsSection)
@@ -226,9 +227,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``--set`` overrides. Changing a plugin's name (``--set estimator.name=draft-k``)
-    drops the old plugin's arguments from the file; other ``--set`` arguments still apply."""
+def apply_overrides(raw: dict, overrides: list[str], renamed: dict[str, set[str]] | None = None) -> dict:
+    """Apply ``--set`` overrides. Changing a plugin's name (``--set estimator.name=draft-k``) keeps the
+    old plugin's arguments; ``renamed`` (section -> those carried keys) lets the resolver drop the ones
+    the new plugin does not accept. Without ``renamed`` they are dropped here."""
     raw = dict(raw)
     parsed = [parse_override(text) for text in overrides]
     renames = [(p, v) for p, v in parsed if len(p) == 2 and p[0] in PLUGIN_SECTIONS and p[1] == "name"]
@@ -236,7 +238,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         old = raw.get(parts[0])
         old_name = old.get("name") if isinstance(old, dict) else old
         if old_name != value:
-            raw[parts[0]] = {"name": value}
+            carried = {k: v for k, v in old.items() if k != "name"} if isinstance(old, dict) and renamed is not None else {}
+            raw[parts[0]] = {"name": value, **carried}
+            if carried:
+                given = {p[1] for p, _ in parsed if len(p) >= 2 and p[0] == parts[0]}
+                renamed[parts[0]] = set(carried) - given
     for parts, value in parsed:
         node = raw
         for part in parts[:-1]:
@@ -278,15 +284,17 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), preset: str | None = None) -> Config:
-    """Defaults <- preset or YAML file <- overrides, checked for unknown keys and wrong types."""
+def parse_config(path: str | Path | None = None, overrides: list[str] = (), preset: str | None = None,
+                 renamed: dict[str, set[str]] | None = None) -> Config:
+    """Defaults <- preset or YAML file <- overrides, checked for unknown keys and wrong types; not yet
+    resolved (``draft_core.config.load_config`` resolves it). renamed: as for ``apply_overrides``."""
     raw: dict = {}
     if preset is not None:
         raw = read_yaml(preset_path(preset))
     if path is not None:
         raw = _merge(raw, read_yaml(Path(path)))
     defaults = Config().to_dict()
-    merged = _merge(defaults, apply_overrides(raw, list(overrides)))
+    merged = _merge(defaults, apply_overrides(raw, list(overrides), renamed))
     problems: list[str] = []
     config = _build(Config, merged, "", problems)
     problems += value_problems(config)
@@ -374,7 +382,9 @@ def value_problems(c: Config) -> list[str]:
             bad(f"config key 'model.device' is {c.model.device!r}; give auto, cpu, cuda or cuda:N.")
     if c.prompts.items is not None and not c.prompts.items:
         bad("config key 'prompts.items' is an empty list; give prompts, or null to use prompts.source.")
-    for section in ("sampler", "estimator"):
+    if not isinstance(c.sampler.get("name", ""), str):  # no name: the model family's default sampler
+        bad("config section 'sampler' needs a 'name' (a registered sampler; see `draft plugins`), or no name for the model family's default.")
+    for section in ("estimator",):
         if not isinstance(getattr(c, section).get("name"), str):
             bad(f"config section '{section}' needs a 'name' (a registered {section}); see `draft plugins`.")
     problems += _reward_problems(c.reward)

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+COMMANDS_FILE = "commands.jsonl"  # in a run folder: the command that started the run, then each resume's
+
+
 def command_line(argv: Sequence[str] | None = None) -> str:
     from draft_core.lora.redact import local_path
 
@@ -17,6 +20,36 @@ def command_line(argv: Sequence[str] | None = None) -> str:
         argv = ["draft", *argv[1:]]
     # An absolute --out (or config, or LoRA) under the working or home folder is written relative to it.
     return shlex.join([argv[0], *(local_path(a) if a.startswith("/") else a for a in argv[1:])] if argv else argv)
+
+
+def record_command(run_dir: str | Path, command: str | None = None) -> None:
+    """Append the command that started or resumed the run in ``run_dir`` (default: this process's) to its
+    commands.jsonl, so the model card can show every command the run took, not only the last."""
+    with open(Path(run_dir) / COMMANDS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"command": command or command_line()}) + "\n")
+
+
+def run_commands(run_dir: str | Path) -> list[str]:
+    """The commands recorded by ``record_command``, first to last (unreadable lines skipped)."""
+    path = Path(run_dir) / COMMANDS_FILE
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            found.append(str(json.loads(line)["command"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def sample_command(base: str, lora: str | Path, sampler: object = None, prompt: str = "...") -> str:
+    """``draft sample`` for a trained LoRA, with the steps and guidance the run sampled with (from its
+    config.yaml's sampler section), so the command shows what it samples with."""
+    parts = ["draft", "sample", "--model", base, "--lora", f"{lora}:1.0"]
+    if isinstance(sampler, dict):
+        for flag, key in (("--steps", "steps"), ("--guidance", "guidance_scale")):
+            if isinstance(sampler.get(key), (int, float)) and not isinstance(sampler.get(key), bool):
+                parts += [flag, str(sampler[key])]
+    return shlex.join(parts) + f" --prompt {prompt}"
 
 
 def _pipeline_class(base: str) -> str:
@@ -57,7 +90,7 @@ def write_model_card(folder: str | Path, info: dict, location: str | Path | None
 
     where = local_path(location if location is not None else folder)  # no absolute path where a relative one does
     if usage is None:
-        usage = f"`draft sample --model {base} --lora {where}:1.0 --prompt ...`"
+        usage = f"`{sample_command(base, where, info.get('sampler'))}`"
         if base not in EMBEDDED:  # an embedded model is no diffusers pipeline to from_pretrained
             pipeline = _pipeline_class(base)
             usage = (
@@ -110,6 +143,7 @@ def run_card_info(run_dir: str | Path, command: str | None = None) -> dict:
         "final_reward": rows[-1]["reward_mean"] if rows else None,  # the last step's batch mean
         "final_reward_last10": sum(r["reward_mean"] for r in rows[-10:]) / len(rows[-10:]) if rows else None,
         "prompts": cfg.get("prompts", {}).get("source"),
-        "command": command or command_line(),
+        # The command that started the run, then each resume's (one per line).
+        "command": command or "\n".join(run_commands(run_dir)) or command_line(),
     }
     return info

@@ -33,6 +33,22 @@ _FACTOR = re.compile(r"\.(lora_A|lora_B|lora\.down|lora\.up|lora_linear_layer\.d
 def base_model_of(folder: Path) -> str | None:
     """The model a LoRA was trained on: its run's config.yaml (beside, above, or two levels above a
     checkpoint), or the ``base_model`` line of its model card; None when nothing records it."""
+    folder = Path(folder)
+    data = run_config_of(folder)
+    name = (data.get("model") or {}).get("name") if data is not None else None
+    if isinstance(name, str):
+        return name
+    card = folder / "README.md"
+    if card.is_file():
+        for line in card.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("base_model:"):
+                return line.split(":", 1)[1].strip() or None
+    return None
+
+
+def run_config_of(folder: Path) -> dict | None:
+    """The config.yaml of the run a LoRA folder came from (beside it, above it, or two levels above a
+    checkpoint), read as a mapping with a ``model`` section; None when there is none."""
     import yaml
 
     folder = Path(folder)
@@ -42,14 +58,8 @@ def base_model_of(folder: Path) -> str | None:
                 data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
             except (OSError, UnicodeDecodeError, yaml.YAMLError):
                 continue
-            name = (data.get("model") or {}).get("name") if isinstance(data, dict) else None
-            if isinstance(name, str):
-                return name
-    card = folder / "README.md"
-    if card.is_file():
-        for line in card.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("base_model:"):
-                return line.split(":", 1)[1].strip() or None
+            if isinstance(data, dict) and isinstance(data.get("model"), dict):
+                return data
     return None
 
 

@@ -103,7 +103,7 @@ def stage(run_dir: str | Path, repo_id: str) -> Path:
 def training_command(lora: Path) -> str:
     """The command that trained the run, from its own model card."""
     card = lora / "README.md"
-    m = re.search(r"Made by:\n\n```bash\n(.*?)\n```", card.read_text()) if card.is_file() else None
+    m = re.search(r"Made by:\n\n```bash\n(.*?)\n```", card.read_text(), re.S) if card.is_file() else None
     return m.group(1) if m else "(unknown)"
 
 

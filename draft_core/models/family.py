@@ -56,6 +56,9 @@ class ModelFamily:
     guidance_distilled: ClassVar[bool] = False
     #: "ddim" for noise-prediction families, "euler" for flow matching.
     default_sampler: ClassVar[str] = "ddim"
+    #: the sampling steps and guidance scale a model of this family is sampled with unless given.
+    default_steps: ClassVar[int] = 50
+    default_guidance: ClassVar[float] = 7.5
     #: True for a family trained with flow matching (its samplers must be flow samplers).
     flow_matching: ClassVar[bool] = False
     #: named LoRA target sets (peft module-name suffixes): every family has "attention+ff";
@@ -84,6 +87,12 @@ class ModelFamily:
         """Whether model ``name`` of this family is guidance-distilled, known before any weights load
         (a family where it depends on the checkpoint, like flux, reads the denoiser's config)."""
         return bool(cls.guidance_distilled)
+
+    @classmethod
+    def sampling_defaults(cls, name: str, revision: str | None = None) -> dict[str, Any]:
+        """{name, steps, guidance_scale}: how model ``name`` is sampled unless the config says otherwise
+        (``draft_core.config.resolve`` fills them in); a family where it depends on the checkpoint overrides."""
+        return {"name": cls.default_sampler, "steps": cls.default_steps, "guidance_scale": cls.default_guidance}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(family={self.family!r}, name={self.name!r})"

@@ -12,11 +12,12 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from draft_core.errors import ModelLoadError, did_you_mean
+from draft_core.models.digits_flow import DEFAULT_GUIDANCE as DIGITS_FLOW_GUIDANCE, DEFAULT_STEPS as DIGITS_FLOW_STEPS
 from draft_core.models.family import ModelFamily
 from draft_core.models.folder_index import check_index
 from draft_core.models.pipeline import DiffusionModel
@@ -25,14 +26,18 @@ from draft_core.models.pipeline import DiffusionModel
 EMBEDDED: dict[str, Callable[[], ModelFamily]] = {}
 # The family of each embedded model (known without building it).
 EMBEDDED_FAMILIES: dict[str, str] = {}
+# Sampling defaults an embedded model declares over its family's (steps, guidance_scale).
+EMBEDDED_SAMPLING: dict[str, dict[str, Any]] = {}
 
 
-def embedded(name: str, family: str = "sd"):
-    """Decorator: register a named embedded model builder of ``family``."""
+def embedded(name: str, family: str = "sd", sampling: dict[str, Any] | None = None):
+    """Decorator: register a named embedded model builder of ``family`` (``sampling``: its own defaults)."""
 
     def wrap(fn: Callable[[], ModelFamily]) -> Callable[[], ModelFamily]:
         EMBEDDED[name] = fn
         EMBEDDED_FAMILIES[name] = family
+        if sampling:
+            EMBEDDED_SAMPLING[name] = dict(sampling)
         return fn
 
     return wrap
@@ -73,7 +78,7 @@ def _digits() -> DiffusionModel:
     return build_digits()
 
 
-@embedded("digits-flow", family="sd3")
+@embedded("digits-flow", family="sd3", sampling={"steps": DIGITS_FLOW_STEPS, "guidance_scale": DIGITS_FLOW_GUIDANCE})
 def _digits_flow():
     from draft_core.models.digits_flow import build_digits_flow_model
 

@@ -165,13 +165,17 @@ def _grid_prompts(config: dict) -> list[str]:
 def commands(run: RunData) -> dict[str, str]:
     """The commands a reader of the page wants next: resume, extend, sample, share."""
     d = shlex.quote(str(run.path))
-    model = shlex.quote(str((run.config.get("model") or {}).get("name", "MODEL")))
+    from draft_core.lora.card import sample_command
+
+    model = str((run.config.get("model") or {}).get("name", "MODEL"))
     prompt = shlex.quote(run.grid_prompts[0] if run.grid_prompts else "PROMPT")
     steps = run.planned_steps or run.last_step
+    # With the steps and guidance the run sampled with (draft sample also reads them from the run's config.yaml).
+    sample = sample_command(model, f"{run.path}/lora", run.config.get("sampler"), prompt=prompt)
     return {
         "resume": f"draft train --resume {d}",
         "extend": f"draft train --resume {d} --set train.steps={2 * steps}",
-        "sample": f"draft sample --model {model} --lora {d}/lora:1.0 --prompt {prompt} --n 8 --seed 0 --out {d}/lora-samples",
+        "sample": f"{sample} --n 8 --seed 0 --out {d}/lora-samples",
         "report": f"draft report {d}",
         "push": f"draft lora push {d} --repo USER/NAME",
     }

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from draft_core.config import Config, plugin_kwargs
+from draft_core.config import Config, plugin_kwargs, resolve_config
+from draft_core.config.resolve import is_wrapper, split_estimator
 from draft_core.config.prompts import load_prompts
 from draft_core.errors import ConfigError, DraftError, PluginError, join_problems
 from draft_core.plugins import Registry, load_registry
@@ -99,6 +100,7 @@ def build_components(config: Config, registry: Registry | None = None, *, reward
     """
     registry = registry or load_registry()
     given = reward is not None
+    resolve_config(config, registry)  # in place: the family's sampler, every plugin argument written down
     check_plugins(config, registry, include_reward=not given)
     sampler = _build_plugin(registry, "sampler", config.sampler)
     estimator = build_estimator(config.estimator, registry)
@@ -130,7 +132,7 @@ def plan(config: Config, registry: Registry, include_reward: bool = True) -> lis
     """Every plugin the config builds, in order: sampler, estimator, its wrappers, reward(s).
     A wrapper's ``kwargs`` leave out ``inner`` (the estimator it wraps)."""
     planned = [Planned("sampler", *plugin_kwargs(config.sampler), "sampler")]
-    name, kwargs, wrappers = _split_estimator(config.estimator, registry)
+    name, kwargs, wrappers = split_estimator(config.estimator, registry)
     planned.append(Planned("estimator", name, kwargs, "estimator"))
     planned += [Planned("estimator", key, args, f"estimator.{key}") for key, args in wrappers]
     section = config.reward
@@ -155,7 +157,7 @@ def check_plugins(config: Config, registry: Registry, include_reward: bool = Tru
     for p in plan(config, registry, include_reward):
         try:
             entry = registry.get(p.kind, p.name)
-            kwargs = {"inner": None, **p.kwargs} if _is_wrapper(registry, p.name) and p.kind == "estimator" else p.kwargs
+            kwargs = {"inner": None, **p.kwargs} if is_wrapper(registry, p.name) and p.kind == "estimator" else p.kwargs
             registry.check_kwargs(p.kind, p.name, kwargs)
         except PluginError as exc:
             problems.append((type(exc), str(exc)))
@@ -184,55 +186,11 @@ def build_estimator(section: dict, registry: Registry):
     builds ``kl(inner=draft-lv, beta=0.1)``; a mapping value gives the wrapper's keyword arguments.
     A key the estimator itself accepts stays the estimator's argument.
     """
-    name, kwargs, wrappers = _split_estimator(section, registry)
+    name, kwargs, wrappers = split_estimator(section, registry)
     estimator = _construct(registry, "estimator", name, kwargs, "estimator")
     for key, args in wrappers:
         estimator = _construct(registry, "estimator", key, {"inner": estimator, **args}, f"estimator.{key}")
     return estimator
-
-
-def _split_estimator(section: dict, registry: Registry) -> tuple[str, dict, list[tuple[str, dict]]]:
-    """(estimator name, its arguments, [(wrapper name, the wrapper's arguments), ...])."""
-    name, kwargs = plugin_kwargs(section)
-    if _is_wrapper(registry, name):
-        raise ConfigError(
-            f"estimator.name is '{name}', which wraps another estimator rather than being one: write it as a key "
-            f"beside the estimator's name, e.g. estimator: {{name: draft-lv, {name}: 0.1}}."
-        )
-    if name not in registry.names("estimator"):
-        return name, kwargs, []  # reported by check_plugins with the registered names
-    accepted = _accepted_arguments(registry.get("estimator", name).factory)
-    wrappers = [k for k in kwargs if (accepted is not None and k not in accepted) and _is_wrapper(registry, k)]
-    values = {k: kwargs.pop(k) for k in wrappers}
-    split = []
-    for key, value in values.items():
-        factory = registry.get("estimator", key).factory
-        if isinstance(value, dict):
-            args = dict(value)
-        else:
-            params = [p for p in (_accepted_arguments(factory) or []) if p != "inner"]
-            if not params:
-                raise ConfigError(f"estimator.{key}: the wrapper '{key}' takes no value; give it a mapping of its arguments.")
-            args = {params[0]: value}
-        split.append((key, args))
-    return name, kwargs, split
-
-
-def _is_wrapper(registry: Registry, name: str) -> bool:
-    return name in registry.names("estimator") and bool(getattr(registry.get("estimator", name).factory, "wraps_estimator", False))
-
-
-def _accepted_arguments(factory) -> list[str] | None:
-    """The keyword names ``factory`` accepts, in order; None when it takes any keyword."""
-    import inspect
-
-    try:
-        params = list(inspect.signature(factory).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def _build_plugin(registry: Registry, kind: str, section: dict):

@@ -44,20 +44,13 @@ def check_ready(config: Config, components) -> None:
 def check_family(config: Config, components, family) -> None:
     """The config's sampler, LoRA targets and learned sampling suit the model's family (``family``: its
     class, from ``check_model``). One paragraph naming what was found and what is accepted."""
+    from draft_core.config.resolve import check_sampler_family
     from draft_core.models.family import ModelFamily
 
     if not (isinstance(family, type) and issubclass(family, ModelFamily)):
         return  # a plugin family that does not build on ModelFamily declares nothing to check
-    sampler = components.sampler
-    flow_family, flow_sampler = family.flow_matching, getattr(sampler, "flow_matching", None)
-    if flow_sampler is not None and flow_family != flow_sampler:
-        wanted = "a flow-matching sampler (euler, flow-sde)" if flow_family else "a diffusion sampler (ddim, ddpm)"
-        raise DraftError(
-            f"sampler '{config.sampler.get('name')}' is a {'flow-matching' if flow_sampler else 'diffusion'} sampler, "
-            f"but model '{config.model.name}' is of the '{family.family}' family, which "
-            f"{'is trained with flow matching' if flow_family else 'predicts noise (or v) on a diffusion schedule'}: "
-            f"use {wanted}."
-        )
+    check_sampler_family(family, str(config.sampler.get("name")), getattr(components.sampler, "flow_matching", None),
+                         config.model.name)
     targets = config.lora.targets
     if isinstance(targets, str) and targets != "default" and targets not in family.lora_target_sets:
         raise DraftError(

@@ -65,6 +65,9 @@ class FluxModel(ModelFamily):
     lora_pipeline = "FluxPipeline"
     denoiser_name = "transformer"
     default_sampler = "euler"
+    # FluxPipeline's defaults for FLUX.1-dev: 28 steps, distilled guidance 3.5.
+    default_steps = 28
+    default_guidance = 3.5
     flow_matching = True
     lora_target_sets = FLUX_TARGET_SETS
     # The paper trains attention and feed-forward layers (A.1). An MMDiT has no separate cross-attention:
@@ -122,6 +125,14 @@ class FluxModel(ModelFamily):
             return bool(json.loads(config.read_text(encoding="utf-8")).get("guidance_embeds", False))
         except Exception:  # unreadable here: loading reports it; FLUX.1-dev, the common case, is distilled
             return True
+
+    @classmethod
+    def sampling_defaults(cls, name: str, revision: str | None = None) -> dict[str, Any]:
+        """FLUX.1-dev (distilled): 28 steps, guidance 3.5. A model without distilled guidance (FLUX.1-schnell)
+        runs true classifier-free guidance for any scale but 1, so 1 (no guidance) and schnell's 4 steps."""
+        if cls.is_guidance_distilled(name, revision):
+            return super().sampling_defaults(name, revision)
+        return {"name": cls.default_sampler, "steps": 4, "guidance_scale": 1.0}
 
     @property
     def prediction_type(self) -> str:
