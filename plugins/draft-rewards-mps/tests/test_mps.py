@@ -21,6 +21,12 @@ from draft_core.testing.parity import grey_levels, photos
 from draft_rewards_mps import MPSReward
 from draft_rewards_mps.reward import CONDITION
 
+
+def _frozen():
+    from draft_core.rewarding.pretrained import _FROZEN
+
+    return _FROZEN
+
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, hidden_act="gelu")
 TINY = {"clip": dict(projection_dim=32, text_config=dict(SMALL, max_position_embeddings=77),
                      vision_config=dict(SMALL, image_size=28, patch_size=14)),
@@ -49,6 +55,18 @@ def _official(seed: int = 0):
         for p in model.parameters():
             p.copy_(0.2 * torch.randn_like(p))
         wrapper.model.logit_scale.fill_(2.0)
+        # Random features are all alike, and every prompt token would pass MPS's 0.01 threshold: give
+        # the condition's tokens one direction u and "cat"/"dog" the opposite one, with thin encoder
+        # layers, so that those two are masked and the mask changes what the image attends to.
+        text = wrapper.model.text_model
+        for p in text.encoder.parameters():
+            p.mul_(0.05)
+        text.final_layer_norm.weight.fill_(1.0)
+        text.final_layer_norm.bias.zero_()
+        embedding, u = text.embeddings.token_embedding.weight, 3 * torch.randn(32)
+        embedding[open_clip.tokenize([CONDITION]).unique()] = u + 0.3 * torch.randn(32)
+        for word in ("cat", "dog"):
+            embedding[open_clip.tokenize([word])[0, 1]] = -u + 0.3 * torch.randn(32)
     return model.eval()
 
 
@@ -83,6 +101,17 @@ def test_scores_match_imscore(checkpoint, monkeypatch):
                                official.score(pixels[3:], prompts[3:])])
     torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-9)  # float64 on both sides
     assert ours.std() > 0
+    # the mask is in play: some prompt tokens fall under the threshold, and without it scores change
+    net = next(m for k, m in _frozen().items() if k[0][0] == "mps" and k[2] == torch.float64)
+    text, eos = net.text_tokens(reward.tokenize(prompts[:1], images.device))
+    condition = net.text_tokens(reward.tokenize([CONDITION], images.device))[0][0]
+    similarity = (text @ condition.T).amax(-1)
+    similarity = similarity / similarity.amax(-1, keepdim=True)
+    assert 0 < int((similarity <= 0.01).sum()) < 77
+    unmasked = net.cross(net.clip.visual_projection(net.clip.vision_model(pixel_values=pixels[:1]).last_hidden_state),
+                         text, torch.zeros(1, 5, 77, dtype=text.dtype))[:, 0]
+    plain = net.clip.logit_scale.exp() * torch.cosine_similarity(eos, unmasked, dim=-1)
+    assert (plain - ours[:1]).abs().item() > 1e-6
 
 
 def test_preprocessing_matches_clip_processor():
