@@ -52,6 +52,17 @@ def _positive_int(value: Any, what: str) -> int:
     return value
 
 
+def with_margin(images: torch.Tensor, margin: int) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, 3, H + 2m, W + 2m], framed in each image's mean border colour."""
+    if margin == 0:
+        return images
+    ring = torch.cat([images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1]], dim=-1)
+    framed = ring.mean(dim=-1)[..., None, None].expand(-1, -1, images.shape[2] + 2 * margin, images.shape[3] + 2 * margin)
+    framed = framed.clone()
+    framed[..., margin:-margin, margin:-margin] = images
+    return framed
+
+
 class OCRReward:
     """r [B] = edit similarity between the text PP-OCR reads in each image and the text asked for.
 
@@ -61,7 +72,10 @@ class OCRReward:
     readings the recogniser scores below this are dropped (RapidOCR's text_score, 0.5).
     detect_side: the detector sees the image with its shorter side scaled to this many pixels
     (default 128: enough for a few words; raise it for small print in a large image). threads:
-    ONNX Runtime threads (default: torch's thread count).
+    ONNX Runtime threads (default: torch's thread count). margin: pixels of background (the mean
+    colour of the image's outermost ring) added on each side before reading: the detector misses
+    text that touches the edge, as in ``digits``' 32-pixel samples (0 of 100 read without a
+    margin, 59 with 16).
     """
 
     differentiable = False
@@ -74,6 +88,7 @@ class OCRReward:
         min_confidence: float = 0.5,
         detect_side: int = 128,
         threads: int | None = None,
+        margin: int = 0,
     ) -> None:
         if target is not None and not isinstance(target, str):
             raise ValueError(f"ocr: target must be a string (the text the images should show), got {target!r}.")
@@ -87,6 +102,9 @@ class OCRReward:
         self.min_confidence = float(min_confidence)
         self.detect_side = _positive_int(detect_side, "detect_side")
         self.threads = _positive_int(threads if threads is not None else torch.get_num_threads(), "threads")
+        if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+            raise ValueError(f"ocr: margin must be a whole number of pixels >= 0, got {margin!r}.")
+        self.margin = margin
 
     @property
     def uses_prompts(self) -> bool:
@@ -118,7 +136,7 @@ class OCRReward:
         """What PP-OCR reads in each image [B, 3, H, W] in [0, 1] ('' where it finds no text)."""
         check_image_batch(images, "ocr")
         engine = _engine(self.detect_side, self.threads, self.min_confidence)
-        pixels = (images.detach().float() * 255).round().clamp(0, 255).to(torch.uint8)
+        pixels = (with_margin(images.detach().float(), self.margin) * 255).round().clamp(0, 255).to(torch.uint8)
         # RapidOCR takes arrays in OpenCV's BGR order, as PaddleOCR's models were trained.
         arrays = pixels.permute(0, 2, 3, 1).flip(-1).cpu().numpy()
         texts = []
@@ -137,4 +155,4 @@ class OCRReward:
 
     def __repr__(self) -> str:
         return (f"OCRReward(target={self.target!r}, case_sensitive={self.case_sensitive},"
-                f" ignore_spaces={self.ignore_spaces}, detect_side={self.detect_side})")
+                f" ignore_spaces={self.ignore_spaces}, detect_side={self.detect_side}, margin={self.margin})")

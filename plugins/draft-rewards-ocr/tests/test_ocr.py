@@ -67,6 +67,16 @@ def test_other_text_and_blank_score_low():
     assert 0.7 <= OCRReward(target="HELLO")(drawn("HELLD"), []).item() < 1.0
 
 
+def test_margin_frames_the_image_in_its_border_colour():
+    """A margin (for text at the edge, as in digits' samples) keeps the image and still reads it."""
+    image = drawn("42", size=(96, 96))[..., 32:62, 12:57]  # the digits fill the crop edge to edge
+    assert OCRReward(target="42", margin=16).read(image) == ["42"]
+    from draft_rewards_ocr.reward import with_margin
+
+    out = with_margin(image, 16)
+    assert out.shape[-2:] == (62, 77) and torch.equal(out[..., 16:-16, 16:-16], image)
+
+
 def test_prompt_without_quotes_is_refused():
     with pytest.raises(ValueError, match=r"'a handwritten digit three' quotes no text.*`target:`"):
         OCRReward()(torch.ones(1, 3, 32, 32), ["a handwritten digit three"])
@@ -74,7 +84,7 @@ def test_prompt_without_quotes_is_refused():
 
 @pytest.mark.parametrize("kwargs, named", [({"target": 3}, "target"), ({"detect_side": 0}, "detect_side"),
                                            ({"min_confidence": 1.5}, "min_confidence"),
-                                           ({"case_sensitive": "yes"}, "case_sensitive")])
+                                           ({"case_sensitive": "yes"}, "case_sensitive"), ({"margin": -1}, "margin")])
 def test_bad_options(kwargs, named):
     with pytest.raises(ValueError, match=f"ocr: {named}"):
         OCRReward(**kwargs)
