@@ -29,6 +29,7 @@ from draft_rewards.hub import (
     local_path,
     looks_like_path,
 )
+from draft_rewards.pretrained import check_prompts
 from draft_rewards_imagereward.model import ARCH, MAX_TOKENS, ImageRewardNet, convert_state_dict
 
 HUB_REPO, HUB_FILE = "THUDM/ImageReward", "ImageReward.pt"
@@ -106,8 +107,7 @@ class ImageRewardReward(nn.Module):
     def forward(self, images: torch.Tensor, prompts: Sequence[str] = ()) -> torch.Tensor:
         """images: [B, 3, H, W] in [0, 1]; prompts: B strings. Returns [B] (float32; float64 for float64 images)."""
         check_reward_images(images, "imagereward")
-        if isinstance(prompts, str) or len(prompts) != images.shape[0]:
-            raise ValueError(f"imagereward: give one prompt per image ({images.shape[0]}), got {prompts!r:.80}.")
+        prompts = check_prompts(prompts, images.shape[0], "imagereward")
         dtype = compute_dtype(images, self.dtype)
         net = frozen_model(("imagereward", self.path, repr(self.arch)), self._load, images.device, dtype)
         work = torch.float64 if dtype == torch.float64 else torch.float32

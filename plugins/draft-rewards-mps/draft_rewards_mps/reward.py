@@ -31,6 +31,7 @@ from draft_core.errors import ModelLoadError
 from draft_core.rewarding.preprocess import CLIP_224
 from draft_core.rewarding.pretrained import check_dtype_option, check_reward_images, compute_dtype, frozen_model
 from draft_rewards.hub import load_state_dict_file, load_strict, local_path
+from draft_rewards.pretrained import check_prompts
 from draft_rewards_mps.cross import CrossModel
 
 CHECKPOINT = "MPS_overall_checkpoint.pth"
@@ -135,8 +136,7 @@ class MPSReward(nn.Module):
     def forward(self, images: torch.Tensor, prompts: Sequence[str] = ()) -> torch.Tensor:
         """images: [B, 3, H, W] in [0, 1]; prompts: B strings. Returns [B] (float32; float64 for float64 images)."""
         check_reward_images(images, "mps")
-        if isinstance(prompts, str) or len(prompts) != images.shape[0]:
-            raise ValueError(f"mps: give one prompt per image ({images.shape[0]}), got {prompts!r:.80}.")
+        prompts = check_prompts(prompts, images.shape[0], "mps")
         dtype = compute_dtype(images, self.dtype)
         net = frozen_model(("mps", self.path, repr(self.arch)), self._load, images.device, dtype)
         work = torch.float64 if dtype == torch.float64 else torch.float32
