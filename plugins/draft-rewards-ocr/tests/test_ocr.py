@@ -103,3 +103,25 @@ def test_missing_engine_names_the_package(monkeypatch):
 
 def test_installed_distribution_registers_ocr(capsys):
     assert_plugin_listed("reward", "ocr", "draft-rewards-ocr", "ocr", capsys)
+
+
+def test_trains_with_ddpo_and_is_refused_by_draft(tmp_path, capsys):
+    """`reward: {name: ocr, target: ...}` drives a policy-gradient step end to end; DRaFT, which
+    needs the reward's gradient, refuses it by name before any model loads."""
+    import json
+
+    from draft_core import cli
+
+    sets = []
+    for s in ["model.name=tiny-random", "prompts.source=animals", "sampler={name: ddim, steps: 2, eta: 1.0}",
+              "estimator={name: ddpo, minibatches: 1, stat_min_count: 2}", "reward={name: ocr, target: A}",
+              "train.batch_size=2", "train.steps=1", "train.sample_every=0", "train.sample_prompts=[a cat]",
+              "train.sample_per_prompt=1", "lora.rank=2"]:
+        sets += ["--set", s]
+    out = tmp_path / "run"
+    assert cli.main(["train", "--preset", "quickstart", "--no-progress", "--out", str(out), *sets]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and 0.0 <= rows[0]["reward_mean"] <= 1.0
+    refused = cli.main(["train", "--preset", "quickstart", "--no-progress", "--out", str(tmp_path / "draft"),
+                        *sets, "--set", "estimator={name: draft-k, k: 1}"])
+    assert refused == 2 and "reward 'ocr' has no gradient" in capsys.readouterr().err
