@@ -25,14 +25,15 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   quietly .venv/bin/python -m pip install -q ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
 fi
 stamp=.venv/.draft-installed
-# The reward plugin distributions (plugins/*) are installed editable too, without their
-# dependencies (the core already brings them), so `draft plugins` lists them.
+# The reward plugin distributions (plugins/*) are installed editable too, with their dependencies
+# and test extras (what a plugin needs beyond the core, e.g. ocr's onnxruntime, and the reference
+# packages its tests compare with), so `draft plugins` lists them and their tests run.
 want=$(cat pyproject.toml plugins/*/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   quietly .venv/bin/python -m pip install -q -e ".[test,trackers]"  # trackers: about 15 s and 220 MB more
   editables=()
-  for plugin in plugins/*/; do editables+=(-e "$plugin"); done
-  quietly .venv/bin/python -m pip install -q --no-deps "${editables[@]}"
+  for plugin in plugins/*/; do editables+=(-e "${plugin%/}[test]"); done
+  quietly .venv/bin/python -m pip install -q "${editables[@]}"
   echo "$want" > "$stamp"
 fi
 # A headless browser for tests/test_report.py: best effort and tried once (.venv/.browser-tried),
