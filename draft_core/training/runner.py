@@ -21,12 +21,12 @@ from draft_core.training.checkpoint import TrainingState, latest_checkpoint, rep
 from draft_core.config import Config
 from draft_core.errors import ConfigError
 from draft_core.training.faults import (
-    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, check_estimator_output, nonfinite_message, step_failure,
+    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, WatchedReward, check_estimator_output, nonfinite_message,
+    step_failure,
 )
 from draft_core.lora import add_lora, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve
-from draft_core.memory import CheckpointedReward
 from draft_core.plugins.protocols import StepInputs
 from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
@@ -192,7 +192,7 @@ class Trainer:
         queries = 0  # reward evaluations of this process's calls (a call reusing stored samples makes none)
         bad_reward = bad_loss = False
         error: BaseException | None = None
-        reward_fn = CheckpointedReward(self.reward, cfg.checkpoint_reward)  # behind the core's checks
+        reward_fn = WatchedReward(self.reward, cfg.checkpoint_reward)  # behind the core's checks
 
         def backward(part: torch.Tensor) -> None:  # for estimators that run their own backward passes
             (part / cfg.grad_accum).backward()
@@ -210,7 +210,7 @@ class Trainer:
             except Exception as exc:  # decided on below, together with the other processes
                 error = exc
                 break
-            if not torch.isfinite(out.reward).all():
+            if not torch.isfinite(out.reward).all() or reward_fn.returned_nonfinite():
                 bad_reward = True
                 break
             if not torch.isfinite(out.loss):
@@ -249,7 +249,8 @@ class Trainer:
             self._estimator_step(False)
             self.nonfinite.skip(self.step, skipped[0])
             self.skipped = skipped
-            self.log(f"step {self.step}: {skipped[0]} produced {skipped[1]}; update skipped "
+            culprit = f"the reward ({self._reward_name()})" if skipped[0] == REWARD else f"the estimator ({self._estimator_name()})"
+            self.log(f"step {self.step}: {culprit} produced {skipped[1]}; update skipped "
                      f"({self.nonfinite.streak} in a row, {self.nonfinite.total} in this run)")
             return {
                 "step": self.step, "skipped": skipped[0], "reason": skipped[1], "reward_mean": None,
