@@ -30,13 +30,14 @@ from draft_core.media import plot_reward_curve
 from draft_core.plugins.protocols import StepInputs
 from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
-from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state
+from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state, seed_global_generators
 from draft_core.training.ema import WeightsEma
 from draft_core.training.metrics import step_line
 from draft_core.training.pictures import RunPictures
 from draft_core.training.plugin_state import pack_state
 from draft_core.training.preflight import check_rewards_available
 from draft_core.training.provenance import recorded_config
+from draft_core.training.runlock import RunLock, lock_run_folder
 from draft_core.training.restore import LEARNED_PREFIX, STATE_NUMBERS, restore
 from draft_core.training.schedules import build_lr_scheduler, lr_factor  # noqa: F401 (lr_factor: also importable from here)
 from draft_core.training.signals import Interrupted, StopRequest
@@ -62,6 +63,7 @@ class Trainer:
         self.saved_step = -1
         self.learned: LearnedSampling | None = None
         self.nonfinite = NonFiniteCounter(config.train.max_nonfinite)
+        self.run_lock: RunLock | None = None  # the main process's, from setup() to the end of train() (or its failure)
         self._agreed = False  # the failure being raised was agreed by every process
         self.tracking = Tracking()
 
@@ -95,6 +97,9 @@ class Trainer:
         if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"model.device is {cfg.model.device!r}, but this machine has no CUDA GPU; use auto or cpu.")
         self.acc = self.make_accelerator(cpu)
+        seed_global_generators(cfg.train.seed, self.acc.process_index)
+        if self.acc.is_main_process:  # before the model loads: a second writer is refused at once
+            self.run_lock = lock_run_folder(self.run_dir)
         n = self.acc.num_processes
         if self.acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
             self.log(f"warning: accelerate is set up for {self.acc.distributed_type.name}, but draft does not shard: "
@@ -348,6 +353,8 @@ class Trainer:
             return self._train()
         finally:
             self.tracking.close()
+            if self.run_lock is not None:  # the run folder is free again
+                self.run_lock.release()
 
     def _train(self) -> dict[str, Any]:
         cfg = self.config.train
