@@ -375,8 +375,8 @@ class Trainer:
             with StopRequest() as stop:
                 while self.step < cfg.steps:
                     row = self.train_step()
-                    rng_done = rng_state(self.gens)
                     row.update(self.validate())
+                    rng_done = rng_state(self.gens)  # after the validation too (a reward there may draw from torch's)
                     self.tracking.record(metrics, row)
                     self.rows_step = self.step
                     bar.update(1)
