@@ -92,9 +92,8 @@ def test_ddpo_one_nan_batch_costs_one_skipped_step_and_no_checkpoint_keeps_it(tm
     counts = extra["tracker.counts"].tolist()
     assert all(torch.isfinite(extra["tracker.values"][i, :n]).all() for i, n in enumerate(counts))
     assert sum(counts) == 2  # step 1's two rewards; nothing of step 3's batch
-    # Across a checkpoint: resumed from step 4 (mid-buffer), the run continues.
-    assert train(out, "train.steps=5", resume=True) == 0
-    assert [x["step"] for x in rows(out)] == [1, 2, 3, 4, 5] and "skipped" not in rows(out)[4]
+    extra = load_file(out / "checkpoints" / "step-000004" / "extra.safetensors")
+    assert int(extra["buffer.cursor"]) == 1 and torch.isfinite(extra["buffer.rewards"]).all()  # mid-buffer, clean
 
 
 def test_grpo_stopped_by_a_nan_reward_resumes_once_the_reward_is_mended(tmp_path, flaky, capsys):  # noqa: F811

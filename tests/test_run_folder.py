@@ -113,6 +113,8 @@ def test_unwritable_outputs_are_one_paragraph(tmp_path, capsys):
         ["lora", "export", str(lora), "--out", str(place / "kohya.safetensors"), "--family", "sd"],
         ["lora", "mix", f"{lora}:0.5", "--out", str(place / "mixed")],
         ["report", str(run), "--out", str(place / "report.html")],
+        ["lora", "fuse", "--model", "tiny-random", "--lora", str(lora), "--out", str(place / "fused")],
+        ["sample", "--model", "tiny-random", "--prompt", "a cat", "--steps", "2", "--out", str(place / "pictures")],
     ]
     for argv in commands:
         assert cli.main(argv) == 2, argv
