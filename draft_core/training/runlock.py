@@ -64,7 +64,10 @@ class RunLock:
         self.fd = None
 
     def __del__(self) -> None:
-        self.release()
+        try:
+            self.release()
+        except Exception:  # at interpreter exit; the process's end releases the lock anyway
+            pass
 
 
 def _busy(run_dir: Path, path: Path) -> RunFolderBusy:
