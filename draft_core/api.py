@@ -48,6 +48,7 @@ def train(
     from draft_core.config.inputs import check_new_run_dir
     from draft_core.lora.card import record_command
     from draft_core.training.preflight import check_ready
+    from draft_core.training.runlock import reuse_unstarted
 
     if not isinstance(config, Config):
         config = load_config(config, list(overrides))
@@ -57,9 +58,15 @@ def train(
     components = build_components(config, reward=reward)  # resolves the config in place, as the CLI does
     check_ready(config, components)
     if not resume:
-        check_new_run_dir(run_dir)
+        if not reuse_unstarted(run_dir):
+            check_new_run_dir(run_dir)
     trainer = Trainer(config, run_dir, components, progress=progress)
-    trainer.setup(resume=resume)
+    try:
+        trainer.setup(resume=resume)
+    except BaseException:
+        if trainer.run_lock is not None:  # the run folder is free again
+            trainer.run_lock.release()
+        raise
     if trainer.acc.is_main_process:
         record_command(run_dir)  # the script's command line, for the model card
     trainer.train()

@@ -6,11 +6,16 @@ while a prompt has few rewards; GRPO normalises within each group of samples of 
 prompt. With several processes, DDPO's statistics are taken over every process's
 rewards (gathered), so every process keeps the same tracker and the advantages do not
 depend on how the batch was split.
+
+A non-finite reward (NaN or inf) never enters a prompt's history: one bad reward call
+would otherwise poison that prompt's mean and std for as long as it stays in the buffer
+(and in every checkpoint meanwhile). Its advantage is NaN, which the caller drops.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 
 import torch
@@ -33,13 +38,18 @@ class PerPromptStatTracker:
     def update(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
         """Add ``rewards`` [N] of ``prompts`` (N strings) and return their advantages [N], float64.
 
-        A = (r − mean) / (std + 1e-6), std the population std, as DDPO computes it.
+        A = (r − mean) / (std + 1e-6), std the population std, as DDPO computes it. Non-finite
+        rewards are not added to any history (nor to the batch's statistics); their advantages are NaN.
         """
         rewards = rewards.detach().double().cpu()
-        advantages = torch.empty_like(rewards)
-        batch_mean, batch_std = rewards.mean(), rewards.std(unbiased=False)
+        finite = torch.isfinite(rewards)
+        advantages = torch.full_like(rewards, float("nan"))
+        good = rewards[finite]
+        batch_mean, batch_std = good.mean(), good.std(unbiased=False)
         for prompt in sorted(set(prompts)):
-            mask = torch.tensor([p == prompt for p in prompts])
+            mask = torch.tensor([p == prompt for p in prompts]) & finite
+            if not mask.any():
+                continue
             seen = self.stats.setdefault(prompt, deque(maxlen=self.buffer_size))
             seen.extend(rewards[mask].tolist())
             if len(seen) < self.min_count:
@@ -72,7 +82,10 @@ class PerPromptStatTracker:
         if values.shape[1] != self.buffer_size:
             raise ConfigError(f"the checkpoint's per-prompt statistics keep {values.shape[1]} rewards per prompt, but "
                               f"estimator.stat_buffer_size is {self.buffer_size}; resume with the same value.")
-        self.stats = {p: deque(values[i, : int(counts[i])].tolist(), maxlen=self.buffer_size) for i, p in enumerate(prompts)}
+        # A checkpoint written before non-finite rewards were kept out may hold some: drop them here,
+        # so that resuming such a run with a mended reward continues.
+        self.stats = {p: deque((v for v in values[i, : int(counts[i])].tolist() if math.isfinite(v)), maxlen=self.buffer_size)
+                      for i, p in enumerate(prompts)}
 
 
 def batch_advantages(rewards: torch.Tensor) -> torch.Tensor:

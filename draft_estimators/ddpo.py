@@ -67,6 +67,8 @@ class DDPO(PolicyGradient):
 
     def advantages(self, rewards: torch.Tensor, prompts: list[str]):
         everyone, all_rewards, start = gather_prompts_and_rewards(prompts, rewards)
+        if not torch.isfinite(all_rewards).all():  # a batch to drop, on every process alike: no statistics kept
+            return torch.full_like(rewards, float("nan")), {}
         adv = self.tracker.update(everyone, all_rewards) if self.tracker else batch_advantages(all_rewards)
         return adv[start : start + rewards.shape[0]].to(rewards), {}
 

@@ -26,7 +26,9 @@ per ``train.grad_accum`` calls: the estimator keeps a buffer of trajectories.
    on-policy and the loss's gradient is REINFORCE's.
 
 A call that reuses the buffer queries the reward 0 times, and reports the rewards of the
-buffer's trajectories again. The buffer and the schedule's position are estimator state
+buffer's trajectories again. A sampled batch with a non-finite reward is never stored: the
+call returns its rewards (the runner skips that one update and blames the reward) and the
+next call samples a fresh batch. The buffer and the schedule's position are estimator state
 (``state_dict``, tensors only), saved with every checkpoint, so a resumed run continues
 the same schedule. The stored conditioning is detached: a learned negative prompt
 (``learn:``) gets no gradient from these estimators.
@@ -160,12 +162,16 @@ class PolicyGradient:
             raise ConfigError(f"estimator '{self.name}': the checkpoint's trajectory buffer has keys {sorted(found)}, "
                               f"expected {sorted(BUFFER_KEYS)}; was it written by another version of draft?")
         self.buffer = dict(found) if found else None
+        if self.buffer is not None and not all(torch.isfinite(self.buffer[k]).all() for k in ("rewards", "advantages")):
+            self.buffer = None  # a poisoned batch from an older checkpoint: sample afresh instead
 
     def _exhausted(self) -> bool:
         return int(self.buffer["cursor"]) >= self.buffer["order"].shape[0]
 
     # -- sampling -----------------------------------------------------------------------------------
-    def _fill(self, inputs: StepInputs) -> tuple[torch.Tensor, dict[str, float]]:
+    def _fill(self, inputs: StepInputs) -> tuple[torch.Tensor, dict[str, float], torch.Tensor | None]:
+        """Sample, score and store a batch: its images, logs and, for a batch dropped for its
+        non-finite rewards (``buffer`` is then None), the [batch] rewards to report."""
         model, sampler = inputs.model, inputs.sampler
         cond, noise = self.expand(inputs)
         n = noise.shape[0]
@@ -178,6 +184,11 @@ class PolicyGradient:
             images = model.decode(latents[-1])
             rewards = inputs.reward(images, cond.prompts).detach().float()
         adv, logs = self.advantages(rewards, list(cond.prompts))
+        if not (torch.isfinite(rewards).all() and torch.isfinite(adv).all()):
+            # A batch with a non-finite reward (here, or on another process: then the gathered
+            # advantages are NaN) is dropped: never stored, never checkpointed, never reused.
+            self.buffer = None
+            return images[: inputs.noise.shape[0]].detach(), {}, self.report(rewards, inputs.noise.shape[0])
         steps = torch.nonzero(stds > 0).flatten()
         if steps.numel() == 0:
             raise ConfigError(f"estimator '{self.name}': no step of {sampler!r} draws noise for this model, so there "
@@ -194,14 +205,18 @@ class PolicyGradient:
             "steps": steps, "perms": perms, "order": order, "cursor": torch.zeros((), dtype=torch.int64),
         }
         logs["reward_sampled_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
-        return images[: inputs.noise.shape[0]].detach(), logs
+        return images[: inputs.noise.shape[0]].detach(), logs, None
 
     # -- one call ---------------------------------------------------------------------------------
     def __call__(self, inputs: StepInputs) -> EstimatorOutput:
         self.check(inputs.sampler)
         images, logs, fresh = None, {}, self.buffer is None or self._exhausted()
         if fresh:
-            images, logs = self._fill(inputs)
+            images, logs, dropped = self._fill(inputs)
+            if dropped is not None:  # one skipped step (the runner sees the rewards), then a fresh batch
+                nan = torch.full((), float("nan"), device=images.device)
+                return EstimatorOutput(loss=nan, reward=dropped, images=images, queries=self.queries_per_image,
+                                       logs={"fresh_samples": 1.0})
         buf = self.buffer
         if buf["latents"].device != inputs.model.device:  # restored from a checkpoint (on the CPU)
             buf.update({key: buf[key].to(inputs.model.device) for key in (*ON_DEVICE, *TENSOR_FIELDS) if key in buf})

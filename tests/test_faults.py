@@ -86,7 +86,8 @@ def test_a_non_finite_reward_skips_the_update_and_the_run_goes_on(tmp_path, flak
     assert all(torch.equal(one[k], two[k]) for k in one)  # no update at step 2
     assert any(not torch.equal(two[k], three[k]) for k in two)  # step 3 updated again
     assert json.loads((out / "checkpoints/step-000003/state.json").read_text())["nonfinite"]["total"] == 1
-    assert "step 2: reward produced non-finite reward values" in capsys.readouterr().err
+    assert ("step 2: the reward (reward 'flaky' (plugin 'flaky_plugin' from distribution draft-flaky-test 9.9)) "
+            "produced non-finite reward values") in capsys.readouterr().err
 
 
 def test_non_finite_values_in_a_row_stop_the_run_and_keep_the_last_checkpoint(tmp_path, flaky, capsys):

@@ -52,9 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from draft_core.outputs import is_place_error, unwritable
         from draft_core.training.signals import Interrupted
 
         if isinstance(exc, Interrupted):
             return 130
+        if is_place_error(exc):  # an unwritable --out, a read-only or full disk: the place, not a bug
+            print(f"error: {unwritable(exc)}", file=sys.stderr)
+            return 2
         raise
 

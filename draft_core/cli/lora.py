@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from draft_core.errors import DraftError
+from draft_core.outputs import usual_permissions
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
@@ -25,6 +26,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
         "exact": "yes: ranks concatenated, the merged delta is the weighted sum of the deltas",
         "command": command_line(),
     })
+    usual_permissions(args.out)
     print(f"wrote {path} (rank {rank}) and {Path(args.out) / 'README.md'}")
     return 0
 
@@ -39,6 +41,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if spec.scale != 1.0:
         raise DraftError(f"lora export takes a LoRA without :SCALE (got {args.lora}); to export a scaled LoRA, `draft lora mix {spec.path}:{spec.scale:g} --out DIR` first.")
     out = export_kohya(spec.path, args.out, family=args.family)
+    usual_permissions(out)
     print(f"wrote {out} (kohya layout: lora_unet_*.lora_down/lora_up/alpha; loads in AUTOMATIC1111, ComfyUI, diffusers)")
     return 0
 
@@ -78,6 +81,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     model = load_for_sampling(args)
     fuse_lora_into_model(model, specs)
     model.save_pretrained(out)
+    usual_permissions(out)
     pixel = getattr(model, "vae", None) is None and model.family == "sd"
     kind = "draft's load_model (a pixel-space model, no VAE)" if pixel else f"{model.pipeline_classes[0]}.from_pretrained"
     print(f"wrote a diffusers pipeline folder with the LoRA fused to {out}; load it with {kind} or --model {out}")

@@ -72,6 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.lora.card import command_line, record_command
     from draft_core.training.components import build_components, section_label
     from draft_core.training.preflight import check_ready
+    from draft_core.training.runlock import RunFolderBusy, check_not_in_use, reuse_unstarted
     from draft_core.training.runner import Trainer
 
     _check_set_arguments(args)
@@ -89,13 +90,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise DraftError(f"--resume {run_dir}: no config.yaml there; give the folder of an earlier `draft train` run.")
         config = load_config(run_dir / "config.yaml", args.set, notes=notes)
         _check_resume(run_dir, config)
+        check_not_in_use(run_dir)
     else:
         if not args.config and not args.preset and not getattr(args, "model", None):
             raise DraftError("draft train needs a CONFIG.yaml or --preset NAME (e.g. draft train --preset quickstart).")
         # Resolved: the model family's sampler unless one is named (euler for flow-matching models).
         config = load_config(args.config, args.set, preset=args.preset, notes=notes)
         run_dir = Path(args.out) if args.out else _default_run_dir(args)
-        check_new_run_dir(run_dir)
+        if not reuse_unstarted(run_dir, empty=not args.dry_run):  # a run stopped before its first step: start it again
+            check_new_run_dir(run_dir)
     components = build_components(config)  # every name and argument checked before the model loads
     check_ready(config, components)  # the model and the rewards' weights exist (nothing loaded)
     for note in notes + components.warnings:  # after the checks: a refused config gets its one error paragraph alone
@@ -124,7 +127,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         t0 = time.perf_counter()
         last = trainer.train()
-    except Exception:
+    except RunFolderBusy:
+        raise  # the folder is another process's
+    except BaseException:  # an interrupt (SIGINT) before the first step too
+        if trainer.run_lock is not None:
+            trainer.run_lock.release()
         if not args.resume:
             _remove_if_nothing_done(trainer, run_dir, existed)
         raise
@@ -136,9 +143,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _remove_if_nothing_done(trainer, run_dir: Path, existed: bool) -> None:
-    """A new run that failed before completing a step leaves no folder (or its empty folder, when --out
-    named an existing empty one), so the same command can run again. An interrupt is no failure here:
-    it checkpoints, and --resume continues."""
+    """A new run that failed or was interrupted before completing a step leaves no folder (or its empty
+    folder, when --out named an existing empty one), so the same command can run again. After a step,
+    an interrupt checkpoints and --resume continues."""
     import shutil
     import sys
 

@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from draft_core.errors import DraftError
+from draft_core.outputs import usual_permissions
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -106,6 +107,7 @@ def replace_folder(fill: Callable[[Path], None], final: Path) -> None:
     tmp.mkdir(parents=True)
     try:
         fill(tmp)
+        usual_permissions(tmp)  # safetensors writes 0600; others on a shared file system may read a run
         for f in tmp.iterdir():
             _fsync(f)
         _fsync(tmp)

@@ -6,6 +6,14 @@ from __future__ import annotations
 import torch
 
 
+def seed_global_generators(seed: int, rank: int) -> None:
+    """Seed torch's global generators (CPU, and every CUDA device) from ``train.seed``, differently
+    on each process: a plugin drawing from them is then reproducible. The run's own draws (data,
+    noise, estimator) come from generators of their own, which this leaves alone; a resume then
+    restores the global state from the checkpoint."""
+    torch.manual_seed((seed + 7919 * rank) % 2**64)
+
+
 def rng_state(gens: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
     state = {f"gen_{k}": g.get_state() for k, g in gens.items()}
     state["torch_cpu"] = torch.get_rng_state()

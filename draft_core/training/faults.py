@@ -6,6 +6,10 @@ skipped updates in a row stop the run (the last checkpoint stays as it was). A r
 raises stops the run with a message naming the plugin and the distribution that provides
 it. With several processes every such decision is taken on all-reduced flags, so all
 processes stop at the same step and no process waits forever in a collective.
+
+A non-finite value from any reward call of a step (the reported rewards, or a call whose
+value only reaches the loss, such as DRaFT-LV's re-noised copies) is the reward's fault,
+however the estimator used it: ``WatchedReward`` notes it, and the skip names the reward.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from draft_core.errors import DraftError
+from draft_core.memory import CheckpointedReward
 from draft_core.plugins.registry import describe_provider
 from draft_core.rewarding.contract import RewardContractError
 
@@ -50,6 +57,24 @@ def check_estimator_output(out, batch: int, label: str) -> None:
         problem = f"returned rewards of shape {shape}, not [{batch}] (one per image of the batch)"
     if problem:
         raise EstimatorContractError(f"{label} {problem}; see EstimatorOutput in draft_core.protocols.")
+
+
+class WatchedReward(CheckpointedReward):
+    """The reward an estimator calls during a step, noting whether any call returned a
+    non-finite value (a flag tensor, so no call waits for the device)."""
+
+    def __init__(self, reward: object, mode: bool | str = "auto") -> None:
+        super().__init__(reward, mode)
+        self.flag: torch.Tensor | None = None
+
+    def __call__(self, images: torch.Tensor, prompts: object) -> torch.Tensor:
+        out: torch.Tensor = super().__call__(images, prompts)
+        bad = ~torch.isfinite(out.detach()).all()
+        self.flag = bad if self.flag is None else self.flag | bad
+        return out
+
+    def returned_nonfinite(self) -> bool:
+        return self.flag is not None and bool(self.flag)
 
 
 class PeerFailed(DraftError):

@@ -21,22 +21,23 @@ from draft_core.training.checkpoint import TrainingState, latest_checkpoint, rep
 from draft_core.config import Config
 from draft_core.errors import ConfigError
 from draft_core.training.faults import (
-    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, check_estimator_output, nonfinite_message, step_failure,
+    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, WatchedReward, check_estimator_output, nonfinite_message,
+    step_failure,
 )
 from draft_core.lora import add_lora, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve
-from draft_core.memory import CheckpointedReward
 from draft_core.plugins.protocols import StepInputs
 from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
-from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state
+from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state, seed_global_generators
 from draft_core.training.ema import WeightsEma
 from draft_core.training.metrics import step_line
 from draft_core.training.pictures import RunPictures
 from draft_core.training.plugin_state import pack_state
 from draft_core.training.preflight import check_rewards_available
 from draft_core.training.provenance import recorded_config
+from draft_core.training.runlock import RunLock, lock_run_folder
 from draft_core.training.restore import LEARNED_PREFIX, STATE_NUMBERS, restore
 from draft_core.training.schedules import build_lr_scheduler, lr_factor  # noqa: F401 (lr_factor: also importable from here)
 from draft_core.training.signals import Interrupted, StopRequest
@@ -62,6 +63,7 @@ class Trainer:
         self.saved_step = -1
         self.learned: LearnedSampling | None = None
         self.nonfinite = NonFiniteCounter(config.train.max_nonfinite)
+        self.run_lock: RunLock | None = None  # the main process's, from setup() to the end of train() (or its failure)
         self._agreed = False  # the failure being raised was agreed by every process
         self.tracking = Tracking()
 
@@ -95,6 +97,9 @@ class Trainer:
         if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"model.device is {cfg.model.device!r}, but this machine has no CUDA GPU; use auto or cpu.")
         self.acc = self.make_accelerator(cpu)
+        seed_global_generators(cfg.train.seed, self.acc.process_index)
+        if self.acc.is_main_process:  # before the model loads: a second writer is refused at once
+            self.run_lock = lock_run_folder(self.run_dir)
         n = self.acc.num_processes
         if self.acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
             self.log(f"warning: accelerate is set up for {self.acc.distributed_type.name}, but draft does not shard: "
@@ -192,7 +197,7 @@ class Trainer:
         queries = 0  # reward evaluations of this process's calls (a call reusing stored samples makes none)
         bad_reward = bad_loss = False
         error: BaseException | None = None
-        reward_fn = CheckpointedReward(self.reward, cfg.checkpoint_reward)  # behind the core's checks
+        reward_fn = WatchedReward(self.reward, cfg.checkpoint_reward)  # behind the core's checks
 
         def backward(part: torch.Tensor) -> None:  # for estimators that run their own backward passes
             (part / cfg.grad_accum).backward()
@@ -210,7 +215,7 @@ class Trainer:
             except Exception as exc:  # decided on below, together with the other processes
                 error = exc
                 break
-            if not torch.isfinite(out.reward).all():
+            if not torch.isfinite(out.reward).all() or reward_fn.returned_nonfinite():
                 bad_reward = True
                 break
             if not torch.isfinite(out.loss):
@@ -249,7 +254,8 @@ class Trainer:
             self._estimator_step(False)
             self.nonfinite.skip(self.step, skipped[0])
             self.skipped = skipped
-            self.log(f"step {self.step}: {skipped[0]} produced {skipped[1]}; update skipped "
+            culprit = f"the reward ({self._reward_name()})" if skipped[0] == REWARD else f"the estimator ({self._estimator_name()})"
+            self.log(f"step {self.step}: {culprit} produced {skipped[1]}; update skipped "
                      f"({self.nonfinite.streak} in a row, {self.nonfinite.total} in this run)")
             return {
                 "step": self.step, "skipped": skipped[0], "reason": skipped[1], "reward_mean": None,
@@ -347,6 +353,8 @@ class Trainer:
             return self._train()
         finally:
             self.tracking.close()
+            if self.run_lock is not None:  # the run folder is free again
+                self.run_lock.release()
 
     def _train(self) -> dict[str, Any]:
         cfg = self.config.train
@@ -367,8 +375,8 @@ class Trainer:
             with StopRequest() as stop:
                 while self.step < cfg.steps:
                     row = self.train_step()
-                    rng_done = rng_state(self.gens)
                     row.update(self.validate())
+                    rng_done = rng_state(self.gens)  # after the validation too (a reward there may draw from torch's)
                     self.tracking.record(metrics, row)
                     self.rows_step = self.step
                     bar.update(1)
