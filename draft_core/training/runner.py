@@ -36,6 +36,7 @@ from draft_core.training.metrics import step_line
 from draft_core.training.pictures import RunPictures
 from draft_core.training.plugin_state import pack_state
 from draft_core.training.preflight import check_rewards_available
+from draft_core.training.prompt_cache import offload_prompts, run_prompts
 from draft_core.training.provenance import recorded_config
 from draft_core.training.restore import LEARNED_PREFIX, STATE_NUMBERS, restore
 from draft_core.training.schedules import build_lr_scheduler, lr_factor  # noqa: F401 (lr_factor: also importable from here)
@@ -84,7 +85,8 @@ class Trainer:
         """The configured model with its weights (``draft plan`` builds it on the meta device instead)."""
         from draft_core.models.loading import load_model
 
-        return load_model(self.config.model.name, device, dtype, self.config.model.revision, self.config.model.family)
+        m = self.config.model
+        return load_model(m.name, device, dtype, m.revision, m.family, quantize=m.quantize)
 
     def setup(self, resume: bool = False) -> None:
         from draft_core.models.loading import resolve_dtype
@@ -107,6 +109,9 @@ class Trainer:
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
         self.model = self.load_model(device, resolve_dtype(cfg.model.dtype, device))
         self.model.checkpoint_decode = cfg.train.checkpoint_decode
+        # model.offload_text_encoders: the run's prompts encoded once (or read back), the encoders on the CPU.
+        self.prompt_cache = offload_prompts(self.model, cfg.model.offload_text_encoders, self.run_dir,
+                                            run_prompts(cfg, self.c), write=self.acc.is_main_process)
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
             self.params = add_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
