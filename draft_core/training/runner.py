@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from draft_core.training.checkpoint import TrainingState, latest_checkpoint, replace_folder, save_checkpoint
 from draft_core.config import Config
 from draft_core.errors import ConfigError
+from draft_core.training.fsdp import shard_frozen_base, wants_sharding
 from draft_core.training.faults import (
     ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, check_estimator_output, nonfinite_message, step_failure,
 )
@@ -98,7 +99,7 @@ class Trainer:
             raise ConfigError(f"model.device is {cfg.model.device!r}, but this machine has no CUDA GPU; use auto or cpu.")
         self.acc = self.make_accelerator(cpu)
         n = self.acc.num_processes
-        if self.acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        if self.acc.distributed_type.name in ("DEEPSPEED", "MEGATRON_LM"):
             self.log(f"warning: accelerate is set up for {self.acc.distributed_type.name}, but draft does not shard: "
                      f"each process holds the whole frozen base and the LoRA is trained data-parallel (README: Training on several GPUs)")
         if cfg.train.batch_size % n:
@@ -115,6 +116,10 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
             self.params = add_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
+        if wants_sharding(self.acc):  # accelerate set up for FSDP: the frozen base sharded, the LoRA replicated
+            units = shard_frozen_base(self.model, self.params)
+            self.log(f"FSDP: the frozen {self.model.denoiser_name} sharded over {self.acc.num_processes} processes "
+                     f"({units} units); the LoRA is replicated and trained data-parallel")
         self.reward.to(device)
         t = cfg.train
         groups = [{"params": self.params}]
