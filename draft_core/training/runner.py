@@ -66,6 +66,7 @@ class Trainer:
         self.nonfinite = NonFiniteCounter(config.train.max_nonfinite)
         self._agreed = False  # the failure being raised was agreed by every process
         self.tracking = Tracking()
+        self.sharded = False  # the frozen base sharded over the processes (draft_core.training.fsdp)
 
     # -- setup ------------------------------------------------------------------
     def make_accelerator(self, cpu: bool):
@@ -116,7 +117,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
             self.params = add_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
-        if wants_sharding(self.acc):  # accelerate set up for FSDP: the frozen base sharded, the LoRA replicated
+        self.sharded = wants_sharding(self.acc)
+        if self.sharded:  # launched for FSDP: the frozen base sharded, the LoRA replicated
             units = shard_frozen_base(self.model, self.params)
             self.log(f"FSDP: the frozen {self.model.denoiser_name} sharded over {self.acc.num_processes} processes "
                      f"({units} units); the LoRA is replicated and trained data-parallel")
@@ -288,11 +290,15 @@ class Trainer:
 
     @torch.no_grad()
     def sample_grid(self, tag: str) -> Path | None:
-        return self.pictures.grid(tag, self.step, self.tracking) if self.acc.is_main_process else None
+        if self.acc.is_main_process or self.sharded:  # a sharded denoiser's forward is a collective: all draw
+            return self.pictures.grid(tag, self.step, self.tracking, save=self.acc.is_main_process)
+        return None
 
     def validate(self) -> dict[str, float]:
         """``val/<reward>`` means when validation is due at this step (main process only), else {}."""
-        return self.pictures.validate(self.step, self.tracking) if self.acc.is_main_process else {}
+        if self.acc.is_main_process or self.sharded:
+            return self.pictures.validate(self.step, self.tracking, save=self.acc.is_main_process)
+        return {}
 
     def save(self, rng: dict[str, torch.Tensor] | None = None) -> None:
         """Checkpoint the state after ``self.step`` completed steps (``rng``: that moment's RNG
