@@ -59,14 +59,15 @@ def check_quantize(value: str, device: torch.device | str) -> None:
         )
 
 
-def quantization_config(value: str) -> Any:
-    """The diffusers quantization config of ``model.quantize: value`` (None for ``none``)."""
+def quantization_config(value: str, dtype: torch.dtype = torch.bfloat16) -> Any:
+    """The diffusers quantization config of ``model.quantize: value`` (None for ``none``); ``dtype``:
+    what the 4-bit layers compute in (the model's dtype)."""
     if value == "none":
         return None
     if value == "nf4":
         from diffusers import BitsAndBytesConfig
 
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
     from diffusers import TorchAoConfig
     from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
 
@@ -82,10 +83,10 @@ def quantize_denoiser(denoiser: torch.nn.Module, value: str, device: torch.devic
 
     device = torch.device(device)
     check_quantize(value, device)
-    config = quantization_config(value)
+    dtype = next(denoiser.parameters()).dtype
+    config = quantization_config(value, dtype)
     if config is None:
         return denoiser.to(device)
-    dtype = next(denoiser.parameters()).dtype
     quantizer = DiffusersAutoQuantizer.from_config(config, pre_quantized=False)
     # device_map None: torchao would leave layers bound for "cpu" unquantized (its offload rule).
     device_map = None if device.type == "cpu" else {"": device}
