@@ -3,17 +3,19 @@
 ``fully_shard`` (torch.distributed.fsdp, FSDP2) wraps each of the denoiser's blocks and then the
 denoiser itself: every process keeps 1/N of each frozen weight and gathers a block's weights only
 while that block runs (and again in the backward pass). The LoRA's parameters are left out
-(``ignored_params``): they stay plain tensors, replicated on every process, so the runner's
+(``ignored_params``): they stay plain tensors, replicated on every process, so a training loop's
 gradient all-reduce, clipping, EMA, optimiser, checkpoints and LoRA file work unchanged.
 
-The runner shards when accelerate is set up for FSDP (``accelerate launch --use_fsdp ...``, README
-"Training on several GPUs"); ``shard_frozen_base`` is also usable on its own under any
-``torch.distributed`` process group (gloo on CPU, NCCL on GPUs).
+Not wired into the runner yet: under ``draft train`` with 2 gloo processes, a sample grid drawn
+between training steps (a no-grad pass of the sharded denoiser after a backward pass) ended in a
+collective mismatch (the two processes all-gathered different units), not diagnosed yet; the
+runner therefore still trains plain data parallel under an FSDP launch, with a warning.
+``shard_frozen_base`` works under a ``torch.distributed`` process group (gloo on CPU here; NCCL on
+GPUs untested) for a loop of one's own (tests/test_fsdp.py: a DRaFT-1 step's LoRA gradient equals the unsharded one).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable
 
 import torch
@@ -49,10 +51,3 @@ def shard_frozen_base(model: Any, trainable: Iterable[torch.nn.Parameter], devic
     fully_shard(denoiser, mesh=mesh, ignored_params=ignored)
     return len(blocks) + 1
 
-
-def wants_sharding(acc: Any) -> bool:
-    """Whether the run was launched for FSDP with more than one process: accelerate set up for it, or
-    ``accelerate launch --use_fsdp`` (``ACCELERATE_USE_FSDP``) on CPU processes, where accelerate
-    itself leaves FSDP to GPUs and reports plain multi-CPU data parallel."""
-    launched = os.environ.get("ACCELERATE_USE_FSDP", "").strip().lower() in ("1", "true")
-    return bool(acc.num_processes > 1 and (acc.distributed_type.name == "FSDP" or launched))

@@ -48,16 +48,13 @@ class RunPictures:
             learned=", ".join(learned) or None,
         )
 
-    def grid(self, tag: str, step: int, tracking, save: bool = True) -> Path | None:
-        """``samples/<tag>.png``: the fixed prompts (``train.sample_prompts``), ``sample_per_prompt`` each, same noise every time.
-        ``save=False``: drawn and dropped (a process of a sharded base takes part in every forward pass)."""
+    def grid(self, tag: str, step: int, tracking) -> Path:
+        """``samples/<tag>.png``: the fixed prompts (``train.sample_prompts``), ``sample_per_prompt`` each, same noise every time."""
         t = self.config.train
         base = t.sample_prompts or self.c.prompts[:10]
         prompts = [p for p in base for _ in range(t.sample_per_prompt)]  # one row per prompt
         gen = torch.Generator().manual_seed(t.seed)  # the same noise in every grid
         images = generate(self.model, self.c.sampler, self.condition, prompts, self.model.make_noise(len(prompts), gen), gen)
-        if not save:
-            return None
         path = save_grid(images, self.run_dir / "samples" / f"{tag}.png", nrow=t.sample_per_prompt, rows=base,
                          cols=[f"sample {j + 1}" for j in range(t.sample_per_prompt)], title=f"step {step}",
                          params=self.params(base, t.seed, step))
@@ -65,14 +62,12 @@ class RunPictures:
         refresh_report(self.run_dir)  # report.html shows every grid: rewritten with each new one
         return path
 
-    def validate(self, step: int, tracking, save: bool = True) -> dict[str, float]:
+    def validate(self, step: int, tracking) -> dict[str, float]:
         """``val/<reward>`` means, and ``samples/val-step-NNNNNN.png``, when validation is due at ``step``; else {}."""
         v = self.c.validation
         if v is None or not v.due(step, self.config.train.steps):
             return {}
         scores, images = v.run(self.model, self.c.sampler, self.condition)
-        if not save:
-            return {}
         title = f"validation at step {step}: " + ", ".join(f"{k[len('val/'):]} {s:.4g}" for k, s in scores.items())
         params = {**self.params(v.prompts, v.seed, step), "seeding": "per image: a hash of (seed, prompt index, image index)"}
         path = save_grid(images, self.run_dir / "samples" / f"val-step-{step:06d}.png", nrow=v.n_per_prompt, rows=v.prompts,

@@ -183,16 +183,15 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return HOME
 
 
-def offload_prompts(model: Any, setting: str | bool, run_dir: Path, prompts: Iterable[str], *,
-                    write: bool = True) -> PromptCache | None:
+def offload_prompts(model: Any, config: Any, components: Any, run_dir: Path, write: bool = True) -> PromptCache | None:
     """Set up ``model.offload_text_encoders`` for a run: None when off; otherwise the run's prompts
-    encoded (or read from ``run_dir``'s cache), the encoders moved to ``HOME`` and the cache installed
-    as the model's ``encode_prompts``. ``write``: this process writes the run folder (the main one)."""
-    if model.device.type == "meta" or not wants_offload(setting, model.device):
+    (``run_prompts``) encoded or read from ``run_dir``'s cache, the encoders moved to ``HOME`` and the
+    cache installed as the model's ``encode_prompts``. ``write``: this process writes the run folder."""
+    if model.device.type == "meta" or not wants_offload(config.model.offload_text_encoders, model.device):
         return None  # a plan's meta model (draft plan counts the setting itself)
     cache = PromptCache(model, encoder_key(model))
     cache.load(run_dir)
-    new = cache.add(prompts)
+    new = cache.add(run_prompts(config, components))
     for module in text_encoders(model).values():
         module.to(HOME)
     cache.install()

@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 from draft_core.training.checkpoint import TrainingState, latest_checkpoint, replace_folder, save_checkpoint
 from draft_core.config import Config
 from draft_core.errors import ConfigError
-from draft_core.training.fsdp import shard_frozen_base, wants_sharding
 from draft_core.training.faults import (
     ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, check_estimator_output, nonfinite_message, step_failure,
 )
@@ -37,7 +36,7 @@ from draft_core.training.metrics import step_line
 from draft_core.training.pictures import RunPictures
 from draft_core.training.plugin_state import pack_state
 from draft_core.training.preflight import check_rewards_available
-from draft_core.training.prompt_cache import offload_prompts, run_prompts
+from draft_core.training.prompt_cache import offload_prompts
 from draft_core.training.provenance import recorded_config
 from draft_core.training.restore import LEARNED_PREFIX, STATE_NUMBERS, restore
 from draft_core.training.schedules import build_lr_scheduler, lr_factor  # noqa: F401 (lr_factor: also importable from here)
@@ -66,7 +65,6 @@ class Trainer:
         self.nonfinite = NonFiniteCounter(config.train.max_nonfinite)
         self._agreed = False  # the failure being raised was agreed by every process
         self.tracking = Tracking()
-        self.sharded = False  # the frozen base sharded over the processes (draft_core.training.fsdp)
 
     # -- setup ------------------------------------------------------------------
     def make_accelerator(self, cpu: bool):
@@ -100,7 +98,7 @@ class Trainer:
             raise ConfigError(f"model.device is {cfg.model.device!r}, but this machine has no CUDA GPU; use auto or cpu.")
         self.acc = self.make_accelerator(cpu)
         n = self.acc.num_processes
-        if self.acc.distributed_type.name in ("DEEPSPEED", "MEGATRON_LM"):
+        if self.acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
             self.log(f"warning: accelerate is set up for {self.acc.distributed_type.name}, but draft does not shard: "
                      f"each process holds the whole frozen base and the LoRA is trained data-parallel (README: Training on several GPUs)")
         if cfg.train.batch_size % n:
@@ -111,17 +109,10 @@ class Trainer:
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
         self.model = self.load_model(device, resolve_dtype(cfg.model.dtype, device))
         self.model.checkpoint_decode = cfg.train.checkpoint_decode
-        # model.offload_text_encoders: the run's prompts encoded once (or read back), the encoders on the CPU.
-        self.prompt_cache = offload_prompts(self.model, cfg.model.offload_text_encoders, self.run_dir,
-                                            run_prompts(cfg, self.c), write=self.acc.is_main_process)
+        self.prompt_cache = offload_prompts(self.model, cfg, self.c, self.run_dir, self.acc.is_main_process)
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
             self.params = add_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
-        self.sharded = wants_sharding(self.acc)
-        if self.sharded:  # launched for FSDP: the frozen base sharded, the LoRA replicated
-            units = shard_frozen_base(self.model, self.params)
-            self.log(f"FSDP: the frozen {self.model.denoiser_name} sharded over {self.acc.num_processes} processes "
-                     f"({units} units); the LoRA is replicated and trained data-parallel")
         self.reward.to(device)
         t = cfg.train
         groups = [{"params": self.params}]
@@ -290,15 +281,11 @@ class Trainer:
 
     @torch.no_grad()
     def sample_grid(self, tag: str) -> Path | None:
-        if self.acc.is_main_process or self.sharded:  # a sharded denoiser's forward is a collective: all draw
-            return self.pictures.grid(tag, self.step, self.tracking, save=self.acc.is_main_process)
-        return None
+        return self.pictures.grid(tag, self.step, self.tracking) if self.acc.is_main_process else None
 
     def validate(self) -> dict[str, float]:
         """``val/<reward>`` means when validation is due at this step (main process only), else {}."""
-        if self.acc.is_main_process or self.sharded:
-            return self.pictures.validate(self.step, self.tracking, save=self.acc.is_main_process)
-        return {}
+        return self.pictures.validate(self.step, self.tracking) if self.acc.is_main_process else {}
 
     def save(self, rng: dict[str, torch.Tensor] | None = None) -> None:
         """Checkpoint the state after ``self.step`` completed steps (``rng``: that moment's RNG
