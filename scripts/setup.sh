@@ -30,7 +30,8 @@ stamp=.venv/.draft-installed
 # packages its tests compare with), so `draft plugins` lists them and their tests run.
 want=$(cat pyproject.toml plugins/*/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  quietly .venv/bin/python -m pip install -q -e ".[test,trackers]"  # trackers: about 15 s and 220 MB more
+  # trackers: about 15 s and 220 MB more; quantize (torchao): the suite's model.quantize=int8 tests
+  quietly .venv/bin/python -m pip install -q -e ".[test,trackers,quantize]"
   editables=()
   for plugin in plugins/*/; do editables+=(-e "${plugin%/}[test]"); done
   quietly .venv/bin/python -m pip install -q "${editables[@]}"

@@ -59,6 +59,9 @@ class ModelSection:
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU; float16 refused
     device: str = "auto"  # auto: the device accelerate picks
+    quantize: Literal["none", "int8", "nf4", "fp8"] = "none"  # the frozen base's storage (draft_core.models.quantize)
+    # auto: off the device on CUDA; true/false (YAML booleans too): always / never (draft_core.training.prompt_cache)
+    offload_text_encoders: Literal["auto", "true", "false"] | bool = "auto"
 
 
 @dataclass

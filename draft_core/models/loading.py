@@ -133,17 +133,27 @@ def load_model(
     dtype: torch.dtype | None = None,
     revision: str | None = None,
     family: str | None = None,
+    quantize: str = "none",
 ) -> ModelFamily:
     """``name``: an embedded model (``tiny-random``, ...), a local diffusers folder, or a hub id; its family
-    from ``model_index.json`` unless ``family`` (``model.family``) says."""
+    from ``model_index.json`` unless ``family`` (``model.family``) says. ``quantize`` (``model.quantize``):
+    the denoiser's linear layers are quantized onto ``device`` (draft_core.models.quantize)."""
+    from draft_core.models.quantize import check_quantize, quantize_denoiser
+
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
+    check_quantize(quantize, device)  # before any weights load
     if name in EMBEDDED:
         check_model(name, revision, family)
         model = EMBEDDED[name]()
     else:
         model = _from_pretrained(name, dtype, revision, family)
-    return model.to(device=device, dtype=dtype)
+    if quantize == "none":
+        return model.to(device=device, dtype=dtype)
+    # The full-precision denoiser stays on the host; its layers reach the device already quantized.
+    model.to(device="cpu", dtype=dtype)
+    quantize_denoiser(model.denoiser, quantize, device)
+    return model.to(device=device)
 
 
 def hub_offline() -> bool:

@@ -36,6 +36,7 @@ from draft_core.training.metrics import step_line
 from draft_core.training.pictures import RunPictures
 from draft_core.training.plugin_state import pack_state
 from draft_core.training.preflight import check_rewards_available
+from draft_core.training.prompt_cache import offload_prompts
 from draft_core.training.provenance import recorded_config
 from draft_core.training.runlock import RunLock, lock_run_folder
 from draft_core.training.restore import LEARNED_PREFIX, STATE_NUMBERS, restore
@@ -86,7 +87,8 @@ class Trainer:
         """The configured model with its weights (``draft plan`` builds it on the meta device instead)."""
         from draft_core.models.loading import load_model
 
-        return load_model(self.config.model.name, device, dtype, self.config.model.revision, self.config.model.family)
+        m = self.config.model
+        return load_model(m.name, device, dtype, m.revision, m.family, quantize=m.quantize)
 
     def setup(self, resume: bool = False) -> None:
         from draft_core.models.loading import resolve_dtype
@@ -112,6 +114,7 @@ class Trainer:
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
         self.model = self.load_model(device, resolve_dtype(cfg.model.dtype, device))
         self.model.checkpoint_decode = cfg.train.checkpoint_decode
+        self.prompt_cache = offload_prompts(self.model, cfg, self.c, self.run_dir, self.acc.is_main_process)
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
             self.params = add_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
