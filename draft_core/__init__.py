@@ -3,9 +3,23 @@
 Public surface: ``hookimpl`` for plugins, the three protocols, and ``DraftError``.
 """
 
-from draft_core.errors import DraftError
-from draft_core.plugins.hookspecs import hookimpl
-from draft_core.plugins.protocols import (
+import logging as _logging
+
+
+class _DropTorchaoEnumNotice(_logging.Filter):
+    """torchao (the ``model.quantize: int8`` backend), which transformers imports whenever it is
+    installed, registers enums with torch's pytree at import, and torch 2.14 logs a deprecation
+    warning for each: two lines on every command's stderr that say nothing to draft's users."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return "register_constant() on Enum subclasses is deprecated" not in record.getMessage()
+
+
+_logging.getLogger("torch.utils._pytree").addFilter(_DropTorchaoEnumNotice())
+
+from draft_core.errors import DraftError  # noqa: E402
+from draft_core.plugins.hookspecs import hookimpl  # noqa: E402
+from draft_core.plugins.protocols import (  # noqa: E402
     Conditioning,
     EstimatorOutput,
     GradientEstimator,
