@@ -201,6 +201,60 @@ def make_bench(model_name: str, steps: int, batch: int, device: str | None = Non
     return Bench(model, params, optimizer, sampler, reward, prompts, registry)
 
 
+def minimal_draft1(bench: Bench) -> Callable[[int], Any]:
+    """The speed guard's reference: one DRaFT-1 step written by hand on the bench's model, LoRA,
+    reward and optimizer, with nothing of draft's sampler, estimator or reward wrappers.
+
+    The chain runs under no_grad except its last step; the scheduler is diffusers' own, built fresh
+    each step (a flow scheduler counts its steps); the decode and reward are called plainly (no
+    checkpointing, no contract checks); loss = -mean reward. For the ``sd`` family the UNet is called
+    directly (so the family's ``denoise`` is measured too); other families go through ``denoise``,
+    which is where their conditioning (SDXL's time ids, FLUX's packing) lives. Same work as draft's
+    ``draft-k K=1`` with deterministic sampling: prompts encoded once per step, CFG, one backward."""
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+    model, steps, guidance = bench.model, bench.steps, bench.sampler.guidance_scale
+    flow = model.flow_matching
+    unet = model.named_modules().get("unet") if model.family == "sd" else None
+
+    def guided_output(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        if unet is None:
+            return model.denoise(x, t, cond, guidance)
+        context = torch.cat([cond.uncond.expand(x.shape[0], -1, -1), cond.cond])
+        out_u, out_c = unet(torch.cat([x, x]), t, encoder_hidden_states=context).sample.float().chunk(2)
+        return out_u + guidance * (out_c - out_u)
+
+    def loss(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(-mean reward, rewards) of the batch drawn from ``seed``, the graph through the last step."""
+        gen = torch.Generator().manual_seed(seed)
+        cond = model.encode_prompts(bench.prompts)
+        x = model.make_noise(len(bench.prompts), gen)
+        if flow:
+            sched = FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config)
+            sched.set_timesteps(steps, device=model.device, **model.timestep_kwargs(steps))
+        else:
+            sched = DDIMScheduler.from_config(model.scheduler_config)
+            sched.set_timesteps(steps, device=model.device)
+            x = x * sched.init_noise_sigma
+        timesteps = sched.timesteps
+        with torch.no_grad():
+            for t in timesteps[:-1]:
+                x = sched.step(guided_output(x, t, cond), t, x).prev_sample
+        x = sched.step(guided_output(x, timesteps[-1], cond), timesteps[-1], x).prev_sample
+        rewards = bench.reward(model._decode(x), bench.prompts)
+        return -rewards.mean(), rewards.detach()
+
+    def step(seed: int = 0) -> torch.Tensor:
+        value, rewards = loss(seed)
+        value.backward()
+        bench.optimizer.step()
+        bench.optimizer.zero_grad(set_to_none=True)
+        return rewards
+
+    step.loss = loss  # for the test that the guard's two sides compute the same gradient
+    return step
+
+
 @torch.no_grad()
 def warm_up(bench: Bench) -> None:
     """Load what loads lazily (the empty-prompt embedding, reward weights) before measuring."""

@@ -1,12 +1,19 @@
 """Cost of one training step of each estimator relative to sampling alone, all cases interleaved.
 
-    python benchmarks/step_cost.py [--model tiny-random|tiny-random-sdxl|tiny-random-sd3|tiny-random-flux|digits] [--steps 50] [--batch 4] [--rounds 5] [--cases ...] [--breakdown]
+    python benchmarks/step_cost.py [--model tiny-random|tiny-random-sdxl|tiny-random-sd3|tiny-random-flux|digits] [--steps 50] [--batch 4] [--rounds 5] [--cases ...] [--breakdown] [--history FILE]
 
 The pytest-benchmark suite (``pytest benchmarks --benchmark-only``) pairs each case with
 its own sampling run; this script instead runs every case once per round, rotating
 the order, so that slow drifts in machine load fall on all cases alike. Each model samples with its
 family's default sampler (DDIM for sd and sdxl, Euler flow matching for sd3 and flux). Ratios are
 medians over rounds; the first round warms up and is dropped.
+
+The speed guard: every run also times ``minimal DRaFT-1`` (benchlib.minimal_draft1: DRaFT-1 written
+by hand on the same model, LoRA, reward and optimizer, with diffusers' scheduler and nothing of
+draft's) interleaved with the rest, and prints draft's ``draft-k K=1`` over it: the overhead of
+draft's sampler, estimator and wrappers, measured in one process so that machine load cancels.
+``--history FILE`` appends that ratio (with the commit, date and load) as a JSON line; RESULTS.md
+keeps the table. No test asserts a time.
 """
 
 from __future__ import annotations
@@ -18,7 +25,14 @@ from pathlib import Path
 
 import torch
 
-from benchlib import CASES, MODELS, make_bench, ratios, time_interleaved, write_json
+import json
+import os
+import subprocess
+from datetime import datetime, timezone
+
+from benchlib import CASES, MODELS, make_bench, minimal_draft1, ratios, time_interleaved, write_json
+
+MINIMAL = "minimal DRaFT-1"
 
 DEFAULT_CASES = ["sampling", "draft-k K=1", "draft-lv n=2", "refl m=20", "draft-k K=10", "draft (full, ckpt)"]
 
@@ -91,18 +105,28 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--checkpoint-cost", action="store_true",
                     help="also time each training case with the decode and reward checkpointed (the default) and not")
     ap.add_argument("--out", type=Path, default=None, help="write the times and ratios as JSON here")
+    ap.add_argument("--history", type=Path, default=None,
+                    help="append the guard's ratio (draft-k K=1 / minimal DRaFT-1) to this JSON-lines file")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cases = ["sampling"] + [c for c in args.cases if c != "sampling"]
+    if "draft-k K=1" not in cases:
+        cases.append("draft-k K=1")
     bench = make_bench(args.model, args.steps, args.batch)
-    times = time_interleaved(bench, cases, args.rounds)
+    runners = {case: bench.runner(case) for case in cases}
+    runners[MINIMAL] = minimal_draft1(bench)
+    cases.append(MINIMAL)
+    load = os.getloadavg()[0]
+    times = time_interleaved(bench, cases, args.rounds, runners=runners)
     rel = ratios(times)
     print(f"{args.model}, {args.steps} {bench.sampler_name} steps, guidance {bench.sampler.guidance_scale}, batch {args.batch}, "
           f"{torch.get_num_threads()} thread, "
           f"{args.rounds} rounds (+1 warm-up)")
     for case in cases:
         print(f"  {case:20s} {statistics.median(times[case]):7.3f} s   {rel[case]:5.2f}x sampling")
-    if "draft-k K=1" in rel and "draft-lv n=2" in rel:
+    guard = rel["draft-k K=1"] / rel[MINIMAL]
+    print(f"  guard: draft-k K=1 / {MINIMAL} = {guard:.3f} (load {load:.1f} -> {os.getloadavg()[0]:.1f})")
+    if "draft-lv n=2" in rel:
         print(f"  draft-lv n=2 / draft-k K=1: {rel['draft-lv n=2'] / rel['draft-k K=1']:.2f}")
     result = {"model": args.model, "family": bench.model.family, "sampler": bench.sampler_name, "steps": args.steps, "batch": args.batch, "rounds": args.rounds,
               "seconds": times, "ratio_to_sampling": rel}
@@ -112,13 +136,33 @@ def main(argv: list[str] | None = None) -> dict:
         for k, v in parts.items():
             print(f"  {k:40s} {v:7.3f} s   {v / sampling:5.3f}x sampling")
     if args.checkpoint_cost:
-        ck = checkpoint_cost(bench, [c for c in cases if c != "sampling"], args.rounds)
+        trained = [c for c in cases if c not in ("sampling", MINIMAL)]
+        ck = checkpoint_cost(bench, trained, args.rounds)
         result["checkpoint_seconds"] = ck
-        for case in [c for c in cases if c != "sampling"]:
+        for case in trained:
             on, off = (statistics.median(ck[f"{case} [checkpoint {m}]"]) for m in ("auto", "off"))
             print(f"  {case:20s} checkpointed decode/reward {on:7.3f} s, not {off:7.3f} s: {on / off:5.2f}x")
+    result["guard_ratio"] = guard
     write_json(args.out, result)
+    if args.history is not None:
+        append_history(args.history, args, bench, guard, rel, load)
     return result
+
+
+def append_history(path: Path, args, bench, guard: float, rel: dict[str, float], load: float) -> None:
+    """One JSON line: when, which commit, the setting, the guard's ratio and DRaFT-1 / sampling."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        commit = None
+    row = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "commit": commit, "model": args.model,
+           "steps": args.steps, "batch": args.batch, "rounds": args.rounds, "load_start": round(load, 1),
+           "load_end": round(os.getloadavg()[0], 1), "draft1_over_minimal": round(guard, 4),
+           "draft1_over_sampling": round(rel["draft-k K=1"], 4), "minimal_over_sampling": round(rel[MINIMAL], 4)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,39 @@ def test_step_cost_script(tmp_path):
     assert json.loads(out.read_text())["steps"] == 2
 
 
+@pytest.mark.parametrize("model", ["tiny-random", "tiny-random-sd3"])
+def test_speed_guard_compares_the_same_step(model):
+    """The guard's hand-written DRaFT-1 (benchlib.minimal_draft1) computes what draft's draft-k K=1 does:
+    the same rewards and the same LoRA gradient from the same seed, so its time is a fair floor."""
+    import benchlib
+
+    bench = benchlib.make_bench(model, 3, 2)
+    # a smooth reward, so that the comparison measures the steps, not how a codec magnifies rounding
+    bench.reward = lambda images, prompts: (images[:, 0] ** 2).mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
+    est = bench.estimator("draft-k K=1")
+    grads = []
+    for run in (lambda: est(bench.inputs(5)), lambda: benchlib.minimal_draft1(bench).loss(5)):
+        out = run()
+        loss, rewards = (out.loss, out.reward) if hasattr(out, "loss") else out
+        loss.backward()
+        grads.append((torch.cat([p.grad.flatten() for p in bench.params]).double(), rewards.double()))
+        bench.optimizer.zero_grad(set_to_none=True)
+    (g_draft, r_draft), (g_min, r_min) = grads
+    assert g_draft.norm() > 0
+    # float32 throughout; the two sides differ in summation order only (the flow step, CFG, the
+    # checkpointed decode), a few ulps; a different step would differ at O(1).
+    assert torch.allclose(r_draft, r_min, rtol=1e-5, atol=1e-6 * r_draft.abs().max().item())
+    assert (g_draft - g_min).norm() <= 1e-4 * g_draft.norm()
+
+
+def test_step_cost_reports_the_speed_guard(tmp_path):
+    history = tmp_path / "history.jsonl"
+    res = step_cost.main(["--steps", "2", "--batch", "1", "--rounds", "1", "--cases", "sampling", "--history", str(history)])
+    assert res["guard_ratio"] > 0 and "minimal DRaFT-1" in res["seconds"]
+    row = json.loads(history.read_text().splitlines()[-1])
+    assert row["model"] == "tiny-random" and row["draft1_over_minimal"] == round(res["guard_ratio"], 4)
+
+
 def test_sd14_configs_are_the_published_architecture():
     """Built on the meta device (no memory): SD 1.4's UNet has 859,520,964 parameters (REFERENCE §2)."""
     from diffusers import UNet2DConditionModel

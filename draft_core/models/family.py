@@ -31,6 +31,28 @@ def guided(out_u: torch.Tensor, out_c: torch.Tensor, scale) -> torch.Tensor:
     return out_u + scale * (out_c - out_u)
 
 
+def first_tensor(module: torch.nn.Module) -> torch.Tensor:
+    """The module's first parameter (or buffer): where its device is read."""
+    for tensor in module.parameters():
+        return tensor
+    for tensor in module.buffers():
+        return tensor
+    raise ValueError(f"{type(module).__name__} has no parameters or buffers, so it has no device.")
+
+
+def parameter_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The first floating parameter's dtype, skipping modules kept in float32 (diffusers' rule)."""
+    keep = getattr(module, "_keep_in_fp32_modules", None) or ()
+    last = None
+    for name, param in module.named_parameters():
+        last = param.dtype
+        if keep and any(k in name for k in keep):
+            continue
+        if param.is_floating_point():
+            return param.dtype
+    return last if last is not None else first_tensor(module).dtype
+
+
 def uses_cfg(scale) -> bool:
     """One rule for constants and learned schedules: a tensor scale or any g != 1 runs two passes."""
     return torch.is_tensor(scale) or scale != 1.0
@@ -113,11 +135,16 @@ class ModelFamily:
 
     @property
     def device(self) -> torch.device:
-        return self.denoiser.device
+        """The denoiser's device, read from its first parameter. (diffusers' ``ModelMixin.device``
+        first walks every submodule looking for group-offloading hooks: some 10-20 ms on SD's
+        UNet, and samplers ask once per step.)"""
+        return first_tensor(self.denoiser).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.denoiser.dtype
+        """The denoiser's compute dtype: its first floating parameter's, as diffusers' ``ModelMixin.dtype``
+        finds it (skipping ``_keep_in_fp32_modules``) but without walking every submodule first."""
+        return parameter_dtype(self.denoiser)
 
     @property
     def prediction_type(self) -> str:
@@ -175,7 +202,10 @@ class ModelFamily:
         raise NotImplementedError
 
     def timestep_kwargs(self, num_steps: int) -> dict:
-        """Extra arguments for the scheduler's ``set_timesteps`` (a flow family's ``mu``, ``sigmas``)."""
+        """Extra arguments for the scheduler's ``set_timesteps`` (a flow family's ``mu``, ``sigmas``).
+
+        Samplers cache the schedule per model, device and number of steps, so what this returns must
+        depend on nothing else that changes (the model's own configuration and image size are fixed)."""
         return {}
 
     # -- noise and images --------------------------------------------------------------

@@ -80,7 +80,7 @@ class DiffusionModel(ModelFamily):
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance=1.0) -> torch.Tensor:
         unet = self.unet
-        x = x.to(unet.dtype)
+        x = x.to(self.dtype)
         if uses_cfg(guidance):
             uncond = cond.uncond.expand(cond.cond.shape[0], -1, -1)
             out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond.cond])).sample

@@ -39,7 +39,7 @@ class ChainSampler:
         self.num_steps = steps
         self.guidance_scale = float(guidance_scale)
         self.guidance_schedule = None  # a learned per-step schedule (draft_core.training.learned_sampling), if any
-        self._cache: tuple[dict, torch.device, Any, dict] | None = None
+        self._cache: tuple[dict, tuple, Any, None] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(steps={self.num_steps}, guidance_scale={self.guidance_scale})"
@@ -56,15 +56,15 @@ class ChainSampler:
     # -- scheduler ---------------------------------------------------------------------
     def scheduler(self, model):
         """The model's scheduler with timesteps set; cached (these steps keep no state)."""
-        config = model.scheduler_config
-        extra = model.timestep_kwargs(self.num_steps)
+        # Asked once per step, so the key is cheap to compare: the model, its device, its scheduler config and
+        # the number of steps, which are all its timesteps depend on (ModelFamily.timestep_kwargs).
+        config, key = model.scheduler_config, (id(model), model.device, self.num_steps)
         cache = self._cache
-        if (cache is not None and cache[1] == model.device and (cache[0] is config or cache[0] == config)
-                and repr(cache[3]) == repr(extra)):
+        if cache is not None and cache[1] == key and (cache[0] is config or cache[0] == config):
             return cache[2]
         sched = self.scheduler_class.from_config(config)
-        sched.set_timesteps(self.num_steps, device=model.device, **extra)
-        self._cache = (config, model.device, sched, extra)
+        sched.set_timesteps(self.num_steps, device=model.device, **model.timestep_kwargs(self.num_steps))
+        self._cache = (config, key, sched, None)
         return sched
 
     def timesteps(self, model) -> torch.Tensor:

@@ -187,13 +187,13 @@ class FluxModel(ModelFamily):
     def _transformer(self, x, t, embeds, pooled, guidance) -> torch.Tensor:
         from diffusers import FluxPipeline
 
-        tr = self.transformer
+        tr, dtype = self.transformer, self.dtype
         b, c, h, w = x.shape
-        packed = FluxPipeline._pack_latents(x.to(tr.dtype), b, c, h, w)
-        img_ids, txt_ids = self._positions(h, w, embeds.shape[1], x.device, tr.dtype)
-        timestep = t.to(x.device).expand(b).to(tr.dtype) / 1000  # on the sample's device, as the UNet puts it
-        out = tr(hidden_states=packed, timestep=timestep, guidance=guidance, pooled_projections=pooled.to(tr.dtype),
-                 encoder_hidden_states=embeds.to(tr.dtype), txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+        packed = FluxPipeline._pack_latents(x.to(dtype), b, c, h, w)
+        img_ids, txt_ids = self._positions(h, w, embeds.shape[1], x.device, dtype)
+        timestep = t.to(x.device).expand(b).to(dtype) / 1000  # on the sample's device, as the UNet puts it
+        out = tr(hidden_states=packed, timestep=timestep, guidance=guidance, pooled_projections=pooled.to(dtype),
+                 encoder_hidden_states=embeds.to(dtype), txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
         return upcast(FluxPipeline._unpack_latents(out, h * self.vae_scale_factor, w * self.vae_scale_factor,
                                                    self.vae_scale_factor))
 

@@ -131,7 +131,7 @@ class SD3Model(ModelFamily):
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance=1.0) -> torch.Tensor:
         """The velocity [B, C, h, w] at ``x`` and scheduler timestep ``t`` (σ·1000), CFG as the pipeline."""
         transformer = self.transformer
-        x = x.to(transformer.dtype)
+        x = x.to(self.dtype)
         batch = x.shape[0]
         if uses_cfg(guidance):
             embeds = torch.cat([cond.uncond.expand(batch, -1, -1), cond.cond])

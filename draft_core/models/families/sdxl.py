@@ -107,11 +107,11 @@ class SDXLModel(ModelFamily):
         """[1, 6] SDXL size conditioning for samples like ``x``: original size (H, W), crop (0, 0),
         target size (H, W), where (H, W) is the image size of the sample."""
         h, w = x.shape[-2] * self.vae_scale_factor, x.shape[-1] * self.vae_scale_factor
-        return torch.tensor([[h, w, 0, 0, h, w]], dtype=self.unet.dtype, device=x.device)
+        return torch.tensor([[h, w, 0, 0, h, w]], dtype=self.dtype, device=x.device)
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance=1.0) -> torch.Tensor:
         unet = self.unet
-        x = x.to(unet.dtype)
+        x = x.to(self.dtype)
         batch = x.shape[0]
         ids = self.time_ids(x)
         if uses_cfg(guidance):
