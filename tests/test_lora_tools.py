@@ -214,5 +214,5 @@ def test_model_card_from_a_run_folder(tmp_path):
     (run / "metrics.jsonl").write_text('{"step": 1, "reward_mean": -20.0}\n{"step": 2, "reward_mean": -3.25}\n')
     card = write_model_card(run / "lora", run_card_info(run, command="draft train --preset quickstart")).read_text()
     assert card.startswith("---\nbase_model: digits\n")
-    for text in ("digit-classifier", '"target": 8', "draft-lv", "| steps | 2 |", "| final_reward | -3.25 |", "draft train --preset quickstart"):
+    for text in ("digit-classifier(target=8)", "draft-lv", "| steps | 2 |", "| final_reward | -3.25 |", "draft train --preset quickstart"):
         assert text in card, text

@@ -94,7 +94,9 @@ def run_card_info(run_dir: str | Path, command: str | None = None) -> dict:
     # Skipped (non-finite) steps log no usable reward: the card reports the others.
     rows = [r for r in rows if isinstance(r.get("reward_mean"), (int, float)) and math.isfinite(r["reward_mean"])]
     reward = cfg.get("reward", {})
-    rewards = reward.get("weights") or {k: v for k, v in reward.items() if k != "args"}
+    from draft_core.rewarding.spec import reward_label
+
+    rewards = reward_label(reward) if reward else None
     info = {
         "base_model": cfg.get("model", {}).get("name"),
         "rewards": rewards,

@@ -18,6 +18,7 @@ from draft_core.plugins import Registry, load_registry
 from draft_core.plugins.arguments import defaults_left, type_problems
 from draft_core.rewarding.contract import CheckedReward, checked_reward
 from draft_core.rewarding.gradient import check_reward_gradient
+from draft_core.rewarding.spec import is_weighted, reward_terms, unknown_term_arguments
 from draft_core.rewarding.weighted import WeightedReward
 from draft_core.training.faults import Source
 from draft_core.training.learned_sampling import guidance_learning_warning
@@ -64,30 +65,23 @@ class Planned:
 
 
 def section_label(section: dict) -> str:
-    """``draft-lv(n=2, kl=0.1)``: a plugin section's registered name and the arguments it gives."""
-    if "weights" in section:
-        return " + ".join(f"{w}·{name}" for name, w in section["weights"].items())
+    """``draft-lv(n=2, kl=0.1)``: a plugin section's registered name and the arguments it gives
+    (a reward section's label, with each term's weight, is ``draft_core.rewarding.spec.reward_label``)."""
     name, kwargs = plugin_kwargs(section)
     return f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
 
 
-def build_reward(section: dict, registry: Registry):
-    if "weights" in section:
-        args = section.get("args") or {}
-        unknown = _unknown_weighted_args(section)
-        if unknown:
-            raise ConfigError(unknown)
-        terms = {
-            name: (_construct(registry, "reward", name, args.get(name) or {}, f"reward.args.{name}"), float(w))
-            for name, w in section["weights"].items()
-        }
-        return WeightedReward(terms)
-    return _build_plugin(registry, "reward", section)
-
-
-def _unknown_weighted_args(section: dict) -> str:
-    unknown = sorted(set(section.get("args") or {}) - set(section["weights"]))
-    return f"reward.args names {unknown}, which are not in reward.weights {sorted(section['weights'])}." if unknown else ""
+def build_reward(section: dict, registry: Registry) -> Reward:
+    """The section's reward: a single term is the registered reward itself; several are their
+    ``WeightedReward`` (each term built with its own arguments, as ``reward_terms`` reads them)."""
+    unknown = unknown_term_arguments(section)
+    if unknown:
+        raise ConfigError(unknown)
+    terms = reward_terms(section)
+    built = {t.name: (_construct(registry, "reward", t.name, t.kwargs, t.key), t.weight) for t in terms}
+    if not is_weighted(section):
+        return built[terms[0].name][0]
+    return WeightedReward(built)
 
 
 def build_components(config: Config, registry: Registry | None = None, *, reward: Any = None) -> Components:
@@ -117,7 +111,8 @@ def build_components(config: Config, registry: Registry | None = None, *, reward
     if given:
         check_reward_gradient(estimator, config.estimator["name"], {python_source(reward).name: reward}, registry)
         return Components(sampler, estimator, reward, prompts, [(reward, python_source(reward))], estimator_source, validation, warnings)
-    terms = {n: r for n, (r, _) in reward.terms.items()} if isinstance(reward, WeightedReward) else {config.reward["name"]: reward}
+    terms = {n: r for n, (r, _) in reward.terms.items()} if isinstance(reward, WeightedReward) \
+        else {reward_terms(config.reward)[0].name: reward}
     check_reward_gradient(estimator, config.estimator["name"], terms, registry)
     sources = []
     for name, term in terms.items():
@@ -136,11 +131,7 @@ def plan(config: Config, registry: Registry, include_reward: bool = True) -> lis
     section = config.reward
     if not include_reward:
         return planned
-    if "weights" in section:
-        args = section.get("args") or {}
-        planned += [Planned("reward", n, dict(args.get(n) or {}), f"reward.args.{n}") for n in section["weights"]]
-    else:
-        planned.append(Planned("reward", *plugin_kwargs(section), "reward"))
+    planned += [Planned("reward", t.name, t.kwargs, t.key) for t in reward_terms(section)]
     return planned
 
 
@@ -148,10 +139,8 @@ def check_plugins(config: Config, registry: Registry, include_reward: bool = Tru
     """Raise one error listing every unknown plugin name, unknown or missing argument, and argument
     value that does not fit its factory's annotation (``--set reward.scale=abc`` on a float)."""
     problems: list[tuple[type, str]] = []
-    if include_reward and "weights" in config.reward:
-        unknown = _unknown_weighted_args(config.reward)
-        if unknown:
-            problems.append((ConfigError, unknown))
+    if include_reward and (unknown := unknown_term_arguments(config.reward)):
+        problems.append((ConfigError, unknown))
     for p in plan(config, registry, include_reward):
         try:
             entry = registry.get(p.kind, p.name)

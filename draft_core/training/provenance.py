@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from draft_core.config import Config
+from draft_core.rewarding.spec import reward_terms
 from draft_core.rewarding.weighted import WeightedReward
 from draft_core.training.faults import Source
 
@@ -42,7 +43,7 @@ def _from_config(config: Config, components) -> bool:
         return False  # replaced after build_components
     names = sorted(src.name for _, src in components.sources)
     section = config.reward
-    configured = sorted(section["weights"]) if "weights" in section else [section.get("name")]
+    configured = sorted(t.name for t in reward_terms(section))
     return names == configured
 
 
