@@ -28,6 +28,7 @@ from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve
 from draft_core.memory import CheckpointedReward
 from draft_core.plugins.protocols import StepInputs
+from draft_core.rewarding.spec import reward_label
 from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
 from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state
@@ -327,8 +328,7 @@ class Trainer:
         write_model_card(folder, run_card_info(self.run_dir), location=self.run_dir / "lora")
 
     def title(self) -> str:
-        reward = self.config.reward.get("name") or "+".join(self.config.reward.get("weights", {}))
-        return f"{self.config.estimator['name']} on {reward} ({self.config.model.name})"
+        return f"{self.config.estimator['name']} on {reward_label(self.config.reward)} ({self.config.model.name})"
 
     def _stop_for_nonfinite(self) -> NonFiniteStop:
         component, what = self.skipped
