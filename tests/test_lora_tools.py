@@ -160,6 +160,7 @@ def test_kohya_export_round_trips_through_diffusers(tiny, two_loras, tmp_path, c
     a, _ = two_loras
     out = tmp_path / "exported.safetensors"
     assert main(["lora", "export", str(a), "--format", "kohya", "--out", str(out)]) == 0
+    assert "kohya layout: lora_unet_*.lora_down" in capsys.readouterr().out  # the prefix it wrote
     with safe_open(str(out), "pt") as f:
         assert f.metadata()["ss_network_module"] == "networks.lora"
     got = output_loaded_by_diffusers(tiny, tmp_path, weight_name=out.name)

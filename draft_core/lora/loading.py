@@ -77,14 +77,14 @@ def read_lora_input(spec: LoraSpec, model=None) -> LoraInput:
     """The tensors of ``spec`` in diffusers' layout, whatever layout the file has, read by the model
     family's own pipeline class (``lora_state_dict`` converts kohya and other layouts; Stable
     Diffusion's without a model)."""
-    import diffusers
+    from draft_core.models.loading import family_of_pipeline
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     file = spec.path if spec.path.is_file() else spec.path / WEIGHT_NAME
     shown = f"--lora '{spec.path}'"
     prefix = lora_prefix(model)
-    pipeline = getattr(diffusers, model.lora_pipeline if model is not None else "StableDiffusionPipeline")
+    family = type(model) if model is not None else family_of_pipeline(None, "", "sd")
     suffix = file.suffix.lower()
     if suffix == ".safetensors":
         try:
@@ -111,9 +111,8 @@ def read_lora_input(spec: LoraSpec, model=None) -> LoraInput:
             f"{shown}: '{file.name}' is not a LoRA file. Give a folder holding {WEIGHT_NAME} (such as a run's "
             f"lora/ folder), a run folder, a checkpoint folder, or a .safetensors LoRA file (diffusers or kohya layout)."
         )
-    out = pipeline.lora_state_dict(source, return_lora_metadata=True, **kwargs)
-    state, alphas, metadata = (out[0], None, out[-1]) if len(out) == 2 else out  # transformer pipelines return no alphas
-    return LoraInput(dict(state), alphas or None, metadata or None)
+    state, alphas, metadata = family.lora_state_dict(source, **kwargs)  # the family's hook
+    return LoraInput(state, alphas, metadata)
 
 
 def lora_prefix(model) -> str:

@@ -38,7 +38,16 @@ def check_ready(config: Config, components) -> None:
 
     family = check_model(config.model.name, config.model.revision, config.model.family)
     check_family(config, components, family)
+    check_lora_files(family)
     check_rewards_available(components)
+
+
+def check_lora_files(family) -> None:
+    """The family can write and read its LoRA files (its ``lora_file_problem`` hook), before any step runs."""
+    from draft_core.models.family import ModelFamily
+
+    if isinstance(family, type) and issubclass(family, ModelFamily) and (problem := family.lora_file_problem()):
+        raise DraftError(problem)
 
 
 def check_family(config: Config, components, family) -> None:
