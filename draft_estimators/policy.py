@@ -44,6 +44,7 @@ from draft_core.errors import ConfigError
 from draft_core.models.conditioning import EXTRA_PREFIX, TENSOR_FIELDS, conditioning_keys
 from draft_core.plugins.protocols import Conditioning, EstimatorOutput, StepInputs
 from draft_core.samplers.gaussian import is_stochastic, kl_same_std, log_prob
+from draft_core.plugins.bases import EstimatorBase, as_sampler
 
 ON_DEVICE = ("latents", "log_probs", "advantages", "rewards")
 BUFFER_KEYS = ("latents", "log_probs", "advantages", "rewards", "cond", "steps", "perms", "order", "cursor")
@@ -98,7 +99,7 @@ def _check_number(key: str, value, low: float, high: float = math.inf, *, intege
     return value
 
 
-class PolicyGradient:
+class PolicyGradient(EstimatorBase):
     """Base of ddpo and grpo: the buffer, the schedule and the PPO loss (module docstring).
 
     Subclasses define ``name``, ``queries_per_image``, ``expand`` (which trajectories a
@@ -126,7 +127,8 @@ class PolicyGradient:
     # -- checks ----------------------------------------------------------------------------
     def check(self, sampler) -> None:
         """The policy is the sampler's per-step Gaussian: the sampler must draw noise."""
-        if not callable(getattr(sampler, "transition_distribution", None)) or not getattr(sampler, "stochastic", False):
+        # transition_distribution is a capability (a method), not an optional member with a default.
+        if not callable(getattr(sampler, "transition_distribution", None)) or not as_sampler(sampler).stochastic:
             raise ConfigError(
                 f"estimator '{self.name}' trains on the log-probabilities of the sampling steps, so it needs a "
                 f"stochastic sampler (ddpm, or ddim with eta > 0; DDPO samples with ddim, eta: 1.0; for a flow-matching "

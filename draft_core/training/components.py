@@ -16,6 +16,8 @@ from draft_core.config.prompts import load_prompts
 from draft_core.errors import ConfigError, DraftError, PluginError, join_problems
 from draft_core.plugins import Registry, load_registry
 from draft_core.plugins.arguments import defaults_left, type_problems
+from draft_core.plugins.bases import EstimatorBase, SamplerBase, as_estimator, as_sampler, wraps_estimator
+from draft_core.plugins.protocols import Reward
 from draft_core.rewarding.contract import CheckedReward, checked_reward
 from draft_core.rewarding.gradient import check_reward_gradient
 from draft_core.rewarding.spec import is_weighted, reward_terms, unknown_term_arguments
@@ -24,19 +26,25 @@ from draft_core.training.faults import Source
 from draft_core.training.learned_sampling import guidance_learning_warning
 from draft_core.training.provenance import python_source
 from draft_core.training.tracking import check_trackers
-from draft_core.training.validation import build_validation
+from draft_core.training.validation import Validation, build_validation
 
 
 @dataclass
 class Components:
-    sampler: Any
-    estimator: Any
-    reward: Any
+    """What a run trains with. ``sampler`` and ``estimator`` have every optional member of their kind
+    (``draft_core.plugins.bases``: a plugin without some is adapted when the components are made)."""
+
+    sampler: SamplerBase
+    estimator: EstimatorBase
+    reward: Reward
     prompts: list[str]
-    sources: list[tuple[Any, Source]] = field(default_factory=list)  # (reward term, who provides it)
+    sources: list[tuple[Reward, Source]] = field(default_factory=list)  # (reward term, who provides it)
     estimator_source: Source | None = None
-    validation: Any = None  # draft_core.training.validation.Validation, when train.validation is set
+    validation: Validation | None = None  # when train.validation is set
     warnings: list[str] = field(default_factory=list)  # settings that work, but not as one may expect
+
+    def __post_init__(self) -> None:
+        self.sampler, self.estimator = as_sampler(self.sampler), as_estimator(self.estimator)
 
     def checked_reward(self) -> CheckedReward:
         """``reward`` behind the core's checks: images before it runs, [B] after; each term of a
@@ -94,11 +102,10 @@ def build_components(config: Config, registry: Registry | None = None, *, reward
     registry = registry or load_registry()
     given = reward is not None
     check_plugins(config, registry, include_reward=not given)
-    sampler = _build_plugin(registry, "sampler", config.sampler)
-    estimator = build_estimator(config.estimator, registry)
+    sampler = as_sampler(_build_plugin(registry, "sampler", config.sampler))
+    estimator = as_estimator(build_estimator(config.estimator, registry))
     reward = reward if given else build_reward(config.reward, registry)
-    if hasattr(estimator, "check"):
-        estimator.check(sampler)
+    estimator.check(sampler)
     prompts = load_prompts(config.prompts.source, config.prompts.items, config.prompts.template)
     e = registry.get("estimator", config.estimator["name"])
     estimator_source = Source(e.name, e.plugin, e.distribution, e.version, "estimator")
@@ -208,7 +215,7 @@ def _split_estimator(section: dict, registry: Registry) -> tuple[str, dict, list
 
 
 def _is_wrapper(registry: Registry, name: str) -> bool:
-    return name in registry.names("estimator") and bool(getattr(registry.get("estimator", name).factory, "wraps_estimator", False))
+    return name in registry.names("estimator") and wraps_estimator(registry.get("estimator", name).factory)
 
 
 def _accepted_arguments(factory) -> list[str] | None:

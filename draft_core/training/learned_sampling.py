@@ -29,6 +29,7 @@ from torch import nn
 
 from draft_core.errors import ConfigError
 from draft_core.models.conditioning import Conditioning
+from draft_core.plugins.bases import as_estimator
 
 FILENAME = "sampler_params.safetensors"
 
@@ -183,11 +184,11 @@ def guidance_learning_warning(estimator, sampler, estimator_name: str) -> str | 
     the estimator differentiates (``differentiated_steps``; an estimator without it is
     not judged). Appendix B.12 trains the schedule with full backpropagation.
     """
-    steps_of = getattr(estimator, "differentiated_steps", None)
-    if steps_of is None:
-        return None
     T = sampler.num_steps
-    learning = sorted(i for i in steps_of(T) if 0 <= i < T)
+    steps = as_estimator(estimator).differentiated_steps(T)
+    if steps is None:
+        return None
+    learning = sorted(i for i in steps if 0 <= i < T)
     if len(learning) == T:
         return None
     frozen = sorted(set(range(T)) - set(learning))

@@ -42,8 +42,9 @@ class RunPictures:
                                    ("negative prompt", getattr(self.learned, "negative", None))) if on is not None]
         return generation_params(
             prompts, model=cfg.model.name, sampler=cfg.sampler["name"],
-            steps=getattr(sampler, "num_steps", cfg.sampler.get("steps")),
-            guidance=getattr(sampler, "guidance_scale", cfg.sampler.get("guidance_scale", 0.0)), seed=seed,
+            steps=sampler.num_steps,
+            guidance=sampler.guidance_scale if sampler.guidance_scale is not None else cfg.sampler.get("guidance_scale", 0.0),
+            seed=seed,
             size=self.model.image_size, loras=[(str(self.run_dir / "lora"), 1.0)] if step > 0 else [], step=step,
             learned=", ".join(learned) or None,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from draft_core.config import Config
 from draft_core.errors import DraftError
+from draft_core.plugins.bases import as_reward
 from draft_core.rewarding.weighted import WeightedReward
 
 
@@ -19,11 +20,8 @@ def check_rewards_available(components) -> None:
     for term, source in components.sources:
         inner = [r for r, _ in term.terms.values()] if isinstance(term, WeightedReward) else [term]
         for reward in inner:
-            check = getattr(reward, "check_available", None)
-            if not callable(check):
-                continue
             try:
-                check()
+                as_reward(reward).check_available()
             except DraftError:
                 raise
             except Exception as exc:  # a plugin's own bug: say whose

@@ -43,7 +43,7 @@ def restore(trainer) -> None:
     if learned and trainer.learned is not None:
         trainer.learned.load_state_dict({k: v.to(trainer.model.device) for k, v in learned.items()})
     trainer.ema.load_state_dict(extra)
-    if extra and hasattr(trainer.c.estimator, "load_state_dict"):
+    if extra:
         # Estimator state is per process (e.g. ddpo's stored trajectories): this process's entries.
         own = {k: v for k, v in extra.items() if not re.match(r"rank\d+/", k)} if rank == 0 else \
             {k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)}

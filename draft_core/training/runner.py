@@ -182,9 +182,7 @@ class Trainer:
 
     def _estimator_step(self, applied: bool) -> None:
         """The estimator's optional hook, once per optimiser step (GradientEstimator's docstring)."""
-        hook = getattr(self.c.estimator, "on_optimizer_step", None)
-        if hook is not None:
-            hook(applied)
+        self.c.estimator.on_optimizer_step(applied)
 
     def train_step(self) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -224,7 +222,7 @@ class Trainer:
             queries += out.queries * out.reward.numel()
             for k, v in out.logs.items():
                 logs[k] = logs.get(k, 0.0) + v / cfg.grad_accum
-            for k, v in getattr(self.reward, "last_terms", {}).items():
+            for k, v in self.reward.last_terms.items():
                 logs[f"reward/{k}"] = logs.get(f"reward/{k}", 0.0) + v.float().mean().item() / cfg.grad_accum
         local_loss = sum(losses) / len(losses) if losses else 0.0
         loss, any_error, any_bad_reward, any_bad_loss = average_gradients(self.acc, self.params, 
@@ -293,10 +291,8 @@ class Trainer:
         rng = all_rng_states(self.acc, rng if rng is not None else rng_state(self.gens))
         # Every process's estimator state, keyed as the RNG states are (a collective, like them);
         # plain numbers are packed as tensors and listed (rank 0's keys) to come back as numbers.
-        extra, numbers = ({}, {})
-        if hasattr(self.c.estimator, "state_dict"):
-            extra, numbers = pack_state(self.c.estimator.state_dict(), self._estimator_name())
-            extra = all_rng_states(self.acc, extra)
+        extra, numbers = pack_state(self.c.estimator.state_dict(), self._estimator_name())
+        extra = all_rng_states(self.acc, extra)
         if self.acc.is_main_process:
             if self.learned is not None:
                 extra.update({LEARNED_PREFIX + k: v.detach() for k, v in self.learned.state_dict().items()})

@@ -20,6 +20,7 @@ from draft_core.config.prompts import load_prompts
 from draft_core.errors import ConfigError
 from draft_core.evaluation.evaluate import item_seed
 from draft_core.training.pictures import generate
+from draft_core.plugins.bases import as_reward
 
 
 @dataclass
@@ -38,8 +39,7 @@ class Validation:
     def run(self, model, sampler, condition: Callable) -> tuple[dict[str, float], torch.Tensor]:
         """Sample and score -> ({"val/<label>": mean score}, images [P * k, 3, H, W], a prompt's k images together)."""
         for reward in self.rewards.values():
-            if hasattr(reward, "to"):
-                reward.to(model.device)
+            as_reward(reward).to(model.device)
         keys = [(i, j) for i in range(len(self.prompts)) for j in range(self.n_per_prompt)]
         scores: dict[str, list[torch.Tensor]] = {label: [] for label in self.rewards}
         images = []
