@@ -119,20 +119,27 @@ class _Adapter:
         return repr(self.inner)
 
 
+def _value(name: str, default: Any) -> property:
+    """An attribute: the plugin's own value, else the base's default."""
+    return property(lambda self: getattr(self.inner, name, default))
+
+
+def _method(name: str, default: Callable[..., Any]) -> Callable[..., Any]:
+    """A method: the plugin's own where it has one, else the base's (which does what absence meant)."""
+    def call(self: _Adapter, *args: Any, **kwargs: Any) -> Any:
+        own = getattr(self.inner, name, None)
+        return own(*args, **kwargs) if callable(own) else default(self, *args, **kwargs)
+    call.__name__ = name
+    return call
+
+
 def _with_defaults(base: type, members: Sequence[str]) -> type:
-    """An adapter class: each optional member is the plugin's own where it has one, else the base's."""
+    """An adapter class for ``base``'s kind, holding each optional member."""
     namespace: dict[str, Any] = {}
     for name in members:
         default = getattr(base, name)
-        if isinstance(default, property):
-            namespace[name] = property(lambda self, n=name, d=default: getattr(self.inner, n) if hasattr(self.inner, n)
-                                       else d.fget(self))
-        elif callable(default):
-            namespace[name] = (lambda n, d: lambda self, *a, **k: getattr(self.inner, n, None)(*a, **k)
-                               if callable(getattr(self.inner, n, None)) else d(self, *a, **k))(name, default)
-        else:
-            namespace[name] = property(lambda self, n=name, d=default: getattr(self.inner, n, d))
-    namespace["__call__"] = lambda self, *a, **k: self.inner(*a, **k)
+        namespace[name] = _method(name, default) if callable(default) else _value(name, default)
+    namespace["__call__"] = _method("__call__", getattr(base, "__call__"))
     return type(f"Adapted{base.__name__[:-4]}", (_Adapter, base), namespace)
 
 

@@ -374,9 +374,9 @@ class Registry:
 
     # -- reporting ----------------------------------------------------------
 
-    def describe(self) -> dict[str, list[dict[str, Any]]]:
+    def describe(self) -> dict[str, list[Any]]:
         """A JSON-serialisable summary: every name with its provider, and the load errors."""
-        out: dict[str, list[dict[str, Any]]] = {}
+        out: dict[str, list[Any]] = {}
         for kind in KINDS:
             out[PLURALS[kind]] = [
                 {"name": e.name, "plugin": e.plugin,

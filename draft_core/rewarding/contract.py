@@ -113,7 +113,7 @@ class CheckedReward(RewardBase):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    def to(self, *args, **kwargs):
+    def to(self, *args: Any, **kwargs: Any) -> "CheckedReward":
         as_reward(self.inner).to(*args, **kwargs)
         return self
 

@@ -51,12 +51,13 @@ class Components:
         weighted sum is checked too, so a message names the term's own plugin."""
         labels = {id(term): src.describe() for term, src in self.sources}
         reward = self.reward
-        if type(reward) is WeightedReward:
+        if isinstance(reward, WeightedReward) and type(reward) is WeightedReward:
+            terms = reward.terms
             reward = WeightedReward({
                 name: (checked_reward(term, labels.get(id(term), f"reward '{name}'"), check_images=False), w)
-                for name, (term, w) in reward.terms.items()
+                for name, (term, w) in terms.items()
             })
-            label = "the weighted sum of rewards " + ", ".join(labels.get(id(t), repr(n)) for n, (t, _) in self.reward.terms.items())
+            label = "the weighted sum of rewards " + ", ".join(labels.get(id(t), repr(n)) for n, (t, _) in terms.items())
         else:
             label = labels.get(id(reward), f"reward {type(reward).__name__} (given from Python)")
         return checked_reward(reward, label)
@@ -68,18 +69,18 @@ class Planned:
 
     kind: str
     name: str
-    kwargs: dict
+    kwargs: dict[str, Any]
     key: str
 
 
-def section_label(section: dict) -> str:
+def section_label(section: dict[str, Any]) -> str:
     """``draft-lv(n=2, kl=0.1)``: a plugin section's registered name and the arguments it gives
     (a reward section's label, with each term's weight, is ``draft_core.rewarding.spec.reward_label``)."""
     name, kwargs = plugin_kwargs(section)
     return f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
 
 
-def build_reward(section: dict, registry: Registry) -> Reward:
+def build_reward(section: dict[str, Any], registry: Registry) -> Reward:
     """The section's reward: a single term is the registered reward itself; several are their
     ``WeightedReward`` (each term built with its own arguments, as ``reward_terms`` reads them)."""
     unknown = unknown_term_arguments(section)
@@ -88,8 +89,9 @@ def build_reward(section: dict, registry: Registry) -> Reward:
     terms = reward_terms(section)
     built = {t.name: (_construct(registry, "reward", t.name, t.kwargs, t.key), t.weight) for t in terms}
     if not is_weighted(section):
-        return built[terms[0].name][0]
-    return WeightedReward(built)
+        single: Reward = built[terms[0].name][0]
+        return single
+    return WeightedReward(built)  # the terms' objects were built by their registered factories
 
 
 def build_components(config: Config, registry: Registry | None = None, *, reward: Any = None) -> Components:
@@ -163,7 +165,7 @@ def check_plugins(config: Config, registry: Registry, include_reward: bool = Tru
         raise ConfigError(join_problems([text for _, text in problems]))
 
 
-def default_arguments(config: Config, registry: Registry | None = None) -> list[tuple[Planned, dict]]:
+def default_arguments(config: Config, registry: Registry | None = None) -> list[tuple[Planned, dict[str, Any]]]:
     """Each plugin the config builds with the arguments it leaves at their defaults (name -> default)."""
     registry = registry or load_registry()
     return [
@@ -172,7 +174,7 @@ def default_arguments(config: Config, registry: Registry | None = None) -> list[
     ]
 
 
-def build_estimator(section: dict, registry: Registry):
+def build_estimator(section: dict[str, Any], registry: Registry) -> Any:
     """The named estimator, wrapped by each estimator wrapper its section names as a key.
 
     A wrapper is a registered estimator whose factory has ``wraps_estimator = True`` and takes
@@ -187,7 +189,7 @@ def build_estimator(section: dict, registry: Registry):
     return estimator
 
 
-def _split_estimator(section: dict, registry: Registry) -> tuple[str, dict, list[tuple[str, dict]]]:
+def _split_estimator(section: dict[str, Any], registry: Registry) -> tuple[str, dict[str, Any], list[tuple[str, dict[str, Any]]]]:
     """(estimator name, its arguments, [(wrapper name, the wrapper's arguments), ...])."""
     name, kwargs = plugin_kwargs(section)
     if _is_wrapper(registry, name):
@@ -200,7 +202,7 @@ def _split_estimator(section: dict, registry: Registry) -> tuple[str, dict, list
     accepted = _accepted_arguments(registry.get("estimator", name).factory)
     wrappers = [k for k in kwargs if (accepted is not None and k not in accepted) and _is_wrapper(registry, k)]
     values = {k: kwargs.pop(k) for k in wrappers}
-    split = []
+    split: list[tuple[str, dict[str, Any]]] = []
     for key, value in values.items():
         factory = registry.get("estimator", key).factory
         if isinstance(value, dict):
@@ -218,7 +220,7 @@ def _is_wrapper(registry: Registry, name: str) -> bool:
     return name in registry.names("estimator") and wraps_estimator(registry.get("estimator", name).factory)
 
 
-def _accepted_arguments(factory) -> list[str] | None:
+def _accepted_arguments(factory: Any) -> list[str] | None:
     """The keyword names ``factory`` accepts, in order; None when it takes any keyword."""
     import inspect
 
@@ -231,12 +233,12 @@ def _accepted_arguments(factory) -> list[str] | None:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-def _build_plugin(registry: Registry, kind: str, section: dict):
+def _build_plugin(registry: Registry, kind: str, section: dict[str, Any]) -> Any:
     name, kwargs = plugin_kwargs(section)
     return _construct(registry, kind, name, kwargs, kind)
 
 
-def _construct(registry: Registry, kind: str, name: str, kwargs: dict, key: str):
+def _construct(registry: Registry, kind: str, name: str, kwargs: dict[str, Any], key: str) -> Any:
     try:
         return registry.build(kind, name, **kwargs)
     except DraftError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 from draft_core.errors import DraftError
 from draft_core.plugins.registry import describe_provider
@@ -33,7 +34,7 @@ class EstimatorContractError(DraftError):
     """An estimator returned something other than what ``EstimatorOutput`` promises."""
 
 
-def check_estimator_output(out, batch: int, label: str) -> None:
+def check_estimator_output(out: Any, batch: int, label: str) -> None:
     """Raise EstimatorContractError unless ``out`` is an EstimatorOutput with a scalar loss and a reward [batch]."""
     import torch
 
@@ -70,11 +71,11 @@ class Source:
         return describe_provider(self.kind, self.name, self.plugin, self.distribution, self.version)
 
 
-def reward_source(exc: BaseException, terms: list[tuple[object, Source]]) -> Source | None:
+def reward_source(exc: BaseException, terms: Sequence[tuple[object, Source]]) -> Source | None:
     """The reward whose code raised ``exc``: the innermost traceback frame that is a method of
     one of the reward objects in ``terms`` or runs in the module that defines it."""
     by_id = {id(obj): src for obj, src in terms}
-    by_module = {}
+    by_module: dict[str, Source] = {}
     for obj, src in terms:
         module = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None)
         if module and module != "builtins":
@@ -83,13 +84,13 @@ def reward_source(exc: BaseException, terms: list[tuple[object, Source]]) -> Sou
         owner = frame.f_locals.get("self")
         if owner is not None and id(owner) in by_id:
             return by_id[id(owner)]
-        src = by_module.get(frame.f_globals.get("__name__"))
-        if src is not None:
-            return src
+        found = by_module.get(str(frame.f_globals.get("__name__")))
+        if found is not None:
+            return found
     return None
 
 
-def step_failure(error: BaseException | None, step: int, run_dir: Path, sources: list[tuple[object, Source]]) -> BaseException:
+def step_failure(error: BaseException | None, step: int, run_dir: Path, sources: Sequence[tuple[object, Source]]) -> BaseException:
     """What to raise when step ``step + 1`` failed with ``error`` (None: on another process): a
     plugin's breach of the contract or a raising reward plugin becomes one paragraph naming it."""
     if error is None:
@@ -142,10 +143,10 @@ class NonFiniteCounter:
             self.first = step
         self.streak += 1
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         return {"nonfinite": {"total": self.total, "streak": self.streak, "first": self.first, "by": self.by}}
 
-    def load(self, meta: dict) -> None:
+    def load(self, meta: dict[str, Any]) -> None:
         saved = meta.get("nonfinite") or {}
         self.total, self.streak = int(saved.get("total", 0)), int(saved.get("streak", 0))
         self.first, self.by = int(saved.get("first", 0)), dict(saved.get("by", {}))

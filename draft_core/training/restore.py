@@ -3,6 +3,8 @@ weight average and each process's estimator state from the latest checkpoint; me
 
 from __future__ import annotations
 
+from typing import Any
+
 import re
 
 from draft_core.lora import load_lora_state
@@ -15,7 +17,7 @@ LEARNED_PREFIX = "learned_sampling."  # checkpoint keys of the learned sampler h
 STATE_NUMBERS = "estimator_numbers"  # meta key: the estimator state's keys that were plain numbers
 
 
-def restore(trainer) -> None:
+def restore(trainer: Any) -> None:
     """Load ``trainer``'s state from its run folder's latest checkpoint (or start over without one)."""
     if latest_checkpoint(trainer.run_dir / "checkpoints") is None:
         # Stopped before its first checkpoint: start again from step 0 in the same folder.

@@ -28,6 +28,8 @@ from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve
 from draft_core.memory import CheckpointedReward
 from draft_core.plugins.protocols import StepInputs
+from draft_core.models.conditioning import Conditioning
+from draft_core.rewarding.contract import CheckedReward
 from draft_core.rewarding.spec import reward_label
 from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
@@ -67,7 +69,7 @@ class Trainer:
         self.tracking = Tracking()
 
     # -- setup ------------------------------------------------------------------
-    def make_accelerator(self, cpu: bool):
+    def make_accelerator(self, cpu: bool) -> Any:
         """The accelerate ``Accelerator`` of the run (``draft plan`` puts a one-process stand-in here)."""
         from accelerate import Accelerator
 
@@ -81,7 +83,7 @@ class Trainer:
         """Each reward's weights are there (``draft plan`` with random reward weights skips it)."""
         check_rewards_available(self.c)
 
-    def load_model(self, device: torch.device, dtype: torch.dtype):
+    def load_model(self, device: torch.device, dtype: torch.dtype) -> Any:
         """The configured model with its weights (``draft plan`` builds it on the meta device instead)."""
         from draft_core.models.loading import load_model
 
@@ -121,7 +123,7 @@ class Trainer:
             self.learned.attach(self.c.sampler)
             groups += self.learned.param_groups(t.lr, cfg.learn)
             self.params = self.params + list(self.learned.parameters())
-        self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.betas[0], t.betas[1]), weight_decay=t.weight_decay)
         self.lr_scheduler = build_lr_scheduler(self.optimizer, t)
         self.ema = WeightsEma.from_config(t.ema, self.params)
         self.pictures = RunPictures(cfg, self.run_dir, self.model, self.c, self._condition, self.learned)
@@ -145,7 +147,7 @@ class Trainer:
         restore(self)
 
     @property
-    def reward(self):
+    def reward(self) -> CheckedReward:
         """What estimators call: ``components.reward`` behind the core's checks (rebuilt if it is replaced)."""
         if getattr(self, "_reward_of", None) is not self.c.reward:
             self._reward, self._reward_of = self.c.checked_reward(), self.c.reward
@@ -165,7 +167,7 @@ class Trainer:
         noise = self.model.make_noise(B, self.gens["noise"])[rank * b : (rank + 1) * b]
         return [self.c.prompts[i] for i in idx], noise
 
-    def _condition(self, cond):
+    def _condition(self, cond: Conditioning) -> Conditioning:
         return cond if self.learned is None else self.learned.condition(cond)
 
     def _failure(self, error: BaseException | None) -> BaseException:
@@ -187,7 +189,9 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         cfg = self.config.train
-        rewards, losses, logs = [], [], {}
+        rewards: list[torch.Tensor] = []
+        losses: list[float] = []
+        logs: dict[str, float] = {}
         queries = 0  # reward evaluations of this process's calls (a call reusing stored samples makes none)
         bad_reward = bad_loss = False
         error: BaseException | None = None
