@@ -84,3 +84,36 @@ def test_bad_registrations_are_reported_not_ignored(make_module, installed, sour
     assert expected in error.error and error.entry_point == "bad"
     with pytest.raises(PluginError, match=expected.split("'")[0]):
         load_registry(refresh=True, strict=True)
+
+
+BROKEN = """
+    from draft_core.models.family import ModelFamily
+
+    class Broken(ModelFamily):
+        family = "broken"
+
+        def encode_prompts(self, prompts):
+            raise ValueError("the T5 tokenizer is missing")
+
+    @hookimpl
+    def register_models(register):
+        register("broken", Broken)
+"""
+
+
+def test_an_error_raised_by_a_plugin_familys_method_names_the_plugin(make_module, installed, tmp_path):
+    from draft_core.training.faults import FamilyPluginError, family_source, step_failure
+
+    _install(installed, make_module, BROKEN)
+    registry = load_registry(refresh=True)
+    model = object.__new__(registry.get("model", "broken").factory)  # its methods, without weights
+    source = family_source(model)
+    try:
+        model.encode_prompts(["a cat"])
+    except ValueError as exc:
+        error = step_failure(exc, 3, tmp_path, [(model, source)])
+    assert isinstance(error, FamilyPluginError)
+    message = str(error)
+    assert "model 'broken' (plugin 'x' from distribution draft-family-x 1.0) raised ValueError" in message
+    assert "in encode_prompts" in message and f"draft train --resume {tmp_path}" in message
+    assert family_source(object.__new__(DiffusionModel)) is None  # a built-in family's errors are the core's

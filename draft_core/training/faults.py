@@ -30,6 +30,10 @@ class RewardPluginError(DraftError):
     """A reward plugin raised during training."""
 
 
+class FamilyPluginError(DraftError):
+    """A model family plugin's method (encode_prompts, denoise, decode, ...) raised during training."""
+
+
 class EstimatorContractError(DraftError):
     """An estimator returned something other than what ``EstimatorOutput`` promises."""
 
@@ -90,6 +94,18 @@ def reward_source(exc: BaseException, terms: Sequence[tuple[object, Source]]) ->
     return None
 
 
+def family_source(model: object) -> Source | None:
+    """Who provides ``model``'s family, when an outside plugin does (a built-in family's errors are the
+    core's own, and an error of a sampler or estimator passes through the family's frames too)."""
+    from draft_core.plugins import BUILTIN_DISTRIBUTION, load_registry, normalise_distribution
+
+    for entry in load_registry().entries("model"):
+        if isinstance(entry.factory, type) and type(model) is entry.factory:
+            builtin = normalise_distribution(entry.distribution or "") == normalise_distribution(BUILTIN_DISTRIBUTION)
+            return None if builtin else Source(entry.name, entry.plugin, entry.distribution, entry.version, "model")
+    return None
+
+
 def step_failure(error: BaseException | None, step: int, run_dir: Path, sources: Sequence[tuple[object, Source]]) -> BaseException:
     """What to raise when step ``step + 1`` failed with ``error`` (None: on another process): a
     plugin's breach of the contract or a raising reward plugin becomes one paragraph naming it."""
@@ -106,7 +122,7 @@ def step_failure(error: BaseException | None, step: int, run_dir: Path, sources:
     src = reward_source(error, sources)
     if src is None:
         return error
-    err = RewardPluginError(
+    err = (FamilyPluginError if src.kind == "model" else RewardPluginError)(
         f"step {step + 1}: {src.describe()} raised {type(error).__name__}: {error} (at {where(error)}). "
         f"The run stopped; {kept}. {then}"
     )

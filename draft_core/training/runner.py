@@ -21,7 +21,8 @@ from draft_core.training.checkpoint import TrainingState, latest_checkpoint, rep
 from draft_core.config import Config
 from draft_core.errors import ConfigError
 from draft_core.training.faults import (
-    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, check_estimator_output, nonfinite_message, step_failure,
+    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, check_estimator_output, family_source, nonfinite_message,
+    step_failure,
 )
 from draft_core.lora import add_lora, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
@@ -173,7 +174,8 @@ class Trainer:
     def _failure(self, error: BaseException | None) -> BaseException:
         """The exception to raise once every process knows that one of them failed."""
         self._agreed = True
-        return step_failure(error, self.step, self.run_dir, self.c.sources)
+        family = family_source(self.model)
+        return step_failure(error, self.step, self.run_dir, [*self.c.sources, *([(self.model, family)] if family else [])])
 
     def _estimator_name(self) -> str:
         src = self.c.estimator_source
@@ -202,9 +204,9 @@ class Trainer:
 
         for _ in range(cfg.grad_accum):
             prompts, noise = self._batch()
-            cond = self._condition(self.model.encode_prompts(prompts))
-            inputs = StepInputs(self.model, self.c.sampler, reward_fn, cond, noise, self.gens["estimator"], backward)
             try:
+                cond = self._condition(self.model.encode_prompts(prompts))  # a plugin family's errors are named too
+                inputs = StepInputs(self.model, self.c.sampler, reward_fn, cond, noise, self.gens["estimator"], backward)
                 with self.acc.autocast():
                     out = self.c.estimator(inputs)
                 check_estimator_output(out, len(prompts), self._estimator_name())
