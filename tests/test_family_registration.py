@@ -117,3 +117,33 @@ def test_an_error_raised_by_a_plugin_familys_method_names_the_plugin(make_module
     assert "model 'broken' (plugin 'x' from distribution draft-family-x 1.0) raised ValueError" in message
     assert "in encode_prompts" in message and f"draft train --resume {tmp_path}" in message
     assert family_source(object.__new__(DiffusionModel)) is None  # a built-in family's errors are the core's
+
+
+PLANNED = """
+    import torch
+    from draft_core.models.family import ModelFamily
+
+    class Planned(ModelFamily):
+        family = "planned"
+        pipeline_classes = ("PlannedPipeline",)
+
+        @classmethod
+        def meta_model(cls, source, dtype):
+            return ("built on meta", source, dtype)
+
+    @hookimpl
+    def register_models(register):
+        register("planned", Planned)
+"""
+
+
+def test_draft_plan_builds_a_plugin_family_through_its_planning_hook(make_module, installed, tmp_path):
+    import torch
+
+    from draft_core.planning.architectures import meta_model
+
+    _install(installed, make_module, PLANNED)
+    load_registry(refresh=True)
+    (tmp_path / "model_index.json").write_text('{"_class_name": "PlannedPipeline"}')
+    assert meta_model(str(tmp_path), torch.bfloat16) == ("built on meta", str(tmp_path), torch.bfloat16)
+    assert not DiffusionModel.plans_itself()  # the built-ins are planned by the core

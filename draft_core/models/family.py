@@ -239,6 +239,24 @@ class ModelFamily:
         """The family's own diffusers pipeline built on these components (parity tests, export)."""
         raise NotImplementedError
 
+    # -- planning (hook) --------------------------------------------------------------------------------
+    @classmethod
+    def meta_model(cls, source: str, dtype: torch.dtype) -> "ModelFamily":
+        """For ``draft plan``: this family's model ``source`` (a folder or a cached hub id) built from its
+        components' configs alone, on the meta device in ``dtype`` (shapes, no weights). The built-in
+        families are planned by the core; a plugin family that overrides this is planned like them."""
+        from draft_core.errors import DraftError
+
+        raise DraftError(
+            f"draft plan cannot build model '{source}' without weights: its family '{cls.family}' "
+            f"({cls.__module__}.{cls.__qualname__}) does not implement the planning hook meta_model(source, dtype)."
+        )
+
+    @classmethod
+    def plans_itself(cls) -> bool:
+        """Whether the family overrides ``meta_model`` (``draft plan`` then builds the model through it)."""
+        return cls._overrides("meta_model")
+
     # -- LoRA files (hooks: a family whose diffusers pipeline has no LoRA loader overrides them) ---------
     @classmethod
     def lora_file_problem(cls) -> str:
