@@ -49,11 +49,12 @@ from draft_core.memory import run as checkpointed
 from draft_core.memory import unwrap_reward
 from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 from draft_core.rewarding.contract import unchecked
+from draft_core.plugins.bases import EstimatorBase, as_sampler
 
 CRITIC_ADAPTER = "draft_critic"
 
 
-class DeterministicPolicyGradient:
+class DeterministicPolicyGradient(EstimatorBase):
     """states: trajectory steps used per training step. min_step: earliest step used (the
     paper notes Q is poor at high noise levels). critic_rank / critic_alpha / critic_lr:
     the critic's LoRA and its AdamW learning rate; critic_seed: its initial LoRA factors."""
@@ -97,8 +98,9 @@ class DeterministicPolicyGradient:
     # -- checks ------------------------------------------------------------------------
     def check(self, sampler) -> None:
         """DPG's MDP is deterministic: DDIM with eta = 0 or the flow ODE (euler); enough steps for ``min_step``."""
-        flow_ode = getattr(sampler, "flow_matching", False) and not getattr(sampler, "stochastic", True)
-        if getattr(sampler, "eta", None) != 0 and not flow_ode:
+        sampler = as_sampler(sampler)
+        flow_ode = bool(sampler.flow_matching) and not sampler.stochastic
+        if sampler.eta != 0 and not flow_ode:
             raise ConfigError(
                 f"estimator 'dpg' needs a deterministic sampler (ddim with eta: 0, or euler), got {sampler!r}; "
                 "ancestral sampling adds noise the policy does not choose."

@@ -19,6 +19,7 @@ import torch
 from draft_core.errors import ConfigError
 from draft_core.lora import adapters_enabled
 from draft_core.plugins.protocols import EstimatorOutput, StepInputs
+from draft_core.plugins.bases import EstimatorBase, as_estimator, unwrapped
 
 
 class _TracingSampler:
@@ -39,7 +40,7 @@ class _TracingSampler:
         return out
 
 
-class KLRegularized:
+class KLRegularized(EstimatorBase):
     """Wraps an estimator; beta: weight of the squared prediction difference.
 
     Registered as ``kl``, an estimator wrapper: a config writes ``estimator: {name: draft-lv, kl: 0.1}``.
@@ -50,21 +51,39 @@ class KLRegularized:
     def __init__(self, inner, beta: float) -> None:
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
             raise ConfigError(f"estimator.kl must be a number >= 0 (the weight β_KL), got {beta!r}.")
-        if not getattr(inner, "needs_reward_gradient", True):
+        inner = as_estimator(inner)
+        if not inner.needs_reward_gradient:
             raise ConfigError(
                 f"estimator.kl regularises the last step of a DRaFT-style sampling pass; {inner!r} trains on stored "
                 "trajectories instead. For grpo use its own KL weight, estimator.beta; ddpo has no KL term."
             )
-        self.inner = inner
+        self.inner = unwrapped(inner)
+        self._inner = inner  # with the optional members' defaults
         self.beta = float(beta)
 
     def __repr__(self) -> str:
         return f"KLRegularized({self.inner!r}, beta={self.beta})"
 
-    def __getattr__(self, name: str) -> Any:  # the inner estimator's check, state_dict, ...
-        if name == "inner":
+    def __getattr__(self, name: str) -> Any:  # the inner estimator's own attributes
+        if name in ("inner", "_inner"):
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+    # The optional members are the inner estimator's.
+    def check(self, sampler: Any) -> None:
+        self._inner.check(sampler)
+
+    def differentiated_steps(self, num_steps: int) -> range | None:
+        return self._inner.differentiated_steps(num_steps)
+
+    def on_optimizer_step(self, applied: bool) -> None:
+        self._inner.on_optimizer_step(applied)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._inner.load_state_dict(state)
 
     def __call__(self, inputs: StepInputs) -> EstimatorOutput:
         tracer = _TracingSampler(inputs.sampler)

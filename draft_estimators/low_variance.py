@@ -16,9 +16,10 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from draft_core.errors import ConfigError
 from draft_core.plugins.protocols import EstimatorOutput, StepInputs
+from draft_core.plugins.bases import EstimatorBase
 
 
-class LowVariance:
+class LowVariance(EstimatorBase):
     """n: re-noised copies per image (0 reduces to DRaFT-1)."""
 
     def __init__(self, n: int = 2) -> None:

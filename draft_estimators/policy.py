@@ -43,9 +43,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from draft_core.errors import ConfigError
-from draft_core.models.conditioning import TENSOR_FIELDS
+from draft_core.models.conditioning import EXTRA_PREFIX, TENSOR_FIELDS, conditioning_keys
 from draft_core.plugins.protocols import Conditioning, EstimatorOutput, StepInputs
 from draft_core.samplers.gaussian import is_stochastic, kl_same_std, log_prob
+from draft_core.plugins.bases import EstimatorBase, as_sampler
 
 ON_DEVICE = ("latents", "log_probs", "advantages", "rewards")
 BUFFER_KEYS = ("latents", "log_probs", "advantages", "rewards", "cond", "steps", "perms", "order", "cursor")
@@ -100,7 +101,7 @@ def _check_number(key: str, value, low: float, high: float = math.inf, *, intege
     return value
 
 
-class PolicyGradient:
+class PolicyGradient(EstimatorBase):
     """Base of ddpo and grpo: the buffer, the schedule and the PPO loss (module docstring).
 
     Subclasses define ``name``, ``queries_per_image``, ``expand`` (which trajectories a
@@ -128,7 +129,8 @@ class PolicyGradient:
     # -- checks ----------------------------------------------------------------------------
     def check(self, sampler) -> None:
         """The policy is the sampler's per-step Gaussian: the sampler must draw noise."""
-        if not callable(getattr(sampler, "transition_distribution", None)) or not getattr(sampler, "stochastic", False):
+        # transition_distribution is a capability (a method), not an optional member with a default.
+        if not callable(getattr(sampler, "transition_distribution", None)) or not as_sampler(sampler).stochastic:
             raise ConfigError(
                 f"estimator '{self.name}' trains on the log-probabilities of the sampling steps, so it needs a "
                 f"stochastic sampler (ddpm, or ddim with eta > 0; DDPO samples with ddim, eta: 1.0; for a flow-matching "
@@ -158,7 +160,7 @@ class PolicyGradient:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         found = {k[len("buffer."):]: v for k, v in state.items() if k.startswith("buffer.")}
-        if found and set(found) - set(OPTIONAL_KEYS) != set(BUFFER_KEYS):
+        if found and set(found) - set(OPTIONAL_KEYS) - {k for k in found if k.startswith(EXTRA_PREFIX)} != set(BUFFER_KEYS):
             raise ConfigError(f"estimator '{self.name}': the checkpoint's trajectory buffer has keys {sorted(found)}, "
                               f"expected {sorted(BUFFER_KEYS)}; was it written by another version of draft?")
         self.buffer = dict(found) if found else None
@@ -219,7 +221,7 @@ class PolicyGradient:
                                        logs={"fresh_samples": 1.0})
         buf = self.buffer
         if buf["latents"].device != inputs.model.device:  # restored from a checkpoint (on the CPU)
-            buf.update({key: buf[key].to(inputs.model.device) for key in (*ON_DEVICE, *TENSOR_FIELDS) if key in buf})
+            buf.update({key: buf[key].to(inputs.model.device) for key in (*ON_DEVICE, *conditioning_keys(buf)) if key in buf})
         k = int(buf["cursor"])
         epoch, part = divmod(k, self.minibatches)
         idx = torch.tensor_split(buf["perms"][epoch], self.minibatches)[part]
@@ -236,7 +238,7 @@ class PolicyGradient:
         buf = self.buffer
         device = buf["latents"].device
         idx = idx.to(device)
-        cond = Conditioning.from_tensors({k: buf[k] for k in TENSOR_FIELDS if k in buf}).select(idx)
+        cond = Conditioning.from_tensors({k: buf[k] for k in conditioning_keys(buf)}).select(idx)
         adv = buf["advantages"][idx]
         total = torch.zeros((), device=device)
         clipped, approx_kl, kls = [], [], []

@@ -12,11 +12,12 @@ import torch
 
 from draft_core.errors import ConfigError
 from draft_core.plugins.protocols import StepInputs
+from draft_core.plugins.bases import EstimatorBase
 
 from draft_estimators.truncated import reward_loss
 
 
-class ReFL:
+class ReFL(EstimatorBase):
     """m: the truncation step t is uniform in [1, m], counted back from the last step."""
 
     def __init__(self, m: int = 20) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from draft_core.errors import ConfigError
 from draft_core.plugins.protocols import EstimatorOutput, StepInputs
+from draft_core.plugins.bases import EstimatorBase
 
 from draft_estimators.alignprop import check_range, draw_kept, sample_with_kept_steps
 
@@ -26,7 +27,7 @@ def reward_loss(inputs: StepInputs, sample) -> EstimatorOutput:
     return EstimatorOutput(loss=-reward.mean(), reward=reward.detach(), images=images.detach())
 
 
-class TruncatedBackprop:
+class TruncatedBackprop(EstimatorBase):
     """DRaFT-K. k: number of final sampling steps differentiated (None: all of them).
     k_range: [lo, hi] draws K uniformly in lo..hi each step instead (overrides k).
     alignprop_range: [lo, hi], AlignProp's per-sampling-step cutoffs instead (overrides

@@ -67,7 +67,7 @@ def test_plugins_lists_the_builtins(capsys):
 def test_plugins_json(capsys):
     assert main(["plugins", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"samplers", "estimators", "rewards", "models", "errors", "conflicts", "unknown_allowed"}
+    assert set(data) == {"samplers", "estimators", "rewards", "models", "errors", "conflicts", "claim_conflicts", "unknown_allowed"}
     for kind, names in BUILTINS.items():
         ours = {e["name"]: e for e in data[kind] if e["distribution"] == "draft-diffusion"}
         assert sorted(ours) == names
@@ -81,7 +81,7 @@ def test_draft_console_script_runs():
     result = subprocess.run([str(script), "plugins", "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"samplers", "estimators", "rewards", "models", "errors", "conflicts", "unknown_allowed"}
+    assert set(data) == {"samplers", "estimators", "rewards", "models", "errors", "conflicts", "claim_conflicts", "unknown_allowed"}
     assert {e["name"] for e in data["estimators"]} >= set(BUILTINS["estimators"])
 
 

@@ -75,3 +75,20 @@ class TestGRPO(EstimatorConformance):
 class TestDraftKAlignPropTruncation(EstimatorConformance):
     def make_estimator(self):
         return TruncatedBackprop(alignprop_range=[0, 3])
+
+
+class TestDraftKOnAFlowFamily(EstimatorConformance):
+    """The checklist on another model family (``make_model``): the sd3 family in pixel space, with euler."""
+
+    def make_model(self):
+        from flow_fixtures import tiny_pixel_flow
+
+        return tiny_pixel_flow()
+
+    def make_sampler(self):
+        from draft_core.samplers.flow import EulerSampler
+
+        return EulerSampler(steps=self.steps, guidance_scale=3.0)
+
+    def make_estimator(self):
+        return TruncatedBackprop(k=2)

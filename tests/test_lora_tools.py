@@ -160,6 +160,7 @@ def test_kohya_export_round_trips_through_diffusers(tiny, two_loras, tmp_path, c
     a, _ = two_loras
     out = tmp_path / "exported.safetensors"
     assert main(["lora", "export", str(a), "--format", "kohya", "--out", str(out)]) == 0
+    assert "kohya layout: lora_unet_*.lora_down" in capsys.readouterr().out  # the prefix it wrote
     with safe_open(str(out), "pt") as f:
         assert f.metadata()["ss_network_module"] == "networks.lora"
     got = output_loaded_by_diffusers(tiny, tmp_path, weight_name=out.name)
@@ -214,5 +215,5 @@ def test_model_card_from_a_run_folder(tmp_path):
     (run / "metrics.jsonl").write_text('{"step": 1, "reward_mean": -20.0}\n{"step": 2, "reward_mean": -3.25}\n')
     card = write_model_card(run / "lora", run_card_info(run, command="draft train --preset quickstart")).read_text()
     assert card.startswith("---\nbase_model: digits\n")
-    for text in ("digit-classifier", '"target": 8', "draft-lv", "| steps | 2 |", "| final_reward | -3.25 |", "draft train --preset quickstart"):
+    for text in ("digit-classifier(target=8)", "draft-lv", "| steps | 2 |", "| final_reward | -3.25 |", "draft train --preset quickstart"):
         assert text in card, text

@@ -171,7 +171,9 @@ def test_the_checked_reward_keeps_what_estimators_and_the_runner_use():
     assert reward.last_terms is net.last_terms and reward.differentiable and reward.fc is net.fc
     assert reward.to(torch.float64) is reward and net.fc.weight.dtype == torch.float64
     plain = checked_reward(lambda x, p: x.mean((1, 2, 3)), "reward 'plain'")
-    assert not isinstance(plain, nn.Module) and not hasattr(plain, "last_terms")
+    assert not isinstance(plain, nn.Module)
+    # A plain function has every optional member, at RewardBase's defaults.
+    assert dict(plain.last_terms) == {} and plain.differentiable and not plain.uses_prompts and plain.to("cpu") is plain
 
 
 def test_each_term_of_a_weighted_sum_is_checked_under_its_own_name(no_model):

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from draft_core.errors import DraftError
+from draft_core.plugins.bases import as_reward
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -45,8 +46,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     apply_loras(model, specs, model_name=args.model)
     learned = None if args.no_learned_sampling else learned_sampling(specs, model, sampler)
     for reward in rewards.values():
-        if hasattr(reward, "to"):
-            reward.to(model.device)
+        as_reward(reward).to(model.device)
     log = (lambda msg: print(f"[draft eval] {msg}", file=sys.stderr)) if not args.quiet else None
     result = evaluate(
         model, sampler, rows, items, rewards, n_per_prompt=args.n_per_prompt, seed=args.seed,

@@ -42,7 +42,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise DraftError(f"lora export takes a LoRA without :SCALE (got {args.lora}); to export a scaled LoRA, `draft lora mix {spec.path}:{spec.scale:g} --out DIR` first.")
     out = export_kohya(spec.path, args.out, family=args.family)
     usual_permissions(out)
-    print(f"wrote {out} (kohya layout: lora_unet_*.lora_down/lora_up/alpha; loads in AUTOMATIC1111, ComfyUI, diffusers)")
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:  # the prefixes really written (lora_unet, lora_transformer, lora_te1, ...)
+        prefixes = sorted({"_".join(k.split(".", 1)[0].split("_")[:2]) for k in f.keys()})
+    shown = ", ".join(f"{p}_*" for p in prefixes)
+    print(f"wrote {out} (kohya layout: {shown}.lora_down/lora_up/alpha; loads in AUTOMATIC1111, ComfyUI, diffusers)")
     return 0
 
 

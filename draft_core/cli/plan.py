@@ -47,7 +47,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _summary(config) -> str:
     est = ", ".join(f"{k}={v}" for k, v in config.estimator.items() if k != "name")
-    reward = config.reward.get("name") or " + ".join(f"{w}*{n}" for n, w in config.reward["weights"].items())
+    from draft_core.rewarding.spec import reward_label
+
+    reward = reward_label(config.reward)
     return (f"{config.model.name}, {config.estimator['name']}({est}), reward {reward}, "
             f"batch {config.train.batch_size} x grad_accum {config.train.grad_accum}, "
             f"{config.sampler.get('name')} {config.sampler.get('steps', '')} steps, LoRA rank {config.lora.rank}")

@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 from draft_core.errors import ConfigError, DraftError
+from draft_core.plugins.bases import as_reward
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Written by draft sample / eval / train beside the images: grids of them, and plots.
@@ -148,7 +149,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     prompts = read_prompts(args, len(paths))
     reward = build_reward(args.reward, args.set)
     if prompts is None:
-        if getattr(reward, "uses_prompts", False):
+        if as_reward(reward).uses_prompts:
             raise DraftError(
                 f"reward '{args.reward}' scores each image against its prompt: give --prompt TEXT (all images) "
                 f"or --prompts FILE (one line per image)."

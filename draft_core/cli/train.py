@@ -70,6 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.config import load_config
     from draft_core.config.inputs import check_new_run_dir
     from draft_core.lora.card import command_line, record_command
+    from draft_core.rewarding.spec import reward_label
     from draft_core.training.components import build_components, section_label
     from draft_core.training.preflight import check_ready
     from draft_core.training.runlock import RunFolderBusy, check_not_in_use, reuse_unstarted
@@ -123,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.log(
             f"{config.model.name} on {trainer.model.device} ({trainer.model.dtype}), LoRA rank {config.lora.rank} "
             f"({sum(p.numel() for p in trainer.params):,} parameters), estimator {section_label(config.estimator)}, "
-            f"sampler {section_label(config.sampler)}, reward {section_label(config.reward)}, run folder {run_dir} (watch it in {run_dir / 'report.html'})"
+            f"sampler {section_label(config.sampler)}, reward {reward_label(config.reward)}, run folder {run_dir} (watch it in {run_dir / 'report.html'})"
         )
         t0 = time.perf_counter()
         last = trainer.train()

@@ -8,7 +8,6 @@ keyword arguments, checked against its factory's signature by the plugin registr
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from draft_core.config.unique_keys import UniqueKeyLoader
 from draft_core.config.values import check_value
 from draft_core.errors import ConfigError, did_you_mean, join_problems
 from draft_core.lora import TARGET_SETS
+from draft_core.rewarding.spec import reward_problems
 
 # Names lora.targets accepts: every family has "default" and "attention+ff"; UNet families "cross-attention+ff".
 TARGET_SET_NAMES = ("default", *TARGET_SETS)
@@ -390,35 +390,8 @@ def value_problems(c: Config) -> list[str]:
     for section in ("estimator",):
         if not isinstance(getattr(c, section).get("name"), str):
             bad(f"config section '{section}' needs a 'name' (a registered {section}); see `draft plugins`.")
-    problems += _reward_problems(c.reward)
+    problems += reward_problems(c.reward)
     problems += range_problems(c)  # weight decay, seeds, lora.alpha, sampler steps within the schedule
-    return problems
-
-
-def _reward_problems(reward: dict[str, Any]) -> list[str]:
-    if "weights" not in reward:
-        if not isinstance(reward.get("name"), str):
-            return ["config section 'reward' needs a 'name' (a registered reward) or 'weights' ({name: weight})."]
-        return []
-    weights = reward["weights"]
-    if not isinstance(weights, dict) or not weights:
-        return [f"config key 'reward.weights' must map reward names to numbers, got {weights!r}."]
-    problems = []
-    extra = sorted(set(reward) - {"weights", "args"})
-    if extra:
-        problems.append(
-            f"config section 'reward' has 'weights' and also {extra}; with weights, give each reward's "
-            f"arguments under reward.args.<name> (e.g. reward.args.jpeg-compressibility.quality=30)."
-        )
-    for name, w in weights.items():
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-            problems.append(f"config key 'reward.weights.{name}' must be a finite number, got {w!r}.")
-    args = reward.get("args") or {}
-    if not isinstance(args, dict) or not all(isinstance(v, dict) or v is None for v in args.values()):
-        problems.append(
-            f"config key 'reward.args' must map reward names to their arguments "
-            f"(e.g. {{jpeg-compressibility: {{quality: 30}}}}), got {args!r}."
-        )
     return problems
 
 

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from draft_core.errors import ConfigError, did_you_mean
+from draft_core.rewarding.gradient import is_differentiable
 
 PAPER_TEMPLATE = "A stunning beautiful oil painting of a {}, cinematic lighting, golden hour light."
 
@@ -168,7 +169,7 @@ class DOODL(Method):
             raise ConfigError(f"doodl: steps must be a non-negative integer, got {steps!r}.")
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise ConfigError(f"doodl: lr must be a positive number, got {lr!r}.")
-        if reward is not None and not getattr(reward, "differentiable", True):
+        if reward is not None and not is_differentiable(reward):
             raise ConfigError(f"doodl backpropagates the reward into the initial noise, but {reward!r} has no gradient "
                               "(it declares differentiable = False); use best-of-n with it, or a differentiable reward.")
         self.steps, self.lr, self.checkpoint = steps, float(lr), bool(checkpoint)

@@ -40,6 +40,30 @@ def denoiser_of(target) -> torch.nn.Module:
     return target.denoiser if hasattr(target, "denoiser") and not isinstance(target, torch.nn.Module) else target
 
 
+_PEFT_CLASSES: dict[type, type] = {}
+
+
+def with_peft(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` able to carry a peft adapter: a diffusers model without ``PeftAdapterMixin`` (PixArt's
+    transformer, say) gets it mixed into its class here, so a model family need not add it; another
+    module without ``add_adapter`` is a DraftError naming what it needs."""
+    if callable(getattr(module, "add_adapter", None)):
+        return module
+    from diffusers import ModelMixin
+    from diffusers.loaders.peft import PeftAdapterMixin
+
+    cls = type(module)
+    if not isinstance(module, ModelMixin):
+        raise DraftError(
+            f"the denoiser is a {cls.__module__}.{cls.__name__}, which cannot carry a LoRA: it must be a diffusers "
+            f"ModelMixin (draft adds peft's adapter methods to it) or have diffusers' PeftAdapterMixin."
+        )
+    if cls not in _PEFT_CLASSES:  # same name and module, so saved configs still name the original class
+        _PEFT_CLASSES[cls] = type(cls.__name__, (cls, PeftAdapterMixin), {"__module__": cls.__module__})
+    module.__class__ = _PEFT_CLASSES[cls]
+    return module
+
+
 def add_lora(
     target,
     rank: int = 8,
@@ -72,7 +96,7 @@ def add_lora(
         init_lora_weights=init,
     )
     try:
-        unet.add_adapter(config, adapter_name=ADAPTER)
+        with_peft(unet).add_adapter(config, adapter_name=ADAPTER)
     except ValueError as exc:  # peft: no module matched
         raise DraftError(
             f"lora.targets {list(targets)} matched no layer of the {type(unet).__name__} ({exc}). Use module-name "

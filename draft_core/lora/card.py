@@ -52,16 +52,16 @@ def sample_command(base: str, lora: str | Path, sampler: object = None, prompt: 
     return shlex.join(parts) + f" --prompt {prompt}"
 
 
-def _pipeline_class(base: str) -> str:
-    """The diffusers pipeline class of the base model's family (Stable Diffusion's when it cannot be told)."""
-    from draft_core.models.loading import check_model
+def _diffusers_usage(base: str, where: str) -> str | None:
+    """The base model family's own lines for loading the LoRA in diffusers (its ``lora_usage`` hook; Stable
+    Diffusion's when the family cannot be told); None where no diffusers pipeline loads the file."""
+    from draft_core.models.loading import check_model, family_of_pipeline
 
-    if base == "BASE_MODEL":
-        return "StableDiffusionPipeline"
     try:
-        return check_model(base).pipeline_classes[0]
+        family = family_of_pipeline(None, base, "sd") if base == "BASE_MODEL" else check_model(base)
     except Exception:  # not cached, offline, a placeholder: the card still gets its usage lines
-        return "StableDiffusionPipeline"
+        family = family_of_pipeline(None, base, "sd")
+    return family.lora_usage(base, where)
 
 
 def write_model_card(folder: str | Path, info: dict, location: str | Path | None = None, usage: str | None = None,
@@ -91,13 +91,9 @@ def write_model_card(folder: str | Path, info: dict, location: str | Path | None
     where = local_path(location if location is not None else folder)  # no absolute path where a relative one does
     if usage is None:
         usage = f"`{sample_command(base, where, info.get('sampler'))}`"
-        if base not in EMBEDDED:  # an embedded model is no diffusers pipeline to from_pretrained
-            pipeline = _pipeline_class(base)
-            usage = (
-                f"```python\nfrom diffusers import {pipeline}\n"
-                f"pipe = {pipeline}.from_pretrained({base!r})\n"
-                f"pipe.load_lora_weights({str(where)!r})\n```\n\nor {usage}"
-            )
+        lines = None if base in EMBEDDED else _diffusers_usage(base, str(where))  # embedded: no diffusers pipeline
+        if lines:
+            usage = f"```python\n{lines}\n```\n\nor {usage}"
     text = (
         f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n"
         f"# DRaFT LoRA for {base}\n\n"
@@ -132,7 +128,9 @@ def run_card_info(run_dir: str | Path, command: str | None = None) -> dict:
     # Skipped (non-finite) steps log no usable reward: the card reports the others.
     rows = [r for r in rows if isinstance(r.get("reward_mean"), (int, float)) and math.isfinite(r["reward_mean"])]
     reward = cfg.get("reward", {})
-    rewards = reward.get("weights") or {k: v for k, v in reward.items() if k != "args"}
+    from draft_core.rewarding.spec import reward_label
+
+    rewards = reward_label(reward) if reward else None
     info = {
         "base_model": cfg.get("model", {}).get("name"),
         "rewards": rewards,

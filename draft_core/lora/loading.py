@@ -87,14 +87,13 @@ def read_lora_input(spec: LoraSpec, model=None) -> LoraInput:
     """The tensors of ``spec`` in diffusers' layout, whatever layout the file has, read by the model
     family's own pipeline class (``lora_state_dict`` converts kohya and other layouts; Stable
     Diffusion's without a model)."""
-    import diffusers
-
     from draft_core.lora.validate import LoraFileError, read_lora_tensors
+    from draft_core.models.loading import family_of_pipeline
 
     file = spec.path if spec.path.is_file() else spec.path / WEIGHT_NAME
     shown = f"--lora '{spec.path}'"
     prefix = lora_prefix(model)
-    pipeline = getattr(diffusers, model.lora_pipeline if model is not None else "StableDiffusionPipeline")
+    family = type(model) if model is not None else family_of_pipeline(None, "", "sd")
     suffix = file.suffix.lower()
     if suffix == ".safetensors":
         raw, _ = read_lora_tensors(file, f"{shown} ('{file}')")
@@ -115,12 +114,11 @@ def read_lora_input(spec: LoraSpec, model=None) -> LoraInput:
             f"lora/ folder), a run folder, a checkpoint folder, or a .safetensors LoRA file (diffusers or kohya layout)."
         )
     try:
-        out = pipeline.lora_state_dict(source, return_lora_metadata=True, **kwargs)
+        state, alphas, metadata = family.lora_state_dict(source, **kwargs)  # the family's hook
     except (ValueError, KeyError, IndexError, TypeError, RuntimeError, AttributeError) as exc:  # diffusers' converters on odd keys
-        raise LoraFileError(f"{shown}: diffusers could not convert '{file}' to its LoRA layout ({type(exc).__name__}: "
+        raise LoraFileError(f"{shown}: could not convert '{file}' to the family's LoRA layout ({type(exc).__name__}: "
                             f"{' '.join(str(exc).split())[:200]}); give a diffusers, peft or kohya LoRA file.") from None
-    state, alphas, metadata = (out[0], None, out[-1]) if len(out) == 2 else out  # transformer pipelines return no alphas
-    return LoraInput(dict(state), alphas or None, metadata or None)
+    return LoraInput(state, alphas, metadata)
 
 
 def lora_prefix(model) -> str:

@@ -277,3 +277,71 @@ class ModelFamily:
     def pipeline(self):
         """The family's own diffusers pipeline built on these components (parity tests, export)."""
         raise NotImplementedError
+
+    # -- planning (hook) --------------------------------------------------------------------------------
+    @classmethod
+    def meta_model(cls, source: str, dtype: torch.dtype) -> "ModelFamily":
+        """For ``draft plan``: this family's model ``source`` (a folder or a cached hub id) built from its
+        components' configs alone, on the meta device in ``dtype`` (shapes, no weights). The built-in
+        families are planned by the core; a plugin family that overrides this is planned like them."""
+        from draft_core.errors import DraftError
+
+        raise DraftError(
+            f"draft plan cannot build model '{source}' without weights: its family '{cls.family}' "
+            f"({cls.__module__}.{cls.__qualname__}) does not implement the planning hook meta_model(source, dtype)."
+        )
+
+    @classmethod
+    def plans_itself(cls) -> bool:
+        """Whether the family overrides ``meta_model`` (``draft plan`` then builds the model through it)."""
+        return cls._overrides("meta_model")
+
+    # -- LoRA files (hooks: a family whose diffusers pipeline has no LoRA loader overrides them) ---------
+    @classmethod
+    def lora_file_problem(cls) -> str:
+        """Why this family could not write or read its LoRA files ("" when it can). Checked before a run
+        starts, so a run never trains to the end and then fails to save. The provided ``save_lora_weights``
+        and ``lora_state_dict`` use ``lora_pipeline``'s; a family that overrides both needs no pipeline."""
+        needed = [name for name, own in (("save_lora_weights", cls._overrides("save_lora_weights")),
+                                         ("lora_state_dict", cls._overrides("lora_state_dict"))) if not own]
+        if not needed:
+            return ""
+        import diffusers
+
+        pipeline = getattr(diffusers, cls.lora_pipeline, None) if cls.lora_pipeline else None
+        missing = [name for name in needed if not callable(getattr(pipeline, name, None))]
+        if not missing:
+            return ""
+        what = f"lora_pipeline {cls.lora_pipeline!r}" if cls.lora_pipeline else "no lora_pipeline"
+        return (f"model family '{cls.family}' ({cls.__module__}.{cls.__qualname__}) has {what}, whose diffusers class "
+                f"has no {' or '.join(missing)}, so its LoRA files could be neither written nor read. Set lora_pipeline "
+                f"to a diffusers pipeline class with a LoRA loader, or override save_lora_weights and lora_state_dict.")
+
+    @classmethod
+    def _overrides(cls, name: str) -> bool:
+        mine, base = getattr(cls, name), getattr(ModelFamily, name)
+        return getattr(mine, "__func__", mine) is not getattr(base, "__func__", base)
+
+    @classmethod
+    def lora_state_dict(cls, source: str | dict, **kwargs: Any) -> tuple[dict, dict | None, dict | None]:
+        """Read a LoRA file (a folder plus ``weight_name``, or a state dict) into (state with the
+        ``<denoiser_name>.`` key prefix, per-module alphas or None, adapter metadata or None), converting
+        other layouts (kohya) where the family's format allows it."""
+        import diffusers
+
+        pipeline = getattr(diffusers, cls.lora_pipeline)
+        out = pipeline.lora_state_dict(source, return_lora_metadata=True, **kwargs)
+        state, alphas, metadata = (out[0], None, out[-1]) if len(out) == 2 else out  # transformer pipelines: no alphas
+        return dict(state), alphas or None, metadata or None
+
+    @classmethod
+    def lora_usage(cls, base: str, folder: str) -> str | None:
+        """Python lines that load a LoRA of this family in diffusers, for the model card; None when no
+        diffusers pipeline loads it (the card then gives only ``draft sample``)."""
+        import diffusers
+
+        loader = cls.pipeline_classes[0] if cls.pipeline_classes else ""
+        if not callable(getattr(getattr(diffusers, loader, None), "load_lora_weights", None)):
+            return None
+        return (f"from diffusers import {loader}\npipe = {loader}.from_pretrained({base!r})\n"
+                f"pipe.load_lora_weights({folder!r})")

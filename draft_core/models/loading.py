@@ -174,22 +174,25 @@ def _not_found(name: str, reason: str) -> ModelLoadError:
 
 def family_of_pipeline(cls: str | None, name: str, family: str | None = None):
     """The registered family class that loads a ``model_index.json`` whose ``_class_name`` is ``cls``
-    (``family``, from ``model.family``, overrides). ModelLoadError, before any weights load, otherwise."""
+    (``family``, from ``model.family``, overrides): the first registered family that claims ``cls``,
+    built-ins first, so a plugin family never takes over a built-in's folders. ModelLoadError, before
+    any weights load, otherwise; PluginError for a family name that two plugins register."""
     from draft_core.plugins.discovery import load_registry
+    from draft_core.plugins.registry import pipeline_classes
 
     registry = load_registry()
-    families = {e.name: e.factory for e in registry.entries("model")}
+    families = registry.names("model")
     if family is not None:
         if family not in families:
             raise ModelLoadError(
                 f"model.family '{family}' is not a registered model family; the families are "
-                f"{', '.join(sorted(families))}.{did_you_mean(family, families)}"
+                f"{', '.join(families)}.{did_you_mean(family, families)}"
             )
-        return families[family]
-    for fam in families.values():
-        if cls in getattr(fam, "pipeline_classes", ()):
-            return fam
-    supported = "; ".join(f"{n}: {', '.join(getattr(f, 'pipeline_classes', ()))}" for n, f in sorted(families.items()))
+        return registry.get("model", family).factory  # refuses a name two plugins register
+    entry = registry.family_for_class(cls)
+    if entry is not None:
+        return registry.get("model", entry.name).factory
+    supported = "; ".join(f"{e.name}: {', '.join(pipeline_classes(e.factory))}" for e in registry.entries("model"))
     raise ModelLoadError(
         f"model '{name}' is a {cls} (model_index.json's _class_name), which no registered model family loads. "
         f"The families and the pipelines they load are: {supported}. If the folder holds one of these "

@@ -94,7 +94,23 @@ def meta_model(name: str, dtype: torch.dtype) -> DiffusionModel:
 
     if name in PUBLISHED:
         return published_model(name, META, dtype)
+    family = _family_of(name)
+    if family is not None and family.plans_itself():  # a plugin family's planning hook
+        local = Path(name).expanduser()
+        return family.meta_model(str(local) if local.exists() else name, dtype)
     return _from_configs(name, dtype)
+
+
+def _family_of(name: str):
+    """The registered family of a folder or cached hub id, or None where it cannot be told (the
+    Stable Diffusion reading below then reports what is missing)."""
+    from draft_core.errors import DraftError
+    from draft_core.models.loading import check_model
+
+    try:
+        return check_model(name)
+    except DraftError:
+        return None
 
 
 def published_model(name: str, device: torch.device | str = META, dtype: torch.dtype = torch.float32):

@@ -32,6 +32,7 @@ from draft_core.config import Config
 from draft_core.planning.architectures import META, PlanError, meta_model, module_tensors, use_architectures
 from draft_core.planning.meta import cpu_attention_flops, elide_repeats, simulate
 from draft_core.planning.tracer import ACTIVATIONS, MemoryTracer
+from draft_core.rewarding.spec import reward_terms, set_term_argument
 from draft_core.training.distributed import rng_state, set_rng_state
 from draft_core.training.runner import Trainer
 
@@ -127,20 +128,11 @@ def for_device(config: Config, device_type: str, dtype: str | None = None) -> tu
 
 def reward_sections(config: Config) -> list[tuple[str, dict, str]]:
     """(registered name, its arguments, the config key of its dtype) for each reward term."""
-    reward = config.reward
-    if "weights" not in reward:
-        return [(reward["name"], reward, "reward.dtype")]
-    args = reward.get("args") or {}
-    return [(name, args.get(name) or {}, f"reward.args.{name}.dtype") for name in reward["weights"]]
+    return [(t.name, t.kwargs, f"{t.key}.dtype") for t in reward_terms(config.reward)]
 
 
 def _set_reward_dtype(config: Config, name: str, dtype: str) -> None:
-    if "weights" not in config.reward:
-        config.reward["dtype"] = dtype
-        return
-    args = config.reward.get("args") or {}
-    args[name] = {**(args.get(name) or {}), "dtype": dtype}
-    config.reward["args"] = args
+    set_term_argument(config.reward, name, "dtype", dtype)
 
 
 def takes_dtype(reward_name: str) -> bool:

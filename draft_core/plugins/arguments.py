@@ -39,7 +39,7 @@ class Argument:
 
 
 def _hints(factory: Callable[..., Any]) -> dict[str, Any]:
-    target = factory.__init__ if isinstance(factory, type) else factory
+    target = factory.__init__ if isinstance(factory, type) else factory  # type: ignore[misc]  # a class's own __init__
     try:
         return typing.get_type_hints(target)
     except Exception:  # an annotation naming something unimportable: check without types

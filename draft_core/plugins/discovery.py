@@ -93,6 +93,8 @@ def warnings_text(registry: Registry) -> list[str]:
             f"[draft] warning: {len(registry.conflicts)} plugin name(s) registered twice ({names}); the later "
             "registration was dropped and naming it in a run is an error. `draft plugins` lists both providers."
         )
+    for claim in registry.claim_conflicts:
+        lines.append(f"[draft] warning: {claim.message()} `draft plugins` lists both.")
     if registry.unknown_allowed:
         lines.append(
             f"[draft] warning: DRAFT_PLUGINS names {', '.join(map(repr, registry.unknown_allowed))}, which no "

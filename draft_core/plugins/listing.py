@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from draft_core.plugins.arguments import argument_list
-from draft_core.plugins.registry import KINDS, Registry
+from draft_core.plugins.registry import KINDS, Registry, pipeline_classes
 
 
 def _where(distribution: str | None, version: str | None) -> str:
@@ -19,7 +19,7 @@ def format_plugins(registry: Registry) -> str:
     for kind in KINDS:
         for e in registry.entries(kind):
             if kind == "model":  # a family is chosen by its pipeline classes, not built from arguments
-                args = "loads " + (", ".join(getattr(e.factory, "pipeline_classes", ())) or "-")
+                args = "loads " + (", ".join(pipeline_classes(e.factory)) or "-")
             else:
                 args = ", ".join(a.text() for a in argument_list(e.factory, skip=("inner",))) or "-"
             rows.append((kind, e.name, _where(e.distribution, e.version), e.plugin, args))
@@ -39,6 +39,9 @@ def format_plugins(registry: Registry) -> str:
         for c in registry.conflicts:
             lines.append(f"  {c.message()} Dropped: plugin '{c.dropped.plugin}'"
                          f" ({_where(c.dropped.distribution, c.dropped.version)}).")
+    if registry.claim_conflicts:
+        lines += ["", "Pipeline classes claimed twice (the first family loads such folders):"]
+        lines += [f"  {c.message()}" for c in registry.claim_conflicts]
     if registry.allow_list is not None:
         lines += ["", f"DRAFT_PLUGINS={','.join(registry.allow_list)}: other third-party"
                       " plugins were not loaded."]

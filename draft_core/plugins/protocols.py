@@ -72,7 +72,7 @@ class Sampler(Protocol):
         checkpoint: bool = False,
         lora_steps: tuple[int, int] | None = None,
         generator: torch.Generator | None = None,
-        trace: list | None = None,
+        trace: list[tuple[int, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Sample [B, C, h, w] from ``noise`` (same shape).
 

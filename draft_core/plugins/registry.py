@@ -71,6 +71,25 @@ class Conflict:
         )
 
 
+@dataclass(frozen=True)
+class ClaimConflict:
+    """Two model families that claim the same diffusers pipeline classes: ``kept`` (the built-in, or
+    the first loaded) loads such folders; ``dropped`` keeps its name and is used only where a config
+    sets ``model.family`` to it."""
+
+    kept: PluginEntry
+    dropped: PluginEntry
+    classes: tuple[str, ...]
+
+    def message(self) -> str:
+        k, d = self.kept, self.dropped
+        return (
+            f"model families '{k.name}' ({_provider(k.plugin, k.distribution, k.version)}) and '{d.name}' "
+            f"({_provider(d.plugin, d.distribution, d.version)}) both load {', '.join(self.classes)}; such folders "
+            f"load with '{k.name}', and '{d.name}' only where model.family names it."
+        )
+
+
 def normalise_distribution(name: str) -> str:
     """PEP 503 normalisation, so ``Draft_Diffusion`` and ``draft-diffusion`` compare equal."""
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -102,6 +121,7 @@ class Registry:
         self._entries: dict[str, dict[str, PluginEntry]] = {kind: {} for kind in KINDS}
         self.load_errors: list[LoadError] = []
         self.conflicts: list[Conflict] = []  # names registered twice (non-strict discovery)
+        self.claim_conflicts: list[ClaimConflict] = []  # pipeline classes claimed by two model families
         # DRAFT_PLUGINS names that match no installed entry point (set by discovery).
         self.unknown_allowed: tuple[str, ...] = ()
         # Set by load_registry when DRAFT_PLUGINS filtered the third-party plugins.
@@ -132,6 +152,7 @@ class Registry:
         # The pluggy name includes the distribution: two distributions may well
         # pick the same entry-point name.
         pm_name = f"{distribution or '<none>'}:{name}"
+        self._check_unmarked(plugin, name)
         self._pm.register(plugin, name=pm_name)
         try:
             self._check_hooks(plugin, name)
@@ -139,6 +160,17 @@ class Registry:
         except BaseException:
             self._pm.unregister(plugin)
             raise
+
+    def _check_unmarked(self, plugin: object, name: str) -> None:
+        """A hook function without ``@hookimpl`` would register nothing, silently: refuse it."""
+        unmarked = [f"register_{PLURALS[k]}" for k in KINDS
+                    if callable(getattr(plugin, f"register_{PLURALS[k]}", None))
+                    and self._pm.parse_hookimpl_opts(plugin, f"register_{PLURALS[k]}") is None]
+        if unmarked:
+            raise PluginError(
+                f"plugin '{name}' defines {', '.join(unmarked)} without @hookimpl, so it would register nothing; "
+                f"decorate it: `from draft_core import hookimpl`, then `@hookimpl` above `def {unmarked[0]}(register):`."
+            )
 
     def _check_hooks(self, plugin: object, name: str) -> None:
         try:
@@ -178,6 +210,8 @@ class Registry:
                             f"plugin '{name}' registered {_kind} '{entry_name}' with a"
                             f" factory that is not callable: {factory!r}"
                         )
+                    if _kind == "model":
+                        check_family_class(factory, entry_name, name)
                     staged.append(
                         PluginEntry(_kind, entry_name, factory, name, distribution, version)
                     )
@@ -204,7 +238,27 @@ class Registry:
             else:
                 self.conflicts.append(Conflict(other, entry))
         for entry in keep:
+            if entry.kind == "model":
+                self._check_claims(entry, strict)
             self._entries[entry.kind][entry.name] = entry
+
+    def _check_claims(self, entry: PluginEntry, strict: bool) -> None:
+        """A family claiming pipeline classes that an earlier family (a built-in first) loads."""
+        mine = pipeline_classes(entry.factory)
+        for other in self._entries["model"].values():
+            shared = tuple(c for c in mine if c in pipeline_classes(other.factory))
+            if not shared:
+                continue
+            conflict = ClaimConflict(other, entry, shared)
+            if strict:
+                raise PluginError(f"{conflict.message()} Give the later family only the pipeline classes it "
+                                  f"adds, or set DRAFT_PLUGINS to the entry points to load.")
+            self.claim_conflicts.append(conflict)
+
+    def family_for_class(self, class_name: str | None) -> PluginEntry | None:
+        """The model family that loads folders of pipeline class ``class_name``: the first registered
+        (built-ins register first) that claims it, so a plugin family never takes a built-in's folders."""
+        return next((e for e in self._entries["model"].values() if class_name in pipeline_classes(e.factory)), None)
 
     # -- lookup -------------------------------------------------------------
 
@@ -320,9 +374,9 @@ class Registry:
 
     # -- reporting ----------------------------------------------------------
 
-    def describe(self) -> dict[str, list[dict[str, Any]]]:
+    def describe(self) -> dict[str, list[Any]]:
         """A JSON-serialisable summary: every name with its provider, and the load errors."""
-        out: dict[str, list[dict[str, Any]]] = {}
+        out: dict[str, list[Any]] = {}
         for kind in KINDS:
             out[PLURALS[kind]] = [
                 {"name": e.name, "plugin": e.plugin,
@@ -337,8 +391,35 @@ class Registry:
              "dropped": {"plugin": c.dropped.plugin, "distribution": c.dropped.distribution, "version": c.dropped.version}}
             for c in self.conflicts
         ]
+        out["claim_conflicts"] = [
+            {"kept": c.kept.name, "dropped": c.dropped.name, "classes": list(c.classes), "message": c.message()}
+            for c in self.claim_conflicts
+        ]
         out["unknown_allowed"] = list(self.unknown_allowed)
         return out
+
+
+def pipeline_classes(factory: Any) -> tuple[str, ...]:
+    """The diffusers pipeline classes a registered model family claims (``ModelFamily.pipeline_classes``)."""
+    return tuple(getattr(factory, "pipeline_classes", ()) or ())
+
+
+def check_family_class(factory: Any, name: str, plugin: str) -> None:
+    """A model family is a ``ModelFamily`` subclass whose ``pipeline_classes`` is a tuple of strings."""
+    from draft_core.models.family import ModelFamily
+
+    if not (isinstance(factory, type) and issubclass(factory, ModelFamily)):
+        raise PluginError(
+            f"plugin '{plugin}' registered model family '{name}' with {factory!r}, which is not a subclass of "
+            f"draft_core.models.family.ModelFamily; register the family's class (register('{name}', MyFamily))."
+        )
+    classes = factory.__dict__.get("pipeline_classes", factory.pipeline_classes)
+    if not isinstance(classes, tuple) or not all(isinstance(c, str) and c for c in classes):
+        raise PluginError(
+            f"plugin '{plugin}': model family '{name}' has pipeline_classes {classes!r}; give a tuple of the "
+            f"diffusers pipeline class names it loads, e.g. ('PixArtSigmaPipeline',), or () to be chosen only by "
+            f"model.family."
+        )
 
 
 def _describe_params(params: list[inspect.Parameter], accepts_any: bool) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from draft_core.errors import DraftError
+from draft_core.rewarding.spec import reward_label
 
 MAX_SIDE = 1600  # grids wider or taller than this are downscaled for the page
 MAX_GRIDS = 48  # at most this many grids per run on the slider
@@ -68,7 +69,7 @@ class RunData:
 
     def title(self) -> str:
         reward = self.config.get("reward") or {}
-        reward_name = reward.get("name") or "+".join(reward.get("weights") or {}) or "?"
+        reward_name = reward_label(reward) if reward else "?"
         estimator = (self.config.get("estimator") or {}).get("name", "?")
         model = (self.config.get("model") or {}).get("name", "?")
         return f"{estimator} on {reward_name} ({model})"

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from draft_core.errors import DraftError
+from draft_core.plugins.bases import RewardBase, as_reward
 from draft_core.rewarding.checks import check_image_batch
 
 
@@ -76,7 +77,7 @@ def check_reward_inputs(images: Any, prompts: Sequence[str], label: str) -> None
         )
 
 
-class CheckedReward:
+class CheckedReward(RewardBase):
     """``reward(images, prompts)`` behind the core's input and output checks.
 
     ``label`` names it in messages (e.g. ``reward 'redness' (plugin 'my_reward' from distribution
@@ -89,6 +90,14 @@ class CheckedReward:
         self.inner = reward
         self.label = label
         self.check_images = check_images
+
+    # The optional members are the reward's own, or the defaults of RewardBase.
+    differentiable = property(lambda self: as_reward(self.inner).differentiable)  # type: ignore[assignment]
+    uses_prompts = property(lambda self: as_reward(self.inner).uses_prompts)  # type: ignore[assignment]
+    last_terms = property(lambda self: as_reward(self.inner).last_terms)  # type: ignore[assignment]
+
+    def check_available(self) -> None:
+        as_reward(self.inner).check_available()
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str] = ()) -> torch.Tensor:
         """images: [B, 3, H, W] in [0, 1]; returns [B]."""
@@ -104,9 +113,8 @@ class CheckedReward:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    def to(self, *args, **kwargs):
-        if hasattr(self.inner, "to"):
-            self.inner.to(*args, **kwargs)
+    def to(self, *args: Any, **kwargs: Any) -> "CheckedReward":
+        as_reward(self.inner).to(*args, **kwargs)
         return self
 
     def __repr__(self) -> str:

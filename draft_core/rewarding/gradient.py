@@ -1,9 +1,9 @@
 """Whether a reward has a gradient, whether an estimator needs one, and the check between them.
 
 A reward declares ``differentiable = False`` when it is a black box (a real encoder's file
-size, an OCR or detector count, a judge model); absent means True. An estimator declares
+size, an OCR or detector count, a judge model); absent means True (``RewardBase``). An estimator declares
 ``needs_reward_gradient = False`` when it uses reward values only (ddpo, grpo); absent
-means True (draft, draft-k, draft-lv, refl and dpg backpropagate the reward). The check
+means True (``EstimatorBase``) (draft, draft-k, draft-lv, refl and dpg backpropagate the reward). The check
 runs at config time, before any model loads.
 """
 
@@ -12,14 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from draft_core.errors import ConfigError
+from draft_core.plugins.bases import as_estimator, as_reward
 
 
 def is_differentiable(reward: Any) -> bool:
-    return bool(getattr(reward, "differentiable", True))
+    return bool(as_reward(reward).differentiable)
 
 
 def needs_reward_gradient(estimator: Any) -> bool:
-    return bool(getattr(estimator, "needs_reward_gradient", True))
+    """Of an estimator, or of its factory (a class attribute)."""
+    return bool(as_estimator(estimator).needs_reward_gradient)
 
 
 def check_reward_gradient(estimator: Any, estimator_name: str, terms: dict[str, Any], registry) -> None:

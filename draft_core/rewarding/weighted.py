@@ -7,10 +7,11 @@ from typing import Sequence
 
 import torch
 
+from draft_core.plugins.bases import RewardBase, as_reward
 from draft_core.plugins.protocols import Reward
 
 
-class WeightedReward:
+class WeightedReward(RewardBase):
     """``r(images, prompts) = Σ_i w_i r_i(images, prompts)``, shape [B].
 
     terms: name -> (reward, weight). After each call, ``last_terms`` maps each name to
@@ -27,7 +28,7 @@ class WeightedReward:
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
                 raise ValueError(f"WeightedReward term {name!r} needs a finite number as weight, got {weight!r}.")
         self.terms = {name: (reward, float(weight)) for name, (reward, weight) in terms.items()}
-        self.last_terms: dict[str, torch.Tensor] = {}
+        self.last_terms = {}
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """images: [B, 3, H, W] in [0, 1]; returns [B]."""
@@ -48,7 +49,7 @@ class WeightedReward:
     @property
     def differentiable(self) -> bool:
         """A sum has a gradient only if every term has one (``Reward`` protocol)."""
-        return all(getattr(reward, "differentiable", True) for reward, _ in self.terms.values())
+        return all(as_reward(reward).differentiable for reward, _ in self.terms.values())
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{name!r}: ({reward!r}, {weight})" for name, (reward, weight) in self.terms.items())

@@ -19,9 +19,10 @@ from draft_core.errors import ConfigError
 from draft_core.lora import adapters_enabled
 from draft_core.models.family import upcast
 from draft_core.models.conditioning import Conditioning
+from draft_core.plugins.bases import SamplerBase
 
 
-class ChainSampler:
+class ChainSampler(SamplerBase):
     """CFG: ε̃ = ε(∅) + g·(ε(c) − ε(∅)), g = guidance_scale (diffusers' g, the paper's 1 + w).
 
     One rule for a constant g and a learned schedule: the formula is applied for every g,

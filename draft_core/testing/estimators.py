@@ -8,7 +8,7 @@ Subclass ``EstimatorConformance`` and supply ``make_estimator`` (needs pytest)::
         def make_estimator(self):
             return MyEstimator(k=2)
 
-It runs the estimator on ``tiny-random`` with a random LoRA (both factors non-zero, so
+It runs the estimator on ``tiny-random`` (or the model ``make_model`` returns: any family) with a random LoRA (both factors non-zero, so
 every LoRA weight can get a gradient), a 3-step DDIM sampler with guidance and a small
 network reward, and checks the ``GradientEstimator`` contract: the output's types and
 shapes, a finite scalar loss whose gradient reaches the LoRA and nothing else, the same
@@ -83,15 +83,21 @@ class EstimatorConformance:
         """A sampler the estimator's ``check`` must refuse (e.g. too few steps for its K), or None."""
         return None
 
+    def make_model(self):
+        """The model the checklist runs on: ``tiny-random`` (Stable Diffusion). Any model family works:
+        return a small one of yours (and override ``make_sampler`` with a flow sampler for a flow family);
+        the LoRA goes on its default targets."""
+        return build_tiny_random(seed=0)
+
     # -- fixtures --------------------------------------------------------------------------
 
     @pytest.fixture(scope="class")
     @classmethod
     def setup(cls):
-        model = build_tiny_random(seed=0)
+        model = cls().make_model()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
-            params = add_lora(model.denoiser, rank=2, init=False)
+            params = add_lora(model, rank=2, init=False)
         return model, params
 
     def inputs(self, model, seed: int = 0) -> StepInputs:
@@ -165,7 +171,9 @@ class EstimatorConformance:
     def test_trains_on_a_reward_without_gradient_when_it_says_so(self, setup):
         """An estimator declaring ``needs_reward_gradient = False`` gets its LoRA gradient from reward values alone."""
         estimator = self.make_estimator()
-        if getattr(estimator, "needs_reward_gradient", True):
+        from draft_core.plugins.bases import as_estimator
+
+        if as_estimator(estimator).needs_reward_gradient:
             pytest.skip("the estimator needs the reward's gradient (needs_reward_gradient is not False)")
         model, params = setup
         self._zero(model, params)

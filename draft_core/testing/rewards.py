@@ -109,7 +109,9 @@ class RewardConformance:
     # -- gradients -------------------------------------------------------------------------
 
     def _differentiable(self, reward) -> bool:
-        return bool(getattr(reward, "differentiable", True))
+        from draft_core.plugins.bases import as_reward
+
+        return bool(as_reward(reward).differentiable)
 
     def test_gradcheck(self):
         reward = self.make_reward()

@@ -22,7 +22,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, cast
 
 import torch
 from safetensors import SafetensorError
@@ -51,11 +51,11 @@ class UnsafeFile(DraftError):
 class TrainingState:
     step: int
     lora: dict[str, torch.Tensor]
-    optimizer: dict
-    lr_scheduler: dict
+    optimizer: dict[str, Any]
+    lr_scheduler: dict[str, Any]
     rng: dict[str, torch.Tensor]
     extra: dict[str, torch.Tensor] | None = None
-    meta: dict = field(default_factory=dict)  # JSON-serialisable counters (e.g. skipped steps)
+    meta: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable counters (e.g. skipped steps)
 
 
 def safe_torch_load(path: Path) -> object:
@@ -197,7 +197,7 @@ def load_checkpoint(path: Path) -> TrainingState:
         return TrainingState(
             step=int(meta.pop("step")),
             lora=load_file(path / "lora.safetensors"),
-            optimizer=optimizer,
+            optimizer=cast(dict[str, Any], optimizer),
             lr_scheduler=meta.pop("lr_scheduler"),
             rng=load_file(path / "rng.safetensors"),
             extra=load_file(extra) if extra.exists() else None,

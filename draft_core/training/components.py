@@ -17,38 +17,48 @@ from draft_core.config.prompts import load_prompts
 from draft_core.errors import ConfigError, DraftError, PluginError, join_problems
 from draft_core.plugins import Registry, load_registry
 from draft_core.plugins.arguments import defaults_left, type_problems
+from draft_core.plugins.bases import EstimatorBase, SamplerBase, as_estimator, as_sampler, wraps_estimator
+from draft_core.plugins.protocols import Reward
 from draft_core.rewarding.contract import CheckedReward, checked_reward
 from draft_core.rewarding.gradient import check_reward_gradient
+from draft_core.rewarding.spec import is_weighted, reward_terms, unknown_term_arguments
 from draft_core.rewarding.weighted import WeightedReward
 from draft_core.training.faults import Source
 from draft_core.training.learned_sampling import guidance_learning_warning
 from draft_core.training.provenance import python_source
 from draft_core.training.tracking import check_trackers
-from draft_core.training.validation import build_validation
+from draft_core.training.validation import Validation, build_validation
 
 
 @dataclass
 class Components:
-    sampler: Any
-    estimator: Any
-    reward: Any
+    """What a run trains with. ``sampler`` and ``estimator`` have every optional member of their kind
+    (``draft_core.plugins.bases``: a plugin without some is adapted when the components are made)."""
+
+    sampler: SamplerBase
+    estimator: EstimatorBase
+    reward: Reward
     prompts: list[str]
-    sources: list[tuple[Any, Source]] = field(default_factory=list)  # (reward term, who provides it)
+    sources: list[tuple[Reward, Source]] = field(default_factory=list)  # (reward term, who provides it)
     estimator_source: Source | None = None
-    validation: Any = None  # draft_core.training.validation.Validation, when train.validation is set
+    validation: Validation | None = None  # when train.validation is set
     warnings: list[str] = field(default_factory=list)  # settings that work, but not as one may expect
+
+    def __post_init__(self) -> None:
+        self.sampler, self.estimator = as_sampler(self.sampler), as_estimator(self.estimator)
 
     def checked_reward(self) -> CheckedReward:
         """``reward`` behind the core's checks: images before it runs, [B] after; each term of a
         weighted sum is checked too, so a message names the term's own plugin."""
         labels = {id(term): src.describe() for term, src in self.sources}
         reward = self.reward
-        if type(reward) is WeightedReward:
+        if isinstance(reward, WeightedReward) and type(reward) is WeightedReward:
+            terms = reward.terms
             reward = WeightedReward({
                 name: (checked_reward(term, labels.get(id(term), f"reward '{name}'"), check_images=False), w)
-                for name, (term, w) in reward.terms.items()
+                for name, (term, w) in terms.items()
             })
-            label = "the weighted sum of rewards " + ", ".join(labels.get(id(t), repr(n)) for n, (t, _) in self.reward.terms.items())
+            label = "the weighted sum of rewards " + ", ".join(labels.get(id(t), repr(n)) for n, (t, _) in terms.items())
         else:
             label = labels.get(id(reward), f"reward {type(reward).__name__} (given from Python)")
         return checked_reward(reward, label)
@@ -60,35 +70,29 @@ class Planned:
 
     kind: str
     name: str
-    kwargs: dict
+    kwargs: dict[str, Any]
     key: str
 
 
-def section_label(section: dict) -> str:
-    """``draft-lv(n=2, kl=0.1)``: a plugin section's registered name and the arguments it gives."""
-    if "weights" in section:
-        return " + ".join(f"{w}·{name}" for name, w in section["weights"].items())
+def section_label(section: dict[str, Any]) -> str:
+    """``draft-lv(n=2, kl=0.1)``: a plugin section's registered name and the arguments it gives
+    (a reward section's label, with each term's weight, is ``draft_core.rewarding.spec.reward_label``)."""
     name, kwargs = plugin_kwargs(section)
     return f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
 
 
-def build_reward(section: dict, registry: Registry):
-    if "weights" in section:
-        args = section.get("args") or {}
-        unknown = _unknown_weighted_args(section)
-        if unknown:
-            raise ConfigError(unknown)
-        terms = {
-            name: (_construct(registry, "reward", name, args.get(name) or {}, f"reward.args.{name}"), float(w))
-            for name, w in section["weights"].items()
-        }
-        return WeightedReward(terms)
-    return _build_plugin(registry, "reward", section)
-
-
-def _unknown_weighted_args(section: dict) -> str:
-    unknown = sorted(set(section.get("args") or {}) - set(section["weights"]))
-    return f"reward.args names {unknown}, which are not in reward.weights {sorted(section['weights'])}." if unknown else ""
+def build_reward(section: dict[str, Any], registry: Registry) -> Reward:
+    """The section's reward: a single term is the registered reward itself; several are their
+    ``WeightedReward`` (each term built with its own arguments, as ``reward_terms`` reads them)."""
+    unknown = unknown_term_arguments(section)
+    if unknown:
+        raise ConfigError(unknown)
+    terms = reward_terms(section)
+    built = {t.name: (_construct(registry, "reward", t.name, t.kwargs, t.key), t.weight) for t in terms}
+    if not is_weighted(section):
+        single: Reward = built[terms[0].name][0]
+        return single
+    return WeightedReward(built)  # the terms' objects were built by their registered factories
 
 
 def build_components(config: Config, registry: Registry | None = None, *, reward: Any = None) -> Components:
@@ -102,11 +106,10 @@ def build_components(config: Config, registry: Registry | None = None, *, reward
     given = reward is not None
     resolve_config(config, registry)  # in place: the family's sampler, every plugin argument written down
     check_plugins(config, registry, include_reward=not given)
-    sampler = _build_plugin(registry, "sampler", config.sampler)
-    estimator = build_estimator(config.estimator, registry)
+    sampler = as_sampler(_build_plugin(registry, "sampler", config.sampler))
+    estimator = as_estimator(build_estimator(config.estimator, registry))
     reward = reward if given else build_reward(config.reward, registry)
-    if hasattr(estimator, "check"):
-        estimator.check(sampler)
+    estimator.check(sampler)
     prompts = load_prompts(config.prompts.source, config.prompts.items, config.prompts.template)
     e = registry.get("estimator", config.estimator["name"])
     estimator_source = Source(e.name, e.plugin, e.distribution, e.version, "estimator")
@@ -119,7 +122,8 @@ def build_components(config: Config, registry: Registry | None = None, *, reward
     if given:
         check_reward_gradient(estimator, config.estimator["name"], {python_source(reward).name: reward}, registry)
         return Components(sampler, estimator, reward, prompts, [(reward, python_source(reward))], estimator_source, validation, warnings)
-    terms = {n: r for n, (r, _) in reward.terms.items()} if isinstance(reward, WeightedReward) else {config.reward["name"]: reward}
+    terms = {n: r for n, (r, _) in reward.terms.items()} if isinstance(reward, WeightedReward) \
+        else {reward_terms(config.reward)[0].name: reward}
     check_reward_gradient(estimator, config.estimator["name"], terms, registry)
     sources = []
     for name, term in terms.items():
@@ -138,11 +142,7 @@ def plan(config: Config, registry: Registry, include_reward: bool = True) -> lis
     section = config.reward
     if not include_reward:
         return planned
-    if "weights" in section:
-        args = section.get("args") or {}
-        planned += [Planned("reward", n, dict(args.get(n) or {}), f"reward.args.{n}") for n in section["weights"]]
-    else:
-        planned.append(Planned("reward", *plugin_kwargs(section), "reward"))
+    planned += [Planned("reward", t.name, t.kwargs, t.key) for t in reward_terms(section)]
     return planned
 
 
@@ -150,10 +150,8 @@ def check_plugins(config: Config, registry: Registry, include_reward: bool = Tru
     """Raise one error listing every unknown plugin name, unknown or missing argument, and argument
     value that does not fit its factory's annotation (``--set reward.scale=abc`` on a float)."""
     problems: list[tuple[type, str]] = []
-    if include_reward and "weights" in config.reward:
-        unknown = _unknown_weighted_args(config.reward)
-        if unknown:
-            problems.append((ConfigError, unknown))
+    if include_reward and (unknown := unknown_term_arguments(config.reward)):
+        problems.append((ConfigError, unknown))
     for p in plan(config, registry, include_reward):
         try:
             entry = registry.get(p.kind, p.name)
@@ -169,7 +167,7 @@ def check_plugins(config: Config, registry: Registry, include_reward: bool = Tru
         raise ConfigError(join_problems([text for _, text in problems]))
 
 
-def default_arguments(config: Config, registry: Registry | None = None) -> list[tuple[Planned, dict]]:
+def default_arguments(config: Config, registry: Registry | None = None) -> list[tuple[Planned, dict[str, Any]]]:
     """Each plugin the config builds with the arguments it leaves at their defaults (name -> default)."""
     registry = registry or load_registry()
     return [
@@ -178,7 +176,7 @@ def default_arguments(config: Config, registry: Registry | None = None) -> list[
     ]
 
 
-def build_estimator(section: dict, registry: Registry):
+def build_estimator(section: dict[str, Any], registry: Registry) -> Any:
     """The named estimator, wrapped by each estimator wrapper its section names as a key.
 
     A wrapper is a registered estimator whose factory has ``wraps_estimator = True`` and takes
@@ -193,12 +191,12 @@ def build_estimator(section: dict, registry: Registry):
     return estimator
 
 
-def _build_plugin(registry: Registry, kind: str, section: dict):
+def _build_plugin(registry: Registry, kind: str, section: dict[str, Any]) -> Any:
     name, kwargs = plugin_kwargs(section)
     return _construct(registry, kind, name, kwargs, kind)
 
 
-def _construct(registry: Registry, kind: str, name: str, kwargs: dict, key: str):
+def _construct(registry: Registry, kind: str, name: str, kwargs: dict[str, Any], key: str) -> Any:
     try:
         return registry.build(kind, name, **kwargs)
     except DraftError:

@@ -3,6 +3,8 @@ restore, gradients averaged in one all-reduce, and agreement on whether any proc
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -32,7 +34,7 @@ def set_rng_state(gens: dict[str, torch.Generator], state: dict[str, torch.Tenso
         torch.cuda.set_rng_state_all(cuda)
 
 
-def all_rng_states(acc, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def all_rng_states(acc: Any, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every process's RNG state (a collective): process 0's keys as they are, process r's as ``rank{r}/KEY``."""
     if acc.num_processes == 1:
         return local
@@ -45,7 +47,7 @@ def all_rng_states(acc, local: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return merged
 
 
-def average_gradients(acc, params: list[torch.nn.Parameter], scalars: list[float]) -> list[float]:
+def average_gradients(acc: Any, params: list[torch.nn.Parameter], scalars: list[float]) -> list[float]:
     """Average the gradients and ``scalars`` over processes in one all-reduce."""
     if acc.num_processes == 1:
         return scalars
@@ -57,10 +59,10 @@ def average_gradients(acc, params: list[torch.nn.Parameter], scalars: list[float
         n = p.numel()
         p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
-    return flat[offset:].tolist()
+    return [float(v) for v in flat[offset:].tolist()]
 
 
-def any_process(acc, flag: bool) -> bool:
+def any_process(acc: Any, flag: bool) -> bool:
     """Whether ``flag`` holds on any process (a collective when there are several)."""
     if acc.num_processes == 1:
         return flag

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -32,7 +32,7 @@ class WeightsEma:
             self.average = EMAModel(self.params, decay=decay)
 
     @classmethod
-    def from_config(cls, section, params: list[torch.nn.Parameter]) -> "WeightsEma":
+    def from_config(cls, section: Any, params: list[torch.nn.Parameter]) -> "WeightsEma":
         """``section``: the config's ``train.ema`` (its decay null: no average)."""
         return cls(params, section.decay)
 
@@ -61,6 +61,7 @@ class WeightsEma:
     @contextmanager
     def applied(self) -> Iterator[None]:
         """The average in place of the weights, for the duration of the block."""
+        assert self.average is not None, "applied() needs an average (train.ema.decay)"
         self.average.store(self.params)
         self.average.copy_to(self.params)
         try:

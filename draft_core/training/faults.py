@@ -17,6 +17,7 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
@@ -36,11 +37,15 @@ class RewardPluginError(DraftError):
     """A reward plugin raised during training."""
 
 
+class FamilyPluginError(DraftError):
+    """A model family plugin's method (encode_prompts, denoise, decode, ...) raised during training."""
+
+
 class EstimatorContractError(DraftError):
     """An estimator returned something other than what ``EstimatorOutput`` promises."""
 
 
-def check_estimator_output(out, batch: int, label: str) -> None:
+def check_estimator_output(out: Any, batch: int, label: str) -> None:
     """Raise EstimatorContractError unless ``out`` is an EstimatorOutput with a scalar loss and a reward [batch]."""
     import torch
 
@@ -95,11 +100,11 @@ class Source:
         return describe_provider(self.kind, self.name, self.plugin, self.distribution, self.version)
 
 
-def reward_source(exc: BaseException, terms: list[tuple[object, Source]]) -> Source | None:
+def reward_source(exc: BaseException, terms: Sequence[tuple[object, Source]]) -> Source | None:
     """The reward whose code raised ``exc``: the innermost traceback frame that is a method of
     one of the reward objects in ``terms`` or runs in the module that defines it."""
     by_id = {id(obj): src for obj, src in terms}
-    by_module = {}
+    by_module: dict[str, Source] = {}
     for obj, src in terms:
         module = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None)
         if module and module != "builtins":
@@ -108,13 +113,25 @@ def reward_source(exc: BaseException, terms: list[tuple[object, Source]]) -> Sou
         owner = frame.f_locals.get("self")
         if owner is not None and id(owner) in by_id:
             return by_id[id(owner)]
-        src = by_module.get(frame.f_globals.get("__name__"))
-        if src is not None:
-            return src
+        found = by_module.get(str(frame.f_globals.get("__name__")))
+        if found is not None:
+            return found
     return None
 
 
-def step_failure(error: BaseException | None, step: int, run_dir: Path, sources: list[tuple[object, Source]]) -> BaseException:
+def family_source(model: object) -> Source | None:
+    """Who provides ``model``'s family, when an outside plugin does (a built-in family's errors are the
+    core's own, and an error of a sampler or estimator passes through the family's frames too)."""
+    from draft_core.plugins import BUILTIN_DISTRIBUTION, load_registry, normalise_distribution
+
+    for entry in load_registry().entries("model"):
+        if isinstance(entry.factory, type) and type(model) is entry.factory:
+            builtin = normalise_distribution(entry.distribution or "") == normalise_distribution(BUILTIN_DISTRIBUTION)
+            return None if builtin else Source(entry.name, entry.plugin, entry.distribution, entry.version, "model")
+    return None
+
+
+def step_failure(error: BaseException | None, step: int, run_dir: Path, sources: Sequence[tuple[object, Source]]) -> BaseException:
     """What to raise when step ``step + 1`` failed with ``error`` (None: on another process): a
     plugin's breach of the contract or a raising reward plugin becomes one paragraph naming it."""
     if error is None:
@@ -130,7 +147,7 @@ def step_failure(error: BaseException | None, step: int, run_dir: Path, sources:
     src = reward_source(error, sources)
     if src is None:
         return error
-    err = RewardPluginError(
+    err = (FamilyPluginError if src.kind == "model" else RewardPluginError)(
         f"step {step + 1}: {src.describe()} raised {type(error).__name__}: {error} (at {where(error)}). "
         f"The run stopped; {kept}. {then}"
     )
@@ -167,10 +184,10 @@ class NonFiniteCounter:
             self.first = step
         self.streak += 1
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         return {"nonfinite": {"total": self.total, "streak": self.streak, "first": self.first, "by": self.by}}
 
-    def load(self, meta: dict) -> None:
+    def load(self, meta: dict[str, Any]) -> None:
         saved = meta.get("nonfinite") or {}
         self.total, self.streak = int(saved.get("total", 0)), int(saved.get("streak", 0))
         self.first, self.by = int(saved.get("first", 0)), dict(saved.get("by", {}))

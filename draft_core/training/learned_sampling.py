@@ -18,6 +18,8 @@ Config: ``learn: {guidance: true, guidance_lr_mult: 50, negative_prompt: true}``
 
 from __future__ import annotations
 
+from typing import Any
+
 import dataclasses
 
 import json
@@ -29,6 +31,7 @@ from torch import nn
 
 from draft_core.errors import ConfigError
 from draft_core.models.conditioning import Conditioning
+from draft_core.plugins.bases import as_estimator
 
 FILENAME = "sampler_params.safetensors"
 
@@ -79,15 +82,18 @@ class NegativePrompt(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(dim, self.hidden), nn.GELU(), nn.Linear(self.hidden, dim))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
+        out = self.mlp[2]
+        assert isinstance(out, nn.Linear)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
 
     def forward(self, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         dtype = self.norm.weight.dtype  # fp32 parameters, whatever the text encoder's dtype
         e = self.norm(cond.to(dtype))
         attended, _ = self.attn(e, e, e, need_weights=False)
         delta = self.mlp(attended)
-        return (uncond.to(dtype) + delta).to(cond.dtype)
+        out: torch.Tensor = (uncond.to(dtype) + delta).to(cond.dtype)
+        return out
 
 
 class LearnedSampling(nn.Module):
@@ -99,7 +105,7 @@ class LearnedSampling(nn.Module):
         self.negative = negative
 
     @classmethod
-    def from_config(cls, section, model, sampler) -> LearnedSampling | None:
+    def from_config(cls, section: Any, model: Any, sampler: Any) -> LearnedSampling | None:
         """None when the config learns nothing; otherwise fresh parameters on the model's device."""
         if not (section.guidance or section.negative_prompt):
             return None
@@ -110,7 +116,7 @@ class LearnedSampling(nn.Module):
             negative = NegativePrompt(width, section.negative_prompt_heads)
         return cls(guidance, negative).to(model.device)
 
-    def param_groups(self, lr: float, section) -> list[dict]:
+    def param_groups(self, lr: float, section: Any) -> list[dict[str, Any]]:
         """AdamW groups with their learning-rate multipliers and no weight decay."""
         groups = []
         if self.guidance is not None:
@@ -119,7 +125,7 @@ class LearnedSampling(nn.Module):
             groups.append({"params": list(self.negative.parameters()), "lr": lr * section.negative_prompt_lr_mult, "weight_decay": 0.0})
         return groups
 
-    def attach(self, sampler) -> None:
+    def attach(self, sampler: Any) -> None:
         """Make ``sampler`` take its guidance from the schedule (no-op without one)."""
         if self.guidance is not None:
             sampler.guidance_schedule = self.guidance
@@ -145,7 +151,7 @@ class LearnedSampling(nn.Module):
         return path
 
     @classmethod
-    def load(cls, folder: Path, device=None) -> LearnedSampling | None:
+    def load(cls, folder: Path, device: Any = None) -> LearnedSampling | None:
         """The learned parameters saved in a LoRA folder, or None when there are none."""
         path = Path(folder) / FILENAME
         if not path.is_file():
@@ -176,18 +182,18 @@ def _spans(steps: list[int]) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
 
 
-def guidance_learning_warning(estimator, sampler, estimator_name: str) -> str | None:
+def guidance_learning_warning(estimator: Any, sampler: Any, estimator_name: str) -> str | None:
     """Why a learned guidance schedule would learn only some of its knots, or None.
 
     The schedule has one knot per sampling step, and a knot learns only from the steps
     the estimator differentiates (``differentiated_steps``; an estimator without it is
     not judged). Appendix B.12 trains the schedule with full backpropagation.
     """
-    steps_of = getattr(estimator, "differentiated_steps", None)
-    if steps_of is None:
-        return None
     T = sampler.num_steps
-    learning = sorted(i for i in steps_of(T) if 0 <= i < T)
+    steps = as_estimator(estimator).differentiated_steps(T)
+    if steps is None:
+        return None
+    learning = sorted(i for i in steps if 0 <= i < T)
     if len(learning) == T:
         return None
     frozen = sorted(set(range(T)) - set(learning))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 from pathlib import Path
 
@@ -23,7 +25,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
-def step_line(row: dict, steps: int) -> str:
+def step_line(row: dict[str, Any], steps: int) -> str:
     """One line for a metrics row, printed every ``train.log_every`` steps when there is no progress bar."""
     head = f"step {row['step']}/{steps}"
     if "skipped" in row:

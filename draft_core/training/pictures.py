@@ -18,7 +18,7 @@ from draft_core.report import refresh_report
 
 
 @torch.no_grad()
-def generate(model, sampler, condition: Callable, prompts: list[str], noise: torch.Tensor, generator: torch.Generator,
+def generate(model: Any, sampler: Any, condition: Callable[[Any], Any], prompts: list[str], noise: torch.Tensor, generator: torch.Generator,
              batch_size: int = 8) -> torch.Tensor:
     """Images for ``prompts`` from ``noise`` ([N, C, h, w]), ``batch_size`` at a time: [N, 3, H, W] in [0, 1], on the CPU."""
     images = []
@@ -32,7 +32,8 @@ class RunPictures:
     """``components``: the run's ``Components`` (sampler, prompts, validation); ``condition``:
     rewrites encoded prompts as training does (a learned negative prompt)."""
 
-    def __init__(self, config, run_dir: Path, model, components, condition: Callable, learned=None) -> None:
+    def __init__(self, config: Any, run_dir: Path, model: Any, components: Any, condition: Callable[[Any], Any],
+                 learned: Any = None) -> None:
         self.config, self.run_dir, self.model, self.c = config, Path(run_dir), model, components
         self.condition, self.learned = condition, learned
 
@@ -43,13 +44,14 @@ class RunPictures:
                                    ("negative prompt", getattr(self.learned, "negative", None))) if on is not None]
         return generation_params(
             prompts, model=cfg.model.name, sampler=cfg.sampler["name"],
-            steps=getattr(sampler, "num_steps", cfg.sampler.get("steps")),
-            guidance=getattr(sampler, "guidance_scale", cfg.sampler.get("guidance_scale", 0.0)), seed=seed,
+            steps=sampler.num_steps,
+            guidance=sampler.guidance_scale if sampler.guidance_scale is not None else cfg.sampler.get("guidance_scale", 0.0),
+            seed=seed,
             size=self.model.image_size, loras=[(local_path(self.run_dir / "lora"), 1.0)] if step > 0 else [], step=step,
             learned=", ".join(learned) or None,
         )
 
-    def grid(self, tag: str, step: int, tracking) -> Path:
+    def grid(self, tag: str, step: int, tracking: Any) -> Path:
         """``samples/<tag>.png``: the fixed prompts (``train.sample_prompts``), ``sample_per_prompt`` each, same noise every time."""
         t = self.config.train
         base = t.sample_prompts or self.c.prompts[:10]
@@ -63,7 +65,7 @@ class RunPictures:
         refresh_report(self.run_dir)  # report.html shows every grid: rewritten with each new one
         return path
 
-    def validate(self, step: int, tracking) -> dict[str, float]:
+    def validate(self, step: int, tracking: Any) -> dict[str, float]:
         """``val/<reward>`` means, and ``samples/val-step-NNNNNN.png``, when validation is due at ``step``; else {}."""
         v = self.c.validation
         if v is None or not v.due(step, self.config.train.steps):
@@ -75,9 +77,9 @@ class RunPictures:
                          cols=[f"seed {j + 1}" for j in range(v.n_per_prompt)], title=title, params=params)
         tracking.image("validation", path, step)
         refresh_report(self.run_dir, pending={"step": step, **scores})  # this step's row is written after
-        return scores
+        return dict(scores)
 
-    def before_after(self, final: Path, step: int, tracking) -> Path | None:
+    def before_after(self, final: Path, step: int, tracking: Any) -> Path | None:
         """``samples/before_after.png`` from step 0's grid and ``final`` (None without step 0's grid)."""
         first = self.run_dir / "samples" / "step-000000.png"
         if not first.exists():

@@ -8,6 +8,8 @@ before any file is written.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from draft_core.errors import DraftError
@@ -19,7 +21,7 @@ class PluginStateError(DraftError):
     """A plugin's state_dict() holds something a checkpoint cannot store."""
 
 
-def pack_state(state: dict, label: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def pack_state(state: dict[str, Any], label: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors to save, key -> 'int' | 'float' | 'bool' for the keys that were plain numbers)."""
     if not isinstance(state, dict):
         raise PluginStateError(f"{label}: state_dict() returned {type(state).__name__}; it must return a dict of names to tensors.")
@@ -43,6 +45,6 @@ def pack_state(state: dict, label: str) -> tuple[dict[str, torch.Tensor], dict[s
     return tensors, numbers
 
 
-def unpack_state(tensors: dict[str, torch.Tensor], numbers: dict[str, str]) -> dict:
+def unpack_state(tensors: dict[str, torch.Tensor], numbers: dict[str, str]) -> dict[str, Any]:
     """The state as ``pack_state`` was given it: the recorded keys back as Python numbers."""
     return {k: NUMBERS[numbers[k]][0](v.item()) if k in numbers else v for k, v in tensors.items()}

@@ -9,21 +9,21 @@ missing and how to provide it otherwise. Rewards without the method are not chec
 
 from __future__ import annotations
 
+from typing import Any
+
 from draft_core.config import Config
 from draft_core.errors import DraftError
+from draft_core.plugins.bases import as_reward
 from draft_core.rewarding.weighted import WeightedReward
 
 
-def check_rewards_available(components) -> None:
+def check_rewards_available(components: Any) -> None:
     """Call ``check_available()`` of every reward term that has one."""
     for term, source in components.sources:
         inner = [r for r, _ in term.terms.values()] if isinstance(term, WeightedReward) else [term]
         for reward in inner:
-            check = getattr(reward, "check_available", None)
-            if not callable(check):
-                continue
             try:
-                check()
+                as_reward(reward).check_available()
             except DraftError:
                 raise
             except Exception as exc:  # a plugin's own bug: say whose
@@ -32,16 +32,25 @@ def check_rewards_available(components) -> None:
                 ) from exc
 
 
-def check_ready(config: Config, components) -> None:
+def check_ready(config: Config, components: Any) -> None:
     """Everything about a run checkable without loading weights: the model, then the rewards' weights."""
     from draft_core.models.loading import check_model
 
     family = check_model(config.model.name, config.model.revision, config.model.family)
     check_family(config, components, family)
+    check_lora_files(family)
     check_rewards_available(components)
 
 
-def check_family(config: Config, components, family) -> None:
+def check_lora_files(family: Any) -> None:
+    """The family can write and read its LoRA files (its ``lora_file_problem`` hook), before any step runs."""
+    from draft_core.models.family import ModelFamily
+
+    if isinstance(family, type) and issubclass(family, ModelFamily) and (problem := family.lora_file_problem()):
+        raise DraftError(problem)
+
+
+def check_family(config: Config, components: Any, family: Any) -> None:
     """The config's sampler, LoRA targets and learned sampling suit the model's family (``family``: its
     class, from ``check_model``). One paragraph naming what was found and what is accepted."""
     from draft_core.config.resolve import check_sampler_family

@@ -10,8 +10,10 @@ object): ``build_components(load_config(run/"config.yaml"), reward=the_same_obje
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from draft_core.config import Config
+from draft_core.rewarding.spec import reward_terms
 from draft_core.rewarding.weighted import WeightedReward
 from draft_core.training.faults import Source
 
@@ -28,11 +30,11 @@ def python_source(obj: object) -> Source:
     return Source(python_name(obj), type(obj).__module__, None, None)
 
 
-def is_python_reward(section: dict) -> bool:
+def is_python_reward(section: dict[str, Any]) -> bool:
     return str(section.get("name", "")).startswith(PYTHON_PREFIX)
 
 
-def _from_config(config: Config, components) -> bool:
+def _from_config(config: Config, components: Any) -> bool:
     """Whether ``components.reward`` is what ``config.reward`` describes (built from it, or the
     Python object that an earlier record of this kind names)."""
     reward = components.reward
@@ -42,11 +44,11 @@ def _from_config(config: Config, components) -> bool:
         return False  # replaced after build_components
     names = sorted(src.name for _, src in components.sources)
     section = config.reward
-    configured = sorted(section["weights"]) if "weights" in section else [section.get("name")]
+    configured = sorted(t.name for t in reward_terms(section))
     return names == configured
 
 
-def recorded_config(config: Config, components) -> Config:
+def recorded_config(config: Config, components: Any) -> Config:
     """``config``, with its reward section describing ``components.reward`` when that is not the config's."""
     if _from_config(config, components):
         return config

@@ -3,6 +3,8 @@ weight average and each process's estimator state from the latest checkpoint; me
 
 from __future__ import annotations
 
+from typing import Any
+
 import re
 
 from draft_core.lora import load_lora_state
@@ -16,7 +18,7 @@ LEARNED_PREFIX = "learned_sampling."  # checkpoint keys of the learned sampler h
 STATE_NUMBERS = "estimator_numbers"  # meta key: the estimator state's keys that were plain numbers
 
 
-def restore(trainer) -> None:
+def restore(trainer: Any) -> None:
     """Load ``trainer``'s state from its run folder's latest checkpoint (or start over without one)."""
     if latest_checkpoint(trainer.run_dir / "checkpoints") is None:
         # Stopped before its first checkpoint: start again from step 0 in the same folder.
@@ -45,7 +47,7 @@ def restore(trainer) -> None:
     if learned and trainer.learned is not None:
         trainer.learned.load_state_dict({k: v.to(trainer.model.device) for k, v in learned.items()})
     trainer.ema.load_state_dict(extra)
-    if extra and hasattr(trainer.c.estimator, "load_state_dict"):
+    if extra:
         # Estimator state is per process (e.g. ddpo's stored trajectories): this process's entries.
         own = {k: v for k, v in extra.items() if not re.match(r"rank\d+/", k)} if rank == 0 else \
             {k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)}

@@ -20,14 +20,15 @@ from tqdm.auto import tqdm
 from draft_core.training.checkpoint import TrainingState, latest_checkpoint, replace_folder, save_checkpoint
 from draft_core.config import Config
 from draft_core.errors import ConfigError
-from draft_core.training.faults import (
-    ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, WatchedReward, check_estimator_output, nonfinite_message,
-    step_failure,
-)
+from draft_core.training.faults import (ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, WatchedReward,
+                                        check_estimator_output, family_source, nonfinite_message, step_failure)
 from draft_core.lora import add_lora, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve
 from draft_core.plugins.protocols import StepInputs
+from draft_core.models.conditioning import Conditioning
+from draft_core.rewarding.contract import CheckedReward
+from draft_core.rewarding.spec import reward_label
 from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
 from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state, seed_global_generators
@@ -69,7 +70,7 @@ class Trainer:
         self.tracking = Tracking()
 
     # -- setup ------------------------------------------------------------------
-    def make_accelerator(self, cpu: bool):
+    def make_accelerator(self, cpu: bool) -> Any:
         """The accelerate ``Accelerator`` of the run (``draft plan`` puts a one-process stand-in here)."""
         from accelerate import Accelerator
 
@@ -83,7 +84,7 @@ class Trainer:
         """Each reward's weights are there (``draft plan`` with random reward weights skips it)."""
         check_rewards_available(self.c)
 
-    def load_model(self, device: torch.device, dtype: torch.dtype):
+    def load_model(self, device: torch.device, dtype: torch.dtype) -> Any:
         """The configured model with its weights (``draft plan`` builds it on the meta device instead)."""
         from draft_core.models.loading import load_model
 
@@ -128,7 +129,7 @@ class Trainer:
             self.learned.attach(self.c.sampler)
             groups += self.learned.param_groups(t.lr, cfg.learn)
             self.params = self.params + list(self.learned.parameters())
-        self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.betas[0], t.betas[1]), weight_decay=t.weight_decay)
         self.lr_scheduler = build_lr_scheduler(self.optimizer, t)
         self.ema = WeightsEma.from_config(t.ema, self.params)
         self.pictures = RunPictures(cfg, self.run_dir, self.model, self.c, self._condition, self.learned)
@@ -152,7 +153,7 @@ class Trainer:
         restore(self)
 
     @property
-    def reward(self):
+    def reward(self) -> CheckedReward:
         """What estimators call: ``components.reward`` behind the core's checks (rebuilt if it is replaced)."""
         if getattr(self, "_reward_of", None) is not self.c.reward:
             self._reward, self._reward_of = self.c.checked_reward(), self.c.reward
@@ -172,13 +173,14 @@ class Trainer:
         noise = self.model.make_noise(B, self.gens["noise"])[rank * b : (rank + 1) * b]
         return [self.c.prompts[i] for i in idx], noise
 
-    def _condition(self, cond):
+    def _condition(self, cond: Conditioning) -> Conditioning:
         return cond if self.learned is None else self.learned.condition(cond)
 
     def _failure(self, error: BaseException | None) -> BaseException:
         """The exception to raise once every process knows that one of them failed."""
         self._agreed = True
-        return step_failure(error, self.step, self.run_dir, self.c.sources)
+        family = family_source(self.model)
+        return step_failure(error, self.step, self.run_dir, [*self.c.sources, *([(self.model, family)] if family else [])])
 
     def _estimator_name(self) -> str:
         src = self.c.estimator_source
@@ -189,14 +191,14 @@ class Trainer:
 
     def _estimator_step(self, applied: bool) -> None:
         """The estimator's optional hook, once per optimiser step (GradientEstimator's docstring)."""
-        hook = getattr(self.c.estimator, "on_optimizer_step", None)
-        if hook is not None:
-            hook(applied)
+        self.c.estimator.on_optimizer_step(applied)
 
     def train_step(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         cfg = self.config.train
-        rewards, losses, logs = [], [], {}
+        rewards: list[torch.Tensor] = []
+        losses: list[float] = []
+        logs: dict[str, float] = {}
         queries = 0  # reward evaluations of this process's calls (a call reusing stored samples makes none)
         bad_reward = bad_loss = False
         error: BaseException | None = None
@@ -207,9 +209,9 @@ class Trainer:
 
         for _ in range(cfg.grad_accum):
             prompts, noise = self._batch()
-            cond = self._condition(self.model.encode_prompts(prompts))
-            inputs = StepInputs(self.model, self.c.sampler, reward_fn, cond, noise, self.gens["estimator"], backward)
             try:
+                cond = self._condition(self.model.encode_prompts(prompts))  # a plugin family's errors are named too
+                inputs = StepInputs(self.model, self.c.sampler, reward_fn, cond, noise, self.gens["estimator"], backward)
                 with self.acc.autocast():
                     out = self.c.estimator(inputs)
                 check_estimator_output(out, len(prompts), self._estimator_name())
@@ -231,7 +233,7 @@ class Trainer:
             queries += out.queries * out.reward.numel()
             for k, v in out.logs.items():
                 logs[k] = logs.get(k, 0.0) + v / cfg.grad_accum
-            for k, v in getattr(self.reward, "last_terms", {}).items():
+            for k, v in self.reward.last_terms.items():
                 logs[f"reward/{k}"] = logs.get(f"reward/{k}", 0.0) + v.float().mean().item() / cfg.grad_accum
         local_loss = sum(losses) / len(losses) if losses else 0.0
         loss, any_error, any_bad_reward, any_bad_loss = average_gradients(self.acc, self.params, 
@@ -301,10 +303,8 @@ class Trainer:
         rng = all_rng_states(self.acc, rng if rng is not None else rng_state(self.gens))
         # Every process's estimator state, keyed as the RNG states are (a collective, like them);
         # plain numbers are packed as tensors and listed (rank 0's keys) to come back as numbers.
-        extra, numbers = ({}, {})
-        if hasattr(self.c.estimator, "state_dict"):
-            extra, numbers = pack_state(self.c.estimator.state_dict(), self._estimator_name())
-            extra = all_rng_states(self.acc, extra)
+        extra, numbers = pack_state(self.c.estimator.state_dict(), self._estimator_name())
+        extra = all_rng_states(self.acc, extra)
         if self.acc.is_main_process:
             if self.learned is not None:
                 extra.update({LEARNED_PREFIX + k: v.detach() for k, v in self.learned.state_dict().items()})
@@ -336,8 +336,7 @@ class Trainer:
         write_model_card(folder, run_card_info(self.run_dir), location=self.run_dir / "lora")
 
     def title(self) -> str:
-        reward = self.config.reward.get("name") or "+".join(self.config.reward.get("weights", {}))
-        return f"{self.config.estimator['name']} on {reward} ({self.config.model.name})"
+        return f"{self.config.estimator['name']} on {reward_label(self.config.reward)} ({self.config.model.name})"
 
     def _stop_for_nonfinite(self) -> NonFiniteStop:
         component, what = self.skipped

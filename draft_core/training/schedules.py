@@ -10,7 +10,7 @@ of one rate would be a schedule nobody asked for).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -27,10 +27,11 @@ def diffusers_factor(schedule: str, warmup: int, total: int) -> Callable[[int], 
 
     name = "constant_with_warmup" if schedule == "constant" and warmup > 0 else schedule
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # only its lambda is kept
-    return get_scheduler(name, probe, num_warmup_steps=warmup, num_training_steps=total).lr_lambdas[0]
+    factor: Callable[[int], float] = get_scheduler(name, probe, num_warmup_steps=warmup, num_training_steps=total).lr_lambdas[0]
+    return factor
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, train) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, train: Any) -> torch.optim.lr_scheduler.LambdaLR:
     """``train``: the config's train section (lr_schedule, lr_warmup_steps, lr_decay, steps).
 
     A LambdaLR whose state (step count, base rates) is what checkpoints hold; the factor is

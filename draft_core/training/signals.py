@@ -3,6 +3,8 @@ checkpoint is exact; a second signal stops at once."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import signal
 import sys
 
@@ -19,9 +21,9 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: str | None = None
-        self._previous: dict = {}
+        self._previous: dict[int, Any] = {}
 
-    def _handler(self, signum, frame):
+    def _handler(self, signum: int, frame: Any) -> None:
         if self.signal is not None:
             raise Interrupted(signal.Signals(signum).name)
         self.signal = signal.Signals(signum).name
@@ -35,6 +37,6 @@ class StopRequest:
                 pass
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, h in self._previous.items():
             signal.signal(sig, h)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, cast
 
 from draft_core.errors import ConfigError
 
@@ -30,7 +30,7 @@ PACKAGES = {
 IDS = "trackers.json"
 
 
-def check_trackers(names: list[str]) -> None:
+def check_trackers(names: Sequence[str]) -> None:
     """Every tracker named is installed (accelerate would otherwise skip it without a word)."""
     import accelerate.utils
 
@@ -44,7 +44,7 @@ def check_trackers(names: list[str]) -> None:
         )
 
 
-def accelerator_options(names: list[str], run_dir: Path) -> dict[str, Any]:
+def accelerator_options(names: Sequence[str], run_dir: Path) -> dict[str, Any]:
     """Keyword arguments for ``Accelerator``: the trackers and where the local ones write."""
     if not names:
         return {}
@@ -72,12 +72,12 @@ def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class Tracking:
     """The started trackers of one ``train()`` call; every method is a no-op without any."""
 
-    def __init__(self, accelerator=None) -> None:
+    def __init__(self, accelerator: Any = None) -> None:
         self.acc = accelerator
         self.trackers = list(accelerator.trackers) if accelerator is not None else []
 
     @classmethod
-    def start(cls, accelerator, config, run_dir: Path, step: int, project: str) -> "Tracking":
+    def start(cls, accelerator: Any, config: Any, run_dir: Path, step: int, project: str) -> "Tracking":
         """Start the trackers the accelerator was made with (main process only). ``step``: the
         last completed step (0 for a new run); ``config``: the resolved ``Config``."""
         if not getattr(accelerator, "log_with", None) or not accelerator.is_main_process:
@@ -98,7 +98,7 @@ class Tracking:
         _write_ids(logs / IDS, started.trackers)
         return started
 
-    def record(self, metrics, row: dict[str, Any]) -> None:
+    def record(self, metrics: Any, row: dict[str, Any]) -> None:
         """One ``metrics.jsonl`` row: to ``metrics`` (the open file; None off the main process) and to the trackers."""
         if metrics:
             metrics.write(json.dumps(row) + "\n")
@@ -153,12 +153,12 @@ def _mlflow_store(logs: Path) -> None:
 
 def _read_ids(path: Path) -> dict[str, str]:
     try:
-        return json.loads(path.read_text())
+        return cast(dict[str, str], json.loads(path.read_text()))
     except (OSError, ValueError):
         return {}
 
 
-def _write_ids(path: Path, trackers) -> None:
+def _write_ids(path: Path, trackers: Any) -> None:
     ids = {}
     for tracker in trackers:
         if tracker.name == "wandb":

@@ -20,6 +20,7 @@ from draft_core.config.prompts import load_prompts
 from draft_core.errors import ConfigError
 from draft_core.evaluation.evaluate import item_seed
 from draft_core.training.pictures import generate
+from draft_core.plugins.bases import as_reward
 
 
 @dataclass
@@ -35,11 +36,10 @@ class Validation:
         return step == 0 or step == last or (self.every > 0 and step % self.every == 0)
 
     @torch.no_grad()
-    def run(self, model, sampler, condition: Callable) -> tuple[dict[str, float], torch.Tensor]:
+    def run(self, model: Any, sampler: Any, condition: Callable[[Any], Any]) -> tuple[dict[str, float], torch.Tensor]:
         """Sample and score -> ({"val/<label>": mean score}, images [P * k, 3, H, W], a prompt's k images together)."""
         for reward in self.rewards.values():
-            if hasattr(reward, "to"):
-                reward.to(model.device)
+            as_reward(reward).to(model.device)
         keys = [(i, j) for i in range(len(self.prompts)) for j in range(self.n_per_prompt)]
         scores: dict[str, list[torch.Tensor]] = {label: [] for label in self.rewards}
         images = []
@@ -55,7 +55,7 @@ class Validation:
         return {f"val/{label}": torch.cat(s).mean().item() for label, s in scores.items()}, torch.cat(images)
 
 
-def build_validation(config, registry, training_reward, build_reward: Callable) -> Validation | None:
+def build_validation(config: Any, registry: Any, training_reward: Any, build_reward: Callable[..., Any]) -> Validation | None:
     """The config's ``train.validation`` with its rewards built (None while its prompts are null).
 
     ``build_reward(section, registry)`` builds a reward section ({name, **arguments}); passed in
