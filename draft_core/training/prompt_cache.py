@@ -57,7 +57,8 @@ def encoder_key(model: Any) -> str:
             h.update(f"{name}|{type(tok).__name__}|{getattr(tok, 'model_max_length', '')}|{len(tok)}".encode())
     for name, encoder in sorted(text_encoders(model).items()):
         config = getattr(encoder, "config", None)
-        text = config.to_json_string() if hasattr(config, "to_json_string") else repr(config)
+        to_json = getattr(config, "to_json_string", None)  # transformers' configs; repr for any other
+        text = to_json() if callable(to_json) else repr(config)
         h.update(f"{name}|{type(encoder).__name__}|{text}".encode())
         with torch.no_grad():
             for pname, p in encoder.state_dict().items():
