@@ -32,6 +32,7 @@ from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
 from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state
 from draft_core.training.ema import WeightsEma
+from draft_core.training.guarding import guard_row, setup_guards, with_best
 from draft_core.training.metrics import step_line
 from draft_core.training.pictures import RunPictures
 from draft_core.training.plugin_state import pack_state
@@ -138,6 +139,7 @@ class Trainer:
             self._restore()
         elif self.acc.is_main_process:
             self.config.dump(self.run_dir / "config.yaml")
+        self.guards = setup_guards(self, resume)  # train.stop_when, lora/best/ (training/guards.py)
         self.acc.wait_for_everyone()
 
     def _restore(self) -> None:
@@ -310,7 +312,7 @@ class Trainer:
                 meta={"num_processes": self.acc.num_processes, **self.nonfinite.state(), STATE_NUMBERS: numbers},
             )
             save_checkpoint(self.run_dir / "checkpoints", state, keep=self.config.train.keep_checkpoints)
-            replace_folder(self._write_lora_folder, self.run_dir / "lora")
+            replace_folder(with_best(self._write_lora_folder, self.run_dir / "lora"), self.run_dir / "lora")
             self.ema.write(lambda folder: replace_folder(self._write_lora_folder, folder), self.run_dir / "lora_ema")
             if self.learned is not None and self.learned.guidance is not None:
                 plot = plot_guidance(self.learned.guidance, self.run_dir / "guidance_schedule.png", self.title())
@@ -362,13 +364,15 @@ class Trainer:
         last: dict[str, Any] = {}
         self._agreed = False
         if self.step == 0 and (scores := self.validate()):
-            self.tracking.record(metrics, {"step": 0, **scores})
+            guard_row(self, first := {"step": 0, **scores})
+            self.tracking.record(metrics, first)
         try:
             with StopRequest() as stop:
                 while self.step < cfg.steps:
                     row = self.train_step()
                     rng_done = rng_state(self.gens)
                     row.update(self.validate())
+                    guarded = guard_row(self, row)  # notes guard_stop / guard_best in the row
                     self.tracking.record(metrics, row)
                     self.rows_step = self.step
                     bar.update(1)
@@ -384,6 +388,8 @@ class Trainer:
                         self.sample_grid(f"step-{self.step:06d}")
                     if self.step % cfg.checkpoint_every == 0:
                         self.save()
+                    if any_process(self.acc, guarded):  # a guard fired: stop cleanly, as at the last step
+                        break
                     if any_process(self.acc, stop.signal is not None):  # every process stops at the same step
                         self._agreed = True
                         raise Interrupted(stop.signal or "a signal to another process")
