@@ -115,9 +115,9 @@ def run_card_info(run_dir: str | Path, command: str | None = None) -> dict:
 def guard_info(rows: list[dict]) -> dict:
     """The guards' part of a card (draft_core.training.guards): why the run stopped, its best validation step."""
     info = {}
-    stop = next((r["guard_stop"] for r in reversed(rows) if r.get("guard_stop")), None)
+    stop = next((r for r in reversed(rows) if r.get("guard_stop")), None)
     if stop:
-        info["stopped_by"] = f"train.stop_when at {stop}"
+        info["stopped_by"] = f"train.stop_when at step {stop['step']}: {stop['guard_stop']}"
     best = next((r["step"] for r in reversed(rows) if r.get("guard_best")), None)
     if best is not None:
         info["best_validation_step"] = f"{best} (its LoRA: lora/best/)"

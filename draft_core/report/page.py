@@ -142,7 +142,7 @@ def _default_other(other: dict) -> str:
 def _status(run: RunData) -> str:
     planned = run.planned_steps
     if run.guard_stop is not None:
-        return f"stopped by train.stop_when at {run.guard_stop[1]}"
+        return f"stopped by train.stop_when at step {run.guard_stop[0]}: {run.guard_stop[1]}"
     if planned and run.last_step >= planned:
         return f"finished, {run.last_step} steps"
     return f"step {run.last_step} of {planned or '?'}"
