@@ -29,7 +29,7 @@ stamp=.venv/.draft-installed
 # dependencies (the core already brings them), so `draft plugins` lists them.
 want=$(cat pyproject.toml plugins/*/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  quietly .venv/bin/python -m pip install -q -e ".[test,trackers]"  # trackers: about 15 s and 220 MB more
+  quietly .venv/bin/python -m pip install -q -e ".[test,trackers,serve]"  # trackers: about 15 s and 220 MB more
   editables=()
   for plugin in plugins/*/; do editables+=(-e "$plugin"); done
   quietly .venv/bin/python -m pip install -q --no-deps "${editables[@]}"
