@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import socket
 import sys
 
 from draft_core.errors import DraftError
@@ -51,28 +52,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if hasattr(reward, "to"):
         reward.to(device)
     service = RewardService(reward, args.name, max_batch=args.max_batch, max_bytes=int(args.max_mb * 2**20), device=device)
-    config = uvicorn.Config(build_app(service, token), host="127.0.0.1", port=args.port, log_level="warning")
-    server = uvicorn.Server(config)
-
-    def started() -> None:
-        port = server.servers[0].sockets[0].getsockname()[1] if server.servers else args.port
-        print(f"[draft] serving reward '{args.name}' ({'differentiable' if service.info()['differentiable'] else 'scores only'}) "
-              f"at http://127.0.0.1:{port}", file=sys.stderr, flush=True)
-        print(f"[draft] train with: --set 'reward={{name: remote, url: http://127.0.0.1:{port}}}' and "
-              f"{TOKEN_ENV}={token if not args.token else '<your token>'} in its environment (or reward.token)", file=sys.stderr, flush=True)
-
-    import asyncio
-
-    async def serve() -> None:
-        await server.startup()
-        if server.should_exit:  # the port is taken, or similar: uvicorn said why
-            raise DraftError(f"draft reward serve could not listen on 127.0.0.1:{args.port} (is it in use? try another --port).")
-        started()
-        await server.main_loop()
-        await server.shutdown()
-
-    try:
-        asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:  # bound here, so the address is known (and a port in use reported) before serving
+        sock.bind(("127.0.0.1", args.port))
+    except OSError as exc:
+        sock.close()
+        raise DraftError(f"draft reward serve cannot listen on 127.0.0.1:{args.port} ({exc}); give another --port (0: any free one).") from None
+    sock.listen(128)  # connections wait in the backlog until the server accepts them
+    port = sock.getsockname()[1]
+    print(f"[draft] serving reward '{args.name}' ({'differentiable' if service.info()['differentiable'] else 'scores only'}) "
+          f"at http://127.0.0.1:{port}", file=sys.stderr, flush=True)
+    print(f"[draft] train with: --set 'reward={{name: remote, url: http://127.0.0.1:{port}}}' and "
+          f"{TOKEN_ENV}={'<your token>' if args.token else token} in its environment (or reward.token)", file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn.Config(build_app(service, token), log_level="warning")).run(sockets=[sock])
     return 0
