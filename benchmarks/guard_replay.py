@@ -1,7 +1,7 @@
 """The guards of a config replayed over another run's checkpoints: what ``train.stop_when`` and
 ``train.best_metric`` would have decided, had that run validated as the config does.
 
-    python benchmarks/guard_replay.py RUN [--preset quickstart-guarded] [--out FILE]
+    python benchmarks/guard_replay.py RUN [--preset quickstart-guarded] [--out FILE] [--known EARLIER_OUT]
 
 Validation draws from none of the training's random streams, so a run with validation trains the
 same LoRA as one without (``tests/test_run_outputs.py`` checks it bit for bit): loading RUN's
@@ -36,7 +36,9 @@ def main() -> None:
     ap.add_argument("run", type=Path, help="a run folder with checkpoints (train.keep_checkpoints large enough)")
     ap.add_argument("--preset", default="quickstart-guarded", help="the config whose validation and guards to replay")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--known", type=Path, default=None, help="an earlier --out: its validation scores are reused, not recomputed")
     args = ap.parse_args()
+    known = {r["step"]: r for r in json.loads(args.known.read_text())["validations"]} if args.known else {}
     config = load_config(preset=args.preset)
     c = build_components(config)
     v, guards = c.validation, build_guards(config)
@@ -48,9 +50,12 @@ def main() -> None:
     rows = {r["step"]: r for r in read_metrics(args.run / "metrics.jsonl")}
     out = []
     for step in due:
-        if step:
-            load_lora_state(model, load_file(args.run / "checkpoints" / f"step-{step:06d}" / "lora.safetensors"))
-        scores, _ = v.run(model, c.sampler, lambda cond: cond)
+        if step in known:
+            scores = {k: x for k, x in known[step].items() if k.startswith("val/")}
+        else:
+            if step:
+                load_lora_state(model, load_file(args.run / "checkpoints" / f"step-{step:06d}" / "lora.safetensors"))
+            scores, _ = v.run(model, c.sampler, lambda cond: cond)
         # the training rows since the last validation first (the gap rule reads them), then this one
         for s in sorted(k for k in rows if (out[-1]["step"] if out else 0) < k < step):
             guards.observe(rows[s])
