@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install draft with its test and tracker extras and the plugins/ distributions;
+# Create .venv (once) and install draft with its test, tracker and serve extras and the plugins/ distributions;
 # re-installs only when a pyproject.toml changes. pip's own output goes to .venv/setup.log and is
 # shown only when a step fails. As root on Debian/Ubuntu it also installs Chromium once, for the
 # report page's browser tests (DRAFT_NO_BROWSER=1 skips that; without a browser they are skipped).
