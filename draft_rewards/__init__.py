@@ -19,6 +19,7 @@ from draft_rewards.hpsv2 import HPSv2
 from draft_rewards.ink import InkCoverage
 from draft_rewards.jpeg import JpegCompressibility, JpegIncompressibility
 from draft_rewards.jpeg_size import JpegSize, JpegSizeInverse
+from draft_rewards.remote import RemoteReward
 from draft_rewards.rotation import RotationAnticorrelation
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "JpegSize",
     "JpegSizeInverse",
     "PickScore",
+    "RemoteReward",
     "RotationAnticorrelation",
 ]
 
@@ -51,3 +53,4 @@ def register_rewards(register):
     register("pickscore", PickScore)
     register("clip-score", ClipScore)
     register("diversity", Diversity)
+    register("remote", RemoteReward)  # a reward served by `draft reward serve`

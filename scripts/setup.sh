@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install draft with its test and tracker extras and the plugins/ distributions;
+# Create .venv (once) and install draft with its test, tracker and serve extras and the plugins/ distributions;
 # re-installs only when a pyproject.toml changes. pip's own output goes to .venv/setup.log and is
 # shown only when a step fails. As root on Debian/Ubuntu it also installs Chromium once, for the
 # report page's browser tests (DRAFT_NO_BROWSER=1 skips that; without a browser they are skipped).
@@ -30,8 +30,9 @@ stamp=.venv/.draft-installed
 # packages its tests compare with), so `draft plugins` lists them and their tests run.
 want=$(cat pyproject.toml plugins/*/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  # trackers: about 15 s and 220 MB more; quantize (torchao): the suite's model.quantize=int8 tests
-  quietly .venv/bin/python -m pip install -q -e ".[test,trackers,quantize]"
+  # trackers: about 15 s and 220 MB more; quantize (torchao): the suite's model.quantize=int8 tests;
+  # serve: draft reward serve (starlette, uvicorn)
+  quietly .venv/bin/python -m pip install -q -e ".[test,trackers,quantize,serve]"
   editables=()
   for plugin in plugins/*/; do editables+=(-e "${plugin%/}[test]"); done
   quietly .venv/bin/python -m pip install -q "${editables[@]}"

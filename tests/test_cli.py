@@ -25,7 +25,7 @@ BUILTINS = {
     "estimators": ["ddpo", "dpg", "draft", "draft-k", "draft-lv", "grpo", "kl", "refl"],  # kl: a wrapper of any estimator
     "rewards": [
         "aesthetic", "clip-score", "digit-classifier", "diversity", "hpsv2", "ink-coverage", "jpeg-compressibility",
-        "jpeg-incompressibility", "jpeg-size", "jpeg-size-inverse", "pickscore", "rotation-anticorrelation",
+        "jpeg-incompressibility", "jpeg-size", "jpeg-size-inverse", "pickscore", "remote", "rotation-anticorrelation",
     ],
 }
 STEPS, GUIDANCE, SEED = 3, 7.5, 5

@@ -183,3 +183,55 @@ def test_page_before_the_first_step_in_a_browser(browser, tmp_path):
     assert b.js("document.querySelectorAll('path.line').length") == 0
     assert b.js("document.querySelector('.grid-step').textContent") == "step 0 (1 of 1)"
     assert "step 0 of 30" in b.js("document.querySelector('.sub').textContent")
+
+
+def _guarded_run(tmp_path):
+    """make_run's run, stopped by a guard at step 30 with its best validation at step 20."""
+    run = make_run(tmp_path)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["step"] == 20:
+            row["guard_best"] = True
+        if row["step"] == 30:
+            row["guard_stop"] = "val/judge dropped to 0.8 from 0.97 at the start (more than 0.05)"
+            row["val/judge"] = 0.8
+        elif "val/ink-coverage" in row:
+            row["val/judge"] = 0.97
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_hacking_panel_data(tmp_path):
+    run = _guarded_run(tmp_path)
+    text, data = page_data(write_report([run]))
+    chart = data["charts"]["hacking"]
+    names = [s["name"] for s in chart["series"]]
+    assert names == ["training reward", "val/ink-coverage (held out)", "val/judge (held out)"]
+    assert chart["series"][2]["x"] == [10, 20, 30] and chart["series"][2]["y"] == pytest.approx([0.97, 0.97, 0.8])
+    assert chart["marks"] == [{"x": 30, "label": "stopped: val/judge dropped to 0.8 from 0.97 at the start (more than 0.05)",
+                               "kind": "stop"}, {"x": 20, "label": "best (lora/best/)", "kind": "best"}]
+    assert "stopped by train.stop_when" in text
+    # a run without validation has no hacking panel
+    plain = make_run(tmp_path / "c")
+    rows = [json.loads(line) for line in (plain / "metrics.jsonl").read_text().splitlines()]
+    (plain / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if not k.startswith("val/")}) + "\n" for r in rows))
+    assert "hacking" not in page_data(write_report([plain]))[1]["charts"]
+
+
+def test_hacking_panel_in_a_browser(browser, tmp_path):
+    b = browser
+    run = _guarded_run(tmp_path)
+    b.errors.clear()
+    b.open(write_report([run]))
+    assert b.errors == []
+    lines = b.js("[...document.querySelectorAll('[data-chart=\"hacking\"] path.line')].map(p => [p.dataset.series, +p.dataset.points])")
+    assert lines == [["training reward", STEPS - 1], ["val/ink-coverage (held out)", 3], ["val/judge (held out)", 3]]
+    marks = b.js("[...document.querySelectorAll('[data-chart=\"hacking\"] g.mark')].map(g => [g.getAttribute('class'), +g.dataset.step, g.textContent])")
+    assert [m[:2] for m in marks] == [["mark stop", 30], ["mark best", 20]]
+    assert "val/judge dropped to 0.8" in marks[0][2]
+    # the stop line stands at step 30 on the x axis: at the right edge of the plot
+    x, _, w, _ = chart_box(b, "hacking")
+    line_x = b.js("document.querySelector('[data-chart=\"hacking\"] g.mark.stop line').getBoundingClientRect().left")
+    assert line_x == pytest.approx(x + w, abs=2)
+    assert "stopped by train.stop_when" in b.js("document.querySelector('.sub').textContent")
+    assert b.errors == []

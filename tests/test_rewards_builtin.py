@@ -180,4 +180,5 @@ def test_plugin_registers_the_builtin_rewards():
         "diversity": draft_rewards.Diversity,
         "jpeg-size": draft_rewards.JpegSize,
         "jpeg-size-inverse": draft_rewards.JpegSizeInverse,
+        "remote": draft_rewards.RemoteReward,
     }

@@ -89,14 +89,14 @@ def read_prompts(args: argparse.Namespace, count: int) -> list[str] | None:
     return prompts
 
 
-def build_reward(name: str, overrides: list[str]):
+def build_reward(name: str, overrides: list[str], command: str = "draft score"):
     """The reward ``name`` with ``reward.KEY=VALUE`` overrides as its arguments."""
     from draft_core.config import apply_overrides, plugin_kwargs
     from draft_core.plugins import load_registry
 
     for text in overrides:
         if not text.startswith("reward."):
-            raise ConfigError(f"--set '{text}': draft score takes reward arguments only, as reward.KEY=VALUE.")
+            raise ConfigError(f"--set '{text}': {command} takes reward arguments only, as reward.KEY=VALUE.")
     raw = apply_overrides({"reward": {"name": name}}, overrides)
     name, kwargs = plugin_kwargs(raw["reward"])
     from draft_core.rewarding.contract import checked_reward

@@ -22,6 +22,7 @@ from draft_core.config.values import check_value
 from draft_core.errors import ConfigError, did_you_mean, join_problems
 from draft_core.lora import TARGET_SETS
 from draft_core.rewarding.spec import reward_problems
+from draft_core.training.guards import build_guards
 
 # Names lora.targets accepts: every family has "default" and "attention+ff"; UNet families "cross-attention+ff".
 TARGET_SET_NAMES = ("default", *TARGET_SETS)
@@ -123,6 +124,10 @@ class TrainSection:
     trackers: list[Literal["tensorboard", "wandb", "mlflow", "aim"]] = field(default_factory=list)
     tracker_project: str = "draft"  # W&B project, MLflow experiment, TensorBoard subfolder
     validation: ValidationSection = field(default_factory=ValidationSection)
+    # Guards against reward hacking (draft_core/training/guards.py): rules over the validation
+    # metrics that stop the run; null: with validation on, val/<first> falling 3 times in a row.
+    stop_when: list[dict] | None = None
+    best_metric: str | None = "auto"  # lora/best/ keeps the best validation's LoRA by this val/ metric; null: none
     # Recompute the VAE decode / the reward in the backward pass instead of keeping their
     # activations: true, false or auto (decode: models with a VAE; reward: network rewards).
     checkpoint_decode: bool | Literal["auto"] = "auto"
@@ -333,6 +338,10 @@ def value_problems(c: Config) -> list[str]:
         if value < 1:
             bad(f"config key '{key}' must be a positive integer, got {value}.")
     _check_train_extras(c.train, bad)
+    try:  # the guards' rules name validation metrics: checked against the labels validation logs
+        build_guards(c)
+    except ConfigError as exc:
+        bad(str(exc))
     for key in ("guidance_lr_mult", "negative_prompt_lr_mult"):
         if getattr(c.learn, key) <= 0:
             bad(f"config key 'learn.{key}' must be > 0, got {getattr(c.learn, key)}.")

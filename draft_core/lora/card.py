@@ -125,6 +125,7 @@ def run_card_info(run_dir: str | Path, command: str | None = None) -> dict:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     rows = read_metrics(run_dir / "metrics.jsonl")
     steps = rows[-1]["step"] if rows else 0
+    guards = guard_info(rows)
     # Skipped (non-finite) steps log no usable reward: the card reports the others.
     rows = [r for r in rows if isinstance(r.get("reward_mean"), (int, float)) and math.isfinite(r["reward_mean"])]
     reward = cfg.get("reward", {})
@@ -143,5 +144,18 @@ def run_card_info(run_dir: str | Path, command: str | None = None) -> dict:
         "prompts": cfg.get("prompts", {}).get("source"),
         # The command that started the run, then each resume's (one per line).
         "command": command or "\n".join(run_commands(run_dir)) or command_line(),
+        **guards,
     }
+    return info
+
+
+def guard_info(rows: list[dict]) -> dict:
+    """The guards' part of a card (draft_core.training.guards): why the run stopped, its best validation step."""
+    info = {}
+    stop = next((r for r in reversed(rows) if r.get("guard_stop")), None)
+    if stop:
+        info["stopped_by"] = f"train.stop_when at step {stop['step']}: {stop['guard_stop']}"
+    best = next((r["step"] for r in reversed(rows) if r.get("guard_best")), None)
+    if best is not None:
+        info["best_validation_step"] = f"{best} (its LoRA: lora/best/)"
     return info

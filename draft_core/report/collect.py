@@ -58,6 +58,8 @@ class RunData:
     grid_prompts: list[str]
     card: str  # lora/README.md, markdown ("" when there is none yet)
     commands: dict[str, str] = field(default_factory=dict)
+    guard_stop: tuple[int, str] | None = None  # (step, reason) when train.stop_when stopped the run
+    best_step: int | None = None  # the validation step whose LoRA is lora/best/
 
     @property
     def planned_steps(self) -> int | None:
@@ -115,6 +117,9 @@ def read_run(path: str | Path, name: str | None = None, pending: dict | None = N
         grid_prompts=_grid_prompts(config), card=card.read_text() if card.is_file() else "",
     )
     run.commands = commands(run)
+    stops = [(int(r["step"]), str(r["guard_stop"])) for r in rows if r.get("guard_stop")]
+    run.guard_stop = stops[-1] if stops else None
+    run.best_step = next((int(r["step"]) for r in reversed(rows) if r.get("guard_best")), None)
     return run
 
 

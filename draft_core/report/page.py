@@ -66,6 +66,32 @@ def metric_chart(runs: list[RunData], key: str) -> dict:
     return {"title": key, "xlabel": "step", "series": series}
 
 
+def hacking_chart(runs: list[RunData]) -> dict | None:
+    """Reward hacking at a glance: the training reward against the held-out rewards (val/*) over steps,
+    with the guards' stop and best validation marked (README: Guards against reward hacking)."""
+    series, marks = [], []
+    for i, run in enumerate(runs):
+        val = [k for k in run.series if k.startswith("val/")]
+        if not val:
+            continue
+        prefix = f"{run.name}: " if len(runs) > 1 else ""
+        if REWARD in run.series:
+            s = run.series[REWARD]
+            window = max(1, len(s.finite()) // 20)
+            series.append({"name": f"{prefix}training reward" + (f" (moving average, {window})" if window > 1 else ""),
+                           "color": COLORS[i % len(COLORS)], "x": s.x, "y": _smooth(s.y, window), "width": 2.2})
+        for j, k in enumerate(val):
+            series.append({"name": f"{prefix}{k} (held out)", "color": COLORS[(i + j + 1) % len(COLORS)],
+                           "x": run.series[k].x, "y": run.series[k].y, "markers": True, "dash": "5 3"})
+        if run.guard_stop is not None:
+            marks.append({"x": run.guard_stop[0], "label": f"{prefix}stopped: {run.guard_stop[1]}", "kind": "stop"})
+        if run.best_step is not None:
+            marks.append({"x": run.best_step, "label": f"{prefix}best (lora/best/)", "kind": "best"})
+    if not series:
+        return None
+    return {"title": "hacking: training reward against held-out rewards", "xlabel": "step", "series": series, "marks": marks}
+
+
 def page_data(runs: list[RunData]) -> dict:
     keys = [k for run in runs for k in run.series]
     keys = list(dict.fromkeys(keys))
@@ -74,7 +100,8 @@ def page_data(runs: list[RunData]) -> dict:
     return {
         "runs": [{"name": r.name, "grids": [{"step": g.step, "src": g.src} for g in r.grids],
                   "val_grids": [{"step": g.step, "src": g.src} for g in r.val_grids]} for r in runs],
-        "charts": {"reward": reward_chart(runs), **{k: metric_chart(runs, k) for k in val}},
+        "charts": {"reward": reward_chart(runs), **({"hacking": hacking} if (hacking := hacking_chart(runs)) else {}),
+                   **{k: metric_chart(runs, k) for k in val}},
         "other": {k: metric_chart(runs, k) for k in other},
     }
 
@@ -114,6 +141,8 @@ def _default_other(other: dict) -> str:
 
 def _status(run: RunData) -> str:
     planned = run.planned_steps
+    if run.guard_stop is not None:
+        return f"stopped by train.stop_when at step {run.guard_stop[0]}: {run.guard_stop[1]}"
     if planned and run.last_step >= planned:
         return f"finished, {run.last_step} steps"
     return f"step {run.last_step} of {planned or '?'}"

@@ -142,6 +142,12 @@ Chart.prototype.render = function () {
                    "stroke-dasharray": s.dash || "none", fill: "none", "data-series": s.name, "data-points": s.ok.length}, g);
     if (s.markers) s.ok.forEach(function (i) { svgEl("circle", {cx: sx(s.x[i]), cy: sy(s.y[i]), r: 2.5, fill: s.color}, g); });
   });
+  (this.spec.marks || []).forEach(function (mk) {  // the guards' stop and best step: a labelled vertical line
+    if (mk.x < x0 || mk.x > x1) return;
+    var gm = svgEl("g", {"class": "mark " + mk.kind, "data-step": mk.x}, svg);
+    svgEl("line", {x1: sx(mk.x), x2: sx(mk.x), y1: m.t, y2: m.t + ih}, gm);
+    svgEl("text", {x: sx(mk.x) + 4, y: m.t + (mk.kind === "stop" ? 12 : 26)}, gm).textContent = mk.label;
+  });
   this.hover = svgEl("g", {"class": "hover"}, svg);
   this.sel = svgEl("rect", {y: m.t, height: ih, width: 0, "class": "sel"}, svg);
   this.overlay = svgEl("rect", {x: m.l, y: m.t, width: iw, height: ih, "class": "overlay"}, svg);
@@ -260,7 +266,9 @@ code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 svg.chart { display: block; font-size: 11px; user-select: none; }
 svg .grid { stroke: #e6e8ec; } svg .tick { stroke: #9aa2ae; } svg .frame { fill: none; stroke: #c9ced6; }
 svg .overlay { fill: transparent; cursor: crosshair; } svg .sel { fill: #3b7ddd; fill-opacity: 0.15; }
-svg .cursor { stroke: #7b8494; stroke-dasharray: 3 3; } svg text { fill: #4b5361; }
+svg .cursor { stroke: #7b8494; stroke-dasharray: 3 3; }
+svg .mark line { stroke-width: 1.5; stroke-dasharray: 4 3; } svg .mark.stop line { stroke: #c0392b; } svg .mark.best line { stroke: #2a9d55; }
+svg .mark.stop text { fill: #c0392b; font-weight: 600; } svg .mark.best text { fill: #2a7d45; } svg text { fill: #4b5361; }
 .tip { position: absolute; display: none; pointer-events: none; background: rgba(255,255,255,0.96); border: 1px solid #c9ced6;
        border-radius: 5px; padding: 4px 8px; font-size: 12px; white-space: nowrap; box-shadow: 0 2px 6px rgba(0,0,0,0.12); }
 .tip-head { font-weight: 600; }

@@ -1,9 +1,6 @@
-"""The training recipe: config -> plugins -> model + LoRA -> loop -> run folder.
+"""The training recipe: config -> plugins -> model + LoRA -> loop -> run folder (README: run folder).
 
-Run folder: ``config.yaml`` (resolved), ``metrics.jsonl`` (one row per optimiser step),
-``lora/`` (diffusers format, refreshed at each checkpoint), ``samples/`` (grids for fixed
-prompts and seeds), ``reward_curve.png`` and ``checkpoints/``. The runner knows no
-concrete sampler, estimator or reward: it builds them by name through the registry.
+The runner knows no concrete sampler, estimator or reward: it builds them by name through the registry.
 """
 
 from __future__ import annotations
@@ -33,6 +30,7 @@ from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
 from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state, seed_global_generators
 from draft_core.training.ema import WeightsEma
+from draft_core.training.guarding import guard_row, setup_guards, with_best
 from draft_core.training.metrics import step_line
 from draft_core.training.pictures import RunPictures
 from draft_core.training.plugin_state import pack_state
@@ -147,6 +145,7 @@ class Trainer:
             self._restore()
         elif self.acc.is_main_process:
             self.config.dump(self.run_dir / "config.yaml")
+        self.guards = setup_guards(self, resume)  # train.stop_when, lora/best/ (training/guards.py)
         self.acc.wait_for_everyone()
 
     def _restore(self) -> None:
@@ -319,7 +318,7 @@ class Trainer:
                 meta={"num_processes": self.acc.num_processes, **self.nonfinite.state(), STATE_NUMBERS: numbers},
             )
             save_checkpoint(self.run_dir / "checkpoints", state, keep=self.config.train.keep_checkpoints)
-            replace_folder(self._write_lora_folder, self.run_dir / "lora")
+            replace_folder(with_best(self._write_lora_folder, self.run_dir / "lora"), self.run_dir / "lora")
             self.ema.write(lambda folder: replace_folder(self._write_lora_folder, folder), self.run_dir / "lora_ema")
             if self.learned is not None and self.learned.guidance is not None:
                 plot = plot_guidance(self.learned.guidance, self.run_dir / "guidance_schedule.png", self.title())
@@ -372,28 +371,31 @@ class Trainer:
         last: dict[str, Any] = {}
         self._agreed = False
         if self.step == 0 and (scores := self.validate()):
-            self.tracking.record(metrics, {"step": 0, **scores})
+            guard_row(self, first := {"step": 0, **scores})
+            self.tracking.record(metrics, first)
         try:
             with StopRequest() as stop:
                 while self.step < cfg.steps:
                     row = self.train_step()
                     row.update(self.validate())
                     rng_done = rng_state(self.gens)  # after the validation too (a reward there may draw from torch's)
+                    guarded = guard_row(self, row)  # notes guard_stop / guard_best in the row
                     self.tracking.record(metrics, row)
                     self.rows_step = self.step
                     bar.update(1)
                     if not self.progress and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                         self.log(step_line(row, cfg.steps))  # no bar: a line every train.log_every steps
-                    if "skipped" in row:
-                        if self.nonfinite.exhausted():
-                            raise self._stop_for_nonfinite()
-                    else:
+                    if "skipped" in row and self.nonfinite.exhausted():
+                        raise self._stop_for_nonfinite()
+                    if "skipped" not in row:
                         last = row
                         bar.set_postfix(reward=f"{row['reward_mean']:.4g}", s_per_step=f"{row['seconds']:.2f}")
                     if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.steps:
                         self.sample_grid(f"step-{self.step:06d}")
                     if self.step % cfg.checkpoint_every == 0:
                         self.save()
+                    if any_process(self.acc, guarded):  # a guard fired: stop cleanly, as at the last step
+                        break
                     if any_process(self.acc, stop.signal is not None):  # every process stops at the same step
                         self._agreed = True
                         raise Interrupted(stop.signal or "a signal to another process")
@@ -405,8 +407,7 @@ class Trainer:
             # The state is that of the last completed step, with the RNG as it was then, so a
             # resumed run repeats the interrupted step exactly.
             if self._save_is_safe() and self._save_after_failure(rng_done):
-                self.log(f"interrupted ({exc or 'SIGINT'}) after step {self.step}; checkpoint kept. "
-                         f"Resume with: draft train --resume {self.run_dir}")
+                self.log(f"interrupted ({exc or 'SIGINT'}) after step {self.step}; checkpoint kept. Resume with: draft train --resume {self.run_dir}")
             raise
         except BaseException:
             bar.close()
