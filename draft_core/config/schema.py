@@ -56,6 +56,12 @@ class ModelSection:
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU; float16 refused
     device: str = "auto"  # auto: the device accelerate picks
+    # Frozen base weights stored quantized (int8 and fp8: 1 byte/param; nf4: 4 bits + a scale per 64); the LoRA is not.
+    quantize: Literal["none", "int8", "nf4", "fp8"] = "none"
+    # Text encoders off the device during training steps; auto: where the plan says they matter to the budget.
+    offload_text_encoders: bool | Literal["auto"] = "auto"
+    # [height, width] (or one number for a square) of the generated images; null: the family's native size.
+    resolution: int | list[int] | None = None
 
 
 @dataclass
@@ -121,6 +127,9 @@ class TrainSection:
     # activations: true, false or auto (decode: models with a VAE; reward: network rewards).
     checkpoint_decode: bool | Literal["auto"] = "auto"
     checkpoint_reward: bool | Literal["auto"] = "auto"
+    # The denoiser in differentiable steps: blocks (diffusers' block checkpointing), step (the whole step,
+    # as estimator.checkpoint: true), false, or auto (blocks where the plan says it saves memory that matters).
+    checkpoint_denoiser: Literal["auto", "blocks", "step", False] = "auto"
     memory_budget: str | int | None = None  # e.g. 24GiB: draft train refuses a config predicted to need more
 
 

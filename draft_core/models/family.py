@@ -169,6 +169,17 @@ class ModelFamily:
         """Extra arguments for the scheduler's ``set_timesteps`` (a flow family's ``mu``, ``sigmas``)."""
         return {}
 
+    # -- memory --------------------------------------------------------------------------
+    def set_block_checkpointing(self, on: bool) -> bool:
+        """Checkpoint the denoiser block by block (the UNet's down/mid/up blocks, a transformer's
+        blocks) in its differentiable calls, with diffusers' own switch: only when grad mode is on,
+        so no-grad sampling steps are untouched. False when the denoiser has no such switch."""
+        net = self.denoiser
+        if not getattr(net, "_supports_gradient_checkpointing", False):
+            return False
+        net.enable_gradient_checkpointing() if on else net.disable_gradient_checkpointing()
+        return True
+
     # -- noise and images --------------------------------------------------------------
     def make_noise(self, batch: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
         """Initial noise [B, C, h, w], drawn as diffusers' pipelines draw it."""
@@ -181,7 +192,18 @@ class ModelFamily:
         instead of kept, one image at a time (``checkpoint_decode``; draft_core.memory)."""
         import draft_core.memory as memory
 
-        if memory.wants(self.checkpoint_decode, getattr(self, "vae", None) is not None) and memory.grad_flows(sample):
+        vae = getattr(self, "vae", None)
+        matters = vae is not None and (self.checkpoint_decode is True or memory.pixels_matter(self.image_size, sample.shape[0]))
+        if memory.wants(self.checkpoint_decode, matters) and memory.grad_flows(sample):
+            decoder = getattr(vae, "decoder", None)
+            if hasattr(decoder, "gradient_checkpointing"):  # diffusers' Decoder: block by block, one image at a time
+                if getattr(decoder, "_gradient_checkpointing_func", None) is None:
+                    vae.enable_gradient_checkpointing()  # sets the function diffusers checkpoints with
+                decoder.gradient_checkpointing = True
+                try:
+                    return torch.cat([self._decode(sample[i : i + 1]) for i in range(sample.shape[0])])
+                finally:
+                    decoder.gradient_checkpointing = False
             # One region per image: the backward pass recomputes (and holds) one image's decoder at a time.
             return torch.cat([memory.run(self._decode, sample[i : i + 1]) for i in range(sample.shape[0])])
         return self._decode(sample)

@@ -26,7 +26,7 @@ from draft_core.training.faults import (
 from draft_core.lora import add_lora, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve
-from draft_core.memory import CheckpointedReward
+from draft_core.memory import CheckpointedReward, configure_denoiser
 from draft_core.plugins.protocols import StepInputs
 from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
@@ -107,6 +107,7 @@ class Trainer:
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
         self.model = self.load_model(device, resolve_dtype(cfg.model.dtype, device))
         self.model.checkpoint_decode = cfg.train.checkpoint_decode
+        configure_denoiser(self.model, self.c.estimator, cfg.train.checkpoint_denoiser, cfg.train.batch_size // n)
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
             self.params = add_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
