@@ -344,6 +344,11 @@ def value_problems(c: Config) -> list[str]:
             parse_bytes(c.train.memory_budget, "config key 'train.memory_budget'")
         except ConfigError as exc:
             bad(str(exc))
+    res = c.model.resolution
+    if res is not None and not (isinstance(res, int) and res > 0 or isinstance(res, list) and len(res) == 2
+                                and all(isinstance(v, int) and v > 0 for v in res)):
+        bad(f"config key 'model.resolution' must be [height, width] in pixels (or one side for a square), "
+            f"or null for the model's native size; got {res!r}.")
     if c.train.grad_clip is not None and c.train.grad_clip <= 0:
         bad(f"config key 'train.grad_clip' must be > 0 or null (no clipping), got {c.train.grad_clip}.")
     try:

@@ -132,6 +132,48 @@ class ModelFamily:
         _, h, w = self.sample_shape
         return h * self.vae_scale_factor, w * self.vae_scale_factor
 
+    #: the latent side must be a multiple of this (None: the UNet's downsampling, or the transformer's patch).
+    latent_multiple: ClassVar[int | None] = None
+    #: the largest image side ``model.resolution`` accepts, in pixels.
+    max_resolution: ClassVar[int] = 4096
+
+    def latent_size(self, native: tuple[int, int]) -> tuple[int, int]:
+        """The latent (h, w) the sampler works at: ``model.resolution``'s when set, else ``native``."""
+        return getattr(self, "_latent_size", None) or native
+
+    def set_resolution(self, resolution: int | Sequence[int] | None) -> None:
+        """Generate images of ``resolution`` ([height, width] pixels, or one side; None: the native
+        size), checked against what the family supports; ConfigError otherwise."""
+        from draft_core.errors import ConfigError
+
+        if resolution is None:
+            self._latent_size = None
+            return
+        hw = [resolution, resolution] if isinstance(resolution, int) else list(resolution)
+        step = self.vae_scale_factor * self._latent_multiple()
+        limit = self.max_resolution
+        pos = getattr(self.denoiser.config, "pos_embed_max_size", None)  # SD3: a positional table of this many patches
+        if pos:
+            limit = min(limit, pos * self._latent_multiple() * self.vae_scale_factor)
+        ok = len(hw) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and step <= v <= limit and v % step == 0
+                                  for v in hw)
+        if not ok:
+            raise ConfigError(
+                f"model.resolution is {resolution!r}; the '{self.family or 'sd'}' family {self.name or ''} generates "
+                f"images whose height and width are multiples of {step} px (the VAE's factor {self.vae_scale_factor} x "
+                f"the denoiser's {self._latent_multiple()}) from {step} to {limit} px: give [height, width] or one side, "
+                f"e.g. {self.image_size[0]} (native)."
+            )
+        self._latent_size = (hw[0] // self.vae_scale_factor, hw[1] // self.vae_scale_factor)
+
+    def _latent_multiple(self) -> int:
+        if self.latent_multiple is not None:
+            return self.latent_multiple
+        cfg = self.denoiser.config
+        if getattr(cfg, "down_block_types", None):  # a UNet halves the latent at each down block but the last
+            return 2 ** (len(cfg.down_block_types) - 1)
+        return int(getattr(cfg, "patch_size", 1) or 1)
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         for module in self.modules():
             # Only cast when needed: diffusers warns on every dtype cast.

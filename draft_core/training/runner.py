@@ -106,6 +106,7 @@ class Trainer:
             )
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
         self.model = self.load_model(device, resolve_dtype(cfg.model.dtype, device))
+        self.model.set_resolution(cfg.model.resolution)
         self.model.checkpoint_decode = cfg.train.checkpoint_decode
         configure_denoiser(self.model, self.c.estimator, cfg.train.checkpoint_denoiser, cfg.train.batch_size // n)
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
