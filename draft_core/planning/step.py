@@ -51,6 +51,7 @@ class StepTrace:
     flops: int
     start: int = 0  # bytes on the device when the step begins (weights and kept state)
     sampling_flops: int = 0  # FLOPs of sampling and decoding the step's images without autograd
+    processes: int = 1  # a per-device plan of this many processes (the frozen base sharded)
     notes: list[str] = field(default_factory=list)
     extra: Any = None
 
@@ -187,7 +188,7 @@ def plan_step(config: Config, device_type: str = "cuda", dtype: str | None = Non
         except Exception as exc:
             raise _plan_failure(exc) from exc
     trace.device_type, trace.dtype = device_type, str(torch_dtype).removeprefix("torch.")
-    trace.notes = notes
+    trace.notes, trace.processes = notes, processes
     return trace
 
 
