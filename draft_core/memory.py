@@ -70,23 +70,18 @@ def block_checkpointing(mode: bool | str, image_size: tuple[int, int], batch: in
 def step_checkpointing(mode: bool | str, estimator: Any, blocks: bool) -> None:
     """Set the estimator's whole-step checkpointing (``estimator.checkpoint``) from ``mode``.
 
-    ``step`` turns it on; ``false`` and ``blocks`` turn its default (on for K > 1) off, since the
-    blocks replace it; an explicit ``estimator.checkpoint`` is kept, and refused with ``false``.
-    ``auto`` keeps the estimator's own choice (with the blocks on as well, a K > 1 step is
-    recomputed with its blocks checkpointed: the least memory)."""
-    from draft_core.errors import ConfigError
-
+    ``step`` turns it on and ``false`` off; ``blocks`` turns its default (on for K > 1) off, since
+    the blocks replace it, and keeps an explicit ``true`` (both: the least memory). ``auto`` keeps
+    the estimator's own choice (with the blocks on as well, a K > 1 step is recomputed with its
+    blocks checkpointed)."""
     while not hasattr(estimator, "checkpoint") and hasattr(estimator, "inner"):
         estimator = estimator.inner  # a wrapper (kl)
     if not hasattr(estimator, "checkpoint") or mode == "auto":
         return
     if mode == "step":
         estimator.checkpoint = True
-    elif estimator.checkpoint is None or (mode == "blocks" and estimator.checkpoint is False):
+    elif mode is False or estimator.checkpoint is None:
         estimator.checkpoint = False
-    elif mode is False and estimator.checkpoint:
-        raise ConfigError("train.checkpoint_denoiser is false but estimator.checkpoint is true; "
-                          "give one: train.checkpoint_denoiser: step (the whole step) or false (none).")
 
 
 def configure_denoiser(model: Any, estimator: Any, mode: bool | str, batch: int) -> bool:
