@@ -51,13 +51,24 @@ def row_config(family: str, batch: int, extra: list[str]):
                               f"sampler.guidance_scale={s.guidance}", f"train.batch_size={batch}", *DRAFT_1, *extra])
 
 
+#: the same settings before issue 21 (README's tables of section "Planning memory", traced then)
+BEFORE = {"FLUX.1-dev, bf16 base": "93.4 GiB", "SD3.5-medium": "46.6 GiB", "SDXL": "35.7 GiB", "SDXL, batch 4": "81.7 GiB",
+          "SD 1.4 512 px, DRaFT-LV n=2, batch 4": "14.9 GiB"}
+
+
 def markdown(rows: dict) -> str:
-    lines = ["| config | target | predicted peak | base weights | activations at peak | step cost / sampling (FLOPs) |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for label, r in rows.items():
-        target = f"≤ {r['target_gib']} GiB" if r["target_gib"] else "—"
-        ok = "" if not r["target_gib"] else (" ✓" if r["peak_gib"] <= r["target_gib"] else " ✗")
-        lines.append(f"| {label} | {target} | {r['peak_gib']:.1f} GiB{ok} | {r['base_gib']:.1f} GiB | "
+    lines = ["| config | before issue 21 | target | predicted peak | base weights | activations at peak | step cost / sampling (FLOPs) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for label, (_, _, _, target) in ROWS.items():
+        r = rows.get(label)
+        if target is None and r is None:
+            continue
+        aim = f"≤ {target} GiB" if target else "—"
+        if r is None:
+            lines.append(f"| {label} | {BEFORE.get(label, '—')} | {aim} | not traced yet | | | |")
+            continue
+        ok = "" if not target else (" ✓" if r["peak_gib"] <= target else " ✗")
+        lines.append(f"| {label} | {BEFORE.get(label, '—')} | {aim} | {r['peak_gib']:.1f} GiB{ok} | {r['base_gib']:.1f} GiB | "
                      f"{r['activations_gib']:.1f} GiB | {r['cost_ratio']:.2f}x |")
     return "\n".join(lines)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from draft_core.planning.budget import smallest_card
+from draft_core.planning.budget import parse_bytes, smallest_card
 from draft_core.planning.shipped import BEGIN, END, header_line, read_header, with_table, write_header
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +17,7 @@ def test_every_shipped_config_has_its_planned_peak_and_card():
         assert found is not None, f"{path.name} has no header line; run scripts/memory_table.py --plan {path}"
         device, peak, card = found
         assert device == "cuda"
-        expected = smallest_card(int(peak * 2**30))
+        expected = smallest_card(parse_bytes(peak.replace(" ", "")))
         assert card == (f"{expected} GiB" if expected else "over 80 GiB"), path.name
 
 
@@ -34,4 +34,4 @@ def test_header_round_trip(tmp_path):
     write_header(path, 30 * 2**30)  # replaced, not added
     text = path.read_text()
     assert text.splitlines()[0] == header_line(30 * 2**30) and text.count("Planned peak") == 1
-    assert read_header(path) == ("cuda", 30.0, "40 GiB") and "# a comment" in text
+    assert read_header(path) == ("cuda", "30.0 GiB", "40 GiB") and "# a comment" in text

@@ -17,20 +17,20 @@ from pathlib import Path
 
 from draft_core.planning.budget import format_bytes, smallest_card
 
-HEADER = re.compile(r"^# Planned peak \(draft plan, (\w+)\): ([\d.]+) GiB; smallest card: (\d+ GiB|over 80 GiB)\.$", re.M)
+HEADER = re.compile(r"^# Planned peak \(draft plan, (\w+)\): ([\d.]+ (?:B|KiB|MiB|GiB|TiB)); smallest card: (\d+ GiB|over 80 GiB)\.$", re.M)
 BEGIN, END = "<!-- memory table: scripts/memory_table.py -->", "<!-- end of memory table -->"
 
 
 def header_line(peak: int, device_type: str = "cuda") -> str:
     card = smallest_card(peak)
-    return (f"# Planned peak (draft plan, {device_type}): {peak / 2**30:.1f} GiB; "
+    return (f"# Planned peak (draft plan, {device_type}): {format_bytes(peak)}; "
             f"smallest card: {f'{card} GiB' if card else 'over 80 GiB'}.")
 
 
-def read_header(path: Path) -> tuple[str, float, str] | None:
-    """(device type, peak GiB, smallest card) from a config's header line, or None."""
+def read_header(path: Path) -> tuple[str, str, str] | None:
+    """(device type, peak as written, smallest card) from a config's header line, or None."""
     match = HEADER.search(Path(path).read_text(encoding="utf-8"))
-    return (match.group(1), float(match.group(2)), match.group(3)) if match else None
+    return (match.group(1), match.group(2), match.group(3)) if match else None
 
 
 def write_header(path: Path, peak: int, device_type: str = "cuda") -> None:
@@ -62,7 +62,7 @@ def table(configs: Path) -> str:
             continue
         device, peak, card = found
         lines.append(f"| `configs/{path.name}` | {load_config(path).model.name} | {describe(path)} | "
-                     f"{peak:.1f} GiB ({device}) | {card} |")
+                     f"{peak} ({device}) | {card} |")
     return "\n".join(lines)
 
 
