@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     for path in a.plan:
         t0 = time.perf_counter()
-        trace = plan_step(load_config(path), "cuda")
+        config = load_config(path)
+        # One micro-batch: accumulation adds no activations (the LoRA's gradients are summed in place),
+        # and tracing 16 micro-steps of a 12B model would take 16 times as long.
+        config.train.grad_accum = 1
+        trace = plan_step(config, "cuda")
         write_header(path, trace.peak, "cuda")
         print(f"{path}: {header_line(trace.peak)} ({time.perf_counter() - t0:.0f} s)", flush=True)
     if a.plan:

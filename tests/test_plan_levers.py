@@ -76,11 +76,17 @@ def test_processes_shard_the_frozen_denoiser():
     frozen = sum(p.numel() * 4 for p in model.unet.parameters())
     levers = apply_levers(model, "none", False, processes=4)
     assert levers.shard_saved == max(frozen - (frozen // 4 + 2 * largest_block_bytes(model)), 0)
+    with pytest.raises(ConfigError, match="--processes"):
+        apply_levers(model, "none", False, processes=0)
+    with pytest.raises(Exception, match="multiple of 4"):  # the batch is split over the processes
+        plan_step(load_config(None, TINY), "cpu", processes=4)
+
+
+@pytest.mark.slow
+def test_processes_plan_is_one_devices_share():
     one = plan_step(load_config(None, TINY), "cpu")
     two = plan_step(load_config(None, TINY), "cpu", processes=2)
     assert two.processes == 2 and two.peak < one.peak  # half the batch, and a share of the base
-    with pytest.raises(Exception, match="multiple of 4"):
-        plan_step(load_config(None, TINY), "cpu", processes=4)
 
 
 def test_proposals_name_the_levers_and_their_costs():
