@@ -40,22 +40,32 @@ def test_checkpointed_decode_and_reward_give_the_same_gradient_and_recompute():
     decodes = []
     model.vae.decoder.register_forward_hook(lambda *_: decodes.append(1))
     results = {}
-    for mode in (False, "auto"):
+    for mode in (False, True):
         model.checkpoint_decode = mode
         inputs = step_inputs(model, sampler, CheckpointedReward(reward, mode), PROMPTS)
         reward.calls, decodes[:] = 0, []
         results[mode] = grads_of(TruncatedBackprop(k=1), inputs, params)[0]
-        # Checkpointed: each runs once more in the backward pass, the decoder one image at a time.
-        assert (reward.calls, len(decodes)) == ((2, 2 * len(PROMPTS)) if mode else (1, 1))
+        # Checkpointed: the reward runs once more in the backward pass; the decoder runs one image at
+        # a time, its blocks recomputed inside it (tests/test_block_checkpointing.py).
+        assert (reward.calls, len(decodes)) == ((2, len(PROMPTS)) if mode else (1, 1))
     assert flat(results[False]).abs().max() > 0
     # The same arithmetic, image by image instead of batched: float64 rounding apart.
-    torch.testing.assert_close(flat(results["auto"]), flat(results[False]), rtol=1e-10, atol=1e-14 * flat(results[False]).abs().max().item())
+    torch.testing.assert_close(flat(results[True]), flat(results[False]), rtol=1e-10, atol=1e-14 * flat(results[False]).abs().max().item())
 
 
-def test_auto_leaves_plain_rewards_and_pixel_space_decoding_alone():
+def test_auto_leaves_plain_rewards_and_small_networks_alone():
     assert not CheckpointedReward(LinearReward((1, 3, 8, 8)), "auto").active  # a function (JPEG, ...): may count calls
     assert CheckpointedReward(LinearReward((1, 3, 8, 8)), True).active
-    assert CheckpointedReward(PooledLinearReward(), "auto").active and not CheckpointedReward(PooledLinearReward(), False).active
+    # a small network is not worth a second forward under auto (issue 27); a large one is
+    assert not CheckpointedReward(PooledLinearReward(), "auto").active and not CheckpointedReward(PooledLinearReward(), False).active
+    assert CheckpointedReward(PooledLinearReward(), True).active
+
+    class Large(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(8000, 8000, device="meta")  # 64M parameters, no memory
+
+    assert CheckpointedReward(Large(), "auto").active
 
 
 @pytest.mark.parametrize("make", [lambda: LowVariance(n=2), lambda: DeterministicPolicyGradient(states=2, critic_rank=2)],

@@ -61,6 +61,8 @@ class Watch:
 
 def test_settings():
     assert wants_offload("auto", torch.device("cuda")) and not wants_offload("auto", torch.device("cpu"))
+    # auto follows draft plan's rule: encoders of 1 GiB or more (T5-XXL) go, small ones stay
+    assert wants_offload("auto", torch.device("cuda"), 2**31) and not wants_offload("auto", torch.device("cuda"), 2**20)
     assert wants_offload(True, torch.device("cpu")) and wants_offload("true", torch.device("cpu"))
     assert not wants_offload(False, torch.device("cuda")) and not wants_offload("false", torch.device("cuda"))
     for text, value in (("auto", "auto"), ("true", True), ("false", False), ("'true'", "true"), ("'false'", "false")):

@@ -30,10 +30,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     quiet_libraries()
     say = (lambda m: print(f"[draft] {m}", file=sys.stderr)) if not args.json else (lambda m: None)
     say(f"tracing one training step on the meta device as {args.device_type} would run it")
-    trace = plan_step(config, args.device_type, args.dtype)
+    if args.processes < 1:
+        raise DraftError(f"--processes must be a positive integer, got {args.processes}.")
+    trace = plan_step(config, args.device_type, args.dtype, args.processes, budget)
     proposals = []
     if budget is not None and trace.peak > budget:
-        proposals = propose(config, budget, args.device_type, args.dtype, progress=say)
+        proposals = propose(config, budget, args.device_type, args.dtype, progress=say, processes=args.processes)
     if args.json:
         print(json.dumps(_as_json(config, trace, budget, proposals), indent=2))
     else:
@@ -58,7 +60,10 @@ def _summary(config) -> str:
 def _table(config, trace, budget, proposals) -> str:
     from draft_core.planning.budget import format_bytes, format_flops, smallest_card
 
-    lines = [f"draft plan: {_summary(config)}", f"on {trace.device_type}, weights in {trace.dtype}", ""]
+    from draft_core.planning.fitting import KIND_COSTS
+
+    per = f", per device of {trace.processes} processes (the frozen base sharded)" if trace.processes > 1 else ""
+    lines = [f"draft plan: {_summary(config)}", f"on {trace.device_type}, weights in {trace.dtype}{per}", ""]
     labels = {"activations": "activations at the peak"}
     for cat, n in trace.breakdown.items():
         lines.append(f"  {labels.get(cat, cat):28s} {format_bytes(n):>11s}")
@@ -84,21 +89,25 @@ def _table(config, trace, budget, proposals) -> str:
             lines.append(f"  fits  {'change':{width}s} {'peak':>10s} {'step cost':>10s}  kind")
             for p in proposals:
                 lines.append(f"  {'yes' if p.fits(budget) else 'no':4s}  {p.label:{width}s} {format_bytes(p.peak):>10s} "
-                             f"{p.trace.cost_ratio:>9.2f}x  {p.kind}")
+                             f"{p.trace.cost_ratio:>9.2f}x  {p.kind} ({KIND_COSTS[p.kind]})")
                 lines.append(f"        --set {' --set '.join(p.overrides)}")
     return "\n".join(lines)
 
 
 def _as_json(config, trace, budget, proposals) -> dict:
+    from draft_core.planning.fitting import KIND_COSTS
+
     def one(t):
         return {"peak_bytes": t.peak, "breakdown_bytes": t.breakdown, "flops": t.flops,
                 "sampling_flops": t.sampling_flops, "cost_ratio": t.cost_ratio}
 
     return {
-        "config": _summary(config), "device_type": trace.device_type, "dtype": trace.dtype, **one(trace),
+        "config": _summary(config), "device_type": trace.device_type, "dtype": trace.dtype,
+        "processes": trace.processes, **one(trace),
         "notes": trace.notes, "budget_bytes": budget,
         "fits": None if budget is None else trace.peak <= budget,
-        "proposals": [{"label": p.label, "set": p.overrides, "kind": p.kind, "fits": p.fits(budget), **one(p.trace)}
+        "proposals": [{"label": p.label, "set": p.overrides, "kind": p.kind, "costs": KIND_COSTS[p.kind],
+                       "fits": p.fits(budget), **one(p.trace)}
                       for p in proposals],
     }
 
@@ -118,5 +127,8 @@ def add_parser(sub) -> None:
     pl.add_argument("--device-type", choices=["cuda", "cpu"], default="cuda", help="the device the run will use (default cuda)")
     pl.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                     help="the model's weights (default: model.dtype; auto is bfloat16 on cuda, float32 on cpu)")
+    pl.add_argument("--processes", type=int, default=1, metavar="N",
+                    help="the peak per device with the frozen base sharded (FSDP2) across N processes, each running "
+                         "train.batch_size / N samples (default 1)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=cmd_plan)

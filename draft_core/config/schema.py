@@ -60,9 +60,14 @@ class ModelSection:
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU; float16 refused
     device: str = "auto"  # auto: the device accelerate picks
-    quantize: Literal["none", "int8", "nf4", "fp8"] = "none"  # the frozen base's storage (draft_core.models.quantize)
-    # auto: off the device on CUDA; true/false (YAML booleans too): always / never (draft_core.training.prompt_cache)
+    # Frozen base weights stored quantized (int8 and fp8: 1 byte/param; nf4: 4 bits + a scale per 64); the LoRA is not
+    # (draft_core.models.quantize).
+    quantize: Literal["none", "int8", "nf4", "fp8"] = "none"
+    # Text encoders off the device during training steps (draft_core.training.prompt_cache); auto: where the plan
+    # says they matter (planning.levers.offloads); true/false (YAML booleans too): always / never.
     offload_text_encoders: Literal["auto", "true", "false"] | bool = "auto"
+    # [height, width] (or one number for a square) of the generated images; null: the family's native size.
+    resolution: int | list[int] | None = None
 
 
 @dataclass
@@ -132,6 +137,9 @@ class TrainSection:
     # activations: true, false or auto (decode: models with a VAE; reward: network rewards).
     checkpoint_decode: bool | Literal["auto"] = "auto"
     checkpoint_reward: bool | Literal["auto"] = "auto"
+    # The denoiser in differentiable steps: blocks (diffusers' block checkpointing), step (the whole step,
+    # as estimator.checkpoint: true), false, or auto (blocks where the plan says it saves memory that matters).
+    checkpoint_denoiser: Literal["auto", "blocks", "step", False] = "auto"
     memory_budget: str | int | None = None  # e.g. 24GiB: draft train refuses a config predicted to need more
 
 
@@ -358,6 +366,11 @@ def value_problems(c: Config) -> list[str]:
             parse_bytes(c.train.memory_budget, "config key 'train.memory_budget'")
         except ConfigError as exc:
             bad(str(exc))
+    res = c.model.resolution
+    if res is not None and not (isinstance(res, int) and res > 0 or isinstance(res, list) and len(res) == 2
+                                and all(isinstance(v, int) and v > 0 for v in res)):
+        bad(f"config key 'model.resolution' must be [height, width] in pixels (or one side for a square), "
+            f"or null for the model's native size; got {res!r}.")
     if c.train.grad_clip is not None and c.train.grad_clip <= 0:
         bad(f"config key 'train.grad_clip' must be > 0 or null (no clipping), got {c.train.grad_clip}.")
     try:

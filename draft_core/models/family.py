@@ -168,6 +168,48 @@ class ModelFamily:
         _, h, w = self.sample_shape
         return h * self.vae_scale_factor, w * self.vae_scale_factor
 
+    #: the latent side must be a multiple of this (None: the UNet's downsampling, or the transformer's patch).
+    latent_multiple: ClassVar[int | None] = None
+    #: the largest image side ``model.resolution`` accepts, in pixels.
+    max_resolution: ClassVar[int] = 4096
+
+    def latent_size(self, native: tuple[int, int]) -> tuple[int, int]:
+        """The latent (h, w) the sampler works at: ``model.resolution``'s when set, else ``native``."""
+        return getattr(self, "_latent_size", None) or native
+
+    def set_resolution(self, resolution: int | Sequence[int] | None) -> None:
+        """Generate images of ``resolution`` ([height, width] pixels, or one side; None: the native
+        size), checked against what the family supports; ConfigError otherwise."""
+        from draft_core.errors import ConfigError
+
+        if resolution is None:
+            self._latent_size = None
+            return
+        hw = [resolution, resolution] if isinstance(resolution, int) else list(resolution)
+        step = self.vae_scale_factor * self._latent_multiple()
+        limit = self.max_resolution
+        pos = getattr(self.denoiser.config, "pos_embed_max_size", None)  # SD3: a positional table of this many patches
+        if pos:
+            limit = min(limit, pos * self._latent_multiple() * self.vae_scale_factor)
+        ok = len(hw) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and step <= v <= limit and v % step == 0
+                                  for v in hw)
+        if not ok:
+            raise ConfigError(
+                f"model.resolution is {resolution!r}; the '{self.family or 'sd'}' family {self.name or ''} generates "
+                f"images whose height and width are multiples of {step} px (the VAE's factor {self.vae_scale_factor} x "
+                f"the denoiser's {self._latent_multiple()}) from {step} to {limit} px: give [height, width] or one side, "
+                f"e.g. {self.image_size[0]} (native)."
+            )
+        self._latent_size = (hw[0] // self.vae_scale_factor, hw[1] // self.vae_scale_factor)
+
+    def _latent_multiple(self) -> int:
+        if self.latent_multiple is not None:
+            return self.latent_multiple
+        cfg = self.denoiser.config
+        if getattr(cfg, "down_block_types", None):  # a UNet halves the latent at each down block but the last
+            return 2 ** (len(cfg.down_block_types) - 1)
+        return int(getattr(cfg, "patch_size", 1) or 1)
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         for module in self.modules():
             # Only cast when needed: diffusers warns on every dtype cast.
@@ -208,6 +250,17 @@ class ModelFamily:
         depend on nothing else that changes (the model's own configuration and image size are fixed)."""
         return {}
 
+    # -- memory --------------------------------------------------------------------------
+    def set_block_checkpointing(self, on: bool) -> bool:
+        """Checkpoint the denoiser block by block (the UNet's down/mid/up blocks, a transformer's
+        blocks) in its differentiable calls, with diffusers' own switch: only when grad mode is on,
+        so no-grad sampling steps are untouched. False when the denoiser has no such switch."""
+        net = self.denoiser
+        if not getattr(net, "_supports_gradient_checkpointing", False):
+            return False
+        net.enable_gradient_checkpointing() if on else net.disable_gradient_checkpointing()
+        return True
+
     # -- noise and images --------------------------------------------------------------
     def make_noise(self, batch: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
         """Initial noise [B, C, h, w], drawn as diffusers' pipelines draw it."""
@@ -220,7 +273,18 @@ class ModelFamily:
         instead of kept, one image at a time (``checkpoint_decode``; draft_core.memory)."""
         import draft_core.memory as memory
 
-        if memory.wants(self.checkpoint_decode, getattr(self, "vae", None) is not None) and memory.grad_flows(sample):
+        vae = getattr(self, "vae", None)
+        matters = vae is not None and (self.checkpoint_decode is True or memory.pixels_matter(self.image_size, sample.shape[0]))
+        if memory.wants(self.checkpoint_decode, matters) and memory.grad_flows(sample):
+            decoder = getattr(vae, "decoder", None)
+            if hasattr(decoder, "gradient_checkpointing"):  # diffusers' Decoder: block by block, one image at a time
+                if getattr(decoder, "_gradient_checkpointing_func", None) is None:
+                    vae.enable_gradient_checkpointing()  # sets the function diffusers checkpoints with
+                decoder.gradient_checkpointing = True
+                try:
+                    return torch.cat([self._decode(sample[i : i + 1]) for i in range(sample.shape[0])])
+                finally:
+                    decoder.gradient_checkpointing = False
             # One region per image: the backward pass recomputes (and holds) one image's decoder at a time.
             return torch.cat([memory.run(self._decode, sample[i : i + 1]) for i in range(sample.shape[0])])
         return self._decode(sample)

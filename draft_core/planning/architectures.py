@@ -87,7 +87,7 @@ def meta_model(name: str, dtype: torch.dtype) -> DiffusionModel:
     from draft_core.models.loading import EMBEDDED
 
     if name in EMBEDDED:
-        return EMBEDDED[name]().to(device=META, dtype=dtype)
+        return _to_meta_keeping_ties(EMBEDDED[name](), dtype)
     if name in SD1_NAMES:
         return build_sd14(META, dtype)
     from draft_core.planning.published import PUBLISHED
@@ -111,6 +111,24 @@ def _family_of(name: str):
         return check_model(name)
     except DraftError:
         return None
+
+
+def _to_meta_keeping_ties(model, dtype: torch.dtype):
+    """``model.to(META, dtype)`` with tied parameters still tied: moving to the meta device makes a
+    new tensor per module that holds a parameter, so T5's ``shared`` and ``encoder.embed_tokens``
+    (one tensor in the real model) would be counted twice."""
+    owners: dict[int, list[tuple[torch.nn.Module, str]]] = {}
+    for component in model.modules():
+        for module in component.modules():
+            for pname, param in module._parameters.items():
+                if param is not None:
+                    owners.setdefault(id(param), []).append((module, pname))
+    model.to(device=META, dtype=dtype)
+    for places in owners.values():
+        first = places[0][0]._parameters[places[0][1]]
+        for module, pname in places[1:]:
+            module._parameters[pname] = first
+    return model
 
 
 def published_model(name: str, device: torch.device | str = META, dtype: torch.dtype = torch.float32):

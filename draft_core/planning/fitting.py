@@ -3,19 +3,24 @@
 Candidates, in the order they are preferred (each is a list of ``--set`` overrides, and each
 is predicted by tracing the changed config, never by a formula):
 
-1. ``same result``: gradient checkpointing of the VAE decode and of the reward model
-   (``train.checkpoint_decode`` / ``train.checkpoint_reward``, where this draft has them), and
-   of DRaFT-K's differentiable UNet steps where it is off (``estimator.checkpoint``: by default
-   on only for K > 1; with it, DRaFT-1 no longer holds the UNet's activations while the decode
-   and the reward are differentiated): the same numbers, more compute.
+1. ``same result`` (costs time): gradient checkpointing of the denoiser block by block
+   (``train.checkpoint_denoiser=blocks``), of the VAE decode and of the reward model
+   (``train.checkpoint_decode`` / ``train.checkpoint_reward``) where ``auto`` leaves them off,
+   and of DRaFT-K's differentiable UNet steps where it is off (``estimator.checkpoint``: by
+   default on only for K > 1); the text encoders off the device
+   (``model.offload_text_encoders=true``: no time with cached embeddings, some when prompts
+   are encoded off the device); all of them at once: the same numbers, more compute.
 2. ``same estimator``: a smaller micro-batch with gradient accumulation. The runner draws
    ``train.batch_size`` samples per micro-step and accumulates ``train.grad_accum`` of them, so
    ``batch_size=B/m, grad_accum=G*m`` keeps the B*G samples behind each update.
-3. ``lower precision``: the reward network in bfloat16 (its ``dtype`` argument).
+3. ``lower precision`` (may cost quality): the reward network in bfloat16 (its ``dtype``
+   argument), then the frozen base quantized (``model.quantize``: int8, fp8 on CUDA, then nf4,
+   which costs the most precision and so comes last).
 4. ``another estimator``: a smaller K for DRaFT-K or full DRaFT, DRaFT-LV (n=2) instead of
    DRaFT-K with K > 1, fewer re-noised copies for DRaFT-LV.
 
-Within a kind, the lower predicted step cost (FLOP ratio to sampling alone) comes first. When
+Within a kind, the listed order (``Proposal.order``), then the lower predicted step cost (FLOP
+ratio to sampling alone) comes first. When
 no single change fits, changes are combined in that order until one combination does.
 """
 
@@ -31,7 +36,11 @@ from draft_core.planning.budget import format_bytes
 from draft_core.planning.step import StepTrace, plan_step, reward_sections, takes_dtype
 
 KINDS = ("same result", "same estimator", "lower precision", "another estimator")
+#: what each kind costs, as ``draft plan`` says it.
+KIND_COSTS = {"same result": "costs time", "same estimator": "costs time", "lower precision": "may cost quality",
+              "another estimator": "changes the estimator, may cost quality"}
 CHECKPOINT_KEYS = {"checkpoint_decode": "checkpoint the VAE decode", "checkpoint_reward": "checkpoint the reward model"}
+QUANTIZE_ORDER = ("int8", "fp8", "nf4")  # the least precision lost first
 K_LADDER = (25, 10, 5, 2, 1)
 
 
@@ -41,6 +50,7 @@ class Proposal:
     overrides: list[str]
     kind: str
     trace: StepTrace | None = None
+    order: int = 0  # within a kind, before the step cost (quantization: the least precision lost first)
 
     @property
     def peak(self) -> int:
@@ -63,11 +73,21 @@ def candidates(config: Config, device_type: str = "cuda") -> list[Proposal]:
     """Every single change this config admits (see the module doc), untraced."""
     out: list[Proposal] = []
     fields = train_fields()
-    ckpt = [k for k in CHECKPOINT_KEYS if k in fields and getattr(config.train, k) is False]  # "auto" is on where it saves
+    # "auto" is on only where the saving matters (draft_core.memory): the plan says whether it does
+    ckpt = [k for k in CHECKPOINT_KEYS if k in fields and getattr(config.train, k) is not True]
     for key in ckpt:
         out.append(Proposal(CHECKPOINT_KEYS[key], [f"train.{key}=true"], KINDS[0]))
     if len(ckpt) > 1:
         out.append(Proposal("checkpoint the VAE decode and the reward model", [f"train.{k}=true" for k in ckpt], KINDS[0]))
+    same: list[str] = [f"train.{k}=true" for k in ckpt]
+    if config.train.checkpoint_denoiser != "blocks":
+        out.append(Proposal("checkpoint the denoiser block by block", ["train.checkpoint_denoiser=blocks"], KINDS[0]))
+        same.append("train.checkpoint_denoiser=blocks")
+    if config.model.offload_text_encoders is not True:
+        out.append(Proposal("text encoders off the device", ["model.offload_text_encoders=true"], KINDS[0]))
+        same.append("model.offload_text_encoders=true")
+    if len(same) > 1:
+        out.append(Proposal("every checkpointing and the text encoders off the device", same, KINDS[0]))
     est, steps = config.estimator, int(config.sampler.get("steps", 50))
     if est.get("name") in ("draft", "draft-k"):
         largest_k = steps if est["name"] == "draft" else (est["k_range"][1] if est.get("k_range") else est.get("k", 1) or steps)
@@ -80,6 +100,10 @@ def candidates(config: Config, device_type: str = "cuda") -> list[Proposal]:
             out.append(Proposal(f"micro-batches of {B // m} x {G * m} ({B * G} samples per update, as now)",
                                 [f"train.batch_size={B // m}", f"train.grad_accum={G * m}"], KINDS[1]))
     out += _bf16_rewards(config, device_type)
+    if config.model.quantize == "none":
+        for i, scheme in enumerate(QUANTIZE_ORDER):
+            if scheme != "fp8" or device_type == "cuda":
+                out.append(Proposal(f"frozen base quantized ({scheme})", [f"model.quantize={scheme}"], KINDS[2], order=i + 1))
     out += _estimator_changes(config)
     return out
 
@@ -144,7 +168,7 @@ def apply(config: Config, overrides: list[str]) -> Config:
 
 
 def propose(config: Config, budget: int, device_type: str = "cuda", dtype: str | None = None,
-            progress: Callable[[str], None] | None = None) -> list[Proposal]:
+            progress: Callable[[str], None] | None = None, processes: int = 1) -> list[Proposal]:
     """Every candidate traced; those that fit ``budget`` first (cheapest first), then the rest by peak.
     When no single change fits, the first combination that does is added (module doc)."""
     cache: dict[tuple, StepTrace] = {}
@@ -154,7 +178,7 @@ def propose(config: Config, budget: int, device_type: str = "cuda", dtype: str |
         if key not in cache:
             if progress:
                 progress(f"tracing: {p.label}")
-            cache[key] = plan_step(apply(config, p.overrides), device_type, dtype)
+            cache[key] = plan_step(apply(config, p.overrides), device_type, dtype, processes, budget)
         p.trace = cache[key]
         return p
 
@@ -167,7 +191,7 @@ def propose(config: Config, budget: int, device_type: str = "cuda", dtype: str |
             options = [p for p in single if p.kind == kind]
             if not options:
                 continue
-            best = min(options, key=lambda p: p.peak)
+            best = min(options, key=lambda p: (p.peak, p.order))
             combined, labels = _merge(combined, best.overrides), labels + [best.label]
             attempt = trace(Proposal(" + ".join(labels), combined, kind))
             single.append(attempt)
@@ -182,7 +206,7 @@ def _merge(base: list[str], more: list[str]) -> list[str]:
 
 
 def rank(proposals: list[Proposal], budget: int) -> list[Proposal]:
-    fit = sorted((p for p in proposals if p.fits(budget)), key=lambda p: (KINDS.index(p.kind), p.trace.cost_ratio))
+    fit = sorted((p for p in proposals if p.fits(budget)), key=lambda p: (KINDS.index(p.kind), p.order, p.trace.cost_ratio))
     rest = sorted((p for p in proposals if not p.fits(budget)), key=lambda p: p.peak)
     return fit + rest
 
@@ -195,7 +219,7 @@ def refusal(peak: int, budget: int, proposals: list[Proposal], what: str) -> str
         best = fits[0]
         more = f" ({len(fits) - 1} other change(s) also fit: see `draft plan`)" if len(fits) > 1 else ""
         return (f"{over} Cheapest change that fits: {best.describe()}, predicted peak {format_bytes(best.peak)}, "
-                f"step cost {best.trace.cost_ratio:.2f}x sampling alone{more}.")
+                f"step cost {best.trace.cost_ratio:.2f}x sampling alone ({KIND_COSTS[best.kind]}){more}.")
     if proposals:
         best = min(proposals, key=lambda p: p.peak)
         return (f"{over} No change draft knows fits it: the lowest predicted peak is {format_bytes(best.peak)}, with "
@@ -213,7 +237,7 @@ def check_budget(config: Config, device_type: str, budget: int | None = None, pr
         budget = parse_bytes(config.train.memory_budget, "config key 'train.memory_budget'")
     if progress:
         progress(f"checking the plan of this config against the memory budget of {format_bytes(budget)} on {device_type}")
-    trace = plan_step(config, device_type)
+    trace = plan_step(config, device_type, budget=budget)
     if trace.peak > budget:
         message = refusal(trace.peak, budget, propose(config, budget, device_type, progress=progress),
                           f"On {device_type}, the plan of this config")
@@ -221,4 +245,4 @@ def check_budget(config: Config, device_type: str, budget: int | None = None, pr
     return trace
 
 
-__all__ = ["CHECKPOINT_KEYS", "KINDS", "Proposal", "apply", "candidates", "check_budget", "propose", "rank", "refusal"]
+__all__ = ["CHECKPOINT_KEYS", "KIND_COSTS", "KINDS", "Proposal", "apply", "candidates", "check_budget", "propose", "rank", "refusal"]

@@ -52,6 +52,7 @@ class StepTrace:
     flops: int
     start: int = 0  # bytes on the device when the step begins (weights and kept state)
     sampling_flops: int = 0  # FLOPs of sampling and decoding the step's images without autograd
+    processes: int = 1  # a per-device plan of this many processes (the frozen base sharded)
     notes: list[str] = field(default_factory=list)
     extra: Any = None
 
@@ -148,11 +149,19 @@ def takes_dtype(reward_name: str) -> bool:
         return False
 
 
-def plan_step(config: Config, device_type: str = "cuda", dtype: str | None = None) -> StepTrace:
-    """Trace one training step of ``config`` on the meta device, as ``device_type`` would run it."""
+def plan_step(config: Config, device_type: str = "cuda", dtype: str | None = None, processes: int = 1,
+              budget: int | None = None) -> StepTrace:
+    """Trace one training step of ``config`` on the meta device, as ``device_type`` would run it;
+    with ``processes`` > 1, one process's share (``train.batch_size / processes`` samples, the
+    frozen base sharded: draft_core.planning.levers). ``budget``: for ``offload_text_encoders: auto``."""
     from draft_core.training.components import build_components
 
     config, notes = for_device(config, device_type, dtype)
+    if processes > 1:
+        if config.train.batch_size % processes:
+            raise PlanError(f"train.batch_size={config.train.batch_size} is the global batch, split over the "
+                            f"{processes} processes; give a multiple of {processes}.")
+        config.train.batch_size //= processes
     torch_dtype = plan_dtype(config, device_type)
     components = build_components(config)
     use_architectures(components.reward)
@@ -167,11 +176,24 @@ def plan_step(config: Config, device_type: str = "cuda", dtype: str | None = Non
             _warm_up(trainer)
             trace = _trace(trainer, "meta", elide=True, steps=1)
             trace.sampling_flops = _sampling_flops(trainer) * config.train.grad_accum
+            notes += _apply_levers(trace, trainer.model, config, processes, budget)
         except Exception as exc:
             raise _plan_failure(exc) from exc
     trace.device_type, trace.dtype = device_type, str(torch_dtype).removeprefix("torch.")
-    trace.notes = notes
+    trace.notes, trace.processes = notes, processes
     return trace
+
+
+def _apply_levers(trace: StepTrace, model: Any, config: Config, processes: int, budget: int | None) -> list[str]:
+    """Shift the traced step by the levers' constant offsets of the base weights (levers module doc)."""
+    from draft_core.planning.levers import apply_levers
+
+    levers = apply_levers(model, config.model.quantize, config.model.offload_text_encoders, processes,
+                          trace.peak, budget)
+    trace.peak += levers.delta
+    trace.start += levers.delta
+    trace.breakdown[BASE] += levers.delta
+    return list(levers.notes)
 
 
 def _plan_failure(exc: Exception) -> Exception:

@@ -33,13 +33,18 @@ SAMPLES_PER_TENSOR = 64
 ENCODE_BATCH = 16
 
 
-def wants_offload(setting: str | bool, device: torch.device) -> bool:
-    """``model.offload_text_encoders``: auto offloads on any device but the CPU (where it changes nothing)."""
+def wants_offload(setting: str | bool, device: torch.device, encoder_bytes: int | None = None) -> bool:
+    """``model.offload_text_encoders``: auto offloads on any device but the CPU (where it changes nothing)
+    when the encoders weigh what ``draft plan`` counts as mattering (planning.levers.offloads: 1 GiB;
+    ``encoder_bytes`` None: assume they do), so the run does what its plan assumed."""
+    from draft_core.planning.levers import OFFLOAD_MATTERS_BYTES, offloads
+
     if setting in (True, "true"):
         return True
     if setting in (False, "false"):
         return False
-    return torch.device(device).type != "cpu"
+    heavy = OFFLOAD_MATTERS_BYTES if encoder_bytes is None else encoder_bytes
+    return torch.device(device).type != "cpu" and offloads("auto", heavy)
 
 
 def text_encoders(model: Any) -> dict[str, torch.nn.Module]:
@@ -188,7 +193,8 @@ def offload_prompts(model: Any, config: Any, components: Any, run_dir: Path, wri
     """Set up ``model.offload_text_encoders`` for a run: None when off; otherwise the run's prompts
     (``run_prompts``) encoded or read from ``run_dir``'s cache, the encoders moved to ``HOME`` and the
     cache installed as the model's ``encode_prompts``. ``write``: this process writes the run folder."""
-    if model.device.type == "meta" or not wants_offload(config.model.offload_text_encoders, model.device):
+    encoder_bytes = sum(p.numel() * p.element_size() for m in text_encoders(model).values() for p in m.parameters())
+    if model.device.type == "meta" or not wants_offload(config.model.offload_text_encoders, model.device, encoder_bytes):
         return None  # a plan's meta model (draft plan counts the setting itself)
     cache = PromptCache(model, encoder_key(model))
     cache.load(run_dir)

@@ -22,6 +22,7 @@ from draft_core.training.faults import (ESTIMATOR, REWARD, NonFiniteCounter, Non
 from draft_core.lora import add_lora, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve
+from draft_core.memory import configure_denoiser
 from draft_core.plugins.protocols import StepInputs
 from draft_core.models.conditioning import Conditioning
 from draft_core.rewarding.contract import CheckedReward
@@ -106,14 +107,14 @@ class Trainer:
             self.log(f"warning: accelerate is set up for {self.acc.distributed_type.name}, but draft does not shard: "
                      f"each process holds the whole frozen base and the LoRA is trained data-parallel (README: Training on several GPUs)")
         if cfg.train.batch_size % n:
-            raise ConfigError(
-                f"train.batch_size={cfg.train.batch_size} is the global batch, split evenly over the {n} processes; "
-                f"give a multiple of {n}."
-            )
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch, split evenly over the {n} "
+                              f"processes; give a multiple of {n}.")
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
         self.model = self.load_model(device, resolve_dtype(cfg.model.dtype, device))
+        self.model.set_resolution(cfg.model.resolution)
         self.model.checkpoint_decode = cfg.train.checkpoint_decode
         self.prompt_cache = offload_prompts(self.model, cfg, self.c, self.run_dir, self.acc.is_main_process)
+        configure_denoiser(self.model, self.c.estimator, cfg.train.checkpoint_denoiser, cfg.train.batch_size // n)
         with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
             torch.manual_seed(cfg.train.seed)
             self.params = add_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
@@ -133,8 +134,7 @@ class Trainer:
         self.pictures = RunPictures(cfg, self.run_dir, self.model, self.c, self._condition, self.learned)
         rank = self.acc.process_index
         # Separate streams, so a change in one consumer (e.g. the estimator) does not shift the others.
-        # Prompts and noise are drawn for the global batch, identically on every process; the
-        # estimator's own randomness is independent per process.
+        # Prompts and noise are drawn for the global batch, identically on every process; the estimator's own per process.
         self.gens = {
             name: torch.Generator().manual_seed(t.seed * 1000 + offset + (7919 * rank if name == "estimator" else 0))
             for offset, name in enumerate(("data", "noise", "estimator"))
@@ -404,8 +404,7 @@ class Trainer:
             raise  # the last checkpoint stays as it was
         except (Interrupted, KeyboardInterrupt) as exc:
             bar.close()
-            # The state is that of the last completed step, with the RNG as it was then, so a
-            # resumed run repeats the interrupted step exactly.
+            # The last completed step's state, with its RNG, so a resumed run repeats the interrupted step exactly.
             if self._save_is_safe() and self._save_after_failure(rng_done):
                 self.log(f"interrupted ({exc or 'SIGINT'}) after step {self.step}; checkpoint kept. Resume with: draft train --resume {self.run_dir}")
             raise

@@ -69,6 +69,7 @@ class FluxModel(ModelFamily):
     default_steps = 28
     default_guidance = 3.5
     flow_matching = True
+    latent_multiple = 2  # latents are packed into 2x2 patches
     lora_target_sets = FLUX_TARGET_SETS
     # The paper trains attention and feed-forward layers (A.1). An MMDiT has no separate cross-attention:
     # the prompt enters through joint attention, so the default is every attention projection plus the
@@ -142,7 +143,7 @@ class FluxModel(ModelFamily):
     def sample_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of the unpacked latents, as FluxPipeline.prepare_latents sizes them."""
         side = 2 * (self.resolution // (self.vae_scale_factor * 2))
-        return (self.transformer.config.in_channels // 4, side, side)
+        return (self.transformer.config.in_channels // 4, *self.latent_size((side, side)))
 
     def lora_targets(self, which=None) -> list[str]:
         targets = super().lora_targets(which)

@@ -80,7 +80,7 @@ class SD3Model(ModelFamily):
         cfg = self.transformer.config
         size = cfg.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
-        return (cfg.in_channels, *size)
+        return (cfg.in_channels, *self.latent_size(size))
 
     @property
     def prediction_type(self) -> str:

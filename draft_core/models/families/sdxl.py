@@ -74,7 +74,7 @@ class SDXLModel(ModelFamily):
     def sample_shape(self) -> tuple[int, int, int]:
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
-        return (self.unet.config.in_channels, *size)
+        return (self.unet.config.in_channels, *self.latent_size(size))
 
     # -- prompts -----------------------------------------------------------------------
     @torch.no_grad()
