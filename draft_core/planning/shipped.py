@@ -40,10 +40,11 @@ def write_header(path: Path, peak: int, device_type: str = "cuda") -> None:
 
 
 def describe(path: Path) -> str:
-    """The settings that decide a config's memory, in a few words."""
-    from draft_core.config import load_config
+    """The settings that decide a config's memory, in a few words (as the file gives them, before
+    resolution fills in every default)."""
+    from draft_core.config.schema import parse_config
 
-    c = load_config(path)
+    c = parse_config(path)
     est = ", ".join(f"{k}={v}" for k, v in c.estimator.items() if k != "name")
     reward = c.reward.get("name") or "+".join(c.reward.get("weights", {}))
     levers = [f"quantize {c.model.quantize}"] if c.model.quantize != "none" else []
