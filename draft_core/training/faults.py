@@ -66,7 +66,9 @@ def check_estimator_output(out: Any, batch: int, label: str) -> None:
 
 class WatchedReward(CheckpointedReward):
     """The reward an estimator calls during a step, noting whether any call returned a
-    non-finite value (a flag tensor, so no call waits for the device)."""
+    non-finite value (a flag tensor, so no call waits for the device). The flag says "all
+    finite", the question ``isfinite(x).all()`` asks: on the meta device (draft plan) a read
+    boolean answers True, and the planned step must go on to its update."""
 
     def __init__(self, reward: object, mode: bool | str = "auto") -> None:
         super().__init__(reward, mode)
@@ -74,12 +76,12 @@ class WatchedReward(CheckpointedReward):
 
     def __call__(self, images: torch.Tensor, prompts: object) -> torch.Tensor:
         out: torch.Tensor = super().__call__(images, prompts)
-        bad = ~torch.isfinite(out.detach()).all()
-        self.flag = bad if self.flag is None else self.flag | bad
+        finite = torch.isfinite(out.detach()).all()
+        self.flag = finite if self.flag is None else self.flag & finite
         return out
 
     def returned_nonfinite(self) -> bool:
-        return self.flag is not None and bool(self.flag)
+        return self.flag is not None and not bool(self.flag)
 
 
 class PeerFailed(DraftError):
