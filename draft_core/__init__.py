@@ -15,7 +15,17 @@ class _DropTorchaoEnumNotice(_logging.Filter):
         return "register_constant() on Enum subclasses is deprecated" not in record.getMessage()
 
 
+class _DropTorchaoTensorNotice(_logging.Filter):
+    """diffusers' torchao quantizer warns at import that it cannot import torchao tensor classes it
+    lists for loading torchao-serialized checkpoints (the list is torchao-version-specific); draft
+    quantizes loaded weights and never loads such checkpoints."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return "Unable to import `torchao` Tensor objects" not in record.getMessage()
+
+
 _logging.getLogger("torch.utils._pytree").addFilter(_DropTorchaoEnumNotice())
+_logging.getLogger("diffusers.quantizers.torchao.torchao_quantizer").addFilter(_DropTorchaoTensorNotice())
 
 from draft_core.errors import DraftError  # noqa: E402
 from draft_core.plugins.hookspecs import hookimpl  # noqa: E402

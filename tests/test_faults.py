@@ -111,7 +111,7 @@ def test_a_non_finite_gradient_is_blamed_on_the_estimator(tmp_path, flaky, capsy
     code = train(out, "reward={name: flaky, bad_grad_at: [2]}", "train.steps=2", "train.max_nonfinite=1")
     err = capsys.readouterr().err
     assert code == 2
-    assert "step 2: the estimator (estimator 'draft-k' (plugin 'draft_estimators'" in err and "draft-k(k=1)" in err
+    assert "step 2: the estimator (estimator 'draft-k' (plugin 'draft_estimators'" in err and "draft-k(k=1, kl=" in err
     assert "produced non-finite gradients" in err
     assert rows(out)[-1] == {**rows(out)[-1], "skipped": "estimator", "reason": "non-finite gradients"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,7 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise DraftError(f"--resume {run_dir}: no config.yaml there; give the folder of an earlier `draft train` run.")
         config = load_config(run_dir / "config.yaml", args.set, notes=notes)
         _check_resume(run_dir, config)
-        check_not_in_use(run_dir)
+        if int(os.environ.get("RANK", "0")) == 0:  # the main process holds the lock; the others would see it held
+            check_not_in_use(run_dir)
     else:
         if not args.config and not args.preset and not getattr(args, "model", None):
             raise DraftError("draft train needs a CONFIG.yaml or --preset NAME (e.g. draft train --preset quickstart).")

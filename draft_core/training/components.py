@@ -75,10 +75,11 @@ class Planned:
 
 
 def section_label(section: dict[str, Any]) -> str:
-    """``draft-lv(n=2, kl=0.1)``: a plugin section's registered name and the arguments it gives
+    """``draft-lv(n=2, kl=0.1)``: a plugin section's registered name and the arguments it gives, less
+    those left at None (a resolved section lists every argument; None is "not used" for all of them)
     (a reward section's label, with each term's weight, is ``draft_core.rewarding.spec.reward_label``)."""
     name, kwargs = plugin_kwargs(section)
-    return f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items() if v is not None)})"
 
 
 def build_reward(section: dict[str, Any], registry: Registry) -> Reward:
