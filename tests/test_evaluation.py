@@ -166,7 +166,7 @@ def test_eval_cli_writes_the_table_and_is_deterministic(tmp_path, capsys):
 def test_eval_cli_input_errors_come_before_the_model(tmp_path, capsys, no_model):
     assert main(["eval", "--prompts", "animals", "--reward", "no-such-reward", "--out", str(tmp_path)]) == 2
     assert "unknown reward 'no-such-reward'" in capsys.readouterr().err
-    assert main(["eval", "--prompts", "animals", "--reward", "digit-classifier", "--out", str(tmp_path)]) == 2
+    assert main(["eval", "--prompts", "animals", "--reward", "digit-classifier:target=11", "--out", str(tmp_path)]) == 2
     assert "target" in capsys.readouterr().err
     assert main(["eval", "--prompts", "nothing-here", "--reward", "jpeg-compressibility", "--out", str(tmp_path)]) == 2
     assert main(["eval", "--prompts", "animals", "--reward", "jpeg-compressibility", "--method", "best-of", "--out", str(tmp_path)]) == 2
