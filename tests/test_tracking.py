@@ -33,7 +33,7 @@ def test_a_tracker_that_is_not_installed_is_named_with_its_package(tmp_path, cap
 
 @pytest.mark.parametrize("validation,message", [
     ("{prompts: [a dog], rewards: [no-such-reward]}", "unknown reward 'no-such-reward'"),
-    ("{prompts: [a dog], rewards: [{name: digit-classifier}]}", "target"),
+    ("{prompts: [a dog], rewards: [{name: digit-classifier, args: {target: 11}}]}", "target"),
     ("{prompts: [a dog], rewards: [{name: jpeg-compressibility, weight: 2}]}", "'name' and optionally 'args'"),
     ("{prompts: [a dog], rewards: [jpeg-compressibility, jpeg-compressibility]}", "label 'jpeg-compressibility' is already used"),
     ("{prompts: [], rewards: [jpeg-compressibility]}", "empty list"),
