@@ -76,6 +76,46 @@ def breakdown(bench, n: int = 2, rounds: int = 5) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def draft1_parts(bench, rounds: int = 5) -> dict[str, float]:
+    """Seconds of what DRaFT-1 adds to sampling, piece by piece, interleaved: the last sampling
+    step with its graph and backward against the same step without, and the decode + reward
+    with their backward against the same without. Their differences, over sampling's time, say
+    whether the overhead is the denoiser's (which grows with the model) or the decode's and
+    reward's (which a tiny denoiser makes large by comparison)."""
+    model, sampler = bench.model, bench.sampler
+    inputs = bench.inputs(0)
+    last = sampler.num_steps - 1
+    x = inputs.noise
+
+    def step_grad():
+        sampler.predict_x0(model, x, last, inputs.cond).sum().backward()
+
+    def step_plain():
+        with torch.no_grad():
+            sampler.predict_x0(model, x, last, inputs.cond)
+
+    def decode_reward_grad():
+        y = x.clone().requires_grad_()
+        bench.reward(model.decode(y), inputs.cond.prompts).sum().backward()
+
+    def decode_reward_plain():
+        with torch.no_grad():
+            bench.reward(model.decode(x), inputs.cond.prompts)
+
+    parts = {"denoiser step fwd+bwd": step_grad, "denoiser step fwd": step_plain,
+             "decode+reward fwd+bwd": decode_reward_grad, "decode+reward fwd": decode_reward_plain}
+    times: dict[str, list[float]] = {k: [] for k in parts}
+    for r in range(rounds + 1):
+        for k, f in (list(parts.items()) if r % 2 else list(parts.items())[::-1]):
+            t0 = time.perf_counter()
+            f()
+            if r:
+                times[k].append(time.perf_counter() - t0)
+    for p in bench.params:
+        p.grad = None
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def checkpoint_cost(bench, cases: list[str], rounds: int) -> dict[str, list[float]]:
     """Seconds per step of each case with the decode and the reward checkpointed as by default
     (``auto``) and not at all (``off``), the four-or-more variants interleaved."""
@@ -102,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES), metavar="CASE",
                     help=f"cases to time (default: {DEFAULT_CASES}); 'sampling' is always included")
     ap.add_argument("--breakdown", action="store_true", help="also time the pieces DRaFT-LV (n=2) adds to DRaFT-1")
+    ap.add_argument("--draft1-parts", action="store_true",
+                    help="also time what DRaFT-1 adds to sampling: the denoiser's backward against the decode's and reward's")
     ap.add_argument("--checkpoint-cost", action="store_true",
                     help="also time each training case with the decode and reward checkpointed (the default) and not")
     ap.add_argument("--out", type=Path, default=None, help="write the times and ratios as JSON here")
@@ -135,6 +177,15 @@ def main(argv: list[str] | None = None) -> dict:
         sampling = statistics.median(times["sampling"])
         for k, v in parts.items():
             print(f"  {k:40s} {v:7.3f} s   {v / sampling:5.3f}x sampling")
+    if args.draft1_parts:
+        result["draft1_parts_seconds"] = parts = draft1_parts(bench, args.rounds)
+        sampling = statistics.median(times["sampling"])
+        den = parts["denoiser step fwd+bwd"] - parts["denoiser step fwd"]
+        dec = parts["decode+reward fwd+bwd"] - parts["decode+reward fwd"]
+        for k, v in parts.items():
+            print(f"  {k:40s} {v:7.3f} s   {v / sampling:5.3f}x sampling")
+        print(f"  DRaFT-1 over sampling: denoiser's backward {den / sampling:+.3f}x, decode's and reward's {dec / sampling:+.3f}x")
+        result["draft1_added"] = {"denoiser": den / sampling, "decode_reward": dec / sampling}
     if args.checkpoint_cost:
         trained = [c for c in cases if c not in ("sampling", MINIMAL)]
         ck = checkpoint_cost(bench, trained, args.rounds)

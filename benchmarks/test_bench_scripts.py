@@ -179,6 +179,16 @@ def test_time_to_reward_level_and_censoring():
     assert peer_trl.reach({"trl": [-3.0, -3.5], "ours": [-3.0, -4.0]}, seconds, 0.5, 1)["level"] is None
 
 
+def test_stratified_k_draws_cover_the_range_evenly():
+    import peer_trl
+
+    ks = peer_trl.stratified_ks(1, 50, 10, seed=0)
+    # one K per tenth of [1, 50], the slice's midpoint, in a shuffled order
+    assert sorted(ks) == [3, 8, 13, 18, 23, 28, 33, 38, 43, 48]
+    assert ks != sorted(ks) and sum(ks) / len(ks) == pytest.approx((1 + 50) / 2, abs=0.5)
+    assert sorted(peer_trl.stratified_ks(1, 4, 4, seed=1)) == [1, 2, 3, 4]
+
+
 def test_peer_script_at_toy_scale():
     pytest.importorskip("trl", reason="TRL 0.23.1 is an optional peer: pip install --no-deps -r benchmarks/requirements-peer.txt")
     import peer_trl

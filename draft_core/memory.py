@@ -26,8 +26,8 @@ an open_clip reward (``set_grad_checkpointing``). Those keep each block's input 
 one block at a time in the backward pass. diffusers checkpoints only when grad mode is on, so
 the no-grad steps of a sampling chain are untouched.
 
-``"auto"`` (issue 27): a second forward is paid only where the saving matters. The decode
-and the denoiser's blocks are checkpointed when a micro-batch's images hold at least
+``"auto"`` (issue 27): a second forward is paid only where the saving matters. The decode,
+the denoiser's blocks and DRaFT-K's differentiable steps are checkpointed when a micro-batch's images hold at least
 ``MATTERS_PIXELS`` pixels (one 512² image: there SD 1.x's decoder alone keeps 5.7 GiB in
 float32, while the digits models at 32 px x 4 images keep a few MiB, which a recomputation
 would only slow down); a network reward when it has at least ``MATTERS_REWARD_PARAMS``
@@ -67,16 +67,23 @@ def block_checkpointing(mode: bool | str, image_size: tuple[int, int], batch: in
     return mode == "blocks" or (mode == "auto" and pixels_matter(image_size, batch))
 
 
-def step_checkpointing(mode: bool | str, estimator: Any, blocks: bool) -> None:
+def step_checkpointing(mode: bool | str, estimator: Any, blocks: bool, matters: bool = True) -> None:
     """Set the estimator's whole-step checkpointing (``estimator.checkpoint``) from ``mode``.
 
     ``step`` turns it on and ``false`` off; ``blocks`` turns its default (on for K > 1) off, since
     the blocks replace it, and keeps an explicit ``true`` (both: the least memory). ``auto`` keeps
-    the estimator's own choice (with the blocks on as well, a K > 1 step is recomputed with its
-    blocks checkpointed)."""
+    the estimator's own choice where the micro-batch's pixels matter (``matters``; with the blocks
+    on as well, a K > 1 step is recomputed with its blocks checkpointed) and turns its default off
+    where they do not: at 64 px a recomputed step saves a few MiB and costs a forward per
+    differentiable step (random truncation's K up to T: a quarter of the step's time). An explicit
+    ``estimator.checkpoint`` is kept."""
     while not hasattr(estimator, "checkpoint") and hasattr(estimator, "inner"):
         estimator = estimator.inner  # a wrapper (kl)
-    if not hasattr(estimator, "checkpoint") or mode == "auto":
+    if not hasattr(estimator, "checkpoint"):
+        return
+    if mode == "auto":
+        if not matters and estimator.checkpoint is None:
+            estimator.checkpoint = False
         return
     if mode == "step":
         estimator.checkpoint = True
@@ -95,7 +102,7 @@ def configure_denoiser(model: Any, estimator: Any, mode: bool | str, batch: int)
             raise ConfigError(f"train.checkpoint_denoiser is blocks, but the denoiser of {model!r} "
                               f"({type(model.denoiser).__name__}) has no block checkpointing; use step, false or auto.")
         blocks = False
-    step_checkpointing(mode, estimator, blocks)
+    step_checkpointing(mode, estimator, blocks, pixels_matter(model.image_size, batch))
     return blocks
 
 

@@ -91,7 +91,10 @@ def candidates(config: Config, device_type: str = "cuda") -> list[Proposal]:
     est, steps = config.estimator, int(config.sampler.get("steps", 50))
     if est.get("name") in ("draft", "draft-k"):
         largest_k = steps if est["name"] == "draft" else (est["k_range"][1] if est.get("k_range") else est.get("k", 1) or steps)
-        on = est.get("checkpoint") if est.get("checkpoint") is not None else largest_k > 1  # the estimator's default
+        # the estimator's default (K > 1); ``auto`` keeps it only where the pixels matter (draft_core.memory),
+        # which the traced proposal shows
+        default = largest_k > 1 and config.train.checkpoint_denoiser != "auto"
+        on = est.get("checkpoint") if est.get("checkpoint") is not None else default
         if not on:
             out.append(Proposal("checkpoint the differentiable UNet steps", ["estimator.checkpoint=true"], KINDS[0]))
     B, G = config.train.batch_size, config.train.grad_accum
