@@ -33,14 +33,7 @@ from draft_core.errors import DraftError  # noqa: E402
 
 if TYPE_CHECKING:
     from draft_core.plugins.hookspecs import hookimpl
-    from draft_core.plugins.protocols import (
-        Conditioning,
-        EstimatorOutput,
-        GradientEstimator,
-        Reward,
-        Sampler,
-        StepInputs,
-    )
+    from draft_core.plugins.protocols import Conditioning, EstimatorOutput, GradientEstimator, Reward, Sampler, StepInputs
 
 __version__ = "0.1.0"
 

@@ -11,9 +11,11 @@ import pytest
 from draft_core.cli import main
 from draft_core.cli.helptext import PRESETS_DIR, preset_names
 
-PROBE = ("import sys; from draft_core.cli import main\n"
-         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-         "print('heavy:', sorted(m for m in ('torch', 'diffusers', 'transformers', 'draft_core.config') if m in sys.modules))")
+PROBE = (
+    "import sys; from draft_core.cli import main\n"
+    "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+    "print('heavy:', sorted(m for m in ('torch', 'diffusers', 'transformers', 'draft_core.config') if m in sys.modules))"
+)
 
 
 @pytest.mark.parametrize("flag", ["--version", "--help"])
@@ -41,7 +43,12 @@ def test_train_help_lists_every_preset(capsys, monkeypatch):
 
 def test_sample_and_eval_help_show_defaults(capsys, monkeypatch):
     text = help_text(capsys, monkeypatch, "sample")
-    for shown in ("(default: digits)", "images per prompt (default: 4)", "--seed SEED default: 0", "(default: samples)"):
+    for shown in (
+        "(default: digits)",
+        "images per prompt (default: 4)",
+        "--seed SEED default: 0",
+        "(default: samples)",
+    ):
         assert shown in text, (shown, text)
     assert "(default: None)" not in text and "(default: False)" not in text and "(default: [])" not in text
     text = help_text(capsys, monkeypatch, "eval")

@@ -15,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_site_builds_strictly(tmp_path):
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     # mkdocs-material is in the test extra (scripts/setup.sh installs it): a missing one fails here, loudly
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "site" / "models" / "index.html").is_file()
