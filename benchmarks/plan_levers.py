@@ -51,7 +51,7 @@ def row_config(family: str, batch: int, extra: list[str]):
                               f"sampler.guidance_scale={s.guidance}", f"train.batch_size={batch}", *DRAFT_1, *extra])
 
 
-#: the same settings before issue 21 (README's tables of section "Planning memory", traced then)
+#: the same settings before issue 21 (the tables of docs/memory.md, traced then)
 BEFORE = {"FLUX.1-dev, bf16 base": "93.4 GiB", "SD3.5-medium": "46.6 GiB", "SDXL": "35.7 GiB", "SDXL, batch 4": "81.7 GiB",
           "SD 1.4 512 px, DRaFT-LV n=2, batch 4": "14.9 GiB"}
 

@@ -1,4 +1,4 @@
-"""The README's memory table: ``draft plan``'s predictions for Stable Diffusion 1.4 at 512 px, and
+"""docs/memory.md's tables: ``draft plan``'s predictions for Stable Diffusion 1.4 at 512 px, and
 for SDXL, SD3.5-medium and FLUX.1-dev at 1024 px (``--family``).
 
     python benchmarks/plan_sd14_table.py [--out benchmarks/results/plan_sd14.json]
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--family", default="sd", choices=["sd", "sdxl", "sd3", "flux"], help="sd: SD 1.4 (module doc)")
     ap.add_argument("--no-fit", action="store_true", help="no fitting proposals (module doc)")
     ap.add_argument("--compact", nargs="+", type=Path, metavar="JSON",
-                    help="only print the README's compact table of these families' rows (one JSON each)")
+                    help="only print the compact table (docs/memory.md) of these families' rows (one JSON each)")
     a = ap.parse_args(argv)
     if a.compact:
         print(compact({p: json.loads(p.read_text())["rows"] for p in a.compact}))

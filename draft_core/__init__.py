@@ -27,18 +27,35 @@ class _DropTorchaoTensorNotice(_logging.Filter):
 _logging.getLogger("torch.utils._pytree").addFilter(_DropTorchaoEnumNotice())
 _logging.getLogger("diffusers.quantizers.torchao.torchao_quantizer").addFilter(_DropTorchaoTensorNotice())
 
+from typing import TYPE_CHECKING  # noqa: E402
+
 from draft_core.errors import DraftError  # noqa: E402
-from draft_core.plugins.hookspecs import hookimpl  # noqa: E402
-from draft_core.plugins.protocols import (  # noqa: E402
-    Conditioning,
-    EstimatorOutput,
-    GradientEstimator,
-    Reward,
-    Sampler,
-    StepInputs,
-)
+
+if TYPE_CHECKING:
+    from draft_core.plugins.hookspecs import hookimpl
+    from draft_core.plugins.protocols import Conditioning, EstimatorOutput, GradientEstimator, Reward, Sampler, StepInputs
 
 __version__ = "0.1.0"
+
+# The protocols import torch and diffusers (seconds), and hookimpl the plugin package: loaded on first
+# use, so that `draft --version` and `draft --help` answer without them (PEP 562).
+_LAZY = {
+    "hookimpl": "draft_core.plugins.hookspecs",
+    **dict.fromkeys(
+        ("Conditioning", "EstimatorOutput", "GradientEstimator", "Reward", "Sampler", "StepInputs"),
+        "draft_core.plugins.protocols",
+    ),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'draft_core' has no attribute {name!r}")
 
 __all__ = [
     "Conditioning",

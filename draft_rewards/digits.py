@@ -3,7 +3,7 @@
 Without a target it reads the digit each prompt names ("a handwritten digit three" -> 3), so it
 judges the ``digits`` / ``digits-flow`` models on any of their prompts: as a held-out validation
 reward (``output: prob``, whose mean is a soft accuracy) it shows a run that stops drawing the
-digit asked for while its training reward still rises (README: Guards against reward hacking).
+digit asked for while its training reward still rises (docs/monitoring.md: Guards against reward hacking).
 
 The CNN (``draft_core.models.digits.classifier``) was trained by
 ``python -m draft_core.models.digits.train`` with the ``digits`` model, on the same data. Its

@@ -1,11 +1,11 @@
-"""README's memory table of the shipped configs, and the planned peak in each config's header line.
+"""The shipped configs' table (README.md and docs/memory.md), and the planned peak in each config's header line.
 
-    python scripts/memory_table.py                       # rewrite README's table from the configs' header lines
+    python scripts/memory_table.py                       # rewrite both tables from the configs' header lines
     python scripts/memory_table.py --plan configs/X.yaml # trace X (draft plan, cuda) and rewrite its header line only
 
 Tracing a config at a published size takes minutes on a CPU (nothing is downloaded: the
-published architectures on the meta device). tests/test_shipped_memory.py fails when README's
-table differs from what the configs' header lines say.
+published architectures on the meta device). tests/test_shipped_memory.py fails when a table
+differs from what the configs' header lines say.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     from draft_core.config import load_config
-    from draft_core.planning.shipped import header_line, with_table, write_header
+    from draft_core.planning.shipped import TABLE_FILES, header_line, with_table, write_header
     from draft_core.planning.step import plan_step
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: {header_line(trace.peak)} ({time.perf_counter() - t0:.0f} s)", flush=True)
     if a.plan:
         return 0
-    readme = ROOT / "README.md"
-    readme.write_text(with_table(readme.read_text(encoding="utf-8"), ROOT / "configs"), encoding="utf-8")
+    for name in TABLE_FILES:
+        page = ROOT / name
+        page.write_text(with_table(page.read_text(encoding="utf-8"), ROOT / "configs"), encoding="utf-8")
     return 0
 
 

@@ -1,6 +1,6 @@
 """The plugin contract the core enforces: reward inputs and outputs checked where the core calls a
 reward, estimator outputs and checkpointed state, metrics rows and checkpoints that agree after any
-failure, and the worked plugins of README and docs/plugins.md passing the conformance checklists."""
+failure, and the worked plugins of docs/plugins.md passing the conformance checklists."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def registered(module: types.ModuleType, kind: str):
     return entry.name, entry.factory
 
 
-README_REWARD = registered(module_from(python_blocks(ROOT / "README.md", "## Writing a reward plugin")[0], "readme_reward"), "reward")
 DOCS = ROOT / "docs" / "plugins.md"
+README_REWARD = registered(module_from(python_blocks(DOCS, "## Writing a reward plugin")[0], "readme_reward"), "reward")
 DOCS_REWARD = registered(module_from(python_blocks(DOCS, "## A worked reward plugin")[0], "my_reward"), "reward")
 DOCS_ESTIMATOR_MODULE = module_from(python_blocks(DOCS, "## A worked estimator plugin")[0], "my_estimator")
 DOCS_ESTIMATOR = registered(DOCS_ESTIMATOR_MODULE, "estimator")

@@ -1,12 +1,12 @@
-"""The shipped configs state their planned peak (a header line ``draft plan`` wrote), and README's
-memory table is the one those lines give (scripts/memory_table.py regenerates it)."""
+"""The shipped configs state their planned peak (a header line ``draft plan`` wrote), and the configs
+table of README.md and docs/memory.md is the one those lines give (scripts/memory_table.py regenerates it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from draft_core.planning.budget import parse_bytes, smallest_card
-from draft_core.planning.shipped import BEGIN, END, header_line, read_header, with_table, write_header
+from draft_core.planning.shipped import BEGIN, END, TABLE_FILES, header_line, read_header, with_table, write_header
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,10 +22,18 @@ def test_shipped_configs_state_their_planned_peak_and_card():
         assert card == (f"{expected} GiB" if expected else "over 80 GiB"), path.name
 
 
-def test_readme_memory_table_is_generated_from_the_configs():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert BEGIN in readme and END in readme
-    assert readme == with_table(readme, ROOT / "configs"), "README's memory table is stale: python scripts/memory_table.py"
+def test_the_configs_tables_are_generated_from_the_configs():
+    assert "README.md" in TABLE_FILES
+    for name in TABLE_FILES:
+        page = (ROOT / name).read_text(encoding="utf-8")
+        assert BEGIN in page and END in page, name
+        assert page == with_table(page, ROOT / "configs"), f"{name}'s configs table is stale: python scripts/memory_table.py"
+
+
+def test_a_stale_table_is_caught():
+    page = (ROOT / "README.md").read_text(encoding="utf-8")
+    stale = page.replace("| `configs/tiny-jpeg.yaml` |", "| `configs/tiny-jpeg-old.yaml` |")
+    assert stale != page and with_table(stale, ROOT / "configs") == page
 
 
 def test_header_round_trip(tmp_path):

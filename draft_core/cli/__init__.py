@@ -16,6 +16,7 @@ from draft_core.errors import DraftError
 def build_parser() -> argparse.ArgumentParser:
     from draft_core.cli import eval as cli_eval, lora as cli_lora, plugins as cli_plugins, sample as cli_sample
     from draft_core import __version__
+    from draft_core.cli.helptext import with_defaults_shown
     from draft_core.cli import plan as cli_plan, report as cli_report, reward as cli_reward, score as cli_score, train as cli_train
 
     p = argparse.ArgumentParser(prog="draft", description="Fine-tune diffusion models on differentiable rewards (DRaFT).")
@@ -23,17 +24,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for command in (cli_plugins, cli_train, cli_plan, cli_sample, cli_eval, cli_lora, cli_score, cli_report, cli_reward):
         command.add_parser(sub)
+    with_defaults_shown(p)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from draft_core.config.inputs import check_argv_text
+#: arguments that make argparse print and exit before any command runs
+HELP_OR_VERSION = {"-h", "--help", "--version"}
 
-    try:
-        check_argv_text(sys.argv[1:] if argv is None else argv)
-    except DraftError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def main(argv: list[str] | None = None) -> int:
+    # A help or version request runs nothing, so it skips the argument check and its imports (the
+    # config package loads torch): `draft --version` and `draft --help` answer at once.
+    if not HELP_OR_VERSION.intersection(sys.argv[1:] if argv is None else argv):
+        from draft_core.config.inputs import check_argv_text
+
+        try:
+            check_argv_text(sys.argv[1:] if argv is None else argv)
+        except DraftError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     args.argv = ["draft", *(sys.argv[1:] if argv is None else argv)]  # the command as given (model cards record it)
     try:

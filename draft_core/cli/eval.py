@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from draft_core.errors import DraftError
-from draft_core.plugins.bases import as_reward
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -23,6 +22,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from draft_core.lora import LoraSpec, apply_loras
     from draft_core.lora.card import command_line
     from draft_core.plugins import load_registry
+    from draft_core.plugins.bases import as_reward
 
     for flag, value in (("--n-per-prompt", args.n_per_prompt), ("--batch-size", args.batch_size), ("--steps", args.steps)):
         if value is not None and value < 1:

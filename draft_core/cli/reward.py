@@ -1,5 +1,5 @@
 """``draft reward serve NAME [--port] [--token] [--set reward.KEY=VALUE ...]``: serve a registered reward
-over HTTP on loopback for the ``remote`` reward (draft_core.rewarding.serve; README: A reward in its own process)."""
+over HTTP on loopback for the ``remote`` reward (draft_core.rewarding.serve; docs/rewards.md: A reward in its own process)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,6 @@ import math
 from pathlib import Path
 
 from draft_core.errors import ConfigError, DraftError
-from draft_core.plugins.bases import as_reward
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Written by draft sample / eval / train beside the images: grids of them, and plots.
@@ -142,6 +141,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     import torch
 
     from draft_core.cli.common import quiet_libraries, resolve_device
+    from draft_core.plugins.bases import as_reward
 
     if args.batch_size < 1:
         raise DraftError(f"--batch-size must be a positive integer, got {args.batch_size}.")

@@ -169,9 +169,11 @@ def _remove_if_nothing_done(trainer, run_dir: Path, existed: bool) -> None:
 
 
 def add_parser(sub) -> None:
+    from draft_core.cli.helptext import preset_names
+
     tr = sub.add_parser("train", help="fine-tune a LoRA on a reward")
     tr.add_argument("config", nargs="?", help="a YAML config")
-    tr.add_argument("--preset", help="a built-in config (quickstart)")
+    tr.add_argument("--preset", help=f"a built-in config: {', '.join(preset_names())}")
     tr.add_argument("--model", help="the model to fine-tune (--set model.name=NAME); alone, with the default config")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     tr.add_argument("--out", help="run folder (default runs/NAME-TIMESTAMP)")

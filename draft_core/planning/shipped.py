@@ -1,13 +1,14 @@
-"""The shipped configs' planned memory: a header line in each file, and README's table made from them.
+"""The shipped configs' planned memory: a header line in each file, and the table made from them.
 
 Each file in ``configs/`` starts with one line that ``draft plan`` wrote (``scripts/memory_table.py
 --plan``, which traces the config on the meta device as CUDA would run it)::
 
     # Planned peak (draft plan, cuda): 21.3 GiB; smallest card: 24 GiB.
 
-README's "Shipped configs" table is generated from those lines and the configs' own settings
-(``scripts/memory_table.py`` rewrites it between its two markers); tests/test_shipped_memory.py
-fails when README's table is not what the configs say.
+The table of the shipped configs, in README.md (what a newcomer with a GPU reads first) and
+docs/memory.md, is generated from those lines and the configs' own settings
+(``scripts/memory_table.py`` rewrites it between its two markers in each of ``TABLE_FILES``);
+tests/test_shipped_memory.py fails when a table is not what the configs say.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from draft_core.planning.budget import format_bytes, smallest_card
 
 HEADER = re.compile(r"^# Planned peak \(draft plan, (\w+)\): ([\d.]+ (?:B|KiB|MiB|GiB|TiB)); smallest card: (\d+ GiB|over 80 GiB)\.$", re.M)
 BEGIN, END = "<!-- memory table: scripts/memory_table.py -->", "<!-- end of memory table -->"
+#: the files (relative to the repository root) that hold the generated table
+TABLE_FILES = ("README.md", "docs/memory.md")
 
 
 def header_line(peak: int, device_type: str = "cuda") -> str:
@@ -53,7 +56,7 @@ def describe(path: Path) -> str:
 
 
 def table(configs: Path) -> str:
-    """README's table: one row per shipped config with a header line."""
+    """The table: one row per shipped config with a header line."""
     from draft_core.config import load_config
 
     lines = ["| config | model | settings | planned peak | smallest card |", "| --- | --- | --- | --- | --- |"]
@@ -70,10 +73,10 @@ def table(configs: Path) -> str:
 def with_table(readme: str, configs: Path) -> str:
     """``readme`` with the text between the markers replaced by ``table(configs)``."""
     if BEGIN not in readme or END not in readme:
-        raise ValueError(f"README has no memory table markers ({BEGIN} ... {END})")
+        raise ValueError(f"the page has no memory table markers ({BEGIN} ... {END})")
     head, rest = readme.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{BEGIN}\n{table(configs)}\n{END}{tail}"
 
 
-__all__ = ["header_line", "read_header", "table", "with_table", "write_header", "format_bytes"]
+__all__ = ["TABLE_FILES", "header_line", "read_header", "table", "with_table", "write_header", "format_bytes"]

@@ -68,7 +68,7 @@ def metric_chart(runs: list[RunData], key: str) -> dict:
 
 def hacking_chart(runs: list[RunData]) -> dict | None:
     """Reward hacking at a glance: the training reward against the held-out rewards (val/*) over steps,
-    with the guards' stop and best validation marked (README: Guards against reward hacking)."""
+    with the guards' stop and best validation marked (docs/monitoring.md: Guards against reward hacking)."""
     series, marks = [], []
     for i, run in enumerate(runs):
         val = [k for k in run.series if k.startswith("val/")]
