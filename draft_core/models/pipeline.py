@@ -130,6 +130,10 @@ class DiffusionModel(ModelFamily):
         return cls(unet, text_encoder, tokenizer, scheduler_config, vae=vae, name=source)
 
     def pipeline(self):
+        """The family's diffusers pipeline on these components; NotImplementedError for a pixel-space model
+        (no VAE), which no diffusers pipeline runs."""
+        if self.vae is None:
+            raise NotImplementedError(f"{self.name or 'this model'} is a pixel-space model (no VAE): no diffusers pipeline runs it")
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
         return StableDiffusionPipeline(

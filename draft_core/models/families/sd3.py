@@ -208,6 +208,10 @@ class SD3Model(ModelFamily):
         return cls(scheduler_config=scheduler_config, name=source, **parts)
 
     def pipeline(self):
+        """The family's diffusers pipeline on these components; NotImplementedError for a pixel-space model
+        (no VAE), which no diffusers pipeline runs."""
+        if self.vae is None:
+            raise NotImplementedError(f"{self.name or 'this model'} is a pixel-space model (no VAE): no diffusers pipeline runs it")
         from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
         return StableDiffusion3Pipeline(
