@@ -107,6 +107,29 @@ def test_draft_train_from_a_config_then_sample_with_its_lora(installed_family, f
     assert (out / "0000.png").exists()
 
 
+def test_draft_lora_mix_writes_through_the_family_hooks(installed_family, folder, tmp_path, capsys):
+    """Half a random LoRA twice is the LoRA: the mix is written by the family's save_lora_layers (diffusers'
+    layout, PixArtSigmaPipeline having no loader) and read by its lora_state_dict."""
+    from draft_core.lora import LoraSpec, apply_loras, save_lora
+    from draft_core.models.loading import load_model
+
+    lora = save_lora(ModelFamilyConformance.with_lora(installed_family.build_tiny_pixart_sigma()), tmp_path / "lora").parent
+    mixed = tmp_path / "mixed"
+    assert main(["lora", "mix", f"{lora}:0.5", f"{lora}:0.5", "--family", str(folder), "--out", str(mixed)]) == 0, \
+        capsys.readouterr().err
+    outputs = []
+    for specs in ([], [LoraSpec(lora, 1.0)], [LoraSpec(mixed, 1.0)]):
+        model = load_model(str(folder), device="cpu", dtype=torch.float32)
+        apply_loras(model, specs)
+        x = model.make_noise(1, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            outputs.append(model.denoise(x, torch.tensor(300), model.encode_prompts(["a cat"]), 4.5))
+    base, alone, mix = outputs
+    scale = alone.abs().max().item()
+    assert (alone - base).abs().max() > 1e-3 * scale  # the LoRA matters
+    torch.testing.assert_close(mix, alone, rtol=1e-5, atol=1e-5 * scale)  # float32, factors concatenated
+
+
 def test_draft_plan_gives_a_figure_through_the_planning_hook(installed_family, folder, capsys, monkeypatch, tmp_path):
     calls = []
     hook = installed_family.PixArtSigmaModel.meta_model.__func__
