@@ -53,6 +53,14 @@ def parameter_dtype(module: torch.nn.Module) -> torch.dtype:
     return last if last is not None else first_tensor(module).dtype
 
 
+def token_ids(tokenizer, prompts: Sequence[str], max_length: int | None = None, device=None) -> torch.Tensor:
+    """[B, L] token ids of ``prompts`` as diffusers' pipelines tokenize them: padded to ``max_length`` (the
+    tokenizer's ``model_max_length`` by default) and truncated, special tokens added; on ``device``."""
+    ids = tokenizer(list(prompts), padding="max_length", max_length=max_length or tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return ids if device is None else ids.to(device)
+
+
 def uses_cfg(scale) -> bool:
     """One rule for constants and learned schedules: a tensor scale or any g != 1 runs two passes."""
     return torch.is_tensor(scale) or scale != 1.0
