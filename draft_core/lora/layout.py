@@ -1,4 +1,4 @@
-"""diffusers' LoRA file layout for a model family whose diffusers pipeline has no LoRA loader.
+"""LoRA files of a model family: through its ``lora_pipeline``'s loader, or diffusers' layout without one.
 
 diffusers' loaders write one ``pytorch_lora_weights.safetensors`` holding each component's peft keys
 under its prefix (``transformer.transformer_blocks.0.attn1.to_q.lora_A.weight``) and, in the
@@ -11,12 +11,14 @@ provided hooks through the two functions here, so its files read as any diffuser
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from draft_core.errors import DraftError
 from draft_core.lora.adapters import WEIGHT_NAME
 
 #: the safetensors header key diffusers keeps the adapters' peft configs under.
@@ -57,3 +59,40 @@ def read_lora_layers(source: str | Path | dict, weight_name: str = WEIGHT_NAME, 
         state = {key: f.get_tensor(key) for key in f.keys()}
     metadata = json.loads(header[METADATA_KEY]) if METADATA_KEY in header else None
     return state, None, metadata
+
+
+def pipeline_loader(family: Any, method: str) -> Any:
+    """The family's ``lora_pipeline``'s ``method`` (save_lora_weights, lora_state_dict), or None where it has none."""
+    import diffusers
+
+    found = getattr(getattr(diffusers, family.lora_pipeline, None), method, None) if family.lora_pipeline else None
+    return found if callable(found) else None
+
+
+def family_components(family: Any) -> tuple[str, ...]:
+    """The components a LoRA file of ``family`` holds (``ModelFamily.lora_components``)."""
+    loader = pipeline_loader(family, "save_lora_weights")
+    if loader is None:
+        return (family.denoiser_name,)
+    return tuple(p[: -len("_lora_layers")] for p in inspect.signature(loader).parameters if p.endswith("_lora_layers"))
+
+
+def save_family_layers(family: Any, folder: str | Path, layers: dict[str, dict[str, torch.Tensor]],
+                       metadata: dict[str, dict | None]) -> Path:
+    """``ModelFamily.save_lora_layers``: the pipeline's writer, or ``write_lora_layers``."""
+    holds = family.lora_components()
+    unknown = sorted(set(layers) - set(holds))
+    if unknown:
+        raise DraftError(
+            f"these LoRA layers are of {', '.join(unknown)}, which a '{family.family}' LoRA file does not hold (it holds "
+            f"{', '.join(holds)}): were they trained on another model family? Pass --family."
+        )
+    loader = pipeline_loader(family, "save_lora_weights")
+    if loader is None:
+        return write_lora_layers(folder, layers, metadata)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {f"{c}_lora_layers": state for c, state in layers.items()}
+    kwargs.update({f"{c}_lora_adapter_metadata": m for c, m in metadata.items() if m is not None})
+    loader(folder, safe_serialization=True, **kwargs)
+    return folder / WEIGHT_NAME

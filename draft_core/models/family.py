@@ -78,7 +78,8 @@ class ModelFamily:
     family: ClassVar[str] = ""
     #: model_index.json ``_class_name`` values this family loads (the first is what it writes).
     pipeline_classes: ClassVar[tuple[str, ...]] = ()
-    #: the diffusers pipeline class whose ``save_lora_weights``/``load_lora_weights`` its LoRA files follow.
+    #: the diffusers pipeline class whose ``save_lora_weights``/``lora_state_dict`` its LoRA files follow; ""
+    #: (or a class without a LoRA loader): diffusers' layout, written and read by the core (draft_core.lora.layout).
     lora_pipeline: ClassVar[str] = ""
     #: the attribute holding the denoiser, which is also the LoRA file's key prefix ("unet", "transformer").
     denoiser_name: ClassVar[str] = "unet"
@@ -323,47 +324,19 @@ class ModelFamily:
     def save_lora_layers(cls, folder: str | Path, layers: dict[str, dict[str, torch.Tensor]],
                          metadata: dict[str, dict | None]) -> Path:
         """Write ``folder/pytorch_lora_weights.safetensors`` from ``layers`` (component -> peft keys without
-        prefix; ``metadata``: component -> peft config) as the family's pipeline writes it (``lora_pipeline``'s
-        ``save_lora_weights``), or in diffusers' layout where that class has no LoRA loader
-        (``draft_core.lora.layout``). Training and ``draft lora mix`` both write through it."""
-        from draft_core.errors import DraftError
-        from draft_core.lora.adapters import WEIGHT_NAME
-        from draft_core.lora.layout import write_lora_layers
+        prefix; ``metadata``: component -> peft config) as ``lora_pipeline``'s ``save_lora_weights`` writes it, or in
+        diffusers' layout where that class has no LoRA loader. Training and ``draft lora mix`` both write through it."""
+        from draft_core.lora.layout import save_family_layers
 
-        unknown = sorted(set(layers) - set(cls.lora_components()))
-        if unknown:
-            raise DraftError(
-                f"these LoRA layers are of {', '.join(unknown)}, which a '{cls.family}' LoRA file does not hold (it holds "
-                f"{', '.join(cls.lora_components())}): were they trained on another model family? Pass --family."
-            )
-        loader = cls._lora_loader("save_lora_weights")
-        if loader is None:
-            return write_lora_layers(folder, layers, metadata)
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        kwargs: dict[str, Any] = {f"{c}_lora_layers": state for c, state in layers.items()}
-        kwargs.update({f"{c}_lora_adapter_metadata": m for c, m in metadata.items() if m is not None})
-        loader(folder, safe_serialization=True, **kwargs)
-        return folder / WEIGHT_NAME
+        return save_family_layers(cls, folder, layers, metadata)
 
     @classmethod
     def lora_components(cls) -> tuple[str, ...]:
         """The components a LoRA file of this family holds: those ``lora_pipeline``'s ``save_lora_weights``
         takes (``unet``, ``text_encoder``, ...), or the denoiser alone where that class has no LoRA loader."""
-        import inspect
+        from draft_core.lora.layout import family_components
 
-        loader = cls._lora_loader("save_lora_weights")
-        if loader is None:
-            return (cls.denoiser_name,)
-        return tuple(p[: -len("_lora_layers")] for p in inspect.signature(loader).parameters if p.endswith("_lora_layers"))
-
-    @classmethod
-    def _lora_loader(cls, method: str):
-        """``lora_pipeline``'s ``method`` (save_lora_weights, lora_state_dict), or None where it has none."""
-        import diffusers
-
-        found = getattr(getattr(diffusers, cls.lora_pipeline, None), method, None) if cls.lora_pipeline else None
-        return found if callable(found) else None
+        return family_components(cls)
 
     @classmethod
     def kohya_name(cls, component: str, module: str) -> str:
@@ -432,9 +405,9 @@ class ModelFamily:
         """Read a LoRA file (a folder plus ``weight_name``, or a state dict) into (state with the
         ``<denoiser_name>.`` key prefix, per-module alphas or None, adapter metadata or None), converting
         other layouts (kohya) where ``lora_pipeline``'s loader does; diffusers' layout without one."""
-        from draft_core.lora.layout import read_lora_layers
+        from draft_core.lora.layout import pipeline_loader, read_lora_layers
 
-        loader = cls._lora_loader("lora_state_dict")
+        loader = pipeline_loader(cls, "lora_state_dict")
         if loader is None:
             return read_lora_layers(source, **kwargs)
         out = loader(source, return_lora_metadata=True, **kwargs)
