@@ -145,3 +145,27 @@ def test_draft_plan_gives_a_figure_through_the_planning_hook(installed_family, f
     weights = sum(t.numel() * t.element_size() for t in tensors.values())
     assert plan["breakdown_bytes"]["base weights"] == weights
     assert plan["peak_bytes"] > weights and plan["flops"] > 0
+
+
+def test_the_kit_fails_a_family_that_breaks_the_contract(pixart, tmp_path):
+    """Two common mistakes, each caught: guidance as out(c) + g·(out(c) − out(∅)), and a LoRA file whose
+    metadata loses lora_alpha (read back at scale 1 instead of alpha/r)."""
+    from draft_core.models.family import uses_cfg
+
+    class OffByOneGuidance(pixart.PixArtSigmaModel):
+        def denoise(self, x, t, cond, guidance=1.0):
+            return super().denoise(x, t, cond, guidance + 1 if uses_cfg(guidance) else guidance)
+
+    class DropsAlpha(pixart.PixArtSigmaModel):
+        def save_lora_weights(self, folder, state, metadata=None):
+            return super().save_lora_weights(folder, state, {k: v for k, v in (metadata or {}).items() if k != "lora_alpha"})
+
+    def built(cls):
+        good = pixart.build_tiny_pixart_sigma()
+        return cls(good.transformer, good.text_encoder, good.tokenizer, good.vae, good.scheduler_config, name="broken")
+
+    kit = TestPixArtSigmaFamily()
+    with pytest.raises(AssertionError, match=r"is not out\(∅\) \+ g·"):
+        kit.test_guidance_rule(built(OffByOneGuidance))
+    with pytest.raises(AssertionError, match="the LoRA read back gives other outputs"):
+        kit.test_lora_round_trip(built(DropsAlpha), tmp_path)
