@@ -98,3 +98,25 @@ def assert_central_differences(loss_at, grads, params, directions: int = 3, h: f
         analytic = sum((grad * d).sum() for grad, d in zip(grads, direction)).item()
         assert abs(analytic) > 1e-6, "the directional derivative is (almost) zero: nothing is tested"
         assert fd == pytest.approx(analytic, rel=rel)
+
+
+def patch_flux_rope_float64(monkeypatch) -> None:
+    """diffusers' apply_rotary_emb computes in float32 (``x.float()``), even for float64 queries and keys,
+    which would round a float64 model's attention to float32. For the finite-difference test, the same
+    rotation (FLUX's interleaved pairs) in the input's own dtype."""
+    import diffusers.models.transformers.transformer_flux as transformer_flux
+
+    original = transformer_flux.apply_rotary_emb
+
+    def rotate(x, freqs_cis, use_real=True, use_real_unbind_dim=-1, sequence_dim=2):
+        if x.dtype != torch.float64:
+            return original(x, freqs_cis, use_real=use_real, use_real_unbind_dim=use_real_unbind_dim, sequence_dim=sequence_dim)
+        assert use_real and use_real_unbind_dim == -1 and sequence_dim == 1  # what FluxAttnProcessor passes
+        cos, sin = (f[None, :, None, :].to(x) for f in freqs_cis)
+        real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+        return x * cos + torch.stack([-imag, real], dim=-1).flatten(3) * sin
+
+    x = torch.randn(1, 5, 2, 8, dtype=torch.float64)  # [B, S, heads, head_dim]: the same rotation as diffusers'
+    freqs = transformer_flux.FluxPosEmbed(theta=10000, axes_dim=(2, 2, 4))(torch.rand(5, 3) * 4)
+    torch.testing.assert_close(rotate(x, freqs, sequence_dim=1), original(x, freqs, sequence_dim=1).double(), rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(transformer_flux, "apply_rotary_emb", rotate)

@@ -46,27 +46,40 @@ def test_a_module_that_cannot_carry_a_lora_is_named():
 
 class NoLoader(ModelFamily):
     family = "no-loader"
+    denoiser_name = "transformer"
     pipeline_classes = ("PixArtSigmaPipeline",)
     lora_pipeline = "PixArtSigmaPipeline"  # a diffusers class without save_lora_weights/lora_state_dict
 
 
-class OwnFiles(NoLoader):
-    def save_lora_weights(self, folder, state, metadata=None):  # pragma: no cover - only its presence matters
-        raise NotImplementedError
-
-    @classmethod
-    def lora_state_dict(cls, source, **kwargs):  # pragma: no cover
-        raise NotImplementedError
+class Misspelt(NoLoader):
+    lora_pipeline = "PixArtSigmaPipelin"
 
 
 def test_lora_files_are_checked_before_a_run():
-    problem = NoLoader.lora_file_problem()
-    assert "'no-loader'" in problem and "no save_lora_weights or lora_state_dict" in problem
-    with pytest.raises(DraftError, match="override save_lora_weights and lora_state_dict"):
-        check_lora_files(NoLoader)
-    assert OwnFiles.lora_file_problem() == ""  # its own hooks need no pipeline
+    problem = Misspelt.lora_file_problem()
+    assert "'no-loader'" in problem and "'PixArtSigmaPipelin', which is not a diffusers class" in problem
+    with pytest.raises(DraftError, match="leave lora_pipeline empty"):
+        check_lora_files(Misspelt)
+    assert NoLoader.lora_file_problem() == ""  # no loader: diffusers' layout, written and read by the core
     for entry in load_registry().entries("model"):
         assert entry.factory.lora_file_problem() == "", entry.name
+
+
+def test_a_family_without_a_lora_loader_writes_and_reads_diffusers_layout(tmp_path):
+    from safetensors import safe_open
+
+    state = {"transformer_blocks.0.attn1.to_q.lora_A.weight": torch.randn(2, 8),
+             "transformer_blocks.0.attn1.to_q.lora_B.weight": torch.randn(8, 2)}
+    config = {"r": 2, "lora_alpha": 3.0, "target_modules": {"to_q"}}
+    file = object.__new__(NoLoader).save_lora_weights(tmp_path, state, config)
+    with safe_open(str(file), "pt") as f:  # the layout diffusers' loaders write
+        assert sorted(f.keys()) == sorted(f"transformer.{k}" for k in state)
+        assert '"transformer.lora_alpha": 3.0' in f.metadata()["lora_adapter_metadata"]
+    read, alphas, metadata = NoLoader.lora_state_dict(str(tmp_path), weight_name=file.name)
+    assert alphas is None and metadata == {"transformer.r": 2, "transformer.lora_alpha": 3.0, "transformer.target_modules": ["to_q"]}
+    assert all(torch.equal(read[f"transformer.{k}"], v) for k, v in state.items())
+    with pytest.raises(DraftError, match="text_encoder, which a 'no-loader' LoRA file does not hold"):
+        NoLoader.save_lora_layers(tmp_path, {"text_encoder": state}, {"text_encoder": None})
 
 
 def test_the_model_card_names_what_loads_the_file(tmp_path, monkeypatch):

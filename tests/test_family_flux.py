@@ -18,7 +18,7 @@ from draft_core.lora.files import LoraModule
 from draft_core.lora.kohya_flux import flux_kohya_state
 from draft_core.models.families.flux import FluxModel, build_tiny_random_flux
 from draft_core.plugins import load_registry
-from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs
+from model_fixtures import LinearReward, assert_central_differences, grads_of, patch_flux_rope_float64, step_inputs
 
 PROMPTS = ["a cat", "a dog"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,25 +106,7 @@ def test_save_pretrained_loads_in_flux_pipeline_and_back(tmp_path):
 # -- gradients ------------------------------------------------------------------------------
 @pytest.fixture
 def rope_in_float64(monkeypatch):
-    """diffusers' apply_rotary_emb computes in float32 (``x.float()``), even for float64 queries and keys,
-    which would round a float64 model's attention to float32. For the finite-difference test, the same
-    rotation (FLUX's interleaved pairs) in the input's own dtype."""
-    import diffusers.models.transformers.transformer_flux as transformer_flux
-
-    original = transformer_flux.apply_rotary_emb
-
-    def rotate(x, freqs_cis, use_real=True, use_real_unbind_dim=-1, sequence_dim=2):
-        if x.dtype != torch.float64:
-            return original(x, freqs_cis, use_real=use_real, use_real_unbind_dim=use_real_unbind_dim, sequence_dim=sequence_dim)
-        assert use_real and use_real_unbind_dim == -1 and sequence_dim == 1  # what FluxAttnProcessor passes
-        cos, sin = (f[None, :, None, :].to(x) for f in freqs_cis)
-        real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
-        return x * cos + torch.stack([-imag, real], dim=-1).flatten(3) * sin
-
-    x = torch.randn(1, 5, 2, 8, dtype=torch.float64)  # [B, S, heads, head_dim]: the same rotation as diffusers'
-    freqs = transformer_flux.FluxPosEmbed(theta=10000, axes_dim=(2, 2, 4))(torch.rand(5, 3) * 4)
-    torch.testing.assert_close(rotate(x, freqs, sequence_dim=1), original(x, freqs, sequence_dim=1).double(), rtol=1e-6, atol=1e-6)
-    monkeypatch.setattr(transformer_flux, "apply_rotary_emb", rotate)
+    patch_flux_rope_float64(monkeypatch)
 
 
 def test_full_draft_matches_central_differences_float64(rope_in_float64):

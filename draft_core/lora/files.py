@@ -182,13 +182,9 @@ def lora_family(family=None, folders: Sequence[Path] = (), components: Sequence[
 
 
 def save_mixed(specs: Sequence[LoraSpec], out: str | Path, family=None) -> Path:
-    """Write the mix of ``specs`` as ``out/pytorch_lora_weights.safetensors`` (loadable by the family
-    pipeline's ``load_lora_weights``); each component (denoiser, text encoders) is mixed on its own.
-    ``family``: as ``lora_family``."""
-    import inspect
-
-    import diffusers
-
+    """Write the mix of ``specs`` as ``out/pytorch_lora_weights.safetensors`` through the family's
+    ``save_lora_layers`` hook (loadable as the family's own LoRA files are); each component (denoiser,
+    text encoders) is mixed on its own. ``family``: as ``lora_family``."""
     state, scale, rank = mix_loras(specs)
     layers: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
@@ -196,20 +192,14 @@ def save_mixed(specs: Sequence[LoraSpec], out: str | Path, family=None) -> Path:
         layers.setdefault(component, {})[rest] = tensor
     files = [read_lora(s.path) for s in specs if s.scale != 0]
     fam = lora_family(family, [s.folder for s in specs if s.scale != 0], list(layers))
-    pipeline = getattr(diffusers, fam.lora_pipeline)
-    writes = sorted(p[: -len("_lora_layers")] for p in inspect.signature(pipeline.save_lora_weights).parameters
-                    if p.endswith("_lora_layers"))
-    unknown = sorted(set(layers) - set(writes))
-    if unknown:
-        raise DraftError(
-            f"lora mix: these LoRAs hold {', '.join(unknown)} layers, which a '{fam.family}' LoRA file ({fam.lora_pipeline}) "
-            f"does not have (it has {', '.join(writes)}): were they trained on another model family? Pass --family."
-        )
-    kwargs = {}
+    if fam._overrides("save_lora_weights") and not fam._overrides("save_lora_layers"):
+        raise DraftError(f"lora mix: the '{fam.family}' family writes its LoRA files with its own save_lora_weights, "
+                         f"which takes the denoiser's layers alone; lora mix writes through the classmethod "
+                         f"save_lora_layers(folder, layers, metadata), which the family does not override.")
+    metadata: dict[str, dict | None] = {}
     for component, tensors in sorted(layers.items()):
         base = next(f.configs.get(component, {}) for f in files if any(n.startswith(f"{component}.") for n in f.modules))
-        kwargs[f"{component}_lora_layers"] = tensors
-        kwargs[f"{component}_lora_adapter_metadata"] = {
+        metadata[component] = {
             **{k: v for k, v in base.items() if k not in ("rank_pattern", "alpha_pattern")},
             "r": rank,
             "lora_alpha": scale * rank,
@@ -218,10 +208,10 @@ def save_mixed(specs: Sequence[LoraSpec], out: str | Path, family=None) -> Path:
             "rank_pattern": {},
             "alpha_pattern": {},
         }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    pipeline.save_lora_weights(out, safe_serialization=True, **kwargs)
-    return out / WEIGHT_NAME
+    try:
+        return fam.save_lora_layers(out, layers, metadata)
+    except DraftError as exc:
+        raise DraftError(f"lora mix: {exc}") from None
 
 
 # -- kohya export ---------------------------------------------------------------------

@@ -190,11 +190,12 @@ def apply_loras(target, specs: Sequence[LoraSpec], model_name: str | None = None
 
     ``model_name`` (the ``--model`` given) only names the model in the error for a LoRA that does not fit.
     """
-    from draft_core.lora.adapters import denoiser_of
+    from draft_core.lora.adapters import denoiser_of, with_peft
     from draft_core.lora.validate import LoraFileError
 
     unet = denoiser_of(target)
     model = target if unet is not target else None
+    unet = with_peft(unet)  # a diffusers model without PeftAdapterMixin (PixArt's) loads adapters as add_lora trains them
     prefix = lora_prefix(model)
     names = []
     for i, spec in enumerate(specs):

@@ -53,6 +53,14 @@ def parameter_dtype(module: torch.nn.Module) -> torch.dtype:
     return last if last is not None else first_tensor(module).dtype
 
 
+def token_ids(tokenizer, prompts: Sequence[str], max_length: int | None = None, device=None) -> torch.Tensor:
+    """[B, L] token ids of ``prompts`` as diffusers' pipelines tokenize them: padded to ``max_length`` (the
+    tokenizer's ``model_max_length`` by default) and truncated, special tokens added; on ``device``."""
+    ids = tokenizer(list(prompts), padding="max_length", max_length=max_length or tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return ids if device is None else ids.to(device)
+
+
 def uses_cfg(scale) -> bool:
     """One rule for constants and learned schedules: a tensor scale or any g != 1 runs two passes."""
     return torch.is_tensor(scale) or scale != 1.0
@@ -70,7 +78,8 @@ class ModelFamily:
     family: ClassVar[str] = ""
     #: model_index.json ``_class_name`` values this family loads (the first is what it writes).
     pipeline_classes: ClassVar[tuple[str, ...]] = ()
-    #: the diffusers pipeline class whose ``save_lora_weights``/``load_lora_weights`` its LoRA files follow.
+    #: the diffusers pipeline class whose ``save_lora_weights``/``lora_state_dict`` its LoRA files follow; ""
+    #: (or a class without a LoRA loader): diffusers' layout, written and read by the core (draft_core.lora.layout).
     lora_pipeline: ClassVar[str] = ""
     #: the attribute holding the denoiser, which is also the LoRA file's key prefix ("unet", "transformer").
     denoiser_name: ClassVar[str] = "unet"
@@ -308,19 +317,26 @@ class ModelFamily:
         raise NotImplementedError
 
     def save_lora_weights(self, folder: str | Path, state: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
-        """Write the denoiser's LoRA (peft keys without prefix) as the family's pipeline writes it."""
-        import diffusers
+        """Write the denoiser's LoRA (peft keys without prefix, its peft config as ``metadata``): ``save_lora_layers``."""
+        return type(self).save_lora_layers(folder, {self.denoiser_name: state}, {self.denoiser_name: metadata})
 
-        from draft_core.lora.adapters import WEIGHT_NAME
+    @classmethod
+    def save_lora_layers(cls, folder: str | Path, layers: dict[str, dict[str, torch.Tensor]],
+                         metadata: dict[str, dict | None]) -> Path:
+        """Write ``folder/pytorch_lora_weights.safetensors`` from ``layers`` (component -> peft keys without
+        prefix; ``metadata``: component -> peft config) as ``lora_pipeline``'s ``save_lora_weights`` writes it, or in
+        diffusers' layout where that class has no LoRA loader. Training and ``draft lora mix`` both write through it."""
+        from draft_core.lora.layout import save_family_layers
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        prefix = self.denoiser_name
-        kwargs = {f"{prefix}_lora_layers": state}
-        if metadata is not None:
-            kwargs[f"{prefix}_lora_adapter_metadata"] = metadata
-        getattr(diffusers, self.lora_pipeline).save_lora_weights(folder, safe_serialization=True, **kwargs)
-        return folder / WEIGHT_NAME
+        return save_family_layers(cls, folder, layers, metadata)
+
+    @classmethod
+    def lora_components(cls) -> tuple[str, ...]:
+        """The components a LoRA file of this family holds: those ``lora_pipeline``'s ``save_lora_weights``
+        takes (``unet``, ``text_encoder``, ...), or the denoiser alone where that class has no LoRA loader."""
+        from draft_core.lora.layout import family_components
+
+        return family_components(cls)
 
     @classmethod
     def kohya_name(cls, component: str, module: str) -> str:
@@ -364,22 +380,20 @@ class ModelFamily:
     @classmethod
     def lora_file_problem(cls) -> str:
         """Why this family could not write or read its LoRA files ("" when it can). Checked before a run
-        starts, so a run never trains to the end and then fails to save. The provided ``save_lora_weights``
-        and ``lora_state_dict`` use ``lora_pipeline``'s; a family that overrides both needs no pipeline."""
-        needed = [name for name, own in (("save_lora_weights", cls._overrides("save_lora_weights")),
-                                         ("lora_state_dict", cls._overrides("lora_state_dict"))) if not own]
-        if not needed:
+        starts, so a run never trains to the end and then fails to save. The provided hooks use
+        ``lora_pipeline``'s loader, or diffusers' layout without one (``lora_pipeline`` empty, or a class
+        without a LoRA loader); what they cannot use is a ``lora_pipeline`` diffusers does not have."""
+        if not cls.lora_pipeline or (cls._overrides("save_lora_layers") or cls._overrides("save_lora_weights")) \
+                and cls._overrides("lora_state_dict"):
             return ""
         import diffusers
 
-        pipeline = getattr(diffusers, cls.lora_pipeline, None) if cls.lora_pipeline else None
-        missing = [name for name in needed if not callable(getattr(pipeline, name, None))]
-        if not missing:
+        if hasattr(diffusers, cls.lora_pipeline):
             return ""
-        what = f"lora_pipeline {cls.lora_pipeline!r}" if cls.lora_pipeline else "no lora_pipeline"
-        return (f"model family '{cls.family}' ({cls.__module__}.{cls.__qualname__}) has {what}, whose diffusers class "
-                f"has no {' or '.join(missing)}, so its LoRA files could be neither written nor read. Set lora_pipeline "
-                f"to a diffusers pipeline class with a LoRA loader, or override save_lora_weights and lora_state_dict.")
+        return (f"model family '{cls.family}' ({cls.__module__}.{cls.__qualname__}) has lora_pipeline "
+                f"{cls.lora_pipeline!r}, which is not a diffusers class, so its LoRA files could be neither written nor "
+                f"read. Name the diffusers pipeline class whose LoRA files the family's follow, or leave lora_pipeline "
+                f"empty for diffusers' layout without a pipeline loader.")
 
     @classmethod
     def _overrides(cls, name: str) -> bool:
@@ -390,11 +404,13 @@ class ModelFamily:
     def lora_state_dict(cls, source: str | dict, **kwargs: Any) -> tuple[dict, dict | None, dict | None]:
         """Read a LoRA file (a folder plus ``weight_name``, or a state dict) into (state with the
         ``<denoiser_name>.`` key prefix, per-module alphas or None, adapter metadata or None), converting
-        other layouts (kohya) where the family's format allows it."""
-        import diffusers
+        other layouts (kohya) where ``lora_pipeline``'s loader does; diffusers' layout without one."""
+        from draft_core.lora.layout import pipeline_loader, read_lora_layers
 
-        pipeline = getattr(diffusers, cls.lora_pipeline)
-        out = pipeline.lora_state_dict(source, return_lora_metadata=True, **kwargs)
+        loader = pipeline_loader(cls, "lora_state_dict")
+        if loader is None:
+            return read_lora_layers(source, **kwargs)
+        out = loader(source, return_lora_metadata=True, **kwargs)
         state, alphas, metadata = (out[0], None, out[-1]) if len(out) == 2 else out  # transformer pipelines: no alphas
         return dict(state), alphas or None, metadata or None
 

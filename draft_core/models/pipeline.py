@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from draft_core.models.conditioning import Conditioning
-from draft_core.models.family import ModelFamily, guided, upcast, uses_cfg
+from draft_core.models.family import ModelFamily, guided, token_ids, upcast, uses_cfg
 
 __all__ = ["DiffusionModel", "SDModel", "upcast"]
 
@@ -63,13 +63,7 @@ class DiffusionModel(ModelFamily):
     def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
         # As diffusers' StableDiffusionPipeline.encode_prompt: pad to the tokenizer's
         # max length, take the last hidden state.
-        ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
+        ids = token_ids(self.tokenizer, prompts, device=self.text_encoder.device)
         return self.text_encoder(ids)[0].to(self.dtype)
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
@@ -130,6 +124,10 @@ class DiffusionModel(ModelFamily):
         return cls(unet, text_encoder, tokenizer, scheduler_config, vae=vae, name=source)
 
     def pipeline(self):
+        """The family's diffusers pipeline on these components; NotImplementedError for a pixel-space model
+        (no VAE), which no diffusers pipeline runs."""
+        if self.vae is None:
+            raise NotImplementedError(f"{self.name or 'this model'} is a pixel-space model (no VAE): no diffusers pipeline runs it")
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
         return StableDiffusionPipeline(

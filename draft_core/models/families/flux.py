@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from draft_core.models.conditioning import Conditioning
-from draft_core.models.family import ModelFamily, guided, upcast, uses_cfg
+from draft_core.models.family import ModelFamily, guided, token_ids, upcast, uses_cfg
 
 ATTENTION = (
     "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",  # image stream (and the single blocks' q, k, v)
@@ -155,12 +155,10 @@ class FluxModel(ModelFamily):
     def _embed(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(T5 embeddings [B, L, D], CLIP pooled [B, P]) as FluxPipeline.encode_prompt computes them."""
         prompts = list(prompts)
-        clip_ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                  truncation=True, return_tensors="pt").input_ids
-        pooled = self.text_encoder(clip_ids.to(self.text_encoder.device), output_hidden_states=False).pooler_output
-        t5_ids = self.tokenizer_2(prompts, padding="max_length", max_length=self.max_sequence_length,
-                                  truncation=True, return_tensors="pt").input_ids
-        embeds = self.text_encoder_2(t5_ids.to(self.text_encoder_2.device), output_hidden_states=False)[0]
+        clip_ids = token_ids(self.tokenizer, prompts, device=self.text_encoder.device)
+        pooled = self.text_encoder(clip_ids, output_hidden_states=False).pooler_output
+        t5_ids = token_ids(self.tokenizer_2, prompts, self.max_sequence_length, device=self.text_encoder_2.device)
+        embeds = self.text_encoder_2(t5_ids, output_hidden_states=False)[0]
         return embeds.to(self.dtype), pooled.to(self.dtype)
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:

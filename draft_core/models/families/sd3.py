@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from draft_core.models.conditioning import Conditioning
-from draft_core.models.family import ModelFamily, guided, upcast, uses_cfg
+from draft_core.models.family import ModelFamily, guided, token_ids, upcast, uses_cfg
 
 #: The joint attention's projections, image stream and text stream: the default targets of diffusers'
 #: SD3 DreamBooth-LoRA script (examples/dreambooth/train_dreambooth_lora_sd3.py) and of Flow-GRPO's
@@ -92,8 +92,7 @@ class SD3Model(ModelFamily):
         tokenizer = (self.tokenizer, self.tokenizer_2)[which]
         encoder = (self.text_encoder, self.text_encoder_2)[which]
         length = self.tokenizer.model_max_length  # the pipeline pads both CLIPs to the first's length
-        ids = tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
-                        return_tensors="pt").input_ids.to(encoder.device)
+        ids = token_ids(tokenizer, prompts, length, device=encoder.device)
         out = encoder(ids, output_hidden_states=True)
         return out.hidden_states[-2], out[0]
 
@@ -102,9 +101,8 @@ class SD3Model(ModelFamily):
         if self.text_encoder_3 is None:
             return torch.zeros(len(prompts), self.max_sequence_length, self.transformer.config.joint_attention_dim,
                                device=self.device, dtype=self.text_encoder.dtype)
-        ids = self.tokenizer_3(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
-                               add_special_tokens=True, return_tensors="pt").input_ids
-        return self.text_encoder_3(ids.to(self.text_encoder_3.device))[0]
+        ids = token_ids(self.tokenizer_3, prompts, self.max_sequence_length, device=self.text_encoder_3.device)
+        return self.text_encoder_3(ids)[0]
 
     @torch.no_grad()
     def _embed(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,6 +206,10 @@ class SD3Model(ModelFamily):
         return cls(scheduler_config=scheduler_config, name=source, **parts)
 
     def pipeline(self):
+        """The family's diffusers pipeline on these components; NotImplementedError for a pixel-space model
+        (no VAE), which no diffusers pipeline runs."""
+        if self.vae is None:
+            raise NotImplementedError(f"{self.name or 'this model'} is a pixel-space model (no VAE): no diffusers pipeline runs it")
         from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
         return StableDiffusion3Pipeline(

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from draft_core.models.conditioning import Conditioning
-from draft_core.models.family import ModelFamily, guided, upcast, uses_cfg
+from draft_core.models.family import ModelFamily, guided, token_ids, upcast, uses_cfg
 from draft_core.models.pipeline import UNET_TARGET_SETS
 
 # stabilityai/stable-diffusion-xl-base-1.0's scheduler/scheduler_config.json (samplers build theirs from it).
@@ -82,8 +82,7 @@ class SDXLModel(ModelFamily):
         """([B, L, D1 + D2] penultimate hidden states of both encoders, [B, P] pooled from the second)."""
         hidden, pooled = [], None
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids.to(encoder.device)
+            ids = token_ids(tokenizer, prompts, device=encoder.device)
             out = encoder(ids, output_hidden_states=True)
             if pooled is None and out[0].ndim == 2:  # the pipeline's rule: the projected output of encoder 2
                 pooled = out[0]
