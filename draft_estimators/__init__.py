@@ -1,12 +1,13 @@
 """The paper's gradient estimators, registered through the same hooks any plugin uses.
 
-draft (full backprop), draft-k (truncated), draft-lv (low variance), refl, dpg, the
-policy-gradient baselines ddpo and grpo (they need no reward gradient), and the wrapper kl.
+draft (full backprop), draft-k (truncated), draft-lv (low variance), refl, dpg, direct-align
+(SRPO), the policy-gradient baselines ddpo and grpo (they need no reward gradient), and the wrapper kl.
 """
 
 from draft_core.plugins.hookspecs import hookimpl
 
 from draft_estimators.ddpo import DDPO
+from draft_estimators.direct_align import DirectAlign
 from draft_estimators.dpg import DeterministicPolicyGradient
 from draft_estimators.grpo import GRPO
 from draft_estimators.kl import KLRegularized
@@ -22,10 +23,11 @@ def register_estimators(register) -> None:
     register("draft-lv", LowVariance)
     register("refl", ReFL)
     register("dpg", DeterministicPolicyGradient)
+    register("direct-align", DirectAlign)
     register("ddpo", DDPO)
     register("grpo", GRPO)
     register("kl", KLRegularized)  # a wrapper: `kl: β` beside any estimator's name
 
 
-__all__ = ["DDPO", "GRPO", "DeterministicPolicyGradient", "FullBackprop", "KLRegularized", "LowVariance", "ReFL",
+__all__ = ["DDPO", "GRPO", "DeterministicPolicyGradient", "DirectAlign", "FullBackprop", "KLRegularized", "LowVariance", "ReFL",
            "TruncatedBackprop"]
