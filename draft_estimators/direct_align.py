@@ -187,6 +187,8 @@ class DirectAlign(EstimatorBase):
         position = self._position(step, T)
         reward, logs, queries = self.score(inputs, images, position)
         weight = self.discount[0] + (self.discount[1] - self.discount[0]) * position
-        logs.update({"inject_step": float(step), "discount": weight})
+        (a_i, s_i), (a_j, s_j) = (noise_level(sampler, model, k, x0) for k in (step, step + self.jump))
+        # λ: how much of the finished sample the recovered image holds; the gradient is (1 − λ) times ReFL's.
+        logs.update({"inject_step": float(step), "discount": weight, "lambda": float((s_j * a_i) / (a_j * s_i))})
         return EstimatorOutput(loss=-weight * reward.mean(), reward=reward.detach(), images=images.detach(),
                                queries=queries, logs=logs)

@@ -97,6 +97,9 @@ def test_recovery_interpolates_between_the_prediction_and_the_finished_sample(fa
     (a_i, s_i), (a_j, s_j) = noise_level(sampler, model, i, x0), noise_level(sampler, model, i + jump, x0)
     lam = (s_j / a_j) / (s_i / a_i)
     assert 0 < lam < 1
+    if jump == 1:  # the estimator logs the same λ for its injection step
+        estimator = DirectAlign(inject_range=[i / sampler.num_steps] * 2)
+        assert estimator(inputs).logs["lambda"] == pytest.approx(lam.item(), rel=1e-12)
     torch.testing.assert_close(x0_hat, (1 - lam) * x0_theta + lam * x0, rtol=1e-10, atol=1e-10)
     for step in (i, i + jump):  # the levels the estimator reads from add_noise are the scheduler's
         by_hand = levels_by_hand(model, sampler, step)
