@@ -22,7 +22,7 @@ from draft_core.models.loading import load_model
 
 BUILTINS = {
     "samplers": ["ddim", "ddpm", "euler", "flow-sde"],
-    "estimators": ["ddpo", "dpg", "draft", "draft-k", "draft-lv", "grpo", "kl", "refl"],  # kl: a wrapper of any estimator
+    "estimators": ["ddpo", "direct-align", "dpg", "draft", "draft-k", "draft-lv", "drtune", "grpo", "kl", "refl"],  # kl: a wrapper of any estimator
     "rewards": [
         "aesthetic", "clip-score", "digit-classifier", "diversity", "hpsv2", "ink-coverage", "jpeg-compressibility",
         "jpeg-incompressibility", "jpeg-size", "jpeg-size-inverse", "pickscore", "remote", "rotation-anticorrelation",
