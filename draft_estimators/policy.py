@@ -134,7 +134,7 @@ class PolicyGradient(EstimatorBase):
             raise ConfigError(
                 f"estimator '{self.name}' trains on the log-probabilities of the sampling steps, so it needs a "
                 f"stochastic sampler (ddpm, or ddim with eta > 0; DDPO samples with ddim, eta: 1.0; for a flow-matching "
-                f"model flow-sde with eta > 0, as Flow-GRPO samples), got {sampler!r}."
+                f"model flow-sde with eta > 0, as Flow-GRPO samples, or cps), got {sampler!r}."
             )
 
     # -- what a subclass provides ------------------------------------------------------------
