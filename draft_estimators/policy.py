@@ -32,6 +32,10 @@ next call samples a fresh batch. The buffer and the schedule's position are esti
 (``state_dict``, tensors only), saved with every checkpoint, so a resumed run continues
 the same schedule. The stored conditioning is detached: a learned negative prompt
 (``learn:``) gets no gradient from these estimators.
+
+Two variations hook in here: ``guard`` (GRPO-Guard, draft_estimators/guard.py) also stores each
+step's mean and trains on its regulated ratio; ``rollout_sampler`` lets mix-grpo sample with ODE
+steps outside its window (steps without noise are never trained).
 """
 
 from __future__ import annotations
