@@ -28,9 +28,10 @@ Parity with the reference code (Tencent-Hunyuan/MixGRPO): defaults are its FLUX 
 stride 1, 25 iterations per window position, roll back, clip range 1e-4, no KL). Its window never
 reaches the last two steps (it ends at N − 2); here it may reach the last step. Its log-probability is
 the same Gaussian's (mean over elements), so clip ranges carry over. MixGRPO-Flash replaces the ODE
-steps after the window by fewer DPM-Solver++(2M) steps; diffusers offers that solver for flow models
-(``DPMSolverMultistepScheduler`` with flow sigmas), but this estimator does not use it yet: after the
-window the steps are the sampler's own schedule, by Euler.
+steps after the window by fewer DPM-Solver++(2M) steps on a sub-schedule that starts at the window's
+end; diffusers offers that solver for flow models (``DPMSolverMultistepScheduler`` with
+``use_flow_sigmas``), but its ``set_timesteps`` takes no custom sigmas, so the sub-schedule would have
+to be written into its internals: not done. After the window the steps are the sampler's own, by Euler.
 
 Needs a flow-matching model and sampler (flow-sde or cps with eta > 0): the ODE steps outside the
 window are flow Euler steps.
