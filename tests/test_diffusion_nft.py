@@ -14,7 +14,7 @@ from draft_core.testing.estimators import EstimatorConformance
 from draft_estimators import DiffusionNFT
 from draft_estimators.nft import optimality
 from flow_fixtures import flow_with_lora
-from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs
+from model_fixtures import LinearReward, assert_central_differences, step_inputs
 
 PROMPTS = ["a cat", "a dog"]
 

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from draft_core.errors import ConfigError
 from draft_core.models.family import upcast
 from draft_core.samplers.flow import FlowSDESampler
