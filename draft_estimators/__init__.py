@@ -1,8 +1,8 @@
 """The paper's gradient estimators, registered through the same hooks any plugin uses.
 
 draft (full backprop), draft-k (truncated), draft-lv (low variance), refl, dpg, direct-align
-(SRPO), drtune, the policy-gradient baselines ddpo and grpo (they need no reward gradient), and
-the wrapper kl.
+(SRPO), drtune, the reward-value estimators ddpo, grpo, mix-grpo and diffusion-nft (they need no
+reward gradient), and the wrapper kl.
 """
 
 from draft_core.plugins.hookspecs import hookimpl
@@ -14,6 +14,8 @@ from draft_estimators.drtune import DRTune
 from draft_estimators.grpo import GRPO
 from draft_estimators.kl import KLRegularized
 from draft_estimators.low_variance import LowVariance
+from draft_estimators.mix_grpo import MixGRPO
+from draft_estimators.nft import DiffusionNFT
 from draft_estimators.refl import ReFL
 from draft_estimators.truncated import FullBackprop, TruncatedBackprop
 
@@ -29,8 +31,10 @@ def register_estimators(register) -> None:
     register("drtune", DRTune)
     register("ddpo", DDPO)
     register("grpo", GRPO)
+    register("mix-grpo", MixGRPO)
+    register("diffusion-nft", DiffusionNFT)
     register("kl", KLRegularized)  # a wrapper: `kl: β` beside any estimator's name
 
 
-__all__ = ["DDPO", "GRPO", "DRTune", "DeterministicPolicyGradient", "DirectAlign", "FullBackprop", "KLRegularized",
-           "LowVariance", "ReFL", "TruncatedBackprop"]
+__all__ = ["DDPO", "GRPO", "DRTune", "DeterministicPolicyGradient", "DiffusionNFT", "DirectAlign", "FullBackprop",
+           "KLRegularized", "LowVariance", "MixGRPO", "ReFL", "TruncatedBackprop"]

@@ -26,6 +26,9 @@ Parity with the reference code, for settings carried over from it:
   int(fraction·S) steps in sampling order (its 0.99 with 10 steps trains steps 0..8, never the last).
 - Samplers: flow-sde is Flow-GRPO's SDE; DanceGRPO's, whose noise is eta·√|dσ|, is
   ``flow-sde`` with ``diffusion: dance-grpo``.
+
+``guard: true`` is GRPO-Guard (draft_estimators/guard.py): the ratio ρ̃ = exp(mean_e(ε ⊙ (μ_θ − μ_old)))
+per sample instead of PPO's, and each step's loss weighted by 1/|dt|, on a flow sampler.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ class GRPO(PolicyGradient):
     model (0: none; see the module's parity note before copying a Flow-GRPO beta).
     timestep_selection: "random" (DDPO) or "first" (Flow-GRPO: the first timestep_fraction of
     the noisy steps, in order). clip_range, adv_clip_max, timestep_fraction, inner_epochs,
-    minibatches, checkpoint: as for ddpo (the minibatches split the B·G trajectories)."""
+    minibatches, checkpoint: as for ddpo (the minibatches split the B·G trajectories).
+    guard: GRPO-Guard's regulated ratio and 1/|dt| step weights (flow samplers only)."""
 
     name = "grpo"
 
@@ -58,7 +62,11 @@ class GRPO(PolicyGradient):
         minibatches: int = 1,
         checkpoint: bool = True,
         timestep_selection: str = "random",
+        guard: bool = False,
     ) -> None:
+        if not isinstance(guard, bool):
+            raise ConfigError(f"estimator.guard must be true or false (GRPO-Guard's regulated ratio), got {guard!r}.")
+        self.guard = guard
         self.group_size = _check_number("group_size", group_size, 2, integer=True)
         if timestep_selection not in ("random", "first"):
             raise ConfigError(f"estimator.timestep_selection must be 'random' (DDPO: a random subset of the steps per "
@@ -73,7 +81,7 @@ class GRPO(PolicyGradient):
         return (f"GRPO(group_size={self.group_size}, beta={self.kl_beta}, clip_range={self.clip_range}, "
                 f"timestep_fraction={self.timestep_fraction}{', timestep_selection=first' if self.first_steps else ''}, "
                 f"inner_epochs={self.inner_epochs}, "
-                f"minibatches={self.minibatches})")
+                f"minibatches={self.minibatches}" + (", guard=True)" if self.guard else ")"))
 
     def expand(self, inputs: StepInputs):
         """G copies of the batch: rows g·B .. (g+1)·B − 1 are copy g; copy 0 keeps the runner's noise."""
