@@ -20,7 +20,7 @@ from draft_core.config.ranges import SEED_LIMIT, range_problems
 from draft_core.config.yaml_files import PRESETS_DIR, preset_path, read_yaml, yaml_load  # noqa: F401 (also importable from here)
 from draft_core.config.values import check_value
 from draft_core.errors import ConfigError, did_you_mean, join_problems
-from draft_core.lora import TARGET_SETS
+from draft_core.lora.adapters import TARGET_SETS
 from draft_core.rewarding.spec import reward_problems
 from draft_core.training.guards import build_guards
 
@@ -275,22 +275,22 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
-    for key, value in raw.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in hints:
+    for k, value in raw.items():
+        full = f"{prefix}.{k}" if prefix else str(k)
+        if k not in hints:
             problems.append(
                 f"unknown config key '{full}'. Keys accepted in '{prefix or 'the top level'}': "
-                f"{', '.join(names)}.{did_you_mean(str(key), names)}"
+                f"{', '.join(names)}.{did_you_mean(str(k), names)}"
             )
             continue
-        tp = hints[key]
+        tp = hints[k]
         try:
             if dataclasses.is_dataclass(tp):
-                kwargs[key] = _build(tp, value, full, problems)
-            elif key in PLUGIN_SECTIONS:
-                kwargs[key] = _plugin_section(value, full)
+                kwargs[k] = _build(tp, value, full, problems)
+            elif k in PLUGIN_SECTIONS:
+                kwargs[k] = _plugin_section(value, full)
             else:
-                kwargs[key] = check_value(value, tp, full)
+                kwargs[k] = check_value(value, tp, full)
         except ConfigError as exc:
             problems.append(str(exc))
     return cls(**kwargs)

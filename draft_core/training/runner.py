@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from draft_core.training.checkpoint import TrainingState, latest_checkpoint, replace_folder, save_checkpoint
+from draft_core.training.checkpoint import latest_checkpoint, replace_folder, save_checkpoint
 from draft_core.config import Config
 from draft_core.errors import ConfigError
 from draft_core.training.faults import (REWARD, NonFiniteCounter, NonFiniteStop, family_source, nonfinite_message,
