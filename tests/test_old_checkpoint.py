@@ -49,3 +49,40 @@ def test_old_checkpoint_resumes_bit_for_bit(tmp_path):
     assert not _same(reference, expected) and _same(tensors, reference)
     for k, v in expected.items():
         torch.testing.assert_close(tensors[k], v, rtol=1e-4, atol=1e-6)
+
+
+def _equal(a, b) -> bool:
+    """Nested dicts and lists of tensors, equal bit for bit."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    return type(a) is type(b) and a == b
+
+
+def test_checkpoint_files_and_the_nested_state_map_both_ways():
+    """Two processes' files (their rank-prefixed keys, the weight average, learned hyperparameters, an
+    estimator number) read into named parts, and written back to the same files."""
+    from draft_core.training.checkpoint import TrainingState
+    from draft_core.training.state import PARTS, from_checkpoint, to_checkpoint
+
+    t = torch.arange(3.0)
+    files = TrainingState(
+        step=7, lora={"a.lora_A.weight": t}, optimizer={"state": {}}, lr_scheduler={"last_epoch": 7},
+        rng={"gen_data": t, "torch_cpu": t + 1, "rank1/gen_data": t + 2, "rank1/torch_cpu": t + 3},
+        extra={"buffer.cursor": torch.tensor(1), "rank1/buffer.cursor": torch.tensor(0), "rank1/buffer.latents": t,
+               "weights_ema.0": t, "weights_ema.step": torch.tensor(7), "learned_sampling.guidance.weights": t},
+        meta={"num_processes": 2, "nonfinite": {"total": 1, "streak": 0, "first": 3, "by": {"reward": 1}},
+              "estimator_numbers": {"buffer.cursor": "int"}},
+    )
+    state = from_checkpoint(files)
+    assert tuple(state) == PARTS
+    assert _equal(state["rng"], [{"gen_data": t, "torch_cpu": t + 1}, {"gen_data": t + 2, "torch_cpu": t + 3}])
+    assert _equal(state["estimator"], [{"buffer.cursor": 1}, {"buffer.cursor": 0, "buffer.latents": t}])
+    assert _equal(state["ema"], {"weights_ema.0": t, "weights_ema.step": torch.tensor(7)})
+    assert _equal(state["learned"], {"guidance.weights": t}) and state["nonfinite"]["first"] == 3
+    again = to_checkpoint(state, "test estimator")
+    assert _equal(again.rng, files.rng) and again.meta == files.meta and again.step == 7
+    assert _equal(again.extra, files.extra) and _equal(again.lora, files.lora)

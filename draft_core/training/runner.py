@@ -26,6 +26,7 @@ from draft_core.memory import configure_denoiser
 from draft_core.models.conditioning import Conditioning
 from draft_core.rewarding.contract import CheckedReward
 from draft_core.rewarding.spec import reward_label
+from draft_core.rundir import RunDir
 from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
 from draft_core.training.distributed import (any_process, average_gradients, gather_ranks, rng_state, seed_global_generators,
@@ -41,9 +42,8 @@ from draft_core.training.provenance import recorded_config
 from draft_core.training.runlock import RunLock, lock_run_folder
 from draft_core.training.restore import restore
 from draft_core.training.state import to_checkpoint
-from draft_core.training.step_parts import micro_batches, nonfinite_verdict
+from draft_core.training.step_parts import metrics_row, micro_batches, nonfinite_verdict
 from draft_core.training.stopping import checkpoint_after_stop
-from draft_core.rundir import RunDir
 from draft_core.training.schedules import build_lr_scheduler, lr_factor  # noqa: F401 (lr_factor: also importable from here)
 from draft_core.training.signals import Interrupted, StopRequest
 from draft_core.training.tracking import Tracking, accelerator_options
@@ -263,17 +263,7 @@ class Trainer:
             return self._skip_update(skipped, lr, t0)
         grad_norm = self._optimizer_step()
         reward = self.acc.gather(torch.cat(tally.rewards))
-        return {
-            "step": self.step,
-            "reward_mean": reward.mean().item(),
-            "reward_std": reward.std().item() if reward.numel() > 1 else 0.0,
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "seconds": time.perf_counter() - t0,
-            "reward_queries": tally.queries * self.acc.num_processes,
-            **tally.logs,
-        }
+        return metrics_row(self.step, tally, reward, loss, grad_norm, lr, time.perf_counter() - t0, self.acc.num_processes)
 
     def _skip_update(self, skipped: tuple[str, str], lr: float, t0: float) -> dict[str, Any]:
         """No update: the LoRA, the optimiser and the LR schedule stay as they were; the row says why."""

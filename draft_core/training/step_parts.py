@@ -1,5 +1,6 @@
-"""The micro-batches of one training step (``train.grad_accum`` estimator calls) and what they gather,
-and the verdict on whether its update may be applied (``Trainer.train_step`` puts the pieces together)."""
+"""The parts of one training step that need no trainer state of their own: the micro-batches
+(``train.grad_accum`` estimator calls) and what they gather, the verdict on whether the update may be
+applied, and the metrics row (``Trainer.train_step`` puts the pieces together)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,23 @@ def nonfinite_verdict(any_bad_reward: float, any_bad_loss: float, params: list[t
     if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
         return (ESTIMATOR, "non-finite gradients")
     return None
+
+
+def metrics_row(step: int, tally: StepTally, reward: torch.Tensor, loss: float, grad_norm: float, lr: float,
+                seconds: float, processes: int) -> dict[str, Any]:
+    """An applied update's metrics.jsonl row (``reward``: every process's rewards; ``lr``: the step's, before
+    the schedule moved it)."""
+    return {
+        "step": step,
+        "reward_mean": reward.mean().item(),
+        "reward_std": reward.std().item() if reward.numel() > 1 else 0.0,
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "lr": lr,
+        "seconds": seconds,
+        "reward_queries": tally.queries * processes,
+        **tally.logs,
+    }
 
 
 def micro_batches(trainer: Any) -> StepTally:
