@@ -50,9 +50,6 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         object.__setattr__(self, "path", Path(path))
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
     @property
     def config(self) -> Path:
         return self.path / CONFIG

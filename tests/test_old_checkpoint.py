@@ -12,6 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from draft_core import cli
+from draft_core.config import Config
+from draft_core.rundir import RunDir
 
 DATA = Path(__file__).parent / "data" / "old_checkpoint"
 
@@ -37,14 +39,15 @@ def test_old_checkpoint_resumes_bit_for_bit(tmp_path):
     expected = load_file(DATA / "expected_step2.safetensors")
     expected_row = json.loads((DATA / "expected_step2.json").read_text())
     assert row["step"] == 2 and row["fresh_samples"] == 0.0  # step 2 trained on the checkpoint's stored samples
+    config = RunDir(run).read_config()  # the run folder's config.yaml, typed
+    assert isinstance(config, Config) and config.train.ema.decay == 0.8 and config.estimator["name"] == "ddpo"
     if _same(tensors, expected):
         assert {k: row[k] for k in expected_row} == expected_row
         return
     # Another machine rounds differently from the one that wrote the reference: there a run from scratch must
     # differ from the reference too, the resumed run must equal it bit for bit, and both stay near the reference.
     straight = tmp_path / "straight"
-    config = run / "config.yaml"
-    assert cli.main(["train", str(config), "--out", str(straight), "--set", "train.steps=2", "--no-progress"]) == 0
+    assert cli.main(["train", str(RunDir(run).config), "--out", str(straight), "--set", "train.steps=2", "--no-progress"]) == 0
     reference, _ = _step2(straight)
     assert not _same(reference, expected) and _same(tensors, reference)
     for k, v in expected.items():
