@@ -15,6 +15,7 @@ import yaml
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from cli_support import run_error
 from draft_core.cli import main
 from draft_core.config import load_config
 from draft_core.lora import add_lora, save_lora
@@ -32,25 +33,10 @@ BUILTINS = {
 STEPS, GUIDANCE, SEED = 3, 7.5, 5
 
 
-
-
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     """Run in a scratch folder (train's default run folder is relative)."""
     monkeypatch.chdir(tmp_path)
-
-
-
-
-def run_error(capsys, *argv: str) -> str:
-    """main(argv) must exit 2 with one `error: ...` paragraph on stderr; returns the message."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert code == 2, (out, err)
-    assert out == ""
-    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err[len("error: ") :].strip()
 
 
 # -- draft plugins ----------------------------------------------------------------------------

@@ -11,15 +11,8 @@ import sys
 import pytest
 import torch
 
+from cli_support import run_error
 from draft_core.cli import main
-
-
-def run_error(capsys, *argv: str) -> str:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert code == 2, (out, err)
-    assert out == "" and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err[len("error: "):].strip()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
+from cli_support import run_error
 from draft_core import hookimpl
 from draft_core.cli import main
 from draft_rewards.digits import DigitClassifier
@@ -84,14 +85,6 @@ def test_learned_reward_with_local_weights_and_prompt_file(capsys, images, tmp_p
     expected = reward(batch, ["a smooth gradient", "a noisy texture"]).tolist()
     assert [r["prompt"] for r in rows] == ["a smooth gradient", "a noisy texture"]
     np.testing.assert_allclose([r["score"] for r in rows], expected, rtol=1e-5, atol=1e-6)
-
-
-def run_error(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert code == 2 and out == "", (out, err)
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_errors_are_one_paragraph(capsys, images, tmp_path):

@@ -13,6 +13,7 @@ import torch
 import yaml
 from diffusers import StableDiffusion3Pipeline
 
+from cli_support import run_error
 import draft_core.models.loading
 from draft_core.cli import main
 from draft_core.config import load_config
@@ -297,12 +298,6 @@ def test_pixel_space_sd3_decodes_without_a_vae(tmp_path):
 
 
 # -- the CLI ---------------------------------------------------------------------------------------------
-def run_error(capsys, *argv: str) -> str:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert code == 2, (out, err)
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err[len("error: "):].strip()
 
 
 @pytest.fixture

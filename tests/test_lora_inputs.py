@@ -13,20 +13,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cli_support import run_error
 from draft_core.cli import main
 from draft_core.lora import add_lora, save_lora
 from draft_core.lora.card import write_model_card
 from draft_core.models.loading import load_model
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-jpeg.yaml"  # tiny-random, DRaFT-1, JPEG
-
-
-def run_error(capsys, *argv: str) -> str:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert code == 2, (out, err)
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err[len("error: "):].strip()
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The ``draft`` command line: one module per command (``plugins``, ``train``, ``plan``, ``sample``,
-``eval``, ``score``, ``lora``, ``report``, ``reward``) and the helpers they share (``common``).
+``eval``, ``score``, ``lora``, ``report``, ``reward``, ``config``) and the helpers they share (``common``).
 
 Input errors (config, names, paths) print one paragraph and exit 2, with no traceback;
 an interrupted run exits 130 after checkpointing.
@@ -18,11 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
     from draft_core import __version__
     from draft_core.cli.helptext import with_defaults_shown
     from draft_core.cli import plan as cli_plan, report as cli_report, reward as cli_reward, score as cli_score, train as cli_train
+    from draft_core.cli import config as cli_config
 
     p = argparse.ArgumentParser(prog="draft", description="Fine-tune diffusion models on differentiable rewards (DRaFT).")
     p.add_argument("--version", action="version", version=f"draft {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for command in (cli_plugins, cli_train, cli_plan, cli_sample, cli_eval, cli_lora, cli_score, cli_report, cli_reward):
+    for command in (cli_plugins, cli_train, cli_plan, cli_sample, cli_eval, cli_lora, cli_score, cli_report, cli_reward, cli_config):
         command.add_parser(sub)
     with_defaults_shown(p)
     return p

@@ -21,10 +21,11 @@ import math
 from pathlib import Path
 
 from draft_core.errors import ConfigError, DraftError
+from draft_core.rundir import GUIDANCE_PLOT, REWARD_CURVE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Written by draft sample / eval / train beside the images: grids of them, and plots.
-DRAFT_SHEETS = ("grid.png", "contact_sheet.png", "before_after.png", "reward_curve.png", "guidance_schedule.png")
+DRAFT_SHEETS = ("grid.png", "contact_sheet.png", "before_after.png", REWARD_CURVE, GUIDANCE_PLOT)
 
 
 def add_parser(sub) -> None:

@@ -30,14 +30,13 @@ def _check_set_arguments(args: argparse.Namespace) -> None:
 def _check_resume(run_dir: Path, config) -> None:
     """A resumed run keeps its model (the LoRA and optimiser state have its layers' shapes) and needs
     its reward rebuildable from config.yaml."""
-    import yaml
-
+    from draft_core.rundir import RunDir
     from draft_core.training.provenance import is_python_reward
 
-    saved = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("model") or {}
-    if isinstance(saved, dict) and saved.get("name") not in (None, config.model.name):
+    saved = RunDir(run_dir).read_config().model.name  # as the run wrote it, before any --set
+    if saved != config.model.name:
         raise DraftError(
-            f"--resume {run_dir}: the run was trained on model '{saved['name']}', and its LoRA and optimiser state "
+            f"--resume {run_dir}: the run was trained on model '{saved}', and its LoRA and optimiser state "
             f"fit that model's layers only; model.name={config.model.name!r} cannot continue it. Drop that --set "
             f"to resume, or start a new run with --out (a LoRA of one model does not apply to another)."
         )
@@ -45,7 +44,7 @@ def _check_resume(run_dir: Path, config) -> None:
         raise DraftError(
             f"--resume {run_dir}: the run trained on a reward object given from Python ({config.reward['name'][len('python:'):]}), "
             f"which the command line cannot rebuild. Resume it from Python with the same object: "
-            f"build_components(load_config('{run_dir / 'config.yaml'}'), reward=...) and Trainer(...).setup(resume=True) "
+            f"build_components(load_config('{RunDir(run_dir).config}'), reward=...) and Trainer(...).setup(resume=True) "
             f"(docs/python-api.md)."
         )
 
@@ -75,6 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.training.components import build_components, section_label
     from draft_core.training.preflight import check_ready
     from draft_core.training.runlock import RunFolderBusy, check_not_in_use, reuse_unstarted
+    from draft_core.rundir import RunDir
     from draft_core.training.runner import Trainer
 
     _check_set_arguments(args)
@@ -87,10 +87,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "--resume continues a run in its own folder with its own config.yaml; give --set overrides, "
                 "not a config, --preset or --out."
             )
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").exists():
-            raise DraftError(f"--resume {run_dir}: no config.yaml there; give the folder of an earlier `draft train` run.")
-        config = load_config(run_dir / "config.yaml", args.set, notes=notes)
+        run = RunDir(args.resume)
+        run_dir = run.path
+        if not run.config.exists():
+            raise DraftError(f"--resume {run_dir}: no {run.config.name} there; give the folder of an earlier `draft train` run.")
+        config = load_config(run.config, args.set, notes=notes)
         _check_resume(run_dir, config)
         if int(os.environ.get("RANK", "0")) == 0:  # the main process holds the lock; the others would see it held
             check_not_in_use(run_dir)
@@ -152,9 +153,10 @@ def _remove_if_nothing_done(trainer, run_dir: Path, existed: bool) -> None:
     import shutil
     import sys
 
+    from draft_core.rundir import RunDir
     from draft_core.training.checkpoint import latest_checkpoint
 
-    if trainer.step > 0 or not run_dir.is_dir() or latest_checkpoint(run_dir / "checkpoints") is not None:
+    if trainer.step > 0 or not run_dir.is_dir() or latest_checkpoint(RunDir(run_dir).checkpoints) is not None:
         return
     acc = getattr(trainer, "acc", None)
     if acc is not None and not acc.is_main_process:

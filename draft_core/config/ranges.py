@@ -1,4 +1,5 @@
-"""Range checks on numbers that the types in ``schema`` cannot express, at config time (before any model loads).
+"""Range checks on the sampler section, at config time (before any model loads); the schema's own keys
+carry their checks beside their fields (``schema``, ``fields.key``).
 
 ``schema.value_problems`` calls ``range_problems``; each problem is one sentence naming the key, the value
 and what is accepted. The sampler's step count is checked against the model's training schedule
@@ -14,23 +15,8 @@ SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes seeds in [0, 2**64) (neg
 
 
 def range_problems(c: Any) -> list[str]:
-    """What is out of range in the config ``c`` (a ``schema.Config``)."""
-    problems: list[str] = []
-    if c.train.weight_decay < 0:
-        problems.append(f"config key 'train.weight_decay' must be >= 0 (0: no decay), got {c.train.weight_decay}.")
-    for key, seed in (("train.seed", c.train.seed), ("train.validation.seed", c.train.validation.seed)):
-        if not 0 <= seed < SEED_LIMIT:
-            problems.append(f"config key '{key}' must be an integer in [0, 2**64) (torch's seed range), got {seed}.")
-    if c.lora.alpha is not None and c.lora.alpha <= 0:
-        problems.append(
-            f"config key 'lora.alpha' must be > 0 (the LoRA's scale is alpha / rank, so {c.lora.alpha} would "
-            f"{'train nothing' if c.lora.alpha == 0 else 'flip the update'}), or null for alpha = rank; got {c.lora.alpha}."
-        )
-    problems += _sampler_problems(c)
-    return problems
-
-
-def _sampler_problems(c: Any) -> list[str]:
+    """What is out of range in the config ``c``'s sampler section (a ``schema.Config``): its keys are the
+    sampler's arguments, not fields of the schema, and its step count depends on the model."""
     sampler = c.sampler if isinstance(c.sampler, dict) else {}
     problems = []
     steps = sampler.get("steps")

@@ -18,7 +18,6 @@ defaults; the run's preflight check then reports the model itself.
 
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 from pathlib import Path
@@ -168,13 +167,10 @@ def _factory(registry: Any, kind: str, name: Any) -> Callable[..., Any] | None:
 
 def accepted_arguments(factory: Callable[..., Any]) -> list[str] | None:
     """The keyword names ``factory`` accepts, in order; None when it takes any keyword."""
-    try:
-        params = list(inspect.signature(factory).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    from draft_core.plugins.arguments import signature_of
+
+    sig = signature_of(factory, annotations=False)
+    return None if sig is None or sig.any_keyword else sig.names()
 
 
 def _yaml_value(value: Any) -> tuple[bool, Any]:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-COMMANDS_FILE = "commands.jsonl"  # in a run folder: the command that started the run, then each resume's
+from draft_core.rundir import COMMANDS as COMMANDS_FILE, RunDir  # noqa: F401 (COMMANDS_FILE: also importable from here)
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
@@ -25,13 +25,13 @@ def command_line(argv: Sequence[str] | None = None) -> str:
 def record_command(run_dir: str | Path, command: str | None = None) -> None:
     """Append the command that started or resumed the run in ``run_dir`` (default: this process's) to its
     commands.jsonl, so the model card can show every command the run took, not only the last."""
-    with open(Path(run_dir) / COMMANDS_FILE, "a", encoding="utf-8") as f:
+    with open(RunDir(run_dir).commands, "a", encoding="utf-8") as f:
         f.write(json.dumps({"command": command or command_line()}) + "\n")
 
 
 def run_commands(run_dir: str | Path) -> list[str]:
     """The commands recorded by ``record_command``, first to last (unreadable lines skipped)."""
-    path = Path(run_dir) / COMMANDS_FILE
+    path = RunDir(run_dir).commands
     found = []
     for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
         try:
@@ -117,33 +117,31 @@ def _cell(value) -> str:
 
 def run_card_info(run_dir: str | Path, command: str | None = None) -> dict:
     """What a training run's model card says, from its config.yaml and metrics.jsonl."""
-    import yaml
+    import dataclasses
 
     from draft_core.media import read_metrics
 
-    run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    run = RunDir(run_dir)
+    cfg = run.read_config() if run.has_config() else None
+    rows = read_metrics(run.metrics)
     steps = rows[-1]["step"] if rows else 0
     guards = guard_info(rows)
     # Skipped (non-finite) steps log no usable reward: the card reports the others.
     rows = [r for r in rows if isinstance(r.get("reward_mean"), (int, float)) and math.isfinite(r["reward_mean"])]
-    reward = cfg.get("reward", {})
     from draft_core.rewarding.spec import reward_label
 
-    rewards = reward_label(reward) if reward else None
     info = {
-        "base_model": cfg.get("model", {}).get("name"),
-        "rewards": rewards,
-        "estimator": cfg.get("estimator"),
-        "sampler": cfg.get("sampler"),
-        "lora": cfg.get("lora"),
+        "base_model": cfg.model.name if cfg else None,
+        "rewards": reward_label(cfg.reward) if cfg and cfg.reward else None,
+        "estimator": cfg.estimator if cfg else None,
+        "sampler": cfg.sampler if cfg else None,
+        "lora": dataclasses.asdict(cfg.lora) if cfg else None,
         "steps": steps,
         "final_reward": rows[-1]["reward_mean"] if rows else None,  # the last step's batch mean
         "final_reward_last10": sum(r["reward_mean"] for r in rows[-10:]) / len(rows[-10:]) if rows else None,
-        "prompts": cfg.get("prompts", {}).get("source"),
+        "prompts": cfg.prompts.source if cfg else None,
         # The command that started the run, then each resume's (one per line).
-        "command": command or "\n".join(run_commands(run_dir)) or command_line(),
+        "command": command or "\n".join(run_commands(run.path)) or command_line(),
         **guards,
     }
     return info

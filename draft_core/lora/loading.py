@@ -51,8 +51,10 @@ def run_config_of(folder: Path) -> dict | None:
     checkpoint), read as a mapping with a ``model`` section; None when there is none."""
     import yaml
 
+    from draft_core.rundir import CONFIG
+
     folder = Path(folder)
-    for config in (folder / "config.yaml", folder.parent / "config.yaml", folder.parent.parent / "config.yaml"):
+    for config in (folder / CONFIG, folder.parent / CONFIG, folder.parent.parent / CONFIG):
         if config.is_file():
             try:
                 data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
@@ -75,7 +77,9 @@ class LoraInput:
 def _lora_alpha_of_run(folder: Path, rank: int) -> float:
     import yaml
 
-    config = folder.parent.parent / "config.yaml"  # runs/x/checkpoints/step-N -> runs/x
+    from draft_core.rundir import RunDir
+
+    config = RunDir(folder.parent.parent).config  # runs/x/checkpoints/step-N -> runs/x
     if config.is_file():
         alpha = ((yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("lora") or {}).get("alpha")
         if isinstance(alpha, (int, float)):

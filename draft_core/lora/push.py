@@ -48,7 +48,9 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def run_lora(run_dir: Path) -> Path:
-    folder = run_dir / "lora"
+    from draft_core.rundir import RunDir
+
+    folder = RunDir(run_dir).lora
     if not (folder / WEIGHT_NAME).is_file():
         raise DraftError(
             f"'{run_dir}' holds no {'lora/' + WEIGHT_NAME}: give a run folder written by `draft train` "
@@ -67,8 +69,10 @@ def stage(run_dir: str | Path, repo_id: str) -> Path:
     from draft_core.lora.redact import redact_staged
     from draft_core.media import plot_reward_curve, save_before_after
     from draft_core.report import write_report
+    from draft_core.rundir import CONFIG, REPORT, REWARD_CURVE, RunDir
 
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
     lora = run_lora(run_dir)
     out = run_dir / "push"
     if out.exists():
@@ -81,15 +85,15 @@ def stage(run_dir: str | Path, repo_id: str) -> Path:
     name = repo_id.split("/")[1]
     kohya = export_kohya(lora, out / f"{name}_kohya.safetensors").name
     images = []
-    if plot_reward_curve(run_dir / "metrics.jsonl", out / "images" / "reward_curve.png", f"reward during training ({run_dir.name})"):
-        images.append(("reward during training", "images/reward_curve.png"))
-    grids = sorted((run_dir / "samples").glob("step-*.png"))
+    if plot_reward_curve(run.metrics, out / "images" / REWARD_CURVE, f"reward during training ({run_dir.name})"):
+        images.append(("reward during training", f"images/{REWARD_CURVE}"))
+    grids = sorted(run.samples.glob("step-*.png"))
     if len(grids) > 1:  # the first grid beside the last (the run's own before_after.png is the same picture)
         save_before_after(grids[0], grids[-1], out / "images" / "before_after.png",
                           (f"before: {grids[0].stem.replace('-', ' ')}", f"after: {grids[-1].stem.replace('-', ' ')}"))
         images.append((f"before (left, {grids[0].stem}) and after (right, {grids[-1].stem}): fixed prompts and seeds", "images/before_after.png"))
-    shutil.copy2(run_dir / "config.yaml", out / "config.yaml")
-    write_report([run_dir], out / "report.html")
+    shutil.copy2(run.config, out / CONFIG)
+    write_report([run_dir], out / REPORT)
     info = run_card_info(run_dir, command=training_command(lora))
     sections = "\n\n".join(f"![{alt}]({path})\n\n*{alt}*" for alt, path in images)
     card = write_model_card(out, info, usage=hub_usage(info.get("base_model"), repo_id, kohya),

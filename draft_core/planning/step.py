@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,10 +142,10 @@ def takes_dtype(reward_name: str) -> bool:
     registry = load_registry()
     if reward_name not in registry.names("reward"):
         return False
-    try:
-        return "dtype" in inspect.signature(registry.get("reward", reward_name).factory).parameters
-    except (TypeError, ValueError):
-        return False
+    from draft_core.plugins.arguments import signature_of
+
+    sig = signature_of(registry.get("reward", reward_name).factory, annotations=False)
+    return sig is not None and "dtype" in sig.names()
 
 
 def plan_step(config: Config, device_type: str = "cuda", dtype: str | None = None, processes: int = 1,

@@ -46,18 +46,37 @@ def _hints(factory: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
-def arguments(factory: Callable[..., Any]) -> tuple[list[Argument], bool] | None:
-    """The factory's keyword arguments in order and whether it takes ``**kwargs``; None without a signature."""
+@dataclass(frozen=True)
+class FactorySignature:
+    """What a factory's signature says about calling it with keywords (the one place it is read)."""
+
+    keyword: list[Argument]  # the arguments a keyword can give, in order
+    any_keyword: bool  # it takes ``**kwargs``
+    positional_only: list[str]  # required arguments no keyword can give
+
+    def names(self) -> list[str]:
+        return [a.name for a in self.keyword]
+
+
+def signature_of(factory: Callable[..., Any], annotations: bool = True) -> FactorySignature | None:
+    """The factory's signature (``annotations``: with its resolved type hints); None without one."""
     try:
         params = list(inspect.signature(factory).parameters.values())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # some C callables have no signature
         return None
-    hints = _hints(factory)
-    keyword = [
-        Argument(p.name, p.default, hints.get(p.name))
-        for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
-    return keyword, any(p.kind is p.VAR_KEYWORD for p in params)
+    hints = _hints(factory) if annotations else {}
+    return FactorySignature(
+        keyword=[Argument(p.name, p.default, hints.get(p.name))
+                 for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)],
+        any_keyword=any(p.kind is p.VAR_KEYWORD for p in params),
+        positional_only=[p.name for p in params if p.kind is p.POSITIONAL_ONLY and p.default is p.empty],
+    )
+
+
+def arguments(factory: Callable[..., Any]) -> tuple[list[Argument], bool] | None:
+    """The factory's keyword arguments in order and whether it takes ``**kwargs``; None without a signature."""
+    sig = signature_of(factory)
+    return None if sig is None else (sig.keyword, sig.any_keyword)
 
 
 def argument_list(factory: Callable[..., Any], skip: tuple[str, ...] = ()) -> list[Argument]:

@@ -3,7 +3,6 @@ and how to build it from a config's arguments. Discovery (entry points) is in ``
 
 from __future__ import annotations
 
-import inspect
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -12,7 +11,7 @@ import pluggy
 
 import draft_core.plugins.hookspecs as hookspecs
 from draft_core.errors import PluginError, closest, did_you_mean
-from draft_core.plugins.arguments import Argument, argument_list
+from draft_core.plugins.arguments import Argument, argument_list, signature_of
 
 GROUP = hookspecs.PROJECT
 CONFLICT_ADVICE = "Uninstall one of them, or set DRAFT_PLUGINS to the entry points to load."
@@ -330,20 +329,12 @@ class Registry:
 
     def check_kwargs(self, kind: str, name: str, kwargs: dict[str, Any]) -> None:
         """Raise PluginError if ``factory(**kwargs)`` would not bind: unknown or missing arguments."""
-        entry = self.get(kind, name)
-        try:
-            signature = inspect.signature(entry.factory)
-        except (TypeError, ValueError):
+        sig = signature_of(self.get(kind, name).factory, annotations=False)
+        if sig is None:
             return  # some C callables have no signature; the call itself will complain
-        params = list(signature.parameters.values())
-        by_keyword = [
-            p for p in params
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        ]
-        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params)
-        accepted = _describe_params(by_keyword, accepts_any)
-        if not accepts_any:
-            known = [p.name for p in by_keyword]
+        accepted = _describe_params(sig.keyword, sig.any_keyword)
+        if not sig.any_keyword:
+            known = sig.names()
             unknown = [k for k in kwargs if k not in known]
             if unknown:
                 described = ", ".join(
@@ -354,12 +345,7 @@ class Registry:
                 raise PluginError(
                     f"{kind} '{name}' got unknown {word} {described}. {accepted}"
                 )
-        missing = [
-            p.name for p in params
-            if p.default is p.empty
-            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-            and (p.kind is p.POSITIONAL_ONLY or p.name not in kwargs)
-        ]
+        missing = sig.positional_only + [a.name for a in sig.keyword if a.required and a.name not in kwargs]
         if missing:
             word = "argument" if len(missing) == 1 else "arguments"
             raise PluginError(
@@ -422,9 +408,9 @@ def check_family_class(factory: Any, name: str, plugin: str) -> None:
         )
 
 
-def _describe_params(params: list[inspect.Parameter], accepts_any: bool) -> str:
+def _describe_params(params: list[Argument], accepts_any: bool) -> str:
     if not params:
         return "It accepts any keyword arguments." if accepts_any else "It accepts no arguments."
-    shown = [Argument(p.name, p.default, None).text() for p in params]
+    shown = [a.text() for a in params]
     tail = ", and any other keyword" if accepts_any else ""
     return f"Accepted arguments: {', '.join(shown)}{tail}."

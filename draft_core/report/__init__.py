@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 from draft_core.errors import DraftError
 from draft_core.report.collect import RunData, read_run
 
-REPORT_NAME = "report.html"
+from draft_core.rundir import REPORT as REPORT_NAME
 
 __all__ = ["REPORT_NAME", "RunData", "read_run", "refresh_report", "write_report"]
 

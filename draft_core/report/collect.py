@@ -17,7 +17,9 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from draft_core.config.schema import Config
 from draft_core.errors import DraftError
+from draft_core.rundir import RunDir
 from draft_core.rewarding.spec import reward_label
 
 MAX_SIDE = 1600  # grids wider or taller than this are downscaled for the page
@@ -49,8 +51,8 @@ class RunData:
 
     path: Path
     name: str
-    config: dict
-    config_text: str
+    config: Config
+    config_text: str  # config.yaml as written
     steps: list[int]  # the step of every metrics row
     series: dict[str, Series]  # metric -> its points
     grids: list[Grid]  # samples/step-*.png
@@ -63,40 +65,38 @@ class RunData:
 
     @property
     def planned_steps(self) -> int | None:
-        return (self.config.get("train") or {}).get("steps")
+        return self.config.train.steps
 
     @property
     def last_step(self) -> int:
         return self.steps[-1] if self.steps else 0
 
     def title(self) -> str:
-        reward = self.config.get("reward") or {}
-        reward_name = reward_label(reward) if reward else "?"
-        estimator = (self.config.get("estimator") or {}).get("name", "?")
-        model = (self.config.get("model") or {}).get("name", "?")
+        reward_name = reward_label(self.config.reward) if self.config.reward else "?"
+        estimator = self.config.estimator.get("name", "?")
+        model = self.config.model.name
         return f"{estimator} on {reward_name} ({model})"
 
 
-def check_run_dir(path: str | Path) -> Path:
+def check_run_dir(path: str | Path) -> RunDir:
     """The run folder, or a one-paragraph error naming what is missing."""
-    p = Path(path)
-    if not p.is_dir():
+    p = RunDir(path)
+    if not p.path.is_dir():
         raise DraftError(f"'{path}' is not a folder; give a run folder written by `draft train` (it holds config.yaml and metrics.jsonl).")
-    if not (p / "config.yaml").is_file():
+    if not p.has_config():
         raise DraftError(f"'{path}' has no config.yaml, so it is not a run folder written by `draft train`; give the folder passed to --out (or printed when the run started).")
     return p
 
 
 def read_run(path: str | Path, name: str | None = None, pending: dict | None = None) -> RunData:
     """pending: a row not in metrics.jsonl yet, merged into that step's row or added after the last."""
-    import yaml
-
     from draft_core.media import read_metrics
 
-    path = check_run_dir(path)
-    config_text = (path / "config.yaml").read_text()
-    config = yaml.safe_load(config_text) or {}
-    rows = read_metrics(path / "metrics.jsonl")
+    run_dir = check_run_dir(path)
+    path = run_dir.path
+    config_text = run_dir.config.read_text()
+    config = run_dir.read_config()
+    rows = read_metrics(run_dir.metrics)
     if pending:
         same = [r for r in rows if r.get("step") == pending["step"]]
         if same:
@@ -109,11 +109,11 @@ def read_run(path: str | Path, name: str | None = None, pending: dict | None = N
     # A row without the key (a validation metric between validation steps) is no point; a row
     # with a null or non-finite value (a skipped step) is a gap in the line.
     series = {k: Series([int(r["step"]) for r in rows if k in r], [_number(r[k]) for r in rows if k in r]) for k in keys}
-    card = path / "lora" / "README.md"
+    card = run_dir.lora / "README.md"
     run = RunData(
         path=path, name=name or path.name, config=config, config_text=config_text,
-        steps=[int(r["step"]) for r in rows], series=series, grids=read_grids(path / "samples"),
-        val_grids=read_grids(path / "samples", "val-step-"),
+        steps=[int(r["step"]) for r in rows], series=series, grids=read_grids(run_dir.samples),
+        val_grids=read_grids(run_dir.samples, "val-step-"),
         grid_prompts=_grid_prompts(config), card=card.read_text() if card.is_file() else "",
     )
     run.commands = commands(run)
@@ -154,16 +154,15 @@ def image_uri(path: Path, max_side: int = MAX_SIDE) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _grid_prompts(config: dict) -> list[str]:
+def _grid_prompts(config: Config) -> list[str]:
     """The grid's column prompts: train.sample_prompts, or the first ten training prompts."""
-    train = config.get("train") or {}
-    if train.get("sample_prompts"):
-        return list(train["sample_prompts"])
-    prompts = config.get("prompts") or {}
+    if config.train.sample_prompts:
+        return list(config.train.sample_prompts)
+    prompts = config.prompts
     try:
         from draft_core.config.prompts import load_prompts
 
-        return load_prompts(prompts.get("source", "animals"), prompts.get("items"), prompts.get("template", "{}"))[:10]
+        return load_prompts(prompts.source, prompts.items, prompts.template)[:10]
     except (DraftError, OSError, KeyError, IndexError, ValueError):  # a prompt file that moved since
         return []
 
@@ -173,11 +172,11 @@ def commands(run: RunData) -> dict[str, str]:
     d = shlex.quote(str(run.path))
     from draft_core.lora.card import sample_command
 
-    model = str((run.config.get("model") or {}).get("name", "MODEL"))
+    model = run.config.model.name
     prompt = shlex.quote(run.grid_prompts[0] if run.grid_prompts else "PROMPT")
     steps = run.planned_steps or run.last_step
     # With the steps and guidance the run sampled with (draft sample also reads them from the run's config.yaml).
-    sample = sample_command(model, f"{run.path}/lora", run.config.get("sampler"), prompt=prompt)
+    sample = sample_command(model, f"{run.path}/lora", run.config.sampler, prompt=prompt)
     return {
         "resume": f"draft train --resume {d}",
         "extend": f"draft train --resume {d} --set train.steps={2 * steps}",

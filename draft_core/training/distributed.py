@@ -3,9 +3,11 @@ restore, gradients averaged in one all-reduce, and agreement on whether any proc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def seed_global_generators(seed: int, rank: int) -> None:
@@ -34,17 +36,13 @@ def set_rng_state(gens: dict[str, torch.Generator], state: dict[str, torch.Tenso
         torch.cuda.set_rng_state_all(cuda)
 
 
-def all_rng_states(acc: Any, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every process's RNG state (a collective): process 0's keys as they are, process r's as ``rank{r}/KEY``."""
+def gather_ranks(acc: Any, local: T) -> list[T]:
+    """Every process's ``local`` (a collective), in rank order; a list of one without several processes."""
     if acc.num_processes == 1:
-        return local
+        return [local]
     from accelerate.utils import gather_object
 
-    states = gather_object([local])
-    merged = dict(states[0])
-    for r, s in enumerate(states[1:], start=1):
-        merged.update({f"rank{r}/{k}": v for k, v in s.items()})
-    return merged
+    return list(gather_object([local]))
 
 
 def average_gradients(acc: Any, params: list[torch.nn.Parameter], scalars: list[float]) -> list[float]:

@@ -14,10 +14,10 @@ from draft_core.errors import DraftError
 from draft_core.lora import save_lora
 from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import read_metrics
+from draft_core.rundir import BEST, RunDir
 from draft_core.training.checkpoint import replace_folder
 from draft_core.training.guards import Guards, build_guards
 
-BEST = "best"
 
 
 class GuardStopped(DraftError):
@@ -28,7 +28,7 @@ def setup_guards(trainer: Any, resume: bool) -> Guards:
     """The run's guards; a resumed run's are replayed over its metrics rows (cut back to its checkpoint)."""
     guards = build_guards(trainer.config)
     if resume:
-        guards.replay(read_metrics(trainer.run_dir / "metrics.jsonl"))
+        guards.replay(read_metrics(trainer.run.metrics))
         if guards.stopped is not None:
             raise GuardStopped(
                 f"--resume {trainer.run_dir}: train.stop_when stopped this run at {guards.stopped}, and the same rules "
@@ -60,7 +60,7 @@ def with_best(write: Callable[[Path], None], lora: Path) -> Callable[[Path], Non
 
 def save_best(run_dir: Path, model: Any, learned: Any, guards: Guards) -> Path:
     """Write the model's LoRA (and learned sampler hyperparameters) to ``run_dir/lora/best/`` with its card."""
-    best = run_dir / "lora" / BEST
+    best = RunDir(run_dir).lora_best
 
     def fill(folder: Path) -> None:
         save_lora(model, folder)

@@ -15,6 +15,7 @@ import torch
 from draft_core.lora.redact import local_path
 from draft_core.media import generation_params, save_before_after, save_grid
 from draft_core.report import refresh_report
+from draft_core.rundir import RunDir
 
 
 @torch.no_grad()
@@ -34,6 +35,7 @@ class RunPictures:
 
     def __init__(self, config: Any, run_dir: Path, model: Any, components: Any, condition: Callable[[Any], Any],
                  learned: Any = None) -> None:
+        self.run = RunDir(run_dir)
         self.config, self.run_dir, self.model, self.c = config, Path(run_dir), model, components
         self.condition, self.learned = condition, learned
 
@@ -47,7 +49,7 @@ class RunPictures:
             steps=sampler.num_steps,
             guidance=sampler.guidance_scale if sampler.guidance_scale is not None else cfg.sampler.get("guidance_scale", 0.0),
             seed=seed,
-            size=self.model.image_size, loras=[(local_path(self.run_dir / "lora"), 1.0)] if step > 0 else [], step=step,
+            size=self.model.image_size, loras=[(local_path(self.run.lora), 1.0)] if step > 0 else [], step=step,
             learned=", ".join(learned) or None,
         )
 
@@ -58,7 +60,7 @@ class RunPictures:
         prompts = [p for p in base for _ in range(t.sample_per_prompt)]  # one row per prompt
         gen = torch.Generator().manual_seed(t.seed)  # the same noise in every grid
         images = generate(self.model, self.c.sampler, self.condition, prompts, self.model.make_noise(len(prompts), gen), gen)
-        path = save_grid(images, self.run_dir / "samples" / f"{tag}.png", nrow=t.sample_per_prompt, rows=base,
+        path = save_grid(images, self.run.samples / f"{tag}.png", nrow=t.sample_per_prompt, rows=base,
                          cols=[f"sample {j + 1}" for j in range(t.sample_per_prompt)], title=f"step {step}",
                          params=self.params(base, t.seed, step))
         tracking.image("samples", path, step)
@@ -73,7 +75,7 @@ class RunPictures:
         scores, images = v.run(self.model, self.c.sampler, self.condition)
         title = f"validation at step {step}: " + ", ".join(f"{k[len('val/'):]} {s:.4g}" for k, s in scores.items())
         params = {**self.params(v.prompts, v.seed, step), "seeding": "per image: a hash of (seed, prompt index, image index)"}
-        path = save_grid(images, self.run_dir / "samples" / f"val-step-{step:06d}.png", nrow=v.n_per_prompt, rows=v.prompts,
+        path = save_grid(images, self.run.samples / f"val-step-{step:06d}.png", nrow=v.n_per_prompt, rows=v.prompts,
                          cols=[f"seed {j + 1}" for j in range(v.n_per_prompt)], title=title, params=params)
         tracking.image("validation", path, step)
         refresh_report(self.run_dir, pending={"step": step, **scores})  # this step's row is written after
@@ -81,9 +83,9 @@ class RunPictures:
 
     def before_after(self, final: Path, step: int, tracking: Any) -> Path | None:
         """``samples/before_after.png`` from step 0's grid and ``final`` (None without step 0's grid)."""
-        first = self.run_dir / "samples" / "step-000000.png"
+        first = self.run.samples / "step-000000.png"
         if not first.exists():
             return None
-        path = save_before_after(first, final, self.run_dir / "samples" / "before_after.png", ("before: step 0", f"after: step {step}"))
+        path = save_before_after(first, final, self.run.samples / "before_after.png", ("before: step 0", f"after: step {step}"))
         tracking.image("before_after", path, step)
         return path

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from draft_core.models.conditioning import TENSOR_FIELDS, Conditioning
+from draft_core.rundir import RunDir
 
 #: where offloaded text encoders live (tests move them to ``meta`` to prove that nothing runs them).
 HOME = torch.device("cpu")
@@ -131,7 +132,7 @@ class PromptCache:
 
     # -- the run folder ------------------------------------------------------------------
     def path(self, run_dir: Path) -> Path:
-        return Path(run_dir) / "prompt_cache" / f"{self.key}.safetensors"
+        return RunDir(run_dir).prompt_cache / f"{self.key}.safetensors"
 
     def load(self, run_dir: Path) -> bool:
         """Read the run folder's cache for this key, if it is there; True when read."""

@@ -21,10 +21,13 @@ from pathlib import Path
 from draft_core.errors import DraftError
 from draft_core.outputs import unwritable
 
-LOCK_NAME = ".draft-lock"
+from draft_core import rundir
+from draft_core.rundir import RunDir
+
+LOCK_NAME = rundir.LOCK
 # What a run writes before its first step completes; a folder holding only these (and no
 # checkpoint) is a run that never started, and a new run may take it over.
-EARLY_ENTRIES = {LOCK_NAME, "config.yaml", "metrics.jsonl", "samples", "logs", "checkpoints", "report.html"}
+EARLY_ENTRIES = {LOCK_NAME, rundir.CONFIG, rundir.METRICS, rundir.SAMPLES, "logs", rundir.CHECKPOINTS, rundir.REPORT}
 
 try:
     import fcntl
@@ -137,10 +140,10 @@ def reuse_unstarted(run_dir: Path, empty: bool = True) -> bool:
     if not run_dir.is_dir():
         return False
     check_not_in_use(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    if not RunDir(run_dir).has_config():
         return False
     names = {p.name for p in run_dir.iterdir()}
-    if not names <= EARLY_ENTRIES or latest_checkpoint(run_dir / "checkpoints") is not None or _has_step_rows(run_dir):
+    if not names <= EARLY_ENTRIES or latest_checkpoint(RunDir(run_dir).checkpoints) is not None or _has_step_rows(run_dir):
         return False
     if not empty:
         return True
@@ -154,7 +157,7 @@ def reuse_unstarted(run_dir: Path, empty: bool = True) -> bool:
 def _has_step_rows(run_dir: Path) -> bool:
     """metrics.jsonl has a row of a step >= 1 (step 0's validation row alone does not count)."""
     try:
-        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = RunDir(run_dir).metrics.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return False
     for line in lines:

@@ -14,32 +14,36 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from draft_core.training.checkpoint import TrainingState, latest_checkpoint, replace_folder, save_checkpoint
+from draft_core.training.checkpoint import latest_checkpoint, replace_folder, save_checkpoint
 from draft_core.config import Config
 from draft_core.errors import ConfigError
-from draft_core.training.faults import (ESTIMATOR, REWARD, NonFiniteCounter, NonFiniteStop, WatchedReward,
-                                        check_estimator_output, family_source, nonfinite_message, step_failure)
-from draft_core.lora import add_lora, lora_state, save_lora
+from draft_core.training.faults import (REWARD, NonFiniteCounter, NonFiniteStop, family_source, nonfinite_message,
+                                        step_failure)
+from draft_core.lora import add_lora, load_lora_state, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve
 from draft_core.memory import configure_denoiser
-from draft_core.plugins.protocols import StepInputs
 from draft_core.models.conditioning import Conditioning
 from draft_core.rewarding.contract import CheckedReward
 from draft_core.rewarding.spec import reward_label
+from draft_core.rundir import RunDir
 from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
-from draft_core.training.distributed import all_rng_states, any_process, average_gradients, rng_state, seed_global_generators
+from draft_core.training.distributed import (any_process, average_gradients, gather_ranks, rng_state, seed_global_generators,
+                                             set_rng_state)
 from draft_core.training.ema import WeightsEma
 from draft_core.training.guarding import guard_row, setup_guards, with_best
 from draft_core.training.metrics import step_line
 from draft_core.training.pictures import RunPictures
-from draft_core.training.plugin_state import pack_state
+from draft_core.training.plugin_state import pack_state, unpack_state
 from draft_core.training.preflight import check_rewards_available
 from draft_core.training.prompt_cache import offload_prompts
 from draft_core.training.provenance import recorded_config
 from draft_core.training.runlock import RunLock, lock_run_folder
-from draft_core.training.restore import LEARNED_PREFIX, STATE_NUMBERS, restore
+from draft_core.training.restore import restore
+from draft_core.training.state import to_checkpoint
+from draft_core.training.step_parts import metrics_row, micro_batches, nonfinite_verdict
+from draft_core.training.stopping import checkpoint_after_stop
 from draft_core.training.schedules import build_lr_scheduler, lr_factor  # noqa: F401 (lr_factor: also importable from here)
 from draft_core.training.signals import Interrupted, StopRequest
 from draft_core.training.tracking import Tracking, accelerator_options
@@ -57,16 +61,32 @@ class Trainer:
 
     def __init__(self, config: Config, run_dir: Path, components: Components, *, progress: bool = True) -> None:
         self.config = recorded_config(config, components)  # a reward given from Python is recorded as such
-        self.run_dir = Path(run_dir)
+        self.run = RunDir(run_dir)
+        self.run_dir = self.run.path
         self.c = components
         self.progress = progress
-        self.step = 0
-        self.saved_step = -1
-        self.learned: LearnedSampling | None = None
+        self.step = 0  # completed optimiser steps
+        self.saved_step = -1  # the step of the last checkpoint written
+        self.rows_step = 0  # the last step whose metrics row is written
+        self.skipped: tuple[str, str] | None = None  # the last skipped update's (component, what was non-finite)
         self.nonfinite = NonFiniteCounter(config.train.max_nonfinite)
         self.run_lock: RunLock | None = None  # the main process's, from setup() to the end of train() (or its failure)
         self._agreed = False  # the failure being raised was agreed by every process
         self.tracking = Tracking()
+        self._reward: CheckedReward | None = None  # self.c.reward behind the core's checks (the ``reward`` property)
+        self._reward_of: Any = None
+        # Built by setup():
+        self.acc: Any  # accelerate's Accelerator (or draft plan's one-process stand-in)
+        self.model: Any  # the model family's wrapper, with the LoRA added
+        self.prompt_cache: Any  # encoded prompts when the text encoders are offloaded, else None
+        self.params: list[torch.nn.Parameter]  # everything the optimiser trains: the LoRA, then learned hyperparameters
+        self.learned: LearnedSampling | None = None
+        self.optimizer: torch.optim.Optimizer
+        self.lr_scheduler: Any
+        self.ema: WeightsEma
+        self.pictures: RunPictures
+        self.gens: dict[str, torch.Generator]  # the run's random streams: data, noise, estimator
+        self.guards: Any  # train.stop_when and lora/best/ (training/guards.py)
 
     # -- setup ------------------------------------------------------------------
     def make_accelerator(self, cpu: bool) -> Any:
@@ -144,7 +164,7 @@ class Trainer:
         if resume:
             self._restore()
         elif self.acc.is_main_process:
-            self.config.dump(self.run_dir / "config.yaml")
+            self.config.dump(self.run.config)
         self.guards = setup_guards(self, resume)  # train.stop_when, lora/best/ (training/guards.py)
         self.acc.wait_for_everyone()
 
@@ -154,9 +174,42 @@ class Trainer:
     @property
     def reward(self) -> CheckedReward:
         """What estimators call: ``components.reward`` behind the core's checks (rebuilt if it is replaced)."""
-        if getattr(self, "_reward_of", None) is not self.c.reward:
+        if self._reward is None or self._reward_of is not self.c.reward:
             self._reward, self._reward_of = self.c.checked_reward(), self.c.reward
         return self._reward
+
+    # -- the state ------------------------------------------------------------------
+    def state_dict(self, rng: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """The whole training state, nested by part (training/state.py lists them); ``rng``: this process's
+        RNG state to record (default: now). A collective: every process calls it, each gets every rank's part."""
+        own, numbers = pack_state(self.c.estimator.state_dict(), self._estimator_name())  # refused here, on every process
+        return {
+            "step": self.step,
+            "num_processes": self.acc.num_processes,
+            "lora": lora_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.lr_scheduler.state_dict(),
+            "rng": gather_ranks(self.acc, rng if rng is not None else rng_state(self.gens)),
+            "ema": self.ema.state_dict(),
+            "learned": {k: v.detach() for k, v in self.learned.state_dict().items()} if self.learned is not None else {},
+            "estimator": gather_ranks(self.acc, unpack_state(own, numbers)),
+            "nonfinite": self.nonfinite.state()["nonfinite"],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (``state_dict()``'s, or a checkpoint's through training/state.py)."""
+        rank, device = self.acc.process_index, self.model.device
+        load_lora_state(self.model, {k: v.to(device) for k, v in state["lora"].items()})
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(self.gens, state["rng"][rank])
+        if state["learned"] and self.learned is not None:
+            self.learned.load_state_dict({k: v.to(device) for k, v in state["learned"].items()})
+        self.ema.load_state_dict(dict(state["ema"]))
+        if any(state["estimator"]):  # e.g. ddpo's stored samples: this process's own
+            self.c.estimator.load_state_dict(state["estimator"][rank])
+        self.nonfinite.load({"nonfinite": state["nonfinite"]})
+        self.step = self.saved_step = state["step"]
 
     def log(self, message: str) -> None:
         if self.acc.is_main_process:
@@ -193,98 +246,50 @@ class Trainer:
         self.c.estimator.on_optimizer_step(applied)
 
     def train_step(self) -> dict[str, Any]:
+        """One optimiser step: the micro-batches, the processes' agreement, then the update and its metrics
+        row, or a skipped update's row when something was non-finite."""
         t0 = time.perf_counter()
-        cfg = self.config.train
-        rewards: list[torch.Tensor] = []
-        losses: list[float] = []
-        logs: dict[str, float] = {}
-        queries = 0  # reward evaluations of this process's calls (a call reusing stored samples makes none)
-        bad_reward = bad_loss = False
-        error: BaseException | None = None
-        reward_fn = WatchedReward(self.reward, cfg.checkpoint_reward)  # behind the core's checks
-
-        def backward(part: torch.Tensor) -> None:  # for estimators that run their own backward passes
-            (part / cfg.grad_accum).backward()
-
-        for _ in range(cfg.grad_accum):
-            prompts, noise = self._batch()
-            try:
-                cond = self._condition(self.model.encode_prompts(prompts))  # a plugin family's errors are named too
-                inputs = StepInputs(self.model, self.c.sampler, reward_fn, cond, noise, self.gens["estimator"], backward)
-                with self.acc.autocast():
-                    out = self.c.estimator(inputs)
-                check_estimator_output(out, len(prompts), self._estimator_name())
-            except Interrupted:
-                raise
-            except Exception as exc:  # decided on below, together with the other processes
-                error = exc
-                break
-            if not torch.isfinite(out.reward).all() or reward_fn.returned_nonfinite():
-                bad_reward = True
-                break
-            if not torch.isfinite(out.loss):
-                bad_loss = True
-                break
-            if not out.backward_done:
-                (out.loss / cfg.grad_accum).backward()
-            rewards.append(out.reward.float())
-            losses.append(out.loss.item())
-            queries += out.queries * out.reward.numel()
-            for k, v in out.logs.items():
-                logs[k] = logs.get(k, 0.0) + v / cfg.grad_accum
-            for k, v in self.reward.last_terms.items():
-                logs[f"reward/{k}"] = logs.get(f"reward/{k}", 0.0) + v.float().mean().item() / cfg.grad_accum
-        local_loss = sum(losses) / len(losses) if losses else 0.0
-        loss, any_error, any_bad_reward, any_bad_loss = average_gradients(self.acc, self.params, 
-            [local_loss, float(error is not None), float(bad_reward), float(bad_loss)]
-        )
-        if any_error > 0:
+        tally = micro_batches(self)
+        loss, any_error, any_bad_reward, any_bad_loss = average_gradients(self.acc, self.params, tally.scalars())
+        if any_error > 0:  # every process raises, at the same step
             self.optimizer.zero_grad(set_to_none=True)
-            raise self._failure(error)
+            raise self._failure(tally.error)
         lr = self.optimizer.param_groups[0]["lr"]
-        skipped = None
-        if any_bad_reward > 0:
-            skipped = (REWARD, "non-finite reward values (NaN or inf)")
-        elif any_bad_loss > 0:
-            skipped = (ESTIMATOR, "a non-finite loss")
-        elif not all(torch.isfinite(p.grad).all() for p in self.params if p.grad is not None):
-            skipped = (ESTIMATOR, "non-finite gradients")
+        skipped = nonfinite_verdict(any_bad_reward, any_bad_loss, self.params)
         # Everything the row needs is computed before step N counts: a failure here leaves it undone.
-        reward = None if skipped else self.acc.gather(torch.cat(rewards))
+        reward = None if skipped else self.acc.gather(torch.cat(tally.rewards))
         self.step += 1
         if skipped:
-            # No update: the LoRA, the optimiser and the LR schedule stay as they were.
-            self.optimizer.zero_grad(set_to_none=True)
-            self._estimator_step(False)
-            self.nonfinite.skip(self.step, skipped[0])
-            self.skipped = skipped
-            culprit = f"the reward ({self._reward_name()})" if skipped[0] == REWARD else f"the estimator ({self._estimator_name()})"
-            self.log(f"step {self.step}: {culprit} produced {skipped[1]}; update skipped "
-                     f"({self.nonfinite.streak} in a row, {self.nonfinite.total} in this run)")
-            return {
-                "step": self.step, "skipped": skipped[0], "reason": skipped[1], "reward_mean": None,
-                "nonfinite_total": self.nonfinite.total, "lr": lr, "seconds": time.perf_counter() - t0,
-            }
+            return self._skip_update(skipped, lr, t0)
+        grad_norm = self._optimizer_step()
+        reward = self.acc.gather(torch.cat(tally.rewards))
+        return metrics_row(self.step, tally, reward, loss, grad_norm, lr, time.perf_counter() - t0, self.acc.num_processes)
+
+    def _skip_update(self, skipped: tuple[str, str], lr: float, t0: float) -> dict[str, Any]:
+        """No update: the LoRA, the optimiser and the LR schedule stay as they were; the row says why."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self._estimator_step(False)
+        self.nonfinite.skip(self.step, skipped[0])
+        self.skipped = skipped
+        culprit = f"the reward ({self._reward_name()})" if skipped[0] == REWARD else f"the estimator ({self._estimator_name()})"
+        self.log(f"step {self.step}: {culprit} produced {skipped[1]}; update skipped "
+                 f"({self.nonfinite.streak} in a row, {self.nonfinite.total} in this run)")
+        return {
+            "step": self.step, "skipped": skipped[0], "reason": skipped[1], "reward_mean": None,
+            "nonfinite_total": self.nonfinite.total, "lr": lr, "seconds": time.perf_counter() - t0,
+        }
+
+    def _optimizer_step(self) -> float:
+        """Clip, step the optimiser, the LR schedule and the weight average; the gradient norm before clipping."""
         self.nonfinite.ok()
-        clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        clip = self.config.train.grad_clip if self.config.train.grad_clip is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         self.optimizer.step()
         self.lr_scheduler.step()
         self.ema.update()
         self.optimizer.zero_grad(set_to_none=True)
         self._estimator_step(True)
-        reward = self.acc.gather(torch.cat(rewards))
-        return {
-            "step": self.step,
-            "reward_mean": reward.mean().item(),
-            "reward_std": reward.std().item() if reward.numel() > 1 else 0.0,
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "seconds": time.perf_counter() - t0,
-            "reward_queries": queries * self.acc.num_processes,
-            **logs,
-        }
+        return grad_norm
 
     @torch.no_grad()
     def sample_grid(self, tag: str) -> Path | None:
@@ -299,31 +304,16 @@ class Trainer:
         state). Every process calls it at the same step; only the main one writes."""
         if self.step == self.saved_step:
             return
-        rng = all_rng_states(self.acc, rng if rng is not None else rng_state(self.gens))
-        # Every process's estimator state, keyed as the RNG states are (a collective, like them);
-        # plain numbers are packed as tensors and listed (rank 0's keys) to come back as numbers.
-        extra, numbers = pack_state(self.c.estimator.state_dict(), self._estimator_name())
-        extra = all_rng_states(self.acc, extra)
+        state = self.state_dict(rng)  # a collective
         if self.acc.is_main_process:
-            if self.learned is not None:
-                extra.update({LEARNED_PREFIX + k: v.detach() for k, v in self.learned.state_dict().items()})
-            extra.update(self.ema.state_dict())
-            state = TrainingState(
-                step=self.step,
-                lora=lora_state(self.model),
-                optimizer=self.optimizer.state_dict(),
-                lr_scheduler=self.lr_scheduler.state_dict(),
-                rng=rng,
-                extra=extra or None,
-                meta={"num_processes": self.acc.num_processes, **self.nonfinite.state(), STATE_NUMBERS: numbers},
-            )
-            save_checkpoint(self.run_dir / "checkpoints", state, keep=self.config.train.keep_checkpoints)
-            replace_folder(with_best(self._write_lora_folder, self.run_dir / "lora"), self.run_dir / "lora")
-            self.ema.write(lambda folder: replace_folder(self._write_lora_folder, folder), self.run_dir / "lora_ema")
+            run = self.run
+            save_checkpoint(run.checkpoints, to_checkpoint(state, self._estimator_name()), keep=self.config.train.keep_checkpoints)
+            replace_folder(with_best(self._write_lora_folder, run.lora), run.lora)
+            self.ema.write(lambda folder: replace_folder(self._write_lora_folder, folder), run.lora_ema)
             if self.learned is not None and self.learned.guidance is not None:
-                plot = plot_guidance(self.learned.guidance, self.run_dir / "guidance_schedule.png", self.title())
+                plot = plot_guidance(self.learned.guidance, run.guidance_plot, self.title())
                 self.tracking.image("guidance_schedule", plot, self.step)
-            plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png", self.title())
+            plot_reward_curve(run.metrics, run.reward_curve, self.title())
         self.saved_step = self.step
         self.acc.wait_for_everyone()
 
@@ -332,18 +322,19 @@ class Trainer:
         save_lora(self.model, folder)
         if self.learned is not None:
             self.learned.save(folder)
-        write_model_card(folder, run_card_info(self.run_dir), location=self.run_dir / "lora")
+        write_model_card(folder, run_card_info(self.run_dir), location=self.run.lora)
 
     def title(self) -> str:
         return f"{self.config.estimator['name']} on {reward_label(self.config.reward)} ({self.config.model.name})"
 
     def _stop_for_nonfinite(self) -> NonFiniteStop:
+        assert self.skipped is not None, "called after a skipped update"
         component, what = self.skipped
         source = self._reward_name() if component == REWARD else self._estimator_name()
         self._agreed = True
         return NonFiniteStop(nonfinite_message(
             self.step, component, what, self.nonfinite, source,
-            latest_checkpoint(self.run_dir / "checkpoints"), self.run_dir,
+            latest_checkpoint(self.run.checkpoints), self.run_dir,
         ))
 
     # -- the loop -----------------------------------------------------------------
@@ -365,9 +356,9 @@ class Trainer:
             total=cfg.steps, initial=self.step, desc=self.config.estimator["name"], unit="step",
             disable=not (self.progress and self.acc.is_main_process), dynamic_ncols=True,
         )
-        metrics = open(self.run_dir / "metrics.jsonl", "a") if self.acc.is_main_process else None
+        metrics = open(self.run.metrics, "a") if self.acc.is_main_process else None
         rng_done = rng_state(self.gens)  # the RNG state right after the last completed step
-        self.rows_step = self.step  # the last step whose metrics row is written
+        self.rows_step = self.step
         last: dict[str, Any] = {}
         self._agreed = False
         if self.step == 0 and (scores := self.validate()):
@@ -405,12 +396,12 @@ class Trainer:
         except (Interrupted, KeyboardInterrupt) as exc:
             bar.close()
             # The last completed step's state, with its RNG, so a resumed run repeats the interrupted step exactly.
-            if self._save_is_safe() and self._save_after_failure(rng_done):
+            if checkpoint_after_stop(self, rng_done):
                 self.log(f"interrupted ({exc or 'SIGINT'}) after step {self.step}; checkpoint kept. Resume with: draft train --resume {self.run_dir}")
             raise
         except BaseException:
             bar.close()
-            if self.step > 0 and self._save_is_safe() and self._save_after_failure(rng_done):
+            if self.step > 0 and checkpoint_after_stop(self, rng_done):
                 self.log(f"failed after step {self.step}; checkpoint kept. Resume with: draft train --resume {self.run_dir}")
             raise
         finally:
@@ -420,30 +411,5 @@ class Trainer:
         self.save()
         final = self.sample_grid(f"step-{self.step:06d}")
         if final is not None and self.pictures.before_after(final, self.step, self.tracking) is not None:
-            plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png", self.title())
+            plot_reward_curve(self.run.metrics, self.run.reward_curve, self.title())
         return last
-
-    def _save_after_failure(self, rng: dict[str, torch.Tensor]) -> bool:
-        """Checkpoint the last completed step after a failure, when the state in memory is that
-        step's: the metrics rows and the checkpoints then always agree. False when nothing was saved."""
-        latest = latest_checkpoint(self.run_dir / "checkpoints")
-        if self.step != self.rows_step:
-            self.log(f"step {self.step} updated the LoRA but its metrics row was never written, so no new "
-                     f"checkpoint is written; the last one ({latest}) is kept.")
-            return False
-        try:
-            self.save(rng=rng)
-        except Exception as exc:  # the original failure is the one to report
-            self.log(f"could not write a checkpoint after the failure ({type(exc).__name__}: {exc}); "
-                     f"the last one ({latest}) is kept.")
-            return False
-        return True
-
-    def _save_is_safe(self) -> bool:
-        """A checkpoint is a collective: with several processes, write one only when every
-        process stopped at the same agreed point; otherwise the last periodic one is kept."""
-        if self.acc.num_processes == 1 or self._agreed:
-            return True
-        latest = latest_checkpoint(self.run_dir / "checkpoints")
-        self.log(f"stopped outside a synchronised point, so no new checkpoint; the last one ({latest}) is kept.")
-        return False
