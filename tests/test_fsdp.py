@@ -1,6 +1,7 @@
 """FSDP2 on the frozen base (draft_core.training.fsdp) under `draft train`, on 2 CPU processes (gloo)
-launched with torchrun and accelerate's FSDP flag: each process holds half of every frozen weight, the
-LoRA stays a plain replicated tensor, grids and validation run after every step (every process takes
+launched with torchrun and accelerate's FSDP flag (DRaFT-K, K = 2, the blocks checkpointed: their
+recomputation gathers the weights again): each process holds half of every frozen weight, the LoRA
+stays a plain replicated tensor, grids and validation run after every step (every process takes
 part in their sharded forwards, only the main one writes), a checkpoint is saved and resumed, and the
 trained LoRA equals a plain data-parallel run's."""
 
@@ -23,8 +24,8 @@ from draft_core.training.fsdp import shard_under_fsdp
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = [
-    "model.name=tiny-random-flux", "sampler={name: euler, steps: 2, guidance_scale: 3.5}", "estimator={name: draft-k, k: 1}",
-    "reward={name: ink-coverage, softness: 0.05}", "train.batch_size=2", "train.lr=0.01", "train.sample_every=1",
+    "model.name=tiny-random-flux", "sampler={name: euler, steps: 2, guidance_scale: 3.5}", "estimator={name: draft-k, k: 2}",
+    "train.checkpoint_denoiser=blocks", "reward={name: ink-coverage, softness: 0.05}", "train.batch_size=2", "train.lr=0.01", "train.sample_every=1",
     "train.sample_per_prompt=1", "train.sample_prompts=[a cat]", "lora.rank=2", "train.checkpoint_every=1",
     "train.validation.prompts=[a dog]", "train.validation.every=1", "train.validation.n_per_prompt=1",
 ]

@@ -15,8 +15,10 @@ in its backward pass gathers the units in reverse order, hence the earlier "coll
 sharding, grids and validation therefore run on every process (``RunPictures.write`` is false on the
 others: they draw the same images and drop them); only the main process writes. For the same reason an
 estimator whose number of denoiser passes is drawn per process (``k_range``, ``alignprop_range``) is
-refused. ``shard_frozen_base`` also works for a loop of one's own (tests/test_fsdp.py); gloo on CPU
-here, NCCL on GPUs untested.
+refused. And the main process alone saves the LoRA (a ``state_dict()`` call, which reshards a gathered
+unit on that process only), so the root unit is resharded after every pass like the blocks, keeping
+every process in the same state. ``shard_frozen_base`` also serves a loop of one's own. Tested under
+``draft train`` on 2 gloo processes (tests/test_fsdp.py); NCCL on GPUs untested.
 """
 
 from __future__ import annotations
