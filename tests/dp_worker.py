@@ -2,7 +2,8 @@
 the real `draft train` CLI in each process, then resumes the run in the same processes, and records
 for the test each process's final LoRA, which run-folder writes it made, and the share of the
 denoiser's frozen weights it held (1 unless sharded). With DP_WORKER_PLAIN=FOLDER, a plain
-data-parallel run of the same arguments follows, straight through into FOLDER (FSDP turned off)."""
+data-parallel run of the same arguments follows, straight through into FOLDER (FSDP turned off); with
+DP_WORKER_GRADS=1, each step's averaged LoRA gradient is dumped too."""
 
 from __future__ import annotations
 
@@ -43,6 +44,18 @@ runner.plot_reward_curve = recording("reward_curve", runner.plot_reward_curve)
 pictures.save_grid = recording("samples", pictures.save_grid)
 Config.dump = recording("config", Config.dump)
 train = runner.Trainer.train
+average_gradients = runner.average_gradients
+
+
+def average_and_record(acc, params, scalars):
+    out = average_gradients(acc, params, scalars)
+    if os.environ.get("DP_WORKER_GRADS"):  # the step about to be taken is the trainer's step + 1
+        step = 1 + sum(1 for f in dump.glob(f"{prefix}rank{rank}-grad*"))
+        save_file({f"{i}": p.grad.detach().clone() for i, p in enumerate(params)}, dump / f"{prefix}rank{rank}-grad{step}.safetensors")
+    return out
+
+
+runner.average_gradients = average_and_record
 
 
 def train_and_record(self):

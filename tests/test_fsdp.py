@@ -37,7 +37,7 @@ def test_draft_train_shards_the_base_under_an_fsdp_launch(tmp_path):
     dump.mkdir()
     # tests/dp_worker.py: 1 step, a resume to step 2, then a plain data-parallel run of 2 steps (FSDP off).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-           "ACCELERATE_USE_FSDP": "true", "DP_WORKER_SPLIT": "1", "DP_WORKER_PLAIN": str(plain)}
+           "ACCELERATE_USE_FSDP": "true", "DP_WORKER_SPLIT": "1", "DP_WORKER_PLAIN": str(plain), "DP_WORKER_GRADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "tests" / "dp_worker.py"), str(dump), str(run), "2", *ARGS]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -59,11 +59,17 @@ def test_draft_train_shards_the_base_under_an_fsdp_launch(tmp_path):
     reference = load_file(plain / "lora" / "pytorch_lora_weights.safetensors")
     assert saved.keys() == reference.keys() == {f"transformer.{k}" for k in a}
     assert max(v.abs().max().item() for k, v in saved.items() if "lora_B" in k) > 1e-3  # it trained
-    # The all-gathered weights are the plain ones, so the arithmetic is the same up to the order of a
-    # reduction: float32 rounding, which Adam's first steps (g / (|g| + eps)) amplify only for gradient
-    # entries near eps; a wrong or stale shard would move whole tensors by far more.
-    for k in saved:
-        torch.testing.assert_close(saved[k], reference[k], rtol=1e-4, atol=1e-4 * reference[k].abs().max().item(), msg=k)
+    # The all-gathered weights are the plain ones, so step 1's gradient is the plain one up to the order
+    # in which autograd sums a tensor's gradient contributions (FSDP2's hooks reorder it): float32
+    # rounding (bitwise equal on this FLUX here; 2e-6 of the largest entry on tiny-random's UNet).
+    g, plain_g = (load_file(dump / f"{p}rank0-grad1.safetensors") for p in ("", "plain-"))
+    scale = max(v.abs().max().item() for v in plain_g.values())
+    assert scale > 0 and all(torch.allclose(g[k], plain_g[k], rtol=0, atol=1e-5 * scale) for k in g)
+    # Adam's update lr * g / (|g| + eps) turns a rounding difference of a gradient entry near eps into a
+    # visible one, which step 2's gradient inherits, so the LoRA after 2 steps is held to 1% of its norm
+    # (tiny-random's UNet: 0.2%); a wrong or stale shard changes every entry, by up to 2 * lr.
+    flat = lambda state: torch.cat([state[k].flatten() for k in sorted(state)])  # noqa: E731
+    assert (flat(saved) - flat(reference)).norm() <= 1e-2 * flat(reference).norm()
     for r, s in zip(rows, plain_rows):
         for key in ("reward_mean", "val/ink-coverage"):
             if key in s:
