@@ -79,6 +79,7 @@ def test_draft_train_shards_the_base_under_an_fsdp_launch(tmp_path):
 def test_an_fsdp_launch_refuses_what_it_cannot_shard():
     acc = SimpleNamespace(num_processes=2, distributed_type=SimpleNamespace(name="FSDP"), is_main_process=True)
     for sets, named in ((["estimator={name: draft-k, k_range: [1, 2]}"], "estimator.k_range"),
+                        (["estimator={name: refl, m: 5}"], "estimator.m=5"),
                         (["model.quantize=int8"], "model.quantize='int8'")):
         trainer = SimpleNamespace(acc=acc, config=load_config(None, ["model.name=tiny-random-flux", *sets]))
         with pytest.raises(ConfigError, match=named):  # before any collective

@@ -155,9 +155,10 @@ def apply_levers(model: Any, quantize: str, offload: bool | str, processes: int 
         levers.quantize_saved = full - stored
         if quantize not in TRACED_DEQUANT:  # bitsandbytes: one layer's dequantized temporary at a time
             levers.dequant_working = max((nbytes(w) for w in weights), default=0)
+        compute = ("each layer computes with a full-size copy of its weight, kept for the backward pass"
+                   if quantize in TRACED_DEQUANT else "one layer dequantized at a time")
         notes.append(f"model.quantize={quantize}: the denoiser's {len(weights)} linear weights stored at "
-                     f"{stored / max(sum(w.numel() for w in weights), 1):.4g} bytes per parameter with their scales; "
-                     f"one layer dequantized at a time")
+                     f"{stored / max(sum(w.numel() for w in weights), 1):.4g} bytes per parameter with their scales; {compute}")
     enc = text_encoder_bytes(model)
     over = budget is not None and peak > budget
     if enc and offloads(offload, enc, over):

@@ -14,8 +14,8 @@ only: its all-gathers then paired with another process's all-gathers of the next
 in its backward pass gathers the units in reverse order, hence the earlier "collective mismatch". Under
 sharding, grids and validation therefore run on every process (``RunPictures.write`` is false on the
 others: they draw the same images and drop them); only the main process writes. For the same reason an
-estimator whose number of denoiser passes is drawn per process (``k_range``, ``alignprop_range``) is
-refused. And the main process alone saves the LoRA (a ``state_dict()`` call, which reshards a gathered
+estimator whose number of denoiser passes is drawn per process (``k_range``, ``alignprop_range``,
+ReFL's ``m``) is refused. And the main process alone saves the LoRA (a ``state_dict()`` call, which reshards a gathered
 unit on that process only), so the root unit is resharded after every pass like the blocks, keeping
 every process in the same state. ``shard_frozen_base`` also serves a loop of one's own. Tested under
 ``draft train`` on 2 gloo processes (tests/test_fsdp.py); NCCL on GPUs untested.
@@ -65,7 +65,6 @@ def shard_frozen_base(model: Any, trainable: Iterable[torch.nn.Parameter], devic
     return len(blocks) + 1
 
 
-
 def shard_under_fsdp(trainer: Any) -> bool:
     """Under an FSDP launch, shard ``trainer``'s frozen denoiser across its processes (the LoRA, which
     requires grad, stays replicated) and let every process take part in grids and validation; True
@@ -79,11 +78,13 @@ def shard_under_fsdp(trainer: Any) -> bool:
     cfg = trainer.config
     est = cfg.estimator
     drawn = [k for k in ("k_range", "alignprop_range") if est.get(k) is not None]
+    drawn += ["m"] if est.get("name") == "refl" and est.get("m", 20) != 1 else []  # ReFL's t, uniform in [1, m]
     if drawn:
         raise ConfigError(
-            f"estimator.{drawn[0]}={est[drawn[0]]!r} draws the number of differentiable steps on each process, but under "
-            f"an FSDP launch every process must run the same denoiser passes (each one gathers the sharded weights from "
-            f"all of them); give a fixed estimator.k, or launch without FSDP (plain data parallel).")
+            f"estimator.{drawn[0]}={est.get(drawn[0], 20)!r} draws how many denoiser passes a step makes on each process, "
+            f"but under an FSDP launch every process must run the same passes (each one gathers the sharded weights "
+            f"from all of them); give a fixed number (estimator.k for draft-k, m: 1 for refl), or launch without FSDP "
+            f"(plain data parallel).")
     if cfg.model.quantize != "none":
         raise ConfigError(
             f"model.quantize={cfg.model.quantize!r} cannot be combined with an FSDP launch here (a quantized weight "
