@@ -1,10 +1,10 @@
-"""``draft plan`` against the real step on CPU with each checkpointing lever of issue 21 on and off.
+"""``draft plan`` against the real step on CPU with each memory lever of issue 21 on and off.
 
     python benchmarks/plan_check_levers.py [--models tiny-random tiny-random-flux] [--out benchmarks/results/plan_check_levers.json]
 
-For each tiny family and each setting (no checkpointing; the denoiser block by block; the VAE
-decoder block by block; the reward's own block checkpointing, an open_clip HPSv2 architecture
-of a small size with random weights), the prediction (``plan_step``: the step traced on the
+For each tiny family and each setting (no lever; the denoiser block by block; the VAE decoder
+block by block; the reward's own block checkpointing, an open_clip HPSv2 architecture of a small
+size with random weights; all three; an int8 base; the text encoders off the device; all of them), the prediction (``plan_step``: the step traced on the
 meta device as the CPU runs it) against the same step on real tensors (``measure_step``: a
 warm-up step, then the measured one, tallied the same way). DRaFT-1, 2 sampler steps, batch 2,
 LoRA rank 4, float32. The quantized base and the offloaded text encoders are offsets the plan
