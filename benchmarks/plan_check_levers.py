@@ -5,15 +5,16 @@
 For each tiny family and each setting (no lever; the denoiser block by block; the VAE decoder
 block by block; the reward's own block checkpointing, an open_clip HPSv2 architecture of a small
 size with random weights; all three; an int8 base; the text encoders off the device; all of
-them), the prediction (``plan_step``: the step traced on the meta device as the CPU runs it) against the same step on real tensors (``measure_step``: a
-warm-up step, then the measured one, tallied the same way). DRaFT-1, 2 sampler steps, batch 2,
-LoRA rank 4, float32. The quantized base's storage and the offloaded text encoders are offsets the
-plan applies to the traced step, int8's kept weight copies are traced (draft_core/planning/levers.py);
-the measured step runs them for real:
-torchao's int8 weights (tallied by their inner tensors: int8 values, scales, zero points), and the
-encoders moved off the device after the prompts are encoded. On CPU the device and the host are one,
-so for the measurement the encoders' home is the meta device (as tests/test_offload.py does): a
-step that ran them would fail, and their bytes leave the CPU's tally as they would leave a GPU's.
+them), the prediction (``plan_step``: the step traced on the meta device as the CPU runs it)
+against the same step on real tensors (``measure_step``: a warm-up step, then the measured one,
+tallied the same way). DRaFT-1, 2 sampler steps, batch 2, LoRA rank 4, float32. The quantized
+base's storage and the offloaded text encoders are offsets the plan applies to the traced step,
+int8's kept weight copies are traced (draft_core/planning/levers.py); the measured step runs them
+for real: torchao's int8 weights (tallied by their inner tensors: int8 values, scales, zero
+points), and the encoders moved off the device after the prompts are encoded. On CPU the device
+and the host are one, so for the measurement the encoders' home is the meta device (as
+tests/test_offload.py does): a step that ran them would fail, and their bytes leave the CPU's
+tally as they would leave a GPU's.
 """
 
 from __future__ import annotations
