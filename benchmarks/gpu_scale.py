@@ -22,7 +22,6 @@ that fit and the first that did not (an out-of-memory error counts as not fittin
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -31,8 +30,8 @@ from typing import Callable
 
 import torch
 
-from benchlib import peak_memory, ratios, time_interleaved, warm_up, write_json
-from gpu_sd14 import HPSv2Sized, build_bench
+from benchlib import peak_memory, write_json
+from gpu_sd14 import HPSv2Sized, build_bench, measure_cases
 
 CASES = ["sampling", "draft-k K=1", "draft-lv n=2", "draft-k K=10", "draft (full, ckpt)"]
 GiB, MiB = 2**30, 2**20
@@ -139,17 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{result['model']} ({a.family}) on {result['device']}, {dtype}, {model.default_sampler} {steps} steps, "
           f"guidance {setting.guidance}, {result['image_size'][0]} px, LoRA rank {a.lora_rank}", flush=True)
     for batch in batches:
-        b = first if batch == batches[0] else bench(batch)
-        warm_up(b)
-        memory = {}
-        for case in cases:
-            run = b.runner(case)
-            run(0)  # warm-up (kernels, allocator)
-            memory[case] = peak_memory(lambda: run(1), device)
-        times = time_interleaved(b, cases, a.rounds, warmup=0)
-        rel = ratios(times)
-        result["batches"][batch] = {case: {"seconds": times[case], "median_s": statistics.median(times[case]),
-                                           "ratio_to_sampling": rel[case], **memory[case]} for case in cases}
+        result["batches"][batch] = measure_cases(first if batch == batches[0] else bench(batch), cases, a.rounds, device)
     if a.max_batch:
         for case in cases[1:]:
             fits = step_fits(lambda batch, case=case: (lambda r=bench(batch).runner(case): r(0)), device, budget)

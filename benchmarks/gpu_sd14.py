@@ -99,6 +99,21 @@ def build_bench(tiny: bool, steps: int, batch: int, device: torch.device, dtype:
     return Bench(model, params, torch.optim.AdamW(params, lr=2e-4), sampler, reward, prompts, registry)
 
 
+def measure_cases(bench: Bench, cases: list[str], rounds: int, device: torch.device) -> dict[str, dict]:
+    """Per case (``cases[0]``: sampling, the ratios' base): the step's peak memory (one step after a
+    warm-up one), its times over ``rounds`` interleaved rounds, their median and its ratio to sampling."""
+    warm_up(bench)
+    memory = {}
+    for case in cases:
+        run = bench.runner(case)
+        run(0)  # warm-up (kernels, allocator)
+        memory[case] = peak_memory(lambda: run(1), device)
+    times = time_interleaved(bench, cases, rounds, warmup=0)
+    rel = ratios(times)
+    return {case: {"seconds": times[case], "median_s": statistics.median(times[case]), "ratio_to_sampling": rel[case],
+                   **memory[case]} for case in cases}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="small configs on CPU (a smoke run of this script)")
@@ -130,17 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{result['device']}, {dtype}, {steps} DDIM steps, {result['image_size'][0]} px, LoRA rank {a.lora_rank}; params {n_params}")
     for batch in batches:
         bench = build_bench(a.tiny, steps, batch, device, dtype, a.lora_rank, model=first.model, reward=first.reward)
-        warm_up(bench)
-        memory = {}
-        for case in cases:
-            run = bench.runner(case)
-            run(0)  # warm-up (kernels, allocator)
-            memory[case] = peak_memory(lambda: run(1), device)
-        times = time_interleaved(bench, cases, a.rounds, warmup=0)
-        rel = ratios(times)
-        rows = {case: {"seconds": times[case], "median_s": statistics.median(times[case]), "ratio_to_sampling": rel[case],
-                       **memory[case]} for case in cases}
-        result["batches"][batch] = rows
+        rows = result["batches"][batch] = measure_cases(bench, cases, a.rounds, device)
         print(f"batch {batch}:")
         for case, row in rows.items():
             total = row.get("total_peak_mib")

@@ -12,6 +12,7 @@ import fig_k_effect
 import fig_lora_mixing
 import fig_rl_vs_draft
 import fig_sample_efficiency
+import gpu_memory_check
 import gpu_plan_check
 import gpu_scale
 import gpu_sd14
@@ -120,6 +121,18 @@ def test_gpu_plan_check_runs_at_tiny_scale_on_cpu(tmp_path):
     for row in res["rows"].values():
         assert abs(row["ratio_to_tally"] - 1) < 0.10 and row["rss_step_mib"] > 0
     assert json.loads(out.read_text())["steps"] == 2
+
+
+def test_gpu_memory_check_rows_are_the_planned_targets_and_their_tiny_twins():
+    """Its rows' configs are plan_levers.py's (the prediction it reads); the dry run's are the same rows on the
+    tiny families, int8 for nf4 (a run of one row takes minutes on a loaded CPU: run by hand, RESULTS says)."""
+    from plan_levers import ROWS, row_config
+
+    assert gpu_memory_check.TARGETED and all(ROWS[label][3] is not None for label in gpu_memory_check.TARGETED)
+    for label in gpu_memory_check.TARGETED:
+        full, tiny = row_config(*ROWS[label][:3]), gpu_memory_check.tiny_config(label)
+        assert tiny.model.name == gpu_scale.FAMILIES[ROWS[label][0]].tiny and tiny.train.batch_size == full.train.batch_size
+        assert tiny.estimator == full.estimator and tiny.model.quantize == {"nf4": "int8"}.get(full.model.quantize, full.model.quantize)
 
 
 def test_hpsv2_sized_reward_is_a_differentiable_cosine():

@@ -102,3 +102,22 @@ def test_proposals_name_the_levers_and_their_costs():
     assert all(p.kind == "lower precision" for p in quant)
     assert fitting.KIND_COSTS["same result"] == "costs time" and "quality" in fitting.KIND_COSTS["lower precision"]
     assert "model.quantize=fp8" not in [o for p in fitting.candidates(config, "cpu") for o in p.overrides]
+
+
+def test_int8_base_and_offloaded_encoders_predicted_as_measured(monkeypatch):
+    """torchao's int8 weights (tallied by their int8 values, scales and zero points), the full-size weight
+    copies its layers keep for the backward pass, and the encoders off the device (their home is meta
+    here, so their bytes leave the CPU's tally as they would leave a GPU's): the plan's offsets and
+    its traced copies against the real step."""
+    pytest.importorskip("torchao")
+    from draft_core.training import prompt_cache
+
+    monkeypatch.setattr(prompt_cache, "HOME", torch.device("meta"))
+    sets = TINY + ["train.checkpoint_denoiser=false", "model.quantize=int8", "model.offload_text_encoders=true"]
+    predicted, measured = plan_step(load_config(None, sets), "cpu"), measure_step(load_config(None, sets), "cpu")
+    assert abs(predicted.peak / measured.peak - 1) < 0.10, (predicted.breakdown, measured.breakdown)
+    # Closer than the target: the same weight bytes, and activations but for a few scalars' bytes.
+    assert predicted.breakdown["base weights"] == measured.breakdown["base weights"]
+    assert abs(predicted.breakdown["activations"] / measured.breakdown["activations"] - 1) < 1e-4
+    plain = plan_step(load_config(None, TINY + ["train.checkpoint_denoiser=false"]), "cpu")
+    assert predicted.breakdown["activations"] > plain.breakdown["activations"]  # the kept weight copies

@@ -7,13 +7,20 @@ frozen weights live and at what size, which is constant over the step, so they a
 the traced step as exact byte offsets of its ``base weights`` (a constant shifts the whole
 curve, not the moment of its peak):
 
-- ``model.quantize`` (int8 | fp8: 1 byte per parameter; nf4: 4 bits plus one float32 absmax per
-  64 weights, bitsandbytes' layout, 0.5 + 4/64 bytes per parameter): the weights of the
+- ``model.quantize`` (int8: 1 byte per parameter plus, per output channel, a scale in the weight's
+  dtype and an int8 zero point, torchao's ``Int8Tensor``; fp8: 1 byte per parameter plus a float32
+  scale per output channel, torchao's per-row ``Float8Tensor``; nf4: 4 bits plus one float32 absmax
+  per 64 weights, bitsandbytes' layout, 0.5 + 4/64 bytes per parameter): the weights of the
   denoiser's linear layers (the layers diffusers' quantization configs replace, LoRA base
   layers included). Biases, norms, embeddings, convolutions' own kernels apart from linear
-  ones, the VAE, the LoRA and the text encoders stay at their dtype. A quantized layer's
-  forward and backward dequantize its weight into a temporary of the compute dtype: the
-  largest such layer is added as working memory.
+  ones, the VAE, the LoRA and the text encoders stay at their dtype. How a layer computes
+  differs, and is not an offset: torchao's weight-only layers (int8, fp8) multiply by a copy of
+  the weight in the compute dtype, which autograd keeps for the input's gradient, so each
+  quantized layer of a differentiable call holds a full-size copy until the backward pass
+  reaches it (without block checkpointing, a whole denoiser's linear weights per differentiable
+  call). The plan traces that (``dequantizing_linears``). bitsandbytes' 4-bit layers (nf4) keep
+  the quantized weight and dequantize again in the backward pass: one layer's temporary, the
+  largest, is added as working memory.
 - ``model.offload_text_encoders``: the text encoders' weights are not on the device during
   training steps (embeddings cached, or encoded off the device). ``auto`` offloads when they
   hold at least ``OFFLOAD_MATTERS_BYTES`` (SDXL's two CLIPs, SD3's and FLUX's T5), or when a
@@ -27,8 +34,10 @@ curve, not the moment of its peak):
 
 from __future__ import annotations
 
+import contextlib
+import types
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -36,6 +45,11 @@ from draft_core.errors import ConfigError
 
 #: bytes per quantized parameter, by ``model.quantize``.
 QUANT_BYTES: dict[str, float] = {"none": 0.0, "int8": 1.0, "fp8": 1.0, "nf4": 0.5 + 4 / 64}
+#: bytes per output channel (a weight's row) beside its parameters: int8's scale (+ the weight's element size) and
+#: zero point; fp8's float32 scale. Negligible at published widths (3072 inputs a row), not on the tiny families.
+ROW_BYTES: dict[str, int] = {"int8": 1, "fp8": 4}
+#: ``model.quantize`` values whose layers compute with a kept full-size copy of the weight (torchao's), traced.
+TRACED_DEQUANT = ("int8", "fp8")
 #: text encoder weights from which ``offload_text_encoders: auto`` moves them off the device.
 OFFLOAD_MATTERS_BYTES = 2**30
 TEXT_ENCODER_PREFIX = "text_encoder"
@@ -69,6 +83,33 @@ def quantized_weights(model: Any) -> list[torch.Tensor]:
             seen.add(id(module.weight))
             out.append(module.weight)
     return out
+
+
+def stored_bytes(weights: list[torch.Tensor], quantize: str) -> int:
+    """The bytes of ``weights`` stored as ``model.quantize`` = ``quantize`` (module doc: what each holds)."""
+    rows = sum(w.shape[0] for w in weights)
+    per_row = ROW_BYTES.get(quantize, 0) + (max((w.element_size() for w in weights), default=0) if quantize == "int8" else 0)
+    return int(sum(w.numel() for w in weights) * QUANT_BYTES[quantize]) + rows * per_row
+
+
+def _with_weight_copy(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    # torchao's weight-only linear: mm(x, weight converted to x's dtype), a new tensor autograd keeps.
+    return torch.nn.functional.linear(x, self.weight.to(x.dtype, copy=True), self.bias)
+
+
+@contextlib.contextmanager
+def dequantizing_linears(model: Any, quantize: str) -> Iterator[None]:
+    """Within: the denoiser's quantized linear layers compute as torchao's do under ``model.quantize`` =
+    ``quantize`` (int8, fp8), so a traced step allocates and keeps what the quantized step does."""
+    weights = {id(w) for w in quantized_weights(model)} if quantize in TRACED_DEQUANT else set()
+    layers = [m for m in model.denoiser.modules() if isinstance(m, torch.nn.Linear) and id(m.weight) in weights]
+    for layer in layers:
+        layer.forward = types.MethodType(_with_weight_copy, layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
 
 def text_encoder_bytes(model: Any) -> int:
@@ -110,11 +151,14 @@ def apply_levers(model: Any, quantize: str, offload: bool | str, processes: int 
     weights = quantized_weights(model)
     if quantize != "none":
         full = sum(nbytes(w) for w in weights)
-        stored = int(sum(w.numel() for w in weights) * QUANT_BYTES[quantize])
+        stored = stored_bytes(weights, quantize)
         levers.quantize_saved = full - stored
-        levers.dequant_working = max((nbytes(w) for w in weights), default=0)
+        if quantize not in TRACED_DEQUANT:  # bitsandbytes: one layer's dequantized temporary at a time
+            levers.dequant_working = max((nbytes(w) for w in weights), default=0)
+        compute = ("each layer computes with a full-size copy of its weight, kept for the backward pass"
+                   if quantize in TRACED_DEQUANT else "one layer dequantized at a time")
         notes.append(f"model.quantize={quantize}: the denoiser's {len(weights)} linear weights stored at "
-                     f"{QUANT_BYTES[quantize]:.4g} bytes per parameter; one layer dequantized at a time")
+                     f"{stored / max(sum(w.numel() for w in weights), 1):.4g} bytes per parameter with their scales; {compute}")
     enc = text_encoder_bytes(model)
     over = budget is not None and peak > budget
     if enc and offloads(offload, enc, over):

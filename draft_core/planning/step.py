@@ -29,6 +29,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from draft_core.config import Config
 from draft_core.planning.architectures import META, PlanError, meta_model, module_tensors, use_architectures
+from draft_core.planning.levers import dequantizing_linears
 from draft_core.planning.meta import cpu_attention_flops, elide_repeats, simulate
 from draft_core.planning.tracer import ACTIVATIONS, MemoryTracer
 from draft_core.rewarding.spec import reward_terms, set_term_argument
@@ -173,7 +174,8 @@ def plan_step(config: Config, device_type: str = "cuda", dtype: str | None = Non
                     group["foreach"] = True
             _cpu_timesteps(trainer.c.sampler, trainer.model)
             _warm_up(trainer)
-            trace = _trace(trainer, "meta", elide=True, steps=1)
+            with dequantizing_linears(trainer.model, config.model.quantize):  # torchao's kept copies (levers module)
+                trace = _trace(trainer, "meta", elide=True, steps=1)
             trace.sampling_flops = _sampling_flops(trainer) * config.train.grad_accum
             notes += _apply_levers(trace, trainer.model, config, processes, budget)
         except Exception as exc:

@@ -27,7 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
 ACTIVATIONS = "activations"
@@ -122,6 +122,12 @@ class MemoryTracer(TorchDispatchMode):
             self._high[dev] = self._live[dev]
 
     def _track(self, t: torch.Tensor, category: str = ACTIVATIONS, pre: bool = False) -> None:
+        if is_traceable_wrapper_subclass(t):
+            # A wrapper (a quantized weight: torchao's int8 values, scales and zero points) holds its bytes in
+            # its inner tensors; its own storage is a stand-in of its outer shape and dtype, sized as unquantized.
+            for name in t.__tensor_flatten__()[0]:
+                self._track(getattr(t, name), category, pre)
+            return
         st = _storage(t)
         if st is None:
             return

@@ -1,4 +1,5 @@
-"""The pictures a run draws while it trains (main process only): the grid of fixed prompts and
+"""The pictures a run draws while it trains (main process only; every process under a sharded base, only
+the main one writing): the grid of fixed prompts and
 noise at step 0, every ``train.sample_every`` steps and at the end; the validation grids; and
 before/after. Each is labelled (a row per prompt, a column per sample), carries its generation
 parameters in the PNG, and goes to the experiment trackers too; each new grid or validation
@@ -38,6 +39,7 @@ class RunPictures:
         self.run = RunDir(run_dir)
         self.config, self.run_dir, self.model, self.c = config, Path(run_dir), model, components
         self.condition, self.learned = condition, learned
+        self.write = True  # false: draw, but write nothing (the other processes of a sharded base: training/fsdp.py)
 
     def params(self, prompts: list[str], seed: int, step: int) -> dict[str, Any]:
         """The generation parameters of a grid drawn at ``step`` (stored in its PNG)."""
@@ -53,13 +55,15 @@ class RunPictures:
             learned=", ".join(learned) or None,
         )
 
-    def grid(self, tag: str, step: int, tracking: Any) -> Path:
+    def grid(self, tag: str, step: int, tracking: Any) -> Path | None:
         """``samples/<tag>.png``: the fixed prompts (``train.sample_prompts``), ``sample_per_prompt`` each, same noise every time."""
         t = self.config.train
         base = t.sample_prompts or self.c.prompts[:10]
         prompts = [p for p in base for _ in range(t.sample_per_prompt)]  # one row per prompt
         gen = torch.Generator().manual_seed(t.seed)  # the same noise in every grid
         images = generate(self.model, self.c.sampler, self.condition, prompts, self.model.make_noise(len(prompts), gen), gen)
+        if not self.write:
+            return None
         path = save_grid(images, self.run.samples / f"{tag}.png", nrow=t.sample_per_prompt, rows=base,
                          cols=[f"sample {j + 1}" for j in range(t.sample_per_prompt)], title=f"step {step}",
                          params=self.params(base, t.seed, step))
@@ -73,6 +77,8 @@ class RunPictures:
         if v is None or not v.due(step, self.config.train.steps):
             return {}
         scores, images = v.run(self.model, self.c.sampler, self.condition)
+        if not self.write:
+            return {}
         title = f"validation at step {step}: " + ", ".join(f"{k[len('val/'):]} {s:.4g}" for k, s in scores.items())
         params = {**self.params(v.prompts, v.seed, step), "seeding": "per image: a hash of (seed, prompt index, image index)"}
         path = save_grid(images, self.run.samples / f"val-step-{step:06d}.png", nrow=v.n_per_prompt, rows=v.prompts,

@@ -32,6 +32,7 @@ from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
 from draft_core.training.distributed import (any_process, average_gradients, gather_ranks, rng_state, seed_global_generators,
                                              set_rng_state)
 from draft_core.training.ema import WeightsEma
+from draft_core.training.fsdp import shard_under_fsdp
 from draft_core.training.guarding import guard_row, setup_guards, with_best
 from draft_core.training.metrics import step_line
 from draft_core.training.pictures import RunPictures
@@ -47,7 +48,6 @@ from draft_core.training.stopping import checkpoint_after_stop
 from draft_core.training.schedules import build_lr_scheduler, lr_factor  # noqa: F401 (lr_factor: also importable from here)
 from draft_core.training.signals import Interrupted, StopRequest
 from draft_core.training.tracking import Tracking, accelerator_options
-
 
 
 class Trainer:
@@ -123,7 +123,7 @@ class Trainer:
         if self.acc.is_main_process:  # before the model loads: a second writer is refused at once
             self.run_lock = lock_run_folder(self.run_dir)
         n = self.acc.num_processes
-        if self.acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        if self.acc.distributed_type.name in ("DEEPSPEED", "MEGATRON_LM"):
             self.log(f"warning: accelerate is set up for {self.acc.distributed_type.name}, but draft does not shard: "
                      f"each process holds the whole frozen base and the LoRA is trained data-parallel (README: Training on several GPUs)")
         if cfg.train.batch_size % n:
@@ -152,6 +152,7 @@ class Trainer:
         self.lr_scheduler = build_lr_scheduler(self.optimizer, t)
         self.ema = WeightsEma.from_config(t.ema, self.params)
         self.pictures = RunPictures(cfg, self.run_dir, self.model, self.c, self._condition, self.learned)
+        self.sharded = shard_under_fsdp(self)  # an FSDP launch: the frozen base sharded, grids drawn by every process
         rank = self.acc.process_index
         # Separate streams, so a change in one consumer (e.g. the estimator) does not shift the others.
         # Prompts and noise are drawn for the global batch, identically on every process; the estimator's own per process.
@@ -293,11 +294,11 @@ class Trainer:
 
     @torch.no_grad()
     def sample_grid(self, tag: str) -> Path | None:
-        return self.pictures.grid(tag, self.step, self.tracking) if self.acc.is_main_process else None
+        return self.pictures.grid(tag, self.step, self.tracking) if self.acc.is_main_process or self.sharded else None
 
     def validate(self) -> dict[str, float]:
         """``val/<reward>`` means when validation is due at this step (main process only), else {}."""
-        return self.pictures.validate(self.step, self.tracking) if self.acc.is_main_process else {}
+        return self.pictures.validate(self.step, self.tracking) if self.acc.is_main_process or self.sharded else {}
 
     def save(self, rng: dict[str, torch.Tensor] | None = None) -> None:
         """Checkpoint the state after ``self.step`` completed steps (``rng``: that moment's RNG
