@@ -17,53 +17,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from draft_core.models.conditioning import Conditioning
-
-
-def upcast(x: torch.Tensor) -> torch.Tensor:
-    """At least float32: half-precision model outputs are carried in float32; float64 stays."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
-def guided(out_u: torch.Tensor, out_c: torch.Tensor, scale) -> torch.Tensor:
-    """Classifier-free guidance in diffusers' convention: out(∅) + g·(out(c) − out(∅))."""
-    if torch.is_tensor(scale):
-        scale = scale.to(out_u.dtype)
-    return out_u + scale * (out_c - out_u)
-
-
-def first_tensor(module: torch.nn.Module) -> torch.Tensor:
-    """The module's first parameter (or buffer): where its device is read."""
-    for tensor in module.parameters():
-        return tensor
-    for tensor in module.buffers():
-        return tensor
-    raise ValueError(f"{type(module).__name__} has no parameters or buffers, so it has no device.")
-
-
-def parameter_dtype(module: torch.nn.Module) -> torch.dtype:
-    """The first floating parameter's dtype, skipping modules kept in float32 (diffusers' rule)."""
-    keep = getattr(module, "_keep_in_fp32_modules", None) or ()
-    last = None
-    for name, param in module.named_parameters():
-        last = param.dtype
-        if keep and any(k in name for k in keep):
-            continue
-        if param.is_floating_point():
-            return param.dtype
-    return last if last is not None else first_tensor(module).dtype
-
-
-def token_ids(tokenizer, prompts: Sequence[str], max_length: int | None = None, device=None) -> torch.Tensor:
-    """[B, L] token ids of ``prompts`` as diffusers' pipelines tokenize them: padded to ``max_length`` (the
-    tokenizer's ``model_max_length`` by default) and truncated, special tokens added; on ``device``."""
-    ids = tokenizer(list(prompts), padding="max_length", max_length=max_length or tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    return ids if device is None else ids.to(device)
-
-
-def uses_cfg(scale) -> bool:
-    """One rule for constants and learned schedules: a tensor scale or any g != 1 runs two passes."""
-    return torch.is_tensor(scale) or scale != 1.0
+from draft_core.models.tensors import (  # noqa: F401 (importable from here, as the families do)
+    first_tensor, guided, parameter_dtype, token_ids, upcast, uses_cfg)
 
 
 class ModelFamily:

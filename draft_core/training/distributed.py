@@ -1,13 +1,37 @@
-"""What a training step needs from the processes of a data-parallel run: RNG state to checkpoint and
-restore, gradients averaged in one all-reduce, and agreement on whether any process saw a flag."""
+"""What a training step needs from the processes of a data-parallel run: the launch checked, RNG
+state to checkpoint and restore, gradients averaged in one all-reduce, and agreement on whether any
+process saw a flag."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 
+from draft_core.errors import ConfigError
+
 T = TypeVar("T")
+
+
+def on_cpu(device: str) -> bool:
+    """Whether ``model.device`` = ``device`` trains on the CPU; a CUDA device on a machine without one is refused."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"model.device is {device!r}, but this machine has no CUDA GPU; use auto or cpu.")
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
+def check_launch(acc: Any, batch_size: int, log: Callable[[str], None]) -> int:
+    """The number of processes, once the global batch is known to split evenly over them (and a
+    warning logged for an accelerate backend draft does not use)."""
+    n: int = acc.num_processes
+    if acc.distributed_type.name in ("DEEPSPEED", "MEGATRON_LM"):
+        log(f"warning: accelerate is set up for {acc.distributed_type.name}, but draft does not use it: each process "
+            f"holds the whole frozen base and the LoRA is trained data-parallel (docs/training.md: several GPUs; "
+            f"for a sharded base, launch with accelerate's FSDP flag)")
+    if batch_size % n:
+        raise ConfigError(f"train.batch_size={batch_size} is the global batch, split evenly over the {n} "
+                          f"processes; give a multiple of {n}.")
+    return n
 
 
 def seed_global_generators(seed: int, rank: int) -> None:

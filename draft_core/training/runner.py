@@ -19,7 +19,7 @@ from draft_core.config import Config
 from draft_core.errors import ConfigError
 from draft_core.training.faults import (REWARD, NonFiniteCounter, NonFiniteStop, family_source, nonfinite_message,
                                         step_failure)
-from draft_core.lora import add_lora, load_lora_state, lora_state, save_lora
+from draft_core.lora import load_lora_state, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve
 from draft_core.memory import configure_denoiser
@@ -29,9 +29,10 @@ from draft_core.rewarding.spec import reward_label
 from draft_core.rundir import RunDir
 from draft_core.training.components import Components, section_label
 from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
-from draft_core.training.distributed import (any_process, average_gradients, gather_ranks, rng_state, seed_global_generators,
-                                             set_rng_state)
+from draft_core.training.distributed import (any_process, average_gradients, check_launch, gather_ranks, on_cpu, rng_state,
+                                             seed_global_generators, set_rng_state)
 from draft_core.training.ema import WeightsEma
+from draft_core.training.trainable import build_trainable
 from draft_core.training.fsdp import shard_under_fsdp
 from draft_core.training.guarding import guard_row, setup_guards, with_best
 from draft_core.training.metrics import step_line
@@ -115,42 +116,22 @@ class Trainer:
 
         cfg = self.config
         self.check_rewards()  # before the model loads and the run folder exists
-        cpu = cfg.model.device == "cpu" or (cfg.model.device == "auto" and not torch.cuda.is_available())
-        if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"model.device is {cfg.model.device!r}, but this machine has no CUDA GPU; use auto or cpu.")
-        self.acc = self.make_accelerator(cpu)
+        self.acc = self.make_accelerator(on_cpu(cfg.model.device))
         seed_global_generators(cfg.train.seed, self.acc.process_index)
         if self.acc.is_main_process:  # before the model loads: a second writer is refused at once
             self.run_lock = lock_run_folder(self.run_dir)
-        n = self.acc.num_processes
-        if self.acc.distributed_type.name in ("DEEPSPEED", "MEGATRON_LM"):
-            self.log(f"warning: accelerate is set up for {self.acc.distributed_type.name}, but draft does not shard: "
-                     f"each process holds the whole frozen base and the LoRA is trained data-parallel (README: Training on several GPUs)")
-        if cfg.train.batch_size % n:
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch, split evenly over the {n} "
-                              f"processes; give a multiple of {n}.")
+        n = check_launch(self.acc, cfg.train.batch_size, self.log)
         device = self.acc.device if cfg.model.device in ("auto", "cpu") else torch.device(cfg.model.device)
         self.model = self.load_model(device, resolve_dtype(cfg.model.dtype, device))
         self.model.set_resolution(cfg.model.resolution)
         self.model.checkpoint_decode = cfg.train.checkpoint_decode
         self.prompt_cache = offload_prompts(self.model, cfg, self.c, self.run_dir, self.acc.is_main_process)
         configure_denoiser(self.model, self.c.estimator, cfg.train.checkpoint_denoiser, cfg.train.batch_size // n)
-        with torch.random.fork_rng(devices=[]):  # the LoRA's initial A factors depend on the seed only
-            torch.manual_seed(cfg.train.seed)
-            self.params = add_lora(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
+        trainable = build_trainable(cfg, self.model, self.c.sampler)  # LoRA, learned sampling, AdamW, schedule, EMA
+        self.params, self.learned, self.optimizer = trainable.params, trainable.learned, trainable.optimizer
+        self.lr_scheduler, self.ema = trainable.lr_scheduler, trainable.ema
         self.reward.to(device)
         t = cfg.train
-        groups = [{"params": self.params}]
-        with torch.random.fork_rng(devices=[]):  # the negative prompt's initial weights, likewise
-            torch.manual_seed(cfg.train.seed + 1)
-            self.learned = LearnedSampling.from_config(cfg.learn, self.model, self.c.sampler)
-        if self.learned is not None:  # guidance schedule / negative prompt, trained with the LoRA
-            self.learned.attach(self.c.sampler)
-            groups += self.learned.param_groups(t.lr, cfg.learn)
-            self.params = self.params + list(self.learned.parameters())
-        self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.betas[0], t.betas[1]), weight_decay=t.weight_decay)
-        self.lr_scheduler = build_lr_scheduler(self.optimizer, t)
-        self.ema = WeightsEma.from_config(t.ema, self.params)
         self.pictures = RunPictures(cfg, self.run_dir, self.model, self.c, self._condition, self.learned)
         self.sharded = shard_under_fsdp(self)  # an FSDP launch: the frozen base sharded, grids drawn by every process
         rank = self.acc.process_index
