@@ -15,6 +15,7 @@ import fig_sample_efficiency
 import gpu_plan_check
 import gpu_scale
 import gpu_sd14
+import leaderboard
 import step_cost
 
 
@@ -187,6 +188,38 @@ def test_peer_script_at_toy_scale():
                          "--ttr-steps", "2", "--ttr-max", "2", "--smooth", "1"])
     assert res["time_per_step_fixed"]["ratio_ours_to_trl"] > 0
     assert len(res["time_to_reward"]["reward_means"]["trl"]) == 2
+
+
+def test_ddpo_peer_script_at_toy_scale():
+    pytest.importorskip("trl", reason="TRL 0.23.1 is an optional peer: pip install --no-deps -r benchmarks/requirements-peer.txt")
+    import peer_trl_ddpo
+
+    res = peer_trl_ddpo.main(["--steps", "2", "--batch", "2", "--rounds", "1", "--no-memory", "--sides", "trl", "draft ckpt"])
+    assert res["draft ckpt"]["ratio_to_trl"] > 0 and len(res["trl"]["reward_means"]) == 2
+
+
+def test_leaderboard_quick_runs_every_registered_estimator(tmp_path):
+    from draft_core.plugins import load_registry
+
+    res = leaderboard.main(["--quick", "--out", str(tmp_path / "lb")])
+    registered = set(load_registry().names("estimator")) - leaderboard.WRAPPERS
+    for task, per_model in res["tasks"].items():
+        assert (tmp_path / f"lb_{task}.png").stat().st_size > 0
+        for model, part in per_model.items():
+            assert registered | {"alignprop"} == set(part["rows"]), (task, model)
+            ran = {k for k, row in part["rows"].items() if "skipped" not in row}
+            # every estimator that runs is in the table; the same base model and noise start every curve
+            assert ran == set(part["table"]) and len({round(c["reward"][0], 4) for c in part["curves"].values()}) == 1
+            for label in ran:
+                grad = leaderboard.needs_gradient(part["rows"][label]["estimator"])
+                assert part["rows"][label]["sampler"] == leaderboard.MODELS[model]["samplers"][0 if grad else 1]
+                assert part["table"][label]["svc_of"] == 10
+            if task == "jpeg":  # no gradient: only the estimators that need none run; the others say why
+                assert ran == {k for k in part["rows"] if not leaderboard.needs_gradient(part["rows"][k]["estimator"])}
+                assert all("no gradient" in row["skipped"] for row in part["rows"].values() if "skipped" in row)
+            else:  # the differentiable reward: every estimator of the paper runs (a newer one may refuse a model, saying why)
+                assert {"draft", "draft-k", "alignprop", "draft-lv", "refl", "dpg", "ddpo", "grpo"} <= ran
+                assert all(row["skipped"].strip() for row in part["rows"].values() if "skipped" in row)
 
 
 def test_rl_vs_draft_script_at_toy_scale(runs):
