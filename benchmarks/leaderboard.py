@@ -5,7 +5,8 @@
 
 The estimators are read from the registry (``kl``, a wrapper, is not one), so one a plugin
 registers joins the table by itself; AlignProp's random truncation (``draft-k`` with
-``alignprop_range``) is added as a row of its own. Each runs with its defaults except the sizes
+``alignprop_range``) and GRPO-Guard (``guard: true`` of an estimator that takes it) are rows of
+their own. Each runs with its defaults except the sizes
 in ``estimator_section`` (K, m, G and the like scaled to the short chain). Two tasks:
 
 * ``classifier``: the differentiable ``digit-classifier`` reward, target 8 (the paper's
@@ -41,6 +42,7 @@ import argparse
 import inspect
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +79,8 @@ def estimator_rows(steps: int, group_size: int) -> dict[str, dict]:
         rows[name] = estimator_section(name, registry.get("estimator", name).factory, steps, group_size)
         if name == "draft-k":
             rows["alignprop"] = {"name": "draft-k", "k": None, "alignprop_range": [0, steps]}
+        if "guard" in inspect.signature(registry.get("estimator", name).factory).parameters:
+            rows[f"{name} guard"] = {**rows[name], "guard": True}  # GRPO-Guard, an option of the estimator
     return rows
 
 
@@ -88,8 +92,10 @@ def estimator_section(name: str, factory, steps: int, group_size: int) -> dict:
     for key, value in sizes.items():
         if key in params and not (key == "k" and name != "draft-k"):
             section[key] = value
-    if "checkpoint" in params and params["checkpoint"].default is not None:
-        section["checkpoint"] = False  # a tiny model: recomputation costs time and saves nothing that matters
+    for key in ("k", "window"):  # another estimator's step count (drtune's k, mix-grpo's window) fits the chain
+        default = params[key].default if key in params else None
+        if key not in section and isinstance(default, int) and default > steps:
+            section[key] = steps
     return section
 
 
@@ -209,7 +215,11 @@ def run_row(model: str, task: str, label: str, estimator: dict, a, tmp: Path, sv
 
 def step_costs(model: str, task: str, rows: dict[str, dict], a, tmp: Path) -> dict[str, float]:
     """Median seconds of one training step of each applicable estimator, all interleaved round by round
-    after a warm-up round, so that the machine's load falls on all of them alike."""
+    after a warm-up round, so that the machine's load falls on all of them alike. With no rounds: the
+    median over the seeds' runs of their own mean step time (not interleaved; for smoke runs)."""
+    if a.cost_rounds == 0:
+        return {label: statistics.median(r["train_seconds"] / r["steps"] for r in row["runs"])
+                for label, row in rows.items() if "skipped" not in row}
     trainers = {}
     for label, row in rows.items():
         if "skipped" not in row:
@@ -318,8 +328,8 @@ def plot(result: dict, path_stem: str) -> None:
         plt.close(fig)
 
 
-QUICK = ["--models", "digits-flow", "--sampler-steps", "2", "--budget", "2", "--evals", "1", "--lrs", "1e-2", "--seeds", "0", "--batch", "1",
-         "--rl-batch", "2", "--group-size", "2", "--judge-n", "1", "--cost-rounds", "1"]
+QUICK = ["--models", "digits-flow", "--sampler-steps", "2", "--budget", "1", "--evals", "1", "--lrs", "1e-2", "--seeds", "0", "--batch", "1",
+         "--rl-batch", "2", "--group-size", "2", "--judge-n", "1", "--cost-rounds", "0"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -337,15 +347,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rl-batch", type=int, default=4, help="images per step of the policy-gradient estimators")
     ap.add_argument("--group-size", type=int, default=2, help="G of the group estimators (rl-batch / G prompts per step)")
     ap.add_argument("--judge-n", type=int, default=2, help="final samples per prompt the SVC judges")
-    ap.add_argument("--cost-rounds", type=int, default=2, help="interleaved rounds timing one step of each estimator")
+    ap.add_argument("--cost-rounds", type=int, default=2, help="interleaved rounds timing one step of each estimator (0: each run's own steps)")
     ap.add_argument("--out", default=str(RESULTS / "leaderboard"), help="path stem of the .json and .png files")
     ap.add_argument("--combine", nargs="+", metavar="JSON", help="only merge the results of earlier runs into --out")
-    args = list(argv) if argv is not None else None
+    args = list(argv) if argv is not None else sys.argv[1:]
     a = ap.parse_args(args)
     if a.combine:
         return combine(a.combine, a.out)
     if a.quick:
-        a = ap.parse_args(QUICK + (args or []))
+        a = ap.parse_args(QUICK + args)
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     rows = estimator_rows(a.sampler_steps, a.group_size)

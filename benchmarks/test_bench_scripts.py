@@ -206,7 +206,7 @@ def test_leaderboard_quick_runs_every_registered_estimator(tmp_path):
     for task, per_model in res["tasks"].items():
         assert (tmp_path / f"lb_{task}.png").stat().st_size > 0
         for model, part in per_model.items():
-            assert registered | {"alignprop"} == set(part["rows"]), (task, model)
+            assert registered <= set(part["rows"]) and "alignprop" in part["rows"], (task, model)
             ran = {k for k, row in part["rows"].items() if "skipped" not in row}
             # every estimator that runs is in the table; the same base model and noise start every curve
             assert ran == set(part["table"]) and len({round(c["reward"][0], 4) for c in part["curves"].values()}) == 1
