@@ -1,7 +1,7 @@
 """The paper's gradient estimators, registered through the same hooks any plugin uses.
 
 draft (full backprop), draft-k (truncated), draft-lv (low variance), refl, dpg, the
-policy-gradient baselines ddpo and grpo (they need no reward gradient), and the wrapper kl.
+reward-value estimators ddpo, grpo, mix-grpo and diffusion-nft (they need no reward gradient), and the wrapper kl.
 """
 
 from draft_core.plugins.hookspecs import hookimpl
@@ -11,6 +11,8 @@ from draft_estimators.dpg import DeterministicPolicyGradient
 from draft_estimators.grpo import GRPO
 from draft_estimators.kl import KLRegularized
 from draft_estimators.low_variance import LowVariance
+from draft_estimators.mix_grpo import MixGRPO
+from draft_estimators.nft import DiffusionNFT
 from draft_estimators.refl import ReFL
 from draft_estimators.truncated import FullBackprop, TruncatedBackprop
 
@@ -24,8 +26,10 @@ def register_estimators(register) -> None:
     register("dpg", DeterministicPolicyGradient)
     register("ddpo", DDPO)
     register("grpo", GRPO)
+    register("mix-grpo", MixGRPO)
+    register("diffusion-nft", DiffusionNFT)
     register("kl", KLRegularized)  # a wrapper: `kl: β` beside any estimator's name
 
 
-__all__ = ["DDPO", "GRPO", "DeterministicPolicyGradient", "FullBackprop", "KLRegularized", "LowVariance", "ReFL",
+__all__ = ["DDPO", "DiffusionNFT", "GRPO", "DeterministicPolicyGradient", "FullBackprop", "KLRegularized", "LowVariance", "MixGRPO", "ReFL",
            "TruncatedBackprop"]

@@ -11,12 +11,16 @@ log-probabilities), μ_base being the same UNet with its LoRA off. Works on any 
 that offers ``transition_distribution`` (ddpm, ddim with eta > 0, an SDE sampler of a
 flow model); the buffer, schedule and loss are draft_estimators/policy.py's. The reward
 needs no gradient. The rewards reported per call are each prompt's group mean ([B]).
+
+``guard: true`` is GRPO-Guard (draft_estimators/guard.py): the ratio ρ̃ = exp(mean_e(ε ⊙ (μ_θ − μ_old)))
+per sample instead of PPO's, and each step's loss weighted by 1/|dt|, on a flow sampler.
 """
 
 from __future__ import annotations
 
 import torch
 
+from draft_core.errors import ConfigError
 from draft_core.plugins.protocols import StepInputs
 from draft_estimators.advantages import group_advantages
 from draft_estimators.policy import PolicyGradient, _check_number
@@ -25,7 +29,8 @@ from draft_estimators.policy import PolicyGradient, _check_number
 class GRPO(PolicyGradient):
     """group_size: samples per prompt (G >= 2). beta: weight of the KL term to the base
     model (0: none). clip_range, adv_clip_max, timestep_fraction, inner_epochs,
-    minibatches, checkpoint: as for ddpo (the minibatches split the B·G trajectories)."""
+    minibatches, checkpoint: as for ddpo (the minibatches split the B·G trajectories).
+    guard: GRPO-Guard's regulated ratio and 1/|dt| step weights (flow samplers only)."""
 
     name = "grpo"
 
@@ -39,7 +44,11 @@ class GRPO(PolicyGradient):
         inner_epochs: int = 1,
         minibatches: int = 1,
         checkpoint: bool = True,
+        guard: bool = False,
     ) -> None:
+        if not isinstance(guard, bool):
+            raise ConfigError(f"estimator.guard must be true or false (GRPO-Guard's regulated ratio), got {guard!r}.")
+        self.guard = guard
         self.group_size = _check_number("group_size", group_size, 2, integer=True)
         super().__init__(clip_range, adv_clip_max, timestep_fraction, inner_epochs, minibatches, checkpoint,
                          kl_beta=float(_check_number("beta", beta, 0.0)))
@@ -48,7 +57,7 @@ class GRPO(PolicyGradient):
     def __repr__(self) -> str:
         return (f"GRPO(group_size={self.group_size}, beta={self.kl_beta}, clip_range={self.clip_range}, "
                 f"timestep_fraction={self.timestep_fraction}, inner_epochs={self.inner_epochs}, "
-                f"minibatches={self.minibatches})")
+                f"minibatches={self.minibatches}" + (", guard=True)" if self.guard else ")"))
 
     def expand(self, inputs: StepInputs):
         """G copies of the batch: rows g·B .. (g+1)·B − 1 are copy g; copy 0 keeps the runner's noise."""

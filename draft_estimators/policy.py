@@ -49,8 +49,9 @@ from draft_core.models.conditioning import EXTRA_PREFIX, TENSOR_FIELDS, conditio
 from draft_core.plugins.protocols import Conditioning, EstimatorOutput, StepInputs
 from draft_core.samplers.gaussian import is_stochastic, kl_same_std, log_prob
 from draft_core.plugins.bases import EstimatorBase, as_sampler
+from draft_estimators.guard import check_guard_sampler, guarded_log_ratio, step_weight
 
-ON_DEVICE = ("latents", "log_probs", "advantages", "rewards")
+ON_DEVICE = ("latents", "log_probs", "advantages", "rewards", "means")
 BUFFER_KEYS = ("latents", "log_probs", "advantages", "rewards", "cond", "steps", "perms", "order", "cursor")
 # The conditioning is stored as Conditioning.tensors(): "cond" always, the others when the family has them.
 OPTIONAL_KEYS = tuple(f for f in TENSOR_FIELDS if f != "cond")
@@ -70,13 +71,15 @@ def clipped_surrogate(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, ad
 
 
 @torch.no_grad()
-def rollout(sampler, model, cond: Conditioning, noise: torch.Tensor, generator: torch.Generator | None):
+def rollout(sampler, model, cond: Conditioning, noise: torch.Tensor, generator: torch.Generator | None,
+            means: list[torch.Tensor] | None = None):
     """Sample with the current policy, keeping every state and each step's log-probability.
 
     noise: [N, C, h, w]. Returns latents [T+1, N, C, h, w] (x_0 .. x_T, x_T the sample),
     log_probs [T, N] (mean over elements, 0 at steps without noise) and stds [T]. One
     standard-normal draw per step from ``generator``, as the ddim sampler draws it, so
     with ddim this is the trajectory ``sampler.sample`` would give from the same stream.
+    ``means``, when given, receives each step's Gaussian mean (GRPO-Guard's μ_old).
     """
     x = sampler.initial_sample(model, noise)
     states, log_probs, stds = [x], [], []
@@ -84,6 +87,8 @@ def rollout(sampler, model, cond: Conditioning, noise: torch.Tensor, generator: 
         mean, std = sampler.transition_distribution(model, x, i, cond)
         z = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x = mean + std * z
+        if means is not None:
+            means.append(mean)
         stochastic = is_stochastic(std)
         log_probs.append(log_prob(x, mean, std) if stochastic else torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
         states.append(x)
@@ -112,6 +117,8 @@ class PolicyGradient(EstimatorBase):
 
     name = "policy-gradient"
     needs_reward_gradient = False
+    #: GRPO-Guard's regulated ratio and 1/|dt| step weight (draft_estimators/guard.py) instead of PPO's ratio.
+    guard = False
     #: reward evaluations per image of the runner's batch when a call samples (GRPO: G).
     queries_per_image = 1
 
@@ -136,8 +143,10 @@ class PolicyGradient(EstimatorBase):
             raise ConfigError(
                 f"estimator '{self.name}' trains on the log-probabilities of the sampling steps, so it needs a "
                 f"stochastic sampler (ddpm, or ddim with eta > 0; DDPO samples with ddim, eta: 1.0; for a flow-matching "
-                f"model flow-sde with eta > 0, as Flow-GRPO samples), got {sampler!r}."
+                f"model flow-sde with eta > 0, as Flow-GRPO samples, or cps), got {sampler!r}."
             )
+        if self.guard:
+            check_guard_sampler(self.name, sampler)
 
     # -- what a subclass provides ------------------------------------------------------------
     def expand(self, inputs: StepInputs) -> tuple[Conditioning, torch.Tensor]:
@@ -152,6 +161,10 @@ class PolicyGradient(EstimatorBase):
         """The [batch] rewards a call reports for the runner's batch."""
         return rewards
 
+    def rollout_sampler(self, sampler):
+        """The sampler a call samples with (mix-grpo: one that takes ODE steps outside its window)."""
+        return sampler
+
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The buffer and the schedule's position while the buffer has minibatches left."""
@@ -162,10 +175,12 @@ class PolicyGradient(EstimatorBase):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         found = {k[len("buffer."):]: v for k, v in state.items() if k.startswith("buffer.")}
-        if found and set(found) - set(OPTIONAL_KEYS) - {k for k in found if k.startswith(EXTRA_PREFIX)} != set(BUFFER_KEYS):
+        if found and set(found) - {*OPTIONAL_KEYS, "means"} - {k for k in found if k.startswith(EXTRA_PREFIX)} != set(BUFFER_KEYS):
             raise ConfigError(f"estimator '{self.name}': the checkpoint's trajectory buffer has keys {sorted(found)}, "
                               f"expected {sorted(BUFFER_KEYS)}; was it written by another version of draft?")
         self.buffer = dict(found) if found else None
+        if self.buffer is not None and self.guard != ("means" in self.buffer):
+            self.buffer = None  # written with the guard switched the other way: its stored means do not fit, sample afresh
         if self.buffer is not None and not all(torch.isfinite(self.buffer[k]).all() for k in ("rewards", "advantages")):
             self.buffer = None  # a poisoned batch from an older checkpoint: sample afresh instead
 
@@ -183,7 +198,8 @@ class PolicyGradient(EstimatorBase):
             raise ConfigError(f"estimator.minibatches={self.minibatches} exceeds the {n} trajectories a call samples "
                               f"(train.batch_size per process{' × group_size' if self.queries_per_image > 1 else ''}); "
                               f"use 1 <= minibatches <= {n}.")
-        latents, old_log_probs, stds = rollout(sampler, model, cond, noise, inputs.generator)
+        means: list[torch.Tensor] | None = [] if self.guard else None
+        latents, old_log_probs, stds = rollout(self.rollout_sampler(sampler), model, cond, noise, inputs.generator, means)
         with torch.no_grad():
             images = model.decode(latents[-1])
             rewards = inputs.reward(images, cond.prompts).detach().float()
@@ -208,6 +224,8 @@ class PolicyGradient(EstimatorBase):
             "rewards": self.report(rewards, inputs.noise.shape[0]), **cond.detach().tensors(),
             "steps": steps, "perms": perms, "order": order, "cursor": torch.zeros((), dtype=torch.int64),
         }
+        if means is not None:
+            self.buffer["means"] = torch.stack(means)
         logs["reward_sampled_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
         return images[: inputs.noise.shape[0]].detach(), logs, None
 
@@ -253,23 +271,30 @@ class PolicyGradient(EstimatorBase):
         clipped, approx_kl, kls = [], [], []
         for j in steps:
             x_t, x_next = buf["latents"][j][idx], buf["latents"][j + 1][idx]
+            mean_old = buf["means"][j][idx] if self.guard else None
             ref = None
             if self.kl_beta > 0:
                 with torch.no_grad():
                     ref = sampler.transition_distribution(model, x_t, j, cond, lora_on=False)[0]
 
-            def terms(x_t, x_next, j=j, ref=ref):
+            def terms(x_t, x_next, j=j, ref=ref, mean_old=mean_old):
                 mean, std = sampler.transition_distribution(model, x_t, j, cond)
                 lp = log_prob(x_next, mean, std)
-                return (lp, kl_same_std(mean, ref, std)) if ref is not None else (lp,)
+                # [log p, log ρ̃ (guard), KL (beta > 0)]
+                guarded = () if mean_old is None else (guarded_log_ratio(mean, mean_old, x_next, std),)
+                return (lp, *guarded, *((kl_same_std(mean, ref, std),) if ref is not None else ()))
 
             recompute = self.checkpoint and backward is None
             out = torch_checkpoint(terms, x_t, x_next, use_reentrant=False) if recompute else terms(x_t, x_next)
             old = buf["log_probs"][j][idx]
-            loss, ratio = clipped_surrogate(out[0], old, adv, self.clip_range)
+            if self.guard:  # ρ̃ = exp(log ρ̃), the step's loss weighted by 1/|dt|
+                loss, ratio = clipped_surrogate(out[1], torch.zeros_like(old), adv, self.clip_range)
+                loss = loss * step_weight(sampler, model, j)
+            else:
+                loss, ratio = clipped_surrogate(out[0], old, adv, self.clip_range)
             if ref is not None:
-                loss = loss + self.kl_beta * out[1].mean()
-                kls.append(out[1].detach().mean())
+                loss = loss + self.kl_beta * out[-1].mean()
+                kls.append(out[-1].detach().mean())
             if backward is not None:
                 backward(loss / len(steps))
                 loss = loss.detach()

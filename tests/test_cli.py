@@ -21,8 +21,8 @@ from draft_core.lora import add_lora, save_lora
 from draft_core.models.loading import load_model
 
 BUILTINS = {
-    "samplers": ["ddim", "ddpm", "euler", "flow-sde"],
-    "estimators": ["ddpo", "dpg", "draft", "draft-k", "draft-lv", "grpo", "kl", "refl"],  # kl: a wrapper of any estimator
+    "samplers": ["cps", "ddim", "ddpm", "euler", "flow-sde"],
+    "estimators": ["ddpo", "diffusion-nft", "dpg", "draft", "draft-k", "draft-lv", "grpo", "kl", "mix-grpo", "refl"],  # kl: a wrapper of any estimator
     "rewards": [
         "aesthetic", "clip-score", "digit-classifier", "diversity", "hpsv2", "ink-coverage", "jpeg-compressibility",
         "jpeg-incompressibility", "jpeg-size", "jpeg-size-inverse", "pickscore", "remote", "rotation-anticorrelation",
@@ -94,7 +94,7 @@ def test_train_unknown_key(capsys, no_model):
 def test_train_unknown_estimator(capsys, no_model):
     message = run_error(capsys, "train", "--preset", "quickstart", "--set", "estimator.name=draft-kk")
     assert "'draft-kk'" in message
-    assert "Registered estimators: ddpo, dpg, draft, draft-k, draft-lv, grpo, kl, refl" in message
+    assert "Registered estimators: ddpo, diffusion-nft, dpg, draft, draft-k, draft-lv, grpo, kl, mix-grpo, refl" in message
     assert "Did you mean 'draft-k'?" in message
 
 

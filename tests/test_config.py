@@ -425,7 +425,7 @@ def test_reward_weights_build_a_weighted_sum(no_model):
         (["reward.name=jpeg-compresibility"], "PluginError", ["'jpeg-compresibility'", "Registered rewards", "Did you mean 'jpeg-compressibility'?"]),
         (["reward={weights: {jpeg-compresibility: 1}}"], "PluginError", ["'jpeg-compresibility'", "Did you mean 'jpeg-compressibility'?"]),
         (["estimator.name=draft-kk"], "PluginError", ["'draft-kk'", "draft-lv", "Did you mean 'draft-k'?"]),
-        (["sampler.name=heun"], "PluginError", ["'heun'", "ddim, ddpm, euler, flow-sde"]),
+        (["sampler.name=heun"], "PluginError", ["'heun'", "cps, ddim, ddpm, euler, flow-sde"]),
         (["reward.qualty=3"], "PluginError", ["'qualty'", "did you mean 'quality'?", "quality=50.0"]),
         (["sampler.stesp=3"], "PluginError", ["'stesp'", "did you mean 'steps'?"]),
         (["estimator.k=3"], "PluginError", ["draft-lv", "'k'", "n=2"]),  # draft-lv takes n, not k

@@ -147,7 +147,7 @@ def check_sampler_family(family: Any, sampler: str, flow_sampler: bool | None, m
     flow_family = getattr(family, "flow_matching", None)
     if flow_family is None or flow_sampler is None or bool(flow_family) == bool(flow_sampler):
         return
-    wanted = "a flow-matching sampler (euler, flow-sde)" if flow_family else "a diffusion sampler (ddim, ddpm)"
+    wanted = "a flow-matching sampler (euler, flow-sde, cps)" if flow_family else "a diffusion sampler (ddim, ddpm)"
     default = sampling_defaults(model, family)["name"]
     raise ConfigError(
         f"sampler '{sampler}' is a {'flow-matching' if flow_sampler else 'diffusion'} sampler, but model '{model}' "

@@ -36,6 +36,7 @@ def check_reward_gradient(estimator: Any, estimator_name: str, terms: dict[str, 
     raise ConfigError(
         f"{which} has no gradient (it declares differentiable = False), but estimator '{estimator_name}' "
         f"backpropagates the reward's gradient into the model. Use an estimator that needs only reward values: "
-        f"{', '.join(working) or '(none installed)'}, with a stochastic sampler (ddpm, or ddim with eta > 0), "
+        f"{', '.join(working) or '(none installed)'} (ddpo and the grpo ones with a stochastic sampler: ddpm, ddim with "
+        f"eta > 0, flow-sde or cps; diffusion-nft with any flow sampler), "
         f"or a differentiable reward (for JPEG size, jpeg-compressibility is the differentiable stand-in)."
     )

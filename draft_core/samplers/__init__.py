@@ -2,6 +2,7 @@
 
 from draft_core.plugins.hookspecs import hookimpl
 from draft_core.samplers.chain import ChainSampler
+from draft_core.samplers.cps import CPSSampler
 from draft_core.samplers.ddim import DDIMSampler
 from draft_core.samplers.ddpm import DDPMSampler
 from draft_core.samplers.flow import EulerSampler, FlowSDESampler
@@ -13,6 +14,7 @@ def register_samplers(register) -> None:
     register("ddpm", DDPMSampler)
     register("euler", EulerSampler)
     register("flow-sde", FlowSDESampler)
+    register("cps", CPSSampler)
 
 
-__all__ = ["ChainSampler", "DDIMSampler", "DDPMSampler", "EulerSampler", "FlowSDESampler"]
+__all__ = ["CPSSampler", "ChainSampler", "DDIMSampler", "DDPMSampler", "EulerSampler", "FlowSDESampler"]
