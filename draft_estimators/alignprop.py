@@ -43,22 +43,25 @@ def draw_kept(lo: int, hi: int, steps: int, generator: torch.Generator) -> list[
 
 
 def sample_with_kept_steps(sampler, model, cond, noise: torch.Tensor, kept: list[bool],
-                           generator: torch.Generator | None, checkpoint: bool) -> torch.Tensor:
+                           generator: torch.Generator | None, checkpoint: bool, detach_inputs: bool = False) -> torch.Tensor:
     """x0 [B, C, h, w] from ``noise``, differentiable through the steps in ``kept`` only.
 
     Runs the sampler's own pieces (``action``, ``transition``, ``draw_step_noise``): a kept
     step's guided model output is computed with autograd (checkpointed: only its input is
     kept), a detached one without; the latent chain stays differentiable throughout.
+    detach_inputs: the model sees stop_grad(x) at every step (DRTune), so the gradient reaches
+    a kept step through the scheduler's updates only, never through a network's input-Jacobian.
     """
     x = sampler.initial_sample(model, noise)
     for i, keep in enumerate(kept):
         step_noise = sampler.draw_step_noise(x, generator)
+        x_in = x.detach() if detach_inputs else x
         if not keep:
             with torch.no_grad():
-                out = sampler.action(model, x, i, cond)
+                out = sampler.action(model, x_in, i, cond)
         elif checkpoint:
-            out = checkpointed(sampler.action, model, x, i, cond)
+            out = checkpointed(sampler.action, model, x_in, i, cond)
         else:
-            out = sampler.action(model, x, i, cond)
+            out = sampler.action(model, x_in, i, cond)
         x = sampler.transition(model, x, i, out, step_noise)
     return x

@@ -28,6 +28,7 @@ class _TracingSampler:
     def __init__(self, sampler) -> None:
         self._sampler = sampler
         self.trace: list = []
+        self.stepwise: list = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sampler, name)
@@ -38,6 +39,14 @@ class _TracingSampler:
         if trace is not None:  # the inner estimator traces too (dpg)
             trace.extend(self.trace)
         return out
+
+    def action(self, model, sample: torch.Tensor, step: int, cond) -> torch.Tensor:
+        """Estimators that run the chain step by step (alignprop_range, drtune) are traced here, apart
+        from ``trace``: dpg also calls ``action`` on states of a chain it sampled with ``sample``."""
+        if step == 0:
+            self.stepwise = []
+        self.stepwise.append((step, sample.detach()))
+        return self._sampler.action(model, sample, step, cond)
 
 
 class KLRegularized(EstimatorBase):
@@ -88,9 +97,10 @@ class KLRegularized(EstimatorBase):
     def __call__(self, inputs: StepInputs) -> EstimatorOutput:
         tracer = _TracingSampler(inputs.sampler)
         out = self.inner(replace(inputs, sampler=tracer))
-        if not tracer.trace:
+        trace = tracer.trace or tracer.stepwise
+        if not trace:
             raise RuntimeError("KLRegularized: the inner estimator did not sample through its sampler")
-        step, x = tracer.trace[-1]
+        step, x = trace[-1]
         model, cond = inputs.model, inputs.cond
         t = tracer.timesteps(model)[step]
         # The conditional outputs (no guidance; a distilled model gets its neutral guidance input, 1).

@@ -14,7 +14,9 @@ per ``train.grad_accum`` calls: the estimator keeps a buffer of trajectories.
    (the subclass's rule), clipped to ±``adv_clip_max``. It then draws the PPO schedule:
    ``inner_epochs`` passes over the trajectories, each in a new random order, split into
    ``minibatches`` minibatches, each with its own random subset of
-   ``int(timestep_fraction · S)`` (at least 1) of the S steps that draw noise.
+   ``int(timestep_fraction · S)`` (at least 1) of the S steps that draw noise (DDPO's rule;
+   with ``first_steps``, Flow-GRPO's: the first ``int(timestep_fraction · S)`` of them, in
+   sampling order, for every minibatch).
 2. Every call (the sampling one included) takes the next minibatch of the schedule and
    returns the PPO loss over its steps: per step, the clipped surrogate
    mean_b max(−A_b·ρ_b, −A_b·clip(ρ_b, 1 ± clip_range)) with ρ = exp(log p_θ − log p_old),
@@ -121,6 +123,8 @@ class PolicyGradient(EstimatorBase):
     guard = False
     #: reward evaluations per image of the runner's batch when a call samples (GRPO: G).
     queries_per_image = 1
+    #: train the first int(timestep_fraction · S) noisy steps in order (Flow-GRPO), not a random subset (DDPO).
+    first_steps = False
 
     def __init__(self, clip_range: float, adv_clip_max: float, timestep_fraction: float, inner_epochs: int,
                  minibatches: int, checkpoint: bool, kl_beta: float = 0.0) -> None:
@@ -217,8 +221,11 @@ class PolicyGradient(EstimatorBase):
         per_update = max(1, int(self.timestep_fraction * steps.numel()))  # DDPO: int(T · fraction)
         g = inputs.generator
         perms = torch.stack([torch.randperm(n, generator=g) for _ in range(self.inner_epochs)])
-        order = torch.stack([steps[torch.randperm(steps.numel(), generator=g)[:per_update]]
-                             for _ in range(self.inner_epochs * self.minibatches)])
+        if self.first_steps:
+            order = steps[:per_update].repeat(self.inner_epochs * self.minibatches, 1)
+        else:
+            order = torch.stack([steps[torch.randperm(steps.numel(), generator=g)[:per_update]]
+                                 for _ in range(self.inner_epochs * self.minibatches)])
         self.buffer = {
             "latents": latents, "log_probs": old_log_probs, "advantages": adv.clamp(-self.adv_clip_max, self.adv_clip_max),
             "rewards": self.report(rewards, inputs.noise.shape[0]), **cond.detach().tensors(),

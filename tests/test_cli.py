@@ -22,7 +22,8 @@ from draft_core.models.loading import load_model
 
 BUILTINS = {
     "samplers": ["cps", "ddim", "ddpm", "euler", "flow-sde"],
-    "estimators": ["ddpo", "diffusion-nft", "dpg", "draft", "draft-k", "draft-lv", "grpo", "kl", "mix-grpo", "refl"],  # kl: a wrapper of any estimator
+    "estimators": ["ddpo", "diffusion-nft", "direct-align", "dpg", "draft", "draft-k", "draft-lv", "drtune", "grpo", "kl", "mix-grpo",
+                   "refl"],  # kl: a wrapper of any estimator
     "rewards": [
         "aesthetic", "clip-score", "digit-classifier", "diversity", "hpsv2", "ink-coverage", "jpeg-compressibility",
         "jpeg-incompressibility", "jpeg-size", "jpeg-size-inverse", "pickscore", "remote", "rotation-anticorrelation",

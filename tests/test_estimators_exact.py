@@ -11,7 +11,9 @@ from draft_core.samplers import DDPMSampler
 from draft_core.samplers.ddim import DDIMSampler
 from draft_core.training.learned_sampling import LearnedSampling, NegativePrompt
 from draft_core.lora import adapters_enabled
-from draft_estimators import DeterministicPolicyGradient, FullBackprop, LowVariance, ReFL, TruncatedBackprop
+from draft_estimators import (
+    DeterministicPolicyGradient, DirectAlign, DRTune, FullBackprop, LowVariance, ReFL, TruncatedBackprop,
+)
 from draft_estimators.kl import KLRegularized
 from model_fixtures import (
     LinearReward, PooledLinearReward, assert_central_differences, grads_of, guided_eps, step_inputs, tiny_with_lora,
@@ -175,6 +177,9 @@ ESTIMATORS = {
     "draft-lv": lambda: LowVariance(n=1),
     "refl": lambda: ReFL(m=2),
     "dpg": lambda: DeterministicPolicyGradient(states=1, critic_rank=2),
+    "alignprop": lambda: TruncatedBackprop(alignprop_range=[0, 3]),
+    "direct-align": lambda: DirectAlign(),
+    "drtune": lambda: DRTune(k=2),
 }
 
 

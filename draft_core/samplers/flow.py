@@ -122,18 +122,29 @@ class FlowSDESampler(FlowSampler):
     (1 − eta²/2)² + eta² = 1 + eta⁴/4 rather than the flow's ~1; the later steps' score term pulls
     the chain back (tests/test_sampler_flow.py measures the marginals from σ < 1). eta = 0 is the
     ODE: ``euler`` bit for bit. Flow-GRPO trains with eta (its ``noise_level``) 0.7, the default here.
+
+    ``diffusion: dance-grpo`` is DanceGRPO's sampler (Xue et al. 2025, its code's ``flux_step`` with the
+    SDE solver): the same reverse SDE and Euler–Maruyama step with a constant g_σ = eta, so the step's
+    std is eta·√|dt| (its eta·√|dσ|) and its mean x + dt·[v + eta²/(2σ)·(x + (1 − σ)·v)] (its score
+    term −(x − (1 − σ)·x̂0)/σ², rearranged). No stand-in is needed at σ = 1. Its noise is spread evenly
+    over σ, where Flow-GRPO's grows towards σ = 1, so an eta does not carry over between the two.
     """
 
     name = "flow-sde"
 
-    def __init__(self, steps: int = 50, guidance_scale: float = 7.5, eta: float = 0.7) -> None:
+    def __init__(self, steps: int = 50, guidance_scale: float = 7.5, eta: float = 0.7, diffusion: str = "flow-grpo") -> None:
         super().__init__(steps, guidance_scale)
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
             raise ConfigError(f"sampler.eta must be a number >= 0 (Flow-GRPO's noise level; 0 is the ODE), got {eta!r}.")
+        if diffusion not in ("flow-grpo", "dance-grpo"):
+            raise ConfigError(f"sampler.diffusion must be 'flow-grpo' (noise scale g = eta·√(σ/(1 − σ))) or "
+                              f"'dance-grpo' (g = eta: noise eta·√|dσ| per step), got {diffusion!r}.")
         self.eta = float(eta)
+        self.diffusion = diffusion
 
     def __repr__(self) -> str:
-        return f"FlowSDESampler(steps={self.num_steps}, guidance_scale={self.guidance_scale}, eta={self.eta})"
+        dance = ", diffusion='dance-grpo'" if self.diffusion == "dance-grpo" else ""
+        return f"FlowSDESampler(steps={self.num_steps}, guidance_scale={self.guidance_scale}, eta={self.eta}{dance})"
 
     @property
     def stochastic(self) -> bool:
@@ -146,8 +157,11 @@ class FlowSDESampler(FlowSampler):
         return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
     def _diffusion(self, sched, i: int, like: torch.Tensor) -> torch.Tensor:
-        """g_σ at step ``i`` (0-d, ``like``'s dtype): eta·√(σ/(1 − σ)), with 1 − σ_1 for 1 − σ where σ = 1."""
+        """g_σ at step ``i`` (0-d, ``like``'s dtype): eta·√(σ/(1 − σ)), with 1 − σ_1 for 1 − σ where σ = 1
+        (DanceGRPO's: eta)."""
         sigma = sched.sigmas[i].to(like.device, like.dtype)
+        if self.diffusion == "dance-grpo":
+            return torch.full((), self.eta, dtype=like.dtype, device=like.device)
         one_minus = torch.where(sigma < 1, 1 - sigma, 1 - sched.sigmas[1].to(sigma))
         return self.eta * (sigma / one_minus).sqrt()
 
