@@ -386,9 +386,15 @@ def combine(paths: list[str], out: str) -> dict:
     parts = [json.loads(Path(p).read_text()) for p in paths]
     result = {"settings": parts[0]["settings"], "tasks": {}, "wall_seconds": {p: r["wall_seconds"] for p, r in zip(paths, parts)},
               "machine": parts[-1]["machine"]}
-    for r in parts:
+    for r in parts:  # rows of one (task, model) split over processes (--only) are joined, the target recomputed
         for task, per_model in r["tasks"].items():
-            result["tasks"].setdefault(task, {}).update(per_model)
+            for model, part in per_model.items():
+                into = result["tasks"].setdefault(task, {}).setdefault(model, {"rows": {}, "step_seconds": {}})
+                into["rows"].update(part["rows"])
+                into["step_seconds"].update(part["step_seconds"])
+    for per_model in result["tasks"].values():
+        for part in per_model.values():
+            part.update(summarise(part["rows"], part["step_seconds"]))
     for task, per_model in result["tasks"].items():
         for model in per_model:
             print(markdown(result, model, task))
