@@ -34,6 +34,14 @@ step cost measured with all estimators interleaved in one process), the best eva
 within the budget, the held-out reward at the end, and how many of the final samples (every
 prompt, ``--judge-n`` each) the independent SVC judge (digits_quality.py) reads as the prompted
 digit, and as an eight. Writes STEM.json, STEM_<task>.png and prints markdown tables.
+
+The default sizes are for 2 CPU cores shared with other work, the whole board within 40 minutes:
+4 sampler steps, 16 reward queries per run (8 steps of DRaFT-1 at 2 images, 4 of DDPO or GRPO at
+4), two learning rates a decade apart, 3 seeds, 3 evaluations, 20 judged samples: some 130 runs
+of a few seconds of CPU each. Several processes can share the work (``--models``, ``--tasks``,
+``--only``; ``--combine`` joins their JSON files, step costs then interleaved within each process).
+At this size the board ranks how fast each estimator moves the reward at the start of training;
+it says nothing about where they end up after thousands of steps.
 """
 
 from __future__ import annotations
