@@ -316,10 +316,11 @@ def plot(result: dict, path_stem: str) -> None:
         fig, axes = plt.subplots(len(models), 2, figsize=(12, 4 * len(models)), squeeze=False)
         for row, model in enumerate(models):
             part = per_model[model]
-            for label, c in part["curves"].items():
+            for i, (label, c) in enumerate(part["curves"].items()):
+                color = plt.cm.tab20(i % 20)  # more rows than the default cycle's ten colours
                 for col, x in enumerate(("queries", "seconds")):
-                    line, = axes[row][col].plot(c[x], c["reward"], marker="o", ms=3, label=label)
-                    axes[row][col].fill_between(c[x], c["min"], c["max"], color=line.get_color(), alpha=0.1)
+                    axes[row][col].plot(c[x], c["reward"], marker="o", ms=3, label=label, color=color)
+                    axes[row][col].fill_between(c[x], c["min"], c["max"], color=color, alpha=0.1)
             for col, x in enumerate(("reward queries", "training seconds (steps x interleaved step cost)")):
                 ax = axes[row][col]
                 if part.get("target") is not None:
