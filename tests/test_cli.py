@@ -95,7 +95,7 @@ def test_train_unknown_key(capsys, no_model):
 def test_train_unknown_estimator(capsys, no_model):
     message = run_error(capsys, "train", "--preset", "quickstart", "--set", "estimator.name=draft-kk")
     assert "'draft-kk'" in message
-    assert "Registered estimators: ddpo, diffusion-nft, dpg, draft, draft-k, draft-lv, grpo, kl, mix-grpo, refl" in message
+    assert "Registered estimators: ddpo, diffusion-nft, direct-align, dpg, draft, draft-k, draft-lv, drtune, grpo, kl, mix-grpo, refl" in message
     assert "Did you mean 'draft-k'?" in message
 
 
