@@ -21,8 +21,8 @@ graphs, no recomputation). The three alternate step by step in one process (the 
 rotating each round); peak memory comes from one fresh process per side (benchlib.peak_memory).
 
 Measured (RESULTS.md, issue 22 section; 20 steps, batch 4, load ~10 on 2 cores): TRL 7.8 s per step,
-draft 8.3 s (1.06x) with 0.77x TRL's peak memory; by CPU time under cProfile 0.93x. The same work
-on both sides: the 0.8x target is not met.
+draft 8.3 s (1.06x) with 0.77x TRL's peak memory; at load 2, 1.73 s against 1.83 s (1.05x). The
+same work on both sides: the 0.8x target is not met.
 
 Not the same, because TRL fixes them: TRL shuffles the timesteps per sample and backpropagates
 each timestep's loss on its own (accumulated gradients), draft sums the steps' losses; TRL's
