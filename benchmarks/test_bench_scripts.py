@@ -16,6 +16,7 @@ import gpu_memory_check
 import gpu_plan_check
 import gpu_scale
 import gpu_sd14
+import leaderboard
 import step_cost
 
 
@@ -210,6 +211,37 @@ def test_peer_script_at_toy_scale():
                          "--ttr-steps", "2", "--ttr-max", "2", "--smooth", "1"])
     assert res["time_per_step_fixed"]["ratio_ours_to_trl"] > 0
     assert len(res["time_to_reward"]["reward_means"]["trl"]) == 2
+
+
+def test_ddpo_peer_script_at_toy_scale():
+    pytest.importorskip("trl", reason="TRL 0.23.1 is an optional peer: pip install --no-deps -r benchmarks/requirements-peer.txt")
+    import peer_trl_ddpo
+
+    res = peer_trl_ddpo.main(["--steps", "2", "--batch", "2", "--rounds", "1", "--no-memory", "--sides", "trl", "draft ckpt"])
+    assert res["draft ckpt"]["ratio_to_trl"] > 0 and len(res["trl"]["reward_means"]) == 2
+
+
+def test_leaderboard_quick_runs_every_registered_estimator(tmp_path):
+    from draft_core.plugins import load_registry
+
+    res = leaderboard.main(["--quick", "--tasks", "classifier", "--out", str(tmp_path / "lb")])
+    part = res["tasks"]["classifier"]["digits-flow"]
+    assert (tmp_path / "lb_classifier.png").stat().st_size > 0
+    assert set(load_registry().names("estimator")) - leaderboard.WRAPPERS <= set(part["rows"]) and "alignprop" in part["rows"]
+    ran = {k for k, row in part["rows"].items() if "skipped" not in row}
+    # every estimator of the paper runs on the differentiable reward (a newer one may refuse a model, saying why)
+    assert {"draft", "draft-k", "alignprop", "draft-lv", "refl", "dpg", "ddpo", "grpo"} <= ran
+    assert all(row["skipped"].strip() for row in part["rows"].values() if "skipped" in row)
+    # every estimator that runs is in the table; the same base model and noise start every curve
+    assert ran == set(part["table"]) and len({round(c["reward"][0], 4) for c in part["curves"].values()}) == 1
+    for label in ran:
+        grad = leaderboard.needs_gradient(part["rows"][label]["estimator"])
+        assert part["rows"][label]["sampler"] == leaderboard.MODELS["digits-flow"]["samplers"][0 if grad else 1]
+        assert part["table"][label]["svc_of"] == 10
+    # the reward without gradient: an estimator that needs one refuses with the project's own message
+    res = leaderboard.main(["--quick", "--tasks", "jpeg", "--only", "ddpo", "draft", "--out", str(tmp_path / "lb2")])
+    rows = res["tasks"]["jpeg"]["digits-flow"]["rows"]
+    assert "no gradient" in rows["draft"]["skipped"] and "skipped" not in rows["ddpo"]
 
 
 def test_rl_vs_draft_script_at_toy_scale(runs):

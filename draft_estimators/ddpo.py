@@ -16,8 +16,9 @@ batch (e.g. 32 samples per GPU, 8 per step): ``train.batch_size: 32`` with
 
 Differences, by design: one random subset of steps per minibatch rather than per sample
 (all steps are used at ``timestep_fraction: 1``, the default, so it then makes no
-difference), and, with ``checkpoint: true``, a recomputed forward pass per trained step
-instead of one backward pass per step (the runner asks for one loss per call).
+difference). With ``checkpoint: true`` each trained step's backward pass runs at once, as in
+DDPO's code, through the runner's ``StepInputs.backward`` (a caller without it gets a recomputed
+forward pass per step instead).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ class DDPO(PolicyGradient):
     inner_epochs: passes over a sampled batch. minibatches: updates per pass (the batch is
     split). per_prompt_stat_tracking: normalise by each prompt's running statistics
     (stat_buffer_size rewards, used once stat_min_count are in; the batch's before that);
-    False normalises by the batch. checkpoint: recompute each step's forward pass in the
-    backward pass (memory of one step instead of all)."""
+    False normalises by the batch. checkpoint: hold one step's activations instead of all
+    (each step's backward pass at once, or its forward pass recomputed; module docstring)."""
 
     name = "ddpo"
 

@@ -21,8 +21,10 @@ per ``train.grad_accum`` calls: the estimator keeps a buffer of trajectories.
    returns the PPO loss over its steps: per step, the clipped surrogate
    mean_b max(−A_b·ρ_b, −A_b·clip(ρ_b, 1 ± clip_range)) with ρ = exp(log p_θ − log p_old),
    averaged over the steps. That average is DDPO's gradient accumulation across timesteps;
-   with ``checkpoint`` (default) each step's UNet pass is recomputed in the backward pass,
-   so memory holds one step's activations, not all of them.
+   with ``checkpoint`` (default) memory holds one step's activations, not all of them: each
+   step's backward pass runs as soon as its loss is computed, through the runner's
+   ``StepInputs.backward`` (as DDPO's code does), or, for a caller without it, each step's
+   UNet pass is recomputed in the backward pass of the whole loss.
 3. When the schedule is used up, the next call samples again. One sampled batch thus
    serves ``inner_epochs × minibatches`` calls; with both 1 (the default) every update is
    on-policy and the loss's gradient is REINFORCE's.
@@ -34,10 +36,6 @@ next call samples a fresh batch. The buffer and the schedule's position are esti
 (``state_dict``, tensors only), saved with every checkpoint, so a resumed run continues
 the same schedule. The stored conditioning is detached: a learned negative prompt
 (``learn:``) gets no gradient from these estimators.
-
-Two variations hook in here: ``guard`` (GRPO-Guard, draft_estimators/guard.py) also stores each
-step's mean and trains on its regulated ratio; ``rollout_sampler`` lets mix-grpo sample with ODE
-steps outside its window (steps without noise are never trained).
 """
 
 from __future__ import annotations
@@ -256,14 +254,21 @@ class PolicyGradient(EstimatorBase):
         idx = torch.tensor_split(buf["perms"][epoch], self.minibatches)[part]
         steps = buf["order"][k].tolist()
         buf["cursor"] = buf["cursor"] + 1
-        loss, ppo_logs = self.ppo_loss(inputs.model, inputs.sampler, idx, steps)
+        # With checkpoint and a caller that takes partial backward passes, each step's backward pass
+        # runs at once: one step's graph alive at a time, as with recomputation, without recomputing.
+        split = inputs.backward if self.checkpoint else None
+        loss, ppo_logs = self.ppo_loss(inputs.model, inputs.sampler, idx, steps, backward=split)
         logs.update(ppo_logs)
         logs["fresh_samples"] = float(fresh)
         return EstimatorOutput(loss=loss, reward=buf["rewards"].clone(), images=images,
-                               queries=self.queries_per_image if fresh else 0, logs=logs)
+                               queries=self.queries_per_image if fresh else 0, logs=logs, backward_done=split is not None)
 
-    def ppo_loss(self, model, sampler, idx: torch.Tensor, steps: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The PPO loss of trajectories ``idx`` [b] over ``steps``, averaged over the steps."""
+    def ppo_loss(self, model, sampler, idx: torch.Tensor, steps: list[int],
+                 backward=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The PPO loss of trajectories ``idx`` [b] over ``steps``, averaged over the steps.
+
+        backward: StepInputs.backward; given, each step's share of the loss (its loss / the number
+        of steps) is backpropagated as soon as it is computed and the returned loss is detached."""
         buf = self.buffer
         device = buf["latents"].device
         idx = idx.to(device)
@@ -286,7 +291,8 @@ class PolicyGradient(EstimatorBase):
                 guarded = () if mean_old is None else (guarded_log_ratio(mean, mean_old, x_next, std),)
                 return (lp, *guarded, *((kl_same_std(mean, ref, std),) if ref is not None else ()))
 
-            out = torch_checkpoint(terms, x_t, x_next, use_reentrant=False) if self.checkpoint else terms(x_t, x_next)
+            recompute = self.checkpoint and backward is None
+            out = torch_checkpoint(terms, x_t, x_next, use_reentrant=False) if recompute else terms(x_t, x_next)
             old = buf["log_probs"][j][idx]
             if self.guard:  # ρ̃ = exp(log ρ̃), the step's loss weighted by 1/|dt|
                 loss, ratio = clipped_surrogate(out[1], torch.zeros_like(old), adv, self.clip_range)
@@ -296,6 +302,9 @@ class PolicyGradient(EstimatorBase):
             if ref is not None:
                 loss = loss + self.kl_beta * out[-1].mean()
                 kls.append(out[-1].detach().mean())
+            if backward is not None:
+                backward(loss / len(steps))
+                loss = loss.detach()
             total = total + loss
             clipped.append(((ratio.detach() - 1).abs() > self.clip_range).float().mean())
             approx_kl.append(0.5 * (out[0].detach() - old).pow(2).mean())
