@@ -42,9 +42,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -85,6 +86,7 @@ CASE_MODELS: dict[str, tuple[str, ...]] = {"dpg states=2": ("digits",)}
 def pairs() -> list[tuple[str, str]]:
     """Every (model, case) the suite runs."""
     return [(m, c) for m in MODELS for c in CASES if m in CASE_MODELS.get(c, (m,))]
+
 
 # Each model with the reward and prompts it is benchmarked on (and a guidance scale other than 7.5:
 # FLUX.1-dev's distilled default). Every family samples with its default sampler.
@@ -129,8 +131,14 @@ class Bench:
     @property
     def sampler_name(self) -> str:
         """The sampler's registered name (its class's, for a sampler built outside the registry)."""
-        return next((n for n in self.registry.names("sampler") if isinstance(self.sampler, self.registry.get("sampler", n).factory)),
-                    type(self.sampler).__name__)
+        return next(
+            (
+                n
+                for n in self.registry.names("sampler")
+                if isinstance(self.sampler, self.registry.get("sampler", n).factory)
+            ),
+            type(self.sampler).__name__,
+        )
 
     def estimator(self, case: str) -> Any:
         """The registered estimator of ``case`` (None for sampling alone)."""
@@ -143,7 +151,9 @@ class Bench:
     def inputs(self, seed: int) -> StepInputs:
         gen = torch.Generator().manual_seed(seed)
         cond = self.model.encode_prompts(self.prompts)
-        return StepInputs(self.model, self.sampler, self.reward, cond, self.model.make_noise(len(self.prompts), gen), gen)
+        return StepInputs(
+            self.model, self.sampler, self.reward, cond, self.model.make_noise(len(self.prompts), gen), gen
+        )
 
     @torch.no_grad()
     def sample_alone(self, seed: int = 0) -> torch.Tensor:
@@ -154,13 +164,18 @@ class Bench:
         """DDIM with eta = 1 (DDPO's sampler), or flow-sde for a flow-matching family, with the Bench
         sampler's steps and guidance."""
         name, extra = ("flow-sde", {}) if self.model.flow_matching else ("ddim", {"eta": 1.0})
-        return self.registry.build("sampler", name, steps=self.steps, guidance_scale=self.sampler.guidance_scale, **extra)
+        return self.registry.build(
+            "sampler", name, steps=self.steps, guidance_scale=self.sampler.guidance_scale, **extra
+        )
 
     def train_step(self, estimator: Any, seed: int = 0, sampler: Any = None) -> EstimatorOutput:
         """As the runner runs it: the reward checkpointed by its default (``"auto"``), the
         estimator free to run its own backward passes, its hook after the update."""
-        inputs = replace(self.inputs(seed), reward=CheckpointedReward(self.reward, self.checkpoint_reward),
-                         backward=lambda loss: loss.backward())
+        inputs = replace(
+            self.inputs(seed),
+            reward=CheckpointedReward(self.reward, self.checkpoint_reward),
+            backward=lambda loss: loss.backward(),
+        )
         if sampler is not None:
             inputs.sampler = sampler
         out = estimator(inputs)
@@ -181,8 +196,15 @@ class Bench:
         return lambda seed=0: self.train_step(est, seed, sampler)
 
 
-def make_bench(model_name: str, steps: int, batch: int, device: str | None = None,
-               guidance_scale: float | None = None, lora_rank: int = 4, sampler: str | None = None) -> Bench:
+def make_bench(
+    model_name: str,
+    steps: int,
+    batch: int,
+    device: str | None = None,
+    guidance_scale: float | None = None,
+    lora_rank: int = 4,
+    sampler: str | None = None,
+) -> Bench:
     """sampler: a registered sampler (default: the model family's ``default_sampler``)."""
     registry = load_registry()
     spec = MODELS[model_name]
@@ -267,8 +289,9 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(bench: Bench, cases: list[str], rounds: int, warmup: int = 1,
-                     runners: dict[str, Callable[[int], Any]] | None = None) -> dict[str, list[float]]:
+def time_interleaved(
+    bench: Bench, cases: list[str], rounds: int, warmup: int = 1, runners: dict[str, Callable[[int], Any]] | None = None
+) -> dict[str, list[float]]:
     """Seconds per step of each case; each round runs every case once, the order rotating
     from round to round, so that machine noise falls on all cases alike. ``runners``: the
     functions of the seed to time under those names, instead of the cases' own."""
@@ -276,7 +299,7 @@ def time_interleaved(bench: Bench, cases: list[str], rounds: int, warmup: int = 
     times: dict[str, list[float]] = {case: [] for case in cases}
     device = bench.model.device
     for r in range(warmup + rounds):
-        order = cases[r % len(cases):] + cases[: r % len(cases)]
+        order = cases[r % len(cases) :] + cases[: r % len(cases)]
         for case in order:
             sync(device)
             t0 = time.perf_counter()
@@ -333,9 +356,12 @@ def peak_memory(run: Callable[[], Any], device) -> dict[str, Any]:
         run()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
-        return {"peak_mib": (peak - before) / 2**20, "total_peak_mib": peak / 2**20,
-                "reserved_peak_mib": torch.cuda.max_memory_reserved() / 2**20,
-                "method": "torch.cuda.max_memory_allocated - allocated before (total: with the weights)"}
+        return {
+            "peak_mib": (peak - before) / 2**20,
+            "total_peak_mib": peak / 2**20,
+            "reserved_peak_mib": torch.cuda.max_memory_reserved() / 2**20,
+            "method": "torch.cuda.max_memory_allocated - allocated before (total: with the weights)",
+        }
     if not _reset_peak_rss():
         raise RuntimeError("peak CPU memory needs Linux's /proc/self/clear_refs (kernel >= 4.0)")
     before = _status_kib("VmRSS")
@@ -351,8 +377,11 @@ def tensor_peak(run: Callable[[], Any]) -> float:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type().name == "CPU")
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type().name == "CPU"
+    )
     live = peak = 0
     for _, nbytes in events:
         live += nbytes
@@ -363,11 +392,23 @@ def tensor_peak(run: Callable[[], Any]) -> float:
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
-def memory_in_subprocess(model: str, case: str, steps: int, batch: int, timeout: float = 600,
-                         glibc_default: bool = False) -> dict[str, Any]:
+def memory_in_subprocess(
+    model: str, case: str, steps: int, batch: int, timeout: float = 600, glibc_default: bool = False
+) -> dict[str, Any]:
     """Run ``peak_memory`` for one case in a fresh Python process; returns its JSON."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "memory", "--model", model, "--case", case,
-           "--steps", str(steps), "--batch", str(batch)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "memory",
+        "--model",
+        model,
+        "--case",
+        case,
+        "--steps",
+        str(steps),
+        "--batch",
+        str(batch),
+    ]
     env = dict(os.environ) if glibc_default else {**os.environ, **MMAP_ENV}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
@@ -389,35 +430,62 @@ def _memory_main(argv: list[str]) -> None:
     result = peak_memory(lambda: run(0), bench.model.device)
     if torch.device(bench.model.device).type == "cpu":
         result["tensor_peak_mib"] = tensor_peak(lambda: run(0))
-    result.update(model=args.model, case=args.case, steps=args.steps, batch=args.batch,
-                  malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"))
+    result.update(
+        model=args.model,
+        case=args.case,
+        steps=args.steps,
+        batch=args.batch,
+        malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"),
+    )
     print(json.dumps(result))
 
 
 def _memory_table_main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="benchlib.py memory-table", description="peak memory of every case, one process each")
+    ap = argparse.ArgumentParser(
+        prog="benchlib.py memory-table", description="peak memory of every case, one process each"
+    )
     ap.add_argument("--model", default="tiny-random", choices=sorted(MODELS))
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--glibc-default", action="store_true", help="leave glibc's mmap threshold as it is")
-    ap.add_argument("--cases", nargs="+", default=None, choices=list(CASES), metavar="CASE",
-                    help="these cases only (default: every case the model runs); draft-k K=1 is always included")
+    ap.add_argument(
+        "--cases",
+        nargs="+",
+        default=None,
+        choices=list(CASES),
+        metavar="CASE",
+        help="these cases only (default: every case the model runs); draft-k K=1 is always included",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    chosen = [c for m, c in pairs() if m == args.model and (args.cases is None or c in args.cases or c == "draft-k K=1")]
-    rows = {case: memory_in_subprocess(args.model, case, args.steps, args.batch, glibc_default=args.glibc_default)
-            for case in chosen}
+    chosen = [
+        c for m, c in pairs() if m == args.model and (args.cases is None or c in args.cases or c == "draft-k K=1")
+    ]
+    rows = {
+        case: memory_in_subprocess(args.model, case, args.steps, args.batch, glibc_default=args.glibc_default)
+        for case in chosen
+    }
     base = rows["draft-k K=1"]["peak_mib"]
-    print(f"{args.model}, {args.steps} DDIM steps, batch {args.batch}, malloc: "
-          f"{'glibc default' if args.glibc_default else MMAP_ENV}")
+    print(
+        f"{args.model}, {args.steps} DDIM steps, batch {args.batch}, malloc: "
+        f"{'glibc default' if args.glibc_default else MMAP_ENV}"
+    )
     tensors = rows["draft-k K=1"].get("tensor_peak_mib")
     for case, row in rows.items():
         line = f"  {case:20s} {row['peak_mib']:8.1f} MiB  {row['peak_mib'] / base:5.2f}x DRaFT-1"
         if tensors:
             line += f"   live tensors {row['tensor_peak_mib']:7.1f} MiB  {row['tensor_peak_mib'] / tensors:5.2f}x"
         print(line)
-    write_json(args.out, {"model": args.model, "steps": args.steps, "batch": args.batch,
-                          "glibc_default": args.glibc_default, "rows": rows})
+    write_json(
+        args.out,
+        {
+            "model": args.model,
+            "steps": args.steps,
+            "batch": args.batch,
+            "glibc_default": args.glibc_default,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> dict:
     from draft_core.samplers.flow import EulerSampler
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["tiny-random", "tiny-random-sdxl", "tiny-random-sd3", "tiny-random-flux"])
+    ap.add_argument(
+        "--models", nargs="+", default=["tiny-random", "tiny-random-sdxl", "tiny-random-sd3", "tiny-random-flux"]
+    )
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=2)
@@ -47,15 +49,23 @@ def main(argv: list[str] | None = None) -> dict:
     for name in a.models:
         model = load_model(name, torch.device("cpu"), torch.float32)
         params = add_lora(model.denoiser, rank=4)
-        sampler = (EulerSampler if model.flow_matching else DDIMSampler)(steps=a.steps, guidance_scale=3.5 if "flux" in name else 7.5)
+        sampler = (EulerSampler if model.flow_matching else DDIMSampler)(
+            steps=a.steps, guidance_scale=3.5 if "flux" in name else 7.5
+        )
         prompts = ["a cat", "a dog", "a fox", "a bird"][: a.batch]
         cond = model.encode_prompts(prompts)
         reward = Pooled()
 
         def step(on: bool) -> float:
             model.set_block_checkpointing(on)
-            inputs = StepInputs(model, sampler, reward, cond, model.make_noise(a.batch, torch.Generator().manual_seed(0)),
-                                torch.Generator().manual_seed(1))
+            inputs = StepInputs(
+                model,
+                sampler,
+                reward,
+                cond,
+                model.make_noise(a.batch, torch.Generator().manual_seed(0)),
+                torch.Generator().manual_seed(1),
+            )
             for p in params:
                 p.grad = None
             t0 = time.perf_counter()

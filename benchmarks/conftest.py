@@ -23,12 +23,17 @@ SMOKE_STEPS, SMOKE_BATCH = 2, 1
 
 def pytest_addoption(parser):
     group = parser.getgroup("draft benchmarks")
-    group.addoption("--bench-steps", type=int, default=50, help="DDIM steps per sample when benchmarks are enabled (default 50)")
+    group.addoption(
+        "--bench-steps", type=int, default=50, help="DDIM steps per sample when benchmarks are enabled (default 50)"
+    )
     group.addoption("--bench-batch", type=int, default=4, help="batch size when benchmarks are enabled (default 4)")
-    group.addoption("--bench-rounds", type=int, default=3, help="timed rounds per case, after one warm-up round (default 3)")
+    group.addoption(
+        "--bench-rounds", type=int, default=3, help="timed rounds per case, after one warm-up round (default 3)"
+    )
     group.addoption("--bench-no-memory", action="store_true", help="skip the peak-memory subprocess per case")
     group.addoption(
-        "--bench-json", default="benchmarks/results/bench_suite.json",
+        "--bench-json",
+        default="benchmarks/results/bench_suite.json",
         help="where an enabled run writes its table (default benchmarks/results/bench_suite.json; '' for none)",
     )
 
@@ -91,8 +96,11 @@ def summarize(results: dict) -> tuple[list[str], dict]:
             if lv is not None:
                 t["draft-lv n=2 / draft-1 (goal <= 1.12)"] = lv / base["ratio_to_sampling"]
         if base.get("peak_mib"):
-            deep = {c: r["peak_mib"] / base["peak_mib"] for c, r in rows.items()
-                    if r.get("peak_mib") is not None and (c.startswith("draft-k") or c.startswith("draft (full"))}
+            deep = {
+                c: r["peak_mib"] / base["peak_mib"]
+                for c, r in rows.items()
+                if r.get("peak_mib") is not None and (c.startswith("draft-k") or c.startswith("draft (full"))
+            }
             if deep:
                 t["max peak memory over draft-k/full / draft-1 (goal <= 1.5)"] = max(deep.values())
                 full = rows.get("draft (full, ckpt)", {}).get("peak_mib")
@@ -118,6 +126,8 @@ def pytest_terminal_summary(terminalreporter, config):
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {k: state[k] for k in ("steps", "batch", "rounds")}
-        payload.update(results=state["results"], targets=targets, torch_threads=suite_threads(), torch=torch.__version__)
+        payload.update(
+            results=state["results"], targets=targets, torch_threads=suite_threads(), torch=torch.__version__
+        )
         path.write_text(json.dumps(payload, indent=2))
         terminalreporter.write_line(f"wrote {path}")

@@ -14,13 +14,12 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from digits_quality import sample_digit
+from draft_rewards_ocr import OCRReward
+
 from draft_core.models.digits import WEIGHTS_DIR, build_digits
 from draft_core.models.digits.data import PROMPTS
 from draft_core.samplers.ddim import DDIMSampler
-from draft_rewards_ocr import OCRReward
 
 
 def main() -> None:
@@ -44,10 +43,19 @@ def main() -> None:
                 reads_three = reads
                 reward_three = reward(samples[d], [PROMPTS[3]] * args.n).mean().item()
         seconds = time.perf_counter() - start
-        results[margin] = {"exact": sum(per_digit.values()), "of": 10 * args.n, "per_digit": per_digit,
-                           "reads_of_three": reads_three, "mean_reward_three": reward_three, "seconds": seconds}
-        print(f"margin {margin}: {sum(per_digit.values())}/{10 * args.n} read exactly; per digit {per_digit};"
-              f" '{PROMPTS[3]}' reads {reads_three}, mean reward {reward_three:.3f}; {seconds:.1f} s", flush=True)
+        results[margin] = {
+            "exact": sum(per_digit.values()),
+            "of": 10 * args.n,
+            "per_digit": per_digit,
+            "reads_of_three": reads_three,
+            "mean_reward_three": reward_three,
+            "seconds": seconds,
+        }
+        print(
+            f"margin {margin}: {sum(per_digit.values())}/{10 * args.n} read exactly; per digit {per_digit};"
+            f" '{PROMPTS[3]}' reads {reads_three}, mean reward {reward_three:.3f}; {seconds:.1f} s",
+            flush=True,
+        )
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
 

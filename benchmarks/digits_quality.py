@@ -62,8 +62,15 @@ def sample_flow_digit(parts, digit: int, n: int, seed: int, steps: int, guidance
 MODELS = ("digits", "digits-flow")
 
 
-def evaluate(n: int = 20, steps: int | None = None, guidance: float | None = None, seed: int = 0,
-             weights_dir: str | Path | None = None, lora: str | None = None, model_name: str = "digits") -> dict:
+def evaluate(
+    n: int = 20,
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    weights_dir: str | Path | None = None,
+    lora: str | None = None,
+    model_name: str = "digits",
+) -> dict:
     """Per-digit and mean accuracies; ``steps``/``guidance`` None take the model's defaults."""
     if model_name not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model_name!r}.")
@@ -88,6 +95,7 @@ def evaluate(n: int = 20, steps: int | None = None, guidance: float | None = Non
 
         def draw(digit: int) -> torch.Tensor:
             return sample_flow_digit(parts, digit, n, seed, steps, guidance)
+
     svc = fit_reference_svc()
     per_digit = {}
     t0 = time.perf_counter()
@@ -103,10 +111,20 @@ def evaluate(n: int = 20, steps: int | None = None, guidance: float | None = Non
             "ink_coverage": ink_coverage(images).mean().item(),
         }
     seconds = time.perf_counter() - t0
-    mean = {k: sum(d[k] for d in per_digit.values()) / 10 for k in ("svc_accuracy", "cnn_accuracy", "cnn_svc_agreement", "ink_coverage")}
+    mean = {
+        k: sum(d[k] for d in per_digit.values()) / 10
+        for k in ("svc_accuracy", "cnn_accuracy", "cnn_svc_agreement", "ink_coverage")
+    }
     return {
-        "model": model_name, "lora": lora, "n_per_digit": n, "steps": steps, "guidance_scale": guidance, "seed": seed,
-        "per_digit": per_digit, "mean": mean, "sampling_seconds": round(seconds, 1),
+        "model": model_name,
+        "lora": lora,
+        "n_per_digit": n,
+        "steps": steps,
+        "guidance_scale": guidance,
+        "seed": seed,
+        "per_digit": per_digit,
+        "mean": mean,
+        "sampling_seconds": round(seconds, 1),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -125,12 +143,18 @@ def main() -> None:
     result = evaluate(args.n, args.steps, args.guidance, args.seed, args.weights, args.lora, args.model)
     print(f"{'digit':<8}{'SVC':>7}{'CNN':>7}{'agree':>7}{'ink':>7}")
     for word, d in result["per_digit"].items():
-        print(f"{word:<8}{d['svc_accuracy']:>7.2f}{d['cnn_accuracy']:>7.2f}{d['cnn_svc_agreement']:>7.2f}{d['ink_coverage']:>7.3f}")
+        print(
+            f"{word:<8}{d['svc_accuracy']:>7.2f}{d['cnn_accuracy']:>7.2f}{d['cnn_svc_agreement']:>7.2f}{d['ink_coverage']:>7.3f}"
+        )
     m = result["mean"]
-    print(f"{'mean':<8}{m['svc_accuracy']:>7.3f}{m['cnn_accuracy']:>7.3f}{m['cnn_svc_agreement']:>7.3f}{m['ink_coverage']:>7.3f}")
+    print(
+        f"{'mean':<8}{m['svc_accuracy']:>7.3f}{m['cnn_accuracy']:>7.3f}{m['cnn_svc_agreement']:>7.3f}{m['ink_coverage']:>7.3f}"
+    )
     kind = "DDIM" if args.model == "digits" else "Euler"
-    print(f"{args.model}: {10 * args.n} samples, {result['steps']} {kind} steps, CFG {result['guidance_scale']}: "
-          f"{result['sampling_seconds']} s")
+    print(
+        f"{args.model}: {10 * args.n} samples, {result['steps']} {kind} steps, CFG {result['guidance_scale']}: "
+        f"{result['sampling_seconds']} s"
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

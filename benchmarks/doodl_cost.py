@@ -26,7 +26,9 @@ def measure(model: str, steps: int, doodl_steps: int, batch: int, repeats: int, 
     m = load_model(model, "cpu")
     sampler = DDIMSampler(steps=steps, guidance_scale=7.5)
     r = build_reward(reward)
-    prompts = [f"a handwritten digit {w}" for w in ("zero", "one", "two", "three", "four", "five", "six", "seven")][:batch]
+    prompts = [f"a handwritten digit {w}" for w in ("zero", "one", "two", "three", "four", "five", "six", "seven")][
+        :batch
+    ]
     plain, doodl = Plain(), DOODL(r, steps=doodl_steps, lr=lr)
     Plain().generate(m, sampler, prompts[:1], NoiseSource.per_item(m, [0]))  # warm-up
     times = {"plain": 0.0, "doodl": 0.0}
@@ -42,11 +44,19 @@ def measure(model: str, steps: int, doodl_steps: int, batch: int, repeats: int, 
         before.append(out.info["reward_history"][0].mean().item())
         after.append(out.info["reward_history"][-1].mean().item())
     return {
-        "model": model, "sampler_steps": steps, "doodl_steps": doodl_steps, "lr": lr, "batch": batch, "repeats": repeats,
-        "reward": reward, "torch_threads": torch.get_num_threads(),
-        "seconds_plain": times["plain"], "seconds_doodl": times["doodl"],
+        "model": model,
+        "sampler_steps": steps,
+        "doodl_steps": doodl_steps,
+        "lr": lr,
+        "batch": batch,
+        "repeats": repeats,
+        "reward": reward,
+        "torch_threads": torch.get_num_threads(),
+        "seconds_plain": times["plain"],
+        "seconds_doodl": times["doodl"],
         "cost_ratio": times["doodl"] / times["plain"],
-        "reward_before": sum(before) / len(before), "reward_after": sum(after) / len(after),
+        "reward_before": sum(before) / len(before),
+        "reward_after": sum(after) / len(after),
     }
 
 

@@ -18,8 +18,11 @@ from pathlib import Path
 from benchlib import write_json
 
 MODELS = ["tiny-random-sdxl", "tiny-random-sd3", "tiny-random-flux"]
-CASES = {"draft-k K=1": {"name": "draft-k", "k": 1}, "draft-lv n=2": {"name": "draft-lv", "n": 2},
-         "draft (full, ckpt)": {"name": "draft"}}
+CASES = {
+    "draft-k K=1": {"name": "draft-k", "k": 1},
+    "draft-lv n=2": {"name": "draft-lv", "n": 2},
+    "draft (full, ckpt)": {"name": "draft"},
+}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,14 +39,33 @@ def main(argv: list[str] | None = None) -> dict:
         for case, est in CASES.items():
             sampler = "ddim" if m.endswith("sdxl") else "euler"
             g = 3.5 if m.endswith("flux") else 7.5
-            c = load_config(None, [f"model.name={m}", f"sampler.name={sampler}", f"sampler.steps={a.steps}",
-                                   f"sampler.guidance_scale={g}", "train.batch_size=4", "lora.rank=4",
-                                   "reward.name=jpeg-compressibility", f"estimator={json.dumps(est)}"])
+            c = load_config(
+                None,
+                [
+                    f"model.name={m}",
+                    f"sampler.name={sampler}",
+                    f"sampler.steps={a.steps}",
+                    f"sampler.guidance_scale={g}",
+                    "train.batch_size=4",
+                    "lora.rank=4",
+                    "reward.name=jpeg-compressibility",
+                    f"estimator={json.dumps(est)}",
+                ],
+            )
             t0 = time.time()
             tr = plan_step(c, "cpu")
-            out[f"{m} | {case}"] = {"flops": tr.flops, "sampling_flops": tr.sampling_flops, "cost_ratio": tr.cost_ratio,
-                                    "peak": tr.peak, "activations": tr.breakdown["activations"], "seconds": time.time() - t0}
-            print(f"{m:18s} {case:20s} {tr.cost_ratio:6.3f}x sampling (FLOPs)  peak {tr.peak / 2**20:7.1f} MiB", flush=True)
+            out[f"{m} | {case}"] = {
+                "flops": tr.flops,
+                "sampling_flops": tr.sampling_flops,
+                "cost_ratio": tr.cost_ratio,
+                "peak": tr.peak,
+                "activations": tr.breakdown["activations"],
+                "seconds": time.time() - t0,
+            }
+            print(
+                f"{m:18s} {case:20s} {tr.cost_ratio:6.3f}x sampling (FLOPs)  peak {tr.peak / 2**20:7.1f} MiB",
+                flush=True,
+            )
             write_json(a.out, out)
     return out
 

@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import torch
+from toy import RESULTS, REWARD_8, add_training_args, common_settings, machine, settings, train_run
 
 from draft_core.lora import LoraSpec, apply_loras
 from draft_core.media import save_grid
@@ -29,7 +30,6 @@ from draft_core.models import load_model
 from draft_core.models.digits.data import PROMPTS
 from draft_core.plugins import load_registry
 from draft_core.samplers.ddim import DDIMSampler
-from toy import REWARD_8, RESULTS, add_training_args, common_settings, machine, settings, train_run
 
 SCALES = [0.0, 0.25, 0.5, 0.75, 1.0]
 MIX = [0.0, 0.5, 1.0]
@@ -65,18 +65,33 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model("digits")
     names = apply_loras(model, [LoraSpec.parse(f"{run_a['lora']}:1"), LoraSpec.parse(f"{run_b['lora']}:0")])
     sampler = DDIMSampler(steps=a.sampler_steps, guidance_scale=7.5)
-    result: dict = {"settings": {**common, "train_steps": a.train_steps, "reward_a": "digit-classifier target 8",
-                                 "reward_b": a.reward_b, "runs": [run_a["tag"], run_b["tag"]]},
-                    "scaling": [], "mixing": []}
+    result: dict = {
+        "settings": {
+            **common,
+            "train_steps": a.train_steps,
+            "reward_a": "digit-classifier target 8",
+            "reward_b": a.reward_b,
+            "runs": [run_a["tag"], run_b["tag"]],
+        },
+        "scaling": [],
+        "mixing": [],
+    }
 
     rows = []
     for s in SCALES:
         model.denoiser.set_adapters(names, weights=[s, 0.0])
         images = sample(model, sampler, PROMPTS, seed=7)
         rows.append(images)
-        result["scaling"].append({"scale_a": s, "reward_a": reward_a(images, PROMPTS).mean().item(),
-                                  "reward_b": reward_b(images, PROMPTS).mean().item()})
-        print(f"A x {s:4.2f}: reward A {result['scaling'][-1]['reward_a']:.3f}, reward B {result['scaling'][-1]['reward_b']:.5f}")
+        result["scaling"].append(
+            {
+                "scale_a": s,
+                "reward_a": reward_a(images, PROMPTS).mean().item(),
+                "reward_b": reward_b(images, PROMPTS).mean().item(),
+            }
+        )
+        print(
+            f"A x {s:4.2f}: reward A {result['scaling'][-1]['reward_a']:.3f}, reward B {result['scaling'][-1]['reward_b']:.5f}"
+        )
     save_grid(enlarge(torch.cat(rows)), a.out_dir / "lora_scaling.png", nrow=len(PROMPTS))
 
     prompts = [PROMPTS[d] for d in a.mix_prompts]
@@ -86,15 +101,25 @@ def main(argv: list[str] | None = None) -> dict:
             model.denoiser.set_adapters(names, weights=[alpha, beta])
             images = sample(model, sampler, prompts, seed=11)
             cells.append(images)
-            result["mixing"].append({"alpha_a": alpha, "beta_b": beta, "reward_a": reward_a(images, prompts).mean().item(),
-                                     "reward_b": reward_b(images, prompts).mean().item()})
-            print(f"A x {alpha:3.1f} + B x {beta:3.1f}: reward A {result['mixing'][-1]['reward_a']:.3f}, "
-                  f"reward B {result['mixing'][-1]['reward_b']:.5f}")
+            result["mixing"].append(
+                {
+                    "alpha_a": alpha,
+                    "beta_b": beta,
+                    "reward_a": reward_a(images, prompts).mean().item(),
+                    "reward_b": reward_b(images, prompts).mean().item(),
+                }
+            )
+            print(
+                f"A x {alpha:3.1f} + B x {beta:3.1f}: reward A {result['mixing'][-1]['reward_a']:.3f}, "
+                f"reward B {result['mixing'][-1]['reward_b']:.5f}"
+            )
     # One grid row per alpha; each cell holds the prompts side by side.
     save_grid(enlarge(torch.cat(cells)), a.out_dir / "lora_mixing.png", nrow=len(MIX) * len(prompts))
     result["machine"] = machine()
     (a.out_dir / "lora_mixing.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {a.out_dir / 'lora_scaling.png'}, {a.out_dir / 'lora_mixing.png'} and {a.out_dir / 'lora_mixing.json'}")
+    print(
+        f"wrote {a.out_dir / 'lora_scaling.png'}, {a.out_dir / 'lora_mixing.png'} and {a.out_dir / 'lora_mixing.json'}"
+    )
     return result
 
 

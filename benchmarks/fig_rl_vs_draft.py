@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from toy import RESULTS, band, make_trainer, paper_scaled, settings, train_run, write_figure
 
 EVAL_SAMPLER = "ddim eta=0"
@@ -50,8 +49,11 @@ def methods(a) -> dict[str, dict[str, dict]]:
     rl = {"sampler": {"eta": 1.0}, "steps": a.rl_steps, "lr": a.rl_lr}
     ddpo = {"estimator": {"name": "ddpo", "checkpoint": False}, "batch": a.rl_batch, **rl}
     # GRPO samples group_size images of each prompt: as many images per step as DDPO's batch.
-    grpo = {"estimator": {"name": "grpo", "group_size": a.group_size, "checkpoint": False},
-            "batch": max(1, a.rl_batch // a.group_size), **rl}
+    grpo = {
+        "estimator": {"name": "grpo", "group_size": a.group_size, "checkpoint": False},
+        "batch": max(1, a.rl_batch // a.group_size),
+        **rl,
+    }
     draft = {"steps": a.draft_steps, "batch": a.batch, "lr": a.lr}
     lv = {"estimator": {"name": "draft-lv", "n": 2}, **draft}
     return {
@@ -76,8 +78,15 @@ PANEL_REWARD = {"digit-classifier": {"name": "digit-classifier", "target": 8}, "
 
 def run_method(spec: dict, panel: str, seed: int, a) -> dict:
     reward = spec.get("reward") or PANEL_REWARD[panel]
-    raw = settings(spec["estimator"], seed, sampler_steps=a.sampler_steps, batch=spec["batch"], lr=spec["lr"],
-                   reward=reward, sampler=spec.get("sampler"))
+    raw = settings(
+        spec["estimator"],
+        seed,
+        sampler_steps=a.sampler_steps,
+        batch=spec["batch"],
+        lr=spec["lr"],
+        reward=reward,
+        sampler=spec.get("sampler"),
+    )
     eval_every = max(1, spec["steps"] // a.evals)
     judge = JUDGE if panel == "jpeg-size" else None
     eval_sampler = {"name": "ddim", "steps": a.sampler_steps, "guidance_scale": 7.5} if spec.get("sampler") else None
@@ -115,8 +124,15 @@ def step_costs(specs: dict[str, dict], panel: str, a) -> dict[str, float]:
     trainers = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, spec) in enumerate(specs.items()):
-            raw = settings(spec["estimator"], 0, sampler_steps=a.sampler_steps, batch=spec["batch"], lr=spec["lr"],
-                           reward=spec.get("reward") or PANEL_REWARD[panel], sampler=spec.get("sampler"))
+            raw = settings(
+                spec["estimator"],
+                0,
+                sampler_steps=a.sampler_steps,
+                batch=spec["batch"],
+                lr=spec["lr"],
+                reward=spec.get("reward") or PANEL_REWARD[panel],
+                sampler=spec.get("sampler"),
+            )
             trainers[name] = make_trainer(raw, Path(tmp) / f"m{i}")
         times: dict[str, list[float]] = {name: [] for name in trainers}
         for r in range(a.cost_rounds + 1):
@@ -136,22 +152,38 @@ def compare(curves: dict, rl: str, draft: str, costs: dict[str, float] | None = 
     ref, ours = curves[rl], curves[draft]
     best = int(np.argmax(ref["mean"]))
     target = ref["mean"][best]
-    res = {"rl": rl, "draft": draft, "base": ref["mean"][0], "target": target, "rl_queries": ref["queries"][best],
-           "rl_seconds": ref["seconds"][best], "rl_steps": ref["step"][best]}
+    res = {
+        "rl": rl,
+        "draft": draft,
+        "base": ref["mean"][0],
+        "target": target,
+        "rl_queries": ref["queries"][best],
+        "rl_seconds": ref["seconds"][best],
+        "rl_steps": ref["step"][best],
+    }
     # The other way round: DRaFT's best level, and whether the RL method gets there in its budget
     # (if not, its whole budget bounds the ratio from below).
     top = int(np.argmax(ours["mean"]))
     back = first_reaching(ref, ours["mean"][top])
-    res["at_draft_best"] = {"target": ours["mean"][top], "draft_queries": ours["queries"][top],
-                            "rl_reached": back["reached"], "rl_queries": back["queries"],
-                            "queries_ratio": back["queries"] / max(ours["queries"][top], 1e-9),
-                            "ratio_is_lower_bound": not back["reached"]}
+    res["at_draft_best"] = {
+        "target": ours["mean"][top],
+        "draft_queries": ours["queries"][top],
+        "rl_reached": back["reached"],
+        "rl_queries": back["queries"],
+        "queries_ratio": back["queries"] / max(ours["queries"][top], 1e-9),
+        "ratio_is_lower_bound": not back["reached"],
+    }
     if best == 0:
         res.update(improved=False, note=f"{rl} never beat the base model within its budget: no target to reach")
         return res
     hit = first_reaching(ours, target)
-    res.update(improved=True, draft_reached=hit["reached"], draft_queries=hit["queries"], draft_seconds=hit["seconds"],
-               draft_steps=hit["step"])
+    res.update(
+        improved=True,
+        draft_reached=hit["reached"],
+        draft_queries=hit["queries"],
+        draft_seconds=hit["seconds"],
+        draft_steps=hit["step"],
+    )
     # Not reached: the draft side's whole budget bounds its need from below, the ratios from above.
     res["queries_ratio"] = ref["queries"][best] / max(hit["queries"], 1e-9)
     res["seconds_ratio"] = ref["seconds"][best] / max(hit["seconds"], 1e-9)
@@ -164,9 +196,11 @@ def compare(curves: dict, rl: str, draft: str, costs: dict[str, float] | None = 
 
 def describe(cmp: dict) -> str:
     back = cmp["at_draft_best"]
-    tail = (f"; {cmp['draft']}'s best {back['target']:.3f} ({back['draft_queries']:.0f} queries): {cmp['rl']} "
-            + (f"reaches it after {back['rl_queries']:.0f} ({back['queries_ratio']:.1f}x)" if back["rl_reached"] else
-               f"not within {back['rl_queries']:.0f} queries (> {back['queries_ratio']:.1f}x)"))
+    tail = f"; {cmp['draft']}'s best {back['target']:.3f} ({back['draft_queries']:.0f} queries): {cmp['rl']} " + (
+        f"reaches it after {back['rl_queries']:.0f} ({back['queries_ratio']:.1f}x)"
+        if back["rl_reached"]
+        else f"not within {back['rl_queries']:.0f} queries (> {back['queries_ratio']:.1f}x)"
+    )
     return _describe_target(cmp) + tail
 
 
@@ -176,8 +210,10 @@ def _describe_target(cmp: dict) -> str:
     head = f"{cmp['rl']}'s best {cmp['target']:.3f} after {cmp['rl_queries']:.0f} queries ({cmp['rl_seconds']:.0f} s); "
     if not cmp["draft_reached"]:
         return head + f"{cmp['draft']} does not reach it within its {cmp['draft_queries']:.0f} queries"
-    text = (head + f"{cmp['draft']} reaches it after {cmp['draft_queries']:.0f} queries ({cmp['draft_seconds']:.0f} s): "
-            f"{cmp['queries_ratio']:.1f}x fewer queries, {cmp['seconds_ratio']:.1f}x less training time")
+    text = (
+        head + f"{cmp['draft']} reaches it after {cmp['draft_queries']:.0f} queries ({cmp['draft_seconds']:.0f} s): "
+        f"{cmp['queries_ratio']:.1f}x fewer queries, {cmp['seconds_ratio']:.1f}x less training time"
+    )
     if "seconds_ratio_interleaved" in cmp:
         text += f" ({cmp['seconds_ratio_interleaved']:.1f}x from interleaved step costs)"
     return text
@@ -212,8 +248,11 @@ def plot(result: dict, path) -> None:
         axes[1][col].set_xlabel("training seconds (evaluations excluded)")
         axes[0][col].legend(fontsize=7)
     s = result["settings"]
-    fig.suptitle(f"digits, {s['sampler_steps']} steps, lr {s['lr']} (DRaFT) / {s['rl_lr']} (RL), {len(s['seeds'])} seeds; eval with "
-                 f"deterministic DDIM (line: mean, band: min-max)", fontsize=10)
+    fig.suptitle(
+        f"digits, {s['sampler_steps']} steps, lr {s['lr']} (DRaFT) / {s['rl_lr']} (RL), {len(s['seeds'])} seeds; eval with "
+        f"deterministic DDIM (line: mean, band: min-max)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -232,17 +271,33 @@ def lr_sweep(a) -> dict:
             record = run_method({**table[name], "lr": lr}, "digit-classifier", a.seeds[0], a)
             rewards = [e["reward"] for e in record["evals"]]
             late = statistics.fmean(rewards[len(rewards) // 2 + 1 :])
-            rows.setdefault(name, {})[f"{lr:g}"] = {"best": max(rewards), "final": rewards[-1], "base": rewards[0],
-                                                    "second_half_mean": late, "queries": record["evals"][-1]["queries"],
-                                                    "tag": record["tag"]}
-            print(f"[lr sweep] {name:16s} lr {lr:g}: eval {rewards[0]:.2f} -> {rewards[-1]:.2f} (best {max(rewards):.2f}, "
-                  f"mean of the second half {late:.2f})")
+            rows.setdefault(name, {})[f"{lr:g}"] = {
+                "best": max(rewards),
+                "final": rewards[-1],
+                "base": rewards[0],
+                "second_half_mean": late,
+                "queries": record["evals"][-1]["queries"],
+                "tag": record["tag"],
+            }
+            print(
+                f"[lr sweep] {name:16s} lr {lr:g}: eval {rewards[0]:.2f} -> {rewards[-1]:.2f} (best {max(rewards):.2f}, "
+                f"mean of the second half {late:.2f})"
+            )
     chosen = {name: max(r, key=lambda lr: r[lr]["second_half_mean"]) for name, r in rows.items()}
     print(f"[lr sweep] highest mean reward over the second half of the run: {chosen}")
-    out = {"settings": {"seed": a.seeds[0], "lrs": a.lr_sweep, "sampler_steps": a.sampler_steps,
-                        "draft_steps": a.draft_steps, "rl_steps": a.rl_steps}, "rows": rows, "chosen": chosen,
-           "criterion": "highest mean eval reward over the evaluations in the second half of the run (not the single "
-                        "best evaluation, which rewards unstable runs that spike and collapse)"}
+    out = {
+        "settings": {
+            "seed": a.seeds[0],
+            "lrs": a.lr_sweep,
+            "sampler_steps": a.sampler_steps,
+            "draft_steps": a.draft_steps,
+            "rl_steps": a.rl_steps,
+        },
+        "rows": rows,
+        "chosen": chosen,
+        "criterion": "highest mean eval reward over the evaluations in the second half of the run (not the single "
+        "best evaluation, which rewards unstable runs that spike and collapse)",
+    }
     Path(f"{a.out}_lr_sweep.json").write_text(json.dumps(out, indent=1))
     print(f"wrote {a.out}_lr_sweep.json")
     return out
@@ -254,13 +309,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--draft-steps", type=int, default=30, help="training steps of the DRaFT-family runs")
     ap.add_argument("--rl-steps", type=int, default=50, help="training steps of the DDPO and GRPO runs")
     ap.add_argument("--batch", type=int, default=2, help="images per step of the DRaFT-family runs")
-    ap.add_argument("--rl-batch", type=int, default=4,
-                    help="images per step of DDPO (its advantages need several) and GRPO (rl-batch / group-size prompts)")
+    ap.add_argument(
+        "--rl-batch",
+        type=int,
+        default=4,
+        help="images per step of DDPO (its advantages need several) and GRPO (rl-batch / group-size prompts)",
+    )
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-2, help="learning rate of the DRaFT-family runs")
     ap.add_argument("--rl-lr", type=float, default=3e-2, help="learning rate of the DDPO and GRPO runs")
-    ap.add_argument("--lr-sweep", type=float, nargs="+", default=None, metavar="LR",
-                    help="instead of the figure: DRaFT-LV and DDPO on digit-classifier at each LR (first seed)")
+    ap.add_argument(
+        "--lr-sweep",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="LR",
+        help="instead of the figure: DRaFT-LV and DDPO on digit-classifier at each LR (first seed)",
+    )
     ap.add_argument("--evals", type=int, default=6, help="evaluations per run after the initial one")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds timing one step of each method")
@@ -269,15 +334,42 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(RESULTS / "rl_vs_draft"), help="path stem of the .json and .png")
     a = ap.parse_args(argv)
     if a.quick:
-        a.sampler_steps, a.draft_steps, a.rl_steps, a.batch, a.rl_batch, a.group_size, a.evals, a.seeds = 2, 2, 2, 1, 2, 2, 1, a.seeds[:1]
+        a.sampler_steps, a.draft_steps, a.rl_steps, a.batch, a.rl_batch, a.group_size, a.evals, a.seeds = (
+            2,
+            2,
+            2,
+            1,
+            2,
+            2,
+            1,
+            a.seeds[:1],
+        )
         a.cost_rounds = 1
     torch.set_num_threads(1)
     if a.lr_sweep:
         return lr_sweep(a)
-    result = {"settings": {k: getattr(a, k) for k in ("sampler_steps", "draft_steps", "rl_steps", "batch", "rl_batch",
-                                                     "group_size", "lr", "rl_lr", "seeds", "evals")} | {
-                  "eval_sampler": EVAL_SAMPLER, "judge": JUDGE, "rl_sampler": "ddim eta=1"},
-              "curves": {}, "comparison": {}, "runs": {}, "step_seconds": {}}
+    result = {
+        "settings": {
+            k: getattr(a, k)
+            for k in (
+                "sampler_steps",
+                "draft_steps",
+                "rl_steps",
+                "batch",
+                "rl_batch",
+                "group_size",
+                "lr",
+                "rl_lr",
+                "seeds",
+                "evals",
+            )
+        }
+        | {"eval_sampler": EVAL_SAMPLER, "judge": JUDGE, "rl_sampler": "ddim eta=1"},
+        "curves": {},
+        "comparison": {},
+        "runs": {},
+        "step_seconds": {},
+    }
     table = methods(a)
     for panel in a.panels:
         result["curves"][panel], result["runs"][panel] = {}, {}
@@ -286,14 +378,17 @@ def main(argv: list[str] | None = None) -> dict:
             result["curves"][panel][name] = curve(records)
             result["runs"][panel][name] = [{"tag": r["tag"], "final_eval": r["evals"][-1]["reward"]} for r in records]
             c = result["curves"][panel][name]
-            print(f"[{panel}] {name:40s} eval {c['mean'][0]:.3f} -> {c['mean'][-1]:.3f} (best {max(c['mean']):.3f}) "
-                  f"after {c['queries'][-1]:.0f} queries, {c['seconds'][-1]:.0f} s")
+            print(
+                f"[{panel}] {name:40s} eval {c['mean'][0]:.3f} -> {c['mean'][-1]:.3f} (best {max(c['mean']):.3f}) "
+                f"after {c['queries'][-1]:.0f} queries, {c['seconds'][-1]:.0f} s"
+            )
         lv = next(n for n in table[panel] if n.startswith("DRaFT-LV"))
         grpo = next(n for n in table[panel] if n.startswith("GRPO"))
         costs = step_costs({n: table[panel][n] for n in ("DDPO", grpo, lv)}, panel, a)
         result["step_seconds"][panel] = costs
-        print(f"[{panel}] seconds per training step, interleaved: "
-              + ", ".join(f"{n} {t:.2f}" for n, t in costs.items()))
+        print(
+            f"[{panel}] seconds per training step, interleaved: " + ", ".join(f"{n} {t:.2f}" for n, t in costs.items())
+        )
         result["comparison"][panel] = compare(result["curves"][panel], "DDPO", lv, costs)
         result["comparison"][panel + " (GRPO)"] = compare(result["curves"][panel], grpo, lv, costs)
         for key in (panel, panel + " (GRPO)"):

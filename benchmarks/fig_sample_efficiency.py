@@ -18,7 +18,6 @@ import argparse
 
 import numpy as np
 import torch
-
 from toy import RESULTS, add_training_args, band, common_settings, paper_scaled, settings, train_run, write_figure
 
 
@@ -48,7 +47,7 @@ def plot(result: dict, path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, b in result["curves"].items():
         for ax, x in zip(axes, ("queries", "step")):
-            line, = ax.plot(b[x], b["mean"], marker="o", ms=3, label=name)
+            (line,) = ax.plot(b[x], b["mean"], marker="o", ms=3, label=name)
             ax.fill_between(b[x], b["min"], b["max"], color=line.get_color(), alpha=0.15)
     s = result["settings"]
     axes[0].set_xlabel("reward queries (every reward evaluation in training)")
@@ -57,8 +56,11 @@ def plot(result: dict, path) -> None:
         ax.set_ylabel("eval reward: log p(8 | image)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"digits, {s['sampler_steps']} DDIM steps, batch {s['batch']}, lr {s['lr']}, "
-                 f"{len(s['seeds'])} seeds (line: mean, band: min-max)", fontsize=10)
+    fig.suptitle(
+        f"digits, {s['sampler_steps']} DDIM steps, batch {s['batch']}, lr {s['lr']}, "
+        f"{len(s['seeds'])} seeds (line: mean, band: min-max)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -71,23 +73,38 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(RESULTS / "sample_efficiency"), help="path stem of the .json and .png")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    result = {"settings": {"sampler_steps": a.sampler_steps, "train_steps": a.train_steps, "batch": a.batch,
-                           "lr": a.lr, "seeds": a.seeds, "eval_every": a.eval_every, "reward": "digit-classifier target 8"},
-              "curves": {}, "runs": {}}
+    result = {
+        "settings": {
+            "sampler_steps": a.sampler_steps,
+            "train_steps": a.train_steps,
+            "batch": a.batch,
+            "lr": a.lr,
+            "seeds": a.seeds,
+            "eval_every": a.eval_every,
+            "reward": "digit-classifier target 8",
+        },
+        "curves": {},
+        "runs": {},
+    }
     for name, est in methods(a.sampler_steps).items():
         if a.only and name not in a.only:
             continue
-        records = [train_run(settings(est, s, **common_settings(a)),
-                             a.train_steps, a.eval_every) for s in a.seeds]
+        records = [train_run(settings(est, s, **common_settings(a)), a.train_steps, a.eval_every) for s in a.seeds]
         result["curves"][name] = band(records)
-        result["runs"][name] = [{"tag": r["tag"], "train_seconds": r["train_seconds"],
-                                 "final_eval": r["evals"][-1]["reward"]} for r in records]
+        result["runs"][name] = [
+            {"tag": r["tag"], "train_seconds": r["train_seconds"], "final_eval": r["evals"][-1]["reward"]}
+            for r in records
+        ]
         c = result["curves"][name]
-        print(f"{name:22s} eval reward {c['mean'][0]:.2f} -> {c['mean'][-1]:.2f} "
-              f"(seeds {c['min'][-1]:.2f}..{c['max'][-1]:.2f}) after {c['queries'][-1]:.0f} queries")
+        print(
+            f"{name:22s} eval reward {c['mean'][0]:.2f} -> {c['mean'][-1]:.2f} "
+            f"(seeds {c['min'][-1]:.2f}..{c['max'][-1]:.2f}) after {c['queries'][-1]:.0f} queries"
+        )
     result["at_common_queries"] = at_common_queries(result["curves"])
-    print(f"eval reward at {result['at_common_queries']['queries']:.0f} reward queries (interpolated): "
-          + ", ".join(f"{k} {v:.2f}" for k, v in result["at_common_queries"]["reward"].items()))
+    print(
+        f"eval reward at {result['at_common_queries']['queries']:.0f} reward queries (interpolated): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in result["at_common_queries"]["reward"].items())
+    )
     write_figure(result, a.out, plot)
     return result
 

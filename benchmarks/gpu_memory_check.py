@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from benchlib import peak_memory, write_json
 from gpu_plan_check import TINY_CLIP, cuda_probe
 from gpu_scale import FAMILIES
@@ -46,8 +45,17 @@ def tiny_config(label: str):
     """The row on its family's tiny model, as the module doc says."""
     family, batch, extra, _ = ROWS[label]
     extra = [s.replace("model.quantize=nf4", "model.quantize=int8") for s in extra]
-    return row_config(family, batch, [*extra, f"model.name={FAMILIES[family].tiny}", "model.dtype=float32", "sampler.steps=2",
-                                      f"reward={json.dumps({'name': 'hpsv2', 'arch': TINY_CLIP})}"])
+    return row_config(
+        family,
+        batch,
+        [
+            *extra,
+            f"model.name={FAMILIES[family].tiny}",
+            "model.dtype=float32",
+            "sampler.steps=2",
+            f"reward={json.dumps({'name': 'hpsv2', 'arch': TINY_CLIP})}",
+        ],
+    )
 
 
 def published_factory(config):
@@ -61,6 +69,7 @@ def published_factory(config):
             quantize_denoiser(model.denoiser, config.model.quantize, "cuda")
             torch.cuda.empty_cache()  # the bfloat16 layers it replaced
         return model
+
     return build
 
 
@@ -69,6 +78,7 @@ def timed(probe):
         t0 = time.perf_counter()
         out = probe(step)
         return {**out, "seconds": time.perf_counter() - t0}
+
     return around
 
 
@@ -77,9 +87,13 @@ def measure(config, tiny: bool) -> dict:
 
     if tiny:
         with encoders_home("meta"):
-            trace = measure_step(config, "cpu", around=timed(lambda step: peak_memory(step, "cpu")), random_rewards=True)
+            trace = measure_step(
+                config, "cpu", around=timed(lambda step: peak_memory(step, "cpu")), random_rewards=True
+            )
         return {"tally": trace.peak, "seconds": trace.extra["seconds"]}
-    trace = measure_step(config, "cuda", model_factory=published_factory(config), around=timed(cuda_probe), random_rewards=True)
+    trace = measure_step(
+        config, "cuda", model_factory=published_factory(config), around=timed(cuda_probe), random_rewards=True
+    )
     return {"tally": trace.peak, **trace.extra}
 
 
@@ -106,16 +120,28 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             predicted = plan_step(config, "cpu" if a.tiny else "cuda").peak
         m = measure(config, a.tiny)
-        row = rows[label] = {"predicted": predicted, **m, "ratio_to_tally": predicted / m["tally"],
-                             "target_gib": ROWS[label][3], "seconds_total": time.perf_counter() - t0}
+        row = rows[label] = {
+            "predicted": predicted,
+            **m,
+            "ratio_to_tally": predicted / m["tally"],
+            "target_gib": ROWS[label][3],
+            "seconds_total": time.perf_counter() - t0,
+        }
         if "max_allocated" in m:
             row["ratio_to_max_allocated"] = predicted / m["max_allocated"]
             row["ratio_to_max_reserved"] = predicted / m["max_reserved"]
         unit, size = ("GiB", GiB) if not a.tiny else ("MiB", MiB)
-        extra = (f", max_allocated {m['max_allocated'] / GiB:.2f} GiB ({row['ratio_to_max_allocated']:.3f}), "
-                 f"reserved {m['max_reserved'] / GiB:.2f} GiB" if "max_allocated" in m else "")
-        print(f"{label:40s} predicted {predicted / size:8.2f} {unit}, tally {m['tally'] / size:8.2f} {unit} "
-              f"({row['ratio_to_tally']:.3f}){extra}, step {m['seconds']:.1f} s", flush=True)
+        extra = (
+            f", max_allocated {m['max_allocated'] / GiB:.2f} GiB ({row['ratio_to_max_allocated']:.3f}), "
+            f"reserved {m['max_reserved'] / GiB:.2f} GiB"
+            if "max_allocated" in m
+            else ""
+        )
+        print(
+            f"{label:40s} predicted {predicted / size:8.2f} {unit}, tally {m['tally'] / size:8.2f} {unit} "
+            f"({row['ratio_to_tally']:.3f}){extra}, step {m['seconds']:.1f} s",
+            flush=True,
+        )
         write_json(a.out, {"device": "cpu" if a.tiny else torch.cuda.get_device_name(), "rows": rows})
         gc.collect()
         if not a.tiny:

@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from benchlib import peak_memory, write_json
 
 CASES = {
@@ -36,10 +35,17 @@ CASES = {
     "full DRaFT": {"name": "draft"},
 }
 # HPSv2's scoring on a small open_clip architecture (for --tiny).
-TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"layers": 2, "width": 64, "head_width": 32, "patch_size": 8, "image_size": 32},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
-PROMPTS = ["a photo of a corgi wearing a red scarf", "an oil painting of a lighthouse at dawn",
-           "a raccoon washing dishes", "a watercolor of a mountain village"]
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"layers": 2, "width": 64, "head_width": 32, "patch_size": 8, "image_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+PROMPTS = [
+    "a photo of a corgi wearing a red scarf",
+    "an oil painting of a lighthouse at dawn",
+    "a raccoon washing dishes",
+    "a watercolor of a mountain village",
+]
 GiB = 2**30
 
 
@@ -47,10 +53,17 @@ def case_config(case: str, batch: int, tiny: bool, steps: int, lora_rank: int):
     from draft_core.config import load_config
 
     reward = {"name": "hpsv2", **({"arch": TINY_CLIP} if tiny else {})}
-    sets = [f"model.name={'tiny-random' if tiny else 'CompVis/stable-diffusion-v1-4'}",
-            f"model.dtype={'float32' if tiny else 'bfloat16'}", f"sampler.steps={steps}", "sampler.guidance_scale=7.5",
-            f"lora.rank={lora_rank}", f"train.batch_size={batch}", f"prompts.items={json.dumps(PROMPTS)}",
-            f"reward={json.dumps(reward)}", f"estimator={json.dumps(CASES[case])}"]
+    sets = [
+        f"model.name={'tiny-random' if tiny else 'CompVis/stable-diffusion-v1-4'}",
+        f"model.dtype={'float32' if tiny else 'bfloat16'}",
+        f"sampler.steps={steps}",
+        "sampler.guidance_scale=7.5",
+        f"lora.rank={lora_rank}",
+        f"train.batch_size={batch}",
+        f"prompts.items={json.dumps(PROMPTS)}",
+        f"reward={json.dumps(reward)}",
+        f"estimator={json.dumps(CASES[case])}",
+    ]
     return load_config(None, sets)
 
 
@@ -69,8 +82,9 @@ def measure(config, tiny: bool) -> dict:
     if tiny:
         trace = measure_step(config, "cpu", around=lambda step: peak_memory(step, "cpu"), random_rewards=True)
         return {"tally": trace.peak, "tally_step": trace.peak - trace.start, "rss_step_mib": trace.extra["peak_mib"]}
-    trace = measure_step(config, "cuda", model_factory=lambda: build_sd14("cuda", torch.bfloat16),
-                         around=cuda_probe, random_rewards=True)
+    trace = measure_step(
+        config, "cuda", model_factory=lambda: build_sd14("cuda", torch.bfloat16), around=cuda_probe, random_rewards=True
+    )
     return {"tally": trace.peak, "tally_step": trace.peak - trace.start, **trace.extra}
 
 
@@ -107,13 +121,23 @@ def main(argv: list[str] | None = None) -> dict:
                 row["ratio_to_max_allocated"] = predicted / m["max_allocated"]
                 row["ratio_to_max_reserved"] = predicted / m["max_reserved"]
             rows[key] = row
-            extra = (f"  max_allocated {m['max_allocated'] / GiB:6.2f} GiB ({row['ratio_to_max_allocated']:.3f}), "
-                     f"reserved {m['max_reserved'] / GiB:6.2f} GiB" if "max_allocated" in m else
-                     f"  step: tally {m['tally_step'] / 2**20:7.2f} MiB, RSS {m['rss_step_mib']:7.2f} MiB")
-            print(f"{key:32s} predicted {predicted / GiB:7.3f} GiB, tally {m['tally'] / GiB:7.3f} GiB "
-                  f"({row['ratio_to_tally']:.3f}){extra}", flush=True)
-    result = {"device": torch.cuda.get_device_name() if not a.tiny else "cpu", "steps": steps, "lora_rank": rank,
-              "rows": rows}
+            extra = (
+                f"  max_allocated {m['max_allocated'] / GiB:6.2f} GiB ({row['ratio_to_max_allocated']:.3f}), "
+                f"reserved {m['max_reserved'] / GiB:6.2f} GiB"
+                if "max_allocated" in m
+                else f"  step: tally {m['tally_step'] / 2**20:7.2f} MiB, RSS {m['rss_step_mib']:7.2f} MiB"
+            )
+            print(
+                f"{key:32s} predicted {predicted / GiB:7.3f} GiB, tally {m['tally'] / GiB:7.3f} GiB "
+                f"({row['ratio_to_tally']:.3f}){extra}",
+                flush=True,
+            )
+    result = {
+        "device": torch.cuda.get_device_name() if not a.tiny else "cpu",
+        "steps": steps,
+        "lora_rank": rank,
+        "rows": rows,
+    }
     write_json(a.out, result)
     return result
 

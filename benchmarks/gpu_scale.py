@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
-
 from benchlib import peak_memory, write_json
 from gpu_sd14 import HPSv2Sized, build_bench, measure_cases
 
@@ -79,8 +78,11 @@ def largest_batch(fits: Callable[[int], bool], limit: int) -> int:
     return good
 
 
-def step_fits(make_run: Callable[[int], Callable[[], object]], device: torch.device, budget: int) -> Callable[[int], bool]:
+def step_fits(
+    make_run: Callable[[int], Callable[[], object]], device: torch.device, budget: int
+) -> Callable[[int], bool]:
     """fits(batch): one step at that batch stays within ``budget`` bytes (module doc)."""
+
     def fits(batch: int) -> bool:
         try:
             run = make_run(batch)
@@ -92,6 +94,7 @@ def step_fits(make_run: Callable[[int], Callable[[], object]], device: torch.dev
                 torch.cuda.empty_cache()
         used = mem["reserved_peak_mib"] if device.type == "cuda" else mem["peak_mib"]
         return used * MiB <= budget
+
     return fits
 
 
@@ -117,7 +120,12 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         if not torch.cuda.is_available():
             sys.exit("gpu_scale.py needs a CUDA GPU at published scale; use --tiny for a CPU smoke run.")
-        device, dtype, steps, batches = torch.device("cuda"), torch.bfloat16, a.steps or setting.steps, a.batches or [1, 4]
+        device, dtype, steps, batches = (
+            torch.device("cuda"),
+            torch.bfloat16,
+            a.steps or setting.steps,
+            a.batches or [1, 4],
+        )
     budget = parse_bytes(a.budget or ("64MiB" if a.tiny else "80GiB"), "--budget")
     cases = ["sampling"] + [c for c in a.cases if c != "sampling"]
     t0 = time.perf_counter()
@@ -125,23 +133,50 @@ def main(argv: list[str] | None = None) -> dict:
     reward = HPSv2Sized(a.tiny).to(device=device, dtype=dtype)
 
     def bench(batch: int):
-        return build_bench(a.tiny, steps, batch, device, dtype, a.lora_rank, model=model, reward=reward,
-                           sampler=model.default_sampler, guidance=setting.guidance)
+        return build_bench(
+            a.tiny,
+            steps,
+            batch,
+            device,
+            dtype,
+            a.lora_rank,
+            model=model,
+            reward=reward,
+            sampler=model.default_sampler,
+            guidance=setting.guidance,
+        )
 
     first = bench(batches[0])
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in model.named_modules().items()}
-    result: dict = {"family": a.family, "model": setting.tiny if a.tiny else setting.name,
-                    "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
-                    "sampler": model.default_sampler, "steps": steps, "guidance": setting.guidance, "lora_rank": a.lora_rank,
-                    "image_size": list(model.image_size), "params": params, "lora_params": sum(p.numel() for p in first.params),
-                    "budget_bytes": budget, "build_seconds": time.perf_counter() - t0, "batches": {}, "largest_batch": {}}
-    print(f"{result['model']} ({a.family}) on {result['device']}, {dtype}, {model.default_sampler} {steps} steps, "
-          f"guidance {setting.guidance}, {result['image_size'][0]} px, LoRA rank {a.lora_rank}", flush=True)
+    result: dict = {
+        "family": a.family,
+        "model": setting.tiny if a.tiny else setting.name,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "dtype": str(dtype),
+        "sampler": model.default_sampler,
+        "steps": steps,
+        "guidance": setting.guidance,
+        "lora_rank": a.lora_rank,
+        "image_size": list(model.image_size),
+        "params": params,
+        "lora_params": sum(p.numel() for p in first.params),
+        "budget_bytes": budget,
+        "build_seconds": time.perf_counter() - t0,
+        "batches": {},
+        "largest_batch": {},
+    }
+    print(
+        f"{result['model']} ({a.family}) on {result['device']}, {dtype}, {model.default_sampler} {steps} steps, "
+        f"guidance {setting.guidance}, {result['image_size'][0]} px, LoRA rank {a.lora_rank}",
+        flush=True,
+    )
     for batch in batches:
-        result["batches"][batch] = measure_cases(first if batch == batches[0] else bench(batch), cases, a.rounds, device)
+        result["batches"][batch] = measure_cases(
+            first if batch == batches[0] else bench(batch), cases, a.rounds, device
+        )
     if a.max_batch:
         for case in cases[1:]:
-            fits = step_fits(lambda batch, case=case: (lambda r=bench(batch).runner(case): r(0)), device, budget)
+            fits = step_fits(lambda batch, case=case: lambda r=bench(batch).runner(case): r(0), device, budget)
             result["largest_batch"][case] = largest_batch(fits, a.max_batch)
     print(markdown(result))
     write_json(a.out, result)
@@ -150,17 +185,29 @@ def main(argv: list[str] | None = None) -> dict:
 
 def markdown(result: dict) -> str:
     cuda = result["device"] != "cpu"
-    head = ("| case | batch | step time | / sampling | peak allocated | peak reserved | largest batch in budget |"
-            if cuda else "| case | batch | step time | / sampling | step peak RSS | largest batch in budget |")
+    head = (
+        "| case | batch | step time | / sampling | peak allocated | peak reserved | largest batch in budget |"
+        if cuda
+        else "| case | batch | step time | / sampling | step peak RSS | largest batch in budget |"
+    )
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     budget = result["budget_bytes"]
     for batch, rows in result["batches"].items():
         for case, r in rows.items():
             largest = result["largest_batch"].get(case, "")
-            largest = f"{largest} (≤ {budget / (GiB if cuda else MiB):.0f} {'GiB' if cuda else 'MiB'})" if largest != "" else ""
-            mem = (f"{r['total_peak_mib'] / 1024:.1f} GiB | {r['reserved_peak_mib'] / 1024:.1f} GiB" if cuda
-                   else f"{r['peak_mib']:.1f} MiB")
-            lines.append(f"| {case} | {batch} | {r['median_s']:.2f} s | {r['ratio_to_sampling']:.2f}x | {mem} | {largest} |")
+            largest = (
+                f"{largest} (≤ {budget / (GiB if cuda else MiB):.0f} {'GiB' if cuda else 'MiB'})"
+                if largest != ""
+                else ""
+            )
+            mem = (
+                f"{r['total_peak_mib'] / 1024:.1f} GiB | {r['reserved_peak_mib'] / 1024:.1f} GiB"
+                if cuda
+                else f"{r['peak_mib']:.1f} MiB"
+            )
+            lines.append(
+                f"| {case} | {batch} | {r['median_s']:.2f} s | {r['ratio_to_sampling']:.2f}x | {mem} | {largest} |"
+            )
     return "\n".join(lines)
 
 

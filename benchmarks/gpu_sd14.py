@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from benchlib import Bench, peak_memory, ratios, time_interleaved, warm_up, write_json
+
 from draft_core.lora import add_lora, lora_parameters
 from draft_core.models.pipeline import DiffusionModel
 from draft_core.models.tiny import SD14_SCHEDULER_CONFIG, tiny_text_config, tiny_unet_config, tiny_vae_config
@@ -38,8 +38,12 @@ from draft_core.plugins import load_registry
 from draft_core.rewarding.preprocess import OPEN_CLIP_LONGEST_224
 
 CASES = ["sampling", "draft-k K=1", "draft-lv n=2", "draft-k K=10", "draft (full, ckpt)"]
-PROMPTS = ["a photo of a corgi wearing a red scarf", "an oil painting of a lighthouse at dawn",
-           "a raccoon washing dishes", "a watercolor of a mountain village"]
+PROMPTS = [
+    "a photo of a corgi wearing a red scarf",
+    "an oil painting of a lighthouse at dawn",
+    "a raccoon washing dishes",
+    "a watercolor of a mountain village",
+]
 
 
 def build_sd14(tiny: bool) -> DiffusionModel:
@@ -49,8 +53,14 @@ def build_sd14(tiny: bool) -> DiffusionModel:
     unet = UNet2DConditionModel(**(tiny_unet_config() if tiny else sd14_unet_config()))
     vae = AutoencoderKL(**(tiny_vae_config() if tiny else sd14_vae_config()))
     text = CLIPTextModel(tiny_text_config() if tiny else sd14_text_config())
-    return DiffusionModel(unet, text, offline_clip_tokenizer(), SD14_SCHEDULER_CONFIG, vae=vae,
-                          name="tiny-architecture-random" if tiny else "sd14-architecture-random")
+    return DiffusionModel(
+        unet,
+        text,
+        offline_clip_tokenizer(),
+        SD14_SCHEDULER_CONFIG,
+        vae=vae,
+        name="tiny-architecture-random" if tiny else "sd14-architecture-random",
+    )
 
 
 class HPSv2Sized(torch.nn.Module):
@@ -63,8 +73,11 @@ class HPSv2Sized(torch.nn.Module):
         if tiny:
             from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-            self.clip = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=8, image_size=32),
-                             text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2))
+            self.clip = CLIP(
+                embed_dim=32,
+                vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=8, image_size=32),
+                text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2),
+            )
             self.preprocess = OPEN_CLIP_LONGEST_224.with_size(32)
         else:
             self.clip = open_clip.create_model("ViT-H-14", pretrained=None)
@@ -86,8 +99,18 @@ class HPSv2Sized(torch.nn.Module):
         return (img * txt).sum(-1)
 
 
-def build_bench(tiny: bool, steps: int, batch: int, device: torch.device, dtype: torch.dtype, lora_rank: int,
-                model=None, reward=None, sampler: str = "ddim", guidance: float = 7.5) -> Bench:
+def build_bench(
+    tiny: bool,
+    steps: int,
+    batch: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    lora_rank: int,
+    model=None,
+    reward=None,
+    sampler: str = "ddim",
+    guidance: float = 7.5,
+) -> Bench:
     registry = load_registry()
     model = model or build_sd14(tiny).to(device=device, dtype=dtype)
     reward = reward or HPSv2Sized(tiny).to(device=device, dtype=dtype)
@@ -110,8 +133,15 @@ def measure_cases(bench: Bench, cases: list[str], rounds: int, device: torch.dev
         memory[case] = peak_memory(lambda: run(1), device)
     times = time_interleaved(bench, cases, rounds, warmup=0)
     rel = ratios(times)
-    return {case: {"seconds": times[case], "median_s": statistics.median(times[case]), "ratio_to_sampling": rel[case],
-                   **memory[case]} for case in cases}
+    return {
+        case: {
+            "seconds": times[case],
+            "median_s": statistics.median(times[case]),
+            "ratio_to_sampling": rel[case],
+            **memory[case],
+        }
+        for case in cases
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -136,26 +166,49 @@ def main(argv: list[str] | None = None) -> dict:
     cases = ["sampling"] + [c for c in a.cases if c != "sampling"]
     t0 = time.perf_counter()
     first = build_bench(a.tiny, steps, batches[0], device, dtype, a.lora_rank)
-    n_params = {name: sum(p.numel() for p in m.parameters()) for name, m in
-                (("unet_with_lora", first.model.unet), ("vae", first.model.vae), ("text_encoder", first.model.text_encoder),
-                 ("reward_clip", first.reward.clip))}
-    result: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
-                    "steps": steps, "lora_rank": a.lora_rank, "image_size": list(first.model.image_size),
-                    "params": n_params, "build_seconds": time.perf_counter() - t0, "batches": {}}
-    print(f"{result['device']}, {dtype}, {steps} DDIM steps, {result['image_size'][0]} px, LoRA rank {a.lora_rank}; params {n_params}")
+    n_params = {
+        name: sum(p.numel() for p in m.parameters())
+        for name, m in (
+            ("unet_with_lora", first.model.unet),
+            ("vae", first.model.vae),
+            ("text_encoder", first.model.text_encoder),
+            ("reward_clip", first.reward.clip),
+        )
+    }
+    result: dict = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "dtype": str(dtype),
+        "steps": steps,
+        "lora_rank": a.lora_rank,
+        "image_size": list(first.model.image_size),
+        "params": n_params,
+        "build_seconds": time.perf_counter() - t0,
+        "batches": {},
+    }
+    print(
+        f"{result['device']}, {dtype}, {steps} DDIM steps, {result['image_size'][0]} px, LoRA rank {a.lora_rank}; params {n_params}"
+    )
     for batch in batches:
         bench = build_bench(a.tiny, steps, batch, device, dtype, a.lora_rank, model=first.model, reward=first.reward)
         rows = result["batches"][batch] = measure_cases(bench, cases, a.rounds, device)
         print(f"batch {batch}:")
         for case, row in rows.items():
             total = row.get("total_peak_mib")
-            print(f"  {case:20s} {row['median_s']:8.3f} s  {row['ratio_to_sampling']:5.2f}x sampling  "
-                  f"step peak {row['peak_mib']:9.1f} MiB" + (f"  total {total / 1024:6.2f} GiB, reserved "
-                                                              f"{row['reserved_peak_mib'] / 1024:6.2f} GiB" if total else ""))
+            print(
+                f"  {case:20s} {row['median_s']:8.3f} s  {row['ratio_to_sampling']:5.2f}x sampling  "
+                f"step peak {row['peak_mib']:9.1f} MiB"
+                + (
+                    f"  total {total / 1024:6.2f} GiB, reserved {row['reserved_peak_mib'] / 1024:6.2f} GiB"
+                    if total
+                    else ""
+                )
+            )
     lv4 = result["batches"].get(4, {}).get("draft-lv n=2", {})
     if "reserved_peak_mib" in lv4:
         result["draft_lv_batch4_fits_24gib"] = lv4["reserved_peak_mib"] <= 24 * 1024
-        print(f"DRaFT-LV at batch 4: {lv4['reserved_peak_mib'] / 1024:.2f} GiB reserved; fits in 24 GiB: {result['draft_lv_batch4_fits_24gib']}")
+        print(
+            f"DRaFT-LV at batch 4: {lv4['reserved_peak_mib'] / 1024:.2f} GiB reserved; fits in 24 GiB: {result['draft_lv_batch4_fits_24gib']}"
+        )
     write_json(a.out, result)
     return result
 

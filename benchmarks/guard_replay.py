@@ -36,7 +36,9 @@ def main() -> None:
     ap.add_argument("run", type=Path, help="a run folder with checkpoints (train.keep_checkpoints large enough)")
     ap.add_argument("--preset", default="quickstart-guarded", help="the config whose validation and guards to replay")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--known", type=Path, default=None, help="an earlier --out: its validation scores are reused, not recomputed")
+    ap.add_argument(
+        "--known", type=Path, default=None, help="an earlier --out: its validation scores are reused, not recomputed"
+    )
     args = ap.parse_args()
     known = {r["step"]: r for r in json.loads(args.known.read_text())["validations"]} if args.known else {}
     config = load_config(preset=args.preset)
@@ -45,7 +47,9 @@ def main() -> None:
     model = load_model(config.model.name, torch.device("cpu"), torch.float32)
     torch.manual_seed(config.train.seed)
     add_lora(model, config.lora.rank, config.lora.alpha, config.lora.targets)
-    steps = sorted(int(m.group(1)) for p in (args.run / "checkpoints").glob("step-*") if (m := re.fullmatch(r"step-(\d+)", p.name)))
+    steps = sorted(
+        int(m.group(1)) for p in (args.run / "checkpoints").glob("step-*") if (m := re.fullmatch(r"step-(\d+)", p.name))
+    )
     due = [0] + [s for s in steps if v.due(s, config.train.steps)]
     rows = {r["step"]: r for r in read_metrics(args.run / "metrics.jsonl")}
     out = []
@@ -65,8 +69,15 @@ def main() -> None:
         print(json.dumps(out[-1]), flush=True)
         if verdict.stop:
             break
-    summary = {"run": str(args.run), "preset": args.preset, "validations": out, "stopped": guards.stopped,
-               "best_step": guards.best_step, "best_metric": guards.best_metric, "best_value": guards.best_value}
+    summary = {
+        "run": str(args.run),
+        "preset": args.preset,
+        "validations": out,
+        "stopped": guards.stopped,
+        "best_step": guards.best_step,
+        "best_metric": guards.best_metric,
+        "best_value": guards.best_value,
+    }
     print(f"stopped: {guards.stopped}; best: step {guards.best_step} ({guards.best_metric} {guards.best_value})")
     if args.out:
         args.out.write_text(json.dumps(summary, indent=1))

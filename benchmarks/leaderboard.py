@@ -55,13 +55,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from toy import RESULTS, machine, make_trainer, paper_scaled
 
 from draft_core.errors import DraftError
 from draft_core.models.digits.data import PROMPTS, fit_reference_svc, to_sklearn_pixels
 from draft_core.plugins import load_registry
-from toy import RESULTS, machine, make_trainer, paper_scaled
 
 WRAPPERS = {"kl"}  # registered estimators that wrap another one, not estimators of their own
 HELD_OUT = (7, 9)
@@ -118,8 +117,15 @@ def settings(model: str, sampler: dict, estimator: dict, reward: dict, seed: int
         "estimator": dict(estimator),
         "reward": dict(reward),
         "prompts": {"items": TRAIN_PROMPTS},
-        "train": {"steps": 10**6, "batch_size": batch, "lr": lr, "grad_clip": 1.0, "seed": seed,
-                  "sample_every": 0, "checkpoint_every": 10**6},
+        "train": {
+            "steps": 10**6,
+            "batch_size": batch,
+            "lr": lr,
+            "grad_clip": 1.0,
+            "seed": seed,
+            "sample_every": 0,
+            "checkpoint_every": 10**6,
+        },
     }
 
 
@@ -150,7 +156,11 @@ def sample_eval(trainer, prompts: list[str], sampler, seed: int = 1234) -> torch
 
 
 def deterministic_sampler(model: str, a):
-    section = {"steps": a.sampler_steps, "guidance_scale": MODELS[model]["guidance_scale"], **MODELS[model]["samplers"][0]}
+    section = {
+        "steps": a.sampler_steps,
+        "guidance_scale": MODELS[model]["guidance_scale"],
+        **MODELS[model]["samplers"][0],
+    }
     return load_registry().build("sampler", section.pop("name"), **section)
 
 
@@ -181,13 +191,15 @@ def judge(trainer, eval_sampler, n: int, svc) -> dict:
     """How many final samples (every prompt, n each) the SVC reads as the prompted digit, and as an 8."""
     prompts = [p for p in PROMPTS for _ in range(n)]
     digits = torch.tensor([i for i in range(len(PROMPTS)) for _ in range(n)])
-    pred = torch.from_numpy(svc.predict(to_sklearn_pixels(sample_eval(trainer, prompts, eval_sampler, seed=4321)))).long()
+    pred = torch.from_numpy(
+        svc.predict(to_sklearn_pixels(sample_eval(trainer, prompts, eval_sampler, seed=4321)))
+    ).long()
     return {"prompted": int((pred == digits).sum()), "eight": int((pred == 8).sum()), "of": len(prompts)}
 
 
 def second_half_mean(record: dict) -> float:
     rewards = [e["reward"] for e in record["evals"]]
-    return statistics.fmean(rewards[len(rewards) // 2 + 1:] or rewards[-1:])
+    return statistics.fmean(rewards[len(rewards) // 2 + 1 :] or rewards[-1:])
 
 
 def run_row(model: str, task: str, label: str, estimator: dict, a, tmp: Path, svc, log=print) -> dict:
@@ -205,8 +217,10 @@ def run_row(model: str, task: str, label: str, estimator: dict, a, tmp: Path, sv
         sampler_used = used
         record = train(trainer, eval_sampler, a.budget, a.evals)
         record.update(seed=seed, lr=lr, judge=judge(trainer, eval_sampler, a.judge_n, svc))
-        log(f"  [{model} {task} {label}] seed {seed} lr {lr:g}: eval {record['evals'][0]['reward']:.3f} -> "
-            f"{record['evals'][-1]['reward']:.3f} in {record['steps']} steps ({record['train_seconds']:.0f} s)")
+        log(
+            f"  [{model} {task} {label}] seed {seed} lr {lr:g}: eval {record['evals'][0]['reward']:.3f} -> "
+            f"{record['evals'][-1]['reward']:.3f} in {record['steps']} steps ({record['train_seconds']:.0f} s)"
+        )
         return record
 
     for lr in a.lrs:
@@ -217,8 +231,13 @@ def run_row(model: str, task: str, label: str, estimator: dict, a, tmp: Path, sv
         records[f"{lr:g}"] = [record]
     best = max(records, key=lambda lr: second_half_mean(records[lr][0]))
     runs = records[best] + [one(seed, float(best)) for seed in a.seeds[1:]]
-    return {"estimator": estimator, "sampler": sampler_used, "best_lr": float(best),
-            "sweep": {lr: second_half_mean(r[0]) for lr, r in records.items()}, "runs": runs}
+    return {
+        "estimator": estimator,
+        "sampler": sampler_used,
+        "best_lr": float(best),
+        "sweep": {lr: second_half_mean(r[0]) for lr, r in records.items()},
+        "runs": runs,
+    }
 
 
 def step_costs(model: str, task: str, rows: dict[str, dict], a, tmp: Path) -> dict[str, float]:
@@ -226,13 +245,23 @@ def step_costs(model: str, task: str, rows: dict[str, dict], a, tmp: Path) -> di
     after a warm-up round, so that the machine's load falls on all of them alike. With no rounds: the
     median over the seeds' runs of their own mean step time (not interleaved; for smoke runs)."""
     if a.cost_rounds == 0:
-        return {label: statistics.median(r["train_seconds"] / r["steps"] for r in row["runs"])
-                for label, row in rows.items() if "skipped" not in row}
+        return {
+            label: statistics.median(r["train_seconds"] / r["steps"] for r in row["runs"])
+            for label, row in rows.items()
+            if "skipped" not in row
+        }
     trainers = {}
     for label, row in rows.items():
         if "skipped" not in row:
-            trainers[label], _ = build(model, row["estimator"], TASKS[task]["reward"], 0, row["best_lr"], a,
-                                     tmp / f"cost-{model}-{task}-{label}")
+            trainers[label], _ = build(
+                model,
+                row["estimator"],
+                TASKS[task]["reward"],
+                0,
+                row["best_lr"],
+                a,
+                tmp / f"cost-{model}-{task}-{label}",
+            )
     times: dict[str, list[float]] = {label: [] for label in trainers}
     for r in range(a.cost_rounds + 1):
         for label, trainer in trainers.items():
@@ -251,8 +280,10 @@ def summarise(rows: dict[str, dict], costs: dict[str, float]) -> dict:
             continue
         runs = row["runs"]
         n = min(len(r["evals"]) for r in runs)
-        curves[label] = {key: [statistics.fmean(r["evals"][i][key] for r in runs) for i in range(n)]
-                         for key in ("queries", "step", "reward", "held_out")}
+        curves[label] = {
+            key: [statistics.fmean(r["evals"][i][key] for r in runs) for i in range(n)]
+            for key in ("queries", "step", "reward", "held_out")
+        }
         curves[label]["min"] = [min(r["evals"][i]["reward"] for r in runs) for i in range(n)]
         curves[label]["max"] = [max(r["evals"][i]["reward"] for r in runs) for i in range(n)]
         curves[label]["seconds"] = [s * costs[label] for s in curves[label]["step"]]
@@ -264,11 +295,18 @@ def summarise(rows: dict[str, dict], costs: dict[str, float]) -> dict:
     table = {}
     for label, c in curves.items():
         runs = rows[label]["runs"]
-        line = {"lr": rows[label]["best_lr"], "sampler": " ".join(f"{v}" if k == "name" else f"{k} {v}" for k, v in rows[label]["sampler"].items()), "best": max(c["reward"]),
-                "final": c["reward"][-1], "held_out": c["held_out"][-1], "held_out_base": c["held_out"][0],
-                "step_seconds": costs[label],
-                "svc_prompted": statistics.fmean(r["judge"]["prompted"] for r in runs),
-                "svc_eight": statistics.fmean(r["judge"]["eight"] for r in runs), "svc_of": runs[0]["judge"]["of"]}
+        line = {
+            "lr": rows[label]["best_lr"],
+            "sampler": " ".join(f"{v}" if k == "name" else f"{k} {v}" for k, v in rows[label]["sampler"].items()),
+            "best": max(c["reward"]),
+            "final": c["reward"][-1],
+            "held_out": c["held_out"][-1],
+            "held_out_base": c["held_out"][0],
+            "step_seconds": costs[label],
+            "svc_prompted": statistics.fmean(r["judge"]["prompted"] for r in runs),
+            "svc_eight": statistics.fmean(r["judge"]["eight"] for r in runs),
+            "svc_of": runs[0]["judge"]["of"],
+        }
         line.update(first_reaching(c, target))
         table[label] = line
     return {"curves": curves, "table": table, "base": base, "target": target}
@@ -289,18 +327,28 @@ def first_reaching(c: dict, target: float | None) -> dict:
 
 def markdown(result: dict, model: str, task: str) -> str:
     part = result["tasks"][task][model]
-    head = (f"**{model}, {task}** (base {part.get('base', float('nan')):.3f}, target "
-            + ("none: no estimator improved" if part.get("target") is None else f"{part['target']:.3f}") + ")\n\n"
-            "| estimator | lr | sampler | queries to target | seconds to target | best reward | final | held-out (base) "
-            "| SVC: prompted / eight | s per step |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+    head = (
+        f"**{model}, {task}** (base {part.get('base', float('nan')):.3f}, target "
+        + ("none: no estimator improved" if part.get("target") is None else f"{part['target']:.3f}")
+        + ")\n\n"
+        "| estimator | lr | sampler | queries to target | seconds to target | best reward | final | held-out (base) "
+        "| SVC: prompted / eight | s per step |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    )
     lines = []
-    for label, t in sorted(part["table"].items(), key=lambda kv: (not kv[1]["reached"], kv[1].get("queries", 0), -kv[1]["best"])):
-        reach = (f"{t['queries']:.0f} | {t['seconds']:.1f}" if t["reached"] else "not reached | -")
-        lines.append(f"| {label} | {t['lr']:g} | {t['sampler']} | {reach} | {t['best']:.3f} | {t['final']:.3f} | "
-                     f"{t['held_out']:.3f} ({t['held_out_base']:.3f}) | {t['svc_prompted']:.1f} / {t['svc_eight']:.1f} of "
-                     f"{t['svc_of']} | {t['step_seconds']:.2f} |")
-    skipped = [f"| {label} | skipped: {row['skipped'].splitlines()[0][:160]} |" for label, row in part["rows"].items()
-               if "skipped" in row]
+    for label, t in sorted(
+        part["table"].items(), key=lambda kv: (not kv[1]["reached"], kv[1].get("queries", 0), -kv[1]["best"])
+    ):
+        reach = f"{t['queries']:.0f} | {t['seconds']:.1f}" if t["reached"] else "not reached | -"
+        lines.append(
+            f"| {label} | {t['lr']:g} | {t['sampler']} | {reach} | {t['best']:.3f} | {t['final']:.3f} | "
+            f"{t['held_out']:.3f} ({t['held_out_base']:.3f}) | {t['svc_prompted']:.1f} / {t['svc_eight']:.1f} of "
+            f"{t['svc_of']} | {t['step_seconds']:.2f} |"
+        )
+    skipped = [
+        f"| {label} | skipped: {row['skipped'].splitlines()[0][:160]} |"
+        for label, row in part["rows"].items()
+        if "skipped" in row
+    ]
     return head + "\n".join(lines + skipped) + "\n"
 
 
@@ -330,15 +378,40 @@ def plot(result: dict, path_stem: str) -> None:
                 ax.set_title(f"{model}, {task} (dotted: common target)", fontsize=10)
                 ax.grid(alpha=0.3)
             axes[row][0].legend(fontsize=7, ncol=2)
-        fig.suptitle(f"leaderboard: {s['sampler_steps']} sampler steps, {s['budget']} reward queries per run, "
-                     f"{len(s['seeds'])} seeds at each estimator's best lr of {s['lrs']} (line: mean, band: min-max)", fontsize=10)
+        fig.suptitle(
+            f"leaderboard: {s['sampler_steps']} sampler steps, {s['budget']} reward queries per run, "
+            f"{len(s['seeds'])} seeds at each estimator's best lr of {s['lrs']} (line: mean, band: min-max)",
+            fontsize=10,
+        )
         fig.tight_layout()
         fig.savefig(f"{path_stem}_{task}.png", dpi=90)
         plt.close(fig)
 
 
-QUICK = ["--models", "digits-flow", "--sampler-steps", "2", "--budget", "1", "--evals", "1", "--lrs", "1e-2", "--seeds", "0", "--batch", "1",
-         "--rl-batch", "2", "--group-size", "2", "--judge-n", "1", "--cost-rounds", "0"]
+QUICK = [
+    "--models",
+    "digits-flow",
+    "--sampler-steps",
+    "2",
+    "--budget",
+    "1",
+    "--evals",
+    "1",
+    "--lrs",
+    "1e-2",
+    "--seeds",
+    "0",
+    "--batch",
+    "1",
+    "--rl-batch",
+    "2",
+    "--group-size",
+    "2",
+    "--judge-n",
+    "1",
+    "--cost-rounds",
+    "0",
+]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -354,9 +427,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch", type=int, default=2, help="images per step of the gradient estimators")
     ap.add_argument("--rl-batch", type=int, default=4, help="images per step of the policy-gradient estimators")
-    ap.add_argument("--group-size", type=int, default=2, help="G of the group estimators (rl-batch / G prompts per step)")
+    ap.add_argument(
+        "--group-size", type=int, default=2, help="G of the group estimators (rl-batch / G prompts per step)"
+    )
     ap.add_argument("--judge-n", type=int, default=2, help="final samples per prompt the SVC judges")
-    ap.add_argument("--cost-rounds", type=int, default=2, help="interleaved rounds timing one step of each estimator (0: each run's own steps)")
+    ap.add_argument(
+        "--cost-rounds",
+        type=int,
+        default=2,
+        help="interleaved rounds timing one step of each estimator (0: each run's own steps)",
+    )
     ap.add_argument("--out", default=str(RESULTS / "leaderboard"), help="path stem of the .json and .png files")
     ap.add_argument("--combine", nargs="+", metavar="JSON", help="only merge the results of earlier runs into --out")
     args = list(argv) if argv is not None else sys.argv[1:]
@@ -393,8 +473,12 @@ def main(argv: list[str] | None = None) -> dict:
 def combine(paths: list[str], out: str) -> dict:
     """One result (tables and plots) from runs of separate models (e.g. one process per model)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    result = {"settings": parts[0]["settings"], "tasks": {}, "wall_seconds": {p: r["wall_seconds"] for p, r in zip(paths, parts)},
-              "machine": parts[-1]["machine"]}
+    result = {
+        "settings": parts[0]["settings"],
+        "tasks": {},
+        "wall_seconds": {p: r["wall_seconds"] for p, r in zip(paths, parts)},
+        "machine": parts[-1]["machine"],
+    }
     for r in parts:  # rows of one (task, model) split over processes (--only) are joined, the target recomputed
         for task, per_model in r["tasks"].items():
             for model, part in per_model.items():

@@ -73,7 +73,7 @@ def import_trl():
             "(or `pip install -r benchmarks/requirements-peer.txt` in a separate environment)."
         )
     if trl.__version__ != "0.23.1":
-        warnings.warn(f"peer_trl.py was written against TRL 0.23.1; found {trl.__version__}")
+        warnings.warn(f"peer_trl.py was written against TRL 0.23.1; found {trl.__version__}", stacklevel=2)
     return AlignPropConfig, AlignPropTrainer, DefaultDDPOStableDiffusionPipeline
 
 
@@ -108,10 +108,18 @@ def make_trl(model_dir: Path, a, truncation: str, reward: RecordingReward):
     with contextlib.redirect_stderr(io.StringIO()):
         pipe = Pipeline(str(model_dir), use_lora=True)
     cfg = AlignPropConfig(
-        mixed_precision="no", seed=a.seed, log_with=None, save_freq=10**9, num_epochs=10**9,
+        mixed_precision="no",
+        seed=a.seed,
+        log_with=None,
+        save_freq=10**9,
+        num_epochs=10**9,
         project_kwargs={"project_dir": tempfile.mkdtemp(prefix="trl-")},
-        sample_num_steps=a.steps, sample_guidance_scale=a.guidance, sample_eta=a.eta,
-        train_batch_size=a.batch, train_learning_rate=a.lr, train_max_grad_norm=1.0,
+        sample_num_steps=a.steps,
+        sample_guidance_scale=a.guidance,
+        sample_eta=a.eta,
+        train_batch_size=a.batch,
+        train_learning_rate=a.lr,
+        train_max_grad_norm=1.0,
         truncated_backprop_rand=(truncation == "random"),
         truncated_backprop_timestep=a.steps - 1,
         truncated_rand_backprop_minmax=(0, a.steps),
@@ -141,8 +149,15 @@ def make_ours(model_dir: Path, a, estimator: dict, reward: RecordingReward):
         "estimator": estimator,
         "reward": {"name": "jpeg-compressibility", "quality": 50},
         "prompts": {"items": PROMPTS},
-        "train": {"steps": 10**6, "batch_size": a.batch, "lr": a.lr, "weight_decay": 1e-4,
-                  "grad_clip": 1.0, "seed": a.seed, "mixed_precision": "no"},
+        "train": {
+            "steps": 10**6,
+            "batch_size": a.batch,
+            "lr": a.lr,
+            "weight_decay": 1e-4,
+            "grad_clip": 1.0,
+            "seed": a.seed,
+            "mixed_precision": "no",
+        },
     }
     folder = Path(tempfile.mkdtemp(prefix="draft-peer-"))
     (folder / "config.yaml").write_text(yaml.safe_dump(raw))
@@ -200,8 +215,11 @@ def memory_probe(model_dir: Path, a, side: str, truncation: str) -> dict:
     from benchlib import peak_memory
 
     reward = RecordingReward()
-    step = make_trl(model_dir, a, truncation, reward) if side == "trl" else make_ours(
-        model_dir, a, ours_estimator(truncation, a.steps), reward)
+    step = (
+        make_trl(model_dir, a, truncation, reward)
+        if side == "trl"
+        else make_ours(model_dir, a, ours_estimator(truncation, a.steps), reward)
+    )
     step()  # warm-up: lazily built state on both sides
     torch.manual_seed(a.seed)  # TRL's random truncation: the same draw for the measured step
     import random
@@ -211,9 +229,28 @@ def memory_probe(model_dir: Path, a, side: str, truncation: str) -> dict:
 
 
 def memory_in_subprocess(model_dir: Path, a, side: str, truncation: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", side, "--truncation", truncation,
-           "--model-dir", str(model_dir), "--steps", str(a.steps), "--batch", str(a.batch),
-           "--guidance", str(a.guidance), "--eta", str(a.eta), "--lr", str(a.lr), "--seed", str(a.seed)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--memory-probe",
+        side,
+        "--truncation",
+        truncation,
+        "--model-dir",
+        str(model_dir),
+        "--steps",
+        str(a.steps),
+        "--batch",
+        str(a.batch),
+        "--guidance",
+        str(a.guidance),
+        "--eta",
+        str(a.eta),
+        "--lr",
+        str(a.lr),
+        "--seed",
+        str(a.seed),
+    ]
     from benchlib import MMAP_ENV  # large allocations returned when freed: the peak tracks live tensors
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **MMAP_ENV})
@@ -223,7 +260,7 @@ def memory_in_subprocess(model_dir: Path, a, side: str, truncation: str) -> dict
 
 
 def smooth(values: list[float], w: int) -> list[float]:
-    return [statistics.fmean(values[max(0, i - w + 1): i + 1]) for i in range(len(values))]
+    return [statistics.fmean(values[max(0, i - w + 1) : i + 1]) for i in range(len(values))]
 
 
 def reach(means: dict[str, list[float]], seconds: dict[str, list[float]], level_frac: float, window: int) -> dict:
@@ -244,8 +281,11 @@ def reach(means: dict[str, list[float]], seconds: dict[str, list[float]], level_
     out["level"] = level = start + level_frac * max(gains.values())
     for n, c in curves.items():
         hit = next((i for i, v in enumerate(c) if v >= level), None)
-        out[n] = {"reached": hit is not None, "steps_to_level": None if hit is None else hit + 1,
-                  "seconds_to_level": sum(seconds[n] if hit is None else seconds[n][: hit + 1])}
+        out[n] = {
+            "reached": hit is not None,
+            "steps_to_level": None if hit is None else hit + 1,
+            "seconds_to_level": sum(seconds[n] if hit is None else seconds[n][: hit + 1]),
+        }
     ref, other = list(means)
     if out[ref]["reached"]:
         out["ratio"] = out[other]["seconds_to_level"] / out[ref]["seconds_to_level"]
@@ -253,25 +293,33 @@ def reach(means: dict[str, list[float]], seconds: dict[str, list[float]], level_
     return out
 
 
-TTR_OURS = {"draft-lv": lambda steps: {"name": "draft-lv", "n": 2},
-            "draft-k-range": lambda steps: {"name": "draft-k", "k_range": [1, steps]}}
+TTR_OURS = {
+    "draft-lv": lambda steps: {"name": "draft-lv", "n": 2},
+    "draft-k-range": lambda steps: {"name": "draft-k", "k_range": [1, steps]},
+}
 
 
 def time_to_reward(model_dir: Path, a) -> dict:
     """TRL (random truncation) against ours (draft-lv n=2 by default), alternating steps."""
     r_trl, r_ours = RecordingReward(), RecordingReward()
-    steps = {"trl": make_trl(model_dir, a, "random", r_trl),
-             "ours": make_ours(model_dir, a, TTR_OURS[a.ttr_ours](a.steps), r_ours)}
+    steps = {
+        "trl": make_trl(model_dir, a, "random", r_trl),
+        "ours": make_ours(model_dir, a, TTR_OURS[a.ttr_ours](a.steps), r_ours),
+    }
     seconds = {n: [] for n in steps}
     for i in range(a.ttr_max):
-        for n in (["trl", "ours"] if i % 2 == 0 else ["ours", "trl"]):
+        for n in ["trl", "ours"] if i % 2 == 0 else ["ours", "trl"]:
             t0 = time.perf_counter()
             steps[n]()
             seconds[n].append(time.perf_counter() - t0)
     means = {"trl": r_trl.means, "ours": r_ours.means}
     out = reach(means, seconds, a.level, a.smooth)
-    out.update(steps=a.ttr_max, ours=dict(out.get("ours", {}), estimator=TTR_OURS[a.ttr_ours](a.steps)),
-               reward_means=means, seconds=seconds)
+    out.update(
+        steps=a.ttr_max,
+        ours=dict(out.get("ours", {}), estimator=TTR_OURS[a.ttr_ours](a.steps)),
+        reward_means=means,
+        seconds=seconds,
+    )
     return out
 
 
@@ -285,14 +333,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per comparison (after one warm-up)")
     ap.add_argument("--no-random", action="store_true", help="skip the random-truncation time per step")
-    ap.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=True,
-                    help="draft's K for the timed random-truncation rounds: stratified over [1, T] (default) or its own draws")
+    ap.add_argument(
+        "--stratify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draft's K for the timed random-truncation rounds: stratified over [1, T] (default) or its own draws",
+    )
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--ttr-steps", type=int, default=20, help="DDIM steps for the time-to-reward runs (default 20)")
     ap.add_argument("--ttr-max", type=int, default=40, help="training steps per side for time to reward (0: skip)")
     ap.add_argument("--ttr-lr", type=float, default=1e-2, help="learning rate of both sides for time to reward")
-    ap.add_argument("--ttr-ours", choices=sorted(TTR_OURS), default="draft-lv",
-                    help="our side of the time to reward: draft-lv (n=2, default) or draft-k-range (k_range [1, T], AlignProp's kind)")
+    ap.add_argument(
+        "--ttr-ours",
+        choices=sorted(TTR_OURS),
+        default="draft-lv",
+        help="our side of the time to reward: draft-lv (n=2, default) or draft-k-range (k_range [1, T], AlignProp's kind)",
+    )
     ap.add_argument("--no-step-time", action="store_true", help="only the time to reward")
     ap.add_argument("--level", type=float, default=0.5, help="target: start + LEVEL x the smaller best gain")
     ap.add_argument("--smooth", type=int, default=5, help="moving-average window of the reward curve, in steps")
@@ -314,30 +370,44 @@ def main(argv: list[str] | None = None) -> dict:
     model_dir = write_model(Path(tempfile.mkdtemp(prefix="tiny-random-")))
     result: dict = {"settings": {k: v for k, v in vars(a).items() if k not in ("out", "model_dir", "memory_probe")}}
     print(f"tiny-random, {a.steps} DDIM steps (eta {a.eta}), CFG {a.guidance}, batch {a.batch}, float32, 1 thread")
-    for trunc in ([] if a.no_step_time else ["fixed"] + ([] if a.no_random else ["random"])):
-        steps = {"trl": make_trl(model_dir, a, trunc, RecordingReward()),
-                 "ours": make_ours(model_dir, a, ours_estimator(trunc, a.steps), RecordingReward())}
+    for trunc in [] if a.no_step_time else ["fixed"] + ([] if a.no_random else ["random"]):
+        steps = {
+            "trl": make_trl(model_dir, a, trunc, RecordingReward()),
+            "ours": make_ours(model_dir, a, ours_estimator(trunc, a.steps), RecordingReward()),
+        }
         # K=1 steps all cost the same: the median. Random truncation: the mean, i.e. the expected cost.
         stat = "median" if trunc == "fixed" else "mean"
         if trunc == "random" and a.stratify:
             # the warm-up round draws its own K; the timed rounds take the stratified ones
             stratify(steps["ours"], [None] + stratified_ks(1, a.steps, a.rounds, a.seed), steps["ours"].estimator)
         times = alternate(steps, a.rounds)
-        row = {n: {"seconds": ts, "median": statistics.median(ts), "mean": statistics.fmean(ts)} for n, ts in times.items()}
+        row = {
+            n: {"seconds": ts, "median": statistics.median(ts), "mean": statistics.fmean(ts)} for n, ts in times.items()
+        }
         if getattr(steps["ours"], "ks", None):
             row["ours"]["k_draws"] = steps["ours"].ks[1:]
         row["statistic"] = stat
         row["ratio_ours_to_trl"] = row["ours"][stat] / row["trl"][stat]
-        label = "K=1" if trunc == "fixed" else (f"random truncation (TRL (0,{a.steps}) / draft-k k_range [1,{a.steps}]"
-                                                  f"{', stratified K' if a.stratify else ''})")
-        print(f"  time per step, {label}: TRL {row['trl'][stat]:.3f} s, draft {row['ours'][stat]:.3f} s ({stat}), "
-              f"ratio {row['ratio_ours_to_trl']:.2f}")
+        label = (
+            "K=1"
+            if trunc == "fixed"
+            else (
+                f"random truncation (TRL (0,{a.steps}) / draft-k k_range [1,{a.steps}]"
+                f"{', stratified K' if a.stratify else ''})"
+            )
+        )
+        print(
+            f"  time per step, {label}: TRL {row['trl'][stat]:.3f} s, draft {row['ours'][stat]:.3f} s ({stat}), "
+            f"ratio {row['ratio_ours_to_trl']:.2f}"
+        )
         if not a.no_memory:
             for n in ("trl", "ours"):
                 row[n]["peak_mib"] = memory_in_subprocess(model_dir, a, n, trunc)["peak_mib"]
             row["memory_ratio_ours_to_trl"] = row["ours"]["peak_mib"] / row["trl"]["peak_mib"]
-            print(f"  peak memory, {label}: TRL {row['trl']['peak_mib']:.1f} MiB, draft {row['ours']['peak_mib']:.1f} MiB, "
-                  f"ratio {row['memory_ratio_ours_to_trl']:.2f}")
+            print(
+                f"  peak memory, {label}: TRL {row['trl']['peak_mib']:.1f} MiB, draft {row['ours']['peak_mib']:.1f} MiB, "
+                f"ratio {row['memory_ratio_ours_to_trl']:.2f}"
+            )
         result[f"time_per_step_{trunc}"] = row
     if a.ttr_max:
         ttr_args = argparse.Namespace(**{**vars(a), "steps": a.ttr_steps, "lr": a.ttr_lr})
@@ -348,8 +418,14 @@ def main(argv: list[str] | None = None) -> dict:
         for n, label in (("trl", "TRL"), ("ours", a.ttr_ours)):
             if n in ttr:
                 row = ttr[n]
-                print(f"    {label}: " + (f"{row['seconds_to_level']:.1f} s ({row['steps_to_level']} steps)" if row["reached"]
-                                          else f"not reached in {a.ttr_max} steps ({row['seconds_to_level']:.1f} s)"))
+                print(
+                    f"    {label}: "
+                    + (
+                        f"{row['seconds_to_level']:.1f} s ({row['steps_to_level']} steps)"
+                        if row["reached"]
+                        else f"not reached in {a.ttr_max} steps ({row['seconds_to_level']:.1f} s)"
+                    )
+                )
         if "ratio" in ttr:
             print(f"    ratio ours/TRL {'>= ' if ttr['ratio_is_bound'] else ''}{ttr['ratio']:.2f}")
     from benchlib import write_json

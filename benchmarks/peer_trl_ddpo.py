@@ -44,7 +44,6 @@ import warnings
 from pathlib import Path
 
 import torch
-
 from peer_trl import PROMPTS, RecordingReward, alternate, make_ours, write_model
 
 SIDES = ("trl", "draft ckpt", "draft no-ckpt")
@@ -61,7 +60,7 @@ def import_ddpo():
             "  PYTHONPATH=/some/dir:$PYTHONPATH python benchmarks/peer_trl_ddpo.py"
         )
     if trl.__version__ != "0.23.1":
-        warnings.warn(f"peer_trl_ddpo.py was written against TRL 0.23.1; found {trl.__version__}")
+        warnings.warn(f"peer_trl_ddpo.py was written against TRL 0.23.1; found {trl.__version__}", stacklevel=2)
     return DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 
 
@@ -74,13 +73,27 @@ def make_trl_ddpo(model_dir: Path, a, reward: RecordingReward):
     with contextlib.redirect_stderr(io.StringIO()):
         pipe = Pipeline(str(model_dir), use_lora=True)
     cfg = DDPOConfig(
-        mixed_precision="no", seed=a.seed, log_with=None, save_freq=10**9, num_epochs=10**9,
+        mixed_precision="no",
+        seed=a.seed,
+        log_with=None,
+        save_freq=10**9,
+        num_epochs=10**9,
         project_kwargs={"project_dir": tempfile.mkdtemp(prefix="trl-ddpo-")},
-        sample_num_steps=a.steps, sample_guidance_scale=a.guidance, sample_eta=1.0,
-        sample_batch_size=a.batch, sample_num_batches_per_epoch=1, train_batch_size=a.batch,
-        train_gradient_accumulation_steps=1, train_learning_rate=a.lr, train_max_grad_norm=1.0,
-        train_num_inner_epochs=1, train_timestep_fraction=1.0, train_cfg=True,
-        train_clip_range=1e-4, train_adv_clip_max=5.0, per_prompt_stat_tracking=False,
+        sample_num_steps=a.steps,
+        sample_guidance_scale=a.guidance,
+        sample_eta=1.0,
+        sample_batch_size=a.batch,
+        sample_num_batches_per_epoch=1,
+        train_batch_size=a.batch,
+        train_gradient_accumulation_steps=1,
+        train_learning_rate=a.lr,
+        train_max_grad_norm=1.0,
+        train_num_inner_epochs=1,
+        train_timestep_fraction=1.0,
+        train_cfg=True,
+        train_clip_range=1e-4,
+        train_adv_clip_max=5.0,
+        per_prompt_stat_tracking=False,
     )
     rng = torch.Generator().manual_seed(a.seed)
 
@@ -110,8 +123,16 @@ def make_trl_ddpo(model_dir: Path, a, reward: RecordingReward):
 
 
 def ours_estimator(checkpoint: bool) -> dict:
-    return {"name": "ddpo", "clip_range": 1e-4, "adv_clip_max": 5.0, "timestep_fraction": 1.0, "inner_epochs": 1,
-            "minibatches": 1, "per_prompt_stat_tracking": False, "checkpoint": checkpoint}
+    return {
+        "name": "ddpo",
+        "clip_range": 1e-4,
+        "adv_clip_max": 5.0,
+        "timestep_fraction": 1.0,
+        "inner_epochs": 1,
+        "minibatches": 1,
+        "per_prompt_stat_tracking": False,
+        "checkpoint": checkpoint,
+    }
 
 
 def make_side(model_dir: Path, a, side: str, reward: RecordingReward):
@@ -130,9 +151,24 @@ def memory_probe(model_dir: Path, a, side: str) -> dict:
 
 
 def memory_in_subprocess(model_dir: Path, a, side: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", side, "--model-dir", str(model_dir),
-           "--steps", str(a.steps), "--batch", str(a.batch), "--guidance", str(a.guidance), "--lr", str(a.lr),
-           "--seed", str(a.seed)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--memory-probe",
+        side,
+        "--model-dir",
+        str(model_dir),
+        "--steps",
+        str(a.steps),
+        "--batch",
+        str(a.batch),
+        "--guidance",
+        str(a.guidance),
+        "--lr",
+        str(a.lr),
+        "--seed",
+        str(a.seed),
+    ]
     from benchlib import MMAP_ENV  # large allocations returned when freed: the peak tracks live tensors
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **MMAP_ENV})
@@ -181,9 +217,16 @@ def main(argv: list[str] | None = None) -> dict:
                 result[side]["memory_ratio_to_trl"] = result[side]["peak_mib"] / result["trl"]["peak_mib"]
     for side in a.sides:
         row = result[side]
-        print(f"  {side:14s} {row['median']:.3f} s per step" + (f" (ratio to TRL {row['ratio_to_trl']:.2f})" if "ratio_to_trl" in row else "")
-              + ("" if a.no_memory else f", peak {row['peak_mib']:.1f} MiB"
-                 + (f" (ratio {row['memory_ratio_to_trl']:.2f})" if "memory_ratio_to_trl" in row else "")))
+        print(
+            f"  {side:14s} {row['median']:.3f} s per step"
+            + (f" (ratio to TRL {row['ratio_to_trl']:.2f})" if "ratio_to_trl" in row else "")
+            + (
+                ""
+                if a.no_memory
+                else f", peak {row['peak_mib']:.1f} MiB"
+                + (f" (ratio {row['memory_ratio_to_trl']:.2f})" if "memory_ratio_to_trl" in row else "")
+            )
+        )
     from benchlib import write_json
 
     write_json(a.out, result)
@@ -199,7 +242,7 @@ def alternate_all(steps: dict, rounds: int) -> dict[str, list[float]]:
     names = list(steps)
     times = {n: [] for n in names}
     for r in range(1 + rounds):
-        for n in names[r % len(names):] + names[: r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             steps[n]()
             if r:

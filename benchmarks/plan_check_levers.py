@@ -26,14 +26,21 @@ import time
 from pathlib import Path
 
 import torch
-
 from benchlib import write_json
 
 MiB = 2**20
-SMALL_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "patch_size": 8, "head_width": 32},
-              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
-NONE = ["train.checkpoint_denoiser=false", "train.checkpoint_decode=false", "train.checkpoint_reward=false",
-        "model.quantize=none", "model.offload_text_encoders=false"]
+SMALL_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+NONE = [
+    "train.checkpoint_denoiser=false",
+    "train.checkpoint_decode=false",
+    "train.checkpoint_reward=false",
+    "model.quantize=none",
+    "model.offload_text_encoders=false",
+]
 CHECKPOINTING = ["train.checkpoint_denoiser=blocks", "train.checkpoint_decode=true", "train.checkpoint_reward=true"]
 SETTINGS = {
     "none": NONE,
@@ -45,18 +52,33 @@ SETTINGS = {
     "encoders off": NONE + ["model.offload_text_encoders=true"],
     "all": NONE + CHECKPOINTING + ["model.quantize=int8", "model.offload_text_encoders=true"],
 }
-FAMILY_SAMPLER = {"tiny-random": ("ddim", 7.5), "tiny-random-sdxl": ("ddim", 7.5), "tiny-random-sd3": ("euler", 7.5),
-                  "tiny-random-flux": ("euler", 3.5)}
+FAMILY_SAMPLER = {
+    "tiny-random": ("ddim", 7.5),
+    "tiny-random-sdxl": ("ddim", 7.5),
+    "tiny-random-sd3": ("euler", 7.5),
+    "tiny-random-flux": ("euler", 3.5),
+}
 
 
 def config_of(model: str, setting: str):
     from draft_core.config import load_config
 
     sampler, g = FAMILY_SAMPLER[model]
-    return load_config(None, [f"model.name={model}", f"sampler.name={sampler}", "sampler.steps=2", f"sampler.guidance_scale={g}",
-                              "train.batch_size=2", "lora.rank=4", "prompts.items=[a cat, a dog]",
-                              'estimator={"name": "draft-k", "k": 1}',
-                              f"reward={json.dumps({'name': 'hpsv2', 'arch': SMALL_CLIP})}", *SETTINGS[setting]])
+    return load_config(
+        None,
+        [
+            f"model.name={model}",
+            f"sampler.name={sampler}",
+            "sampler.steps=2",
+            f"sampler.guidance_scale={g}",
+            "train.batch_size=2",
+            "lora.rank=4",
+            "prompts.items=[a cat, a dog]",
+            'estimator={"name": "draft-k", "k": 1}',
+            f"reward={json.dumps({'name': 'hpsv2', 'arch': SMALL_CLIP})}",
+            *SETTINGS[setting],
+        ],
+    )
 
 
 @contextlib.contextmanager
@@ -81,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     rows = {}
-    print(f"{'model':18s} {'setting':16s} {'predicted':>9s} {'measured':>9s} {'ratio':>6s} {'activations':>11s} {'FLOP ratio':>10s}")
+    print(
+        f"{'model':18s} {'setting':16s} {'predicted':>9s} {'measured':>9s} {'ratio':>6s} {'activations':>11s} {'FLOP ratio':>10s}"
+    )
     for model in a.models:
         for setting in a.settings:
             t0 = time.perf_counter()
@@ -90,12 +114,20 @@ def main(argv: list[str] | None = None) -> dict:
             with encoders_home("meta" if config.model.offload_text_encoders in (True, "true") else "cpu"):
                 m = measure_step(config, "cpu", random_rewards=True)
             r = rows[f"{model} | {setting}"] = {
-                "predicted_mib": p.peak / MiB, "measured_mib": m.peak / MiB, "ratio": p.peak / m.peak,
+                "predicted_mib": p.peak / MiB,
+                "measured_mib": m.peak / MiB,
+                "ratio": p.peak / m.peak,
                 "predicted_activations_mib": p.breakdown["activations"] / MiB,
                 "measured_activations_mib": m.breakdown["activations"] / MiB,
-                "flops_ratio": p.flops / m.flops, "cost_ratio": p.cost_ratio, "seconds": time.perf_counter() - t0}
-            print(f"{model:18s} {setting:16s} {r['predicted_mib']:9.2f} {r['measured_mib']:9.2f} {r['ratio']:6.3f} "
-                  f"{r['predicted_activations_mib']:11.2f} {r['flops_ratio']:10.3f}", flush=True)
+                "flops_ratio": p.flops / m.flops,
+                "cost_ratio": p.cost_ratio,
+                "seconds": time.perf_counter() - t0,
+            }
+            print(
+                f"{model:18s} {setting:16s} {r['predicted_mib']:9.2f} {r['measured_mib']:9.2f} {r['ratio']:6.3f} "
+                f"{r['predicted_activations_mib']:11.2f} {r['flops_ratio']:10.3f}",
+                flush=True,
+            )
             write_json(a.out, {"rows": rows})
     return rows
 

@@ -24,10 +24,20 @@ from pathlib import Path
 from benchlib import write_json
 
 GiB = 2**30
-DRAFT_1 = ['estimator={"name": "draft-k", "k": 1}', "reward.name=hpsv2", "lora.rank=32", "model.dtype=bfloat16",
-           "train.checkpoint_decode=auto", "train.checkpoint_reward=auto"]
-OFF = ["train.checkpoint_denoiser=false", "model.offload_text_encoders=false",
-       "train.checkpoint_decode=true", "train.checkpoint_reward=true"]
+DRAFT_1 = [
+    'estimator={"name": "draft-k", "k": 1}',
+    "reward.name=hpsv2",
+    "lora.rank=32",
+    "model.dtype=bfloat16",
+    "train.checkpoint_decode=auto",
+    "train.checkpoint_reward=auto",
+]
+OFF = [
+    "train.checkpoint_denoiser=false",
+    "model.offload_text_encoders=false",
+    "train.checkpoint_decode=true",
+    "train.checkpoint_reward=true",
+]
 #: label -> (family, batch, overrides, target GiB or None)
 ROWS = {
     "FLUX.1-dev, nf4 base": ("flux", 1, ["model.quantize=nf4"], 24),
@@ -42,23 +52,41 @@ ROWS = {
 
 
 def row_config(family: str, batch: int, extra: list[str]):
-    from draft_core.config import load_config
     from gpu_scale import FAMILIES
+
+    from draft_core.config import load_config
 
     s = FAMILIES[family]
     sampler = "ddim" if family in ("sd", "sdxl") else "euler"
-    return load_config(None, [f"model.name={s.name}", f"sampler.name={sampler}", f"sampler.steps={s.steps}",
-                              f"sampler.guidance_scale={s.guidance}", f"train.batch_size={batch}", *DRAFT_1, *extra])
+    return load_config(
+        None,
+        [
+            f"model.name={s.name}",
+            f"sampler.name={sampler}",
+            f"sampler.steps={s.steps}",
+            f"sampler.guidance_scale={s.guidance}",
+            f"train.batch_size={batch}",
+            *DRAFT_1,
+            *extra,
+        ],
+    )
 
 
 #: the same settings before issue 21 (the tables of docs/memory.md, traced then)
-BEFORE = {"FLUX.1-dev, bf16 base": "93.4 GiB", "SD3.5-medium": "46.6 GiB", "SDXL": "35.7 GiB", "SDXL, batch 4": "81.7 GiB",
-          "SD 1.4 512 px, DRaFT-LV n=2, batch 4": "14.9 GiB"}
+BEFORE = {
+    "FLUX.1-dev, bf16 base": "93.4 GiB",
+    "SD3.5-medium": "46.6 GiB",
+    "SDXL": "35.7 GiB",
+    "SDXL, batch 4": "81.7 GiB",
+    "SD 1.4 512 px, DRaFT-LV n=2, batch 4": "14.9 GiB",
+}
 
 
 def markdown(rows: dict) -> str:
-    lines = ["| config | before issue 21 | target | predicted peak | base weights | activations at peak | step cost / sampling (FLOPs) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| config | before issue 21 | target | predicted peak | base weights | activations at peak | step cost / sampling (FLOPs) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for label, (_, _, _, target) in ROWS.items():
         r = rows.get(label)
         if target is None and r is None:
@@ -68,8 +96,10 @@ def markdown(rows: dict) -> str:
             lines.append(f"| {label} | {BEFORE.get(label, '—')} | {aim} | not traced yet | | | |")
             continue
         ok = "" if not target else (" ✓" if r["peak_gib"] <= target else " ✗")
-        lines.append(f"| {label} | {BEFORE.get(label, '—')} | {aim} | {r['peak_gib']:.1f} GiB{ok} | {r['base_gib']:.1f} GiB | "
-                     f"{r['activations_gib']:.1f} GiB | {r['cost_ratio']:.2f}x |")
+        lines.append(
+            f"| {label} | {BEFORE.get(label, '—')} | {aim} | {r['peak_gib']:.1f} GiB{ok} | {r['base_gib']:.1f} GiB | "
+            f"{r['activations_gib']:.1f} GiB | {r['cost_ratio']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -90,13 +120,23 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         trace = plan_step(row_config(family, batch, extra), "cuda")
         old["rows"][label] = {
-            "family": family, "batch": batch, "set": extra, "target_gib": target, "peak_gib": trace.peak / GiB,
-            "base_gib": trace.breakdown["base weights"] / GiB, "activations_gib": trace.breakdown["activations"] / GiB,
-            "breakdown_bytes": trace.breakdown, "cost_ratio": trace.cost_ratio, "notes": trace.notes,
+            "family": family,
+            "batch": batch,
+            "set": extra,
+            "target_gib": target,
+            "peak_gib": trace.peak / GiB,
+            "base_gib": trace.breakdown["base weights"] / GiB,
+            "activations_gib": trace.breakdown["activations"] / GiB,
+            "breakdown_bytes": trace.breakdown,
+            "cost_ratio": trace.cost_ratio,
+            "notes": trace.notes,
             "trace_seconds": time.perf_counter() - t0,
         }
-        print(f"{label}: {trace.peak / GiB:.2f} GiB, cost {trace.cost_ratio:.2f}x ({time.perf_counter() - t0:.0f} s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"{label}: {trace.peak / GiB:.2f} GiB, cost {trace.cost_ratio:.2f}x ({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
         write_json(a.out, old)
     print(markdown(old["rows"]))
     return old

@@ -49,16 +49,29 @@ def family_settings(family: str) -> list[str]:
 
     s = FAMILIES[family]
     sampler = "ddim" if family in ("sd", "sdxl") else "euler"
-    return [f"model.name={s.name}", f"sampler.name={sampler}", f"sampler.steps={s.steps}", f"sampler.guidance_scale={s.guidance}"]
+    return [
+        f"model.name={s.name}",
+        f"sampler.name={sampler}",
+        f"sampler.steps={s.steps}",
+        f"sampler.guidance_scale={s.guidance}",
+    ]
 
 
 def row_config(case: str, reward: str, batch: int, extra: list[str] = (), family: str = "sd"):
     from draft_core.config import load_config
 
-    return load_config(None, [
-        *family_settings(family), "model.dtype=bfloat16", "lora.rank=32", f"train.batch_size={batch}", f"reward.name={reward}",
-        f"estimator={json.dumps(CASES[case])}", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            *family_settings(family),
+            "model.dtype=bfloat16",
+            "lora.rank=32",
+            f"train.batch_size={batch}",
+            f"reward.name={reward}",
+            f"estimator={json.dumps(CASES[case])}",
+            *extra,
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -76,8 +89,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--markdown", action="store_true", help="only print the table of the rows in --out")
     ap.add_argument("--family", default="sd", choices=["sd", "sdxl", "sd3", "flux"], help="sd: SD 1.4 (module doc)")
     ap.add_argument("--no-fit", action="store_true", help="no fitting proposals (module doc)")
-    ap.add_argument("--compact", nargs="+", type=Path, metavar="JSON",
-                    help="only print the compact table (docs/memory.md) of these families' rows (one JSON each)")
+    ap.add_argument(
+        "--compact",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="only print the compact table (docs/memory.md) of these families' rows (one JSON each)",
+    )
     a = ap.parse_args(argv)
     if a.compact:
         print(compact({p: json.loads(p.read_text())["rows"] for p in a.compact}))
@@ -97,30 +115,60 @@ def main(argv: list[str] | None = None) -> dict:
                 config = row_config(case, reward, batch, a.set, a.family)
                 trace = plan_step(config, "cuda")
                 before = smallest_card(trace.peak)
-                row = {"family": a.family, "set": a.set, "peak_bytes": trace.peak, "breakdown_bytes": trace.breakdown, "flops": trace.flops,
-                       "cost_ratio": trace.cost_ratio, "card_before": before, "card_after": before, "proposal": None}
+                row = {
+                    "family": a.family,
+                    "set": a.set,
+                    "peak_bytes": trace.peak,
+                    "breakdown_bytes": trace.breakdown,
+                    "flops": trace.flops,
+                    "cost_ratio": trace.cost_ratio,
+                    "card_before": before,
+                    "card_after": before,
+                    "proposal": None,
+                }
                 one = rows.get(key.replace(f"batch {batch}", "batch 1"))
                 if a.no_fit and batch > 1 and one and before != CARDS_GIB[0]:
-                    row.update(card_after=one["card_before"], proposal={
-                        "label": f"micro-batches of 1 x {batch} (the batch-1 row's peak)", "set": [
-                            "train.batch_size=1", f"train.grad_accum={batch}"], "peak_bytes": one["peak_bytes"],
-                        "cost_ratio": one["cost_ratio"]})
+                    row.update(
+                        card_after=one["card_before"],
+                        proposal={
+                            "label": f"micro-batches of 1 x {batch} (the batch-1 row's peak)",
+                            "set": ["train.batch_size=1", f"train.grad_accum={batch}"],
+                            "peak_bytes": one["peak_bytes"],
+                            "cost_ratio": one["cost_ratio"],
+                        },
+                    )
                 elif before != CARDS_GIB[0] and not a.no_fit:
-                    proposals = propose(config, CARDS_GIB[0] * GiB, "cuda",
-                                        progress=lambda m: print(f"    {m}", file=sys.stderr, flush=True))
+                    proposals = propose(
+                        config,
+                        CARDS_GIB[0] * GiB,
+                        "cuda",
+                        progress=lambda m: print(f"    {m}", file=sys.stderr, flush=True),
+                    )
                     for card in CARDS_GIB:
                         fits = rank(proposals, card * GiB)
                         if fits and fits[0].fits(card * GiB):
                             best = fits[0]
-                            row.update(card_after=card, proposal={"label": best.label, "set": best.overrides,
-                                                                  "peak_bytes": best.peak, "cost_ratio": best.trace.cost_ratio})
+                            row.update(
+                                card_after=card,
+                                proposal={
+                                    "label": best.label,
+                                    "set": best.overrides,
+                                    "peak_bytes": best.peak,
+                                    "cost_ratio": best.trace.cost_ratio,
+                                },
+                            )
                             break
-                    row["proposals"] = [{"label": p.label, "set": p.overrides, "peak_bytes": p.peak,
-                                         "cost_ratio": p.trace.cost_ratio} for p in proposals]
+                    row["proposals"] = [
+                        {"label": p.label, "set": p.overrides, "peak_bytes": p.peak, "cost_ratio": p.trace.cost_ratio}
+                        for p in proposals
+                    ]
                 row["seconds"] = time.perf_counter() - t0
                 rows[key] = row
-                print(f"{key:36s} {trace.peak / GiB:6.2f} GiB  {trace.cost_ratio:5.2f}x  card {before}  "
-                      f"after {row['card_after']}  ({row['seconds']:.0f} s)", flush=True)
+                print(
+                    f"{key:36s} {trace.peak / GiB:6.2f} GiB  {trace.cost_ratio:5.2f}x  card {before}  "
+                    f"after {row['card_after']}  ({row['seconds']:.0f} s)",
+                    flush=True,
+                )
                 write_json(a.out, {"rows": rows})
     print()
     print(markdown(rows))
@@ -141,22 +189,33 @@ def markdown(rows: dict) -> str:
     def card(c):
         return f"{c} GiB" if c else "> 80 GiB"
 
-    lines = ["| estimator | reward | batch | settings | predicted peak | weights (base + reward) | activations at peak | "
-             "step cost / sampling | smallest card | after fitting |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| estimator | reward | batch | settings | predicted peak | weights (base + reward) | activations at peak | "
+        "step cost / sampling | smallest card | after fitting |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for key, r in rows.items():
         case, reward, batch, *tag = key.split(" | ")
         b = r["breakdown_bytes"]
         after = card(r["card_after"])
         if r.get("proposal"):
-            after += f": {label(case, reward, int(batch.removeprefix('batch ')), r['proposal'], r.get('set', []), r.get('family', 'sd'))} " \
-                     f"({r['proposal']['peak_bytes'] / GiB:.1f} GiB, {r['proposal']['cost_ratio']:.2f}x)"
-        if r["card_after"] == r["card_before"] and r["card_before"] != 24 and not r.get("proposal") and "proposals" not in r:
+            after += (
+                f": {label(case, reward, int(batch.removeprefix('batch ')), r['proposal'], r.get('set', []), r.get('family', 'sd'))} "
+                f"({r['proposal']['peak_bytes'] / GiB:.1f} GiB, {r['proposal']['cost_ratio']:.2f}x)"
+            )
+        if (
+            r["card_after"] == r["card_before"]
+            and r["card_before"] != 24
+            and not r.get("proposal")
+            and "proposals" not in r
+        ):
             after = "not searched"
-        lines.append(f"| {case} | {reward} | {batch.removeprefix('batch ')} | {tag[0] if tag else 'defaults'} | "
-                     f"{r['peak_bytes'] / GiB:.1f} GiB | "
-                     f"{(b['base weights'] + b['reward weights']) / GiB:.1f} GiB | {b['activations'] / GiB:.1f} GiB | "
-                     f"{r['cost_ratio']:.2f}x | {card(r['card_before'])} | {after} |")
+        lines.append(
+            f"| {case} | {reward} | {batch.removeprefix('batch ')} | {tag[0] if tag else 'defaults'} | "
+            f"{r['peak_bytes'] / GiB:.1f} GiB | "
+            f"{(b['base weights'] + b['reward weights']) / GiB:.1f} GiB | {b['activations'] / GiB:.1f} GiB | "
+            f"{r['cost_ratio']:.2f}x | {card(r['card_before'])} | {after} |"
+        )
     return "\n".join(lines)
 
 
@@ -166,6 +225,7 @@ NAMES = {"sd": "SD 1.4 (512 px)", "sdxl": "SDXL", "sd3": "SD3.5-medium", "flux":
 def compact(tables: dict) -> str:
     """Estimators by rows, each family at batch 1 and 4 by columns: predicted peak (smallest card;
     after fitting where that differs). Missing rows (a trace that did not finish) are marked."""
+
     def card(c):
         return f"{c}" if c else "> 80"
 

@@ -26,8 +26,14 @@ from draft_core.training.components import build_components
 MODELS = ("tiny-random", "tiny-random-sdxl", "tiny-random-sd3", "tiny-random-flux", "digits", "digits-flow")
 PROMPTS = ["a handwritten digit three", "a handwritten digit seven"]
 # Each model's sampler as its quickstart (or its tests, for the tiny families) uses it.
-SAMPLERS = {"digits": "{name: ddim, steps: 20, guidance_scale: 7.5}", "digits-flow": "{name: euler, steps: 20, guidance_scale: 8.0}"}
-TINY_SAMPLER = {"sd": "{name: ddim, steps: 4, guidance_scale: 3.0}", "flow": "{name: euler, steps: 4, guidance_scale: 3.5}"}
+SAMPLERS = {
+    "digits": "{name: ddim, steps: 20, guidance_scale: 7.5}",
+    "digits-flow": "{name: euler, steps: 20, guidance_scale: 8.0}",
+}
+TINY_SAMPLER = {
+    "sd": "{name: ddim, steps: 4, guidance_scale: 3.0}",
+    "flow": "{name: euler, steps: 4, guidance_scale: 3.5}",
+}
 
 
 def linear_bytes(module: torch.nn.Module) -> int:
@@ -56,8 +62,15 @@ def build(name: str, quantize: str):
 
 def components(model):
     sampler = SAMPLERS.get(model.name) or TINY_SAMPLER["flow" if model.flow_matching else "sd"]
-    config = load_config(None, [f"model.name={model.name}", f"sampler={sampler}", "estimator={name: draft-k, k: 1}",
-                                "reward={name: ink-coverage, softness: 0.05}"])
+    config = load_config(
+        None,
+        [
+            f"model.name={model.name}",
+            f"sampler={sampler}",
+            "estimator={name: draft-k, k: 1}",
+            "reward={name: ink-coverage, softness: 0.05}",
+        ],
+    )
     return build_components(config)
 
 
@@ -69,8 +82,14 @@ def measure(name: str) -> dict:
         c = components(model)
         noise = model.make_noise(len(PROMPTS), torch.Generator().manual_seed(0))
         with torch.no_grad():
-            images = model.decode(c.sampler.sample(model, model.encode_prompts(PROMPTS), noise, generator=torch.Generator().manual_seed(1)))
-        inputs = StepInputs(model, c.sampler, c.reward, model.encode_prompts(PROMPTS), noise, torch.Generator().manual_seed(2), None)
+            images = model.decode(
+                c.sampler.sample(
+                    model, model.encode_prompts(PROMPTS), noise, generator=torch.Generator().manual_seed(1)
+                )
+            )
+        inputs = StepInputs(
+            model, c.sampler, c.reward, model.encode_prompts(PROMPTS), noise, torch.Generator().manual_seed(2), None
+        )
         loss = c.estimator(inputs).loss
         loss.backward()
         grad = torch.cat([p.grad.flatten() for p in params])
@@ -79,8 +98,10 @@ def measure(name: str) -> dict:
     (im0, g0, b0), (im1, g1, b1) = runs["none"], runs["int8"]
     diff = (im1 - im0).abs()
     out.update(
-        linear_bytes_int8=b1, storage_ratio=round(b1 / b0, 3),
-        pixel_mean_abs=float(diff.mean()), pixel_max_abs=float(diff.max()),
+        linear_bytes_int8=b1,
+        storage_ratio=round(b1 / b0, 3),
+        pixel_mean_abs=float(diff.mean()),
+        pixel_max_abs=float(diff.max()),
         grad_cosine=float(torch.nn.functional.cosine_similarity(g0, g1, dim=0)),
         grad_rel_diff=float((g1 - g0).norm() / g0.norm()),
     )
@@ -92,13 +113,17 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print("| model | linear weights plain → int8 | sample pixels: mean / max abs diff | LoRA gradient: cosine / rel. diff |")
+    print(
+        "| model | linear weights plain → int8 | sample pixels: mean / max abs diff | LoRA gradient: cosine / rel. diff |"
+    )
     print("| --- | --- | --- | --- |")
     for name in args.models.split(","):
         r = measure(name)
-        print(f"| {name} | {r['linear_bytes_plain'] / 2**20:.2f} → {r['linear_bytes_int8'] / 2**20:.2f} MiB ({r['storage_ratio']:.2f}x) "
-              f"| {r['pixel_mean_abs']:.4f} / {r['pixel_max_abs']:.3f} | {r['grad_cosine']:.4f} / {r['grad_rel_diff']:.3f} |",
-              flush=True)
+        print(
+            f"| {name} | {r['linear_bytes_plain'] / 2**20:.2f} → {r['linear_bytes_int8'] / 2**20:.2f} MiB ({r['storage_ratio']:.2f}x) "
+            f"| {r['pixel_mean_abs']:.4f} / {r['pixel_max_abs']:.3f} | {r['grad_cosine']:.4f} / {r['grad_rel_diff']:.3f} |",
+            flush=True,
+        )
         print(json.dumps(r), flush=True)
 
 

@@ -83,8 +83,14 @@ def real_vit_l() -> dict:
 
     # openai/clip-vit-large-patch14's vision tower: 24 layers, width 1024, patch 14, projection 768
     config = CLIPVisionConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-        image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        projection_dim=768,
+        hidden_act="quick_gelu",
     )
     start = time.perf_counter()
     model = CLIPVisionModelWithProjection(config).eval().requires_grad_(False)

@@ -30,25 +30,37 @@ for plugin in ("owlvit", "adversarial", "nsfw"):
 
 def build(full: bool, folder: Path) -> dict:
     import torchvision
-    from torchvision.models import ResNet50_Weights
-
     from draft_rewards_adversarial import AdversarialReward
     from draft_rewards_nsfw import NSFWReward
     from draft_rewards_owlvit import OwlViTReward
+    from torchvision.models import ResNet50_Weights
 
     torch.manual_seed(0)
     if full:
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-        from transformers import CLIPConfig, OwlViTConfig, OwlViTForObjectDetection, OwlViTProcessor
-        from transformers import OwlViTImageProcessor
+        from transformers import (
+            CLIPConfig,
+            OwlViTConfig,
+            OwlViTForObjectDetection,
+            OwlViTImageProcessor,
+            OwlViTProcessor,
+        )
 
         from draft_core.models.tokenizer import offline_clip_tokenizer
 
         OwlViTForObjectDetection(OwlViTConfig()).save_pretrained(folder / "owlvit")
         OwlViTProcessor(OwlViTImageProcessor(), offline_clip_tokenizer(16)).save_pretrained(folder / "owlvit")
-        vit_l = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                     image_size=224, patch_size=14)
-        StableDiffusionSafetyChecker(CLIPConfig(vision_config=vit_l, projection_dim=768)).save_pretrained(folder / "nsfw")
+        vit_l = dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+        )
+        StableDiffusionSafetyChecker(CLIPConfig(vision_config=vit_l, projection_dim=768)).save_pretrained(
+            folder / "nsfw"
+        )
         size = 224
     else:
         from test_nsfw import _small_checker

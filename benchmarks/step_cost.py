@@ -19,17 +19,15 @@ keeps the table. No test asserts a time.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-
-import json
-import os
-import subprocess
-from datetime import datetime, timezone
-
 from benchlib import CASES, MODELS, make_bench, minimal_draft1, ratios, time_interleaved, write_json
 
 MINIMAL = "minimal DRaFT-1"
@@ -62,8 +60,12 @@ def breakdown(bench, n: int = 2, rounds: int = 5) -> dict[str, float]:
         with torch.no_grad():
             model.decode(inputs.noise)
 
-    parts = {"lv: unet fwd+bwd of n copies": unet_copies, "lv: decode+reward fwd+bwd of n copies": decode_reward_copies,
-             "one sampling step (no grad)": one_sampling_step, "decode of the batch (no grad)": decode_batch}
+    parts = {
+        "lv: unet fwd+bwd of n copies": unet_copies,
+        "lv: decode+reward fwd+bwd of n copies": decode_reward_copies,
+        "one sampling step (no grad)": one_sampling_step,
+        "decode of the batch (no grad)": decode_batch,
+    }
     times = {k: [] for k in parts}
     for r in range(rounds + 1):
         for k, f in parts.items():
@@ -102,11 +104,15 @@ def draft1_parts(bench, rounds: int = 5) -> dict[str, float]:
         with torch.no_grad():
             bench.reward(model.decode(x), inputs.cond.prompts)
 
-    parts = {"denoiser step fwd+bwd": step_grad, "denoiser step fwd": step_plain,
-             "decode+reward fwd+bwd": decode_reward_grad, "decode+reward fwd": decode_reward_plain}
+    parts = {
+        "denoiser step fwd+bwd": step_grad,
+        "denoiser step fwd": step_plain,
+        "decode+reward fwd+bwd": decode_reward_grad,
+        "decode+reward fwd": decode_reward_plain,
+    }
     times: dict[str, list[float]] = {k: [] for k in parts}
     for r in range(rounds + 1):
-        for k, f in (list(parts.items()) if r % 2 else list(parts.items())[::-1]):
+        for k, f in list(parts.items()) if r % 2 else list(parts.items())[::-1]:
             t0 = time.perf_counter()
             f()
             if r:
@@ -123,6 +129,7 @@ def checkpoint_cost(bench, cases: list[str], rounds: int) -> dict[str, list[floa
     for case in cases:
         estimator = bench.estimator(case)
         for mode, label in (("auto", "auto"), (False, "off")):
+
             def run(seed, estimator=estimator, mode=mode):
                 bench.model.checkpoint_decode = bench.checkpoint_reward = mode
                 return bench.train_step(estimator, seed)
@@ -139,16 +146,32 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES), metavar="CASE",
-                    help=f"cases to time (default: {DEFAULT_CASES}); 'sampling' is always included")
+    ap.add_argument(
+        "--cases",
+        nargs="+",
+        default=DEFAULT_CASES,
+        choices=list(CASES),
+        metavar="CASE",
+        help=f"cases to time (default: {DEFAULT_CASES}); 'sampling' is always included",
+    )
     ap.add_argument("--breakdown", action="store_true", help="also time the pieces DRaFT-LV (n=2) adds to DRaFT-1")
-    ap.add_argument("--draft1-parts", action="store_true",
-                    help="also time what DRaFT-1 adds to sampling: the denoiser's backward against the decode's and reward's")
-    ap.add_argument("--checkpoint-cost", action="store_true",
-                    help="also time each training case with the decode and reward checkpointed (the default) and not")
+    ap.add_argument(
+        "--draft1-parts",
+        action="store_true",
+        help="also time what DRaFT-1 adds to sampling: the denoiser's backward against the decode's and reward's",
+    )
+    ap.add_argument(
+        "--checkpoint-cost",
+        action="store_true",
+        help="also time each training case with the decode and reward checkpointed (the default) and not",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write the times and ratios as JSON here")
-    ap.add_argument("--history", type=Path, default=None,
-                    help="append the guard's ratio (draft-k K=1 / minimal DRaFT-1) to this JSON-lines file")
+    ap.add_argument(
+        "--history",
+        type=Path,
+        default=None,
+        help="append the guard's ratio (draft-k K=1 / minimal DRaFT-1) to this JSON-lines file",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cases = ["sampling"] + [c for c in args.cases if c != "sampling"]
@@ -161,17 +184,27 @@ def main(argv: list[str] | None = None) -> dict:
     load = os.getloadavg()[0]
     times = time_interleaved(bench, cases, args.rounds, runners=runners)
     rel = ratios(times)
-    print(f"{args.model}, {args.steps} {bench.sampler_name} steps, guidance {bench.sampler.guidance_scale}, batch {args.batch}, "
-          f"{torch.get_num_threads()} thread, "
-          f"{args.rounds} rounds (+1 warm-up)")
+    print(
+        f"{args.model}, {args.steps} {bench.sampler_name} steps, guidance {bench.sampler.guidance_scale}, batch {args.batch}, "
+        f"{torch.get_num_threads()} thread, "
+        f"{args.rounds} rounds (+1 warm-up)"
+    )
     for case in cases:
         print(f"  {case:20s} {statistics.median(times[case]):7.3f} s   {rel[case]:5.2f}x sampling")
     guard = rel["draft-k K=1"] / rel[MINIMAL]
     print(f"  guard: draft-k K=1 / {MINIMAL} = {guard:.3f} (load {load:.1f} -> {os.getloadavg()[0]:.1f})")
     if "draft-lv n=2" in rel:
         print(f"  draft-lv n=2 / draft-k K=1: {rel['draft-lv n=2'] / rel['draft-k K=1']:.2f}")
-    result = {"model": args.model, "family": bench.model.family, "sampler": bench.sampler_name, "steps": args.steps, "batch": args.batch, "rounds": args.rounds,
-              "seconds": times, "ratio_to_sampling": rel}
+    result = {
+        "model": args.model,
+        "family": bench.model.family,
+        "sampler": bench.sampler_name,
+        "steps": args.steps,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "seconds": times,
+        "ratio_to_sampling": rel,
+    }
     if args.breakdown:
         result["lv_breakdown_seconds"] = parts = breakdown(bench)
         sampling = statistics.median(times["sampling"])
@@ -184,7 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
         dec = parts["decode+reward fwd+bwd"] - parts["decode+reward fwd"]
         for k, v in parts.items():
             print(f"  {k:40s} {v:7.3f} s   {v / sampling:5.3f}x sampling")
-        print(f"  DRaFT-1 over sampling: denoiser's backward {den / sampling:+.3f}x, decode's and reward's {dec / sampling:+.3f}x")
+        print(
+            f"  DRaFT-1 over sampling: denoiser's backward {den / sampling:+.3f}x, decode's and reward's {dec / sampling:+.3f}x"
+        )
         result["draft1_added"] = {"denoiser": den / sampling, "decode_reward": dec / sampling}
     if args.checkpoint_cost:
         trained = [c for c in cases if c not in ("sampling", MINIMAL)]
@@ -203,14 +238,27 @@ def main(argv: list[str] | None = None) -> dict:
 def append_history(path: Path, args, bench, guard: float, rel: dict[str, float], load: float) -> None:
     """One JSON line: when, which commit, the setting, the guard's ratio and DRaFT-1 / sampling."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         commit = None
-    row = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "commit": commit, "model": args.model,
-           "steps": args.steps, "batch": args.batch, "rounds": args.rounds, "load_start": round(load, 1),
-           "load_end": round(os.getloadavg()[0], 1), "draft1_over_minimal": round(guard, 4),
-           "draft1_over_sampling": round(rel["draft-k K=1"], 4), "minimal_over_sampling": round(rel[MINIMAL], 4)}
+    row = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "commit": commit,
+        "model": args.model,
+        "steps": args.steps,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "load_start": round(load, 1),
+        "load_end": round(os.getloadavg()[0], 1),
+        "draft1_over_minimal": round(guard, 4),
+        "draft1_over_sampling": round(rel["draft-k K=1"], 4),
+        "minimal_over_sampling": round(rel[MINIMAL], 4),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         f.write(json.dumps(row) + "\n")

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
-import torch
-
 import fig_k_effect
 import fig_lora_mixing
 import fig_rl_vs_draft
@@ -17,13 +14,29 @@ import gpu_plan_check
 import gpu_scale
 import gpu_sd14
 import leaderboard
+import pytest
 import step_cost
+import torch
 
 
 def test_step_cost_script(tmp_path):
     out = tmp_path / "cost.json"
-    res = step_cost.main(["--steps", "2", "--batch", "1", "--rounds", "1", "--cases", "draft-k K=1", "--breakdown",
-                          "--checkpoint-cost", "--out", str(out)])
+    res = step_cost.main(
+        [
+            "--steps",
+            "2",
+            "--batch",
+            "1",
+            "--rounds",
+            "1",
+            "--cases",
+            "draft-k K=1",
+            "--breakdown",
+            "--checkpoint-cost",
+            "--out",
+            str(out),
+        ]
+    )
     assert all(v > 0 for v in res["lv_breakdown_seconds"].values())
     assert set(res["checkpoint_seconds"]) == {"draft-k K=1 [checkpoint auto]", "draft-k K=1 [checkpoint off]"}
     assert res["ratio_to_sampling"]["sampling"] == 1.0 and res["ratio_to_sampling"]["draft-k K=1"] > 0
@@ -57,7 +70,9 @@ def test_speed_guard_compares_the_same_step(model):
 
 def test_step_cost_reports_the_speed_guard(tmp_path):
     history = tmp_path / "history.jsonl"
-    res = step_cost.main(["--steps", "2", "--batch", "1", "--rounds", "1", "--cases", "sampling", "--history", str(history)])
+    res = step_cost.main(
+        ["--steps", "2", "--batch", "1", "--rounds", "1", "--cases", "sampling", "--history", str(history)]
+    )
     assert res["guard_ratio"] > 0 and "minimal DRaFT-1" in res["seconds"]
     row = json.loads(history.read_text().splitlines()[-1])
     assert row["model"] == "tiny-random" and row["draft1_over_minimal"] == round(res["guard_ratio"], 4)
@@ -87,10 +102,27 @@ def test_gpu_script_runs_at_tiny_scale_on_cpu(tmp_path):
 def test_gpu_scale_runs_at_tiny_scale_on_cpu(tmp_path, family):
     out = tmp_path / "scale.json"
     cases = ["draft-k K=1", "draft (full, ckpt)"] if family == "sd" else ["draft-k K=1"]
-    res = gpu_scale.main(["--family", family, "--tiny", "--rounds", "1", "--cases", *cases,
-                          "--max-batch", "2" if family == "sd" else "1", "--out", str(out)])
+    res = gpu_scale.main(
+        [
+            "--family",
+            family,
+            "--tiny",
+            "--rounds",
+            "1",
+            "--cases",
+            *cases,
+            "--max-batch",
+            "2" if family == "sd" else "1",
+            "--out",
+            str(out),
+        ]
+    )
     rows = res["batches"][1]
-    assert set(rows) == {"sampling", *cases} and res["family"] == family and res["model"] == gpu_scale.FAMILIES[family].tiny
+    assert (
+        set(rows) == {"sampling", *cases}
+        and res["family"] == family
+        and res["model"] == gpu_scale.FAMILIES[family].tiny
+    )
     assert res["sampler"] == ("ddim" if family in ("sd", "sdxl") else "euler")
     assert all(r["median_s"] > 0 and r["peak_mib"] > 0 for r in rows.values())
     assert set(res["largest_batch"]) == set(cases) and all(0 <= b <= 2 for b in res["largest_batch"].values())
@@ -100,7 +132,10 @@ def test_gpu_scale_runs_at_tiny_scale_on_cpu(tmp_path, family):
 @pytest.mark.parametrize("model", ["tiny-random-sdxl", "tiny-random-sd3", "tiny-random-flux"])
 def test_step_cost_script_takes_every_family(model):
     res = step_cost.main(["--model", model, "--steps", "2", "--batch", "1", "--rounds", "1", "--cases", "draft-k K=1"])
-    assert res["sampler"] == ("ddim" if model.endswith("sdxl") else "euler") and res["ratio_to_sampling"]["draft-k K=1"] > 0
+    assert (
+        res["sampler"] == ("ddim" if model.endswith("sdxl") else "euler")
+        and res["ratio_to_sampling"]["draft-k K=1"] > 0
+    )
 
 
 def test_largest_batch_doubles_then_bisects():
@@ -132,8 +167,13 @@ def test_gpu_memory_check_rows_are_the_planned_targets_and_their_tiny_twins():
     assert gpu_memory_check.TARGETED and all(ROWS[label][3] is not None for label in gpu_memory_check.TARGETED)
     for label in gpu_memory_check.TARGETED:
         full, tiny = row_config(*ROWS[label][:3]), gpu_memory_check.tiny_config(label)
-        assert tiny.model.name == gpu_scale.FAMILIES[ROWS[label][0]].tiny and tiny.train.batch_size == full.train.batch_size
-        assert tiny.estimator == full.estimator and tiny.model.quantize == {"nf4": "int8"}.get(full.model.quantize, full.model.quantize)
+        assert (
+            tiny.model.name == gpu_scale.FAMILIES[ROWS[label][0]].tiny
+            and tiny.train.batch_size == full.train.batch_size
+        )
+        assert tiny.estimator == full.estimator and tiny.model.quantize == {"nf4": "int8"}.get(
+            full.model.quantize, full.model.quantize
+        )
 
 
 def test_hpsv2_sized_reward_is_a_differentiable_cosine():
@@ -155,14 +195,17 @@ TOY = ["--sampler-steps", "2", "--train-steps", "2", "--batch", "1", "--eval-eve
 
 
 def test_figure_scripts_run_at_toy_scale(runs):
-    se = fig_sample_efficiency.main(TOY + ["--seeds", "0", "--only", "DRaFT-1", "DRaFT-LV n=2", "--out", str(runs / "se")])
+    se = fig_sample_efficiency.main(
+        TOY + ["--seeds", "0", "--only", "DRaFT-1", "DRaFT-LV n=2", "--out", str(runs / "se")]
+    )
     assert (runs / "se.png").stat().st_size > 0 and json.loads((runs / "se.json").read_text())["curves"]
     lv, k1 = se["curves"]["DRaFT-LV n=2"], se["curves"]["DRaFT-1"]
     # DRaFT-LV queries the reward 1 + n times per image; the same base model starts both curves.
     assert lv["queries"][-1] == 3 * k1["queries"][-1] and lv["mean"][0] == pytest.approx(k1["mean"][0])
 
-    ke = fig_k_effect.main(TOY + ["--seeds", "0", "--ks", "1", "2", "--batches", "1", "--train-ks", "1",
-                                  "--out", str(runs / "ke")])
+    ke = fig_k_effect.main(
+        TOY + ["--seeds", "0", "--ks", "1", "2", "--batches", "1", "--train-ks", "1", "--out", str(runs / "ke")]
+    )
     init = ke["gradients"]["init"]
     assert init["angle_mean"][0] == pytest.approx(0, abs=0.1)  # DRaFT-1 against itself
     assert all(math.isfinite(n) and n > 0 for n in init["grad_norm_mean"])
@@ -204,20 +247,42 @@ def test_stratified_k_draws_cover_the_range_evenly():
 
 
 def test_peer_script_at_toy_scale():
-    pytest.importorskip("trl", reason="TRL 0.23.1 is an optional peer: pip install --no-deps -r benchmarks/requirements-peer.txt")
+    pytest.importorskip(
+        "trl", reason="TRL 0.23.1 is an optional peer: pip install --no-deps -r benchmarks/requirements-peer.txt"
+    )
     import peer_trl
 
-    res = peer_trl.main(["--steps", "2", "--batch", "1", "--rounds", "1", "--no-random", "--no-memory",
-                         "--ttr-steps", "2", "--ttr-max", "2", "--smooth", "1"])
+    res = peer_trl.main(
+        [
+            "--steps",
+            "2",
+            "--batch",
+            "1",
+            "--rounds",
+            "1",
+            "--no-random",
+            "--no-memory",
+            "--ttr-steps",
+            "2",
+            "--ttr-max",
+            "2",
+            "--smooth",
+            "1",
+        ]
+    )
     assert res["time_per_step_fixed"]["ratio_ours_to_trl"] > 0
     assert len(res["time_to_reward"]["reward_means"]["trl"]) == 2
 
 
 def test_ddpo_peer_script_at_toy_scale():
-    pytest.importorskip("trl", reason="TRL 0.23.1 is an optional peer: pip install --no-deps -r benchmarks/requirements-peer.txt")
+    pytest.importorskip(
+        "trl", reason="TRL 0.23.1 is an optional peer: pip install --no-deps -r benchmarks/requirements-peer.txt"
+    )
     import peer_trl_ddpo
 
-    res = peer_trl_ddpo.main(["--steps", "2", "--batch", "2", "--rounds", "1", "--no-memory", "--sides", "trl", "draft ckpt"])
+    res = peer_trl_ddpo.main(
+        ["--steps", "2", "--batch", "2", "--rounds", "1", "--no-memory", "--sides", "trl", "draft ckpt"]
+    )
     assert res["draft ckpt"]["ratio_to_trl"] > 0 and len(res["trl"]["reward_means"]) == 2
 
 
@@ -227,7 +292,10 @@ def test_leaderboard_quick_runs_every_registered_estimator(tmp_path):
     res = leaderboard.main(["--quick", "--tasks", "classifier", "--out", str(tmp_path / "lb")])
     part = res["tasks"]["classifier"]["digits-flow"]
     assert (tmp_path / "lb_classifier.png").stat().st_size > 0
-    assert set(load_registry().names("estimator")) - leaderboard.WRAPPERS <= set(part["rows"]) and "alignprop" in part["rows"]
+    assert (
+        set(load_registry().names("estimator")) - leaderboard.WRAPPERS <= set(part["rows"])
+        and "alignprop" in part["rows"]
+    )
     ran = {k for k, row in part["rows"].items() if "skipped" not in row}
     # every estimator of the paper runs on the differentiable reward (a newer one may refuse a model, saying why)
     assert {"draft", "draft-k", "alignprop", "draft-lv", "refl", "dpg", "ddpo", "grpo"} <= ran
@@ -247,7 +315,7 @@ def test_leaderboard_quick_runs_every_registered_estimator(tmp_path):
 def test_rl_vs_draft_script_at_toy_scale(runs):
     res = fig_rl_vs_draft.main(["--quick", "--out", str(runs / "rl")])
     assert set(res["curves"]) == {"digit-classifier", "jpeg-size"} and (runs / "rl.png").stat().st_size > 0
-    for panel, curves in res["curves"].items():
+    for curves in res["curves"].values():
         # the same base model under the same evaluation sampler starts every curve of a panel
         assert max(c["mean"][0] for c in curves.values()) == pytest.approx(min(c["mean"][0] for c in curves.values()))
     c = res["curves"]["digit-classifier"]
@@ -258,11 +326,18 @@ def test_rl_vs_draft_script_at_toy_scale(runs):
 
 
 def test_rl_vs_draft_targets_and_censoring():
-    rl = {"mean": [-3.0, -2.5, -2.0, -2.2], "queries": [0, 40, 80, 120], "seconds": [0, 10, 20, 30], "step": [0, 10, 20, 30]}
+    rl = {
+        "mean": [-3.0, -2.5, -2.0, -2.2],
+        "queries": [0, 40, 80, 120],
+        "seconds": [0, 10, 20, 30],
+        "step": [0, 10, 20, 30],
+    }
     fast = {"mean": [-3.0, -1.0], "queries": [0, 10], "seconds": [0, 4], "step": [0, 5]}
     res = fig_rl_vs_draft.compare({"DDPO": rl, "LV": fast}, "DDPO", "LV")
     # DDPO's best, -2.0, at 80 queries / 20 s; LV crosses it halfway between its evaluations: 5 queries, 2 s
-    assert res["target"] == -2.0 and res["draft_queries"] == pytest.approx(5) and res["queries_ratio"] == pytest.approx(16)
+    assert (
+        res["target"] == -2.0 and res["draft_queries"] == pytest.approx(5) and res["queries_ratio"] == pytest.approx(16)
+    )
     assert res["seconds_ratio"] == pytest.approx(10) and not res["ratio_is_upper_bound"]
     # with step costs measured side by side: DDPO's 20 steps at 3 s against LV's 2.5 steps at 1 s
     res = fig_rl_vs_draft.compare({"DDPO": rl, "LV": fast}, "DDPO", "LV", {"DDPO": 3.0, "LV": 1.0})

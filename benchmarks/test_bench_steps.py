@@ -15,8 +15,8 @@ import time
 
 import pytest
 import torch
-
 from benchlib import CASES, memory_in_subprocess, pairs, peak_memory, sync
+
 from draft_core.plugins import load_registry
 
 
@@ -76,8 +76,11 @@ def test_step(benchmark, benches, bench_settings, model, case):
 
 
 def test_every_built_in_estimator_has_a_benchmark_case():
-    builtin = {e.name for e in load_registry().entries("estimator")
-               if e.plugin == "draft_estimators" and not getattr(e.factory, "wraps_estimator", False)}  # kl wraps the others
+    builtin = {
+        e.name
+        for e in load_registry().entries("estimator")
+        if e.plugin == "draft_estimators" and not getattr(e.factory, "wraps_estimator", False)
+    }  # kl wraps the others
     covered = {section["name"] for section in CASES.values() if section is not None}
     assert {"draft", "draft-k", "draft-lv", "refl", "dpg", "ddpo", "grpo"} <= builtin
     assert builtin <= covered, f"estimators without a benchmark case: {sorted(builtin - covered)}"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 import digits_quality
+import pytest
 
 
 def test_digits_flow_quality_at_toy_scale():

@@ -37,8 +37,17 @@ def paper_scaled(value_at_50: int, steps: int) -> int:
     return max(1, round(value_at_50 * steps / 50))
 
 
-def settings(estimator: dict, seed: int, *, sampler_steps: int, batch: int, lr: float,
-             reward: dict | None = None, lora_rank: int = 4, sampler: dict | None = None) -> dict:
+def settings(
+    estimator: dict,
+    seed: int,
+    *,
+    sampler_steps: int,
+    batch: int,
+    lr: float,
+    reward: dict | None = None,
+    lora_rank: int = 4,
+    sampler: dict | None = None,
+) -> dict:
     """A run's config; ``sampler``: extra DDIM arguments (e.g. eta for the policy-gradient estimators)."""
     return {
         "model": {"name": "digits"},
@@ -47,8 +56,15 @@ def settings(estimator: dict, seed: int, *, sampler_steps: int, batch: int, lr: 
         "estimator": dict(estimator),
         "reward": dict(reward or REWARD_8),
         "prompts": {"source": "digits"},
-        "train": {"steps": 10**6, "batch_size": batch, "lr": lr, "grad_clip": 1.0, "seed": seed,
-                  "sample_every": 0, "checkpoint_every": 10**6},
+        "train": {
+            "steps": 10**6,
+            "batch_size": batch,
+            "lr": lr,
+            "grad_clip": 1.0,
+            "seed": seed,
+            "sample_every": 0,
+            "checkpoint_every": 10**6,
+        },
     }
 
 
@@ -79,9 +95,13 @@ def tag_of(raw: dict, n_steps: int, eval_every: int) -> str:
     rew = raw["reward"]
     rew_tag = rew["name"] + "".join(f"-{k}{v}" for k, v in sorted(rew.items()) if k != "name")
     t = raw["train"]
-    samp = "".join(f"-{k}{v}" for k, v in sorted(raw["sampler"].items()) if k not in ("name", "steps", "guidance_scale"))
-    return (f"{est_tag}_{rew_tag}_T{raw['sampler']['steps']}{samp}_b{t['batch_size']}_lr{t['lr']:g}"
-            f"_n{n_steps}_e{eval_every}_s{t['seed']}")
+    samp = "".join(
+        f"-{k}{v}" for k, v in sorted(raw["sampler"].items()) if k not in ("name", "steps", "guidance_scale")
+    )
+    return (
+        f"{est_tag}_{rew_tag}_T{raw['sampler']['steps']}{samp}_b{t['batch_size']}_lr{t['lr']:g}"
+        f"_n{n_steps}_e{eval_every}_s{t['seed']}"
+    )
 
 
 def runs_dir() -> Path:
@@ -89,8 +109,9 @@ def runs_dir() -> Path:
     return Path(os.environ.get("DRAFT_BENCH_RUNS", RUNS))
 
 
-def train_run(raw: dict, n_steps: int, eval_every: int, *, log=print, judge: dict | None = None,
-              eval_sampler: dict | None = None) -> dict[str, Any]:
+def train_run(
+    raw: dict, n_steps: int, eval_every: int, *, log=print, judge: dict | None = None, eval_sampler: dict | None = None
+) -> dict[str, Any]:
     """Train (or load the cached result of) one run; returns its record. judge: a reward section
     to evaluate with instead of the training reward (e.g. the real JPEG size). eval_sampler: a
     sampler section to evaluate with instead of the run's own (whose reward is then kept as
@@ -127,8 +148,16 @@ def train_run(raw: dict, n_steps: int, eval_every: int, *, log=print, judge: dic
             log(f"  {folder.name}: step {step}, eval reward {evals[-1]['reward']:.3f}")
     save_lora(trainer.model, folder / "lora")
     torch.save(lora_state(trainer.model), folder / "lora_state.pt")
-    record = {"tag": folder.name, "settings": raw, "judge": judge, "eval_sampler": eval_sampler, "steps": rows, "evals": evals,
-              "train_seconds": time.perf_counter() - t_start, "lora": str(folder / "lora")}
+    record = {
+        "tag": folder.name,
+        "settings": raw,
+        "judge": judge,
+        "eval_sampler": eval_sampler,
+        "steps": rows,
+        "evals": evals,
+        "train_seconds": time.perf_counter() - t_start,
+        "lora": str(folder / "lora"),
+    }
     done.write_text(json.dumps(record, indent=1))
     return record
 
@@ -174,5 +203,10 @@ def write_figure(result: dict, stem: str, plot) -> None:
 def machine() -> dict[str, Any]:
     import platform
 
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg()}
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_end": os.getloadavg(),
+    }

@@ -33,7 +33,14 @@ from draft_core.errors import DraftError  # noqa: E402
 
 if TYPE_CHECKING:
     from draft_core.plugins.hookspecs import hookimpl
-    from draft_core.plugins.protocols import Conditioning, EstimatorOutput, GradientEstimator, Reward, Sampler, StepInputs
+    from draft_core.plugins.protocols import (
+        Conditioning,
+        EstimatorOutput,
+        GradientEstimator,
+        Reward,
+        Sampler,
+        StepInputs,
+    )
 
 __version__ = "0.1.0"
 
@@ -56,6 +63,7 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'draft_core' has no attribute {name!r}")
+
 
 __all__ = [
     "Conditioning",

@@ -10,8 +10,9 @@ the command line's checks; the pieces are exported for a caller who wants them o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -24,8 +25,20 @@ from draft_core.training.components import Components, build_components
 from draft_core.training.runner import Trainer
 
 __all__ = [
-    "Components", "Config", "DiffusionModel", "LoraSpec", "Trainer", "apply_loras", "build_components",
-    "generate", "load_config", "load_model", "load_registry", "sample", "score", "train",
+    "Components",
+    "Config",
+    "DiffusionModel",
+    "LoraSpec",
+    "Trainer",
+    "apply_loras",
+    "build_components",
+    "generate",
+    "load_config",
+    "load_model",
+    "load_registry",
+    "sample",
+    "score",
+    "train",
 ]
 
 
@@ -73,22 +86,34 @@ def train(
     return trainer
 
 
-def generate(model, sampler, method, prompts: Sequence[str], *, seed: int = 0, batch_size: int = 8,
-             lora_steps: tuple[int, int] | None = None) -> torch.Tensor:
+def generate(
+    model,
+    sampler,
+    method,
+    prompts: Sequence[str],
+    *,
+    seed: int = 0,
+    batch_size: int = 8,
+    lora_steps: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Images [len(prompts), 3, H, W] in [0, 1] on the CPU, in batches; the initial noise is drawn once
     for all prompts from ``seed``, as a diffusers pipeline draws it (what ``draft sample`` does).
     sampler: a built sampler of the model's kind (a diffusion sampler on a flow-matching model is refused)."""
     from draft_core.config.resolve import check_sampler_family
     from draft_core.evaluation.baselines import NoiseSource
 
-    check_sampler_family(type(model), type(sampler).__name__, getattr(sampler, "flow_matching", None), model.name or repr(model))
+    check_sampler_family(
+        type(model), type(sampler).__name__, getattr(sampler, "flow_matching", None), model.name or repr(model)
+    )
     gen = torch.Generator().manual_seed(seed)
     noise = model.make_noise(len(prompts), gen)
     images = []
     with torch.no_grad():
         for i in range(0, len(prompts), batch_size):
             source = NoiseSource.from_generator(noise[i : i + batch_size], model, gen)
-            made = method.generate(model, sampler, list(prompts[i : i + batch_size]), source, lora_steps=lora_steps, generator=gen)
+            made = method.generate(
+                model, sampler, list(prompts[i : i + batch_size]), source, lora_steps=lora_steps, generator=gen
+            )
             images.append(made.images.cpu())
     return torch.cat(images)
 
@@ -150,6 +175,8 @@ def score(reward, images: torch.Tensor, prompts: str | Sequence[str] = "", *, ba
         for i in range(0, len(images), batch_size):
             values = reward(images[i : i + batch_size], prompts[i : i + batch_size])
             if tuple(values.shape) != (len(images[i : i + batch_size]),):
-                raise DraftError(f"score: the reward returned shape {list(values.shape)} for {len(images[i : i + batch_size])} images; rewards return [B].")
+                raise DraftError(
+                    f"score: the reward returned shape {list(values.shape)} for {len(images[i : i + batch_size])} images; rewards return [B]."
+                )
             out.append(values.float().cpu())
     return torch.cat(out)

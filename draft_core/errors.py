@@ -7,7 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class DraftError(Exception):

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torchvision.utils import make_grid, save_image
@@ -24,8 +25,14 @@ MAX_LABEL = 320  # widest row-label band, in pixels
 
 
 def save_grid(
-    images: torch.Tensor, path: Path, nrow: int, *, rows: Sequence[str] | None = None, cols: Sequence[str] | None = None,
-    title: str | None = None, params: dict[str, Any] | None = None,
+    images: torch.Tensor,
+    path: Path,
+    nrow: int,
+    *,
+    rows: Sequence[str] | None = None,
+    cols: Sequence[str] | None = None,
+    title: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> Path:
     """images: [N, 3, H, W] in [0, 1] -> one PNG, nrow images per row.
 
@@ -108,7 +115,7 @@ def labelled_grid(images: torch.Tensor, nrow: int, rows=None, cols=None, title: 
     rows, cols = [_latin(r) for r in rows or []], [_latin(c) for c in cols or []]
     prefix = common_prefix(cols) if cols else ""
     if prefix and draw.textlength(max(cols, key=len), font=font) > cell_w:
-        cols = [c[len(prefix):] for c in cols]  # "a handwritten digit zero" -> "zero", the rest in the title
+        cols = [c[len(prefix) :] for c in cols]  # "a handwritten digit zero" -> "zero", the rest in the title
         title = f"{title}; " if title else ""
         title += f"prompts: {prefix}..."
     col_lines = [_fit(draw, c, cell_w, font, lines=3) for c in cols]
@@ -138,14 +145,25 @@ def labelled_grid(images: torch.Tensor, nrow: int, rows=None, cols=None, title: 
 
 
 def generation_params(
-    prompts: str | Sequence[str], *, model: str, sampler: str, steps: int, guidance: float, seed: int | None,
-    size: Sequence[int] | None = None, loras: Sequence[tuple[str, float]] = (), **extra: Any,
+    prompts: str | Sequence[str],
+    *,
+    model: str,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    seed: int | None,
+    size: Sequence[int] | None = None,
+    loras: Sequence[tuple[str, float]] = (),
+    **extra: Any,
 ) -> dict[str, Any]:
     """What made an image (or a grid): enough to generate it again with ``draft sample``."""
     out = {
         "prompt": prompts if isinstance(prompts, str) else list(dict.fromkeys(prompts)),
-        "model": model, "sampler": sampler, "steps": None if steps is None else int(steps),
-        "guidance": None if guidance is None else float(guidance), "seed": seed,
+        "model": model,
+        "sampler": sampler,
+        "steps": None if steps is None else int(steps),
+        "guidance": None if guidance is None else float(guidance),
+        "seed": seed,
         "loras": [{"path": str(p), "scale": float(s)} for p, s in loras],
     }
     if size is not None:
@@ -159,14 +177,20 @@ def parameters_text(params: dict[str, Any]) -> str:
     prompt = params["prompt"] if isinstance(params["prompt"], str) else " | ".join(params["prompt"])
     prompt += "".join(f" <lora:{lora['path']}:{lora['scale']:g}>" for lora in params.get("loras", []))
     guidance = params.get("guidance")
-    fields = {"Steps": params.get("steps"), "Sampler": params.get("sampler"),
-              "CFG scale": None if guidance is None else f"{guidance:g}", "Seed": params.get("seed")}
+    fields = {
+        "Steps": params.get("steps"),
+        "Sampler": params.get("sampler"),
+        "CFG scale": None if guidance is None else f"{guidance:g}",
+        "Seed": params.get("seed"),
+    }
     if "size" in params:
         fields["Size"] = "x".join(str(v) for v in reversed(params["size"]))  # A1111 writes width x height
     fields["Model"] = params.get("model")
     skip = {"prompt", "loras", "steps", "sampler", "guidance", "seed", "size", "model"}
     fields.update({k.replace("_", " ").capitalize(): v for k, v in params.items() if k not in skip})
-    settings = ", ".join(f"{k}: {v if not isinstance(v, (list, dict)) else json.dumps(v)}" for k, v in fields.items() if v is not None)
+    settings = ", ".join(
+        f"{k}: {v if not isinstance(v, (list, dict)) else json.dumps(v)}" for k, v in fields.items() if v is not None
+    )
     return f"{prompt}\n{settings}, Software: draft"
 
 
@@ -219,7 +243,9 @@ def save_before_after(before: Path, after: Path, path: Path, labels: tuple[str, 
     col_band_b = b.crop((lb["left"], lb["title"], b.width, lb["top"]))
     band = max(col_band_a.height, col_band_b.height)
     top = line + 4 + band
-    canvas = Image.new("RGB", (la["left"] + body_a.width + gap + body_b.width, top + max(body_a.height, body_b.height)), "white")
+    canvas = Image.new(
+        "RGB", (la["left"] + body_a.width + gap + body_b.width, top + max(body_a.height, body_b.height)), "white"
+    )
     canvas.paste(labels_a, (0, top))
     x_b = la["left"] + body_a.width + gap
     for x, body, cols in ((la["left"], body_a, col_band_a), (x_b, body_b, col_band_b)):
@@ -239,7 +265,9 @@ def read_metrics(path: Path) -> list[dict]:
 
 def plot_reward_curve(metrics_path: Path, out: Path, title: str = "") -> Path | None:
     """Reward mean ± std per step, with a moving average; None when there is nothing to plot."""
-    rows = [r for r in read_metrics(metrics_path) if isinstance(r.get("reward_mean"), (int, float))]  # not skipped steps
+    rows = [
+        r for r in read_metrics(metrics_path) if isinstance(r.get("reward_mean"), (int, float))
+    ]  # not skipped steps
     if not rows:
         return None
     import matplotlib

@@ -36,7 +36,8 @@ parameters (CLIP-class scorers; the digit classifier is tiny).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
@@ -99,8 +100,10 @@ def configure_denoiser(model: Any, estimator: Any, mode: bool | str, batch: int)
     blocks = block_checkpointing(mode, model.image_size, batch)
     if not model.set_block_checkpointing(blocks):
         if mode == "blocks":
-            raise ConfigError(f"train.checkpoint_denoiser is blocks, but the denoiser of {model!r} "
-                              f"({type(model.denoiser).__name__}) has no block checkpointing; use step, false or auto.")
+            raise ConfigError(
+                f"train.checkpoint_denoiser is blocks, but the denoiser of {model!r} "
+                f"({type(model.denoiser).__name__}) has no block checkpointing; use step, false or auto."
+            )
         blocks = False
     step_checkpointing(mode, estimator, blocks, pixels_matter(model.image_size, batch))
     return blocks
@@ -151,7 +154,9 @@ def _switch(net: torch.nn.Module, on: bool) -> bool:
         if hasattr(module, "set_grad_checkpointing"):
             module.set_grad_checkpointing(on)
             hits = True
-        elif getattr(module, "supports_gradient_checkpointing", False) and hasattr(module, "gradient_checkpointing_enable"):
+        elif getattr(module, "supports_gradient_checkpointing", False) and hasattr(
+            module, "gradient_checkpointing_enable"
+        ):
             if on:
                 module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             else:

@@ -26,7 +26,9 @@ def unwritable(exc: OSError, path: str | Path | None = None) -> Unwritable:
     """One paragraph for an OSError of the place written to."""
     where = exc.filename or path
     if exc.errno == errno.ENOSPC:
-        return Unwritable(f"cannot write '{where}': {exc.strerror}. Free some space, or choose another location (--out).")
+        return Unwritable(
+            f"cannot write '{where}': {exc.strerror}. Free some space, or choose another location (--out)."
+        )
     return Unwritable(
         f"cannot use '{where}': {exc.strerror or exc}. Give a location you can write (e.g. another --out) "
         f"and inputs you can read, or fix the permissions there."

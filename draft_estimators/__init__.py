@@ -6,7 +6,6 @@ reward gradient), and the wrapper kl.
 """
 
 from draft_core.plugins.hookspecs import hookimpl
-
 from draft_estimators.ddpo import DDPO
 from draft_estimators.direct_align import DirectAlign
 from draft_estimators.dpg import DeterministicPolicyGradient
@@ -36,5 +35,17 @@ def register_estimators(register) -> None:
     register("kl", KLRegularized)  # a wrapper: `kl: β` beside any estimator's name
 
 
-__all__ = ["DDPO", "GRPO", "DRTune", "DeterministicPolicyGradient", "DiffusionNFT", "DirectAlign", "FullBackprop",
-           "KLRegularized", "LowVariance", "MixGRPO", "ReFL", "TruncatedBackprop"]
+__all__ = [
+    "DDPO",
+    "GRPO",
+    "DRTune",
+    "DeterministicPolicyGradient",
+    "DiffusionNFT",
+    "DirectAlign",
+    "FullBackprop",
+    "KLRegularized",
+    "LowVariance",
+    "MixGRPO",
+    "ReFL",
+    "TruncatedBackprop",
+]

@@ -80,12 +80,16 @@ class PerPromptStatTracker:
         prompts = json.loads(bytes(state[f"{prefix}prompts"].tolist()).decode("utf-8"))
         values, counts = state[f"{prefix}values"], state[f"{prefix}counts"]
         if values.shape[1] != self.buffer_size:
-            raise ConfigError(f"the checkpoint's per-prompt statistics keep {values.shape[1]} rewards per prompt, but "
-                              f"estimator.stat_buffer_size is {self.buffer_size}; resume with the same value.")
+            raise ConfigError(
+                f"the checkpoint's per-prompt statistics keep {values.shape[1]} rewards per prompt, but "
+                f"estimator.stat_buffer_size is {self.buffer_size}; resume with the same value."
+            )
         # A checkpoint written before non-finite rewards were kept out may hold some: drop them here,
         # so that resuming such a run with a mended reward continues.
-        self.stats = {p: deque((v for v in values[i, : int(counts[i])].tolist() if math.isfinite(v)), maxlen=self.buffer_size)
-                      for i, p in enumerate(prompts)}
+        self.stats = {
+            p: deque((v for v in values[i, : int(counts[i])].tolist() if math.isfinite(v)), maxlen=self.buffer_size)
+            for i, p in enumerate(prompts)
+        }
 
 
 def batch_advantages(rewards: torch.Tensor) -> torch.Tensor:

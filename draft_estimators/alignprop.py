@@ -22,7 +22,11 @@ from draft_core.memory import run as checkpointed
 
 def check_range(value, steps: int | None = None) -> tuple[int, int]:
     """[lo, hi] with 0 <= lo <= hi (<= steps, and lo < steps so that some step can be kept)."""
-    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    )
     if not ok or not 0 <= value[0] <= value[1]:
         raise ConfigError(
             f"estimator.alignprop_range must be [lo, hi] with 0 <= lo <= hi <= sampler steps (AlignProp's "
@@ -42,8 +46,16 @@ def draw_kept(lo: int, hi: int, steps: int, generator: torch.Generator) -> list[
     return [i >= c for i, c in enumerate(cutoffs)]
 
 
-def sample_with_kept_steps(sampler, model, cond, noise: torch.Tensor, kept: list[bool],
-                           generator: torch.Generator | None, checkpoint: bool, detach_inputs: bool = False) -> torch.Tensor:
+def sample_with_kept_steps(
+    sampler,
+    model,
+    cond,
+    noise: torch.Tensor,
+    kept: list[bool],
+    generator: torch.Generator | None,
+    checkpoint: bool,
+    detach_inputs: bool = False,
+) -> torch.Tensor:
     """x0 [B, C, h, w] from ``noise``, differentiable through the steps in ``kept`` only.
 
     Runs the sampler's own pieces (``action``, ``transition``, ``draw_step_noise``): a kept

@@ -57,14 +57,21 @@ class DDPO(PolicyGradient):
         _check_number("stat_buffer_size", stat_buffer_size, 1, integer=True)
         _check_number("stat_min_count", stat_min_count, 1, integer=True)
         if not isinstance(per_prompt_stat_tracking, bool):
-            raise ConfigError(f"estimator.per_prompt_stat_tracking must be true or false, got {per_prompt_stat_tracking!r}.")
+            raise ConfigError(
+                f"estimator.per_prompt_stat_tracking must be true or false, got {per_prompt_stat_tracking!r}."
+            )
         self.tracker = PerPromptStatTracker(stat_buffer_size, stat_min_count) if per_prompt_stat_tracking else None
 
     def __repr__(self) -> str:
-        tracking = (f"stat_buffer_size={self.tracker.buffer_size}, stat_min_count={self.tracker.min_count}"
-                    if self.tracker else "per_prompt_stat_tracking=False")
-        return (f"DDPO(clip_range={self.clip_range}, adv_clip_max={self.adv_clip_max}, timestep_fraction="
-                f"{self.timestep_fraction}, inner_epochs={self.inner_epochs}, minibatches={self.minibatches}, {tracking})")
+        tracking = (
+            f"stat_buffer_size={self.tracker.buffer_size}, stat_min_count={self.tracker.min_count}"
+            if self.tracker
+            else "per_prompt_stat_tracking=False"
+        )
+        return (
+            f"DDPO(clip_range={self.clip_range}, adv_clip_max={self.adv_clip_max}, timestep_fraction="
+            f"{self.timestep_fraction}, inner_epochs={self.inner_epochs}, minibatches={self.minibatches}, {tracking})"
+        )
 
     def advantages(self, rewards: torch.Tensor, prompts: list[str]):
         everyone, all_rewards, start = gather_prompts_and_rewards(prompts, rewards)

@@ -67,15 +67,19 @@ def _words(key: str, value) -> tuple[str, ...] | None:
         return None
     words = (value,) if isinstance(value, str) else value
     if not isinstance(words, (list, tuple)) or not words or not all(isinstance(w, str) and w.strip() for w in words):
-        raise ConfigError(f"estimator.{key} must be a control word or phrase, or a non-empty list of them "
-                          f"(e.g. ['Realistic photo', 'Detailed']), got {value!r}.")
+        raise ConfigError(
+            f"estimator.{key} must be a control word or phrase, or a non-empty list of them "
+            f"(e.g. ['Realistic photo', 'Detailed']), got {value!r}."
+        )
     return tuple(words)
 
 
 def noise_level(sampler, model, step: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, s) of the sampler's level ``step`` (x = a·x0 + s·ε), 0-d in ``like``'s dtype; level T is the clean end (1, 0)."""
     if step >= sampler.num_steps:
-        return torch.ones((), dtype=like.dtype, device=like.device), torch.zeros((), dtype=like.dtype, device=like.device)
+        return torch.ones((), dtype=like.dtype, device=like.device), torch.zeros(
+            (), dtype=like.dtype, device=like.device
+        )
     one, zero = torch.ones_like(like[:1]), torch.zeros_like(like[:1])
     a = sampler.add_noise(model, one, zero, step).flatten()[0].to(like.dtype)
     s = sampler.add_noise(model, zero, one, step).flatten()[0].to(like.dtype)
@@ -99,27 +103,43 @@ class DirectAlign(EstimatorBase):
     discount: [noisiest, cleanest] loss weights over the injection range; positive / negative: SRP control
     words (both or neither); srp_k: [noisiest, cleanest] SRP weights k."""
 
-    def __init__(self, inject_range: list[float] | None = None, jump: int = 1, discount: list[float] | None = None,
-                 positive: str | list[str] | None = None, negative: str | list[str] | None = None,
-                 srp_k: list[float] | None = None) -> None:
-        self.inject_range = _pair("inject_range", [0.1, 0.5] if inject_range is None else inject_range, 0.0, 1.0,
-                                  ordered=True)
+    def __init__(
+        self,
+        inject_range: list[float] | None = None,
+        jump: int = 1,
+        discount: list[float] | None = None,
+        positive: str | list[str] | None = None,
+        negative: str | list[str] | None = None,
+        srp_k: list[float] | None = None,
+    ) -> None:
+        self.inject_range = _pair(
+            "inject_range", [0.1, 0.5] if inject_range is None else inject_range, 0.0, 1.0, ordered=True
+        )
         if isinstance(jump, bool) or not isinstance(jump, int) or jump < 1:
-            raise ConfigError(f"estimator.jump must be a positive integer (sampler steps spanned by the differentiable "
-                              f"step; the clean end is reached when injection step + jump = sampler steps), got {jump!r}.")
+            raise ConfigError(
+                f"estimator.jump must be a positive integer (sampler steps spanned by the differentiable "
+                f"step; the clean end is reached when injection step + jump = sampler steps), got {jump!r}."
+            )
         self.jump = jump
         self.discount = _pair("discount", [1.0, 1.0] if discount is None else discount)
         self.positive, self.negative = _words("positive", positive), _words("negative", negative)
         if (self.positive is None) != (self.negative is None):
-            raise ConfigError("estimator.positive and estimator.negative are the two halves of the semantic relative "
-                              "preference: give both (control words for the preferred and the rejected style) or neither.")
+            raise ConfigError(
+                "estimator.positive and estimator.negative are the two halves of the semantic relative "
+                "preference: give both (control words for the preferred and the rejected style) or neither."
+            )
         self.srp_k = _pair("srp_k", [0.25, 0.1] if srp_k is None else srp_k)
 
     def __repr__(self) -> str:
-        srp = f", positive={list(self.positive)}, negative={list(self.negative)}, srp_k={list(self.srp_k)}" \
-            if self.positive else ""
-        return (f"DirectAlign(inject_range={list(self.inject_range)}, jump={self.jump}, "
-                f"discount={list(self.discount)}{srp})")
+        srp = (
+            f", positive={list(self.positive)}, negative={list(self.negative)}, srp_k={list(self.srp_k)}"
+            if self.positive
+            else ""
+        )
+        return (
+            f"DirectAlign(inject_range={list(self.inject_range)}, jump={self.jump}, "
+            f"discount={list(self.discount)}{srp})"
+        )
 
     def candidates(self, num_steps: int) -> list[int]:
         """The injection steps: i/T inside ``inject_range`` and i + jump <= T."""
@@ -154,7 +174,9 @@ class DirectAlign(EstimatorBase):
     def _draw(self, options: tuple[str, ...], generator: torch.Generator) -> str:
         return options[int(torch.randint(len(options), (1,), generator=generator).item())]
 
-    def score(self, inputs: StepInputs, images: torch.Tensor, position: float) -> tuple[torch.Tensor, dict[str, float], int]:
+    def score(
+        self, inputs: StepInputs, images: torch.Tensor, position: float
+    ) -> tuple[torch.Tensor, dict[str, float], int]:
         """[B] rewards of ``images`` (the SRP combination when control words are given), logs and queries."""
         prompts = list(inputs.cond.prompts)
         if self.positive is None or self.negative is None:
@@ -169,8 +191,11 @@ class DirectAlign(EstimatorBase):
         k = self.srp_k[0] + (self.srp_k[1] - self.srp_k[0]) * position
         r_pos = inputs.reward(images, [f"{pos}. {p}" for p in prompts])
         r_neg = inputs.reward(images, [f"{neg}. {p}" for p in prompts])
-        logs = {"reward_positive": r_pos.detach().mean().item(), "reward_negative": r_neg.detach().mean().item(),
-                "srp_k": k}
+        logs = {
+            "reward_positive": r_pos.detach().mean().item(),
+            "reward_negative": r_neg.detach().mean().item(),
+            "srp_k": k,
+        }
         return (1 + k) * r_pos - r_neg, logs, 2
 
     def __call__(self, inputs: StepInputs) -> EstimatorOutput:
@@ -190,5 +215,6 @@ class DirectAlign(EstimatorBase):
         (a_i, s_i), (a_j, s_j) = (noise_level(sampler, model, k, x0) for k in (step, step + self.jump))
         # λ: how much of the finished sample the recovered image holds; the gradient is (1 − λ) times ReFL's.
         logs.update({"inject_step": float(step), "discount": weight, "lambda": float((s_j * a_i) / (a_j * s_i))})
-        return EstimatorOutput(loss=-weight * reward.mean(), reward=reward.detach(), images=images.detach(),
-                               queries=queries, logs=logs)
+        return EstimatorOutput(
+            loss=-weight * reward.mean(), reward=reward.detach(), images=images.detach(), queries=queries, logs=logs
+        )

@@ -47,9 +47,9 @@ from torch import nn
 from draft_core.errors import ConfigError
 from draft_core.memory import run as checkpointed
 from draft_core.memory import unwrap_reward
+from draft_core.plugins.bases import EstimatorBase, as_sampler
 from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 from draft_core.rewarding.contract import unchecked
-from draft_core.plugins.bases import EstimatorBase, as_sampler
 
 CRITIC_ADAPTER = "draft_critic"
 

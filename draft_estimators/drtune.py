@@ -30,7 +30,6 @@ import torch
 from draft_core.errors import ConfigError
 from draft_core.plugins.bases import EstimatorBase
 from draft_core.plugins.protocols import EstimatorOutput, StepInputs
-
 from draft_estimators.alignprop import sample_with_kept_steps
 from draft_estimators.truncated import reward_loss
 
@@ -48,8 +47,9 @@ class DRTune(EstimatorBase):
 
     def __init__(self, k: int = 3, checkpoint: bool | None = None) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"estimator.k must be a positive integer (the steps trained, 1 <= k <= sampler steps), "
-                              f"got {k!r}.")
+            raise ConfigError(
+                f"estimator.k must be a positive integer (the steps trained, 1 <= k <= sampler steps), got {k!r}."
+            )
         if checkpoint is not None and not isinstance(checkpoint, bool):
             raise ConfigError(f"estimator.checkpoint must be true, false or null (when k > 1), got {checkpoint!r}.")
         self.k = k
@@ -62,16 +62,18 @@ class DRTune(EstimatorBase):
         return range(num_steps)
 
     def check(self, sampler) -> None:
-        if not all(callable(getattr(sampler, m, None)) for m in ("initial_sample", "action", "transition",
-                                                                   "draw_step_noise")):
+        if not all(
+            callable(getattr(sampler, m, None)) for m in ("initial_sample", "action", "transition", "draw_step_noise")
+        ):
             raise ConfigError(
                 f"estimator 'drtune' runs the sampler step by step (initial_sample, action, transition, "
                 f"draw_step_noise) to detach the model's input at every step, which {sampler!r} does not provide; "
                 f"use ddim, ddpm, euler or flow-sde."
             )
         if self.k > sampler.num_steps:
-            raise ConfigError(f"estimator.k={self.k} exceeds sampler.steps={sampler.num_steps}; use 1 <= k <= "
-                              f"{sampler.num_steps}.")
+            raise ConfigError(
+                f"estimator.k={self.k} exceeds sampler.steps={sampler.num_steps}; use 1 <= k <= {sampler.num_steps}."
+            )
 
     def __call__(self, inputs: StepInputs) -> EstimatorOutput:
         sampler = inputs.sampler
@@ -79,8 +81,9 @@ class DRTune(EstimatorBase):
         trained = spread_steps(sampler.num_steps, self.k, inputs.generator)
         kept = [i in trained for i in range(sampler.num_steps)]
         checkpoint = self.k > 1 if self.checkpoint is None else self.checkpoint
-        x0 = sample_with_kept_steps(sampler, inputs.model, inputs.cond, inputs.noise, kept, inputs.generator,
-                                    checkpoint, detach_inputs=True)
+        x0 = sample_with_kept_steps(
+            sampler, inputs.model, inputs.cond, inputs.noise, kept, inputs.generator, checkpoint, detach_inputs=True
+        )
         out = reward_loss(inputs, x0)
         out.logs["first_trained_step"] = float(trained[0])
         return out

@@ -69,19 +69,30 @@ class GRPO(PolicyGradient):
         self.guard = guard
         self.group_size = _check_number("group_size", group_size, 2, integer=True)
         if timestep_selection not in ("random", "first"):
-            raise ConfigError(f"estimator.timestep_selection must be 'random' (DDPO: a random subset of the steps per "
-                              f"update) or 'first' (Flow-GRPO: the first timestep_fraction of the steps, in order), "
-                              f"got {timestep_selection!r}.")
+            raise ConfigError(
+                f"estimator.timestep_selection must be 'random' (DDPO: a random subset of the steps per "
+                f"update) or 'first' (Flow-GRPO: the first timestep_fraction of the steps, in order), "
+                f"got {timestep_selection!r}."
+            )
         self.first_steps = timestep_selection == "first"
-        super().__init__(clip_range, adv_clip_max, timestep_fraction, inner_epochs, minibatches, checkpoint,
-                         kl_beta=float(_check_number("beta", beta, 0.0)))
+        super().__init__(
+            clip_range,
+            adv_clip_max,
+            timestep_fraction,
+            inner_epochs,
+            minibatches,
+            checkpoint,
+            kl_beta=float(_check_number("beta", beta, 0.0)),
+        )
         self.queries_per_image = self.group_size
 
     def __repr__(self) -> str:
-        return (f"GRPO(group_size={self.group_size}, beta={self.kl_beta}, clip_range={self.clip_range}, "
-                f"timestep_fraction={self.timestep_fraction}{', timestep_selection=first' if self.first_steps else ''}, "
-                f"inner_epochs={self.inner_epochs}, "
-                f"minibatches={self.minibatches}" + (", guard=True)" if self.guard else ")"))
+        return (
+            f"GRPO(group_size={self.group_size}, beta={self.kl_beta}, clip_range={self.clip_range}, "
+            f"timestep_fraction={self.timestep_fraction}{', timestep_selection=first' if self.first_steps else ''}, "
+            f"inner_epochs={self.inner_epochs}, "
+            f"minibatches={self.minibatches}" + (", guard=True)" if self.guard else ")")
+        )
 
     def expand(self, inputs: StepInputs):
         """G copies of the batch: rows g·B .. (g+1)·B − 1 are copy g; copy 0 keeps the runner's noise."""

@@ -18,8 +18,8 @@ import torch
 
 from draft_core.errors import ConfigError
 from draft_core.lora import adapters_enabled
-from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 from draft_core.plugins.bases import EstimatorBase, as_estimator, unwrapped
+from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 
 
 class _TracingSampler:

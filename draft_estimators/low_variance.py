@@ -15,8 +15,8 @@ from __future__ import annotations
 from diffusers.utils.torch_utils import randn_tensor
 
 from draft_core.errors import ConfigError
-from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 from draft_core.plugins.bases import EstimatorBase
+from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 
 
 class LowVariance(EstimatorBase):
@@ -47,7 +47,9 @@ class LowVariance(EstimatorBase):
             loss = loss.detach()
         logs = {}
         if self.n:
-            eps = randn_tensor((self.n * batch, *x0.shape[1:]), generator=inputs.generator, device=x0.device, dtype=x0.dtype)
+            eps = randn_tensor(
+                (self.n * batch, *x0.shape[1:]), generator=inputs.generator, device=x0.device, dtype=x0.dtype
+            )
             x0 = x0.detach()
             # One chunk per copy when splitting the backward pass, else all copies as one batch.
             chunks = [(j * batch, (j + 1) * batch) for j in range(self.n)] if split else [(0, self.n * batch)]
@@ -65,5 +67,10 @@ class LowVariance(EstimatorBase):
                 renoised += extra.detach().sum().item()
             logs["reward_renoised"] = renoised / (self.n * batch)
         return EstimatorOutput(
-            loss=loss, reward=reward.detach(), images=images.detach(), queries=1 + self.n, logs=logs, backward_done=split,
+            loss=loss,
+            reward=reward.detach(),
+            images=images.detach(),
+            queries=1 + self.n,
+            logs=logs,
+            backward_done=split,
         )

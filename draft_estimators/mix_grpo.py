@@ -99,14 +99,24 @@ class MixGRPO(GRPO):
         checkpoint: bool = True,
         guard: bool = False,
     ) -> None:
-        super().__init__(group_size=group_size, beta=beta, clip_range=clip_range, adv_clip_max=adv_clip_max,
-                         inner_epochs=inner_epochs, minibatches=minibatches, checkpoint=checkpoint, guard=guard)
+        super().__init__(
+            group_size=group_size,
+            beta=beta,
+            clip_range=clip_range,
+            adv_clip_max=adv_clip_max,
+            inner_epochs=inner_epochs,
+            minibatches=minibatches,
+            checkpoint=checkpoint,
+            guard=guard,
+        )
         self.window = _check_number("window", window, 1, integer=True)
         self.stride = _check_number("stride", stride, 0, integer=True)
         self.iters_per_group = _check_number("iters_per_group", iters_per_group, 1, integer=True)
         if schedule not in SCHEDULES:
-            raise ConfigError(f"estimator.schedule must be one of {', '.join(SCHEDULES)} (where the SDE window sits "
-                              f"at each sampled batch), got {schedule!r}.")
+            raise ConfigError(
+                f"estimator.schedule must be one of {', '.join(SCHEDULES)} (where the SDE window sits "
+                f"at each sampled batch), got {schedule!r}."
+            )
         for key, value in (("roll_back", roll_back), ("same_noise", same_noise)):
             if not isinstance(value, bool):
                 raise ConfigError(f"estimator.{key} must be true or false, got {value!r}.")
@@ -115,10 +125,12 @@ class MixGRPO(GRPO):
         self.current: tuple[int, int] | None = None  # the window of the buffer's batch
 
     def __repr__(self) -> str:
-        return (f"MixGRPO(window={self.window}, schedule={self.schedule!r}, stride={self.stride}, iters_per_group="
-                f"{self.iters_per_group}, roll_back={self.roll_back}, same_noise={self.same_noise}, group_size="
-                f"{self.group_size}, beta={self.kl_beta}, clip_range={self.clip_range}, inner_epochs={self.inner_epochs}, "
-                f"minibatches={self.minibatches}" + (", guard=True)" if self.guard else ")"))
+        return (
+            f"MixGRPO(window={self.window}, schedule={self.schedule!r}, stride={self.stride}, iters_per_group="
+            f"{self.iters_per_group}, roll_back={self.roll_back}, same_noise={self.same_noise}, group_size="
+            f"{self.group_size}, beta={self.kl_beta}, clip_range={self.clip_range}, inner_epochs={self.inner_epochs}, "
+            f"minibatches={self.minibatches}" + (", guard=True)" if self.guard else ")")
+        )
 
     # -- checks ------------------------------------------------------------------------------------
     def check(self, sampler) -> None:
@@ -158,7 +170,9 @@ class MixGRPO(GRPO):
     def expand(self, inputs: StepInputs):
         if not self.same_noise:
             return super().expand(inputs)
-        return inputs.cond.repeat(self.group_size), inputs.noise.repeat(self.group_size, *([1] * (inputs.noise.ndim - 1)))
+        return inputs.cond.repeat(self.group_size), inputs.noise.repeat(
+            self.group_size, *([1] * (inputs.noise.ndim - 1))
+        )
 
     # -- state -------------------------------------------------------------------------------------
     def on_optimizer_step(self, applied: bool) -> None:

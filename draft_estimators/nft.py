@@ -36,8 +36,8 @@ Flow-matching models only: the loss is written for the velocity of x_σ = (1 −
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
@@ -68,16 +68,25 @@ class DiffusionNFT(EstimatorBase):
     name = "diffusion-nft"
     needs_reward_gradient = False
 
-    def __init__(self, group_size: int = 4, beta: float = 1.0, kl_weight: float = 1e-4, adv_clip_max: float = 5.0,
-                 timestep_fraction: float = 0.99, decay: str = "linear", checkpoint: bool = True) -> None:
+    def __init__(
+        self,
+        group_size: int = 4,
+        beta: float = 1.0,
+        kl_weight: float = 1e-4,
+        adv_clip_max: float = 5.0,
+        timestep_fraction: float = 0.99,
+        decay: str = "linear",
+        checkpoint: bool = True,
+    ) -> None:
         self.group_size = _check_number("group_size", group_size, 2, integer=True)
         self.beta = float(_check_number("beta", beta, 0.0, open_low=True))
         self.kl_weight = float(_check_number("kl_weight", kl_weight, 0.0))
         self.adv_clip_max = float(_check_number("adv_clip_max", adv_clip_max, 0.0, open_low=True))
         self.timestep_fraction = float(_check_number("timestep_fraction", timestep_fraction, 0.0, 1.0, open_low=True))
         if decay not in DECAYS:
-            raise ConfigError(f"estimator.decay must be one of {', '.join(DECAYS)} (the old policy's update schedule), "
-                              f"got {decay!r}.")
+            raise ConfigError(
+                f"estimator.decay must be one of {', '.join(DECAYS)} (the old policy's update schedule), got {decay!r}."
+            )
         if not isinstance(checkpoint, bool):
             raise ConfigError(f"estimator.checkpoint must be true or false, got {checkpoint!r}.")
         self.decay, self.checkpoint = decay, checkpoint
@@ -86,8 +95,10 @@ class DiffusionNFT(EstimatorBase):
         self.updates = 0  # applied optimiser steps (the decay's clock)
 
     def __repr__(self) -> str:
-        return (f"DiffusionNFT(group_size={self.group_size}, beta={self.beta}, kl_weight={self.kl_weight}, "
-                f"adv_clip_max={self.adv_clip_max}, timestep_fraction={self.timestep_fraction}, decay={self.decay!r})")
+        return (
+            f"DiffusionNFT(group_size={self.group_size}, beta={self.beta}, kl_weight={self.kl_weight}, "
+            f"adv_clip_max={self.adv_clip_max}, timestep_fraction={self.timestep_fraction}, decay={self.decay!r})"
+        )
 
     def check(self, sampler) -> None:
         if not getattr(sampler, "flow_matching", False):
@@ -162,17 +173,28 @@ class DiffusionNFT(EstimatorBase):
             rewards = inputs.reward(images, cond.prompts).detach().float()
         return cond.detach(), x0.detach(), rewards, images.detach()
 
-    def draw_levels(self, x0: torch.Tensor, num_steps: int, generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def draw_levels(
+        self, x0: torch.Tensor, num_steps: int, generator: torch.Generator
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """K (step index [N], noise ε [N, ...]) pairs: a random order of the steps per sample, fresh noise per level."""
         n = x0.shape[0]
         k = max(1, int(self.timestep_fraction * num_steps))
         order = torch.stack([torch.randperm(num_steps, generator=generator) for _ in range(n)])[:, :k]
         device = generator.device
-        return [(order[:, j], torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device))
-                for j in range(k)]
+        return [
+            (order[:, j], torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device))
+            for j in range(k)
+        ]
 
-    def loss(self, model, sampler, cond: Conditioning, x0: torch.Tensor, r: torch.Tensor,
-             levels: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self,
+        model,
+        sampler,
+        cond: Conditioning,
+        x0: torch.Tensor,
+        r: torch.Tensor,
+        levels: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The NFT loss (module docstring) of samples ``x0`` [N, ...] with optimality ``r`` [N], averaged over ``levels``."""
         self._bind(model)
         sched = sampler.scheduler(model)
@@ -198,9 +220,13 @@ class DiffusionNFT(EstimatorBase):
                 x0_neg = x_t - sigma * ((1 + self.beta) * v_old - self.beta * v)
                 w_pos = (x0_pos - x0).abs().flatten(1).mean(1).clamp_min(1e-5).detach()
                 w_neg = (x0_neg - x0).abs().flatten(1).mean(1).clamp_min(1e-5).detach()
-                fit = (r * (x0_pos - x0).pow(2).flatten(1).mean(1) / w_pos
-                       + (1 - r) * (x0_neg - x0).pow(2).flatten(1).mean(1) / w_neg) / self.beta
-                penalty = (v - v_ref).pow(2).flatten(1).mean(1).mean() if v_ref is not None else torch.zeros_like(fit[0])
+                fit = (
+                    r * (x0_pos - x0).pow(2).flatten(1).mean(1) / w_pos
+                    + (1 - r) * (x0_neg - x0).pow(2).flatten(1).mean(1) / w_neg
+                ) / self.beta
+                penalty = (
+                    (v - v_ref).pow(2).flatten(1).mean(1).mean() if v_ref is not None else torch.zeros_like(fit[0])
+                )
                 return self.adv_clip_max * fit.mean(), penalty
 
             fit, penalty = torch_checkpoint(term, x_t, use_reentrant=False) if self.checkpoint else term(x_t)
@@ -220,6 +246,11 @@ class DiffusionNFT(EstimatorBase):
         r = optimality(rewards, self.group_size, self.adv_clip_max)
         levels = self.draw_levels(x0, inputs.sampler.num_steps, inputs.generator)
         loss, logs = self.loss(inputs.model, inputs.sampler, cond, x0, r, levels)
-        logs.update({"nft_optimality_mean_abs_dev": (r - 0.5).abs().mean().item(),
-                     "nft_old_decay": self.decay_at(self.updates), "reward_sampled_std": rewards.std().item()})
+        logs.update(
+            {
+                "nft_optimality_mean_abs_dev": (r - 0.5).abs().mean().item(),
+                "nft_old_decay": self.decay_at(self.updates),
+                "reward_sampled_std": rewards.std().item(),
+            }
+        )
         return EstimatorOutput(loss=loss, reward=reported, images=images[:batch], queries=self.group_size, logs=logs)

@@ -48,9 +48,9 @@ from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from draft_core.errors import ConfigError
 from draft_core.models.conditioning import EXTRA_PREFIX, TENSOR_FIELDS, conditioning_keys
+from draft_core.plugins.bases import EstimatorBase, as_sampler
 from draft_core.plugins.protocols import Conditioning, EstimatorOutput, StepInputs
 from draft_core.samplers.gaussian import is_stochastic, kl_same_std, log_prob
-from draft_core.plugins.bases import EstimatorBase, as_sampler
 from draft_estimators.guard import check_guard_sampler, guarded_log_ratio, step_weight
 
 ON_DEVICE = ("latents", "log_probs", "advantages", "rewards", "means")
@@ -59,7 +59,9 @@ BUFFER_KEYS = ("latents", "log_probs", "advantages", "rewards", "cond", "steps",
 OPTIONAL_KEYS = tuple(f for f in TENSOR_FIELDS if f != "cond")
 
 
-def clipped_surrogate(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float):
+def clipped_surrogate(
+    new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
+):
     """PPO's clipped objective as a loss, and the ratios. All [B]; returns (scalar, [B]).
 
     loss = mean_b max(−A_b ρ_b, −A_b clip(ρ_b, 1 − ε, 1 + ε)), ρ = exp(new − old). At ρ = 1
@@ -73,8 +75,14 @@ def clipped_surrogate(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, ad
 
 
 @torch.no_grad()
-def rollout(sampler, model, cond: Conditioning, noise: torch.Tensor, generator: torch.Generator | None,
-            means: list[torch.Tensor] | None = None):
+def rollout(
+    sampler,
+    model,
+    cond: Conditioning,
+    noise: torch.Tensor,
+    generator: torch.Generator | None,
+    means: list[torch.Tensor] | None = None,
+):
     """Sample with the current policy, keeping every state and each step's log-probability.
 
     noise: [N, C, h, w]. Returns latents [T+1, N, C, h, w] (x_0 .. x_T, x_T the sample),
@@ -92,21 +100,28 @@ def rollout(sampler, model, cond: Conditioning, noise: torch.Tensor, generator: 
         if means is not None:
             means.append(mean)
         stochastic = is_stochastic(std)
-        log_probs.append(log_prob(x, mean, std) if stochastic else torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
+        log_probs.append(
+            log_prob(x, mean, std) if stochastic else torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        )
         states.append(x)
         stds.append(torch.as_tensor(std, dtype=torch.float64).reshape(-1)[0])
     return torch.stack(states), torch.stack(log_probs), torch.stack(stds)
 
 
-def _check_number(key: str, value, low: float, high: float = math.inf, *, integer: bool = False, open_low: bool = False):
+def _check_number(
+    key: str, value, low: float, high: float = math.inf, *, integer: bool = False, open_low: bool = False
+):
     kind = int if integer else (int, float)
     ok = not isinstance(value, bool) and isinstance(value, kind)
     ok = ok and (value > low if open_low else value >= low) and value <= high
     if not ok:
         what = "an integer" if integer else "a number"
         bound = f"> {low}" if open_low else f">= {low}"
-        raise ConfigError(f"estimator.{key} must be {what} {bound}" + (f" and <= {high}" if high < math.inf else "")
-                          + f", got {value!r}.")
+        raise ConfigError(
+            f"estimator.{key} must be {what} {bound}"
+            + (f" and <= {high}" if high < math.inf else "")
+            + f", got {value!r}."
+        )
     return value
 
 
@@ -126,8 +141,16 @@ class PolicyGradient(EstimatorBase):
     #: train the first int(timestep_fraction · S) noisy steps in order (Flow-GRPO), not a random subset (DDPO).
     first_steps = False
 
-    def __init__(self, clip_range: float, adv_clip_max: float, timestep_fraction: float, inner_epochs: int,
-                 minibatches: int, checkpoint: bool, kl_beta: float = 0.0) -> None:
+    def __init__(
+        self,
+        clip_range: float,
+        adv_clip_max: float,
+        timestep_fraction: float,
+        inner_epochs: int,
+        minibatches: int,
+        checkpoint: bool,
+        kl_beta: float = 0.0,
+    ) -> None:
         self.clip_range = float(_check_number("clip_range", clip_range, 0.0, open_low=True))
         self.adv_clip_max = float(_check_number("adv_clip_max", adv_clip_max, 0.0, open_low=True))
         self.timestep_fraction = float(_check_number("timestep_fraction", timestep_fraction, 0.0, 1.0, open_low=True))
@@ -178,13 +201,19 @@ class PolicyGradient(EstimatorBase):
         return {f"buffer.{k}": v.detach().to("cpu", copy=True) for k, v in self.buffer.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        found = {k[len("buffer."):]: v for k, v in state.items() if k.startswith("buffer.")}
-        if found and set(found) - {*OPTIONAL_KEYS, "means"} - {k for k in found if k.startswith(EXTRA_PREFIX)} != set(BUFFER_KEYS):
-            raise ConfigError(f"estimator '{self.name}': the checkpoint's trajectory buffer has keys {sorted(found)}, "
-                              f"expected {sorted(BUFFER_KEYS)}; was it written by another version of draft?")
+        found = {k[len("buffer.") :]: v for k, v in state.items() if k.startswith("buffer.")}
+        if found and set(found) - {*OPTIONAL_KEYS, "means"} - {k for k in found if k.startswith(EXTRA_PREFIX)} != set(
+            BUFFER_KEYS
+        ):
+            raise ConfigError(
+                f"estimator '{self.name}': the checkpoint's trajectory buffer has keys {sorted(found)}, "
+                f"expected {sorted(BUFFER_KEYS)}; was it written by another version of draft?"
+            )
         self.buffer = dict(found) if found else None
         if self.buffer is not None and self.guard != ("means" in self.buffer):
-            self.buffer = None  # written with the guard switched the other way: its stored means do not fit, sample afresh
+            self.buffer = (
+                None  # written with the guard switched the other way: its stored means do not fit, sample afresh
+            )
         if self.buffer is not None and not all(torch.isfinite(self.buffer[k]).all() for k in ("rewards", "advantages")):
             self.buffer = None  # a poisoned batch from an older checkpoint: sample afresh instead
 
@@ -199,11 +228,15 @@ class PolicyGradient(EstimatorBase):
         cond, noise = self.expand(inputs)
         n = noise.shape[0]
         if self.minibatches > n:
-            raise ConfigError(f"estimator.minibatches={self.minibatches} exceeds the {n} trajectories a call samples "
-                              f"(train.batch_size per process{' × group_size' if self.queries_per_image > 1 else ''}); "
-                              f"use 1 <= minibatches <= {n}.")
+            raise ConfigError(
+                f"estimator.minibatches={self.minibatches} exceeds the {n} trajectories a call samples "
+                f"(train.batch_size per process{' × group_size' if self.queries_per_image > 1 else ''}); "
+                f"use 1 <= minibatches <= {n}."
+            )
         means: list[torch.Tensor] | None = [] if self.guard else None
-        latents, old_log_probs, stds = rollout(self.rollout_sampler(sampler), model, cond, noise, inputs.generator, means)
+        latents, old_log_probs, stds = rollout(
+            self.rollout_sampler(sampler), model, cond, noise, inputs.generator, means
+        )
         with torch.no_grad():
             images = model.decode(latents[-1])
             rewards = inputs.reward(images, cond.prompts).detach().float()
@@ -215,21 +248,33 @@ class PolicyGradient(EstimatorBase):
             return images[: inputs.noise.shape[0]].detach(), {}, self.report(rewards, inputs.noise.shape[0])
         steps = torch.nonzero(stds > 0).flatten()
         if steps.numel() == 0:
-            raise ConfigError(f"estimator '{self.name}': no step of {sampler!r} draws noise for this model, so there "
-                              "is no step log-probability to train on; use ddim with eta > 0 or ddpm with more steps "
-                                   "(flow-sde with eta > 0 for a flow-matching model).")
+            raise ConfigError(
+                f"estimator '{self.name}': no step of {sampler!r} draws noise for this model, so there "
+                "is no step log-probability to train on; use ddim with eta > 0 or ddpm with more steps "
+                "(flow-sde with eta > 0 for a flow-matching model)."
+            )
         per_update = max(1, int(self.timestep_fraction * steps.numel()))  # DDPO: int(T · fraction)
         g = inputs.generator
         perms = torch.stack([torch.randperm(n, generator=g) for _ in range(self.inner_epochs)])
         if self.first_steps:
             order = steps[:per_update].repeat(self.inner_epochs * self.minibatches, 1)
         else:
-            order = torch.stack([steps[torch.randperm(steps.numel(), generator=g)[:per_update]]
-                                 for _ in range(self.inner_epochs * self.minibatches)])
+            order = torch.stack(
+                [
+                    steps[torch.randperm(steps.numel(), generator=g)[:per_update]]
+                    for _ in range(self.inner_epochs * self.minibatches)
+                ]
+            )
         self.buffer = {
-            "latents": latents, "log_probs": old_log_probs, "advantages": adv.clamp(-self.adv_clip_max, self.adv_clip_max),
-            "rewards": self.report(rewards, inputs.noise.shape[0]), **cond.detach().tensors(),
-            "steps": steps, "perms": perms, "order": order, "cursor": torch.zeros((), dtype=torch.int64),
+            "latents": latents,
+            "log_probs": old_log_probs,
+            "advantages": adv.clamp(-self.adv_clip_max, self.adv_clip_max),
+            "rewards": self.report(rewards, inputs.noise.shape[0]),
+            **cond.detach().tensors(),
+            "steps": steps,
+            "perms": perms,
+            "order": order,
+            "cursor": torch.zeros((), dtype=torch.int64),
         }
         if means is not None:
             self.buffer["means"] = torch.stack(means)
@@ -244,11 +289,14 @@ class PolicyGradient(EstimatorBase):
             images, logs, dropped = self._fill(inputs)
             if dropped is not None:  # one skipped step (the runner sees the rewards), then a fresh batch
                 nan = torch.full((), float("nan"), device=images.device)
-                return EstimatorOutput(loss=nan, reward=dropped, images=images, queries=self.queries_per_image,
-                                       logs={"fresh_samples": 1.0})
+                return EstimatorOutput(
+                    loss=nan, reward=dropped, images=images, queries=self.queries_per_image, logs={"fresh_samples": 1.0}
+                )
         buf = self.buffer
         if buf["latents"].device != inputs.model.device:  # restored from a checkpoint (on the CPU)
-            buf.update({key: buf[key].to(inputs.model.device) for key in (*ON_DEVICE, *conditioning_keys(buf)) if key in buf})
+            buf.update(
+                {key: buf[key].to(inputs.model.device) for key in (*ON_DEVICE, *conditioning_keys(buf)) if key in buf}
+            )
         k = int(buf["cursor"])
         epoch, part = divmod(k, self.minibatches)
         idx = torch.tensor_split(buf["perms"][epoch], self.minibatches)[part]
@@ -260,11 +308,18 @@ class PolicyGradient(EstimatorBase):
         loss, ppo_logs = self.ppo_loss(inputs.model, inputs.sampler, idx, steps, backward=split)
         logs.update(ppo_logs)
         logs["fresh_samples"] = float(fresh)
-        return EstimatorOutput(loss=loss, reward=buf["rewards"].clone(), images=images,
-                               queries=self.queries_per_image if fresh else 0, logs=logs, backward_done=split is not None)
+        return EstimatorOutput(
+            loss=loss,
+            reward=buf["rewards"].clone(),
+            images=images,
+            queries=self.queries_per_image if fresh else 0,
+            logs=logs,
+            backward_done=split is not None,
+        )
 
-    def ppo_loss(self, model, sampler, idx: torch.Tensor, steps: list[int],
-                 backward=None) -> tuple[torch.Tensor, dict[str, float]]:
+    def ppo_loss(
+        self, model, sampler, idx: torch.Tensor, steps: list[int], backward=None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The PPO loss of trajectories ``idx`` [b] over ``steps``, averaged over the steps.
 
         backward: StepInputs.backward; given, each step's share of the loss (its loss / the number
@@ -308,8 +363,12 @@ class PolicyGradient(EstimatorBase):
             total = total + loss
             clipped.append(((ratio.detach() - 1).abs() > self.clip_range).float().mean())
             approx_kl.append(0.5 * (out[0].detach() - old).pow(2).mean())
-        logs = {"clipfrac": torch.stack(clipped).mean().item(), "approx_kl": torch.stack(approx_kl).mean().item(),
-                "advantage_abs": adv.abs().mean().item(), "ppo_steps": float(len(steps))}
+        logs = {
+            "clipfrac": torch.stack(clipped).mean().item(),
+            "approx_kl": torch.stack(approx_kl).mean().item(),
+            "advantage_abs": adv.abs().mean().item(),
+            "ppo_steps": float(len(steps)),
+        }
         if kls:
             logs["kl"] = torch.stack(kls).mean().item()
         return total / len(steps), logs

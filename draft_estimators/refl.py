@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 
 from draft_core.errors import ConfigError
-from draft_core.plugins.protocols import StepInputs
 from draft_core.plugins.bases import EstimatorBase
-
+from draft_core.plugins.protocols import StepInputs
 from draft_estimators.truncated import reward_loss
 
 

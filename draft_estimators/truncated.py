@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 
 from draft_core.errors import ConfigError
-from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 from draft_core.plugins.bases import EstimatorBase
-
+from draft_core.plugins.protocols import EstimatorOutput, StepInputs
 from draft_estimators.alignprop import check_range, draw_kept, sample_with_kept_steps
 
 
@@ -36,7 +35,10 @@ class TruncatedBackprop(EstimatorBase):
     checkpointing for K = 1)."""
 
     def __init__(
-        self, k: int | None = 1, checkpoint: bool | None = None, k_range: list[int] | None = None,
+        self,
+        k: int | None = 1,
+        checkpoint: bool | None = None,
+        k_range: list[int] | None = None,
         alignprop_range: list[int] | None = None,
     ) -> None:
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
@@ -44,11 +46,15 @@ class TruncatedBackprop(EstimatorBase):
         if k_range is not None:
             ok = isinstance(k_range, (list, tuple)) and len(k_range) == 2 and all(isinstance(v, int) for v in k_range)
             if not ok or not 1 <= k_range[0] <= k_range[1]:
-                raise ConfigError(f"estimator.k_range must be [lo, hi] with 1 <= lo <= hi <= sampler steps, got {k_range!r}.")
+                raise ConfigError(
+                    f"estimator.k_range must be [lo, hi] with 1 <= lo <= hi <= sampler steps, got {k_range!r}."
+                )
             k_range = (int(k_range[0]), int(k_range[1]))
         if alignprop_range is not None:
             if k_range is not None:
-                raise ConfigError("estimator.k_range and estimator.alignprop_range are two different random truncations; give one.")
+                raise ConfigError(
+                    "estimator.k_range and estimator.alignprop_range are two different random truncations; give one."
+                )
             alignprop_range = check_range(alignprop_range)
         self.k = k
         self.k_range = k_range
@@ -99,7 +105,11 @@ class TruncatedBackprop(EstimatorBase):
         k = self.draw_k(inputs)
         checkpoint = k > 1 if self.checkpoint is None else self.checkpoint
         x0 = sampler.sample(
-            inputs.model, inputs.cond, inputs.noise, grad_from=sampler.num_steps - k, checkpoint=checkpoint,
+            inputs.model,
+            inputs.cond,
+            inputs.noise,
+            grad_from=sampler.num_steps - k,
+            checkpoint=checkpoint,
             generator=inputs.generator,
         )
         out = reward_loss(inputs, x0)
@@ -107,12 +117,13 @@ class TruncatedBackprop(EstimatorBase):
             out.logs["k"] = float(k)
         return out
 
-
     def _alignprop(self, inputs: StepInputs) -> EstimatorOutput:
         sampler = inputs.sampler
         kept = draw_kept(*self.alignprop_range, sampler.num_steps, inputs.generator)
         checkpoint = sum(kept) > 1 if self.checkpoint is None else self.checkpoint
-        x0 = sample_with_kept_steps(sampler, inputs.model, inputs.cond, inputs.noise, kept, inputs.generator, checkpoint)
+        x0 = sample_with_kept_steps(
+            sampler, inputs.model, inputs.cond, inputs.noise, kept, inputs.generator, checkpoint
+        )
         if not any(kept):  # every cutoff fell after its step: a zero gradient this time
             x0 = x0.detach().requires_grad_(True)
         out = reward_loss(inputs, x0)

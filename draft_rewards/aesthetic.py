@@ -24,7 +24,13 @@ from draft_core.errors import ModelLoadError
 from draft_core.rewarding.preprocess import CLIP_224, ImagePreprocess
 from draft_rewards.clip_score import CLIP_L14, clip_config
 from draft_rewards.hub import (
-    from_pretrained, hub_file, hub_file_available, load_state_dict_file, load_strict, local_path, pretrained_available,
+    from_pretrained,
+    hub_file,
+    hub_file_available,
+    load_state_dict_file,
+    load_strict,
+    local_path,
+    pretrained_available,
 )
 from draft_rewards.pretrained import PretrainedReward
 
@@ -104,7 +110,9 @@ class Aesthetic(PretrainedReward):
 
     def head_file(self):
         if self.path is not None:
-            return local_path(self.path, reward="aesthetic", option="path", expected=f"the predictor head ({OFFICIAL_FILE})")
+            return local_path(
+                self.path, reward="aesthetic", option="path", expected=f"the predictor head ({OFFICIAL_FILE})"
+            )
         return hub_file(HEAD_REPO, HEAD_FILE, reward="aesthetic", option="path")
 
     CLIP_EXPECTED = "a CLIP model folder written by CLIPModel.save_pretrained (config.json and weights)"
@@ -134,7 +142,11 @@ class Aesthetic(PretrainedReward):
         vision_config = config.vision_config
         vision_config.projection_dim = config.projection_dim
         vision = from_pretrained(
-            CLIPVisionModelWithProjection.from_pretrained, self.clip_model, config=vision_config, dtype=torch.float32, **kw
+            CLIPVisionModelWithProjection.from_pretrained,
+            self.clip_model,
+            config=vision_config,
+            dtype=torch.float32,
+            **kw,
         )
         return AestheticNet(vision, head)
 

@@ -32,17 +32,45 @@ PICKSCORE = "yuvalkirstain/PickScore_v1"
 # download: openai's ViT-L/14 and the LAION ViT-H/14 that PickScore fine-tunes.
 KNOWN_CONFIGS = {
     CLIP_L14: dict(
-        text_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                         hidden_act="quick_gelu", projection_dim=768),
-        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
-                           patch_size=14, image_size=224, hidden_act="quick_gelu", projection_dim=768),
+        text_config=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+        ),
+        vision_config=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_attention_heads=16,
+            num_hidden_layers=24,
+            patch_size=14,
+            image_size=224,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+        ),
         projection_dim=768,
     ),
     PICKSCORE: dict(
-        text_config=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
-                         hidden_act="gelu", projection_dim=1024),
-        vision_config=dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32,
-                           patch_size=14, image_size=224, hidden_act="gelu", projection_dim=1024),
+        text_config=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_attention_heads=16,
+            num_hidden_layers=24,
+            hidden_act="gelu",
+            projection_dim=1024,
+        ),
+        vision_config=dict(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_attention_heads=16,
+            num_hidden_layers=32,
+            patch_size=14,
+            image_size=224,
+            hidden_act="gelu",
+            projection_dim=1024,
+        ),
         projection_dim=1024,
     ),
 }
@@ -55,8 +83,13 @@ def clip_config(model: str, *, reward: str, option: str = "model"):
 
     if model in KNOWN_CONFIGS:
         return CLIPConfig(**KNOWN_CONFIGS[model])
-    return from_pretrained(CLIPConfig.from_pretrained, model, reward=reward, option=option,
-                           expected="a CLIP model folder with its config.json")
+    return from_pretrained(
+        CLIPConfig.from_pretrained,
+        model,
+        reward=reward,
+        option=option,
+        expected="a CLIP model folder with its config.json",
+    )
 
 
 @lru_cache(maxsize=4)
@@ -92,7 +125,11 @@ class ClipScore(PretrainedReward):
         from transformers import CLIPModel
 
         return from_pretrained(
-            CLIPModel.from_pretrained, self.model, reward=self.reward_name, option="model", expected=self.EXPECTED,
+            CLIPModel.from_pretrained,
+            self.model,
+            reward=self.reward_name,
+            option="model",
+            expected=self.EXPECTED,
             dtype=torch.float32,
         )
 

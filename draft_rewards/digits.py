@@ -24,6 +24,7 @@ from draft_core.models.digits.classifier import DigitCNN, classifier_input, load
 from draft_core.models.digits.data import DIGIT_WORDS
 from draft_core.rewarding.checks import check_image_batch
 
+
 class _Cached:
     """One loaded CNN per weights file, with a copy per (device, dtype) it has been asked for."""
 
@@ -87,11 +88,17 @@ class DigitClassifier(nn.Module):
     training script; None uses the shipped one.
     """
 
-    def __init__(self, target: int | None = None, weights: str | Path | None = None,
-                 output: Literal["log-prob", "prob"] = "log-prob") -> None:
+    def __init__(
+        self,
+        target: int | None = None,
+        weights: str | Path | None = None,
+        output: Literal["log-prob", "prob"] = "log-prob",
+    ) -> None:
         super().__init__()
         if target is not None and (isinstance(target, bool) or not isinstance(target, int) or not 0 <= target <= 9):
-            raise ValueError(f"DigitClassifier: target must be a digit 0..9 (or null: the digit each prompt names), got {target!r}.")
+            raise ValueError(
+                f"DigitClassifier: target must be a digit 0..9 (or null: the digit each prompt names), got {target!r}."
+            )
         if output not in ("log-prob", "prob"):
             raise ValueError(f"DigitClassifier: output must be 'log-prob' or 'prob', got {output!r}.")
         self.target = target
@@ -103,7 +110,9 @@ class DigitClassifier(nn.Module):
         """images: [B, 3, H, W] in [0, 1], any size; prompts: B of them when target is None. Returns [B] scores."""
         check_image_batch(images, "DigitClassifier")
         if self.target is None and len(prompts) != len(images):
-            raise ValueError(f"DigitClassifier without a target reads the digit from each prompt: got {len(prompts)} prompts for {len(images)} images.")
+            raise ValueError(
+                f"DigitClassifier without a target reads the digit from each prompt: got {len(prompts)} prompts for {len(images)} images."
+            )
         x = images if images.dtype == torch.float64 else images.float()
         if self.net is None:
             # The instance's own copy (0.25 MB) of the cached CNN, so that copying this reward
@@ -121,5 +130,8 @@ class DigitClassifier(nn.Module):
         return chosen.exp() if self.output == "prob" else chosen
 
     def extra_repr(self) -> str:
-        return (f"target={self.target}" + (f", output={self.output!r}" if self.output != "log-prob" else "")
-                + (f", weights={self.weights!r}" if self.weights is not None else ""))
+        return (
+            f"target={self.target}"
+            + (f", output={self.output!r}" if self.output != "log-prob" else "")
+            + (f", weights={self.weights!r}" if self.weights is not None else "")
+        )

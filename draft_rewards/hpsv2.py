@@ -85,7 +85,9 @@ class HPSv2(PretrainedReward):
 
     def checkpoint_file(self):
         if self.path is not None:
-            return local_path(self.path, reward="hpsv2", option="path", expected=f"an HPSv2 checkpoint ({HPS_FILES[self.version]})")
+            return local_path(
+                self.path, reward="hpsv2", option="path", expected=f"an HPSv2 checkpoint ({HPS_FILES[self.version]})"
+            )
         return hub_file(HPS_REPO, HPS_FILES[self.version], reward="hpsv2", option="path")
 
     def check_available(self) -> None:

@@ -43,7 +43,7 @@ def _how_to_provide(option: str, example: str) -> str:
 def local_path(path: str | os.PathLike, *, reward: str, option: str, expected: str, folder: bool = False) -> Path:
     """``path`` as an existing file (or folder), or ModelLoadError saying what was expected there."""
     p = Path(path).expanduser()
-    if (p.is_dir() if folder else p.is_file()):
+    if p.is_dir() if folder else p.is_file():
         return p
     kind = "folder" if folder else "file"
     state = "does not exist" if not p.exists() else f"is not a {kind}"
@@ -137,7 +137,7 @@ def load_state_dict_file(path: Path, *, reward: str, option: str) -> dict:
     if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
         raise ModelLoadError(f"{reward}: the checkpoint '{path}' does not hold a state dict (name -> tensor).")
     if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
@@ -154,6 +154,4 @@ def load_strict(module, state_dict: dict, *, reward: str, path: Path, expected: 
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         detail = "; ".join(parts) if parts else " ".join(str(exc).split())[:300]
-        raise ModelLoadError(
-            f"{reward}: the checkpoint '{path}' does not fit {expected}: {detail}."
-        ) from exc
+        raise ModelLoadError(f"{reward}: the checkpoint '{path}' does not fit {expected}: {detail}.") from exc

@@ -11,7 +11,7 @@ why the quickstart pairs it with a KL penalty and few steps.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -21,7 +21,9 @@ from draft_core.rewarding.checks import check_image_batch
 INKS = ("light", "dark")
 
 
-def ink_coverage(images: torch.Tensor, threshold: float = 0.5, softness: float = 0.1, ink: str = "light") -> torch.Tensor:
+def ink_coverage(
+    images: torch.Tensor, threshold: float = 0.5, softness: float = 0.1, ink: str = "light"
+) -> torch.Tensor:
     """images: [B, C, H, W] in [0, 1] -> [B] soft share of ink pixels, in (0, 1).
 
     float32 (float64 for float64 input) whatever the input precision.
@@ -45,9 +47,13 @@ class InkCoverage(nn.Module):
     def __init__(self, threshold: float = 0.5, softness: float = 0.1, ink: str = "light") -> None:
         super().__init__()
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
-            raise ValueError(f"InkCoverage: threshold must be a grey level strictly between 0 and 1, got {threshold!r}.")
+            raise ValueError(
+                f"InkCoverage: threshold must be a grey level strictly between 0 and 1, got {threshold!r}."
+            )
         if isinstance(softness, bool) or not isinstance(softness, (int, float)) or not softness > 0:
-            raise ValueError(f"InkCoverage: softness must be a positive number (grey levels, e.g. 0.1), got {softness!r}.")
+            raise ValueError(
+                f"InkCoverage: softness must be a positive number (grey levels, e.g. 0.1), got {softness!r}."
+            )
         if ink not in INKS:
             raise ValueError(f"InkCoverage: ink must be one of {list(INKS)}, got {ink!r}.")
         self.threshold, self.softness, self.ink = float(threshold), float(softness), ink

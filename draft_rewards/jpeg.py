@@ -7,7 +7,7 @@ incompressibility, with ``c``/``d`` kornia's differentiable JPEG codec.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from kornia.enhance import jpeg_codec_differentiable

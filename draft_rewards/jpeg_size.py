@@ -15,7 +15,7 @@ stand-in is ``jpeg-compressibility`` (kornia's codec, the DRaFT paper's B.3 rewa
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image

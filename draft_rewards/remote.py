@@ -44,8 +44,10 @@ class RemoteReward(nn.Module):
     def __init__(self, url: str, token: str | None = None, timeout: float = 60.0, retries: int = 3) -> None:
         super().__init__()
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"remote: url must be the server's address, e.g. http://127.0.0.1:8765 (as `draft reward serve` "
-                             f"prints it), got {url!r}.")
+            raise ValueError(
+                f"remote: url must be the server's address, e.g. http://127.0.0.1:8765 (as `draft reward serve` "
+                f"prints it), got {url!r}."
+            )
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ValueError(f"remote: timeout must be a number of seconds > 0, got {timeout!r}.")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -66,8 +68,10 @@ class RemoteReward(nn.Module):
                 if not isinstance(info, dict) or not isinstance(info.get("differentiable"), bool):
                     raise ValueError(f"no 'differentiable' field in {info!r}"[:200])
             except ValueError as exc:
-                raise RemoteRewardError(f"the reward server at {self.url} answered /info with something that is not a "
-                                        f"draft reward server's description ({exc}); is it `draft reward serve`?") from None
+                raise RemoteRewardError(
+                    f"the reward server at {self.url} answered /info with something that is not a "
+                    f"draft reward server's description ({exc}); is it `draft reward serve`?"
+                ) from None
             self._info = info
         return self._info
 
@@ -130,7 +134,9 @@ class RemoteReward(nn.Module):
         except (ValueError, KeyError, TypeError):
             message = f"an answer that is not a draft reward server's error: {body[:80]!r}"
         if code == 401:
-            return RemoteRewardError(f"the reward server at {self.url} refused the token (reward.token, or ${TOKEN_ENV}): {message}")
+            return RemoteRewardError(
+                f"the reward server at {self.url} refused the token (reward.token, or ${TOKEN_ENV}): {message}"
+            )
         return RemoteRewardError(f"the reward server at {self.url} refused {path} (HTTP {code}): {message}")
 
 

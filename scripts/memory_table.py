@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     from draft_core.planning.step import plan_step
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--plan", nargs="*", type=Path, default=[], help="configs to trace (their header line is rewritten)")
+    ap.add_argument(
+        "--plan", nargs="*", type=Path, default=[], help="configs to trace (their header line is rewritten)"
+    )
     a = ap.parse_args(argv)
     for path in a.plan:
         t0 = time.perf_counter()

@@ -64,7 +64,12 @@ def install(at: str, say: int = 1) -> None:
 
     global AT, SAY
     AT, SAY = at, say
-    batch, estimator_step, validate, run_validation = Trainer._batch, Trainer._estimator_step, Trainer.validate, Validation.run
+    batch, estimator_step, validate, run_validation = (
+        Trainer._batch,
+        Trainer._estimator_step,
+        Trainer.validate,
+        Validation.run,
+    )
     write_lora, save_file = Trainer._write_lora_folder, checkpoint.save_file
     now = {"step": 0}
 
@@ -89,7 +94,7 @@ def install(at: str, say: int = 1) -> None:
         save_file(tensors, path, *args, **kwargs)
         folder = os.path.basename(os.path.dirname(str(path)))  # .step-00000N.tmp while it is written
         if folder.startswith(".step-") and os.path.basename(str(path)) == "rng.safetensors":
-            hold("checkpoint", int(folder[len(".step-"):].split(".")[0]))
+            hold("checkpoint", int(folder[len(".step-") :].split(".")[0]))
 
     def _write_lora(self, folder):
         write_lora(self, folder)

@@ -14,4 +14,4 @@ def run_error(capsys, *argv: str) -> str:
     assert out == "", (out, err)
     assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
     assert "Traceback" not in err
-    return err[len("error: "):].strip()
+    return err[len("error: ") :].strip()

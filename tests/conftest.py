@@ -23,8 +23,12 @@ def no_model(monkeypatch):
 
 
 def pytest_addoption(parser):
-    parser.addoption("--slow", action="store_true", default=False,
-                     help="longer fuzz walls (tests/test_fuzz_*.py: ten times the Hypothesis examples)")
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        default=False,
+        help="longer fuzz walls (tests/test_fuzz_*.py: ten times the Hypothesis examples)",
+    )
 
 
 def pytest_configure(config):

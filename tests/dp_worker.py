@@ -35,6 +35,7 @@ def recording(name, fn):
     def wrapper(*args, **kwargs):
         writes.append(name)
         return fn(*args, **kwargs)
+
     return wrapper
 
 
@@ -51,7 +52,10 @@ def average_and_record(acc, params, scalars):
     out = average_gradients(acc, params, scalars)
     if os.environ.get("DP_WORKER_GRADS"):  # the step about to be taken is the trainer's step + 1
         step = 1 + sum(1 for f in dump.glob(f"{prefix}rank{rank}-grad*"))
-        save_file({f"{i}": p.grad.detach().clone() for i, p in enumerate(params)}, dump / f"{prefix}rank{rank}-grad{step}.safetensors")
+        save_file(
+            {f"{i}": p.grad.detach().clone() for i, p in enumerate(params)},
+            dump / f"{prefix}rank{rank}-grad{step}.safetensors",
+        )
     return out
 
 
@@ -61,8 +65,10 @@ runner.average_gradients = average_and_record
 def train_and_record(self):
     out = train(self)
     frozen = [p for p in self.model.denoiser.parameters() if not p.requires_grad]
-    shares.append(sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in frozen)
-                  / sum(p.numel() for p in frozen))
+    shares.append(
+        sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in frozen)
+        / sum(p.numel() for p in frozen)
+    )
     save_file(lora_state(self.model.denoiser), dump / f"{prefix}rank{rank}-step{self.step}.safetensors")
     return out
 
@@ -70,8 +76,10 @@ def train_and_record(self):
 runner.Trainer.train = train_and_record
 # The first part of the run, then a resume in the same processes (checkpoint saved and loaded by both).
 split = int(os.environ.get("DP_WORKER_SPLIT", steps - 1))  # the step after which the run stops and resumes
-codes = [cli.main(["train", *sys.argv[4:], "--out", run, "--no-progress", "--set", f"train.steps={split}"]),
-         cli.main(["train", "--resume", run, "--no-progress", "--set", f"train.steps={steps}"])]
+codes = [
+    cli.main(["train", *sys.argv[4:], "--out", run, "--no-progress", "--set", f"train.steps={split}"]),
+    cli.main(["train", "--resume", run, "--no-progress", "--set", f"train.steps={steps}"]),
+]
 if plain := os.environ.get("DP_WORKER_PLAIN"):
     os.environ["ACCELERATE_USE_FSDP"] = "false"  # read at each run's setup (training/fsdp.py)
     prefix = "plain-"

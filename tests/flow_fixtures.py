@@ -25,16 +25,31 @@ def tiny_pixel_flow(dtype=torch.float32, seed: int = 0, scheduler_config: dict |
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = SD3Transformer2DModel(
-            sample_size=8, patch_size=1, in_channels=3, out_channels=3, num_layers=1, attention_head_dim=8,
-            num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
-            pooled_projection_dim=sum(CLIP_WIDTHS), pos_embed_max_size=8,
+            sample_size=8,
+            patch_size=1,
+            in_channels=3,
+            out_channels=3,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            caption_projection_dim=16,
+            pooled_projection_dim=sum(CLIP_WIDTHS),
+            pos_embed_max_size=8,
         )
         text_encoder = CLIPTextModelWithProjection(tiny_clip_config(CLIP_WIDTHS[0]))
         text_encoder_2 = CLIPTextModelWithProjection(tiny_clip_config(CLIP_WIDTHS[1]))
     tokenizer = offline_clip_tokenizer()
-    model = SD3Model(transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                     tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler_config=scheduler_config or FLOW_SCHEDULER,
-                     name="tiny-pixel-flow", max_sequence_length=8)
+    model = SD3Model(
+        transformer=transformer,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        scheduler_config=scheduler_config or FLOW_SCHEDULER,
+        name="tiny-pixel-flow",
+        max_sequence_length=8,
+    )
     return model.to(dtype=dtype)
 
 

@@ -52,11 +52,28 @@ class Browser:
             os.dup2(a, 3)
             os.dup2(b, 4)
 
-        args = [executable, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-                f"--user-data-dir={self.profile}", "--no-first-run", "--no-default-browser-check",
-                "--disable-extensions", "--mute-audio", f"--window-size={width},{height}", "about:blank"]
-        self.proc = subprocess.Popen(args, preexec_fn=plumb, close_fds=False,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        args = [
+            executable,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={self.profile}",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--mute-audio",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ]
+        self.proc = subprocess.Popen(
+            args,
+            preexec_fn=plumb,
+            close_fds=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._next_id = 0
@@ -70,7 +87,14 @@ class Browser:
         self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             self.call(f"{domain}.enable", session=True)
-        self.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height, deviceScaleFactor=1, mobile=False)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            session=True,
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
 
     # -- the protocol ---------------------------------------------------------------
     def _read(self) -> None:
@@ -101,7 +125,9 @@ class Browser:
             d = params["exceptionDetails"]
             self.errors.append(f"exception: {d.get('exception', {}).get('description') or d.get('text')}")
         elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            self.errors.append("console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
+            self.errors.append(
+                "console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"])
+            )
         elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
             self.errors.append(f"log: {params['entry']['text']} ({params['entry'].get('url', '')})")
         elif method == "Page.loadEventFired":
@@ -136,15 +162,27 @@ class Browser:
 
     def js(self, expression: str):
         """The value of a JavaScript expression in the page (JSON-serialisable results)."""
-        result = self.call("Runtime.evaluate", session=True, expression=expression, returnByValue=True, awaitPromise=True)
+        result = self.call(
+            "Runtime.evaluate", session=True, expression=expression, returnByValue=True, awaitPromise=True
+        )
         if "exceptionDetails" in result:
-            raise CDPError(f"{expression!r} threw: {result['exceptionDetails'].get('exception', {}).get('description')}")
+            raise CDPError(
+                f"{expression!r} threw: {result['exceptionDetails'].get('exception', {}).get('description')}"
+            )
         return result["result"].get("value")
 
     def mouse(self, kind: str, x: float, y: float) -> None:
         """A real mouse event at page coordinates: kind is moved, pressed or released (left button)."""
-        self.call("Input.dispatchMouseEvent", session=True, type=f"mouse{kind.capitalize()}", x=x, y=y,
-                  button="left" if kind != "moved" else "none", buttons=1 if kind == "pressed" else 0, clickCount=1)
+        self.call(
+            "Input.dispatchMouseEvent",
+            session=True,
+            type=f"mouse{kind.capitalize()}",
+            x=x,
+            y=y,
+            button="left" if kind != "moved" else "none",
+            buttons=1 if kind == "pressed" else 0,
+            clickCount=1,
+        )
 
     def key(self, key: str, code: int) -> None:
         for kind in ("keyDown", "keyUp"):
@@ -172,7 +210,7 @@ class Browser:
                 pass
         shutil.rmtree(self.profile, ignore_errors=True)
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -74,8 +74,9 @@ def grads_of(estimator, inputs, params, split: bool = False):
     return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params], out
 
 
-def assert_central_differences(loss_at, grads, params, directions: int = 3, h: float = 1e-5, rel: float = 1e-6,
-                               seed: int = 0) -> None:
+def assert_central_differences(
+    loss_at, grads, params, directions: int = 3, h: float = 1e-5, rel: float = 1e-6, seed: int = 0
+) -> None:
     """Float64: along random directions d in parameter space, the analytic directional
     derivative Σ⟨grad, d⟩ equals (L(θ + h·d) − L(θ − h·d)) / 2h. ``loss_at()`` evaluates L
     at the current parameters (resetting any random stream it draws from)."""
@@ -110,7 +111,9 @@ def patch_flux_rope_float64(monkeypatch) -> None:
 
     def rotate(x, freqs_cis, use_real=True, use_real_unbind_dim=-1, sequence_dim=2):
         if x.dtype != torch.float64:
-            return original(x, freqs_cis, use_real=use_real, use_real_unbind_dim=use_real_unbind_dim, sequence_dim=sequence_dim)
+            return original(
+                x, freqs_cis, use_real=use_real, use_real_unbind_dim=use_real_unbind_dim, sequence_dim=sequence_dim
+            )
         assert use_real and use_real_unbind_dim == -1 and sequence_dim == 1  # what FluxAttnProcessor passes
         cos, sin = (f[None, :, None, :].to(x) for f in freqs_cis)
         real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
@@ -118,5 +121,7 @@ def patch_flux_rope_float64(monkeypatch) -> None:
 
     x = torch.randn(1, 5, 2, 8, dtype=torch.float64)  # [B, S, heads, head_dim]: the same rotation as diffusers'
     freqs = transformer_flux.FluxPosEmbed(theta=10000, axes_dim=(2, 2, 4))(torch.rand(5, 3) * 4)
-    torch.testing.assert_close(rotate(x, freqs, sequence_dim=1), original(x, freqs, sequence_dim=1).double(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        rotate(x, freqs, sequence_dim=1), original(x, freqs, sequence_dim=1).double(), rtol=1e-6, atol=1e-6
+    )
     monkeypatch.setattr(transformer_flux, "apply_rotary_emb", rotate)

@@ -21,15 +21,35 @@ def make_run(root, name="run", slope=0.02, model="digits", lora=False):
 
     run = root / name
     (run / "samples").mkdir(parents=True)
-    overrides = [f"train.steps={STEPS}", f"train.sample_prompts=[a handwritten digit one, '{HOSTILE}']", f"model.name={model}"]
+    overrides = [
+        f"train.steps={STEPS}",
+        f"train.sample_prompts=[a handwritten digit one, '{HOSTILE}']",
+        f"model.name={model}",
+    ]
     load_config(preset="quickstart", overrides=overrides).dump(run / "config.yaml")
     rows = []
     for s in range(1, STEPS + 1):
         if s == SKIPPED:
-            rows.append({"step": s, "skipped": "reward", "reason": "non-finite reward values (NaN or inf)", "reward_mean": None, "lr": 1e-3})
+            rows.append(
+                {
+                    "step": s,
+                    "skipped": "reward",
+                    "reason": "non-finite reward values (NaN or inf)",
+                    "reward_mean": None,
+                    "lr": 1e-3,
+                }
+            )
             continue
-        row = {"step": s, "reward_mean": -1.0 + slope * s, "reward_std": 0.1, "loss": 1.0 - slope * s, "grad_norm": 0.5,
-               "lr": 1e-3, "seconds": 1.5, "kl": 0.01 * s}
+        row = {
+            "step": s,
+            "reward_mean": -1.0 + slope * s,
+            "reward_std": 0.1,
+            "loss": 1.0 - slope * s,
+            "grad_norm": 0.5,
+            "lr": 1e-3,
+            "seconds": 1.5,
+            "kl": 0.01 * s,
+        }
         if s % VAL_EVERY == 0:
             row["val/ink-coverage"] = 0.2 + 0.001 * s
         rows.append(row)

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_fixtures import LinearReward, assert_central_differences, grads_of, guided_eps, step_inputs, tiny_with_lora
 
 from draft_core.errors import ConfigError
 from draft_core.samplers.ddim import DDIMSampler
 from draft_estimators import FullBackprop, TruncatedBackprop
 from draft_estimators.alignprop import draw_kept
-from model_fixtures import LinearReward, assert_central_differences, grads_of, guided_eps, step_inputs, tiny_with_lora
 
 
 def test_cutoff_0_keeps_every_step_and_is_full_draft():
     model, params = tiny_with_lora(torch.float64)
-    inputs = step_inputs(model, DDIMSampler(steps=3, guidance_scale=3.0), LinearReward((1, 3, 64, 64), torch.float64), ["a cat"])
+    inputs = step_inputs(
+        model, DDIMSampler(steps=3, guidance_scale=3.0), LinearReward((1, 3, 64, 64), torch.float64), ["a cat"]
+    )
     ours, out = grads_of(TruncatedBackprop(alignprop_range=[0, 0]), inputs, params)
     full, _ = grads_of(FullBackprop(), inputs, params)
     assert out.logs["kept_steps"] == 3.0

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_fixtures import LinearReward
 
+from draft_core.cli import main
+from draft_core.errors import ConfigError
 from draft_core.evaluation.baselines import (
     DOODL,
     PAPER_TEMPLATE,
@@ -16,14 +19,11 @@ from draft_core.evaluation.baselines import (
     parse_spec,
     sample_images,
 )
-from draft_core.cli import main
-from draft_core.errors import ConfigError
 from draft_core.models.loading import load_model
 from draft_core.models.tiny import build_tiny_random
 from draft_core.samplers.ddim import DDIMSampler
 from draft_core.samplers.ddpm import DDPMSampler
 from draft_rewards.digits import DigitClassifier
-from model_fixtures import LinearReward
 
 PROMPTS = ["a cat", "a dog", "a cow"]
 
@@ -63,8 +63,10 @@ def test_best_of_n_keeps_the_argmax_candidate(tiny, reward):
 def test_best_of_one_is_plain_sampling(tiny, reward):
     sampler = DDIMSampler(steps=2, guidance_scale=3.0)
     noise = noise_for(tiny)
-    assert torch.equal(BestOfN(reward, n=1).generate(tiny, sampler, PROMPTS, noise).images,
-                       Plain().generate(tiny, sampler, PROMPTS, noise).images)
+    assert torch.equal(
+        BestOfN(reward, n=1).generate(tiny, sampler, PROMPTS, noise).images,
+        Plain().generate(tiny, sampler, PROMPTS, noise).images,
+    )
 
 
 # -- DOODL -----------------------------------------------------------------------------------------
@@ -111,7 +113,8 @@ def test_doodl_checkpointing_changes_nothing(tiny, reward):
     sampler = DDPMSampler(steps=2, guidance_scale=3.0)  # stochastic steps: one fixed chain per x_T
     outs = [
         DOODL(reward, steps=2, lr=0.05, checkpoint=c).generate(
-            tiny, sampler, PROMPTS[:2], noise_for(tiny, 2), generator=torch.Generator().manual_seed(3))
+            tiny, sampler, PROMPTS[:2], noise_for(tiny, 2), generator=torch.Generator().manual_seed(3)
+        )
         for c in (True, False)
     ]
     torch.testing.assert_close(outs[0].info["x_T"], outs[1].info["x_T"], rtol=1e-5, atol=1e-6)
@@ -121,8 +124,10 @@ def test_doodl_checkpointing_changes_nothing(tiny, reward):
 def test_doodl_with_zero_steps_is_plain_sampling(tiny, reward):
     sampler = DDIMSampler(steps=2, guidance_scale=3.0)
     noise = noise_for(tiny)
-    assert torch.equal(DOODL(reward, steps=0).generate(tiny, sampler, PROMPTS, noise).images,
-                       Plain().generate(tiny, sampler, PROMPTS, noise).images)
+    assert torch.equal(
+        DOODL(reward, steps=0).generate(tiny, sampler, PROMPTS, noise).images,
+        Plain().generate(tiny, sampler, PROMPTS, noise).images,
+    )
 
 
 # -- prompt templates ------------------------------------------------------------------------------
@@ -141,9 +146,15 @@ def test_prompt_template_shows_the_model_the_filled_template(tiny):
 # -- specs --------------------------------------------------------------------------------------------
 def test_method_specs():
     assert parse_spec("best-of-n:n=16", "--method") == ("best-of-n", {"n": 16})
-    assert parse_spec("doodl:steps=5,lr=0.1,checkpoint=false", "--method") == ("doodl", {"steps": 5, "lr": 0.1, "checkpoint": False})
+    assert parse_spec("doodl:steps=5,lr=0.1,checkpoint=false", "--method") == (
+        "doodl",
+        {"steps": 5, "lr": 0.1, "checkpoint": False},
+    )
     # commas inside a value are kept when no key= follows them
-    assert parse_spec(f"prompt-template:template={PAPER_TEMPLATE}", "--method") == ("prompt-template", {"template": PAPER_TEMPLATE})
+    assert parse_spec(f"prompt-template:template={PAPER_TEMPLATE}", "--method") == (
+        "prompt-template",
+        {"template": PAPER_TEMPLATE},
+    )
     assert parse_spec("digit-classifier:target=8", "--reward") == ("digit-classifier", {"target": 8})
     assert build_method("best-of-n:n=3", reward=object()).label == "best-of-3"
     with pytest.raises(ConfigError, match="Did you mean 'doodl'"):
@@ -162,7 +173,10 @@ def test_method_specs():
 def test_sample_with_best_of_n(tmp_path, capsys):
     args = ["sample", "--model", "tiny-random", "--prompt", "a cat", "--n", "2", "--steps", "2", "--save-tensor"]
     assert main([*args, "--out", str(tmp_path / "plain")]) == 0
-    assert main([*args, "--method", "best-of-n:n=3", "--reward", "jpeg-compressibility", "--out", str(tmp_path / "best")]) == 0
+    assert (
+        main([*args, "--method", "best-of-n:n=3", "--reward", "jpeg-compressibility", "--out", str(tmp_path / "best")])
+        == 0
+    )
     plain, best = (torch.load(tmp_path / d / "images.pt", weights_only=True) for d in ("plain", "best"))
     from draft_rewards.jpeg import JpegCompressibility
 
@@ -172,7 +186,10 @@ def test_sample_with_best_of_n(tmp_path, capsys):
 
 def test_sample_with_doodl_and_a_template(tmp_path, capsys):
     args = ["sample", "--model", "tiny-random", "--prompt", "a cat", "--n", "1", "--steps", "2"]
-    assert main([*args, "--method", "doodl:steps=1", "--reward", "jpeg-compressibility", "--out", str(tmp_path / "d")]) == 0
+    assert (
+        main([*args, "--method", "doodl:steps=1", "--reward", "jpeg-compressibility", "--out", str(tmp_path / "d")])
+        == 0
+    )
     assert main([*args, "--method", "prompt-template", "--out", str(tmp_path / "t")]) == 0
     assert (tmp_path / "d" / "0000.png").is_file() and (tmp_path / "t" / "grid.png").is_file()
 
@@ -180,5 +197,10 @@ def test_sample_with_doodl_and_a_template(tmp_path, capsys):
 def test_sample_method_errors_before_loading(capsys, no_model):
     assert main(["sample", "--prompt", "a cat", "--method", "best-of-n", "--out", "o"]) == 2
     assert "needs a reward" in capsys.readouterr().err
-    assert main(["sample", "--prompt", "a cat", "--method", "doodl", "--reward", "digit-classifier:target=12", "--out", "o"]) == 2
+    assert (
+        main(
+            ["sample", "--prompt", "a cat", "--method", "doodl", "--reward", "digit-classifier:target=12", "--out", "o"]
+        )
+        == 2
+    )
     assert "digit-classifier" in capsys.readouterr().err

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_fixtures import PooledLinearReward, grads_of, step_inputs
 
 from draft_core.errors import ConfigError
 from draft_core.lora import add_lora
-from draft_core.memory import (CheckpointedReward, block_checkpointing, configure_denoiser, internal_switch,
-                               step_checkpointing)
+from draft_core.memory import (
+    CheckpointedReward,
+    block_checkpointing,
+    configure_denoiser,
+    internal_switch,
+    step_checkpointing,
+)
 from draft_core.samplers.ddim import DDIMSampler
 from draft_core.samplers.flow import EulerSampler
 from draft_estimators import TruncatedBackprop
-from model_fixtures import PooledLinearReward, grads_of, step_inputs
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -26,15 +31,21 @@ def build(family: str):
     from draft_core.models.tiny import SD14_SCHEDULER_CONFIG, build_tiny_random
     from draft_core.models.tiny_sd3 import build_tiny_random_sd3
 
-    makers = {"sd": lambda: build_tiny_random(scheduler_config=SD14_SCHEDULER_CONFIG), "sdxl": build_tiny_random_sdxl,
-              "sd3": build_tiny_random_sd3, "flux": build_tiny_random_flux}
+    makers = {
+        "sd": lambda: build_tiny_random(scheduler_config=SD14_SCHEDULER_CONFIG),
+        "sdxl": build_tiny_random_sdxl,
+        "sd3": build_tiny_random_sd3,
+        "flux": build_tiny_random_flux,
+    }
     model = makers[family]().to(dtype=torch.float64)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         params = add_lora(model.denoiser, rank=2, init=False)  # both factors random: every weight gets gradient
     for p in params:
         p.data = p.data.to(torch.float64)
-    sampler = EulerSampler(steps=2, guidance_scale=3.0) if model.flow_matching else DDIMSampler(steps=2, guidance_scale=3.0)
+    sampler = (
+        EulerSampler(steps=2, guidance_scale=3.0) if model.flow_matching else DDIMSampler(steps=2, guidance_scale=3.0)
+    )
     return model, params, sampler
 
 
@@ -95,8 +106,13 @@ def test_modes_and_auto_threshold():
     assert block_checkpointing("blocks", (8, 8), 1) and not block_checkpointing("step", (1024, 1024), 4)
     with pytest.raises(ConfigError, match="auto, blocks, step or false"):
         block_checkpointing("yes", (64, 64), 1)
-    for mode, default, expected in (("step", None, True), ("blocks", None, False), (False, None, False),
-                                    ("auto", None, None), ("blocks", True, True)):
+    for mode, default, expected in (
+        ("step", None, True),
+        ("blocks", None, False),
+        (False, None, False),
+        ("auto", None, None),
+        ("blocks", True, True),
+    ):
         est = TruncatedBackprop(k=2, checkpoint=default)
         step_checkpointing(mode, est, mode == "blocks")
         assert est.checkpoint is expected, (mode, default)
@@ -110,8 +126,11 @@ def test_modes_and_auto_threshold():
 
 def test_open_clip_reward_uses_its_own_switch():
     open_clip = pytest.importorskip("open_clip")
-    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+    }
     net = open_clip.model.CLIP(**cfg)
 
     class Scorer(torch.nn.Module):

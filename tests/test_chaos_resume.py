@@ -15,21 +15,31 @@ import random
 import signal
 from pathlib import Path
 
+import chaos_worker
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import chaos_worker
 from draft_core import cli
 from draft_core.plugins import discovery
 from draft_core.training.checkpoint import latest_checkpoint, safe_torch_load
 
 STEPS, SEED = 4, 2026
 SETS = [
-    "model.name=tiny-random", "reward.name=noisy-jpeg", "prompts.source=animals", "sampler.steps=2",
-    "train.batch_size=1", "train.lr=0.01", "train.sample_every=0", "train.sample_per_prompt=1",
-    "train.sample_prompts=[a cat]", "lora.rank=2", "train.checkpoint_every=1", "train.keep_checkpoints=2",
-    f"train.steps={STEPS}", "train.validation={prompts: [a dog], every: 2, n_per_prompt: 1}",
+    "model.name=tiny-random",
+    "reward.name=noisy-jpeg",
+    "prompts.source=animals",
+    "sampler.steps=2",
+    "train.batch_size=1",
+    "train.lr=0.01",
+    "train.sample_every=0",
+    "train.sample_per_prompt=1",
+    "train.sample_prompts=[a cat]",
+    "lora.rank=2",
+    "train.checkpoint_every=1",
+    "train.keep_checkpoints=2",
+    f"train.steps={STEPS}",
+    "train.validation={prompts: [a dog], every: 2, n_per_prompt: 1}",
 ]
 ESTIMATORS = {
     "draft-lv": ["estimator={name: draft-lv, n: 1}"],
@@ -38,14 +48,25 @@ ESTIMATORS = {
 
 
 def argv(out: Path, estimator: str) -> list[str]:
-    return ["train", "--preset", "quickstart", "--out", str(out), "--no-progress",
-            *sum((["--set", s] for s in SETS + ESTIMATORS[estimator]), [])]
+    return [
+        "train",
+        "--preset",
+        "quickstart",
+        "--out",
+        str(out),
+        "--no-progress",
+        *sum((["--set", s] for s in SETS + ESTIMATORS[estimator]), []),
+    ]
 
 
 def moments(rng: random.Random, kills: int) -> list[str]:
     """``kills`` distinct moments in the order the run meets them (each after the resume from the last)."""
-    every = [("validation", 0)] + [(phase, step) for step in range(1, STEPS + 1) for phase in chaos_worker.PHASES
-                                   if phase != "validation" or step % 2 == 0]
+    every = [("validation", 0)] + [
+        (phase, step)
+        for step in range(1, STEPS + 1)
+        for phase in chaos_worker.PHASES
+        if phase != "validation" or step % 2 == 0
+    ]
     picked = sorted(rng.sample(range(len(every)), kills))
     return [f"{every[i][0]}:{every[i][1]}" for i in picked]
 

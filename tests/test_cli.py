@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_support import run_error
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from cli_support import run_error
 from draft_core.cli import main
 from draft_core.config import load_config
 from draft_core.lora import add_lora, save_lora
@@ -23,11 +23,34 @@ from draft_core.models.loading import load_model
 
 BUILTINS = {
     "samplers": ["cps", "ddim", "ddpm", "euler", "flow-sde"],
-    "estimators": ["ddpo", "diffusion-nft", "direct-align", "dpg", "draft", "draft-k", "draft-lv", "drtune", "grpo", "kl",
-                   "mix-grpo", "refl"],  # kl: a wrapper of any estimator
+    "estimators": [
+        "ddpo",
+        "diffusion-nft",
+        "direct-align",
+        "dpg",
+        "draft",
+        "draft-k",
+        "draft-lv",
+        "drtune",
+        "grpo",
+        "kl",
+        "mix-grpo",
+        "refl",
+    ],  # kl: a wrapper of any estimator
     "rewards": [
-        "aesthetic", "clip-score", "digit-classifier", "diversity", "hpsv2", "ink-coverage", "jpeg-compressibility",
-        "jpeg-incompressibility", "jpeg-size", "jpeg-size-inverse", "pickscore", "remote", "rotation-anticorrelation",
+        "aesthetic",
+        "clip-score",
+        "digit-classifier",
+        "diversity",
+        "hpsv2",
+        "ink-coverage",
+        "jpeg-compressibility",
+        "jpeg-incompressibility",
+        "jpeg-size",
+        "jpeg-size-inverse",
+        "pickscore",
+        "remote",
+        "rotation-anticorrelation",
     ],
 }
 STEPS, GUIDANCE, SEED = 3, 7.5, 5
@@ -54,7 +77,16 @@ def test_plugins_lists_the_builtins(capsys):
 def test_plugins_json(capsys):
     assert main(["plugins", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"samplers", "estimators", "rewards", "models", "errors", "conflicts", "claim_conflicts", "unknown_allowed"}
+    assert set(data) == {
+        "samplers",
+        "estimators",
+        "rewards",
+        "models",
+        "errors",
+        "conflicts",
+        "claim_conflicts",
+        "unknown_allowed",
+    }
     for kind, names in BUILTINS.items():
         ours = {e["name"]: e for e in data[kind] if e["distribution"] == "draft-diffusion"}
         assert sorted(ours) == names
@@ -68,7 +100,16 @@ def test_draft_console_script_runs():
     result = subprocess.run([str(script), "plugins", "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"samplers", "estimators", "rewards", "models", "errors", "conflicts", "claim_conflicts", "unknown_allowed"}
+    assert set(data) == {
+        "samplers",
+        "estimators",
+        "rewards",
+        "models",
+        "errors",
+        "conflicts",
+        "claim_conflicts",
+        "unknown_allowed",
+    }
     assert {e["name"] for e in data["estimators"]} >= set(BUILTINS["estimators"])
 
 
@@ -81,8 +122,10 @@ def test_train_unknown_key(capsys, no_model):
 def test_train_unknown_estimator(capsys, no_model):
     message = run_error(capsys, "train", "--preset", "quickstart", "--set", "estimator.name=draft-kk")
     assert "'draft-kk'" in message
-    assert ("Registered estimators: ddpo, diffusion-nft, direct-align, dpg, draft, draft-k, draft-lv, drtune, grpo, kl, "
-            "mix-grpo, refl") in message
+    assert (
+        "Registered estimators: ddpo, diffusion-nft, direct-align, dpg, draft, draft-k, draft-lv, drtune, grpo, kl, "
+        "mix-grpo, refl"
+    ) in message
     assert "Did you mean 'draft-k'?" in message
 
 
@@ -92,7 +135,9 @@ def test_train_bad_type(capsys, no_model):
 
 
 def test_train_bad_plugin_argument(capsys, no_model):
-    message = run_error(capsys, "train", "--preset", "quickstart", "--set", "estimator.name=draft-k", "--set", "estimator.k=21")
+    message = run_error(
+        capsys, "train", "--preset", "quickstart", "--set", "estimator.name=draft-k", "--set", "estimator.k=21"
+    )
     assert "estimator.k=21" in message and "sampler.steps=20" in message
 
 
@@ -247,7 +292,9 @@ def test_sample_writes_images_and_a_grid(capsys, tmp_path):
         with Image.open(out / name) as img:
             assert img.size == (64, 64) and img.mode == "RGB"
             params = img.text["parameters"]  # A1111's layout: prompt, then the settings line
-        assert params.startswith("a cat\nSteps: 3, Sampler: ddim, CFG scale: 7.5, Seed: 0, Size: 64x64, Model: tiny-random")
+        assert params.startswith(
+            "a cat\nSteps: 3, Sampler: ddim, CFG scale: 7.5, Seed: 0, Size: 64x64, Model: tiny-random"
+        )
         assert f"Index: {i}" in params
 
 
@@ -266,7 +313,9 @@ def test_sample_in_batches_with_two_prompts(capsys, tmp_path, model_dir, pipe):
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=3e-5 * expected.abs().max().item())
 
 
-def test_sample_with_a_scaled_lora_equals_the_vanilla_pipeline(capsys, tmp_path, model_dir, lora_dir, pipe, vanilla_no_lora):
+def test_sample_with_a_scaled_lora_equals_the_vanilla_pipeline(
+    capsys, tmp_path, model_dir, lora_dir, pipe, vanilla_no_lora
+):
     ours = sample_tensor(capsys, tmp_path / "s", "--model", str(model_dir), "--lora", f"{lora_dir}:0.5")
     pipe.load_lora_weights(lora_dir, adapter_name="a")
     try:
@@ -279,5 +328,7 @@ def test_sample_with_a_scaled_lora_equals_the_vanilla_pipeline(capsys, tmp_path,
 
 
 def test_sample_with_an_empty_lora_window_equals_no_lora(capsys, tmp_path, model_dir, lora_dir, vanilla_no_lora):
-    ours = sample_tensor(capsys, tmp_path / "s", "--model", str(model_dir), "--lora", str(lora_dir), "--lora-steps", "0:0")
+    ours = sample_tensor(
+        capsys, tmp_path / "s", "--model", str(model_dir), "--lora", str(lora_dir), "--lora-steps", "0:0"
+    )
     assert_same_sampling(ours, vanilla_no_lora)

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 import torch
-
 from cli_support import run_error
+
 from draft_core.cli import main
 
 
@@ -50,8 +50,13 @@ def test_set_without_an_equals_sign_says_so(capsys, no_model):
     assert "'train.lr' has no '='" in message and "--set train.lr=1e-3" in message and "dotted.key=value" in message
 
 
-@pytest.mark.parametrize("command", [["train", "--preset", "quickstart", "--dry-run", "--set", "model.name=digitz"],
-                                     ["sample", "--model", "digitz", "--prompt", "a cat"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--preset", "quickstart", "--dry-run", "--set", "model.name=digitz"],
+        ["sample", "--model", "digitz", "--prompt", "a cat"],
+    ],
+)
 def test_a_model_name_close_to_an_embedded_one(capsys, offline, command):
     message = run_error(capsys, *command)
     assert "'digitz'" in message and "Did you mean 'digits'?" in message

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
-
 from cli_support import run_error
+from PIL import Image
+from reward_models import TINY_OPEN_CLIP, save_tiny_hps
+
 from draft_core import hookimpl
 from draft_core.cli import main
 from draft_rewards.digits import DigitClassifier
 from draft_rewards.hpsv2 import HPSv2
 from draft_rewards.jpeg import JpegCompressibility
-from reward_models import TINY_OPEN_CLIP, save_tiny_hps
 
 
 def _save(path, array):
@@ -76,8 +76,19 @@ def test_learned_reward_with_local_weights_and_prompt_file(capsys, images, tmp_p
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a smooth gradient\n\na noisy texture\n")  # blank lines are skipped
     arch = yaml.safe_dump(TINY_OPEN_CLIP, default_flow_style=True).strip()
-    argv = ["score", "--reward", "hpsv2", "--set", f"reward.path={checkpoint}", "--set", f"reward.arch={arch}",
-            "--prompts", str(prompts), "--json", str(folder)]
+    argv = [
+        "score",
+        "--reward",
+        "hpsv2",
+        "--set",
+        f"reward.path={checkpoint}",
+        "--set",
+        f"reward.arch={arch}",
+        "--prompts",
+        str(prompts),
+        "--json",
+        str(folder),
+    ]
     assert main(argv) == 0
     rows = [json.loads(line) for line in _lines(capsys)]
     reward = HPSv2(path=str(checkpoint), arch=TINY_OPEN_CLIP)
@@ -93,15 +104,27 @@ def test_errors_are_one_paragraph(capsys, images, tmp_path):
     empty.mkdir()
     (tmp_path / "broken.png").write_bytes(b"not a png")
     assert "holds no image files" in run_error(capsys, "score", "--reward", "jpeg-compressibility", str(empty))
-    assert "does not exist" in run_error(capsys, "score", "--reward", "jpeg-compressibility", str(tmp_path / "nope.png"))
-    assert "could not be read as an image" in run_error(capsys, "score", "--reward", "jpeg-compressibility", str(tmp_path / "broken.png"))
+    assert "does not exist" in run_error(
+        capsys, "score", "--reward", "jpeg-compressibility", str(tmp_path / "nope.png")
+    )
+    assert "could not be read as an image" in run_error(
+        capsys, "score", "--reward", "jpeg-compressibility", str(tmp_path / "broken.png")
+    )
     assert "unknown reward 'aesthetics'" in run_error(capsys, "score", "--reward", "aesthetics", str(wide))
-    assert "unknown argument 'qualty'" in run_error(capsys, "score", "--reward", "jpeg-compressibility", "--set", "reward.qualty=3", str(wide))
-    assert "quality" in run_error(capsys, "score", "--reward", "jpeg-compressibility", "--set", "reward.quality=0", str(wide))
-    assert "reward arguments only" in run_error(capsys, "score", "--reward", "jpeg-compressibility", "--set", "train.steps=3", str(wide))
+    assert "unknown argument 'qualty'" in run_error(
+        capsys, "score", "--reward", "jpeg-compressibility", "--set", "reward.qualty=3", str(wide)
+    )
+    assert "quality" in run_error(
+        capsys, "score", "--reward", "jpeg-compressibility", "--set", "reward.quality=0", str(wide)
+    )
+    assert "reward arguments only" in run_error(
+        capsys, "score", "--reward", "jpeg-compressibility", "--set", "train.steps=3", str(wide)
+    )
     assert "--prompt TEXT" in run_error(capsys, "score", "--reward", "pickscore", str(wide))
     assert "must be square" in run_error(capsys, "score", "--reward", "rotation-anticorrelation", str(wide))
-    assert "is not a device" in run_error(capsys, "score", "--reward", "jpeg-compressibility", "--device", "gpu0", str(wide))
+    assert "is not a device" in run_error(
+        capsys, "score", "--reward", "jpeg-compressibility", "--device", "gpu0", str(wide)
+    )
     prompts = tmp_path / "one.txt"
     prompts.write_text("just one\n")
     assert "1 prompts (non-empty lines) for 2 images" in run_error(
@@ -112,7 +135,9 @@ def test_errors_are_one_paragraph(capsys, images, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_without_cuda_is_a_clear_error(capsys, images):
     _, wide = images
-    assert "CUDA is not available" in run_error(capsys, "score", "--reward", "jpeg-compressibility", "--device", "cuda", str(wide))
+    assert "CUDA is not available" in run_error(
+        capsys, "score", "--reward", "jpeg-compressibility", "--device", "cuda", str(wide)
+    )
 
 
 def test_missing_weights_offline_is_a_clear_error(capsys, images, monkeypatch, tmp_path):
@@ -172,5 +197,7 @@ def test_a_non_finite_score_is_visible(capsys, images, monkeypatch, as_json):
 def test_a_prompts_file_that_is_not_utf8(capsys, images, tmp_path):
     folder, _ = images
     (tmp_path / "prompts.txt").write_bytes(b"a cat\n\xff\xfe a dog\n")
-    message = run_error(capsys, "score", "--reward", "clip-score", "--prompts", str(tmp_path / "prompts.txt"), str(folder))
+    message = run_error(
+        capsys, "score", "--reward", "clip-score", "--prompts", str(tmp_path / "prompts.txt"), str(folder)
+    )
     assert "not UTF-8" in message and "prompts.txt" in message

@@ -14,8 +14,12 @@ def _masked(batch: int = 3) -> Conditioning:
     g = torch.Generator().manual_seed(0)
     mask = torch.ones(batch, 5)
     mask[:, 3:] = 0
-    return Conditioning(torch.randn(batch, 5, 4, generator=g), torch.randn(1, 5, 4, generator=g), ["a", "b", "c"][:batch],
-                        extra={"mask": mask, "uncond_mask": torch.tensor([[1.0, 0, 0, 0, 0]])})
+    return Conditioning(
+        torch.randn(batch, 5, 4, generator=g),
+        torch.randn(1, 5, 4, generator=g),
+        ["a", "b", "c"][:batch],
+        extra={"mask": mask, "uncond_mask": torch.tensor([[1.0, 0, 0, 0, 0]])},
+    )
 
 
 def test_extra_tensors_follow_repeat_and_select_with_the_shared_empty_prompt_row_kept_shared():
@@ -33,7 +37,9 @@ def test_guidance_pairs_put_the_empty_prompt_first_for_every_paired_tensor():
     pairs = c.guidance_pairs()
     assert set(pairs) == {"cond", "mask"}
     assert torch.equal(pairs["cond"][:3], c.uncond.expand(3, 5, 4)) and torch.equal(pairs["cond"][3:], c.cond)
-    assert torch.equal(pairs["mask"][:3], c.extra["uncond_mask"].expand(3, 5)) and torch.equal(pairs["mask"][3:], c.extra["mask"])
+    assert torch.equal(pairs["mask"][:3], c.extra["uncond_mask"].expand(3, 5)) and torch.equal(
+        pairs["mask"][3:], c.extra["mask"]
+    )
 
 
 def test_a_learned_negative_prompt_keeps_the_extras():

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from draft_core.config import Config, load_config, parse_override, resolve_config
+from draft_core.config.prompts import load_prompts
 from draft_core.errors import ConfigError, DraftError
 from draft_core.plugins import load_registry
-from draft_core.config.prompts import load_prompts
 from draft_core.rewarding.weighted import WeightedReward
-from draft_core.training.components import build_components
 from draft_core.samplers.ddim import DDIMSampler
+from draft_core.training.components import build_components
 from draft_estimators import FullBackprop, LowVariance, ReFL, TruncatedBackprop
 from draft_rewards import InkCoverage, JpegCompressibility, JpegIncompressibility, RotationAnticorrelation
 
@@ -25,12 +25,6 @@ ANIMALS = (
 # Resolved estimator sections: every argument of the factory written down, at its default.
 DRAFT_K = {"name": "draft-k", "k": 1, "checkpoint": None, "k_range": None, "alignprop_range": None}
 REFL = {"name": "refl", "m": 20}
-
-
-
-
-
-
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
@@ -124,7 +118,11 @@ def test_plugin_section_shorthand_in_yaml(tmp_path):
         ("sampler.guidance_scale=1.0", lambda c: c.sampler["guidance_scale"], 1.0),
         ("sampler.eta=0.5", lambda c: c.sampler["eta"], 0.5),
         ("estimator.checkpoint=true", lambda c: c.estimator["checkpoint"], True),
-        ("reward.args.jpeg-compressibility.quality=30", lambda c: c.reward["args"], {"jpeg-compressibility": {"quality": 30}}),
+        (
+            "reward.args.jpeg-compressibility.quality=30",
+            lambda c: c.reward["args"],
+            {"jpeg-compressibility": {"quality": 30}},
+        ),
         ("prompts.template=a photo of a {}", lambda c: c.prompts.template, "a photo of a {}"),
     ],
 )
@@ -174,7 +172,10 @@ def test_renaming_a_plugin_drops_the_old_plugins_arguments(overrides, capsys):
     c = load_config(overrides=overrides, preset="quickstart")
     # The preset's n: 2 is gone (draft-k takes no n), said on stderr; its kl wrapper wraps draft-k now.
     assert c.estimator == {**DRAFT_K, "k": 5, "kl": {"beta": 1e-3}}
-    assert "dropped estimator.n of the previous estimator, which 'draft-k' does not accept; kept kl" in capsys.readouterr().err
+    assert (
+        "dropped estimator.n of the previous estimator, which 'draft-k' does not accept; kept kl"
+        in capsys.readouterr().err
+    )
     components = build_components(c)
     inner = components.estimator.inner
     assert isinstance(inner, TruncatedBackprop) and inner.k == 5 and components.estimator.beta == 1e-3
@@ -196,7 +197,11 @@ def test_set_plugin_shorthand():
 
 
 def test_set_argument_without_renaming_keeps_the_name():
-    assert load_config(overrides=["estimator.n=5"], preset="quickstart").estimator == {"name": "draft-lv", "n": 5, "kl": {"beta": 1e-3}}
+    assert load_config(overrides=["estimator.n=5"], preset="quickstart").estimator == {
+        "name": "draft-lv",
+        "n": 5,
+        "kl": {"beta": 1e-3},
+    }
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -250,7 +255,12 @@ def test_bad_choice_lists_the_choices(override, choices):
 
 @pytest.mark.parametrize(
     ("text", "section"),
-    [("train: 3\n", "train"), ("lora: [1, 2]\n", "lora"), ("estimator: 3\n", "estimator"), ("reward: null\n", "reward")],
+    [
+        ("train: 3\n", "train"),
+        ("lora: [1, 2]\n", "lora"),
+        ("estimator: 3\n", "estimator"),
+        ("reward: null\n", "reward"),
+    ],
 )
 def test_section_that_is_not_a_mapping(tmp_path, text, section):
     message = config_error(write(tmp_path, text))
@@ -355,8 +365,14 @@ def test_unknown_preset_suggests():
             [
                 "reward={weights: {jpeg-compressibility: 2, rotation-anticorrelation: -1}, "
                 "args: {jpeg-compressibility: {quality: 30}}}",
-                "estimator.name=draft-k", "estimator.k=3", "train.lr=1.0e-5", "train.grad_clip=null",
-                "lora.alpha=2.5", "prompts.items=[a, b]", "model.revision=main", "train.lr_decay=sqrt",
+                "estimator.name=draft-k",
+                "estimator.k=3",
+                "train.lr=1.0e-5",
+                "train.grad_clip=null",
+                "lora.alpha=2.5",
+                "prompts.items=[a, b]",
+                "model.revision=main",
+                "train.lr_decay=sqrt",
             ],
         ),
     ],
@@ -422,8 +438,16 @@ def test_reward_weights_build_a_weighted_sum(no_model):
 @pytest.mark.parametrize(
     ("overrides", "error", "words"),
     [
-        (["reward.name=jpeg-compresibility"], "PluginError", ["'jpeg-compresibility'", "Registered rewards", "Did you mean 'jpeg-compressibility'?"]),
-        (["reward={weights: {jpeg-compresibility: 1}}"], "PluginError", ["'jpeg-compresibility'", "Did you mean 'jpeg-compressibility'?"]),
+        (
+            ["reward.name=jpeg-compresibility"],
+            "PluginError",
+            ["'jpeg-compresibility'", "Registered rewards", "Did you mean 'jpeg-compressibility'?"],
+        ),
+        (
+            ["reward={weights: {jpeg-compresibility: 1}}"],
+            "PluginError",
+            ["'jpeg-compresibility'", "Did you mean 'jpeg-compressibility'?"],
+        ),
         (["estimator.name=draft-kk"], "PluginError", ["'draft-kk'", "draft-lv", "Did you mean 'draft-k'?"]),
         (["sampler.name=heun"], "PluginError", ["'heun'", "cps, ddim, ddpm, euler, flow-sde"]),
         (["reward.qualty=3"], "PluginError", ["'qualty'", "did you mean 'quality'?", "quality=50.0"]),
@@ -465,8 +489,16 @@ def test_component_errors_before_any_model_loads(no_model, overrides, error, wor
         ["prompts.template=a {} in {style}"],
         ["prompts.template={} and {}"],
     ],
-    ids=["args-not-mapping", "args-entry-not-mapping", "nan-weight", "reward-quality-0", "guidance-str",
-         "eta-str", "template-named-field", "template-two-fields"],
+    ids=[
+        "args-not-mapping",
+        "args-entry-not-mapping",
+        "nan-weight",
+        "reward-quality-0",
+        "guidance-str",
+        "eta-str",
+        "template-named-field",
+        "template-two-fields",
+    ],
 )
 def test_bad_arguments_are_draft_errors(no_model, overrides):
     with pytest.raises(DraftError):

@@ -7,8 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from draft_core import cli
-from draft_core.config import Config
-from draft_core.config import reference
+from draft_core.config import Config, reference
 from draft_core.config.fields import reference_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from flow_fixtures import flow_with_lora
+from model_fixtures import LinearReward, assert_central_differences, step_inputs
 
 from draft_core.errors import ConfigError
 from draft_core.lora import adapters_enabled
@@ -13,8 +15,6 @@ from draft_core.samplers import DDIMSampler, EulerSampler, FlowSDESampler
 from draft_core.testing.estimators import EstimatorConformance
 from draft_estimators import DiffusionNFT
 from draft_estimators.nft import optimality
-from flow_fixtures import flow_with_lora
-from model_fixtures import LinearReward, assert_central_differences, step_inputs
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -58,7 +58,9 @@ def hand_loss(model, params, old, sampler, cond, x0, r, levels, beta, kl_weight,
         weights.append((w_pos, w_neg))
         if fixed_w is not None:
             w_pos, w_neg = fixed_w[k]
-        fit = r * (pos - x0).pow(2).mean(dim=(1, 2, 3)) / w_pos + (1 - r) * (neg - x0).pow(2).mean(dim=(1, 2, 3)) / w_neg
+        fit = (
+            r * (pos - x0).pow(2).mean(dim=(1, 2, 3)) / w_pos + (1 - r) * (neg - x0).pow(2).mean(dim=(1, 2, 3)) / w_neg
+        )
         total = total + clip * (fit / beta).mean() + kl_weight * (v - v_ref).pow(2).mean()
     return total / len(levels), weights
 

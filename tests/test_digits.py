@@ -54,8 +54,13 @@ def test_build_digits_offline_and_frozen(monkeypatch):
 
 
 def test_token_table_keeps_only_training_tokens(model):
-    ids = model.tokenizer(D.all_prompts(), padding="max_length", max_length=model.tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt").input_ids
+    ids = model.tokenizer(
+        D.all_prompts(),
+        padding="max_length",
+        max_length=model.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
     # no training prompt is truncated: each still ends in eos (= pad) within the context
     assert (ids[:, -1] == model.tokenizer.pad_token_id).all()
     table = model.text_encoder.get_input_embeddings().weight
@@ -92,8 +97,16 @@ def test_training_is_deterministic(tmp_path):
     train.main(["--out", str(tmp_path / "a"), *args])
     train.main(["--out", str(tmp_path / "b"), *args])
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert {"unet.safetensors", "text_encoder.safetensors", "digit_classifier.safetensors", "model.json",
-            "unet_config.json", "text_config.json", "scheduler_config.json", "training_log.json"} <= set(files)
+    assert {
+        "unet.safetensors",
+        "text_encoder.safetensors",
+        "digit_classifier.safetensors",
+        "model.json",
+        "unet_config.json",
+        "text_config.json",
+        "scheduler_config.json",
+        "training_log.json",
+    } <= set(files)
     for name in files:
         if name != "training_log.json":  # holds wall times
             assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from draft_core.models.digits import data as D
@@ -34,9 +34,17 @@ def parts():
 def test_weights_are_small_and_ship_with_the_package():
     files = sorted(WEIGHTS_DIR.iterdir())
     names = {p.name for p in files}
-    assert {"transformer.safetensors", "transformer_config.json", "text_encoder.safetensors",
-            "text_encoder_config.json", "text_encoder_2.safetensors", "text_encoder_2_config.json",
-            "scheduler_config.json", "model.json", "training_log.json"} <= names
+    assert {
+        "transformer.safetensors",
+        "transformer_config.json",
+        "text_encoder.safetensors",
+        "text_encoder_config.json",
+        "text_encoder_2.safetensors",
+        "text_encoder_2_config.json",
+        "scheduler_config.json",
+        "model.json",
+        "training_log.json",
+    } <= names
     assert sum(p.stat().st_size for p in files) < 10 * 2**20
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["draft_core"]
     shipped = {p for pattern in patterns for p in (ROOT / "draft_core").glob(pattern)}
@@ -73,8 +81,13 @@ def test_build_is_offline_frozen_and_sized(parts, monkeypatch):
 
 
 def test_token_tables_keep_only_training_tokens(parts):
-    ids = parts.tokenizer(D.all_prompts(), padding="max_length", max_length=parts.tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt").input_ids
+    ids = parts.tokenizer(
+        D.all_prompts(),
+        padding="max_length",
+        max_length=parts.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
     assert (ids[:, -1] == parts.tokenizer.pad_token_id).all()  # no training prompt is truncated
     used = torch.zeros(parts.text_encoder.config.vocab_size, dtype=torch.bool)
     used[ids.flatten()] = True
@@ -94,8 +107,9 @@ def test_conditioning_is_sd3_arithmetic(parts):
     embeds, pooled = encode(parts, prompts)
     hidden, pools = [], []
     for tok, enc in ((parts.tokenizer, parts.text_encoder), (parts.tokenizer_2, parts.text_encoder_2)):
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids
+        ids = tok(
+            prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         with torch.no_grad():
             out = enc(ids, output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
@@ -105,7 +119,7 @@ def test_conditioning_is_sd3_arithmetic(parts):
     length = parts.tokenizer.model_max_length
     assert embeds.shape == (3, length + parts.max_sequence_length, joint)
     assert torch.equal(embeds[:, :length, : clip.shape[-1]], clip)
-    assert (embeds[:, :length, clip.shape[-1]:] == 0).all() and (embeds[:, length:] == 0).all()
+    assert (embeds[:, :length, clip.shape[-1] :] == 0).all() and (embeds[:, length:] == 0).all()
     assert torch.equal(pooled, torch.cat(pools, dim=-1))
     assert not torch.equal(embeds[0], embeds[1])  # the prompt matters
 
@@ -152,9 +166,16 @@ def test_euler_loop_equals_stable_diffusion_3_pipeline(parts, guidance):
     noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     size = parts.image_size * pipe.vae_scale_factor  # the pipeline divides by it; its "latents" are our pixels
     with torch.no_grad():
-        ref = pipe(prompt=prompts, num_inference_steps=4, guidance_scale=guidance, latents=noise.clone(),
-                   height=size, width=size, output_type="latent",
-                   max_sequence_length=parts.max_sequence_length).images
+        ref = pipe(
+            prompt=prompts,
+            num_inference_steps=4,
+            guidance_scale=guidance,
+            latents=noise.clone(),
+            height=size,
+            width=size,
+            output_type="latent",
+            max_sequence_length=parts.max_sequence_length,
+        ).images
         uncond = encode(parts, [""] * 2) if guidance > 1 else None
         mine = denoise(parts, noise.clone(), encode(parts, prompts), uncond, steps=4, guidance=guidance)
     assert torch.equal(mine, ref)
@@ -196,7 +217,9 @@ def test_training_is_deterministic(tmp_path):
     logs = [json.loads((tmp_path / d / "training_log.json").read_text()) for d in "abc"]
     assert [h["loss"] for h in logs[0]["history"]] == [h["loss"] for h in logs[1]["history"]]
     assert logs[0]["final_loss"] != logs[2]["final_loss"]  # the seed matters, so equality above means something
-    assert (tmp_path / "a" / "transformer.safetensors").read_bytes() != (tmp_path / "c" / "transformer.safetensors").read_bytes()
+    assert (tmp_path / "a" / "transformer.safetensors").read_bytes() != (
+        tmp_path / "c" / "transformer.safetensors"
+    ).read_bytes()
     # the defaults' sizes, and build_digits_flow reads what the script wrote
     shipped = json.loads((WEIGHTS_DIR / "transformer_config.json").read_text())
     assert json.loads((tmp_path / "a" / "transformer_config.json").read_text()) == shipped
@@ -217,8 +240,9 @@ def test_load_model_gives_an_sd3_model_that_samples_as_the_euler_loop(parts):
     noise = model.make_noise(2, torch.Generator().manual_seed(0))
     prompts = [D.PROMPTS[4], D.PROMPTS[9]]
     with torch.no_grad():
-        family = model.decode(EulerSampler(steps=4, guidance_scale=DEFAULT_GUIDANCE).sample(
-            model, model.encode_prompts(prompts), noise))
+        family = model.decode(
+            EulerSampler(steps=4, guidance_scale=DEFAULT_GUIDANCE).sample(model, model.encode_prompts(prompts), noise)
+        )
         mine = sample(parts, prompts, steps=4, guidance=DEFAULT_GUIDANCE, noise=noise.clone())
     # Not bit-equal: the family encodes the empty prompt once as a batch of 1 (float32 GEMMs round
     # differently by batch size); a few float32 ulps per op, amplified by CFG 8 over 4 steps.
@@ -230,10 +254,28 @@ def test_quickstart_flow_raises_the_reward(tmp_path):
     from draft_core.cli import main
 
     out = tmp_path / "qsf"
-    sets = ["train.steps=6", "sampler.steps=6", "train.lr=3e-3", "train.sample_every=0", "train.sample_per_prompt=1",
-            "train.checkpoint_every=6"]
-    assert main(["train", "--preset", "quickstart-flow", "--out", str(out), "--no-progress",
-                 *sum((["--set", s] for s in sets), [])]) == 0
+    sets = [
+        "train.steps=6",
+        "sampler.steps=6",
+        "train.lr=3e-3",
+        "train.sample_every=0",
+        "train.sample_per_prompt=1",
+        "train.checkpoint_every=6",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "quickstart-flow",
+                "--out",
+                str(out),
+                "--no-progress",
+                *sum((["--set", s] for s in sets), []),
+            ]
+        )
+        == 0
+    )
     rewards = [json.loads(line)["reward_mean"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rewards) == 6
     first, last = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from flow_fixtures import flow_with_lora
+from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs, tiny_with_lora
 
 from draft_core.errors import ConfigError
 from draft_core.samplers import EulerSampler
@@ -15,8 +17,6 @@ from draft_core.samplers.ddim import DDIMSampler
 from draft_core.testing.estimators import EstimatorConformance
 from draft_estimators import DirectAlign, ReFL, TruncatedBackprop
 from draft_estimators.direct_align import noise_level, recover
-from flow_fixtures import flow_with_lora
-from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs, tiny_with_lora
 
 
 def flat(grads):
@@ -103,8 +103,9 @@ def test_recovery_interpolates_between_the_prediction_and_the_finished_sample(fa
     torch.testing.assert_close(x0_hat, (1 - lam) * x0_theta + lam * x0, rtol=1e-10, atol=1e-10)
     for step in (i, i + jump):  # the levels the estimator reads from add_noise are the scheduler's
         by_hand = levels_by_hand(model, sampler, step)
-        torch.testing.assert_close(torch.stack(noise_level(sampler, model, step, x0)), torch.stack(by_hand),
-                                   rtol=1e-7, atol=0)
+        torch.testing.assert_close(
+            torch.stack(noise_level(sampler, model, step, x0)), torch.stack(by_hand), rtol=1e-7, atol=0
+        )
 
 
 @pytest.mark.parametrize("family", ["flow", "ddim"])
@@ -146,8 +147,9 @@ class PromptLinearReward(LinearReward):
 def test_semantic_relative_preference_is_the_two_prompt_difference():
     model, params, sampler, inputs = flow_case(prompts=("a cat", "a dog"))
     inputs.reward = PromptLinearReward((1, 3, 8, 8), torch.float64)
-    estimator = DirectAlign(inject_range=[0.25, 0.5], positive=["Realistic photo", "Detailed"],
-                            negative="Painting", srp_k=[0.3, 0.1])
+    estimator = DirectAlign(
+        inject_range=[0.25, 0.5], positive=["Realistic photo", "Detailed"], negative="Painting", srp_k=[0.3, 0.1]
+    )
     state = inputs.generator.get_state()
     out = estimator(inputs)
     assert out.queries == 2

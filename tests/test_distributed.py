@@ -21,9 +21,18 @@ from draft_core import cli
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3
 SETS = [
-    "model.name=tiny-random", "reward.name=jpeg-compressibility", "prompts.source=animals", "sampler.steps=3",
-    "estimator={name: draft-k, k: 1}", "train.batch_size=2", "train.lr=0.01", "train.sample_every=0",
-    "train.sample_per_prompt=1", "train.sample_prompts=[a cat]", "lora.rank=2", "train.checkpoint_every=1",
+    "model.name=tiny-random",
+    "reward.name=jpeg-compressibility",
+    "prompts.source=animals",
+    "sampler.steps=3",
+    "estimator={name: draft-k, k: 1}",
+    "train.batch_size=2",
+    "train.lr=0.01",
+    "train.sample_every=0",
+    "train.sample_per_prompt=1",
+    "train.sample_prompts=[a cat]",
+    "lora.rank=2",
+    "train.checkpoint_every=1",
 ]
 ARGS = ["--preset", "quickstart", *sum((["--set", s] for s in SETS), [])]
 
@@ -32,8 +41,19 @@ def test_two_processes_match_one_and_stay_in_sync(tmp_path):
     dump, run, single = tmp_path / "dump", tmp_path / "run", tmp_path / "single"
     dump.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "dp_worker.py"), str(dump), str(run), str(STEPS), *ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "dp_worker.py"),
+        str(dump),
+        str(run),
+        str(STEPS),
+        *ARGS,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The same global batch in one process, straight through.

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from model_fixtures import LinearReward, PooledLinearReward, grads_of, guided_eps, step_inputs, tiny_with_lora
 
 from draft_core.errors import ConfigError
 from draft_core.samplers import DDPMSampler
 from draft_core.samplers.ddim import DDIMSampler
 from draft_estimators.dpg import DeterministicPolicyGradient
-from model_fixtures import LinearReward, PooledLinearReward, grads_of, guided_eps, step_inputs, tiny_with_lora
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -90,8 +90,10 @@ def test_policy_gradient_is_grad_a_q_times_dmu_dtheta():
             d = torch.randn(a.shape, generator=torch.Generator().manual_seed(step), dtype=a.dtype)
             with torch.no_grad():
                 h = 1e-5
-                fd = (_q_by_hand(frozen, sampler, critic_before, inputs.cond, state, step, a + h * d).sum()
-                      - _q_by_hand(frozen, sampler, critic_before, inputs.cond, state, step, a - h * d).sum()) / (2 * h)
+                fd = (
+                    _q_by_hand(frozen, sampler, critic_before, inputs.cond, state, step, a + h * d).sum()
+                    - _q_by_hand(frozen, sampler, critic_before, inputs.cond, state, step, a - h * d).sum()
+                ) / (2 * h)
             assert fd.item() == pytest.approx((g * d).sum().item(), rel=1e-6)
             fd_checked += 1
         surrogate = surrogate - (g * action).flatten(1).sum(1).sum() / len(PROMPTS)
@@ -101,7 +103,9 @@ def test_policy_gradient_is_grad_a_q_times_dmu_dtheta():
     assert flat.abs().max() > 0
     # diffusers' DDIM step takes square roots of its float32 ᾱ in float32: agreement to ~1e-8
     # relative in Q, so compare to 1e-5 of the largest entry rather than to float64 precision.
-    torch.testing.assert_close(flat, torch.cat([g.flatten() for g in by_hand]), rtol=1e-5, atol=1e-5 * flat.abs().max().item())
+    torch.testing.assert_close(
+        flat, torch.cat([g.flatten() for g in by_hand]), rtol=1e-5, atol=1e-5 * flat.abs().max().item()
+    )
     assert out.queries == 4 and out.logs["dpg_steps"] == 3
 
 
@@ -170,18 +174,49 @@ def test_dpg_refuses_rewards_without_a_network_and_stochastic_samplers():
 
 
 def test_dpg_trains_and_resumes_through_the_runner(tmp_path):
-    from draft_core import cli
     from safetensors.torch import load_file
 
+    from draft_core import cli
+
     sets = []
-    for o in ["model.name=digits", "reward.name=digit-classifier", "reward.target=8", "sampler.steps=3",
-              "estimator.name=dpg", "estimator.states=1", "train.batch_size=2", "train.lr=0.01",
-              "train.sample_every=0", "train.sample_per_prompt=1", "train.sample_prompts=[a handwritten digit one]",
-              "train.checkpoint_every=1"]:
+    for o in [
+        "model.name=digits",
+        "reward.name=digit-classifier",
+        "reward.target=8",
+        "sampler.steps=3",
+        "estimator.name=dpg",
+        "estimator.states=1",
+        "train.batch_size=2",
+        "train.lr=0.01",
+        "train.sample_every=0",
+        "train.sample_per_prompt=1",
+        "train.sample_prompts=[a handwritten digit one]",
+        "train.checkpoint_every=1",
+    ]:
         sets += ["--set", o]
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert cli.main(["train", "--preset", "quickstart", "--out", str(straight), *sets, "--set", "train.steps=3", "--no-progress"]) == 0
-    assert cli.main(["train", "--preset", "quickstart", "--out", str(split), *sets, "--set", "train.steps=2", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--preset",
+                "quickstart",
+                "--out",
+                str(straight),
+                *sets,
+                "--set",
+                "train.steps=3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            ["train", "--preset", "quickstart", "--out", str(split), *sets, "--set", "train.steps=2", "--no-progress"]
+        )
+        == 0
+    )
     assert (split / "checkpoints" / "step-000002" / "extra.safetensors").exists()
     assert cli.main(["train", "--resume", str(split), "--set", "train.steps=3", "--no-progress"]) == 0
     a = load_file(straight / "lora" / "pytorch_lora_weights.safetensors")
@@ -202,7 +237,6 @@ def test_dpg_trains_and_resumes_through_the_runner(tmp_path):
 def test_critic_gradients_are_averaged_across_processes(tmp_path):
     """Two gloo processes: each ends with the mean of both processes' critic gradients."""
     import torch.multiprocessing as mp
-
     from dpg_average_worker import average_worker
 
     mp.spawn(average_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
@@ -236,9 +270,19 @@ def test_the_critic_steps_with_the_policy_and_a_skipped_step_leaves_it_alone(tmp
     from draft_core.training.components import build_components
     from draft_core.training.runner import Trainer
 
-    sets = ["model.name=tiny-random", "sampler.steps=3", "estimator.name=dpg", "estimator.states=1",
-            "estimator.critic_rank=2", "train.batch_size=2", f"train.grad_accum={grad_accum}", "train.lr=0.01",
-            "train.sample_every=0", "lora.rank=2", "train.max_nonfinite=3"]
+    sets = [
+        "model.name=tiny-random",
+        "sampler.steps=3",
+        "estimator.name=dpg",
+        "estimator.states=1",
+        "estimator.critic_rank=2",
+        "train.batch_size=2",
+        f"train.grad_accum={grad_accum}",
+        "train.lr=0.01",
+        "train.sample_every=0",
+        "lora.rank=2",
+        "train.max_nonfinite=3",
+    ]
     config = load_config(None, sets, preset="quickstart")
     trainer = Trainer(config, tmp_path / "run", build_components(config), progress=False)
     trainer.setup()

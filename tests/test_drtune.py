@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from flow_fixtures import flow_with_lora
+from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs, tiny_with_lora
 
 from draft_core.errors import ConfigError
 from draft_core.samplers import DDPMSampler, EulerSampler
@@ -14,8 +16,6 @@ from draft_core.samplers.ddim import DDIMSampler
 from draft_core.testing.estimators import EstimatorConformance
 from draft_estimators import DRTune
 from draft_estimators.drtune import spread_steps
-from flow_fixtures import flow_with_lora
-from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs, tiny_with_lora
 
 CASES = {
     "euler": lambda: (flow_with_lora(torch.float64), EulerSampler(steps=4, guidance_scale=3.0), (1, 3, 8, 8)),

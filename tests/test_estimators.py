@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs, tiny_with_lora
 
 from draft_core.samplers.ddim import DDIMSampler
 from draft_estimators import FullBackprop, LowVariance, ReFL, TruncatedBackprop
-from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs, tiny_with_lora
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -190,7 +190,9 @@ def test_kl_is_resolved_by_name_through_the_registry():
     from draft_core.errors import ConfigError
     from draft_core.training.components import build_components
 
-    c = build_components(load_config(overrides=["estimator.name=draft-k", "estimator.kl={beta: 0.5}", "sampler.steps=20"]))
+    c = build_components(
+        load_config(overrides=["estimator.name=draft-k", "estimator.kl={beta: 0.5}", "sampler.steps=20"])
+    )
     assert type(c.estimator).__name__ == "KLRegularized" and c.estimator.beta == 0.5
     with pytest.raises(ConfigError, match="wraps another estimator"):
         build_components(load_config(overrides=["estimator.name=kl"]))

@@ -6,18 +6,30 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_fixtures import (
+    LinearReward,
+    PooledLinearReward,
+    assert_central_differences,
+    grads_of,
+    guided_eps,
+    step_inputs,
+    tiny_with_lora,
+)
 
+from draft_core.lora import adapters_enabled
 from draft_core.samplers import DDPMSampler
 from draft_core.samplers.ddim import DDIMSampler
 from draft_core.training.learned_sampling import LearnedSampling, NegativePrompt
-from draft_core.lora import adapters_enabled
 from draft_estimators import (
-    DeterministicPolicyGradient, DirectAlign, DRTune, FullBackprop, LowVariance, ReFL, TruncatedBackprop,
+    DeterministicPolicyGradient,
+    DirectAlign,
+    DRTune,
+    FullBackprop,
+    LowVariance,
+    ReFL,
+    TruncatedBackprop,
 )
 from draft_estimators.kl import KLRegularized
-from model_fixtures import (
-    LinearReward, PooledLinearReward, assert_central_differences, grads_of, guided_eps, step_inputs, tiny_with_lora,
-)
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -140,7 +152,7 @@ def test_draft_lv_matches_algorithm_1_written_out(n, split):
     inputs.generator.set_state(state)  # DDIM (eta 0) draws nothing while sampling: the ε_i come first
     noises = torch.randn((n * len(PROMPTS), *x0.shape[1:]), generator=inputs.generator, dtype=torch.float64)
     for i in range(n):
-        x1_i = abar.sqrt() * x0.detach() + (1 - abar).sqrt() * noises[i * len(PROMPTS):(i + 1) * len(PROMPTS)]
+        x1_i = abar.sqrt() * x0.detach() + (1 - abar).sqrt() * noises[i * len(PROMPTS) : (i + 1) * len(PROMPTS)]
         eps_i = guided_eps(model, x1_i, t, inputs.cond, sampler.guidance_scale)
         x0_hat = (x1_i - (1 - abar).sqrt() * eps_i) / abar.sqrt()
         total = total + reward(model.decode(x0_hat), PROMPTS).sum()
@@ -207,4 +219,6 @@ def test_kl_composes_with_every_builtin_estimator(name):
         assert out.logs["kl"] == pytest.approx(kl.item(), rel=1e-9)
         (beta * kl).backward()
         expected = [a + p.grad for a, p in zip(plain, params)]
-        torch.testing.assert_close(flat(wrapped), flat(expected), rtol=1e-9, atol=1e-12 * flat(expected).abs().max().item())
+        torch.testing.assert_close(
+            flat(wrapped), flat(expected), rtol=1e-9, atol=1e-12 * flat(expected).abs().max().item()
+        )

@@ -7,11 +7,10 @@ import math
 
 import pytest
 import torch
+from model_fixtures import LinearReward
 
-from draft_core.evaluation.baselines import BestOfN, Plain
 from draft_core.cli import main
 from draft_core.errors import ConfigError
-from draft_core.media import read_png_info
 from draft_core.evaluation import (
     PromptItem,
     RowSpec,
@@ -22,10 +21,11 @@ from draft_core.evaluation import (
     to_markdown,
     to_records,
 )
+from draft_core.evaluation.baselines import BestOfN, Plain
 from draft_core.lora import LoraSpec, add_lora, apply_loras, save_lora
+from draft_core.media import read_png_info
 from draft_core.models.tiny import build_tiny_random
 from draft_core.samplers.ddim import DDIMSampler
-from model_fixtures import LinearReward
 
 
 # -- prompt sets ------------------------------------------------------------------------------
@@ -33,7 +33,10 @@ def test_text_file_with_and_without_categories(tmp_path):
     path = tmp_path / "mine.txt"
     path.write_text("# a comment\nanimals\ta cat\nanimals\ta dog\n\nplaces\ta beach\na lone prompt\n")
     assert load_prompt_set(str(path)) == [
-        PromptItem("animals", "a cat"), PromptItem("animals", "a dog"), PromptItem("places", "a beach"), PromptItem("mine", "a lone prompt"),
+        PromptItem("animals", "a cat"),
+        PromptItem("animals", "a dog"),
+        PromptItem("places", "a beach"),
+        PromptItem("mine", "a lone prompt"),
     ]
     assert [i.prompt for i in load_prompt_set(str(path), per_category=1)] == ["a cat", "a beach", "a lone prompt"]
 
@@ -94,8 +97,12 @@ def tiny_with_saved_lora(tmp_path_factory):
 
 def run_eval(model, spec, batch_size, rewards, n_rows=3):
     sampler = DDIMSampler(steps=2, guidance_scale=3.0)
-    rows = [RowSpec([], Plain()), RowSpec([spec], Plain()), RowSpec([], BestOfN(next(iter(rewards.values())), n=2))][:n_rows]
-    return evaluate(model, sampler, rows, ITEMS, rewards, n_per_prompt=2, seed=5, batch_size=batch_size, sheet_columns=2)
+    rows = [RowSpec([], Plain()), RowSpec([spec], Plain()), RowSpec([], BestOfN(next(iter(rewards.values())), n=2))][
+        :n_rows
+    ]
+    return evaluate(
+        model, sampler, rows, ITEMS, rewards, n_per_prompt=2, seed=5, batch_size=batch_size, sheet_columns=2
+    )
 
 
 def without_time(records):
@@ -104,16 +111,27 @@ def without_time(records):
 
 def test_tables_are_reproducible_and_do_not_depend_on_the_batch_size(tiny_with_saved_lora):
     model, spec = tiny_with_saved_lora
-    rewards = {"linear": LinearReward((3, *model.image_size)), "negated": lambda x, p: -LinearReward((3, *model.image_size), seed=1)(x, p)}
-    a, b, c = run_eval(model, spec, 4, rewards), run_eval(model, spec, 4, rewards), run_eval(model, spec, 1, rewards, n_rows=1)
+    rewards = {
+        "linear": LinearReward((3, *model.image_size)),
+        "negated": lambda x, p: -LinearReward((3, *model.image_size), seed=1)(x, p),
+    }
+    a, b, c = (
+        run_eval(model, spec, 4, rewards),
+        run_eval(model, spec, 4, rewards),
+        run_eval(model, spec, 1, rewards, n_rows=1),
+    )
     assert [r.scores for r in a.rows] == [r.scores for r in b.rows]  # bit for bit
     assert without_time(to_records(a)) == without_time(to_records(b))
     for ra, rc in zip(a.rows, c.rows):  # same images one at a time, up to float rounding of batched kernels
         for name in rewards:
-            torch.testing.assert_close(torch.tensor(ra.scores[name]), torch.tensor(rc.scores[name]), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                torch.tensor(ra.scores[name]), torch.tensor(rc.scores[name]), rtol=1e-4, atol=1e-4
+            )
     base, lora, best = a.rows
     assert base.scores != lora.scores  # the LoRA row runs with the adapter, the base row without
-    assert all(x >= y for x, y in zip(best.scores["linear"], base.scores["linear"]))  # best-of-2 includes plain's sample
+    assert all(
+        x >= y for x, y in zip(best.scores["linear"], base.scores["linear"])
+    )  # best-of-2 includes plain's sample
     assert a.sheet.shape == (3 * 2, 3, *model.image_size) and a.sheet_columns == 2
 
 
@@ -139,15 +157,41 @@ def test_item_seeds_differ_per_prompt_and_sample():
 
 # -- CLI ---------------------------------------------------------------------------------------------
 def eval_cli(out, *extra):
-    return main(["eval", "--model", "tiny-random", "--prompts", "animals", "--prompts-per-category", "2",
-                 "--reward", "jpeg-compressibility", "--reward", "rotation-anticorrelation", "--n-per-prompt", "2",
-                 "--steps", "2", "--guidance", "3", "--seed", "1", "--quiet", "--out", str(out), *extra])
+    return main(
+        [
+            "eval",
+            "--model",
+            "tiny-random",
+            "--prompts",
+            "animals",
+            "--prompts-per-category",
+            "2",
+            "--reward",
+            "jpeg-compressibility",
+            "--reward",
+            "rotation-anticorrelation",
+            "--n-per-prompt",
+            "2",
+            "--steps",
+            "2",
+            "--guidance",
+            "3",
+            "--seed",
+            "1",
+            "--quiet",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_eval_cli_writes_the_table_and_is_deterministic(tmp_path, capsys):
     assert eval_cli(tmp_path / "a", "--method", "plain", "--method", "prompt-template") == 0
     printed = capsys.readouterr().out
-    assert "| configuration | jpeg-compressibility: animals | rotation-anticorrelation: animals | s / image |" in printed
+    assert (
+        "| configuration | jpeg-compressibility: animals | rotation-anticorrelation: animals | s / image |" in printed
+    )
     assert "| base, prompt-template |" in printed and "cost of base, prompt-template" in printed
     for name in ("table.md", "table.csv", "results.json", "contact_sheet.png"):
         assert (tmp_path / "a" / name).is_file(), name
@@ -159,7 +203,9 @@ def test_eval_cli_writes_the_table_and_is_deterministic(tmp_path, capsys):
     assert csv_head == "configuration,method,loras,reward,category,n,mean,se,seconds_per_image"
     # The contact sheet names its rows (configurations) and columns (prompts), and how it was made.
     info = read_png_info(tmp_path / "a" / "contact_sheet.png")
-    assert info["configurations"] == ["base", "base, prompt-template"] and info["steps"] == 2 and info["guidance"] == 3.0
+    assert (
+        info["configurations"] == ["base", "base, prompt-template"] and info["steps"] == 2 and info["guidance"] == 3.0
+    )
     assert info["seed"] == 1 and info["sampler"] == "ddim" and len(info["prompt"]) == 2 and info["layout"]["left"] > 0
 
 
@@ -169,5 +215,20 @@ def test_eval_cli_input_errors_come_before_the_model(tmp_path, capsys, no_model)
     assert main(["eval", "--prompts", "animals", "--reward", "digit-classifier:target=11", "--out", str(tmp_path)]) == 2
     assert "target" in capsys.readouterr().err
     assert main(["eval", "--prompts", "nothing-here", "--reward", "jpeg-compressibility", "--out", str(tmp_path)]) == 2
-    assert main(["eval", "--prompts", "animals", "--reward", "jpeg-compressibility", "--method", "best-of", "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--prompts",
+                "animals",
+                "--reward",
+                "jpeg-compressibility",
+                "--method",
+                "best-of",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "Did you mean 'best-of-n'" in capsys.readouterr().err

@@ -7,10 +7,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import pytest
+from model_fixtures import patch_flux_rope_float64
 
 from draft_core.models.loading import EMBEDDED
 from draft_core.testing import ModelFamilyConformance
-from model_fixtures import patch_flux_rope_float64
 
 
 class TestSD(ModelFamilyConformance):
@@ -45,8 +45,11 @@ class TestFlux(ModelFamilyConformance):
         from diffusers import FluxPipeline
 
         # FluxPipeline takes packed latents, and T5 at the tiny tokenizer's length.
-        return {"latents": FluxPipeline._pack_latents(noise, *noise.shape), "guidance_scale": self.guidance,
-                "max_sequence_length": model.max_sequence_length}
+        return {
+            "latents": FluxPipeline._pack_latents(noise, *noise.shape),
+            "guidance_scale": self.guidance,
+            "max_sequence_length": model.max_sequence_length,
+        }
 
     @contextmanager
     def float64_context(self):

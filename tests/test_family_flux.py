@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import FluxPipeline
+from model_fixtures import LinearReward, assert_central_differences, grads_of, patch_flux_rope_float64, step_inputs
 from safetensors.torch import load_file, save_file
 
 from draft_core.cli import main
@@ -18,7 +19,6 @@ from draft_core.lora.files import LoraModule
 from draft_core.lora.kohya_flux import flux_kohya_state
 from draft_core.models.families.flux import FluxModel, build_tiny_random_flux
 from draft_core.plugins import load_registry
-from model_fixtures import LinearReward, assert_central_differences, grads_of, patch_flux_rope_float64, step_inputs
 
 PROMPTS = ["a cat", "a dog"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,9 @@ def euler(steps: int = 3, guidance: float = 3.5):
     return load_registry().build("sampler", "euler", steps=steps, guidance_scale=guidance)
 
 
-def flux_with_lora(dtype=torch.float32, rank: int = 2, alpha: float | None = None, seed: int = 1, **kw) -> tuple[FluxModel, list]:
+def flux_with_lora(
+    dtype=torch.float32, rank: int = 2, alpha: float | None = None, seed: int = 1, **kw
+) -> tuple[FluxModel, list]:
     """tiny-random-flux with a LoRA on the default targets whose both factors are random."""
     model = build_tiny_random_flux(**kw).to(dtype=dtype)
     with torch.random.fork_rng(devices=[]):
@@ -45,8 +47,16 @@ def pipeline_images(model: FluxModel, noise: torch.Tensor, steps: int, pipe=None
     pipe.set_progress_bar_config(disable=True)
     b, c, h, w = noise.shape
     side = model.image_size[0]
-    return pipe(PROMPTS, height=side, width=side, num_inference_steps=steps, output_type="pt", max_sequence_length=model.max_sequence_length,
-                latents=FluxPipeline._pack_latents(noise, b, c, h, w), **kw).images
+    return pipe(
+        PROMPTS,
+        height=side,
+        width=side,
+        num_inference_steps=steps,
+        output_type="pt",
+        max_sequence_length=model.max_sequence_length,
+        latents=FluxPipeline._pack_latents(noise, b, c, h, w),
+        **kw,
+    ).images
 
 
 def draft_images(model: FluxModel, noise: torch.Tensor, sampler) -> torch.Tensor:
@@ -67,7 +77,9 @@ def test_sampling_equals_flux_pipeline(distilled):
     g = 3.5 if distilled else 2.0
     noise = model.make_noise(2, torch.Generator().manual_seed(0))
     # The noise is the pipeline's own draw (before packing) for the same generator.
-    pipe_noise, _ = model.pipeline().prepare_latents(2, 4, 32, 32, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    pipe_noise, _ = model.pipeline().prepare_latents(
+        2, 4, 32, 32, torch.float32, "cpu", torch.Generator().manual_seed(0)
+    )
     assert torch.equal(pipe_noise, FluxPipeline._pack_latents(noise, 2, 4, 8, 8))
     kw = {"guidance_scale": g} if distilled else {"true_cfg_scale": g, "negative_prompt": ["", ""]}
     theirs = pipeline_images(model, noise, 4, **kw)
@@ -161,8 +173,11 @@ def test_every_estimator_trains_a_step(trained_flux, name):
     model, params = trained_flux
     registry = load_registry()
     base = name.removesuffix("-range")
-    estimator = (KLRegularized(registry.build("estimator", "draft-k", k=1), 0.1) if name == "kl"
-                 else registry.build("estimator", base, **ESTIMATORS[name]))
+    estimator = (
+        KLRegularized(registry.build("estimator", "draft-k", k=1), 0.1)
+        if name == "kl"
+        else registry.build("estimator", base, **ESTIMATORS[name])
+    )
     inputs = step_inputs(model, euler(3), TinyNetworkReward(), PROMPTS)
     probe = model.make_noise(1, torch.Generator().manual_seed(9))
     t, cond = euler().timesteps(model)[1], model.encode_prompts(["a probe"])
@@ -198,8 +213,24 @@ def test_lora_mix_and_fuse_on_flux(tmp_path, capsys):
 
     model, _ = flux_with_lora()
     save_lora(model, tmp_path / "a")
-    assert main(["lora", "mix", f"{tmp_path / 'a'}:0.5", f"{tmp_path / 'a'}:0.25", "--out", str(tmp_path / "mixed")]) == 0
-    assert main(["lora", "fuse", "--model", "tiny-random-flux", "--lora", str(tmp_path / "a"), "--out", str(tmp_path / "fused")]) == 0
+    assert (
+        main(["lora", "mix", f"{tmp_path / 'a'}:0.5", f"{tmp_path / 'a'}:0.25", "--out", str(tmp_path / "mixed")]) == 0
+    )
+    assert (
+        main(
+            [
+                "lora",
+                "fuse",
+                "--model",
+                "tiny-random-flux",
+                "--lora",
+                str(tmp_path / "a"),
+                "--out",
+                str(tmp_path / "fused"),
+            ]
+        )
+        == 0
+    )
     x, t = model.make_noise(1, torch.Generator().manual_seed(0)), torch.tensor(500.0)
     cond = model.encode_prompts(["a cat"])
 
@@ -212,8 +243,13 @@ def test_lora_mix_and_fuse_on_flux(tmp_path, capsys):
     assert isinstance(fused, FluxModel)
     # float32 sums in another order (W + ΔW folded; ranks concatenated): a few ulps of the output's scale.
     assert rel_err(output(fused), output(build_tiny_random_flux(), str(tmp_path / "a"))) <= 1e-5
-    assert rel_err(output(build_tiny_random_flux(), str(tmp_path / "mixed")),
-                   output(build_tiny_random_flux(), f"{tmp_path / 'a'}:0.75")) <= 1e-5
+    assert (
+        rel_err(
+            output(build_tiny_random_flux(), str(tmp_path / "mixed")),
+            output(build_tiny_random_flux(), f"{tmp_path / 'a'}:0.75"),
+        )
+        <= 1e-5
+    )
 
 
 def _flux1_block_modules(rank: int, alpha: float, seed: int = 0) -> dict[str, LoraModule]:
@@ -223,15 +259,24 @@ def _flux1_block_modules(rank: int, alpha: float, seed: int = 0) -> dict[str, Lo
 
     g = torch.Generator().manual_seed(seed)
     width, mlp = 3072, 12288
-    sizes = {"ff.net.0.proj": (width, mlp), "ff.net.2": (mlp, width), "ff_context.net.0.proj": (width, mlp),
-             "ff_context.net.2": (mlp, width), "norm1.linear": (width, 6 * width), "norm1_context.linear": (width, 6 * width),
-             "proj_mlp": (width, mlp), "proj_out": (width + mlp, width), "norm.linear": (width, 3 * width)}
+    sizes = {
+        "ff.net.0.proj": (width, mlp),
+        "ff.net.2": (mlp, width),
+        "ff_context.net.0.proj": (width, mlp),
+        "ff_context.net.2": (mlp, width),
+        "norm1.linear": (width, 6 * width),
+        "norm1_context.linear": (width, 6 * width),
+        "proj_mlp": (width, mlp),
+        "proj_out": (width + mlp, width),
+        "norm.linear": (width, 3 * width),
+    }
     modules = {}
     for kind, table in (("transformer_blocks", DOUBLE), ("single_transformer_blocks", SINGLE)):
         for name in table:
             n_in, n_out = sizes.get(name, (width, width))
             modules[f"transformer.{kind}.0.{name}"] = LoraModule(
-                torch.randn(rank, n_in, generator=g) * 0.1, torch.randn(n_out, rank, generator=g) * 0.1, alpha / rank)
+                torch.randn(rank, n_in, generator=g) * 0.1, torch.randn(n_out, rank, generator=g) * 0.1, alpha / rank
+            )
     return modules
 
 
@@ -241,10 +286,21 @@ def test_kohya_flux_layout_reads_back_through_diffusers(tmp_path, alpha):
     modules = _flux1_block_modules(rank=2, alpha=alpha)
     state = flux_kohya_state(modules)
     names = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in state}
-    assert names == {f"lora_unet_double_blocks_0_{n}" for n in (
-        "img_attn_qkv", "img_attn_proj", "img_mlp_0", "img_mlp_2", "img_mod_lin",
-        "txt_attn_qkv", "txt_attn_proj", "txt_mlp_0", "txt_mlp_2", "txt_mod_lin")} | {
-        f"lora_unet_single_blocks_0_{n}" for n in ("linear1", "linear2", "modulation_lin")}
+    assert names == {
+        f"lora_unet_double_blocks_0_{n}"
+        for n in (
+            "img_attn_qkv",
+            "img_attn_proj",
+            "img_mlp_0",
+            "img_mlp_2",
+            "img_mod_lin",
+            "txt_attn_qkv",
+            "txt_attn_proj",
+            "txt_mlp_0",
+            "txt_mlp_2",
+            "txt_mod_lin",
+        )
+    } | {f"lora_unet_single_blocks_0_{n}" for n in ("linear1", "linear2", "modulation_lin")}
     assert state["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"].shape == (6, 3072)
     assert state["lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"].shape == (3 * 3072, 6)
     assert state["lora_unet_single_blocks_0_linear1.lora_up.weight"].shape == (3 * 3072 + 12288, 8)
@@ -267,15 +323,32 @@ def test_kohya_export_cli_loads_in_flux_pipeline_like_the_lora(tmp_path, capsys)
     """On tiny-random-flux: the double blocks and single blocks' output layers (diffusers' reader fixes
     linear1's split at FLUX.1's widths, tested above). Loading the export gives the LoRA's output."""
     model = build_tiny_random_flux()
-    targets = ["transformer_blocks.0." + t for t in ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj",
-               "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
-               "ff_context.net.2")]
+    targets = [
+        "transformer_blocks.0." + t
+        for t in (
+            "attn.to_q",
+            "attn.to_k",
+            "attn.to_v",
+            "attn.to_out.0",
+            "attn.add_q_proj",
+            "attn.add_k_proj",
+            "attn.add_v_proj",
+            "attn.to_add_out",
+            "ff.net.0.proj",
+            "ff.net.2",
+            "ff_context.net.0.proj",
+            "ff_context.net.2",
+        )
+    ]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
         add_lora(model, rank=2, targets=targets + ["single_transformer_blocks.0.proj_out"], init=False)
     save_lora(model, tmp_path / "lora")
     out = tmp_path / "kohya" / "flux.safetensors"
-    assert main(["lora", "export", str(tmp_path / "lora"), "--format", "kohya", "--family", "flux", "--out", str(out)]) == 0
+    assert (
+        main(["lora", "export", str(tmp_path / "lora"), "--format", "kohya", "--family", "flux", "--out", str(out)])
+        == 0
+    )
     assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in load_file(str(out))
     x = model.make_noise(2, torch.Generator().manual_seed(0))
     cond, t = model.encode_prompts(PROMPTS), euler().timesteps(model)[1]
@@ -306,10 +379,22 @@ def test_lora_of_another_family_is_refused_in_one_paragraph(tmp_path):
 def write_config(tmp_path: Path, **sections) -> Path:
     import yaml
 
-    config = {"model": {"name": "tiny-random-flux"}, "lora": {"rank": 2}, "sampler": {"name": "euler", "steps": 3, "guidance_scale": 3.5},
-              "estimator": {"name": "draft-k", "k": 1}, "reward": {"name": "jpeg-compressibility"},
-              "prompts": {"items": PROMPTS}, "train": {"steps": 2, "batch_size": 2, "sample_every": 0, "checkpoint_every": 1000,
-                                                      "sample_per_prompt": 1, "sample_prompts": PROMPTS[:1]}}
+    config = {
+        "model": {"name": "tiny-random-flux"},
+        "lora": {"rank": 2},
+        "sampler": {"name": "euler", "steps": 3, "guidance_scale": 3.5},
+        "estimator": {"name": "draft-k", "k": 1},
+        "reward": {"name": "jpeg-compressibility"},
+        "prompts": {"items": PROMPTS},
+        "train": {
+            "steps": 2,
+            "batch_size": 2,
+            "sample_every": 0,
+            "checkpoint_every": 1000,
+            "sample_per_prompt": 1,
+            "sample_prompts": PROMPTS[:1],
+        },
+    }
     for key, value in sections.items():
         config[key] = {**config.get(key, {}), **value}
     path = tmp_path / "flux.yaml"
@@ -317,11 +402,14 @@ def write_config(tmp_path: Path, **sections) -> Path:
     return path
 
 
-@pytest.mark.parametrize("override, words", [
-    ("learn.guidance=true", "guidance-distilled"),
-    ("learn.negative_prompt=true", "guidance-distilled"),
-    ("sampler.name=ddim", "flow"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("learn.guidance=true", "guidance-distilled"),
+        ("learn.negative_prompt=true", "guidance-distilled"),
+        ("sampler.name=ddim", "flow"),
+    ],
+)
 def test_bad_settings_exit_2_before_weights_load(tmp_path, capsys, monkeypatch, override, words):
     import draft_core.models.loading as loading
 
@@ -340,17 +428,58 @@ def test_bad_settings_exit_2_before_weights_load(tmp_path, capsys, monkeypatch, 
 def test_train_and_sample_via_the_cli(tmp_path, capsys):
     run = tmp_path / "run"
     # --model alone: the default config with the family's sampler (euler), shortened.
-    fast = ["train.steps=2", "sampler.steps=2", "train.batch_size=2", "train.sample_every=0", "train.sample_per_prompt=1",
-            "train.sample_prompts=[a cat]", "estimator.name=draft-k", "lora.rank=2"]
-    assert main(["train", "--model", "tiny-random-flux", "--out", str(run), "--no-progress", *sum((["--set", s] for s in fast), [])]) == 0
+    fast = [
+        "train.steps=2",
+        "sampler.steps=2",
+        "train.batch_size=2",
+        "train.sample_every=0",
+        "train.sample_per_prompt=1",
+        "train.sample_prompts=[a cat]",
+        "estimator.name=draft-k",
+        "lora.rank=2",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "tiny-random-flux",
+                "--out",
+                str(run),
+                "--no-progress",
+                *sum((["--set", s] for s in fast), []),
+            ]
+        )
+        == 0
+    )
     from draft_core.config import load_config
 
     assert load_config(run / "config.yaml").sampler["name"] == "euler"
     lora = run / "lora" / "pytorch_lora_weights.safetensors"
     assert lora.exists() and all(k.startswith("transformer.") for k in load_file(str(lora)))
     out = tmp_path / "samples"
-    assert main(["sample", "--model", "tiny-random-flux", "--guidance", "3.5", "--steps", "3",  # euler: the family's
-                 "--prompt", "a cat", "--n", "2", "--lora", str(run), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                "tiny-random-flux",
+                "--guidance",
+                "3.5",
+                "--steps",
+                "3",  # euler: the family's
+                "--prompt",
+                "a cat",
+                "--n",
+                "2",
+                "--lora",
+                str(run),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "grid.png").exists() and (out / "0001.png").exists()
     from PIL import Image
 

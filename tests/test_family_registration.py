@@ -43,8 +43,10 @@ SD_AGAIN = """
 
 
 def _install(installed, make_module, plugin: str) -> None:
-    installed(FakeDistribution("draft-family-x", "1.0", {"x": make_module(plugin)}),
-              FakeDistribution("draft-diffusion", "0.1.0", {"draft_models": make_module(BUILTINS)}))
+    installed(
+        FakeDistribution("draft-family-x", "1.0", {"x": make_module(plugin)}),
+        FakeDistribution("draft-diffusion", "0.1.0", {"draft_models": make_module(BUILTINS)}),
+    )
 
 
 def test_a_plugin_family_claiming_a_builtin_pipeline_class_does_not_take_its_folders(make_module, installed, capsys):
@@ -65,19 +67,31 @@ def test_a_plugin_family_claiming_a_builtin_pipeline_class_does_not_take_its_fol
 def test_a_plugin_registering_a_builtin_family_name_is_refused_where_it_is_used(make_module, installed):
     _install(installed, make_module, SD_AGAIN)
     load_registry(refresh=True)
-    for call in (lambda: check_model("tiny-random", family="sd"), lambda: check_model("tiny-random"),
-                 lambda: family_of_pipeline("StableDiffusionPipeline", "some/folder")):
+    for call in (
+        lambda: check_model("tiny-random", family="sd"),
+        lambda: check_model("tiny-random"),
+        lambda: family_of_pipeline("StableDiffusionPipeline", "some/folder"),
+    ):
         with pytest.raises(PluginError, match="model 'sd' is registered twice") as info:
             call()
         assert "draft-family-x" in str(info.value)
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("def register_rewards(register):\n    register('r', dict)\n", "defines register_rewards without @hookimpl"),
-    ("@hookimpl\ndef register_models(register):\n    register('m', dict)\n", "not a subclass of draft_core.models.family.ModelFamily"),
-    ("from draft_core.models.family import ModelFamily\nclass F(ModelFamily):\n    pipeline_classes = 'PixArtSigmaPipeline'\n"
-     "@hookimpl\ndef register_models(register):\n    register('f', F)\n", "pipeline_classes 'PixArtSigmaPipeline'"),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("def register_rewards(register):\n    register('r', dict)\n", "defines register_rewards without @hookimpl"),
+        (
+            "@hookimpl\ndef register_models(register):\n    register('m', dict)\n",
+            "not a subclass of draft_core.models.family.ModelFamily",
+        ),
+        (
+            "from draft_core.models.family import ModelFamily\nclass F(ModelFamily):\n    pipeline_classes = 'PixArtSigmaPipeline'\n"
+            "@hookimpl\ndef register_models(register):\n    register('f', F)\n",
+            "pipeline_classes 'PixArtSigmaPipeline'",
+        ),
+    ],
+)
 def test_bad_registrations_are_reported_not_ignored(make_module, installed, source, expected):
     installed(FakeDistribution("draft-bad", "1.0", {"bad": make_module(source)}))
     [error] = load_registry(refresh=True).load_errors

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from diffusers import StableDiffusion3Pipeline
-
 from cli_support import run_error
+from diffusers import StableDiffusion3Pipeline
+from model_fixtures import LinearReward, PooledLinearReward, assert_central_differences, grads_of
+
 import draft_core.models.loading
 from draft_core.cli import main
 from draft_core.config import load_config
@@ -26,7 +27,6 @@ from draft_core.plugins import load_registry
 from draft_core.plugins.protocols import StepInputs
 from draft_estimators import DeterministicPolicyGradient, FullBackprop, LowVariance, ReFL, TruncatedBackprop
 from draft_estimators.kl import KLRegularized
-from model_fixtures import LinearReward, PooledLinearReward, assert_central_differences, grads_of
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a cat", "a dog"]
@@ -114,8 +114,14 @@ def _fd_case(estimator, steps=3, seed=0):
     sampler = euler(steps=steps, guidance=3.0)
     cond = model.encode_prompts(["a cat"])
     noise = model.make_noise(1, torch.Generator().manual_seed(seed), dtype=torch.float64)
-    inputs = StepInputs(model, sampler, LinearReward((1, 3, 64, 64), torch.float64), cond, noise,
-                        torch.Generator().manual_seed(seed + 100))
+    inputs = StepInputs(
+        model,
+        sampler,
+        LinearReward((1, 3, 64, 64), torch.float64),
+        cond,
+        noise,
+        torch.Generator().manual_seed(seed + 100),
+    )
     grads, _ = grads_of(estimator, inputs, params)
     return model, params, sampler, inputs, grads
 
@@ -165,15 +171,24 @@ def test_every_estimator_takes_a_step_on_sd3(name, trained):
         before = model.denoise(probe, t, probe_cond, 3.0)
     cond = model.encode_prompts(PROMPTS)
     noise = model.make_noise(2, torch.Generator().manual_seed(1))
-    inputs = StepInputs(model, euler(steps=3, guidance=3.0), PooledLinearReward(torch.float32), cond, noise,
-                        torch.Generator().manual_seed(2))
+    inputs = StepInputs(
+        model,
+        euler(steps=3, guidance=3.0),
+        PooledLinearReward(torch.float32),
+        cond,
+        noise,
+        torch.Generator().manual_seed(2),
+    )
     grads, out = grads_of(ESTIMATORS[name](), inputs, params, split=name in ("draft-lv", "dpg"))
     flat = torch.cat([g.flatten() for g in grads])
     assert torch.isfinite(out.loss) and torch.isfinite(flat).all() and flat.abs().max() > 0
     lora = {id(p) for p in params}
     assert not [n for n, p in model.transformer.named_parameters() if id(p) not in lora and p.grad is not None]
-    assert all(p.grad is None for m in (model.text_encoder, model.text_encoder_2, model.text_encoder_3, model.vae)
-               for p in m.parameters())
+    assert all(
+        p.grad is None
+        for m in (model.text_encoder, model.text_encoder_2, model.text_encoder_3, model.vae)
+        for p in m.parameters()
+    )
     with torch.no_grad():
         assert torch.equal(model.denoise(probe, t, probe_cond, 3.0), before)  # adapters on, weights unmoved
 
@@ -191,8 +206,10 @@ def _lora_folder(tiny, folder, seed, rank=2, alpha=None, targets=None):
 @pytest.fixture(scope="module")
 def loras(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("sd3-loras")
-    return (_lora_folder(tiny, root / "a", 1, rank=2, alpha=3, targets="attention+ff"),
-            _lora_folder(tiny, root / "b", 2, rank=3, alpha=1))
+    return (
+        _lora_folder(tiny, root / "a", 1, rank=2, alpha=3, targets="attention+ff"),
+        _lora_folder(tiny, root / "b", 2, rank=3, alpha=1),
+    )
 
 
 @torch.no_grad()
@@ -225,8 +242,16 @@ def test_default_targets_are_the_joint_attention(tiny, loras):
 
     keys = load_file(loras[1] / "pytorch_lora_weights.safetensors").keys()
     modules = {k.split(".lora_")[0].split(".", 3)[-1] for k in keys}
-    assert modules == {"attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
-                       "attn.add_v_proj", "attn.to_add_out"}  # attn2 (SD3.5's dual attention) and ff left alone
+    assert modules == {
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+    }  # attn2 (SD3.5's dual attention) and ff left alone
     assert all(k.startswith("transformer.") for k in keys)
 
 
@@ -241,8 +266,23 @@ def test_lora_mix_and_fuse_on_sd3(tiny, loras, tmp_path, capsys):
     rel_close(pipeline_latents(pipe), expected, 1e-5)
 
     base = tiny.save_pretrained(tmp_path / "base")
-    assert main(["lora", "fuse", "--model", str(base), "--lora", f"{a}:0.5", "--lora", f"{b}:0.75",
-                 "--out", str(tmp_path / "fused")]) == 0
+    assert (
+        main(
+            [
+                "lora",
+                "fuse",
+                "--model",
+                str(base),
+                "--lora",
+                f"{a}:0.5",
+                "--lora",
+                f"{b}:0.75",
+                "--out",
+                str(tmp_path / "fused"),
+            ]
+        )
+        == 0
+    )
     fused = StableDiffusion3Pipeline.from_pretrained(tmp_path / "fused")  # an ordinary diffusers pipeline
     assert not any("lora" in n for n, _ in fused.transformer.named_parameters())
     # W + ΔW against W·x + B(A·x): float32 rounding apart (~1e-6 measured); a missing LoRA is >1e-3 off.
@@ -258,8 +298,22 @@ def test_an_sd_lora_on_sd3_is_one_paragraph(tmp_path, capsys):
     with pytest.raises(DraftError, match="LoRA of a unet") as info:
         apply_loras(build_tiny_random_sd3(), [LoraSpec(folder, 1.0)], model_name="tiny-random-sd3")
     assert "\n" not in str(info.value) and "tiny-random-sd3" in str(info.value)
-    message = run_error(capsys, "sample", "--model", "tiny-random-sd3", "--sampler", "euler", "--prompt", "a cat",
-                        "--steps", "2", "--lora", str(folder), "--out", str(tmp_path / "s"))
+    message = run_error(
+        capsys,
+        "sample",
+        "--model",
+        "tiny-random-sd3",
+        "--sampler",
+        "euler",
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--lora",
+        str(folder),
+        "--out",
+        str(tmp_path / "s"),
+    )
     assert "LoRA of a unet" in message and not (tmp_path / "s").exists()
 
 
@@ -269,7 +323,9 @@ def test_saved_folder_loads_in_diffusers_and_back(t5, tmp_path):
     model = build_tiny_random_sd3(t5=t5, scheduler_config=DYNAMIC)
     folder = model.save_pretrained(tmp_path / "m")
     # diffusers loads a folder whose T5 is null when told so, as it loads SD3 without T5 from the Hub.
-    pipe = StableDiffusion3Pipeline.from_pretrained(folder, **({} if t5 else dict(text_encoder_3=None, tokenizer_3=None)))
+    pipe = StableDiffusion3Pipeline.from_pretrained(
+        folder, **({} if t5 else dict(text_encoder_3=None, tokenizer_3=None))
+    )
     assert (pipe.text_encoder_3 is None) == (not t5) and pipe.scheduler.config.use_dynamic_shifting
     back = load_model(str(folder), device="cpu", dtype=torch.float32)
     assert isinstance(back, SD3Model) and back.scheduler_config["use_dynamic_shifting"]
@@ -287,8 +343,14 @@ def test_pixel_space_sd3_decodes_without_a_vae(tmp_path):
     from draft_core.models.tiny_sd3 import tiny_transformer_config
 
     tiny = build_tiny_random_sd3(t5=False)
-    model = SD3Model(SD3Transformer2DModel(**tiny_transformer_config(sample_size=8, in_channels=1)), tiny.text_encoder,
-                     tiny.text_encoder_2, tiny.tokenizer, tiny.tokenizer_2, SD35_SCHEDULER_CONFIG)
+    model = SD3Model(
+        SD3Transformer2DModel(**tiny_transformer_config(sample_size=8, in_channels=1)),
+        tiny.text_encoder,
+        tiny.text_encoder_2,
+        tiny.tokenizer,
+        tiny.tokenizer_2,
+        SD35_SCHEDULER_CONFIG,
+    )
     assert model.sample_shape == (1, 8, 8) and model.image_size == (8, 8)
     with torch.no_grad():
         images = model.decode(euler(steps=2).sample(model, model.encode_prompts(PROMPTS), model.make_noise(2)))
@@ -312,8 +374,19 @@ def no_weights(monkeypatch):
 
 
 def test_a_diffusion_sampler_on_sd3_exits_2_before_weights_load(capsys, no_weights, tmp_path):
-    message = run_error(capsys, "train", "--preset", "quickstart", "--set", "model.name=tiny-random-sd3",
-                        "--set", "sampler.name=ddim", "--out", str(tmp_path / "run"), "--no-progress")
+    message = run_error(
+        capsys,
+        "train",
+        "--preset",
+        "quickstart",
+        "--set",
+        "model.name=tiny-random-sd3",
+        "--set",
+        "sampler.name=ddim",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    )
     assert "'sd3' family" in message and "euler" in message
     assert not (tmp_path / "run").exists()
 
@@ -322,24 +395,78 @@ def test_an_unsupported_pipeline_exits_2_listing_the_supported_ones(capsys, no_w
     folder = tmp_path / "kandinsky"
     folder.mkdir()
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
-    message = run_error(capsys, "train", "--preset", "quickstart", "--set", f"model.name={folder}",
-                        "--out", str(tmp_path / "run"), "--no-progress")
-    assert "KandinskyPipeline" in message and "StableDiffusion3Pipeline" in message and "StableDiffusionPipeline" in message
+    message = run_error(
+        capsys,
+        "train",
+        "--preset",
+        "quickstart",
+        "--set",
+        f"model.name={folder}",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    )
+    assert (
+        "KandinskyPipeline" in message
+        and "StableDiffusion3Pipeline" in message
+        and "StableDiffusionPipeline" in message
+    )
 
 
 def test_train_and_sample_on_tiny_random_sd3(capsys, tmp_path):
     """`draft train --model tiny-random-sd3` with the default config: the family's sampler (euler) is chosen."""
-    sets = ["train.steps=2", "sampler.steps=2", "estimator.name=draft-k", "estimator.k=1", "train.batch_size=1",
-            "train.sample_every=0", "train.sample_per_prompt=1", "train.sample_prompts=[a cat]", "lora.rank=2"]
+    sets = [
+        "train.steps=2",
+        "sampler.steps=2",
+        "estimator.name=draft-k",
+        "estimator.k=1",
+        "train.batch_size=1",
+        "train.sample_every=0",
+        "train.sample_per_prompt=1",
+        "train.sample_prompts=[a cat]",
+        "lora.rank=2",
+    ]
     run = tmp_path / "run"
-    assert main(["train", "--model", "tiny-random-sd3", "--out", str(run), "--no-progress",
-                 *sum((["--set", s] for s in sets), [])]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "tiny-random-sd3",
+                "--out",
+                str(run),
+                "--no-progress",
+                *sum((["--set", s] for s in sets), []),
+            ]
+        )
+        == 0
+    )
     config = load_config(run / "config.yaml")
     assert config.model.name == "tiny-random-sd3" and config.sampler["name"] == "euler"
     assert (run / "lora" / "pytorch_lora_weights.safetensors").exists()
     capsys.readouterr()
-    assert main(["sample", "--model", "tiny-random-sd3", "--prompt", "a cat", "--n", "2", "--steps", "2",
-                 "--guidance", "4", "--lora", str(run / "lora"), "--out", str(tmp_path / "s")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                "tiny-random-sd3",
+                "--prompt",
+                "a cat",
+                "--n",
+                "2",
+                "--steps",
+                "2",
+                "--guidance",
+                "4",
+                "--lora",
+                str(run / "lora"),
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
     assert "wrote 2 images" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["0000.png", "0001.png", "grid.png"]
     from PIL import Image
@@ -357,8 +484,18 @@ def test_a_config_without_a_sampler_name_gets_euler_and_keeps_its_steps(capsys, 
 
 
 def test_draft_sample_refuses_a_diffusion_sampler_before_weights_load(capsys, no_weights, tmp_path):
-    message = run_error(capsys, "sample", "--model", "tiny-random-sd3", "--sampler", "ddim", "--prompt", "a cat",
-                        "--out", str(tmp_path / "s"))
+    message = run_error(
+        capsys,
+        "sample",
+        "--model",
+        "tiny-random-sd3",
+        "--sampler",
+        "ddim",
+        "--prompt",
+        "a cat",
+        "--out",
+        str(tmp_path / "s"),
+    )
     assert "'sd3' family" in message and "euler" in message
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
+from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs
 from safetensors.torch import load_file
 
 from draft_core.cli import main
@@ -21,8 +22,14 @@ from draft_core.models.families.sdxl import SDXLModel, build_tiny_random_sdxl
 from draft_core.models.loading import check_model, load_model
 from draft_core.samplers.ddim import DDIMSampler
 from draft_core.testing.estimators import EstimatorConformance, TinyNetworkReward
-from draft_estimators import DeterministicPolicyGradient, FullBackprop, KLRegularized, LowVariance, ReFL, TruncatedBackprop
-from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs
+from draft_estimators import (
+    DeterministicPolicyGradient,
+    FullBackprop,
+    KLRegularized,
+    LowVariance,
+    ReFL,
+    TruncatedBackprop,
+)
 
 PROMPTS = ["a cat", "a dog on a hill"]
 
@@ -45,7 +52,9 @@ def draft_sample(model, noise, steps=3, guidance=5.0, prompts=PROMPTS):
 
 def pipeline_sample(pipe, noise, steps=3, guidance=5.0, prompts=PROMPTS, output_type="latent"):
     pipe.set_progress_bar_config(disable=True)
-    return pipe(prompts, latents=noise.clone(), num_inference_steps=steps, guidance_scale=guidance, output_type=output_type).images
+    return pipe(
+        prompts, latents=noise.clone(), num_inference_steps=steps, guidance_scale=guidance, output_type=output_type
+    ).images
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +90,14 @@ def test_sampling_matches_the_diffusers_pipeline(tiny):
     final = []
     pipe = tiny.pipeline()
     pipe.set_progress_bar_config(disable=True)
-    theirs = pipe(PROMPTS, latents=noise.clone(), num_inference_steps=4, guidance_scale=5.0, output_type="pt",
-                  callback_on_step_end=lambda p, i, t, kw: final.append(kw["latents"]) or {}).images
+    theirs = pipe(
+        PROMPTS,
+        latents=noise.clone(),
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        output_type="pt",
+        callback_on_step_end=lambda p, i, t, kw: final.append(kw["latents"]) or {},
+    ).images
     assert rel_error(latents, final[-1]) <= 1e-5
     assert rel_error(images, theirs) <= 1e-5
     assert rel_error(latents, noise) > 0.1  # the chain did something
@@ -198,11 +213,15 @@ def _lora_with_text_encoders(folder: Path, seed: int) -> Path:
     """A LoRA file of the UNet and both text encoders (q/v projections), different alpha/r per component."""
     model = build_tiny_random_sdxl()
     with_random_lora(model, seed=seed, rank=2, alpha=3)
-    from draft_core.lora.adapters import lora_config_dict
     from peft.utils import get_peft_model_state_dict
 
+    from draft_core.lora.adapters import lora_config_dict
+
     g = torch.Generator().manual_seed(seed)
-    layers = {"unet_lora_layers": get_peft_model_state_dict(model.unet), "unet_lora_adapter_metadata": lora_config_dict(model.unet)}
+    layers = {
+        "unet_lora_layers": get_peft_model_state_dict(model.unet),
+        "unet_lora_adapter_metadata": lora_config_dict(model.unet),
+    }
     for name, alpha in (("text_encoder", 1), ("text_encoder_2", 4)):
         state = {}
         for path, mod in getattr(model, name).named_modules():
@@ -216,8 +235,10 @@ def _lora_with_text_encoders(folder: Path, seed: int) -> Path:
     return folder
 
 
-_TO = {"unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
-       "text": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}}
+_TO = {
+    "unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
+    "text": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"},
+}
 
 
 def _draft_module(key: str) -> str:
@@ -272,7 +293,10 @@ def test_lora_mix_and_fuse_on_sdxl(tiny, tmp_path):
     pipe.load_lora_weights(str(tmp_path / "mix"))  # the vanilla loader reads all three components
     assert getattr(pipe.text_encoder_2, "peft_config", None)
 
-    assert main(["lora", "fuse", "--model", "tiny-random-sdxl", "--lora", f"{a}:0.5", "--out", str(tmp_path / "fused")]) == 0
+    assert (
+        main(["lora", "fuse", "--model", "tiny-random-sdxl", "--lora", f"{a}:0.5", "--out", str(tmp_path / "fused")])
+        == 0
+    )
     fused_model = load_model(str(tmp_path / "fused"), device="cpu")  # an SDXL folder (model_index.json), no adapters
     assert isinstance(fused_model, SDXLModel) and not getattr(fused_model.unet, "peft_config", None)
     with torch.no_grad():
@@ -303,7 +327,10 @@ def test_a_lora_of_the_other_family_is_refused_naming_both(tiny_lora, tmp_path):
 
     with pytest.raises(DraftError) as xl_on_sd:
         apply_loras(build_tiny_random(), [LoraSpec(tmp_path / "xl")], model_name="tiny-random")
-    for err, trained, given in ((sd_on_xl, "tiny-random", "tiny-random-sdxl"), (xl_on_sd, "tiny-random-sdxl", "tiny-random")):
+    for err, trained, given in (
+        (sd_on_xl, "tiny-random", "tiny-random-sdxl"),
+        (xl_on_sd, "tiny-random-sdxl", "tiny-random"),
+    ):
         message = str(err.value)
         assert "\n" not in message and "Traceback" not in message
         assert f"trained on '{trained}'" in message and f"the model '{given}'" in message
@@ -316,7 +343,11 @@ def test_a_flow_sampler_is_refused_before_the_model_loads(monkeypatch, capsys, t
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the input error was reported")
 
-    for target, name in ((draft_core.models.loading, "load_model"), (draft_core.models, "load_model"), (SDXLModel, "__init__")):
+    for target, name in (
+        (draft_core.models.loading, "load_model"),
+        (draft_core.models, "load_model"),
+        (SDXLModel, "__init__"),
+    ):
         monkeypatch.setattr(target, name, refuse)
     code = main(["train", "--model", "tiny-random-sdxl", "--set", "sampler.name=euler", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
@@ -339,15 +370,54 @@ def test_a_flow_sampler_is_refused_before_the_model_loads(monkeypatch, capsys, t
 # -- CLI and the shipped config ---------------------------------------------------------------------
 def test_train_and_sample_on_tiny_random_sdxl_from_the_cli(tmp_path, capsys):
     run = tmp_path / "run"
-    sets = ["train.steps=2", "sampler.steps=2", "train.batch_size=1", "train.sample_every=0", "train.sample_per_prompt=1",
-            "train.sample_prompts=[a cat]", "estimator.name=draft-k", "estimator.k=1", "lora.rank=2"]
-    code = main(["train", "--model", "tiny-random-sdxl", "--out", str(run), "--no-progress", *sum((["--set", s] for s in sets), [])])
+    sets = [
+        "train.steps=2",
+        "sampler.steps=2",
+        "train.batch_size=1",
+        "train.sample_every=0",
+        "train.sample_per_prompt=1",
+        "train.sample_prompts=[a cat]",
+        "estimator.name=draft-k",
+        "estimator.k=1",
+        "lora.rank=2",
+    ]
+    code = main(
+        [
+            "train",
+            "--model",
+            "tiny-random-sdxl",
+            "--out",
+            str(run),
+            "--no-progress",
+            *sum((["--set", s] for s in sets), []),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     lora = load_file(run / "lora" / "pytorch_lora_weights.safetensors")
     assert lora and all(k.startswith("unet.") for k in lora)
     out = tmp_path / "samples"
-    assert main(["sample", "--model", "tiny-random-sdxl", "--lora", str(run), "--prompt", "a cat", "--n", "1",
-                 "--steps", "2", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                "tiny-random-sdxl",
+                "--lora",
+                str(run),
+                "--prompt",
+                "a cat",
+                "--n",
+                "1",
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "0000.png").exists()
 
 

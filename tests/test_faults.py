@@ -13,18 +13,36 @@ import torch
 from safetensors.torch import load_file
 
 from draft_core import cli, hookimpl
+from draft_core.lora import LoraSpec, apply_loras
 from draft_core.plugins import discovery, load_registry
 from draft_core.training.checkpoint import (
-    MANIFEST, CheckpointError, TrainingState, UnsafeFile, load_checkpoint, load_latest, safe_torch_load,
-    save_checkpoint, verify, _sha256,
+    MANIFEST,
+    CheckpointError,
+    TrainingState,
+    UnsafeFile,
+    _sha256,
+    load_checkpoint,
+    load_latest,
+    safe_torch_load,
+    save_checkpoint,
+    verify,
 )
-from draft_core.lora import LoraSpec, apply_loras
 from draft_rewards.jpeg import jpeg_reconstruction_error
 
 FAST = [
-    "model.name=tiny-random", "prompts.source=animals", "sampler.steps=3", "estimator.name=draft-k",
-    "estimator.k=1", "train.batch_size=1", "train.lr=0.01", "train.sample_every=0", "train.sample_per_prompt=1",
-    "train.sample_prompts=[a cat]", "lora.rank=2", "train.checkpoint_every=1", "train.keep_checkpoints=5",
+    "model.name=tiny-random",
+    "prompts.source=animals",
+    "sampler.steps=3",
+    "estimator.name=draft-k",
+    "estimator.k=1",
+    "train.batch_size=1",
+    "train.lr=0.01",
+    "train.sample_every=0",
+    "train.sample_per_prompt=1",
+    "train.sample_prompts=[a cat]",
+    "lora.rank=2",
+    "train.checkpoint_every=1",
+    "train.keep_checkpoints=5",
 ]
 
 
@@ -86,8 +104,10 @@ def test_a_non_finite_reward_skips_the_update_and_the_run_goes_on(tmp_path, flak
     assert all(torch.equal(one[k], two[k]) for k in one)  # no update at step 2
     assert any(not torch.equal(two[k], three[k]) for k in two)  # step 3 updated again
     assert json.loads((out / "checkpoints/step-000003/state.json").read_text())["nonfinite"]["total"] == 1
-    assert ("step 2: the reward (reward 'flaky' (plugin 'flaky_plugin' from distribution draft-flaky-test 9.9)) "
-            "produced non-finite reward values") in capsys.readouterr().err
+    assert (
+        "step 2: the reward (reward 'flaky' (plugin 'flaky_plugin' from distribution draft-flaky-test 9.9)) "
+        "produced non-finite reward values"
+    ) in capsys.readouterr().err
 
 
 def test_non_finite_values_in_a_row_stop_the_run_and_keep_the_last_checkpoint(tmp_path, flaky, capsys):
@@ -121,8 +141,10 @@ def test_a_raising_reward_plugin_stops_with_a_checkpoint_and_names_its_distribut
     code = train(out, "reward={name: flaky, raise_at: 3}", "train.steps=4", "train.checkpoint_every=2")
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert ("step 3: reward 'flaky' (plugin 'flaky_plugin' from distribution draft-flaky-test 9.9) raised "
-            "ValueError: the scoring service returned HTTP 503 (at test_faults.py:") in err
+    assert (
+        "step 3: reward 'flaky' (plugin 'flaky_plugin' from distribution draft-flaky-test 9.9) raised "
+        "ValueError: the scoring service returned HTTP 503 (at test_faults.py:"
+    ) in err
     assert "the state after step 2 (the last completed step) is checkpointed" in err
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-000002"
     # The plugin is fixed (no more failures): the run resumes from step 2 and finishes.
@@ -132,11 +154,16 @@ def test_a_raising_reward_plugin_stops_with_a_checkpoint_and_names_its_distribut
 
 # -- checkpoints on disk --------------------------------------------------------------------
 
+
 def _state(step: int) -> TrainingState:
     g = torch.Generator().manual_seed(step)
     return TrainingState(
-        step=step, lora={"a": torch.randn(4, 3, generator=g)}, optimizer={"state": {0: {"m": torch.ones(3) * step}}, "param_groups": []},
-        lr_scheduler={"last_epoch": step}, rng={"gen_data": g.get_state()}, meta={"num_processes": 1},
+        step=step,
+        lora={"a": torch.randn(4, 3, generator=g)},
+        optimizer={"state": {0: {"m": torch.ones(3) * step}}, "param_groups": []},
+        lr_scheduler={"last_epoch": step},
+        rng={"gen_data": g.get_state()},
+        meta={"num_processes": 1},
     )
 
 
@@ -184,7 +211,10 @@ def test_a_pickle_in_a_checkpoint_is_refused_even_with_a_matching_manifest(tmp_p
     # A pickle that would run code when loaded, planted with a manifest rewritten to match.
     (path / "optimizer.pt").write_bytes(pickle.dumps(_Evil()))
     manifest = json.loads((path / MANIFEST).read_text())
-    manifest["files"]["optimizer.pt"] = {"sha256": _sha256(path / "optimizer.pt"), "bytes": (path / "optimizer.pt").stat().st_size}
+    manifest["files"]["optimizer.pt"] = {
+        "sha256": _sha256(path / "optimizer.pt"),
+        "bytes": (path / "optimizer.pt").stat().st_size,
+    }
     (path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(UnsafeFile, match="holds pickled Python objects other than tensors, so draft refuses"):
         load_checkpoint(path)

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from flow_fixtures import flow_with_lora
+from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs
 
 from draft_core.lora import adapters_enabled
 from draft_core.samplers import EulerSampler, FlowSDESampler
 from draft_core.testing.estimators import EstimatorConformance
 from draft_estimators import FullBackprop, LowVariance, ReFL, TruncatedBackprop
 from draft_estimators.kl import KLRegularized
-from flow_fixtures import flow_with_lora
-from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -61,8 +61,10 @@ def truncated_objective(model, sampler, inputs, state, first, stop_at=None):
     return loss_at
 
 
-SAMPLERS = {"euler": lambda: EulerSampler(steps=3, guidance_scale=3.0),
-            "flow-sde": lambda: FlowSDESampler(steps=3, guidance_scale=3.0, eta=0.7)}
+SAMPLERS = {
+    "euler": lambda: EulerSampler(steps=3, guidance_scale=3.0),
+    "flow-sde": lambda: FlowSDESampler(steps=3, guidance_scale=3.0, eta=0.7),
+}
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
@@ -82,9 +84,11 @@ def test_draft_k_on_flow_matches_central_differences(name, k):
 
 def velocity(model, x, t, cond, scale):
     """The guided velocity with the transformer called directly (CFG written out)."""
+
     def v(embeds, pooled):
-        return model.transformer(hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=embeds,
-                                 pooled_projections=pooled).sample
+        return model.transformer(
+            hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=embeds, pooled_projections=pooled
+        ).sample
 
     u = v(cond.uncond.expand(x.shape[0], -1, -1), cond.uncond_pooled.expand(x.shape[0], -1))
     return u + scale * (v(cond.cond, cond.pooled) - u)
@@ -96,8 +100,9 @@ def test_refl_on_flow_is_x0_hat_by_hand_and_central_differences():
     t_refl = int(out.logs["refl_t"])
     assert t_refl > 1, "pick a seed that draws t > 1"
     step = sampler.num_steps - t_refl
-    assert_central_differences(truncated_objective(model, sampler, inputs, state, step, stop_at=step), grads, params,
-                               directions=2)
+    assert_central_differences(
+        truncated_objective(model, sampler, inputs, state, step, stop_at=step), grads, params, directions=2
+    )
     x = trajectory(model, sampler, inputs)[step]
     sched = sampler.scheduler(model)
     x0_hat = x - sched.sigmas[step].double() * velocity(model, x, sched.timesteps[step], inputs.cond, 3.0)
@@ -106,8 +111,9 @@ def test_refl_on_flow_is_x0_hat_by_hand_and_central_differences():
     reward = inputs.reward(model.decode(x0_hat), inputs.cond.prompts)
     torch.testing.assert_close(out.reward, reward.detach(), rtol=1e-12, atol=0)
     (-reward.mean()).backward()
-    torch.testing.assert_close(flat(grads), flat([p.grad for p in params]), rtol=1e-9,
-                               atol=1e-12 * flat(grads).abs().max().item())
+    torch.testing.assert_close(
+        flat(grads), flat([p.grad for p in params]), rtol=1e-9, atol=1e-12 * flat(grads).abs().max().item()
+    )
 
 
 @pytest.mark.parametrize("n, split", [(1, False), (2, True)], ids=["n=1-one-graph", "n=2-split-backward"])
@@ -132,14 +138,15 @@ def test_draft_lv_on_flow_is_algorithm_1_in_flow_form(n, split):
     inputs.generator.set_state(state)  # euler draws nothing while sampling: the ε_i come first
     noises = torch.randn((n * len(PROMPTS), *x0.shape[1:]), generator=inputs.generator, dtype=torch.float64)
     for i in range(n):
-        x1_i = (1 - sigma) * x0.detach() + sigma * noises[i * len(PROMPTS):(i + 1) * len(PROMPTS)]
+        x1_i = (1 - sigma) * x0.detach() + sigma * noises[i * len(PROMPTS) : (i + 1) * len(PROMPTS)]
         x0_hat = x1_i - sigma * velocity(model, x1_i, t, inputs.cond, 3.0)
         total = total + reward(model.decode(x0_hat), PROMPTS).sum()
     loss = -total / len(PROMPTS)
     loss.backward()
     torch.testing.assert_close(out.loss, loss.detach(), rtol=1e-12, atol=0)
-    torch.testing.assert_close(flat(grads), flat([p.grad for p in params]), rtol=1e-9,
-                               atol=1e-12 * flat(grads).abs().max().item())
+    torch.testing.assert_close(
+        flat(grads), flat([p.grad for p in params]), rtol=1e-9, atol=1e-12 * flat(grads).abs().max().item()
+    )
 
 
 def test_kl_on_flow_is_the_squared_velocity_difference_at_the_last_step():

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from flow_fixtures import flow_with_lora
 
 from draft_core.errors import ConfigError
 from draft_core.lora import adapters_enabled
@@ -16,7 +17,6 @@ from draft_core.samplers.gaussian import kl_same_std, log_prob
 from draft_core.testing.estimators import EstimatorConformance
 from draft_estimators import DDPO, GRPO
 from draft_estimators.policy import rollout
-from flow_fixtures import flow_with_lora
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -28,9 +28,11 @@ def model():
 
 def guided_velocity(model, x, t, cond, scale, lora_on=True):
     """Classifier-free guidance on the transformer, written out: v(∅) + g (v(c) − v(∅))."""
+
     def v(embeds, pooled):
-        return model.transformer(hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=embeds,
-                                 pooled_projections=pooled).sample
+        return model.transformer(
+            hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=embeds, pooled_projections=pooled
+        ).sample
 
     with adapters_enabled(model.transformer, lora_on):
         u = v(cond.uncond.expand(x.shape[0], -1, -1), cond.uncond_pooled.expand(x.shape[0], -1))
@@ -72,7 +74,9 @@ def test_step_log_prob_is_flow_grpos_gaussian_written_out(model, eta, lora_on):
         # that rounding (<= 6e-8) moves the mean by ~1e-7 of the drift, the log-density by ~1e-6 at std ~0.1.
         torch.testing.assert_close(std, hand_std, rtol=1e-6, atol=0)
         torch.testing.assert_close(ours, hand, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(log_prob(x_next, mean, std, reduction="sum"), hand * x[0].numel(), rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(
+            log_prob(x_next, mean, std, reduction="sum"), hand * x[0].numel(), rtol=1e-5, atol=1e-3
+        )
 
 
 def test_lora_on_and_off_are_different_policies(model):
@@ -108,7 +112,9 @@ def test_the_gaussian_is_the_samplers_own_step_and_rollout_its_sampling(model):
 
 
 @pytest.mark.parametrize("estimator", [DDPO(), GRPO(group_size=2)], ids=["ddpo", "grpo"])
-@pytest.mark.parametrize("sampler", [EulerSampler(steps=3), FlowSDESampler(steps=3, eta=0.0)], ids=["euler", "sde-eta0"])
+@pytest.mark.parametrize(
+    "sampler", [EulerSampler(steps=3), FlowSDESampler(steps=3, eta=0.0)], ids=["euler", "sde-eta0"]
+)
 def test_policy_estimators_refuse_deterministic_flow_samplers(estimator, sampler):
     with pytest.raises(ConfigError, match="flow-sde with eta > 0"):
         estimator.check(sampler)

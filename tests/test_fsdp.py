@@ -24,10 +24,21 @@ from draft_core.training.fsdp import shard_under_fsdp
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = [
-    "model.name=tiny-random-flux", "sampler={name: euler, steps: 2, guidance_scale: 3.5}", "estimator={name: draft-k, k: 2}",
-    "train.checkpoint_denoiser=blocks", "reward={name: ink-coverage, softness: 0.05}", "train.batch_size=2", "train.lr=0.01", "train.sample_every=1",
-    "train.sample_per_prompt=1", "train.sample_prompts=[a cat]", "lora.rank=2", "train.checkpoint_every=1",
-    "train.validation.prompts=[a dog]", "train.validation.every=1", "train.validation.n_per_prompt=1",
+    "model.name=tiny-random-flux",
+    "sampler={name: euler, steps: 2, guidance_scale: 3.5}",
+    "estimator={name: draft-k, k: 2}",
+    "train.checkpoint_denoiser=blocks",
+    "reward={name: ink-coverage, softness: 0.05}",
+    "train.batch_size=2",
+    "train.lr=0.01",
+    "train.sample_every=1",
+    "train.sample_per_prompt=1",
+    "train.sample_prompts=[a cat]",
+    "lora.rank=2",
+    "train.checkpoint_every=1",
+    "train.validation.prompts=[a dog]",
+    "train.validation.every=1",
+    "train.validation.n_per_prompt=1",
 ]
 ARGS = ["--preset", "quickstart", *sum((["--set", s] for s in SETS), [])]
 
@@ -36,10 +47,29 @@ def test_draft_train_shards_the_base_under_an_fsdp_launch(tmp_path):
     dump, run, plain = tmp_path / "dump", tmp_path / "run", tmp_path / "plain"
     dump.mkdir()
     # tests/dp_worker.py: 1 step, a resume to step 2, then a plain data-parallel run of 2 steps (FSDP off).
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-           "ACCELERATE_USE_FSDP": "true", "DP_WORKER_SPLIT": "1", "DP_WORKER_PLAIN": str(plain), "DP_WORKER_GRADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "dp_worker.py"), str(dump), str(run), "2", *ARGS]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "ACCELERATE_USE_FSDP": "true",
+        "DP_WORKER_SPLIT": "1",
+        "DP_WORKER_PLAIN": str(plain),
+        "DP_WORKER_GRADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "dp_worker.py"),
+        str(dump),
+        str(run),
+        "2",
+        *ARGS,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "FSDP: the frozen denoiser is sharded across 2 processes (3 units)" in proc.stderr  # 2 blocks + the rest
@@ -48,7 +78,9 @@ def test_draft_train_shards_the_base_under_an_fsdp_launch(tmp_path):
     for r in ranks:  # half of each frozen weight under FSDP (odd sizes round up), all of it in the plain run
         assert 0.5 <= r["shares"][0] == r["shares"][1] < 0.51 and r["shares"][2] == 1.0
     assert ranks[1]["writes"] == []  # the other process drew every grid and validation, and wrote nothing
-    assert {f"{kind}-00000{s}.png" for s in (0, 1, 2) for kind in ("step", "val-step")} <= {p.name for p in (run / "samples").iterdir()}
+    assert {f"{kind}-00000{s}.png" for s in (0, 1, 2) for kind in ("step", "val-step")} <= {
+        p.name for p in (run / "samples").iterdir()
+    }
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     plain_rows = [json.loads(line) for line in (plain / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2] and all("val/ink-coverage" in r for r in rows)
@@ -78,9 +110,11 @@ def test_draft_train_shards_the_base_under_an_fsdp_launch(tmp_path):
 
 def test_an_fsdp_launch_refuses_what_it_cannot_shard():
     acc = SimpleNamespace(num_processes=2, distributed_type=SimpleNamespace(name="FSDP"), is_main_process=True)
-    for sets, named in ((["estimator={name: draft-k, k_range: [1, 2]}"], "estimator.k_range"),
-                        (["estimator={name: refl, m: 5}"], "estimator.m=5"),
-                        (["model.quantize=int8"], "model.quantize='int8'")):
+    for sets, named in (
+        (["estimator={name: draft-k, k_range: [1, 2]}"], "estimator.k_range"),
+        (["estimator={name: refl, m: 5}"], "estimator.m=5"),
+        (["model.quantize=int8"], "model.quantize='int8'"),
+    ):
         trainer = SimpleNamespace(acc=acc, config=load_config(None, ["model.name=tiny-random-flux", *sets]))
         with pytest.raises(ConfigError, match=named):  # before any collective
             shard_under_fsdp(trainer)

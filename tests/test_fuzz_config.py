@@ -8,9 +8,9 @@ import math
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from fuzz_support import TALLY, examples, judge, report, run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,8 +42,36 @@ RANGES = {
     ("sampler", "eta"): lambda v: _number(v) and 0 <= v <= 1,
     ("sampler", "guidance_scale"): lambda v: _number(v) and v >= 0,
 }
-edge_values = st.sampled_from([0, 1, -1, 2, 1000, 1001, 5000, 2**63, 2**64 - 1, 2**64, -(2**63), 0.0, -0.0, 0.5, -1e-9,
-                               1e-300, math.inf, -math.inf, math.nan, True, False, None, "7", "", [1], {"a": 1}])
+edge_values = st.sampled_from(
+    [
+        0,
+        1,
+        -1,
+        2,
+        1000,
+        1001,
+        5000,
+        2**63,
+        2**64 - 1,
+        2**64,
+        -(2**63),
+        0.0,
+        -0.0,
+        0.5,
+        -1e-9,
+        1e-300,
+        math.inf,
+        -math.inf,
+        math.nan,
+        True,
+        False,
+        None,
+        "7",
+        "",
+        [1],
+        {"a": 1},
+    ]
+)
 values = st.one_of(edge_values, st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True))
 
 
@@ -54,12 +82,23 @@ def _yaml(sections: dict, duplicate: str | None) -> str:
     return text
 
 
-@settings(max_examples=examples(80), deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(changes=st.dictionaries(st.sampled_from(sorted(RANGES)), values, min_size=1, max_size=3),
-       duplicate=st.one_of(st.none(), st.sampled_from(["train", "lora", "model"])))
+@settings(
+    max_examples=examples(80),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    changes=st.dictionaries(st.sampled_from(sorted(RANGES)), values, min_size=1, max_size=3),
+    duplicate=st.one_of(st.none(), st.sampled_from(["train", "lora", "model"])),
+)
 def test_config_values_are_range_checked_and_duplicates_refused(tmp_path_factory, changes, duplicate):
-    sections: dict = {"model": {"name": "tiny-random"}, "lora": {"rank": 2}, "sampler": {"name": "ddim", "steps": 2}, "train": {"steps": 2}}
+    sections: dict = {
+        "model": {"name": "tiny-random"},
+        "lora": {"rank": 2},
+        "sampler": {"name": "ddim", "steps": 2},
+        "train": {"steps": 2},
+    }
     for (section, key), value in changes.items():
         sections.setdefault(section, {})[key] = value
     path = tmp_path_factory.mktemp("cfg") / "config.yaml"
@@ -88,12 +127,15 @@ def test_duplicated_key_names_both_lines(tmp_path):
     assert outcome.code == 2 and "'steps' appears twice" in outcome.err and "line 2 and at line 3" in outcome.err
 
 
-@pytest.mark.parametrize("setting, expected", [
-    ("train.weight_decay=-1", "'train.weight_decay' must be >= 0"),
-    ("train.seed=18446744073709551616", "'train.seed' must be an integer in [0, 2**64)"),
-    ("sampler.steps=5000", "more than the 1000 timesteps"),
-    ("lora.alpha=0", "'lora.alpha' must be > 0"),
-])
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("train.weight_decay=-1", "'train.weight_decay' must be >= 0"),
+        ("train.seed=18446744073709551616", "'train.seed' must be an integer in [0, 2**64)"),
+        ("sampler.steps=5000", "more than the 1000 timesteps"),
+        ("lora.alpha=0", "'lora.alpha' must be > 0"),
+    ],
+)
 def test_the_issues_config_holes_are_refused_at_config_time(setting, expected):
     outcome = run_cli(["train", "--preset", "quickstart", "--set", setting, "--dry-run"])
     assert outcome.code == 2 and expected in outcome.err and outcome.trace is None, outcome.err

@@ -10,14 +10,15 @@ import struct
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from fuzz_support import TALLY, examples, judge, report, run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from run_fixtures import save_random_lora
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import draft_core.models.loading
 from draft_core.lora.validate import METADATA_KEY
-from fuzz_support import TALLY, examples, judge, report, run_cli
-from run_fixtures import save_random_lora
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
@@ -44,8 +45,19 @@ def seed_lora(tmp_path_factory):
 # -- mutations: (kind, args); each says whether it leaves a usable LoRA ------------------------------
 BAD_DTYPES = ["int32", "int64", "uint8", "bool", "complex64"]
 GOOD_DTYPES = ["float16", "bfloat16", "float64"]
-BAD_METADATA = ["not json", "a list", "r=0", "r=-1", "r=str", "r=mismatch", "alpha=0", "alpha=-3", "alpha=nan",
-                "rank_pattern=0", "use_rslora=str"]
+BAD_METADATA = [
+    "not json",
+    "a list",
+    "r=0",
+    "r=-1",
+    "r=str",
+    "r=mismatch",
+    "alpha=0",
+    "alpha=-3",
+    "alpha=nan",
+    "rank_pattern=0",
+    "use_rslora=str",
+]
 GOOD_METADATA = ["none", "alpha=7", "rslora"]
 BYTES = ["truncate", "empty", "header", "png", "random", "zero header length", "huge header length"]
 
@@ -53,7 +65,9 @@ tensor_mutation = st.one_of(
     st.tuples(st.just("none")),
     st.tuples(st.just("dtype"), st.sampled_from(BAD_DTYPES), st.integers(0, 11)),
     st.tuples(st.just("good dtype"), st.sampled_from(GOOD_DTYPES)),
-    st.tuples(st.just("nonfinite"), st.sampled_from([math.nan, math.inf, -math.inf]), st.integers(0, 11), st.floats(0, 1)),
+    st.tuples(
+        st.just("nonfinite"), st.sampled_from([math.nan, math.inf, -math.inf]), st.integers(0, 11), st.floats(0, 1)
+    ),
     st.tuples(st.just("ndim"), st.sampled_from([0, 1, 3]), st.integers(0, 11)),
     st.tuples(st.just("rank"), st.integers(0, 11)),
     st.tuples(st.just("unpaired"), st.sampled_from("AB"), st.integers(1, 6)),
@@ -96,10 +110,19 @@ def mutate(tensors: dict, metadata: dict, m: tuple) -> tuple[dict, dict]:
             del tensors[key]
     elif kind in ("metadata", "good metadata"):
         config = json.loads(metadata[METADATA_KEY])
-        change = {"r=0": ("unet.r", 0), "r=-1": ("unet.r", -1), "r=str": ("unet.r", "two"), "r=mismatch": ("unet.r", 3),
-                  "alpha=0": ("unet.lora_alpha", 0), "alpha=-3": ("unet.lora_alpha", -3), "alpha=nan": ("unet.lora_alpha", math.nan),
-                  "rank_pattern=0": ("unet.rank_pattern", {"to_q": 0}), "use_rslora=str": ("unet.use_rslora", "yes"),
-                  "alpha=7": ("unet.lora_alpha", 7), "rslora": ("unet.use_rslora", True)}.get(m[1])
+        change = {
+            "r=0": ("unet.r", 0),
+            "r=-1": ("unet.r", -1),
+            "r=str": ("unet.r", "two"),
+            "r=mismatch": ("unet.r", 3),
+            "alpha=0": ("unet.lora_alpha", 0),
+            "alpha=-3": ("unet.lora_alpha", -3),
+            "alpha=nan": ("unet.lora_alpha", math.nan),
+            "rank_pattern=0": ("unet.rank_pattern", {"to_q": 0}),
+            "use_rslora=str": ("unet.use_rslora", "yes"),
+            "alpha=7": ("unet.lora_alpha", 7),
+            "rslora": ("unet.use_rslora", True),
+        }.get(m[1])
         if m[1] == "none":
             metadata.pop(METADATA_KEY)
         elif m[1] == "not json":
@@ -154,7 +177,11 @@ def check_export(out_file, tensors, metadata):
     assert len([k for k in got if k.endswith(".lora_down.weight")]) == len(want)
     for name, delta in want.items():
         key = "lora_unet_" + name.replace(".", "_")
-        down, up, alpha = got[f"{key}.lora_down.weight"].double(), got[f"{key}.lora_up.weight"].double(), float(got[f"{key}.alpha"])
+        down, up, alpha = (
+            got[f"{key}.lora_down.weight"].double(),
+            got[f"{key}.lora_up.weight"].double(),
+            float(got[f"{key}.alpha"]),
+        )
         kohya = (alpha / down.shape[0]) * (up @ down)
         # alpha is stored as float32: the deltas agree to its rounding (2^-24 relative), whatever the weights' dtype.
         assert torch.allclose(kohya, delta, rtol=1e-6, atol=1e-6 * float(delta.abs().max())), name
@@ -164,13 +191,20 @@ def refuse(*args, **kwargs):
     raise AssertionError("a model was loaded before the bad LoRA file was refused")
 
 
-@settings(max_examples=examples(100), deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(mutations=st.tuples(tensor_mutation, metadata_mutation),
-       corruption=st.one_of(st.none(), st.tuples(st.sampled_from(BYTES), st.integers(0, 1 << 20))),
-       command=st.sampled_from(["export", "mix", "sample", "fuse"]))
-def test_malformed_lora_files_end_in_a_clear_error_or_a_correct_export(seed_lora, tmp_path_factory, monkeypatch,
-                                                                      mutations, corruption, command):
+@settings(
+    max_examples=examples(100),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    mutations=st.tuples(tensor_mutation, metadata_mutation),
+    corruption=st.one_of(st.none(), st.tuples(st.sampled_from(BYTES), st.integers(0, 1 << 20))),
+    command=st.sampled_from(["export", "mix", "sample", "fuse"]),
+)
+def test_malformed_lora_files_end_in_a_clear_error_or_a_correct_export(
+    seed_lora, tmp_path_factory, monkeypatch, mutations, corruption, command
+):
     tensors, metadata = seed_lora
     for m in mutations:
         tensors, metadata = mutate(tensors, metadata, m)
@@ -191,8 +225,21 @@ def test_malformed_lora_files_end_in_a_clear_error_or_a_correct_export(seed_lora
     monkeypatch.setattr(draft_core.models.loading, "load_model", refuse)
     argv = {
         "mix": ["lora", "mix", f"{file}:0.5", "--out", str(tmp / "mixed")],
-        "sample": ["sample", "--model", "tiny-random", "--prompt", "x", "--steps", "2", "--n", "1", "--lora", str(file),
-                   "--out", str(tmp / "samples")],
+        "sample": [
+            "sample",
+            "--model",
+            "tiny-random",
+            "--prompt",
+            "x",
+            "--steps",
+            "2",
+            "--n",
+            "1",
+            "--lora",
+            str(file),
+            "--out",
+            str(tmp / "samples"),
+        ],
         "fuse": ["lora", "fuse", "--model", "tiny-random", "--lora", str(file), "--out", str(tmp / "fused")],
     }[command]
     judge(run_cli(argv), bad, why)
@@ -202,8 +249,12 @@ def test_malformed_lora_files_end_in_a_clear_error_or_a_correct_export(seed_lora
 PICKLES = ["good", "truncated", "random bytes", "a tensor", "a list", "an object", "empty dict", "nan"]
 
 
-@settings(max_examples=examples(20), deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=examples(20),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(kind=st.sampled_from(PICKLES), suffix=st.sampled_from([".pt", ".bin"]), cut=st.integers(1, 1 << 16))
 def test_pt_and_bin_files_go_through_torch_load_weights_only(seed_lora, tmp_path_factory, kind, suffix, cut):
     import collections
@@ -211,8 +262,13 @@ def test_pt_and_bin_files_go_through_torch_load_weights_only(seed_lora, tmp_path
     tensors, _ = seed_lora
     tmp = tmp_path_factory.mktemp("pickle")
     file = tmp / f"lora{suffix}"
-    payload = {"a tensor": torch.ones(3), "a list": [1, 2], "an object": collections.OrderedDict(a=collections.Counter()),
-               "empty dict": {}, "nan": {k: v * math.nan for k, v in tensors.items()}}.get(kind, tensors)
+    payload = {
+        "a tensor": torch.ones(3),
+        "a list": [1, 2],
+        "an object": collections.OrderedDict(a=collections.Counter()),
+        "empty dict": {},
+        "nan": {k: v * math.nan for k, v in tensors.items()},
+    }.get(kind, tensors)
     torch.save(payload, file)
     if kind == "truncated":
         file.write_bytes(file.read_bytes()[: cut % file.stat().st_size or 1])
@@ -249,9 +305,22 @@ def test_resume_refuses_a_checkpoint_lora_with_nan_before_loading_it(tmp_path):
     from draft_core.training.checkpoint import TrainingState, save_checkpoint
     from draft_core.training.restore import restore
 
-    lora = {"down_blocks.0.attn1.to_q.lora_A.weight": torch.ones(2, 4), "down_blocks.0.attn1.to_q.lora_B.weight": torch.full((4, 2), math.nan)}
-    save_checkpoint(tmp_path / "checkpoints", TrainingState(step=3, lora=lora, optimizer={}, lr_scheduler={}, rng={"cpu": torch.zeros(2)}))
-    trainer = SimpleNamespace(run_dir=tmp_path, log=lambda m: None, acc=SimpleNamespace(num_processes=1, process_index=0),
-                              model=SimpleNamespace(device="cpu"))
-    with pytest.raises(LoraFileError, match=r"checkpoint '.*step-0*3': lora.safetensors is not a usable LoRA: '.*lora_B.weight' holds 8 non-finite"):
+    lora = {
+        "down_blocks.0.attn1.to_q.lora_A.weight": torch.ones(2, 4),
+        "down_blocks.0.attn1.to_q.lora_B.weight": torch.full((4, 2), math.nan),
+    }
+    save_checkpoint(
+        tmp_path / "checkpoints",
+        TrainingState(step=3, lora=lora, optimizer={}, lr_scheduler={}, rng={"cpu": torch.zeros(2)}),
+    )
+    trainer = SimpleNamespace(
+        run_dir=tmp_path,
+        log=lambda m: None,
+        acc=SimpleNamespace(num_processes=1, process_index=0),
+        model=SimpleNamespace(device="cpu"),
+    )
+    with pytest.raises(
+        LoraFileError,
+        match=r"checkpoint '.*step-0*3': lora.safetensors is not a usable LoRA: '.*lora_B.weight' holds 8 non-finite",
+    ):
         restore(trainer)

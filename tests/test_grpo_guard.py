@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from flow_fixtures import flow_with_lora
+from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs
 
 from draft_core.errors import ConfigError
 from draft_core.models.conditioning import conditioning_keys
@@ -13,8 +15,6 @@ from draft_core.plugins.protocols import Conditioning
 from draft_core.samplers import DDIMSampler, FlowSDESampler
 from draft_core.testing.estimators import EstimatorConformance
 from draft_estimators import GRPO
-from flow_fixtures import flow_with_lora
-from model_fixtures import LinearReward, assert_central_differences, grads_of, step_inputs
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -103,8 +103,10 @@ def test_guard_refuses_diffusion_samplers_and_bad_values():
 
 def test_a_checkpointed_buffer_without_means_is_sampled_afresh():
     estimator = GRPO(guard=True)
-    plain = {"buffer." + k: torch.zeros(1) for k in ("latents", "log_probs", "advantages", "rewards", "cond", "steps",
-                                                      "perms", "order", "cursor")}
+    plain = {
+        "buffer." + k: torch.zeros(1)
+        for k in ("latents", "log_probs", "advantages", "rewards", "cond", "steps", "perms", "order", "cursor")
+    }
     estimator.load_state_dict(plain)
     assert estimator.buffer is None
 

@@ -8,14 +8,14 @@ import math
 
 import pytest
 import torch
+from flow_fixtures import flow_with_lora
+from model_fixtures import step_inputs
 
 from draft_core.errors import ConfigError
 from draft_core.lora import adapters_enabled
 from draft_core.samplers import FlowSDESampler
 from draft_core.samplers.gaussian import kl_same_std, log_prob
 from draft_estimators import GRPO
-from flow_fixtures import flow_with_lora
-from model_fixtures import step_inputs
 
 
 class ValuesOnly:
@@ -65,8 +65,9 @@ def grpo_case(flow, steps, **kwargs):
 
 
 def test_timestep_selection_first_trains_flow_grpos_first_steps_in_order(flow):
-    est, out, inputs = grpo_case(flow, 10, timestep_fraction=0.99, timestep_selection="first", inner_epochs=2,
-                                 minibatches=2)
+    est, out, inputs = grpo_case(
+        flow, 10, timestep_fraction=0.99, timestep_selection="first", inner_epochs=2, minibatches=2
+    )
     assert est.buffer["order"].tolist() == [list(range(9))] * 4  # int(0.99·10) = 9: never the last step
     assert out.logs["ppo_steps"] == 9.0
     # The call's loss is the PPO loss over exactly those steps (its first minibatch).
@@ -92,7 +93,7 @@ def test_dance_grpo_sampler_is_its_step_and_log_probability_written_out(flow):
     g = torch.Generator().manual_seed(1)
     x = torch.randn((1, 3, 8, 8), generator=g, dtype=torch.float64)
     for i in range(sampler.num_steps):
-        sigma, sigma_next = sched.sigmas[i].double(), sched.sigmas[i + 1].double()
+        sigma = sched.sigmas[i].double()
         with torch.no_grad(), adapters_enabled(model.transformer, True):
             v = sampler.action(model, x, i, cond)
             mean, std = sampler.transition_distribution(model, x, i, cond)
@@ -106,8 +107,9 @@ def test_dance_grpo_sampler_is_its_step_and_log_probability_written_out(flow):
         torch.testing.assert_close(mean, mean_hand, rtol=1e-12, atol=1e-12)
         assert std.item() == pytest.approx(std_hand, rel=1e-12)
         torch.testing.assert_close(x_next, mean_hand + std_hand * z, rtol=1e-12, atol=1e-12)
-        by_hand = (-(x_next - mean_hand) ** 2 / (2 * std_hand**2) - math.log(std_hand)
-                   - math.log(math.sqrt(2 * math.pi))).mean()
+        by_hand = (
+            -((x_next - mean_hand) ** 2) / (2 * std_hand**2) - math.log(std_hand) - math.log(math.sqrt(2 * math.pi))
+        ).mean()
         assert log_prob(x_next, mean, std).item() == pytest.approx(by_hand.item(), rel=1e-12)
         x = x_next
     assert "dance-grpo" in repr(sampler)

@@ -22,24 +22,55 @@ from draft_core import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = [
-    "model.name=tiny-random", "reward.name=jpeg-compressibility", "prompts.source=animals", "sampler.steps=3",
-    "estimator={name: draft-lv, n: 1}", "train.batch_size=2", "train.lr=0.01", "train.lr_decay=sqrt",
-    "train.sample_every=0", "train.sample_per_prompt=1", "train.sample_prompts=[a cat]", "lora.rank=2",
-    "train.checkpoint_every=1", "train.keep_checkpoints=2", "train.steps=4", "train.ema.decay=0.9",
+    "model.name=tiny-random",
+    "reward.name=jpeg-compressibility",
+    "prompts.source=animals",
+    "sampler.steps=3",
+    "estimator={name: draft-lv, n: 1}",
+    "train.batch_size=2",
+    "train.lr=0.01",
+    "train.lr_decay=sqrt",
+    "train.sample_every=0",
+    "train.sample_per_prompt=1",
+    "train.sample_prompts=[a cat]",
+    "lora.rank=2",
+    "train.checkpoint_every=1",
+    "train.keep_checkpoints=2",
+    "train.steps=4",
+    "train.ema.decay=0.9",
     *(["train.trackers=[tensorboard]"] if is_tensorboard_available() else []),
 ]
 
 
 def argv(out: Path) -> list[str]:
-    return ["train", "--preset", "quickstart", "--out", str(out), "--no-progress", *sum((["--set", s] for s in SETS), [])]
+    return [
+        "train",
+        "--preset",
+        "quickstart",
+        "--out",
+        str(out),
+        "--no-progress",
+        *sum((["--set", s] for s in SETS), []),
+    ]
 
 
 def start(out: Path) -> subprocess.Popen:
     # The killed run must use this process's intra-op thread count (the suite's, see DRAFT_TEST_THREADS):
     # the reference and the resume run here, and another count rounds the kernels' sums differently.
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "draft_core.cli", *argv(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "draft_core.cli", *argv(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, out: Path, step: int, timeout: float = 240) -> int:
@@ -89,7 +120,9 @@ def test_sigkill_at_an_arbitrary_step_then_resume_is_bitwise_identical(tmp_path)
         events = EventAccumulator(str(run / "logs" / "draft"))
         events.Reload()
         logged = [(e.step, e.value) for e in events.Scalars("reward_mean")]
-        assert logged == [(r["step"], pytest.approx(r["reward_mean"], rel=1e-6)) for r in rows(ref)]  # float32 in the file
+        assert logged == [
+            (r["step"], pytest.approx(r["reward_mean"], rel=1e-6)) for r in rows(ref)
+        ]  # float32 in the file
     assert not list((run / "checkpoints").glob(".*")) and not list(run.glob(".lora*"))
     assert not list(run.glob(".lora_ema*"))
 

@@ -92,8 +92,8 @@ def test_public_import_paths_still_work():
     from draft_core import hookimpl  # noqa: F401
     from draft_core.protocols import Conditioning, EstimatorOutput, GradientEstimator, Reward, Sampler, StepInputs  # noqa: F401
     from draft_core.testing import RewardConformance  # noqa: F401
-    from draft_core.testing_estimators import EstimatorConformance
     from draft_core.testing.estimators import EstimatorConformance as same
+    from draft_core.testing_estimators import EstimatorConformance
 
     assert EstimatorConformance is same
 
@@ -113,7 +113,15 @@ def test_only_model_families_touch_their_components():
     planning's architecture builders name a family's components."""
     components = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
     allowed = (CORE / "models", CORE / "planning" / "architectures.py")
-    files = [p for root in (CORE, CORE.parent / "draft_estimators", CORE.parent / "draft_rewards") for p in root.rglob("*.py")]
-    offenders = [line for p in files if not any(p == a or a in p.parents for a in allowed)
-                 for line in _component_uses(p, components)]
+    files = [
+        p
+        for root in (CORE, CORE.parent / "draft_estimators", CORE.parent / "draft_rewards")
+        for p in root.rglob("*.py")
+    ]
+    offenders = [
+        line
+        for p in files
+        if not any(p == a or a in p.parents for a in allowed)
+        for line in _component_uses(p, components)
+    ]
     assert offenders == []

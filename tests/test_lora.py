@@ -34,8 +34,6 @@ PAPER_TARGETS = [
 BLOCK_TARGETS = ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", *PAPER_TARGETS]
 
 
-
-
 @pytest.fixture(scope="module")
 def base_unet():
     """tiny-random's UNet without adapters; tests deep-copy it before changing it."""
@@ -67,8 +65,11 @@ def lora_wrapped_modules(unet) -> set[str]:
 
 
 # -- add_lora -------------------------------------------------------------------------------
-@pytest.mark.parametrize("targets, expected", [(None, PAPER_TARGETS), ("cross-attention+ff", PAPER_TARGETS),
-                                               ("attention+ff", BLOCK_TARGETS)], ids=["default", "paper-by-name", "wide"])
+@pytest.mark.parametrize(
+    "targets, expected",
+    [(None, PAPER_TARGETS), ("cross-attention+ff", PAPER_TARGETS), ("attention+ff", BLOCK_TARGETS)],
+    ids=["default", "paper-by-name", "wide"],
+)
 def test_targets_every_transformer_blocks_cross_attention_and_feed_forward(base_unet, targets, expected):
     """By default (paper A.1) the cross-attention (attn2) and feed-forward layers of every
     transformer block, not the self-attention (attn1); "attention+ff" adds attn1."""

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_support import run_error
 from safetensors.torch import save_file
 
-from cli_support import run_error
 from draft_core.cli import main
 from draft_core.lora import add_lora, save_lora
 from draft_core.lora.card import write_model_card
@@ -28,11 +28,31 @@ def tiny_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "tiny"
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = main([
-            "train", str(CONFIG), "--set", "sampler.steps=2", "--set", "train.steps=2",
-            "--set", "train.batch_size=1", "--set", "train.sample_per_prompt=1", "--set", "train.sample_prompts=[a cat]",
-            "--set", "lora.rank=4", "--set", "lora.alpha=2", "--set", "train.log_every=1", "--out", str(run), "--no-progress",
-        ])
+        code = main(
+            [
+                "train",
+                str(CONFIG),
+                "--set",
+                "sampler.steps=2",
+                "--set",
+                "train.steps=2",
+                "--set",
+                "train.batch_size=1",
+                "--set",
+                "train.sample_per_prompt=1",
+                "--set",
+                "train.sample_prompts=[a cat]",
+                "--set",
+                "lora.rank=4",
+                "--set",
+                "lora.alpha=2",
+                "--set",
+                "train.log_every=1",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
     assert code == 0, err.getvalue()
     return run, err.getvalue()
 
@@ -51,7 +71,20 @@ def digits_lora(tmp_path_factory):
 
 
 def sampled(capsys, out, *loras: str) -> torch.Tensor:
-    argv = ["sample", "--model", "tiny-random", "--prompt", "a cat", "--n", "1", "--steps", "2", "--save-tensor", "--out", str(out)]
+    argv = [
+        "sample",
+        "--model",
+        "tiny-random",
+        "--prompt",
+        "a cat",
+        "--n",
+        "1",
+        "--steps",
+        "2",
+        "--save-tensor",
+        "--out",
+        str(out),
+    ]
     assert main(argv + [a for lora in loras for a in ("--lora", lora)]) == 0, capsys.readouterr()
     capsys.readouterr()
     return torch.load(out / "images.pt", weights_only=True)
@@ -59,15 +92,43 @@ def sampled(capsys, out, *loras: str) -> torch.Tensor:
 
 # -- a LoRA of another model ------------------------------------------------------------------------
 def test_a_lora_of_another_model_names_both_models(capsys, tmp_path, digits_lora):
-    message = run_error(capsys, "sample", "--model", "tiny-random", "--prompt", "a cat", "--steps", "2", "--lora", str(digits_lora), "--out", str(tmp_path / "o"))
+    message = run_error(
+        capsys,
+        "sample",
+        "--model",
+        "tiny-random",
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--lora",
+        str(digits_lora),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert "trained on 'digits'" in message and "'tiny-random'" in message and "--model digits" in message
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("command", [
-    ["lora", "fuse", "--model", "digits", "--out", "fused"],
-    ["eval", "--model", "digits", "--prompts", "digits", "--reward", "jpeg-compressibility", "--steps", "2", "--out", "ev"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["lora", "fuse", "--model", "digits", "--out", "fused"],
+        [
+            "eval",
+            "--model",
+            "digits",
+            "--prompts",
+            "digits",
+            "--reward",
+            "jpeg-compressibility",
+            "--steps",
+            "2",
+            "--out",
+            "ev",
+        ],
+    ],
+)
 def test_fuse_and_eval_refuse_a_lora_of_another_model(capsys, tmp_path, monkeypatch, tiny_run, command):
     monkeypatch.chdir(tmp_path)
     message = run_error(capsys, *command, "--lora", str(tiny_run[0]))
@@ -125,25 +186,71 @@ def test_a_kohya_file_applies_like_the_lora_it_came_from(capsys, tmp_path, tiny_
 def test_a_models_full_weights_are_not_a_lora(capsys, tmp_path):
     load_model("tiny-random").save_pretrained(tmp_path / "fused")
     weights = tmp_path / "fused" / "unet" / "diffusion_pytorch_model.safetensors"
-    message = run_error(capsys, "sample", "--model", "tiny-random", "--prompt", "a cat", "--steps", "2", "--lora", str(weights), "--out", str(tmp_path / "o"))
+    message = run_error(
+        capsys,
+        "sample",
+        "--model",
+        "tiny-random",
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--lora",
+        str(weights),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert "applies to no module" in message and "conv_in" in message and "--model" in message
 
 
 def test_a_text_encoder_lora_is_not_a_unet_lora(capsys, tmp_path):
     file = tmp_path / "te.safetensors"
-    save_file({"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 32),
-               "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(32, 2)}, str(file))
-    message = run_error(capsys, "sample", "--model", "tiny-random", "--prompt", "a cat", "--steps", "2", "--lora", str(file), "--out", str(tmp_path / "o"))
+    save_file(
+        {
+            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 32),
+            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(32, 2),
+        },
+        str(file),
+    )
+    message = run_error(
+        capsys,
+        "sample",
+        "--model",
+        "tiny-random",
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--lora",
+        str(file),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert "text_encoder only" in message
 
 
 def test_an_image_is_not_a_lora_file(capsys, tmp_path, tiny_run):
     image = tiny_run[0] / "samples" / "step-000000.png"
-    message = run_error(capsys, "sample", "--model", "tiny-random", "--prompt", "a cat", "--steps", "2", "--lora", str(image), "--out", str(tmp_path / "o"))
+    message = run_error(
+        capsys,
+        "sample",
+        "--model",
+        "tiny-random",
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--lora",
+        str(image),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert "is not a LoRA file" in message and "pickle" not in message
 
 
 @pytest.mark.parametrize("scale", ["abc", "nan", "1:2"])
 def test_a_bad_scale_says_bad_scale(capsys, tmp_path, tiny_run, no_model, scale):
-    message = run_error(capsys, "sample", "--prompt", "a cat", "--lora", f"{tiny_run[0]}:{scale}", "--out", str(tmp_path / "o"))
+    message = run_error(
+        capsys, "sample", "--prompt", "a cat", "--lora", f"{tiny_run[0]}:{scale}", "--out", str(tmp_path / "o")
+    )
     assert "bad scale" in message and "no LoRA found" not in message

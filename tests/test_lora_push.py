@@ -6,21 +6,29 @@ import socket
 import time
 
 import pytest
+from run_fixtures import make_run
 from safetensors.torch import load_file
 
 from draft_core.cli import main
 from draft_core.lora import push as push_module
 from draft_core.lora.files import read_lora, to_kohya
-from run_fixtures import make_run
 
 REPO = "alice/digits-bold"
-FILES = ["README.md", "config.yaml", "digits-bold_kohya.safetensors", "images/before_after.png",
-         "images/reward_curve.png", "pytorch_lora_weights.safetensors", "report.html"]
+FILES = [
+    "README.md",
+    "config.yaml",
+    "digits-bold_kohya.safetensors",
+    "images/before_after.png",
+    "images/reward_curve.png",
+    "pytorch_lora_weights.safetensors",
+    "report.html",
+]
 
 
 @pytest.fixture
 def no_network(monkeypatch):
     """Any connection attempt fails the test: staging and listing must work offline."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"network used: {args}")
 
@@ -52,10 +60,15 @@ def test_dry_run_stages_and_lists_exactly_what_would_be_uploaded(run, no_network
     card = (staged / "README.md").read_text()
     header = card.split("---\n")[1]
     assert "base_model" not in header and "library_name: diffusers" in header  # digits is no Hub model
-    for text in ("![reward during training](images/reward_curve.png)", "images/before_after.png",
-                 "draft train --preset quickstart",  # the command that trained it, not this one
-                 "hf download alice/digits-bold --local-dir digits-bold", "--lora digits-bold:1.0",
-                 "| steps | 30 |", "digits-bold_kohya.safetensors"):
+    for text in (
+        "![reward during training](images/reward_curve.png)",
+        "images/before_after.png",
+        "draft train --preset quickstart",  # the command that trained it, not this one
+        "hf download alice/digits-bold --local-dir digits-bold",
+        "--lora digits-bold:1.0",
+        "| steps | 30 |",
+        "digits-bold_kohya.safetensors",
+    ):
         assert text in card, text
     assert "report.html" in card
 
@@ -107,14 +120,18 @@ def test_push_refuses_at_once_without_network_or_token(untouched, fake_hub, monk
     if why == "offline":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     elif why == "unreachable":
+
         def fail(*a, **k):
             raise socket.gaierror(-2, "Name or service not known")
+
         monkeypatch.setattr(socket, "create_connection", fail)
     elif why == "hangs":  # a name lookup that never answers: the check gives up after CONNECT_TIMEOUT
         monkeypatch.setattr(push_module, "CONNECT_TIMEOUT", 0.1)
+
         def hang(*a, **k):
             time.sleep(1)
             raise OSError("answered too late")
+
         monkeypatch.setattr(socket, "create_connection", hang)
     else:
         import huggingface_hub
@@ -122,8 +139,12 @@ def test_push_refuses_at_once_without_network_or_token(untouched, fake_hub, monk
         monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     assert main(["lora", "push", str(run), "--repo", REPO]) == 2
     err = capsys.readouterr().err
-    expected = {"offline": "HF_HUB_OFFLINE is set", "unreachable": "Name or service not known",
-                "hangs": "no answer within 0.1 s", "no token": "hf auth login"}[why]
+    expected = {
+        "offline": "HF_HUB_OFFLINE is set",
+        "unreachable": "Name or service not known",
+        "hangs": "no answer within 0.1 s",
+        "no token": "hf auth login",
+    }[why]
     assert expected in err and err.count("\n") == 1  # one paragraph
     assert fake_hub == [] and not (run / "push").exists()  # nothing staged, nothing sent
 

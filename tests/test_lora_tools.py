@@ -39,15 +39,22 @@ def _save_random_lora(tiny, folder, seed, rank, alpha):
 def two_loras(tiny, tmp_path_factory):
     """Different ranks and alpha/r scales (1.5 and 1/3), so the mix must handle per-LoRA scaling."""
     root = tmp_path_factory.mktemp("loras")
-    return _save_random_lora(tiny, root / "a", 1, rank=2, alpha=3), _save_random_lora(tiny, root / "b", 2, rank=3, alpha=1)
+    return _save_random_lora(tiny, root / "a", 1, rank=2, alpha=3), _save_random_lora(
+        tiny, root / "b", 2, rank=3, alpha=1
+    )
 
 
 def pipeline_of(tiny) -> StableDiffusionPipeline:
     from diffusers import DDIMScheduler
 
     return StableDiffusionPipeline(
-        vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, unet=copy.deepcopy(tiny.unet),
-        scheduler=DDIMScheduler.from_config(tiny.scheduler_config), safety_checker=None, feature_extractor=None,
+        vae=tiny.vae,
+        text_encoder=tiny.text_encoder,
+        tokenizer=tiny.tokenizer,
+        unet=copy.deepcopy(tiny.unet),
+        scheduler=DDIMScheduler.from_config(tiny.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
 
@@ -195,12 +202,16 @@ def test_fused_pipeline_loads_and_samples_like_the_lora(tiny, two_loras, tmp_pat
     assert main(["lora", "fuse", "--model", str(model_dir), "--lora", f"{a}:0.7", "--out", str(out)]) == 0
     pipe = StableDiffusionPipeline.from_pretrained(out)  # a full, ordinary diffusers pipeline
     assert not any("lora" in n for n, _ in pipe.unet.named_parameters())
-    with_lora = DiffusionModel(copy.deepcopy(tiny.unet), tiny.text_encoder, tiny.tokenizer, tiny.scheduler_config, tiny.vae)
+    with_lora = DiffusionModel(
+        copy.deepcopy(tiny.unet), tiny.text_encoder, tiny.tokenizer, tiny.scheduler_config, tiny.vae
+    )
     apply_loras(with_lora.unet, [LoraSpec(a, 0.7)])
     # Fused weights W + 0.7·s·BA against W·x + 0.7·s·B(A·x): the same images up to float32 rounding
     # (~2e-6 measured on images in [0, 1]); an unscaled or missing LoRA is off by its effect (>1e-3).
     expected = _sample(with_lora)
-    torch.testing.assert_close(_sample(load_model(str(out), "cpu")), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    torch.testing.assert_close(
+        _sample(load_model(str(out), "cpu")), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item()
+    )
     assert main(["lora", "fuse", "--model", str(model_dir), "--lora", str(a), "--out", str(out)]) == 2  # not empty
 
 
@@ -215,5 +226,11 @@ def test_model_card_from_a_run_folder(tmp_path):
     (run / "metrics.jsonl").write_text('{"step": 1, "reward_mean": -20.0}\n{"step": 2, "reward_mean": -3.25}\n')
     card = write_model_card(run / "lora", run_card_info(run, command="draft train --preset quickstart")).read_text()
     assert card.startswith("---\nbase_model: digits\n")
-    for text in ("digit-classifier(target=8)", "draft-lv", "| steps | 2 |", "| final_reward | -3.25 |", "draft train --preset quickstart"):
+    for text in (
+        "digit-classifier(target=8)",
+        "draft-lv",
+        "| steps | 2 |",
+        "| final_reward | -3.25 |",
+        "draft train --preset quickstart",
+    ):
         assert text in card, text

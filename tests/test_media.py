@@ -6,7 +6,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from draft_core.media import common_prefix, generation_params, parameters_text, read_png_info, save_before_after, save_grid
+from draft_core.media import (
+    common_prefix,
+    generation_params,
+    parameters_text,
+    read_png_info,
+    save_before_after,
+    save_grid,
+)
 
 PROMPTS = ["a handwritten digit zero", "a handwritten digit one"]
 
@@ -30,11 +37,13 @@ def test_labels_are_drawn_in_their_bands_and_the_cells_keep_their_pixels(tmp_pat
     band_left, band_top = px[top:, :left], px[:top, left:]
     assert (band_left < 128).any() and (band_top < 128).any()  # dark text on the white bands
     # Other labels give other pixels in the bands, and the same cells.
-    other = save_grid(images, tmp_path / "h.png", nrow=2, rows=["a cat", "a dog"], cols=["step 5", "step 9"], title="step 0")
+    other = save_grid(
+        images, tmp_path / "h.png", nrow=2, rows=["a cat", "a dog"], cols=["step 5", "step 9"], title="step 0"
+    )
     layout2 = read_png_info(other)["layout"]
     px2 = _pixels(other)
     assert layout2["top"] == top
-    assert not np.array_equal(px2[:top, layout2["left"]:], band_top)
+    assert not np.array_equal(px2[:top, layout2["left"] :], band_top)
     assert not np.array_equal(px2[top:, : layout2["left"]], band_left[:, : layout2["left"]])
     # Every cell is the image, enlarged by pixel repetition (rounded as torchvision rounds).
     expected = images.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).repeat_interleave(2, -1).repeat_interleave(2, -2)
@@ -65,8 +74,17 @@ def test_long_shared_prompts_move_their_common_words_to_the_title(tmp_path):
 
 
 def test_generation_parameters_are_stored_as_a1111_text_and_json(tmp_path):
-    params = generation_params("a cat", model="tiny-random", sampler="ddim", steps=20, guidance=7.5, seed=3, size=(64, 48),
-                               loras=[("runs/x/lora", 0.8)], step=40)
+    params = generation_params(
+        "a cat",
+        model="tiny-random",
+        sampler="ddim",
+        steps=20,
+        guidance=7.5,
+        seed=3,
+        size=(64, 48),
+        loras=[("runs/x/lora", 0.8)],
+        step=40,
+    )
     path = save_grid(_images(1), tmp_path / "p.png", nrow=1, params=params)
     with Image.open(path) as im:
         text = im.text["parameters"]
@@ -76,7 +94,9 @@ def test_generation_parameters_are_stored_as_a1111_text_and_json(tmp_path):
     assert "Step: 40" in settings and settings.endswith("Software: draft")
     info = read_png_info(path)
     assert info["loras"] == [{"path": "runs/x/lora", "scale": 0.8}] and info["prompt"] == "a cat" and info["seed"] == 3
-    assert parameters_text(generation_params(["a", "b", "a"], model="m", sampler="s", steps=1, guidance=1, seed=0)).startswith("a | b\n")
+    assert parameters_text(
+        generation_params(["a", "b", "a"], model="m", sampler="s", steps=1, guidance=1, seed=0)
+    ).startswith("a | b\n")
 
 
 def test_before_after_shares_the_row_labels_and_keeps_both_grids_cells(tmp_path):
@@ -90,6 +110,6 @@ def test_before_after_shares_the_row_labels_and_keeps_both_grids_cells(tmp_path)
     pa, pb, pab = _pixels(before), _pixels(after), _pixels(both)
     body_w = pa.shape[1] - la["left"]
     # The left half's cells are the before grid's, the right half's the after grid's, pixel for pixel.
-    assert np.array_equal(pab[lab["top"]:, : la["left"] + body_w], pa[la["top"]:])
-    assert np.array_equal(pab[lab["top"]:, la["left"] + body_w + 8 :], pb[la["top"]:, la["left"]:])
+    assert np.array_equal(pab[lab["top"] :, : la["left"] + body_w], pa[la["top"] :])
+    assert np.array_equal(pab[lab["top"] :, la["left"] + body_w + 8 :], pb[la["top"] :, la["left"] :])
     assert read_png_info(both)["step"] == 4  # the after grid's parameters

@@ -7,6 +7,7 @@ import weakref
 
 import pytest
 import torch
+from model_fixtures import LinearReward, PooledLinearReward, grads_of, step_inputs, tiny_with_lora
 
 from draft_core.lora import add_lora
 from draft_core.memory import CheckpointedReward
@@ -14,7 +15,6 @@ from draft_core.models.tiny import SD14_SCHEDULER_CONFIG, build_tiny_random
 from draft_core.protocols import StepInputs
 from draft_core.samplers.ddim import DDIMSampler
 from draft_estimators import DeterministicPolicyGradient, LowVariance, TruncatedBackprop
-from model_fixtures import LinearReward, PooledLinearReward, grads_of, step_inputs, tiny_with_lora
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -50,14 +50,19 @@ def test_checkpointed_decode_and_reward_give_the_same_gradient_and_recompute():
         assert (reward.calls, len(decodes)) == ((2, len(PROMPTS)) if mode else (1, 1))
     assert flat(results[False]).abs().max() > 0
     # The same arithmetic, image by image instead of batched: float64 rounding apart.
-    torch.testing.assert_close(flat(results[True]), flat(results[False]), rtol=1e-10, atol=1e-14 * flat(results[False]).abs().max().item())
+    torch.testing.assert_close(
+        flat(results[True]), flat(results[False]), rtol=1e-10, atol=1e-14 * flat(results[False]).abs().max().item()
+    )
 
 
 def test_auto_leaves_plain_rewards_and_small_networks_alone():
     assert not CheckpointedReward(LinearReward((1, 3, 8, 8)), "auto").active  # a function (JPEG, ...): may count calls
     assert CheckpointedReward(LinearReward((1, 3, 8, 8)), True).active
     # a small network is not worth a second forward under auto (issue 27); a large one is
-    assert not CheckpointedReward(PooledLinearReward(), "auto").active and not CheckpointedReward(PooledLinearReward(), False).active
+    assert (
+        not CheckpointedReward(PooledLinearReward(), "auto").active
+        and not CheckpointedReward(PooledLinearReward(), False).active
+    )
     assert CheckpointedReward(PooledLinearReward(), True).active
 
     class Large(torch.nn.Module):
@@ -68,8 +73,11 @@ def test_auto_leaves_plain_rewards_and_small_networks_alone():
     assert CheckpointedReward(Large(), "auto").active
 
 
-@pytest.mark.parametrize("make", [lambda: LowVariance(n=2), lambda: DeterministicPolicyGradient(states=2, critic_rank=2)],
-                         ids=["draft-lv", "dpg"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: LowVariance(n=2), lambda: DeterministicPolicyGradient(states=2, critic_rank=2)],
+    ids=["draft-lv", "dpg"],
+)
 def test_backward_part_by_part_gives_the_same_gradient(make):
     model, params = tiny_with_lora(torch.float64)
     inputs = step_inputs(model, DDIMSampler(steps=3, guidance_scale=3.0), PooledLinearReward(), PROMPTS)
@@ -129,15 +137,21 @@ def test_draft_lv_part_by_part_keeps_no_more_than_draft_1():
     frozen = [p for m in model.modules() for p in m.parameters()]
     inputs = step_inputs(model, DDIMSampler(steps=3, guidance_scale=3.0), LinearReward((1, 3, 64, 64)), PROMPTS)
     peaks = {}
-    for name, make, split in [("draft-1", lambda: TruncatedBackprop(k=1), False),
-                              ("lv-parts", lambda: LowVariance(n=2), True), ("lv-whole", lambda: LowVariance(n=2), False)]:
+    for name, make, split in [
+        ("draft-1", lambda: TruncatedBackprop(k=1), False),
+        ("lv-parts", lambda: LowVariance(n=2), True),
+        ("lv-whole", lambda: LowVariance(n=2), False),
+    ]:
         peaks[name] = SavedBytes(frozen).measure(lambda: grads_of(make(), inputs, params, split=split))
     assert peaks["lv-parts"] <= 1.05 * peaks["draft-1"], peaks
     assert peaks["lv-whole"] >= 2.5 * peaks["draft-1"], peaks  # what the split saves
 
 
-@pytest.mark.parametrize("make, steps", [(lambda: TruncatedBackprop(k=1), 10), (lambda: TruncatedBackprop(k=10), 10),
-                                         (lambda: LowVariance(n=2), 10)], ids=["draft-1", "draft-k10", "draft-lv"])
+@pytest.mark.parametrize(
+    "make, steps",
+    [(lambda: TruncatedBackprop(k=1), 10), (lambda: TruncatedBackprop(k=10), 10), (lambda: LowVariance(n=2), 10)],
+    ids=["draft-1", "draft-k10", "draft-lv"],
+)
 def test_bfloat16_base_with_float32_lora_follows_float64(make, steps):
     """The GPU default (paper A.1): base weights in bfloat16, LoRA in float32, no loss scaling.
     Its gradient points where the float64 gradient of the same weights does (cosine >= 0.99)."""
@@ -153,8 +167,14 @@ def test_bfloat16_base_with_float32_lora_follows_float64(make, steps):
     reward = LinearReward((1, 3, 64, 64), torch.float64)  # cast to the images' dtype when called
     grads = {}
     for name, m, ps in [("f64", ref, ref_params), ("bf16", model, params)]:
-        inputs = StepInputs(m, sampler, reward, m.encode_prompts(PROMPTS), noise.to(torch.float64 if name == "f64" else torch.float32),
-                            torch.Generator().manual_seed(1))
+        inputs = StepInputs(
+            m,
+            sampler,
+            reward,
+            m.encode_prompts(PROMPTS),
+            noise.to(torch.float64 if name == "f64" else torch.float32),
+            torch.Generator().manual_seed(1),
+        )
         grads[name] = flat(grads_of(make(), inputs, ps, split=True)[0]).double()
     cosine = torch.nn.functional.cosine_similarity(grads["f64"], grads["bf16"], dim=0).item()
     assert cosine >= 0.99, cosine

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from flow_fixtures import flow_with_lora
+from model_fixtures import LinearReward, grads_of, step_inputs
 
 from draft_core.errors import ConfigError
 from draft_core.samplers import CPSSampler, DDIMSampler, EulerSampler, FlowSDESampler
 from draft_core.testing.estimators import EstimatorConformance
 from draft_estimators import GRPO, MixGRPO
-from flow_fixtures import flow_with_lora
-from model_fixtures import LinearReward, grads_of, step_inputs
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -28,8 +28,10 @@ def test_a_window_over_every_step_is_grpo_on_flow_sde(case, guard):
     model, params, reward = case
     sampler = FlowSDESampler(steps=3, guidance_scale=3.0)
     results = []
-    for estimator in (GRPO(group_size=2, guard=guard, inner_epochs=2),
-                      MixGRPO(window=3, same_noise=False, group_size=2, guard=guard, inner_epochs=2)):
+    for estimator in (
+        GRPO(group_size=2, guard=guard, inner_epochs=2),
+        MixGRPO(window=3, same_noise=False, group_size=2, guard=guard, inner_epochs=2),
+    ):
         inputs = step_inputs(model, sampler, reward, PROMPTS)
         calls = [grads_of(estimator, inputs, params) for _ in range(2)]  # the sampling call and a reuse
         results.append(calls)
@@ -57,8 +59,9 @@ def test_outside_the_window_the_rollout_is_euler_and_untrained(case):
             assert torch.equal(buf["latents"][i + 1], euler.transition(model, x, i, euler.action(model, x, i, cond)))
     # same_noise (the default): a prompt's samples start from the same noise and split at the window
     assert torch.equal(buf["latents"][0][:2], buf["latents"][0][2:])
-    assert torch.equal(buf["latents"][1][:2], buf["latents"][1][2:]) and not torch.equal(buf["latents"][2][:2],
-                                                                                          buf["latents"][2][2:])
+    assert torch.equal(buf["latents"][1][:2], buf["latents"][1][2:]) and not torch.equal(
+        buf["latents"][2][:2], buf["latents"][2][2:]
+    )
 
 
 def test_window_schedules():

@@ -27,8 +27,6 @@ PROMPTS = [
 ]
 
 
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return build_tiny_random()

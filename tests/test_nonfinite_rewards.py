@@ -10,14 +10,14 @@ import math
 from dataclasses import replace
 
 import torch
+from model_fixtures import PooledLinearReward, step_inputs, tiny_with_lora
 from safetensors.torch import load_file
+from test_faults import flaky, rows, train  # noqa: F401  (flaky: the fixture registering reward 'flaky')
 
 from draft_core.samplers.ddim import DDIMSampler
 from draft_estimators import DDPO
 from draft_estimators.advantages import PerPromptStatTracker
 from draft_estimators.dpg import DeterministicPolicyGradient
-from model_fixtures import PooledLinearReward, step_inputs, tiny_with_lora
-from test_faults import flaky, rows, train  # noqa: F401  (flaky: the fixture registering reward 'flaky')
 
 POLICY = ["sampler={name: ddim, steps: 2, eta: 1.0}", "train.batch_size=2", "train.max_nonfinite=2"]
 FLAKY = "reward 'flaky' (plugin 'flaky_plugin' from distribution draft-flaky-test 9.9)"
@@ -98,8 +98,13 @@ def test_ddpo_one_nan_batch_costs_one_skipped_step_and_no_checkpoint_keeps_it(tm
 
 def test_grpo_stopped_by_a_nan_reward_resumes_once_the_reward_is_mended(tmp_path, flaky, capsys):  # noqa: F811
     out = tmp_path / "run"
-    sets = [*POLICY, "estimator={name: grpo, group_size: 2, minibatches: 2}", "reward={name: flaky, nan_at: [2]}",
-            "train.max_nonfinite=1", "train.steps=4"]
+    sets = [
+        *POLICY,
+        "estimator={name: grpo, group_size: 2, minibatches: 2}",
+        "reward={name: flaky, nan_at: [2]}",
+        "train.max_nonfinite=1",
+        "train.steps=4",
+    ]
     assert train(out, *sets) == 2  # batches at steps 1 and 3; step 3's is NaN and one skip stops the run
     err = capsys.readouterr().err
     assert f"step 3: the reward ({FLAKY}) produced non-finite reward values" in err
@@ -115,8 +120,17 @@ def test_grpo_stopped_by_a_nan_reward_resumes_once_the_reward_is_mended(tmp_path
 def test_a_nan_from_a_draft_lv_copy_is_the_rewards_fault(tmp_path, flaky, capsys):  # noqa: F811
     out = tmp_path / "run"
     # Two reward calls a step (the sample, one re-noised copy): call 4 is step 2's copy.
-    assert train(out, "estimator={name: draft-lv, n: 1}", "reward={name: flaky, nan_at: [4]}", "train.steps=3",
-                 "train.max_nonfinite=2", "sampler.steps=2") == 0
+    assert (
+        train(
+            out,
+            "estimator={name: draft-lv, n: 1}",
+            "reward={name: flaky, nan_at: [4]}",
+            "train.steps=3",
+            "train.max_nonfinite=2",
+            "sampler.steps=2",
+        )
+        == 0
+    )
     r = rows(out)
     assert r[1]["skipped"] == "reward" and r[1]["reason"] == "non-finite reward values (NaN or inf)"
     assert "skipped" not in r[0] and "skipped" not in r[2]

@@ -14,9 +14,18 @@ from draft_core.models.loading import load_model
 from draft_core.training.prompt_cache import PromptCache, encoder_key, text_encoders, wants_offload
 
 FAST = [
-    "model.name=tiny-random", "reward.name=jpeg-compressibility", "prompts.items=[a cat, a dog, a red fox]",
-    "sampler.steps=2", "estimator.name=draft-k", "estimator.k=1", "train.batch_size=2", "train.lr=0.01",
-    "train.sample_per_prompt=1", "train.sample_prompts=[a cat]", "lora.rank=2", "train.sample_every=0",
+    "model.name=tiny-random",
+    "reward.name=jpeg-compressibility",
+    "prompts.items=[a cat, a dog, a red fox]",
+    "sampler.steps=2",
+    "estimator.name=draft-k",
+    "estimator.k=1",
+    "train.batch_size=2",
+    "train.lr=0.01",
+    "train.sample_per_prompt=1",
+    "train.sample_prompts=[a cat]",
+    "lora.rank=2",
+    "train.sample_every=0",
     "train.checkpoint_every=2",
 ]
 

@@ -21,7 +21,9 @@ DATA = Path(__file__).parent / "data" / "old_checkpoint"
 def _step2(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """The run's LoRA, weight average and guidance schedule after step 2, and step 2's metrics row."""
     out = {f"lora/{k}": v for k, v in load_file(run / "lora" / "pytorch_lora_weights.safetensors").items()}
-    out.update({f"lora_ema/{k}": v for k, v in load_file(run / "lora_ema" / "pytorch_lora_weights.safetensors").items()})
+    out.update(
+        {f"lora_ema/{k}": v for k, v in load_file(run / "lora_ema" / "pytorch_lora_weights.safetensors").items()}
+    )
     out.update({f"guidance/{k}": v for k, v in load_file(run / "lora" / "sampler_params.safetensors").items()})
     row = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     return out, row
@@ -47,7 +49,10 @@ def test_old_checkpoint_resumes_bit_for_bit(tmp_path):
     # Another machine rounds differently from the one that wrote the reference: there a run from scratch must
     # differ from the reference too, the resumed run must equal it bit for bit, and both stay near the reference.
     straight = tmp_path / "straight"
-    assert cli.main(["train", str(RunDir(run).config), "--out", str(straight), "--set", "train.steps=2", "--no-progress"]) == 0
+    assert (
+        cli.main(["train", str(RunDir(run).config), "--out", str(straight), "--set", "train.steps=2", "--no-progress"])
+        == 0
+    )
     reference, _ = _step2(straight)
     assert not _same(reference, expected) and _same(tensors, reference)
     for k, v in expected.items():
@@ -73,12 +78,24 @@ def test_checkpoint_files_and_the_nested_state_map_both_ways():
 
     t = torch.arange(3.0)
     files = TrainingState(
-        step=7, lora={"a.lora_A.weight": t}, optimizer={"state": {}}, lr_scheduler={"last_epoch": 7},
+        step=7,
+        lora={"a.lora_A.weight": t},
+        optimizer={"state": {}},
+        lr_scheduler={"last_epoch": 7},
         rng={"gen_data": t, "torch_cpu": t + 1, "rank1/gen_data": t + 2, "rank1/torch_cpu": t + 3},
-        extra={"buffer.cursor": torch.tensor(1), "rank1/buffer.cursor": torch.tensor(0), "rank1/buffer.latents": t,
-               "weights_ema.0": t, "weights_ema.step": torch.tensor(7), "learned_sampling.guidance.weights": t},
-        meta={"num_processes": 2, "nonfinite": {"total": 1, "streak": 0, "first": 3, "by": {"reward": 1}},
-              "estimator_numbers": {"buffer.cursor": "int"}},
+        extra={
+            "buffer.cursor": torch.tensor(1),
+            "rank1/buffer.cursor": torch.tensor(0),
+            "rank1/buffer.latents": t,
+            "weights_ema.0": t,
+            "weights_ema.step": torch.tensor(7),
+            "learned_sampling.guidance.weights": t,
+        },
+        meta={
+            "num_processes": 2,
+            "nonfinite": {"total": 1, "streak": 0, "first": 3, "by": {"reward": 1}},
+            "estimator_numbers": {"buffer.cursor": "int"},
+        },
     )
     state = from_checkpoint(files)
     assert tuple(state) == PARTS

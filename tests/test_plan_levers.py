@@ -12,11 +12,26 @@ from draft_core.errors import ConfigError
 from draft_core.planning.levers import QUANT_BYTES, apply_levers, largest_block_bytes, quantized_weights
 from draft_core.planning.step import measure_step, plan_step
 
-TINY = ["model.name=tiny-random", "sampler.steps=2", "train.batch_size=2", "lora.rank=2",
-        "reward.name=jpeg-compressibility", "prompts.items=[a cat, a dog]", 'estimator={"name": "draft-k", "k": 1}']
-FLUX = ["model.name=tiny-random-flux", "sampler.name=euler", "sampler.steps=2", "sampler.guidance_scale=3.5",
-        "train.batch_size=1", "lora.rank=2", "reward.name=jpeg-compressibility", "prompts.items=[a cat]",
-        'estimator={"name": "draft-k", "k": 1}']
+TINY = [
+    "model.name=tiny-random",
+    "sampler.steps=2",
+    "train.batch_size=2",
+    "lora.rank=2",
+    "reward.name=jpeg-compressibility",
+    "prompts.items=[a cat, a dog]",
+    'estimator={"name": "draft-k", "k": 1}',
+]
+FLUX = [
+    "model.name=tiny-random-flux",
+    "sampler.name=euler",
+    "sampler.steps=2",
+    "sampler.guidance_scale=3.5",
+    "train.batch_size=1",
+    "lora.rank=2",
+    "reward.name=jpeg-compressibility",
+    "prompts.items=[a cat]",
+    'estimator={"name": "draft-k", "k": 1}',
+]
 BLOCKS = ["train.checkpoint_denoiser=blocks", "train.checkpoint_decode=true"]
 
 
@@ -30,7 +45,9 @@ def _check(sets):
 
 def test_block_checkpointing_prediction_matches_the_real_step_and_saves_activations():
     on = _check(TINY + BLOCKS)
-    off = plan_step(load_config(None, TINY + ["train.checkpoint_denoiser=false", "train.checkpoint_decode=false"]), "cpu")
+    off = plan_step(
+        load_config(None, TINY + ["train.checkpoint_denoiser=false", "train.checkpoint_decode=false"]), "cpu"
+    )
     assert on.breakdown["activations"] < off.breakdown["activations"]
     assert on.flops > off.flops  # the recomputation
 
@@ -49,7 +66,9 @@ def test_quantized_base_and_offloaded_encoders_are_exact_offsets_of_the_base_wei
 
         model = load_model("tiny-random", torch.device("cpu"), torch.float32)
         weights = quantized_weights(model)
-        encoders = sum(t.numel() * t.element_size() for t in (*model.text_encoder.parameters(), *model.text_encoder.buffers()))
+        encoders = sum(
+            t.numel() * t.element_size() for t in (*model.text_encoder.parameters(), *model.text_encoder.buffers())
+        )
         saved = sum(w.numel() * 4 for w in weights) - int(sum(w.numel() for w in weights) * QUANT_BYTES[scheme])
         working = max(w.numel() * 4 for w in weights)  # one layer dequantized at a time
         assert plain.breakdown["base weights"] - q.breakdown["base weights"] == saved + encoders - working
@@ -98,7 +117,10 @@ def test_proposals_name_the_levers_and_their_costs():
     assert found["text encoders off the device"].overrides == ["model.offload_text_encoders=true"]
     quant = [p for p in found.values() if p.label.startswith("frozen base quantized")]
     assert [p.overrides[0] for p in sorted(quant, key=lambda p: p.order)] == [
-        "model.quantize=int8", "model.quantize=fp8", "model.quantize=nf4"]
+        "model.quantize=int8",
+        "model.quantize=fp8",
+        "model.quantize=nf4",
+    ]
     assert all(p.kind == "lower precision" for p in quant)
     assert fitting.KIND_COSTS["same result"] == "costs time" and "quality" in fitting.KIND_COSTS["lower precision"]
     assert "model.quantize=fp8" not in [o for p in fitting.candidates(config, "cpu") for o in p.overrides]

@@ -16,10 +16,23 @@ from draft_core.planning.step import measure_step, plan_step
 from draft_core.planning.tracer import MemoryTracer
 
 MiB = 2**20
-TINY = ["model.name=tiny-random", "sampler.steps=2", "train.batch_size=1", "lora.rank=2",
-        "reward.name=jpeg-compressibility", "prompts.items=[a cat]"]
-DIGITS = ["model.name=digits", "sampler.steps=3", "train.batch_size=2", "lora.rank=2",
-          "reward.name=digit-classifier", "reward.target=3", "prompts.source=digits"]
+TINY = [
+    "model.name=tiny-random",
+    "sampler.steps=2",
+    "train.batch_size=1",
+    "lora.rank=2",
+    "reward.name=jpeg-compressibility",
+    "prompts.items=[a cat]",
+]
+DIGITS = [
+    "model.name=digits",
+    "sampler.steps=3",
+    "train.batch_size=2",
+    "lora.rank=2",
+    "reward.name=digit-classifier",
+    "reward.target=3",
+    "prompts.source=digits",
+]
 
 
 def nbytes(*tensors: torch.Tensor) -> int:
@@ -151,7 +164,9 @@ def test_architectures_are_the_published_ones_without_weights():
 def test_unknown_model_is_a_plan_error():
     from draft_core.planning.architectures import meta_model
 
-    with pytest.raises(PlanError, match="cannot read the architecture of model 'nobody/nothing'.*local diffusers folder"):
+    with pytest.raises(
+        PlanError, match="cannot read the architecture of model 'nobody/nothing'.*local diffusers folder"
+    ):
         meta_model("nobody/nothing", torch.float32)
 
 
@@ -171,9 +186,17 @@ SLOW_CASES = {
     "digits draft-lv": (DIGITS, ["estimator.name=draft-lv", "estimator.n=2"]),
     "digits refl": (DIGITS, ["estimator.name=refl", "estimator.m=3"]),
     "tiny-random draft-lv with kl": (TINY, ["estimator.name=draft-lv", "estimator.n=1", "estimator.kl=0.1"]),
-    "tiny-random ddpm, grad_accum, learned sampling": (TINY, ["sampler.name=ddpm", "estimator.name=draft-k", "estimator.k=2",
-                                                              "train.grad_accum=2", "learn.guidance=true",
-                                                              "learn.negative_prompt=true"]),
+    "tiny-random ddpm, grad_accum, learned sampling": (
+        TINY,
+        [
+            "sampler.name=ddpm",
+            "estimator.name=draft-k",
+            "estimator.k=2",
+            "train.grad_accum=2",
+            "learn.guidance=true",
+            "learn.negative_prompt=true",
+        ],
+    ),
 }
 
 
@@ -205,8 +228,9 @@ def test_prediction_matches_the_real_step_more(case):
 # -- budgets and fitting ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text,expected", [("24GiB", 24 * 2**30), ("80GB", 80 * 10**9), ("1.5 MiB", 3 * 2**19),
-                                           (4096, 4096), ("4096", 4096)])
+@pytest.mark.parametrize(
+    "text,expected", [("24GiB", 24 * 2**30), ("80GB", 80 * 10**9), ("1.5 MiB", 3 * 2**19), (4096, 4096), ("4096", 4096)]
+)
 def test_budget_sizes(text, expected):
     assert parse_bytes(text) == expected
 
@@ -225,15 +249,32 @@ def test_smallest_card():
 def test_candidates_propose_checkpointing_only_where_it_is_off():
     from draft_core.planning import fitting
 
-    config = load_config(None, TINY + ["estimator.name=draft", "train.batch_size=4", "train.checkpoint_decode=true",
-                                       "train.checkpoint_reward=true", "train.checkpoint_denoiser=blocks"])
+    config = load_config(
+        None,
+        TINY
+        + [
+            "estimator.name=draft",
+            "train.batch_size=4",
+            "train.checkpoint_decode=true",
+            "train.checkpoint_reward=true",
+            "train.checkpoint_denoiser=blocks",
+        ],
+    )
     labels = [p.label for p in fitting.candidates(config)]
     assert not any("checkpoint the" in label and "UNet" not in label for label in labels)  # on already
     assert "micro-batches of 1 x 4 (4 samples per update, as now)" in labels
     assert "DRaFT-K, K=1 (instead of full DRaFT)" in labels
 
-    config = load_config(None, TINY + ["estimator.name=draft", "train.batch_size=4",
-                                       "train.checkpoint_decode=false", "train.checkpoint_reward=false"])
+    config = load_config(
+        None,
+        TINY
+        + [
+            "estimator.name=draft",
+            "train.batch_size=4",
+            "train.checkpoint_decode=false",
+            "train.checkpoint_reward=false",
+        ],
+    )
     found = {p.label: p for p in fitting.candidates(config)}
     both = found["checkpoint the VAE decode and the reward model"]
     assert both.overrides == ["train.checkpoint_decode=true", "train.checkpoint_reward=true"]
@@ -265,9 +306,12 @@ def test_a_budget_nothing_meets_is_a_clear_error():
     from draft_core.planning.fitting import check_budget
 
     config = load_config(None, TINY + ["estimator.name=draft-lv", "estimator.n=1"])
-    with pytest.raises(PlanError, match=r"predicts a peak of .* over the memory budget of 1\.0 MiB\. No change draft "
-                                        r"knows fits it: the lowest predicted peak is .*, with .*DRaFT-LV, n=0 "
-                                        r".*--set estimator.n=0.*--no-plan-check"):
+    with pytest.raises(
+        PlanError,
+        match=r"predicts a peak of .* over the memory budget of 1\.0 MiB\. No change draft "
+        r"knows fits it: the lowest predicted peak is .*, with .*DRaFT-LV, n=0 "
+        r".*--set estimator.n=0.*--no-plan-check",
+    ):
         check_budget(config, "cpu", budget=MiB)
 
 
@@ -277,8 +321,25 @@ def test_a_budget_nothing_meets_is_a_clear_error():
 def test_plan_command_json(capsys):
     from draft_core.cli import main
 
-    assert main(["plan", "--set", "model.name=tiny-random", "--set", "sampler.steps=2", "--preset", "quickstart",
-                 "--set", "reward.name=jpeg-compressibility", "--device-type", "cpu", "--json"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--set",
+                "model.name=tiny-random",
+                "--set",
+                "sampler.steps=2",
+                "--preset",
+                "quickstart",
+                "--set",
+                "reward.name=jpeg-compressibility",
+                "--device-type",
+                "cpu",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["device_type"] == "cpu" and out["peak_bytes"] == sum(out["breakdown_bytes"].values())
     assert out["cost_ratio"] > 1 and out["fits"] is None
@@ -287,9 +348,30 @@ def test_plan_command_json(capsys):
 def test_plan_command_over_budget_exits_2_with_the_proposal(capsys):
     from draft_core.cli import main
 
-    assert main(["plan", "--preset", "quickstart", "--set", "model.name=tiny-random", "--set", "sampler.steps=2",
-                 "--set", "reward.name=jpeg-compressibility", "--set", "estimator.n=0", "--set", "train.batch_size=2",
-                 "--device-type", "cpu", "--budget", "2MiB"]) == 2
+    assert (
+        main(
+            [
+                "plan",
+                "--preset",
+                "quickstart",
+                "--set",
+                "model.name=tiny-random",
+                "--set",
+                "sampler.steps=2",
+                "--set",
+                "reward.name=jpeg-compressibility",
+                "--set",
+                "estimator.n=0",
+                "--set",
+                "train.batch_size=2",
+                "--device-type",
+                "cpu",
+                "--budget",
+                "2MiB",
+            ]
+        )
+        == 2
+    )
     captured = capsys.readouterr()
     assert "over the budget of 2.0 MiB" in captured.out and "error: draft plan predicts a peak" in captured.err
 
@@ -303,9 +385,27 @@ def test_train_refuses_before_loading_weights(tmp_path, monkeypatch, capsys):
         raise AssertionError("weights were loaded before the budget was checked")
 
     monkeypatch.setattr(loading, "load_model", refuse)
-    args = ["train", "--preset", "quickstart", "--set", "model.name=tiny-random", "--set", "sampler.steps=2",
-            "--set", "reward.name=jpeg-compressibility", "--set", "estimator.name=draft-k", "--set", "estimator.k=1",
-            "--set", "train.batch_size=1", "--set", "train.memory_budget=1MiB", "--out", str(tmp_path / "run")]
+    args = [
+        "train",
+        "--preset",
+        "quickstart",
+        "--set",
+        "model.name=tiny-random",
+        "--set",
+        "sampler.steps=2",
+        "--set",
+        "reward.name=jpeg-compressibility",
+        "--set",
+        "estimator.name=draft-k",
+        "--set",
+        "estimator.k=1",
+        "--set",
+        "train.batch_size=1",
+        "--set",
+        "train.memory_budget=1MiB",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 2
     assert "over the memory budget of 1.0 MiB" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -6,7 +6,14 @@ from __future__ import annotations
 import torch
 
 from draft_core.plugins.bases import (
-    EstimatorBase, RewardBase, SamplerBase, as_estimator, as_reward, as_sampler, unwrapped, wraps_estimator,
+    EstimatorBase,
+    RewardBase,
+    SamplerBase,
+    as_estimator,
+    as_reward,
+    as_sampler,
+    unwrapped,
+    wraps_estimator,
 )
 from draft_core.samplers.ddim import DDIMSampler
 

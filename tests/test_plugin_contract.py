@@ -4,14 +4,14 @@ failure, and the worked plugins of docs/plugins.md passing the conformance check
 
 from __future__ import annotations
 
-import json
 import re
 import types
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
+from test_faults import rows, train
 from torch import nn
 
 from draft_core import hookimpl
@@ -23,7 +23,6 @@ from draft_core.samplers.ddim import DDIMSampler
 from draft_core.testing import RewardConformance
 from draft_core.testing.estimators import EstimatorConformance
 from draft_rewards.jpeg import jpeg_reconstruction_error
-from test_faults import rows, train
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["pytester"]
@@ -59,6 +58,7 @@ DOCS_ESTIMATOR = registered(DOCS_ESTIMATOR_MODULE, "estimator")
 
 
 # -- the worked examples pass the checklists --------------------------------------------------
+
 
 class TestReadmeReward(RewardConformance):
     def make_reward(self):
@@ -104,12 +104,14 @@ def test_the_estimator_checklist_has_no_deprecated_fixture(pytester):
                 assert params
         """
     )
-    result = pytester.runpytest_inprocess("-k", "test_setup_builds", "-p", "no:cacheprovider",
-                                          "-W", "error::pytest.PytestRemovedIn10Warning")
+    result = pytester.runpytest_inprocess(
+        "-k", "test_setup_builds", "-p", "no:cacheprovider", "-W", "error::pytest.PytestRemovedIn10Warning"
+    )
     result.assert_outcomes(passed=1)
 
 
 # -- the checked reward -------------------------------------------------------------------------
+
 
 class Counting:
     def __init__(self, out):
@@ -180,20 +182,24 @@ def test_each_term_of_a_weighted_sum_is_checked_under_its_own_name(no_model):
     from draft_core.config import load_config
     from draft_core.training.components import build_components
 
-    components = build_components(load_config(overrides=[
-        "reward={weights: {jpeg-compressibility: 1, rotation-anticorrelation: 2}}"]))
+    components = build_components(
+        load_config(overrides=["reward={weights: {jpeg-compressibility: 1, rotation-anticorrelation: 2}}"])
+    )
     jpeg = components.reward.terms["jpeg-compressibility"][0]
     components.reward.terms["jpeg-compressibility"] = (lambda x, p: jpeg(x, p)[:, None], 1.0)
     components.sources[0] = (components.reward.terms["jpeg-compressibility"][0], components.sources[0][1])
     reward = components.checked_reward()
     with pytest.raises(RewardContractError) as info:
         reward(torch.rand(2, 3, 16, 16), ["a", "b"])
-    assert str(info.value).startswith("reward 'jpeg-compressibility' (plugin 'draft_rewards' from distribution draft-diffusion")
+    assert str(info.value).startswith(
+        "reward 'jpeg-compressibility' (plugin 'draft_rewards' from distribution draft-diffusion"
+    )
     assert "shape [2, 1]" in str(info.value)
     assert isinstance(unchecked(reward), WeightedReward)
 
 
 # -- training with plugins that break the contract ---------------------------------------------
+
 
 class OffShape:
     """JPEG compressibility, except from call ``bad_from`` on (1-based; 0: never): a [B, 3] tensor
@@ -245,8 +251,10 @@ def test_a_reward_of_the_wrong_shape_stops_training_before_any_update(tmp_path, 
     out = tmp_path / "run"
     assert train(out, "reward={name: off-shape}", "train.steps=2") == 2
     err = capsys.readouterr().err
-    assert ("step 1: reward 'off-shape' (plugin 'contract_plugin' from distribution draft-contract-test 9.9) "
-            "returned a tensor of shape [1, 3]") in err
+    assert (
+        "step 1: reward 'off-shape' (plugin 'contract_plugin' from distribution draft-contract-test 9.9) "
+        "returned a tensor of shape [1, 3]"
+    ) in err
     assert "[B] = [1]" in err and "before this step's update" in err and "Traceback" not in err
     assert not (out / "checkpoints").exists() and not (out / "lora").exists()
 
@@ -265,8 +273,9 @@ def test_a_scalar_reward_loses_no_metrics_row_and_the_run_resumes_contiguously(t
 
 def test_metrics_rows_and_checkpoints_agree_after_a_failure_past_the_update(tmp_path, monkeypatch):
     """A failure after step N's update but before its row: no checkpoint of step N either."""
-    from draft_core.training.runner import Trainer
     from test_runner import _trainer
+
+    from draft_core.training.runner import Trainer
 
     step = Trainer.train_step
 
@@ -289,7 +298,9 @@ def test_an_estimator_plugin_is_named_checkpointed_with_plain_numbers_and_resume
     out = tmp_path / "run"
     assert train(out, "estimator={name: bad-state, bad_at: 0}", "train.steps=2") == 0
     err = capsys.readouterr().err
-    assert "estimator bad-state(bad_at=0, k=1)" in err and " object at 0x" not in err  # no __repr__ needed; k: its default
+    assert (
+        "estimator bad-state(bad_at=0, k=1)" in err and " object at 0x" not in err
+    )  # no __repr__ needed; k: its default
     # The plain int `calls` went through the checkpoint and comes back an int: counting goes on.
     assert train(out, "train.steps=3", resume=True) == 0
     assert [r["calls"] for r in rows(out)] == [1.0, 2.0, 3.0]
@@ -307,6 +318,7 @@ def test_an_estimator_plugin_is_named_checkpointed_with_plain_numbers_and_resume
 
 # -- checked before anything is created -------------------------------------------------------
 
+
 def _error(capsys, *argv) -> str:
     from draft_core.cli import main
 
@@ -316,8 +328,18 @@ def _error(capsys, *argv) -> str:
 
 def test_a_plugin_argument_of_the_wrong_type_is_a_config_error_before_the_run_folder(tmp_path, capsys, no_model):
     out = tmp_path / "run"
-    err = _error(capsys, "train", "--preset", "quickstart", "--out", str(out), "--set", "reward.name=jpeg-compressibility",
-                 "--set", "reward.quality=abc")
+    err = _error(
+        capsys,
+        "train",
+        "--preset",
+        "quickstart",
+        "--out",
+        str(out),
+        "--set",
+        "reward.name=jpeg-compressibility",
+        "--set",
+        "reward.quality=abc",
+    )
     assert "config key 'reward.quality' has the value 'abc', but it must be float" in err
     assert not out.exists()
 
@@ -327,20 +349,39 @@ def test_every_config_problem_is_reported_at_once(tmp_path, capsys, no_model):
     config.write_text("train: {stpes: 3, lr: 0.01}\nlora: {rnak: 2}\n")
     err = _error(capsys, "train", str(config), "--dry-run")
     assert "2 problems" in err and "'train.stpes'" in err and "'lora.rnak'" in err
-    err = _error(capsys, "train", "--preset", "quickstart", "--dry-run", "--set", "estimator.nn=3",
-                 "--set", "sampler.guidance_scale=high", "--set", "reward.softness=soft")
+    err = _error(
+        capsys,
+        "train",
+        "--preset",
+        "quickstart",
+        "--dry-run",
+        "--set",
+        "estimator.nn=3",
+        "--set",
+        "sampler.guidance_scale=high",
+        "--set",
+        "reward.softness=soft",
+    )
     assert "3 problems" in err and "'nn'" in err and "'sampler.guidance_scale'" in err and "'reward.softness'" in err
 
 
 def test_dry_run_shows_the_arguments_left_at_their_defaults(capsys, no_model):
     from draft_core.cli import main
 
-    assert main(["train", "--preset", "quickstart", "--dry-run", "--set", "estimator={name: draft-k, k: 2, kl: 0.1}"]) == 0
+    assert (
+        main(["train", "--preset", "quickstart", "--dry-run", "--set", "estimator={name: draft-k, k: 2, kl: 0.1}"]) == 0
+    )
     out = capsys.readouterr().out
     printed = yaml.safe_load(out)  # the resolved config holds them all: no comment block is left to show
     assert printed["sampler"]["eta"] == 0.0
-    assert printed["estimator"] == {"name": "draft-k", "k": 2, "checkpoint": None, "k_range": None,
-                                    "alignprop_range": None, "kl": {"beta": 0.1}}
+    assert printed["estimator"] == {
+        "name": "draft-k",
+        "k": 2,
+        "checkpoint": None,
+        "k_range": None,
+        "alignprop_range": None,
+        "kl": {"beta": 0.1},
+    }
     assert (printed["reward"]["threshold"], printed["reward"]["ink"]) == (0.5, "light")
     assert "# plugin arguments left at defaults" not in out
 
@@ -349,7 +390,8 @@ def test_a_name_conflict_leaves_the_rest_of_the_cli_working(tmp_path, monkeypatc
     import importlib.metadata
 
     (tmp_path / "other_ddim.py").write_text(
-        "from draft_core import hookimpl\n\n@hookimpl\ndef register_samplers(register):\n    register('ddim', dict)\n")
+        "from draft_core import hookimpl\n\n@hookimpl\ndef register_samplers(register):\n    register('ddim', dict)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
 
     class Other:

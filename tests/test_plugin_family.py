@@ -60,8 +60,12 @@ class TestPixArtSigmaFamily(ModelFamilyConformance):
 
     def pipeline_arguments(self, model, noise):
         # At 16 px PixArt's resolution binning would resize; draft encodes prompts without caption cleaning.
-        return {**super().pipeline_arguments(model, noise), "use_resolution_binning": False, "clean_caption": False,
-                "max_sequence_length": model.max_sequence_length}
+        return {
+            **super().pipeline_arguments(model, noise),
+            "use_resolution_binning": False,
+            "clean_caption": False,
+            "max_sequence_length": model.max_sequence_length,
+        }
 
 
 def test_the_family_is_found_from_the_folder_and_loads_back(installed_family, folder):
@@ -73,16 +77,22 @@ def test_the_family_is_found_from_the_folder_and_loads_back(installed_family, fo
     x = built.make_noise(1, torch.Generator().manual_seed(0))
     cond = built.encode_prompts(["a cat"])
     with torch.no_grad():
-        assert torch.equal(model.denoise(x, torch.tensor(300), model.encode_prompts(["a cat"]), 4.5),
-                           built.denoise(x, torch.tensor(300), cond, 4.5))
+        assert torch.equal(
+            model.denoise(x, torch.tensor(300), model.encode_prompts(["a cat"]), 4.5),
+            built.denoise(x, torch.tensor(300), cond, 4.5),
+        )
 
 
 def write_config(folder: Path, where: Path) -> Path:
     """A training config of the tiny PixArt model: sampler and guidance left to the family's defaults."""
-    config = {"model": {"name": str(folder)}, "lora": {"rank": 2}, "sampler": {"steps": 2},
-              "estimator": {"name": "draft-k", "k": 1}, "reward": {"name": "jpeg-compressibility"},
-              "train": {"steps": 2, "batch_size": 1, "sample_every": 0, "sample_per_prompt": 1,
-                        "sample_prompts": ["a cat"]}}
+    config = {
+        "model": {"name": str(folder)},
+        "lora": {"rank": 2},
+        "sampler": {"steps": 2},
+        "estimator": {"name": "draft-k", "k": 1},
+        "reward": {"name": "jpeg-compressibility"},
+        "train": {"steps": 2, "batch_size": 1, "sample_every": 0, "sample_per_prompt": 1, "sample_prompts": ["a cat"]},
+    }
     path = where / "pixart.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -93,7 +103,9 @@ def test_draft_train_from_a_config_then_sample_with_its_lora(installed_family, f
     run = tmp_path / "run"
     assert main(["train", str(path), "--out", str(run), "--no-progress"]) == 0, capsys.readouterr().err
     resolved = yaml.safe_load((run / "config.yaml").read_text())
-    assert resolved["sampler"]["name"] == "ddim" and resolved["sampler"]["guidance_scale"] == 4.5  # the family's defaults
+    assert (
+        resolved["sampler"]["name"] == "ddim" and resolved["sampler"]["guidance_scale"] == 4.5
+    )  # the family's defaults
     from safetensors import safe_open
 
     with safe_open(str(run / "lora" / "pytorch_lora_weights.safetensors"), "pt") as f:
@@ -102,8 +114,28 @@ def test_draft_train_from_a_config_then_sample_with_its_lora(installed_family, f
     card = (run / "lora" / "README.md").read_text()
     assert "load_lora_weights" not in card and f"draft sample --model {folder}" in card  # no diffusers loader to name
     out = tmp_path / "samples"
-    assert main(["sample", "--model", str(folder), "--lora", str(run), "--prompt", "a cat", "--n", "1",
-                 "--steps", "2", "--device", "cpu", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(folder),
+                "--lora",
+                str(run),
+                "--prompt",
+                "a cat",
+                "--n",
+                "1",
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert (out / "0000.png").exists()
 
 
@@ -113,10 +145,13 @@ def test_draft_lora_mix_writes_through_the_family_hooks(installed_family, folder
     from draft_core.lora import LoraSpec, apply_loras, save_lora
     from draft_core.models.loading import load_model
 
-    lora = save_lora(ModelFamilyConformance.with_lora(installed_family.build_tiny_pixart_sigma()), tmp_path / "lora").parent
+    lora = save_lora(
+        ModelFamilyConformance.with_lora(installed_family.build_tiny_pixart_sigma()), tmp_path / "lora"
+    ).parent
     mixed = tmp_path / "mixed"
-    assert main(["lora", "mix", f"{lora}:0.5", f"{lora}:0.5", "--family", str(folder), "--out", str(mixed)]) == 0, \
+    assert main(["lora", "mix", f"{lora}:0.5", f"{lora}:0.5", "--family", str(folder), "--out", str(mixed)]) == 0, (
         capsys.readouterr().err
+    )
     outputs = []
     for specs in ([], [LoraSpec(lora, 1.0)], [LoraSpec(mixed, 1.0)]):
         model = load_model(str(folder), device="cpu", dtype=torch.float32)
@@ -133,9 +168,14 @@ def test_draft_lora_mix_writes_through_the_family_hooks(installed_family, folder
 def test_draft_plan_gives_a_figure_through_the_planning_hook(installed_family, folder, capsys, monkeypatch, tmp_path):
     calls = []
     hook = installed_family.PixArtSigmaModel.meta_model.__func__
-    monkeypatch.setattr(installed_family.PixArtSigmaModel, "meta_model",
-                        classmethod(lambda cls, source, dtype: calls.append(source) or hook(cls, source, dtype)))
-    assert main(["plan", str(write_config(folder, tmp_path)), "--device-type", "cpu", "--json"]) == 0, capsys.readouterr().err
+    monkeypatch.setattr(
+        installed_family.PixArtSigmaModel,
+        "meta_model",
+        classmethod(lambda cls, source, dtype: calls.append(source) or hook(cls, source, dtype)),
+    )
+    assert main(["plan", str(write_config(folder, tmp_path)), "--device-type", "cpu", "--json"]) == 0, (
+        capsys.readouterr().err
+    )
     plan = json.loads(capsys.readouterr().out)
     assert calls == [str(folder)]
     # The base weights the plan counts are the tiny model's own tensors (float32 on the CPU): parameters, and
@@ -158,7 +198,9 @@ def test_the_kit_fails_a_family_that_breaks_the_contract(pixart, tmp_path):
 
     class DropsAlpha(pixart.PixArtSigmaModel):
         def save_lora_weights(self, folder, state, metadata=None):
-            return super().save_lora_weights(folder, state, {k: v for k, v in (metadata or {}).items() if k != "lora_alpha"})
+            return super().save_lora_weights(
+                folder, state, {k: v for k, v in (metadata or {}).items() if k != "lora_alpha"}
+            )
 
     def built(cls):
         good = pixart.build_tiny_pixart_sigma()

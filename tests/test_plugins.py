@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from draft_core.plugins import discovery, hookspecs
 from draft_core.errors import PluginError
-from draft_core.plugins import KNOWN_EXTERNAL, Registry, format_plugins, load_registry
+from draft_core.plugins import KNOWN_EXTERNAL, Registry, discovery, format_plugins, hookspecs, load_registry
 
 DATA = Path(__file__).parent / "data"
 
@@ -33,8 +32,7 @@ class FakeDistribution:
         self.metadata = {"name": name}
         self.version = version
         self.entry_points = [
-            importlib.metadata.EntryPoint(ep, value, discovery.GROUP)
-            for ep, value in entry_points.items()
+            importlib.metadata.EntryPoint(ep, value, discovery.GROUP) for ep, value in entry_points.items()
         ] + [importlib.metadata.EntryPoint("unrelated", "os", "console_scripts")]
 
 
@@ -119,15 +117,20 @@ def test_discovers_and_attributes(make_module, installed):
     assert registry.names("sampler") == ["ddim"]
     assert registry.names("estimator") == ["draft-k"]
     entry = registry.get("reward", "aesthetic")
-    assert (entry.plugin, entry.distribution, entry.version) == (
-        "extra", "draft-rewards-extra", "1.2.3")
+    assert (entry.plugin, entry.distribution, entry.version) == ("extra", "draft-rewards-extra", "1.2.3")
     assert registry.get("sampler", "ddim").distribution == "draft-diffusion"
     assert registry.load_errors == []
     described = registry.describe()
     assert json.loads(json.dumps(described)) == described
     assert described["samplers"] == [
-        {"name": "ddim", "plugin": "draft_samplers",
-         "distribution": "draft-diffusion", "version": "0.1.0", "arguments": []}]
+        {
+            "name": "ddim",
+            "plugin": "draft_samplers",
+            "distribution": "draft-diffusion",
+            "version": "0.1.0",
+            "arguments": [],
+        }
+    ]
     table = format_plugins(registry)
     assert "draft-rewards-extra==1.2.3" in table and "Load errors" not in table
 
@@ -155,8 +158,7 @@ def test_cached_until_refresh(make_module, installed):
 
 def test_same_distribution_twice_on_path_loads_once(make_module, installed):
     module = make_module(SAMPLERS)
-    installed(FakeDistribution("Draft_Extra", "1", {"x": module}),
-              FakeDistribution("draft-extra", "1", {"x": module}))
+    installed(FakeDistribution("Draft_Extra", "1", {"x": module}), FakeDistribution("draft-extra", "1", {"x": module}))
     assert load_registry(refresh=True).names("sampler") == ["ddim"]
 
 
@@ -169,8 +171,7 @@ def test_failing_import_is_reported_and_others_load(make_module, installed):
     registry = load_registry(refresh=True)
     assert "jpeg-compressibility" in registry.names("reward")
     [error] = registry.load_errors
-    assert (error.entry_point, error.distribution, error.version) == (
-        "broken", "draft-rewards-broken", "0.9")
+    assert (error.entry_point, error.distribution, error.version) == ("broken", "draft-rewards-broken", "0.9")
     assert error.error.startswith("ModuleNotFoundError: ")
     assert "no_such_dependency_xyz" in error.error
     assert registry.describe()["errors"][0]["distribution"] == "draft-rewards-broken"
@@ -208,8 +209,7 @@ def test_misspelt_hook_is_reported(make_module, installed):
         def register_reward(register):
             register("never", dict)
     """)
-    installed(FakeDistribution("typo", "1", {"typo": typo}),
-              FakeDistribution("ok", "1", {"ok": make_module(SAMPLERS)}))
+    installed(FakeDistribution("typo", "1", {"typo": typo}), FakeDistribution("ok", "1", {"ok": make_module(SAMPLERS)}))
     registry = load_registry(refresh=True)
     assert registry.names("sampler") == ["ddim"]
     [error] = registry.load_errors
@@ -273,7 +273,10 @@ def test_a_name_conflict_is_isolated_like_an_import_error(make_module, installed
     assert "Name conflicts" in table and "Dropped: plugin 'extra' (draft-samplers-extra==3.0)" in table
     [conflict] = registry.describe()["conflicts"]
     assert (conflict["name"], conflict["kept"]["distribution"], conflict["dropped"]["plugin"]) == (
-        "ddim", "draft-diffusion", "extra")
+        "ddim",
+        "draft-diffusion",
+        "extra",
+    )
     with pytest.raises(PluginError, match="registered twice"):  # today's strictness on request
         load_registry(refresh=True, strict=True)
 
@@ -387,10 +390,25 @@ def test_pip_installed_plugin_is_discovered(tmp_path: Path):
     shutil.copytree(DATA / "draft-test-plugin", source)
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-         "--no-index", "--disable-pip-version-check", "--no-cache-dir", "--quiet",
-         "--target", str(site), str(source)],
-        check=True, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--no-cache-dir",
+            "--quiet",
+            "--target",
+            str(site),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     script = textwrap.dedent("""
         import json, torch
@@ -405,14 +423,17 @@ def test_pip_installed_plugin_is_discovered(tmp_path: Path):
             "value": reward(torch.full((2, 3, 4, 4), 0.25), ["a", "b"]).tolist(),
         }))
     """)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DRAFT_PLUGINS", "DRAFT_STRICT_PLUGINS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("DRAFT_PLUGINS", "DRAFT_STRICT_PLUGINS")}
     env["PYTHONPATH"] = str(site)
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert "test-brightness" in found["rewards"]
     assert (found["distribution"], found["version"], found["plugin"]) == (
-        "draft-test-plugin", "0.3.1", "draft_test_plugin")
+        "draft-test-plugin",
+        "0.3.1",
+        "draft_test_plugin",
+    )
     assert found["value"] == [0.5, 0.5]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import grads_of, step_inputs, tiny_with_lora
+from test_policy_samplers import density_by_hand, gaussian_by_hand
 
 from draft_core.errors import ConfigError
 from draft_core.plugins.protocols import StepInputs
@@ -15,8 +17,6 @@ from draft_estimators import DDPO, GRPO
 from draft_estimators.advantages import PerPromptStatTracker, batch_advantages, group_advantages
 from draft_estimators.kl import KLRegularized
 from draft_estimators.policy import clipped_surrogate
-from model_fixtures import grads_of, step_inputs, tiny_with_lora
-from test_policy_samplers import density_by_hand, gaussian_by_hand
 
 PROMPTS = ["a cat", "a dog", "a cat", "a bird"]
 
@@ -51,13 +51,16 @@ def test_ppo_gradient_at_ratio_one_is_the_reinforce_gradient():
     torch.testing.assert_close(g_ppo, g_reinforce, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize(("shift", "sign", "stopped"), [
-    (0.5, 1.0, True),    # ratio e^0.5 > 1 + ε and A > 0: more would not help, the clip holds the gradient
-    (-0.5, -1.0, True),  # ratio e^-0.5 < 1 − ε and A < 0: likewise
-    (0.5, -1.0, False),  # ratio > 1 + ε but A < 0: the pessimistic (unclipped) term keeps its gradient
-    (-0.5, 1.0, False),
-    (0.5e-4, 1.0, False),  # inside the range: the plain ratio
-])
+@pytest.mark.parametrize(
+    ("shift", "sign", "stopped"),
+    [
+        (0.5, 1.0, True),  # ratio e^0.5 > 1 + ε and A > 0: more would not help, the clip holds the gradient
+        (-0.5, -1.0, True),  # ratio e^-0.5 < 1 − ε and A < 0: likewise
+        (0.5, -1.0, False),  # ratio > 1 + ε but A < 0: the pessimistic (unclipped) term keeps its gradient
+        (-0.5, 1.0, False),
+        (0.5e-4, 1.0, False),  # inside the range: the plain ratio
+    ],
+)
 def test_clipping_stops_the_gradient_where_the_ratio_leaves_the_range(shift, sign, stopped):
     feats, w0 = _features(1)
     w = w0.clone().requires_grad_(True)
@@ -99,7 +102,9 @@ def test_per_prompt_tracker_falls_back_to_the_batch_then_uses_each_prompts_histo
     first = torch.tensor([1.0, 5.0, 3.0])
     adv = tracker.update(["a", "b", "a"], first)
     # "a" has 2 rewards (>= min_count): its own mean 2, std 1; "b" has 1: the batch's mean 3, std sqrt(8/3).
-    expected = torch.tensor([(1 - 2) / (1 + 1e-6), (5 - 3) / ((8 / 3) ** 0.5 + 1e-6), (3 - 2) / (1 + 1e-6)], dtype=torch.float64)
+    expected = torch.tensor(
+        [(1 - 2) / (1 + 1e-6), (5 - 3) / ((8 / 3) ** 0.5 + 1e-6), (3 - 2) / (1 + 1e-6)], dtype=torch.float64
+    )
     torch.testing.assert_close(adv, expected, rtol=1e-12, atol=0)
     tracker.update(["a", "a"], torch.tensor([7.0, 9.0]))  # "a" keeps its last 3: 3, 7, 9
     assert list(tracker.stats["a"]) == [3.0, 7.0, 9.0]
@@ -108,7 +113,9 @@ def test_per_prompt_tracker_falls_back_to_the_batch_then_uses_each_prompts_histo
     assert {k: list(v) for k, v in restored.stats.items()} == {k: list(v) for k, v in tracker.stats.items()}
     with pytest.raises(ConfigError, match="stat_buffer_size"):
         PerPromptStatTracker(buffer_size=4).load_state_dict(tracker.state_dict())
-    torch.testing.assert_close(batch_advantages(torch.tensor([1.0, 3.0])), torch.tensor([-1.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        batch_advantages(torch.tensor([1.0, 3.0])), torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    )
 
 
 # -- the estimators ----------------------------------------------------------------------------
@@ -168,6 +175,7 @@ def test_buffer_serves_inner_epochs_times_minibatches_calls_then_resamples():
 
 def test_state_dict_round_trip_continues_exactly():
     """Stopped mid-buffer, restored into a fresh estimator: the same losses and gradients, bit for bit."""
+
     def run(est, inputs, params, n):
         out = []
         for _ in range(n):
@@ -224,8 +232,9 @@ def test_argument_errors_name_the_value():
 
 def test_a_sampler_whose_steps_draw_no_noise_for_this_model_is_refused():
     model, params, inputs = _setup(torch.float32)
-    inputs = StepInputs(inputs.model, DDIMSampler(steps=3, eta=0.0), inputs.reward, inputs.cond, inputs.noise,
-                        inputs.generator)
+    inputs = StepInputs(
+        inputs.model, DDIMSampler(steps=3, eta=0.0), inputs.reward, inputs.cond, inputs.noise, inputs.generator
+    )
     with pytest.raises(ConfigError, match="stochastic sampler"):
         DDPO()(inputs)
 
@@ -240,10 +249,20 @@ def test_ddpo_resumed_mid_buffer_ends_bit_for_bit_as_an_uninterrupted_run(tmp_pa
     from draft_core import cli
 
     sets = []
-    for s in ["model.name=tiny-random", "prompts.source=animals", "sampler={name: ddim, steps: 3, eta: 1.0}",
-              "estimator={name: ddpo, minibatches: 2, stat_min_count: 2}", "reward={name: jpeg-size}",
-              "train.batch_size=2", "train.lr=0.01", "train.sample_every=0", "train.sample_prompts=[a cat]",
-              "train.sample_per_prompt=1", "train.checkpoint_every=1", "lora.rank=2"]:
+    for s in [
+        "model.name=tiny-random",
+        "prompts.source=animals",
+        "sampler={name: ddim, steps: 3, eta: 1.0}",
+        "estimator={name: ddpo, minibatches: 2, stat_min_count: 2}",
+        "reward={name: jpeg-size}",
+        "train.batch_size=2",
+        "train.lr=0.01",
+        "train.sample_every=0",
+        "train.sample_prompts=[a cat]",
+        "train.sample_per_prompt=1",
+        "train.checkpoint_every=1",
+        "lora.rank=2",
+    ]:
         sets += ["--set", s]
     straight, split = tmp_path / "straight", tmp_path / "split"
     train = ["train", "--preset", "quickstart", "--no-progress"]
@@ -266,13 +285,15 @@ def test_ddpo_advantages_use_every_processs_rewards(monkeypatch):
     """With torch.distributed up, the statistics come from the gathered batch and each process takes
     its own slice (the collective faked here; the slow test below runs two real processes)."""
     import torch.distributed as dist
-
-    from ddpo_gather_worker import PROMPTS as P, REWARDS as R
+    from ddpo_gather_worker import PROMPTS as P
+    from ddpo_gather_worker import REWARDS as R
 
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
-    monkeypatch.setattr(dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [(P[0], R[0].double()), obj]))
+    monkeypatch.setattr(
+        dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [(P[0], R[0].double()), obj])
+    )
     mine, _ = DDPO(stat_min_count=2).advantages(R[1], P[1])
     monkeypatch.undo()
     everyone, _ = DDPO(stat_min_count=2).advantages(torch.cat(R), P[0] + P[1])
@@ -284,8 +305,9 @@ def test_ddpo_advantage_statistics_are_gathered_across_processes(tmp_path):
     """Two gloo processes get the advantages one process computes on their concatenated batch,
     and both keep the same per-prompt statistics."""
     import torch.multiprocessing as mp
-
-    from ddpo_gather_worker import PROMPTS as P, REWARDS as R, advantages_worker
+    from ddpo_gather_worker import PROMPTS as P
+    from ddpo_gather_worker import REWARDS as R
+    from ddpo_gather_worker import advantages_worker
 
     mp.spawn(advantages_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     one = DDPO(stat_min_count=2)
@@ -310,19 +332,47 @@ def test_ddpo_with_two_processes_resumes_each_processs_buffer(tmp_path):
     from safetensors.torch import load_file
 
     root = Path(__file__).resolve().parents[1]
-    sets = ["model.name=tiny-random", "prompts.source=animals", "sampler={name: ddim, steps: 3, eta: 1.0}",
-            "estimator={name: ddpo, minibatches: 2, stat_min_count: 2}", "reward={name: jpeg-size}",
-            "train.batch_size=4", "train.lr=0.01", "train.sample_every=0", "train.sample_per_prompt=1",
-            "train.sample_prompts=[a cat]", "lora.rank=2", "train.checkpoint_every=1", "train.keep_checkpoints=3"]
+    sets = [
+        "model.name=tiny-random",
+        "prompts.source=animals",
+        "sampler={name: ddim, steps: 3, eta: 1.0}",
+        "estimator={name: ddpo, minibatches: 2, stat_min_count: 2}",
+        "reward={name: jpeg-size}",
+        "train.batch_size=4",
+        "train.lr=0.01",
+        "train.sample_every=0",
+        "train.sample_per_prompt=1",
+        "train.sample_prompts=[a cat]",
+        "lora.rank=2",
+        "train.checkpoint_every=1",
+        "train.keep_checkpoints=3",
+    ]
     finals = []
     for split in (1, 2):
         dump = tmp_path / f"dump{split}"
         dump.mkdir()
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1",
-               "DP_WORKER_SPLIT": str(split)}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(root / "tests" / "dp_worker.py"), str(dump), str(tmp_path / f"run{split}"), "3",
-               "--preset", "quickstart", *sum((["--set", s] for s in sets), [])]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(root),
+            "HF_HUB_OFFLINE": "1",
+            "DP_WORKER_SPLIT": str(split),
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(root / "tests" / "dp_worker.py"),
+            str(dump),
+            str(tmp_path / f"run{split}"),
+            "3",
+            "--preset",
+            "quickstart",
+            *sum((["--set", s] for s in sets), []),
+        ]
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
         finals.append([load_file(dump / f"rank{r}-step3.safetensors") for r in (0, 1)])

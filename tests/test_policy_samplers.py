@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from diffusers.utils.torch_utils import randn_tensor
+from model_fixtures import tiny_with_lora
 
 from draft_core.errors import ConfigError
 from draft_core.lora import adapters_enabled
@@ -16,7 +17,6 @@ from draft_core.samplers.ddim import DDIMSampler
 from draft_core.samplers.gaussian import kl_same_std, log_prob
 from draft_estimators import DDPO
 from draft_estimators.policy import rollout
-from model_fixtures import tiny_with_lora
 
 PROMPTS = ["a cat", "a dog"]
 V_PRED = {"prediction_type": "v_prediction", "set_alpha_to_one": True, "steps_offset": 0}
@@ -97,7 +97,9 @@ def test_step_log_prob_is_the_gaussian_density_written_out(model, name, lora_on)
         # diffusers keeps ᾱ in float32 and takes its square roots there: the mean agrees to ~1e-7
         # relative, i.e. ~1e-7/σ in a log-density of order 1 (σ >= 0.01 here).
         torch.testing.assert_close(ours, hand, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(log_prob(x_next, mean, std, reduction="sum"), hand * x[0].numel(), rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(
+            log_prob(x_next, mean, std, reduction="sum"), hand * x[0].numel(), rtol=1e-5, atol=1e-3
+        )
         checked += 1
     assert checked >= sampler.num_steps - 1
 

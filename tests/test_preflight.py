@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from reward_models import TINY_OPEN_CLIP, save_tiny_hps
 
 from draft_core import cli, hookimpl
 from draft_core.errors import ModelLoadError
@@ -15,10 +16,18 @@ from draft_core.plugins import discovery, load_registry
 from draft_rewards.aesthetic import Aesthetic
 from draft_rewards.clip_score import ClipScore
 from draft_rewards.hpsv2 import HPSv2
-from reward_models import TINY_OPEN_CLIP, save_tiny_hps
 
-FAST = ["model.name=tiny-random", "sampler.steps=2", "estimator.name=draft-k", "estimator.k=1", "train.batch_size=1",
-        "train.sample_every=0", "train.sample_per_prompt=1", "train.sample_prompts=[a cat]", "lora.rank=2"]
+FAST = [
+    "model.name=tiny-random",
+    "sampler.steps=2",
+    "estimator.name=draft-k",
+    "estimator.k=1",
+    "train.batch_size=1",
+    "train.sample_every=0",
+    "train.sample_per_prompt=1",
+    "train.sample_prompts=[a cat]",
+    "lora.rank=2",
+]
 
 
 def sets(*items: str) -> list[str]:
@@ -44,15 +53,20 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
 
 
-@pytest.mark.parametrize("reward, expected", [
-    (["reward.name=aesthetic"], "trl-lib/ddpo-aesthetic-predictor"),
-    (["reward.name=aesthetic", "reward.path=/nowhere/head.pth"], "/nowhere/head.pth"),
-    (["reward.name=hpsv2"], "xswu/HPSv2"),
-    (["reward.name=pickscore"], "yuvalkirstain/PickScore_v1"),
-    (["reward={weights: {jpeg-compressibility: 1, hpsv2: 2}}"], "HPS_v2_compressed.pt"),
-])
+@pytest.mark.parametrize(
+    "reward, expected",
+    [
+        (["reward.name=aesthetic"], "trl-lib/ddpo-aesthetic-predictor"),
+        (["reward.name=aesthetic", "reward.path=/nowhere/head.pth"], "/nowhere/head.pth"),
+        (["reward.name=hpsv2"], "xswu/HPSv2"),
+        (["reward.name=pickscore"], "yuvalkirstain/PickScore_v1"),
+        (["reward={weights: {jpeg-compressibility: 1, hpsv2: 2}}"], "HPS_v2_compressed.pt"),
+    ],
+)
 @pytest.mark.parametrize("dry_run", [True, False])
-def test_missing_reward_weights_are_found_before_anything(capsys, offline, no_model, tmp_path, monkeypatch, reward, expected, dry_run):
+def test_missing_reward_weights_are_found_before_anything(
+    capsys, offline, no_model, tmp_path, monkeypatch, reward, expected, dry_run
+):
     monkeypatch.chdir(tmp_path)
     err = train_error(capsys, *sets(*reward), "--out", "run", *(["--dry-run"] if dry_run else []))
     assert expected in err
@@ -65,7 +79,9 @@ def test_missing_or_unsupported_models_are_found_in_dry_run(capsys, offline, no_
     (other / "unet").mkdir(parents=True)
     (other / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline"}))
     err = train_error(capsys, "--dry-run", *sets(f"model.name={other}"))
-    assert "KandinskyV22Pipeline" in err and "no registered model family loads" in err and "StableDiffusionPipeline" in err
+    assert (
+        "KandinskyV22Pipeline" in err and "no registered model family loads" in err and "StableDiffusionPipeline" in err
+    )
 
 
 def test_an_unsupported_folder_is_refused_before_it_loads(capsys, tmp_path):

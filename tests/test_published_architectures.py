@@ -27,30 +27,30 @@ def _count(module: torch.nn.Module, buffers: bool = False) -> int:
 CASES = {
     # stabilityai/stable-diffusion-xl-base-1.0: SDXL report (Podell et al. 2023, Table 1) "2.6B";
     # unet/diffusion_pytorch_model.fp16.safetensors 5.14 GB = 2.567B values.
-    "SDXL UNet": (lambda: UNet2DConditionModel(**published.sdxl_unet_config()),
-                  2.567 * B, False),
+    "SDXL UNet": (lambda: UNet2DConditionModel(**published.sdxl_unet_config()), 2.567 * B, False),
     # stabilityai/stable-diffusion-3.5-medium: transformer/diffusion_pytorch_model.safetensors 4.94 GB in
     # bf16 = 2.47B values, of which the 384x384x1536 position table (a saved buffer, 226M) is not
     # trained: 2.243B parameters. Stability's announcement rounds this to "2.5 billion".
     "SD3.5-medium transformer (weights + position table)": (
         lambda: SD3Transformer2DModel(**published.sd35_medium_transformer_config()),
-        2.47 * B, True),
+        2.47 * B,
+        True,
+    ),
     # black-forest-labs/FLUX.1-dev: "a 12 billion parameter rectified flow transformer" (model card);
     # transformer/ safetensors shards total 23.8 GB in bf16 = 11.9B.
     "FLUX.1-dev transformer": (
         lambda: FluxTransformer2DModel(**published.flux_dev_transformer_config()),
-        11.9 * B, False),
+        11.9 * B,
+        False,
+    ),
     # openai/clip-vit-large-patch14's text tower: CLIP (Radford et al. 2021) text transformer 123M;
     # SD 1.4's text_encoder/model.safetensors 492 MB in fp32 = 123M.
     "CLIP-L text": (lambda: CLIPTextModel(published.clip_l_config()), 123 * M, False),
     # SDXL's text_encoder_2 (OpenCLIP ViT-bigG/14 text tower with projection):
     # text_encoder_2/model.fp16.safetensors 1.39 GB = 695M.
-    "OpenCLIP bigG text": (
-        lambda: CLIPTextModelWithProjection(published.clip_bigg_config()),
-        695 * M, False),
+    "OpenCLIP bigG text": (lambda: CLIPTextModelWithProjection(published.clip_bigg_config()), 695 * M, False),
     # google/t5-v1_1-xxl's encoder: FLUX.1-dev's text_encoder_2/ shards total 9.52 GB in bf16 = 4.76B.
-    "T5-XXL encoder": (lambda: T5EncoderModel(published.t5_xxl_config()),
-                       4.76 * B, False),
+    "T5-XXL encoder": (lambda: T5EncoderModel(published.t5_xxl_config()), 4.76 * B, False),
 }
 
 
@@ -87,9 +87,14 @@ def test_unknown_family_is_a_clear_error():
         published.components("sd9")
 
 
-@pytest.mark.parametrize("name, cls", [("stabilityai/stable-diffusion-xl-base-1.0", "SDXLModel"),
-                                       ("stabilityai/stable-diffusion-3.5-medium", "SD3Model"),
-                                       ("black-forest-labs/FLUX.1-dev", "FluxModel")])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("stabilityai/stable-diffusion-xl-base-1.0", "SDXLModel"),
+        ("stabilityai/stable-diffusion-3.5-medium", "SD3Model"),
+        ("black-forest-labs/FLUX.1-dev", "FluxModel"),
+    ],
+)
 def test_plan_knows_the_published_models_by_name(name, cls):
     """draft plan's model by name, without any file: the family's class at 1024 px, weights on meta."""
     from draft_core.planning.architectures import meta_model
@@ -101,5 +106,7 @@ def test_plan_knows_the_published_models_by_name(name, cls):
     if model.family != "sdxl":  # the T5 stand-in's ids stay inside T5's vocabulary
         t5 = model.text_encoder_3 if model.family == "sd3" else model.text_encoder_2
         tok = model.tokenizer_3 if model.family == "sd3" else model.tokenizer_2
-        ids = tok(["a photo of a cat"], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        ids = tok(
+            ["a photo of a cat"], padding="max_length", max_length=tok.model_max_length, return_tensors="pt"
+        ).input_ids
         assert int(ids.max()) < t5.config.vocab_size == 32128

@@ -14,7 +14,13 @@ import draft_core.api as api
 from draft_core.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SHORT = ["sampler.steps=2", "train.steps=1", "train.batch_size=1", "train.sample_per_prompt=1", "train.sample_prompts=[a cat]"]
+SHORT = [
+    "sampler.steps=2",
+    "train.steps=1",
+    "train.batch_size=1",
+    "train.sample_per_prompt=1",
+    "train.sample_prompts=[a cat]",
+]
 
 
 class Darkness:
@@ -60,7 +66,20 @@ def test_a_reward_replaced_on_the_components_is_what_the_run_records(tmp_path):
 
 
 def test_sample_makes_the_images_draft_sample_makes(tmp_path, capsys):
-    argv = ["--model", "tiny-random", "--prompt", "a cat", "--prompt", "a dog", "--n", "2", "--steps", "2", "--seed", "3"]
+    argv = [
+        "--model",
+        "tiny-random",
+        "--prompt",
+        "a cat",
+        "--prompt",
+        "a dog",
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+    ]
     assert main(["sample", *argv, "--batch-size", "3", "--save-tensor", "--out", str(tmp_path / "s")]) == 0
     cli_images = torch.load(tmp_path / "s" / "images.pt", weights_only=True)
     images = api.sample("tiny-random", ["a cat", "a dog"], n=2, steps=2, seed=3, batch_size=3)

@@ -17,10 +17,19 @@ from draft_core.models.loading import load_model
 from draft_core.models.quantize import check_quantize, quantized_layers
 
 FAST = [
-    "model.name=tiny-random-flux", "model.quantize=int8", "sampler={name: euler, steps: 2, guidance_scale: 3.5}",
-    "reward.name=jpeg-compressibility", "prompts.items=[a cat, a dog]", "estimator={name: draft-k, k: 1}",
-    "train.batch_size=2", "train.lr=0.01", "train.steps=2", "train.sample_every=0", "train.sample_per_prompt=1",
-    "train.sample_prompts=[a cat]", "lora.rank=2",
+    "model.name=tiny-random-flux",
+    "model.quantize=int8",
+    "sampler={name: euler, steps: 2, guidance_scale: 3.5}",
+    "reward.name=jpeg-compressibility",
+    "prompts.items=[a cat, a dog]",
+    "estimator={name: draft-k, k: 1}",
+    "train.batch_size=2",
+    "train.lr=0.01",
+    "train.steps=2",
+    "train.sample_every=0",
+    "train.sample_per_prompt=1",
+    "train.sample_prompts=[a cat]",
+    "lora.rank=2",
 ]
 PROMPTS = ["a cat", "a dog"]
 
@@ -55,8 +64,23 @@ def test_values_and_what_nf4_and_fp8_need(monkeypatch, tmp_path, capsys):
         load_model("tiny-random", "cpu", quantize="fp8")
     check_quantize("int8", "cpu")  # torchao is installed with the suite ([quantize] extra)
     out = tmp_path / "run"
-    assert cli.main(["train", "--preset", "quickstart", "--out", str(out), "--no-progress",
-                     "--set", "model.name=tiny-random", "--set", "model.quantize=nf4"]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--preset",
+                "quickstart",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--set",
+                "model.name=tiny-random",
+                "--set",
+                "model.quantize=nf4",
+            ]
+        )
+        == 2
+    )
     assert "model.quantize: nf4 cannot run here" in capsys.readouterr().err and not out.exists()
 
 
@@ -73,8 +97,20 @@ def test_int8_quantizes_every_linear_layer_and_stays_close(name):
 
 def test_lora_trained_on_int8_base_loads_into_the_plain_pipeline(tmp_path):
     out = tmp_path / "run"
-    assert cli.main(["train", "--preset", "quickstart", "--out", str(out), "--no-progress",
-                     *sum((["--set", o] for o in FAST), [])]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--preset",
+                "quickstart",
+                "--out",
+                str(out),
+                "--no-progress",
+                *sum((["--set", o] for o in FAST), []),
+            ]
+        )
+        == 0
+    )
     saved = load_file(out / "lora" / "pytorch_lora_weights.safetensors")
     assert saved and all(k.startswith("transformer.") for k in saved)
     base = outputs(load_model("tiny-random-flux", "cpu"))
@@ -82,7 +118,11 @@ def test_lora_trained_on_int8_base_loads_into_the_plain_pipeline(tmp_path):
     plain.pipeline().load_lora_weights(str(out / "lora"))
     params = dict(plain.transformer.named_parameters())
     for key, value in saved.items():  # every tensor of the file, in place under its peft name
-        name = key[len("transformer."):].replace(".lora_A.", ".lora_A.default_0.").replace(".lora_B.", ".lora_B.default_0.")
+        name = (
+            key[len("transformer.") :]
+            .replace(".lora_A.", ".lora_A.default_0.")
+            .replace(".lora_B.", ".lora_B.default_0.")
+        )
         assert torch.equal(params[name].detach(), value), key
     quant = load_model("tiny-random-flux", "cpu", quantize="int8")
     quant.pipeline().load_lora_weights(str(out / "lora"))

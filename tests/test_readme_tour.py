@@ -12,14 +12,22 @@ from draft_core.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 # Appended to every new training run: 2 sampler steps, a batch of 1, one sample prompt.
-SHORT = ["--set", "sampler.steps=2", "--set", "train.batch_size=1", "--set", "train.sample_per_prompt=1",
-         "--set", "train.sample_prompts=[a cat]"]
+SHORT = [
+    "--set",
+    "sampler.steps=2",
+    "--set",
+    "train.batch_size=1",
+    "--set",
+    "train.sample_per_prompt=1",
+    "--set",
+    "train.sample_prompts=[a cat]",
+]
 
 
 def section_commands(markdown: str, heading: str) -> list[list[str]]:
     """The commands of the first ```bash block after ``heading``: continuation lines joined,
     comments and the venv activation dropped, each split as the shell would."""
-    text = markdown[markdown.index(heading):]
+    text = markdown[markdown.index(heading) :]
     block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
     commands = []
     for line in block.replace("\\\n", " ").splitlines():
@@ -59,6 +67,11 @@ def test_the_readme_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     for run in ("runs/x", "runs/y"):
         assert (tmp_path / run / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert (tmp_path / "runs/x/checkpoints/step-000004").is_dir()
-    assert sorted(p.name for p in (tmp_path / "out/mix").iterdir()) == ["0000.png", "0001.png", "0002.png", "0003.png", "grid.png"]
+    assert sorted(p.name for p in (tmp_path / "out/mix").iterdir()) == [
+        "0000.png",
+        "0001.png",
+        "0002.png",
+        "0003.png",
+        "grid.png",
+    ]
     assert len(out.splitlines()) == 4 and "grid.png" not in out  # draft score's lines: the images only
-

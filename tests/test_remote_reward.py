@@ -38,8 +38,11 @@ PROMPTS = ["a handwritten digit three", "a handwritten digit eight", "a handwrit
 @contextmanager
 def serving(reward, name="r", token=TOKEN, **limits):
     """``reward`` served on 127.0.0.1 from a thread of this process; yields the URL."""
-    server = uvicorn.Server(uvicorn.Config(build_app(RewardService(reward, name, **limits), token), host="127.0.0.1",
-                                           port=0, log_level="error"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(RewardService(reward, name, **limits), token), host="127.0.0.1", port=0, log_level="error"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -152,9 +155,25 @@ def _free_port() -> int:
 
 
 def _start_server(port: int, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "draft_core.cli", "reward", "serve", "jpeg-compressibility", "--port", str(port),
-                             "--token", TOKEN, "--device", "cpu"], stderr=open(log, "w"), stdout=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "draft_core.cli",
+            "reward",
+            "serve",
+            "jpeg-compressibility",
+            "--port",
+            str(port),
+            "--token",
+            TOKEN,
+            "--device",
+            "cpu",
+        ],
+        stderr=open(log, "w"),
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.monotonic() + 600  # importing torch and the plugins: seconds idle, minutes on a loaded machine
     while "serving reward" not in log.read_text():
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -165,11 +184,30 @@ def _start_server(port: int, log: Path) -> subprocess.Popen:
 def test_a_server_killed_during_a_run_stops_it_with_its_checkpoint_and_it_resumes(tmp_path, capsys):
     port, run = _free_port(), tmp_path / "run"
     server = _start_server(port, tmp_path / "server.log")
-    overrides = ["model.name=tiny-random", "prompts.source=animals", "sampler.steps=2", "estimator={name: draft-k, k: 1}",
-                 "train.batch_size=1", "train.lr=0.01", "lora.rank=2", "train.steps=5", "train.checkpoint_every=1",
-                 "train.sample_every=0", "train.sample_per_prompt=1", "train.sample_prompts=[a cat]",
-                 f"reward={{name: remote, url: 'http://127.0.0.1:{port}', token: {TOKEN}, retries: 2, timeout: 30}}"]
-    argv = ["train", "--preset", "quickstart", "--out", str(run), "--no-progress", *sum((["--set", o] for o in overrides), [])]
+    overrides = [
+        "model.name=tiny-random",
+        "prompts.source=animals",
+        "sampler.steps=2",
+        "estimator={name: draft-k, k: 1}",
+        "train.batch_size=1",
+        "train.lr=0.01",
+        "lora.rank=2",
+        "train.steps=5",
+        "train.checkpoint_every=1",
+        "train.sample_every=0",
+        "train.sample_per_prompt=1",
+        "train.sample_prompts=[a cat]",
+        f"reward={{name: remote, url: 'http://127.0.0.1:{port}', token: {TOKEN}, retries: 2, timeout: 30}}",
+    ]
+    argv = [
+        "train",
+        "--preset",
+        "quickstart",
+        "--out",
+        str(run),
+        "--no-progress",
+        *sum((["--set", o] for o in overrides), []),
+    ]
 
     def kill_after_step_2():
         while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 2:

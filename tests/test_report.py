@@ -6,11 +6,12 @@ import json
 import re
 
 import pytest
+from headless_browser import HOW_TO_GET_ONE, Browser, find_browser
+from run_fixtures import GRID_STEPS, HOSTILE, SKIPPED, STEPS, make_run
 
 from draft_core import cli
 from draft_core.report import REPORT_NAME, refresh_report, write_report
-from headless_browser import HOW_TO_GET_ONE, Browser, find_browser
-from run_fixtures import GRID_STEPS, HOSTILE, SKIPPED, STEPS, make_run
+
 
 def page_data(path):
     text = path.read_text()
@@ -25,7 +26,11 @@ def test_page_is_one_self_contained_file(tmp_path):
     text, data = page_data(out)
     # Nothing to fetch: every src is inline, no stylesheet or script comes from elsewhere.
     assert all(src.startswith("data:image/") for src in re.findall(r'\bsrc="([^"]*)"', text))
-    assert "<link" not in text and not re.search(r"<script[^>]*\bsrc=", text) and "://" not in re.sub(r"data:[^\"]*", "", text).replace("http://www.w3.org/2000/svg", "")
+    assert (
+        "<link" not in text
+        and not re.search(r"<script[^>]*\bsrc=", text)
+        and "://" not in re.sub(r"data:[^\"]*", "", text).replace("http://www.w3.org/2000/svg", "")
+    )
     assert [g["step"] for g in data["runs"][0]["grids"]] == list(GRID_STEPS)
     assert [g["step"] for g in data["runs"][0]["val_grids"]] == list(GRID_STEPS[1:])
     reward = data["charts"]["reward"]["series"][0]
@@ -47,7 +52,9 @@ def test_a_pending_validation_row_is_shown_before_it_is_written(tmp_path):
     series = read_run(run, pending={"step": STEPS + 10, "val/ink-coverage": 0.5}).series["val/ink-coverage"]
     assert series.x == [10, 20, 30, STEPS + 10] and series.y[-1] == 0.5
     merged = read_run(run, pending={"step": 5, "val/ink-coverage": 0.25})  # into step 5's row
-    assert merged.series["val/ink-coverage"].x == [5, 10, 20, 30] and merged.series["reward_mean"].x == list(range(1, STEPS + 1))
+    assert merged.series["val/ink-coverage"].x == [5, 10, 20, 30] and merged.series["reward_mean"].x == list(
+        range(1, STEPS + 1)
+    )
 
 
 def test_large_grids_are_downscaled_and_many_are_thinned(tmp_path):
@@ -85,6 +92,7 @@ def test_cli_report(tmp_path, capsys):
 
 # -- in a browser ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def browser():
     exe = find_browser()
@@ -107,7 +115,9 @@ def test_page_in_a_browser(browser, tmp_path):
     assert b.errors == []
     assert b.js("window.injected === undefined") and HOSTILE in b.js("document.body.innerText")
     # The curves hold every finite point: 29 rewards (step 7 was skipped), 3 validation points.
-    points = b.js("Object.fromEntries([...document.querySelectorAll('path.line')].map(p => [p.dataset.series, +p.dataset.points]))")
+    points = b.js(
+        "Object.fromEntries([...document.querySelectorAll('path.line')].map(p => [p.dataset.series, +p.dataset.points]))"
+    )
     assert points["reward (batch mean)"] == STEPS - 1 and points["val/ink-coverage"] == 3
     d = b.js("document.querySelector('path.line[data-series=\"reward (batch mean)\"]').getAttribute('d')")
     assert len(re.findall(r"[ML]", d)) == STEPS - 1 and d.count("M") == 2  # the skipped step breaks the line
@@ -127,7 +137,9 @@ def test_page_in_a_browser(browser, tmp_path):
     b.mouse("pressed", x0, y + h / 2)
     b.mouse("moved", x1, y + h / 2)
     b.mouse("released", x1, y + h / 2)
-    lo, hi = b.js("(() => { const s = document.querySelector('[data-chart=\"reward\"] svg'); return [+s.dataset.x0, +s.dataset.x1]; })()")
+    lo, hi = b.js(
+        "(() => { const s = document.querySelector('[data-chart=\"reward\"] svg'); return [+s.dataset.x0, +s.dataset.x1]; })()"
+    )
     assert lo == pytest.approx(8, abs=0.3) and hi == pytest.approx(15, abs=0.3)
     b.js("document.querySelector('[data-chart=\"reward\"] button.reset').click()")
     assert b.js("+document.querySelector('[data-chart=\"reward\"] svg').dataset.x1") == STEPS
@@ -145,11 +157,15 @@ def test_page_in_a_browser(browser, tmp_path):
     assert b.js("document.querySelector('.grids[data-kind=\"val_grids\"] img.grid').src") == val[-1]["src"]
     b.js("document.querySelector('.grids[data-kind=\"val_grids\"] input[type=range]').focus()")
     b.key("Home", 36)
-    assert b.js("document.querySelector('.grids[data-kind=\"val_grids\"] .grid-step').textContent") == "step 10 (1 of 3)"
+    assert (
+        b.js("document.querySelector('.grids[data-kind=\"val_grids\"] .grid-step').textContent") == "step 10 (1 of 3)"
+    )
     assert b.js("document.querySelector('.grids[data-kind=\"grids\"] .grid-step').textContent") == "step 20 (3 of 4)"
 
     # The metric picker redraws the third chart.
-    b.js("(() => { const s = document.querySelector('select.metric'); s.value = 'kl'; s.dispatchEvent(new Event('change')); })()")
+    b.js(
+        "(() => { const s = document.querySelector('select.metric'); s.value = 'kl'; s.dispatchEvent(new Event('change')); })()"
+    )
     assert b.js("document.querySelector('[data-chart=\"other\"] .chart-title').textContent") == "kl"
     assert b.js("+document.querySelector('[data-chart=\"other\"] path.line').dataset.points") == STEPS - 1
     assert b.errors == []
@@ -161,7 +177,9 @@ def test_overlay_of_two_runs_in_a_browser(browser, tmp_path):
     b.errors.clear()
     b.open(write_report(runs, tmp_path / "compare.html"))
     assert b.errors == []
-    legend = b.js("[...document.querySelectorAll('[data-chart=\"reward\"] .legend .item')].map(e => e.innerText.trim())")
+    legend = b.js(
+        "[...document.querySelectorAll('[data-chart=\"reward\"] .legend .item')].map(e => e.innerText.trim())"
+    )
     assert legend == ["a", "b"]
     assert b.js("document.querySelectorAll('.grids').length") == 2 * 2  # samples and validation, per run
     # Hiding run a (a click on its legend entry) leaves b's curve and its moving average.
@@ -208,13 +226,17 @@ def test_hacking_panel_data(tmp_path):
     names = [s["name"] for s in chart["series"]]
     assert names == ["training reward", "val/ink-coverage (held out)", "val/judge (held out)"]
     assert chart["series"][2]["x"] == [10, 20, 30] and chart["series"][2]["y"] == pytest.approx([0.97, 0.97, 0.8])
-    assert chart["marks"] == [{"x": 30, "label": "stopped: val/judge dropped to 0.8 from 0.97 at the start (more than 0.05)",
-                               "kind": "stop"}, {"x": 20, "label": "best (lora/best/)", "kind": "best"}]
+    assert chart["marks"] == [
+        {"x": 30, "label": "stopped: val/judge dropped to 0.8 from 0.97 at the start (more than 0.05)", "kind": "stop"},
+        {"x": 20, "label": "best (lora/best/)", "kind": "best"},
+    ]
     assert "stopped by train.stop_when" in text
     # a run without validation has no hacking panel
     plain = make_run(tmp_path / "c")
     rows = [json.loads(line) for line in (plain / "metrics.jsonl").read_text().splitlines()]
-    (plain / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if not k.startswith("val/")}) + "\n" for r in rows))
+    (plain / "metrics.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if not k.startswith("val/")}) + "\n" for r in rows)
+    )
     assert "hacking" not in page_data(write_report([plain]))[1]["charts"]
 
 
@@ -224,9 +246,13 @@ def test_hacking_panel_in_a_browser(browser, tmp_path):
     b.errors.clear()
     b.open(write_report([run]))
     assert b.errors == []
-    lines = b.js("[...document.querySelectorAll('[data-chart=\"hacking\"] path.line')].map(p => [p.dataset.series, +p.dataset.points])")
+    lines = b.js(
+        "[...document.querySelectorAll('[data-chart=\"hacking\"] path.line')].map(p => [p.dataset.series, +p.dataset.points])"
+    )
     assert lines == [["training reward", STEPS - 1], ["val/ink-coverage (held out)", 3], ["val/judge (held out)", 3]]
-    marks = b.js("[...document.querySelectorAll('[data-chart=\"hacking\"] g.mark')].map(g => [g.getAttribute('class'), +g.dataset.step, g.textContent])")
+    marks = b.js(
+        "[...document.querySelectorAll('[data-chart=\"hacking\"] g.mark')].map(g => [g.getAttribute('class'), +g.dataset.step, g.textContent])"
+    )
     assert [m[:2] for m in marks] == [["mark stop", 30], ["mark best", 20]]
     assert "val/judge dropped to 0.8" in marks[0][2]
     # the stop line stands at step 30 on the x axis: at the right edge of the plot

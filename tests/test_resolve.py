@@ -44,8 +44,27 @@ def test_cli_and_python_give_the_same_config_and_pixels(model, tmp_path, capsys)
     assert sampling_for(model) == {**printed["sampler"], "steps": steps}  # `draft sample` without --steps
     # Pixels: `draft sample` and api.sample, by name and with a loaded model object, at 2 steps.
     out = tmp_path / "cli"
-    assert cli.main(["sample", "--model", model, "--prompt", "a cat", "--n", "1", "--steps", "2", "--device", "cpu",
-                     "--save-tensor", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "sample",
+                "--model",
+                model,
+                "--prompt",
+                "a cat",
+                "--n",
+                "1",
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--save-tensor",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     from_cli = torch.load(out / "images.pt", weights_only=True)
     by_name = api.sample(model, "a cat", steps=2)
     by_object = api.sample(api.load_model(model, "cpu"), "a cat", steps=2)
@@ -55,9 +74,11 @@ def test_cli_and_python_give_the_same_config_and_pixels(model, tmp_path, capsys)
 
 
 def test_a_diffusion_sampler_on_a_flow_model_is_refused_with_one_message(no_model):
-    for make in (lambda: load_config(None, ["model.name=tiny-random-flux", "sampler.name=ddim"]),
-                 lambda: build_components(Config(model=ModelSection(name="tiny-random-sd3"), sampler={"name": "ddpm"})),
-                 lambda: api.sample("digits-flow", "a cat", sampler="ddim", steps=2)):
+    for make in (
+        lambda: load_config(None, ["model.name=tiny-random-flux", "sampler.name=ddim"]),
+        lambda: build_components(Config(model=ModelSection(name="tiny-random-sd3"), sampler={"name": "ddpm"})),
+        lambda: api.sample("digits-flow", "a cat", sampler="ddim", steps=2),
+    ):
         with pytest.raises(ConfigError, match=r"sampler 'dd(im|pm)' is a diffusion sampler.*flow matching.*\(euler\)"):
             make()
     with pytest.raises(ConfigError, match=r"'sd' family.*use a diffusion sampler \(ddim, ddpm\)"):
@@ -77,13 +98,17 @@ def test_generate_refuses_a_sampler_of_the_wrong_kind():
 
 def test_every_plugin_argument_is_written_down_and_resolving_twice_changes_nothing(tmp_path):
     old = tmp_path / "config.yaml"  # a config.yaml as earlier versions wrote it: arguments left out
-    old.write_text("model: {name: digits}\nsampler: {name: ddim, steps: 20, guidance_scale: 7.5}\n"
-                   "estimator: {name: draft-lv, kl: 0.01}\nreward: {weights: {ink-coverage: 1.0, jpeg-compressibility: 0.5}}\n")
+    old.write_text(
+        "model: {name: digits}\nsampler: {name: ddim, steps: 20, guidance_scale: 7.5}\n"
+        "estimator: {name: draft-lv, kl: 0.01}\nreward: {weights: {ink-coverage: 1.0, jpeg-compressibility: 0.5}}\n"
+    )
     c = load_config(old)
     assert c.sampler == {"name": "ddim", "steps": 20, "guidance_scale": 7.5, "eta": 0.0}
     assert c.estimator == {"name": "draft-lv", "n": 2, "kl": {"beta": 0.01}}
-    assert c.reward["args"] == {"ink-coverage": {"threshold": 0.5, "softness": 0.1, "ink": "light"},
-                                "jpeg-compressibility": {"quality": 50.0}}
+    assert c.reward["args"] == {
+        "ink-coverage": {"threshold": 0.5, "softness": 0.1, "ink": "light"},
+        "jpeg-compressibility": {"quality": 50.0},
+    }
     again = tmp_path / "again.yaml"
     c.dump(again)
     assert load_config(again) == c == resolve_config(load_config(again))
@@ -105,7 +130,9 @@ def test_renaming_a_sampler_keeps_what_the_new_one_accepts(tmp_path, capsys):
     c = load_config(path, ["sampler.name=ddpm"])
     assert c.sampler == {"name": "ddpm", "steps": 20, "guidance_scale": 3.0}  # steps kept: not the default 50
     err = capsys.readouterr().err
-    assert "[draft] warning: --set sampler.name=ddpm: dropped sampler.eta" in err and "kept guidance_scale, steps" in err
+    assert (
+        "[draft] warning: --set sampler.name=ddpm: dropped sampler.eta" in err and "kept guidance_scale, steps" in err
+    )
     # The command line prints the same line, once the config has passed its checks.
     assert cli.main(["train", str(path), "--set", "sampler.name=ddpm", "--dry-run"]) == 0
     out, err = capsys.readouterr()
@@ -121,7 +148,9 @@ def test_renaming_a_sampler_keeps_what_the_new_one_accepts(tmp_path, capsys):
 def test_a_lora_is_sampled_with_the_steps_and_guidance_of_its_run(tmp_path):
     run = tmp_path / "run"
     (run / "lora").mkdir(parents=True)
-    Config(model=ModelSection(name="digits-flow"), sampler={"name": "flow-sde", "steps": 3, "guidance_scale": 2.0}).dump(run / "config.yaml")
+    Config(
+        model=ModelSection(name="digits-flow"), sampler={"name": "flow-sde", "steps": 3, "guidance_scale": 2.0}
+    ).dump(run / "config.yaml")
     lora = [LoraSpec(run / "lora")]
     assert sampling_for("digits-flow", loras=lora) == {"name": "euler", "steps": 3, "guidance_scale": 2.0}
     assert sampling_for("digits-flow", loras=lora, steps=5)["steps"] == 5  # given values win

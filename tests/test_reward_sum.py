@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from draft_core.testing import RewardConformance
 
 from draft_core.plugins.protocols import Reward
 from draft_core.rewarding.weighted import WeightedReward
+from draft_core.testing import RewardConformance
 from draft_rewards.jpeg import JpegCompressibility
 from draft_rewards.rotation import RotationAnticorrelation
 

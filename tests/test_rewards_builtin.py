@@ -6,11 +6,11 @@ import numpy as np
 import pluggy
 import pytest
 import torch
-from draft_core.testing import RewardConformance
 
 import draft_rewards
-from draft_rewards.digits import DigitClassifier
 from draft_core.plugins import hookspecs
+from draft_core.testing import RewardConformance
+from draft_rewards.digits import DigitClassifier
 from draft_rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_reconstruction_error
 from draft_rewards.rotation import RotationAnticorrelation, rotation_anticorrelation
 

@@ -33,9 +33,7 @@ class TestDiversity(RewardConformance):
 def test_pairs_reverse_the_batch_and_use_rms_distance():
     g = torch.Generator().manual_seed(0)
     images = torch.rand(4, 3, 5, 6, generator=g, dtype=torch.float64)
-    expected = torch.stack(
-        [torch.linalg.vector_norm(images[i] - images[3 - i]) / (3 * 5 * 6) ** 0.5 for i in range(4)]
-    )
+    expected = torch.stack([torch.linalg.vector_norm(images[i] - images[3 - i]) / (3 * 5 * 6) ** 0.5 for i in range(4)])
     torch.testing.assert_close(Diversity()(images, []), expected)
 
 
@@ -59,8 +57,13 @@ def test_gradient_pushes_partners_apart():
     assert (images.grad[0] > 0).all() and (images.grad[1] < 0).all()
 
 
-@pytest.mark.parametrize("kwargs, match", [({"metric": "cosine"}, "metric must be one of euclidean, lpips"),
-                                           ({"lpips_net": "resnet"}, "lpips_net must be one of alex")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"metric": "cosine"}, "metric must be one of euclidean, lpips"),
+        ({"lpips_net": "resnet"}, "lpips_net must be one of alex"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Diversity(**kwargs)
@@ -68,7 +71,9 @@ def test_bad_arguments(kwargs, match):
 
 def test_lpips_without_the_package_says_so(monkeypatch):
     monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips -> ImportError
-    with pytest.raises(ModelLoadError, match=r"needs the lpips package \(pip install lpips\).*reward\.metric=euclidean"):
+    with pytest.raises(
+        ModelLoadError, match=r"needs the lpips package \(pip install lpips\).*reward\.metric=euclidean"
+    ):
         Diversity(metric="lpips")(torch.rand(2, 3, 8, 8), [])
 
 
@@ -96,7 +101,9 @@ def fake_lpips(monkeypatch, tmp_path):
 
 
 def test_lpips_needs_backbone_weights_in_the_torch_hub_cache(fake_lpips):
-    with pytest.raises(ModelLoadError, match=r"alexnet-owt-7be5be79\.pth in the torch hub cache.*nothing is downloaded"):
+    with pytest.raises(
+        ModelLoadError, match=r"alexnet-owt-7be5be79\.pth in the torch hub cache.*nothing is downloaded"
+    ):
         Diversity(metric="lpips")(torch.rand(2, 3, 8, 8), [])
 
 

@@ -44,7 +44,13 @@ def test_bolder_strokes_score_higher():
 
 def test_gradient_sits_on_pixels_near_the_threshold():
     """d r / d x is σ'((x − t)/s) / (s · N · C): largest at the stroke edges (x ≈ t), tiny on flat ground."""
-    x = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64).view(1, 1, 1, 3).expand(1, 3, 1, 3).clone().requires_grad_(True)
+    x = (
+        torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+        .view(1, 1, 1, 3)
+        .expand(1, 3, 1, 3)
+        .clone()
+        .requires_grad_(True)
+    )
     ink_coverage(x, 0.5, 0.1).backward()
     g = x.grad[0, 0, 0]
     sig = torch.sigmoid(torch.tensor([-5.0, 0.0, 5.0], dtype=torch.float64))
@@ -52,8 +58,15 @@ def test_gradient_sits_on_pixels_near_the_threshold():
     assert g[1] > 30 * g[0]
 
 
-@pytest.mark.parametrize("kwargs, word", [({"threshold": 1.0}, "threshold"), ({"threshold": True}, "threshold"),
-                                          ({"softness": 0}, "softness"), ({"ink": "blue"}, "ink")])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"threshold": 1.0}, "threshold"),
+        ({"threshold": True}, "threshold"),
+        ({"softness": 0}, "softness"),
+        ({"ink": "blue"}, "ink"),
+    ],
+)
 def test_bad_arguments_name_the_value(kwargs, word):
     with pytest.raises(ValueError, match=word):
         InkCoverage(**kwargs)

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from reward_models import TINY_CLIP_CONFIG, TINY_OPEN_CLIP, aesthetic_state_dict, fake_hub_cache, save_all
 
 from draft_core.errors import ModelLoadError
 from draft_core.rewarding.preprocess import CLIP_MEAN, CLIP_STD, OPEN_CLIP_LONGEST_224
@@ -21,7 +22,6 @@ from draft_core.testing import RewardConformance
 from draft_rewards.aesthetic import HEAD_FILE, HEAD_REPO, Aesthetic
 from draft_rewards.clip_score import CLIP_L14, PICKSCORE, ClipScore, PickScore
 from draft_rewards.hpsv2 import HPS_FILES, HPS_REPO, HPSv2, check_version
-from reward_models import TINY_CLIP_CONFIG, TINY_OPEN_CLIP, aesthetic_state_dict, fake_hub_cache, save_all
 
 skdata = pytest.importorskip("skimage.data")
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket"]
@@ -196,7 +196,13 @@ def _official_pixels(name: str, img: np.ndarray) -> torch.Tensor:
 
         # HPSv2's preprocess_val: longest side to 224 (bicubic), centre-pad with black, CLIP mean/std
         transform = image_transform(
-            224, is_train=False, mean=CLIP_MEAN, std=CLIP_STD, resize_mode="longest", interpolation="bicubic", fill_color=0
+            224,
+            is_train=False,
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
+            resize_mode="longest",
+            interpolation="bicubic",
+            fill_color=0,
         )
         return transform(Image.fromarray(img))[None]
     from transformers import CLIPImageProcessor
@@ -224,7 +230,9 @@ def test_score_parity_with_official_processor(weights, name):
     ours = torch.cat([reward(x.float(), [prompt]) for (_, x), prompt in zip(photos, PROMPTS)])
     net = reward.net
     with torch.no_grad():
-        theirs = torch.cat([reward.score_pixels(net, _official_pixels(name, img), [p]) for (img, _), p in zip(photos, PROMPTS)])
+        theirs = torch.cat(
+            [reward.score_pixels(net, _official_pixels(name, img), [p]) for (img, _), p in zip(photos, PROMPTS)]
+        )
     spread = ours.max() - ours.min()
     # measured: about 0.1% of the spread of the four photos' scores
     assert (ours - theirs).abs().max() < 0.01 * spread, (ours, theirs)
@@ -235,7 +243,12 @@ def test_score_parity_with_official_processor(weights, name):
 
 def test_construction_loads_nothing():
     # Weights load on the first call: building (e.g. for `draft plugins` or a dry run) is free.
-    for reward in (Aesthetic(path="/nowhere/head.pth"), HPSv2(path="/nowhere/hps.pt"), PickScore(model="/nowhere"), ClipScore()):
+    for reward in (
+        Aesthetic(path="/nowhere/head.pth"),
+        HPSv2(path="/nowhere/hps.pt"),
+        PickScore(model="/nowhere"),
+        ClipScore(),
+    ):
         assert reward.net is None
 
 
@@ -347,7 +360,9 @@ def test_missing_local_paths_are_named(weights):
 
 def test_a_folder_without_a_clip_model_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match=r"clip-score: could not load the local folder .*empty.*CLIPModel\.save_pretrained"):
+    with pytest.raises(
+        ModelLoadError, match=r"clip-score: could not load the local folder .*empty.*CLIPModel\.save_pretrained"
+    ):
         ClipScore(model=str(tmp_path / "empty"))(_images_224(1), ["a"])
 
 
@@ -443,7 +458,9 @@ def test_prompts_are_encoded_once(weights, name, monkeypatch):
     reward = make(name, weights)
     calls = []
     original = reward.encode_prompts
-    monkeypatch.setattr(reward, "encode_prompts", lambda net, prompts: calls.append(list(prompts)) or original(net, prompts))
+    monkeypatch.setattr(
+        reward, "encode_prompts", lambda net, prompts: calls.append(list(prompts)) or original(net, prompts)
+    )
     images = _images_224(3)
     reward(images, ["a cat", "a dog", "a cat"])
     reward(images, ["a dog", "a cat", "a bird"])

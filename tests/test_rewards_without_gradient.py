@@ -68,9 +68,16 @@ def test_differentiability_is_declared_and_a_sum_inherits_it():
 def test_estimators_needing_the_gradient_refuse_and_name_the_ones_that_work():
     registry = load_registry()
     needs = {e.name for e in registry.entries("estimator") if getattr(e.factory, "needs_reward_gradient", True)}
-    assert {"draft", "draft-k", "draft-lv", "refl", "dpg"} <= needs and not {"ddpo", "grpo", "mix-grpo", "diffusion-nft"} & needs
+    assert {"draft", "draft-k", "draft-lv", "refl", "dpg"} <= needs and not {
+        "ddpo",
+        "grpo",
+        "mix-grpo",
+        "diffusion-nft",
+    } & needs
     terms = {"jpeg-compressibility": JpegCompressibility(), "jpeg-size": JpegSize()}
-    with pytest.raises(ConfigError, match=r"'jpeg-size' has no gradient.*estimator 'refl'.*ddpo, diffusion-nft, grpo, mix-grpo"):
+    with pytest.raises(
+        ConfigError, match=r"'jpeg-size' has no gradient.*estimator 'refl'.*ddpo, diffusion-nft, grpo, mix-grpo"
+    ):
         check_reward_gradient(registry.build("estimator", "refl"), "refl", terms, registry)
     check_reward_gradient(registry.build("estimator", "ddpo"), "ddpo", terms, registry)
     check_reward_gradient(registry.build("estimator", "refl"), "refl", {"c": JpegCompressibility()}, registry)
@@ -78,15 +85,30 @@ def test_estimators_needing_the_gradient_refuse_and_name_the_ones_that_work():
 
 def test_draft_k_with_jpeg_size_exits_2_before_anything_is_created(tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli.main(["train", "--preset", "quickstart", "--out", str(out), "--no-progress",
-                     "--set", "estimator={name: draft-k, k: 1}", "--set", "reward={name: jpeg-size}"])
+    code = cli.main(
+        [
+            "train",
+            "--preset",
+            "quickstart",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "estimator={name: draft-k, k: 1}",
+            "--set",
+            "reward={name: jpeg-size}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     message = " ".join(err.split())
     assert "reward 'jpeg-size' has no gradient" in message and "estimator 'draft-k'" in message
-    assert "ddpo, diffusion-nft, grpo, mix-grpo" in message and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (
+        "ddpo, diffusion-nft, grpo, mix-grpo" in message
+        and "Traceback" not in err
+        and len(err.strip().splitlines()) == 1
+    )
     assert not out.exists()
-
 
 
 def test_doodl_refuses_a_reward_without_gradient_and_best_of_n_takes_it():

@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from run_fixtures import make_run, save_random_lora
 
 from draft_core import cli
 from draft_core.outputs import usual_permissions
 from draft_core.training.runlock import LOCK_NAME, RunFolderBusy, lock_run_folder, reuse_unstarted
-from run_fixtures import make_run, save_random_lora
+
 
 def unwritable_place(tmp_path: Path) -> Path:
     """A folder nothing can be written under: a 0500 folder, or for root (whom modes do not stop) sysfs."""
@@ -48,9 +49,11 @@ def test_the_lock_dies_with_a_sigkilled_process(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     # What lock_run_folder does, without importing draft (seconds): flock the file, write who holds it.
-    code = ("import fcntl, json, os, socket, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), "
-            "'started': time.time(), 'command': 'draft train'}).encode()); print('locked', flush=True); time.sleep(60)")
+    code = (
+        "import fcntl, json, os, socket, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), "
+        "'started': time.time(), 'command': 'draft train'}).encode()); print('locked', flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(run / LOCK_NAME)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
@@ -79,9 +82,26 @@ def test_a_run_stopped_before_its_first_step_is_taken_over_by_the_same_command(t
     from draft_core.training.runner import Trainer
 
     out = tmp_path / "run"
-    args = ["train", "--preset", "quickstart", "--out", str(out), "--no-progress", "--set", "model.name=tiny-random",
-            "--set", "sampler.steps=2", "--set", "train.steps=1", "--set", "train.sample_per_prompt=1",
-            "--set", "train.sample_prompts=[a cat]", "--set", "train.batch_size=1"]
+    args = [
+        "train",
+        "--preset",
+        "quickstart",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "model.name=tiny-random",
+        "--set",
+        "sampler.steps=2",
+        "--set",
+        "train.steps=1",
+        "--set",
+        "train.sample_per_prompt=1",
+        "--set",
+        "train.sample_prompts=[a cat]",
+        "--set",
+        "train.batch_size=1",
+    ]
 
     def interrupted(self, tag):  # SIGINT during the step-0 grid
         raise KeyboardInterrupt

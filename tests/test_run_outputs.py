@@ -26,10 +26,23 @@ from draft_core.training.components import build_components
 from draft_core.training.runner import Trainer
 
 BASE = [
-    "model.name=tiny-random", "reward.name=jpeg-compressibility", "prompts.source=animals", "sampler.steps=2",
-    "estimator={name: draft-k, k: 1}", "train.batch_size=1", "train.lr=0.01", "train.sample_per_prompt=1",
-    "train.sample_prompts=[a cat]", "lora.rank=2", "train.steps=4", "train.checkpoint_every=2", "train.sample_every=2",
-    "train.lr_schedule=cosine", "train.lr_warmup_steps=1", "train.ema.decay=0.8", "learn.guidance=true",
+    "model.name=tiny-random",
+    "reward.name=jpeg-compressibility",
+    "prompts.source=animals",
+    "sampler.steps=2",
+    "estimator={name: draft-k, k: 1}",
+    "train.batch_size=1",
+    "train.lr=0.01",
+    "train.sample_per_prompt=1",
+    "train.sample_prompts=[a cat]",
+    "lora.rank=2",
+    "train.steps=4",
+    "train.checkpoint_every=2",
+    "train.sample_every=2",
+    "train.lr_schedule=cosine",
+    "train.lr_warmup_steps=1",
+    "train.ema.decay=0.8",
+    "learn.guidance=true",
 ]
 AVAILABLE = {name: getattr(accelerate.utils, f"is_{name}_available")() for name in ("tensorboard", "wandb", "mlflow")}
 TRACKERS = [name for name, ok in AVAILABLE.items() if ok]
@@ -56,12 +69,20 @@ def _lora(run: Path, folder: str = "lora") -> dict[str, torch.Tensor]:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(root / "wandb"), "WANDB_SILENT": "true",
-                           "MLFLOW_TRACKING_URI": (root / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true"}.items():
+        for key, value in {
+            "WANDB_MODE": "offline",
+            "WANDB_DIR": str(root / "wandb"),
+            "WANDB_SILENT": "true",
+            "MLFLOW_TRACKING_URI": (root / "mlruns").as_uri(),
+            "MLFLOW_ALLOW_FILE_STORE": "true",
+        }.items():
             mp.setenv(key, value)
         (root / "wandb").mkdir()
         straight, split, plain = root / "straight", root / "split", root / "plain"
-        assert cli.main(["train", "--preset", "quickstart", "--out", str(straight), "--no-progress", *_sets(BASE + WATCH)]) == 0
+        assert (
+            cli.main(["train", "--preset", "quickstart", "--out", str(straight), "--no-progress", *_sets(BASE + WATCH)])
+            == 0
+        )
         # The split run fails during step 3 (after the step-2 checkpoint), then resumes to the end.
         config = load_config(None, BASE + WATCH, preset="quickstart")
         trainer = Trainer(config, split, build_components(config), progress=False)
@@ -135,7 +156,9 @@ def test_grids_are_labelled_and_carry_their_parameters(runs):
         assert info["steps"] == 2 and info["guidance"] == 7.5 and info["layout"]["left"] > 0, name
         with Image.open(samples / name) as im:
             assert im.text["parameters"].startswith("a cat"), name
-    assert read_png_info(samples / "step-000004.png")["loras"] == [{"path": str(runs["straight"] / "lora"), "scale": 1.0}]
+    assert read_png_info(samples / "step-000004.png")["loras"] == [
+        {"path": str(runs["straight"] / "lora"), "scale": 1.0}
+    ]
     assert read_png_info(samples / "step-000000.png")["loras"] == []
     assert read_png_info(samples / "step-000004.png")["learned"] == "guidance schedule"
 
@@ -143,8 +166,26 @@ def test_grids_are_labelled_and_carry_their_parameters(runs):
 def test_draft_sample_uses_the_average_as_a_lora(runs, tmp_path, capsys):
     out = tmp_path / "s"
     lora = runs["straight"] / "lora_ema"
-    assert cli.main(["sample", "--model", "tiny-random", "--prompt", "a cat", "--n", "1", "--steps", "2",
-                     "--lora", f"{lora}:0.5", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "sample",
+                "--model",
+                "tiny-random",
+                "--prompt",
+                "a cat",
+                "--n",
+                "1",
+                "--steps",
+                "2",
+                "--lora",
+                f"{lora}:0.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     info = read_png_info(out / "0000.png")
     assert info["loras"] == [{"path": str(lora), "scale": 0.5}] and info["prompt"] == "a cat" and info["seed"] == 0
     assert f"using the learned guidance schedule from {lora}" in capsys.readouterr().err  # its schedule came along
@@ -152,6 +193,7 @@ def test_draft_sample_uses_the_average_as_a_lora(runs, tmp_path, capsys):
 
 
 # -- each tracker, read back with its own reader ---------------------------------------------------------
+
 
 def _need(name: str) -> None:
     if not AVAILABLE[name]:
@@ -179,7 +221,12 @@ def test_tensorboard_events_hold_every_scalar_the_grids_and_the_config(runs):
             assert [e.value for e in logged] == pytest.approx([r[key] for r in rows if key in r], rel=1e-6), (name, key)
         images = {tag: [e.step for e in events.Images(tag)] for tag in events.Tags()["images"]}
         if name == "straight":
-            assert images == {"samples": [0, 2, 4], "validation": [0, 2, 4], "guidance_schedule": [2, 4], "before_after": [4]}
+            assert images == {
+                "samples": [0, 2, 4],
+                "validation": [0, 2, 4],
+                "guidance_schedule": [2, 4],
+                "before_after": [4],
+            }
         hparams = None
         for folder in (p for p in logdir.iterdir() if p.is_dir()):  # add_hparams writes a session subfolder
             session = EventAccumulator(str(folder))

@@ -31,8 +31,6 @@ FAST = [
 ]
 
 
-
-
 def run_cli(*argv) -> int:
     return cli.main(["train", *argv, "--no-progress"])
 
@@ -54,11 +52,26 @@ def assert_same_lora(a, b):
 def test_run_folder_has_everything(tmp_path):
     out = tmp_path / "run"
     overrides = [o for o in FAST if not o.startswith("estimator.")]
-    overrides += ["train.steps=4", "train.sample_every=2", "train.checkpoint_every=2", "estimator={name: draft-lv, n: 2}"]
+    overrides += [
+        "train.steps=4",
+        "train.sample_every=2",
+        "train.checkpoint_every=2",
+        "estimator={name: draft-lv, n: 2}",
+    ]
     assert run_cli("--preset", "quickstart", "--out", str(out), *sum((["--set", o] for o in overrides), [])) == 0
-    for name in ["config.yaml", "metrics.jsonl", "reward_curve.png", "lora/pytorch_lora_weights.safetensors",
-                 "samples/step-000000.png", "samples/step-000002.png", "samples/step-000004.png",
-                 "samples/before_after.png", "checkpoints/latest", "checkpoints/step-000004/state.json", "report.html"]:
+    for name in [
+        "config.yaml",
+        "metrics.jsonl",
+        "reward_curve.png",
+        "lora/pytorch_lora_weights.safetensors",
+        "samples/step-000000.png",
+        "samples/step-000002.png",
+        "samples/step-000004.png",
+        "samples/before_after.png",
+        "checkpoints/latest",
+        "checkpoints/step-000004/state.json",
+        "report.html",
+    ]:
         assert (out / name).exists(), name
     rows = metrics_of(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -133,7 +146,9 @@ def test_failure_or_interrupt_keeps_work_and_resumes_exactly(tmp_path, how):
     expected_error = RuntimeError if how == "exception" else Interrupted
     with pytest.raises(expected_error):
         trainer.train()
-    kept = json.loads((out / "checkpoints" / "step-00000{}".format(2 if how == "exception" else 3) / "state.json").read_text())
+    kept = json.loads(
+        (out / "checkpoints" / "step-00000{}".format(2 if how == "exception" else 3) / "state.json").read_text()
+    )
     # A crash loses the step in progress; a signal lets the step finish first.
     assert kept["step"] == (2 if how == "exception" else 3)
     assert run_cli("--resume", str(out)) == 0
@@ -141,8 +156,9 @@ def test_failure_or_interrupt_keeps_work_and_resumes_exactly(tmp_path, how):
     assert [r["step"] for r in metrics_of(out)] == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("estimator", [[], ["estimator={name: draft-lv, n: 1}"]],
-                         ids=["draft-k", "draft-lv-own-backward"])
+@pytest.mark.parametrize(
+    "estimator", [[], ["estimator={name: draft-lv, n: 1}"]], ids=["draft-k", "draft-lv-own-backward"]
+)
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path, estimator):
     """Two micro-batches of 1 draw the same prompts and noise as one batch of 2; the averaged
     gradient the optimiser sees must be the same (also when the estimator runs its own

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from flow_fixtures import FLOW_SCHEDULER, flow_with_lora
 
 from draft_core.errors import ConfigError
 from draft_core.lora import adapters_enabled
@@ -18,7 +19,6 @@ from draft_core.samplers.gaussian import log_prob
 from draft_core.testing.estimators import EstimatorConformance
 from draft_estimators import GRPO
 from draft_estimators.policy import rollout
-from flow_fixtures import FLOW_SCHEDULER, flow_with_lora
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -105,8 +105,9 @@ def test_step_log_prob_is_the_normal_density_of_the_cps_step_written_out(model, 
         torch.testing.assert_close(std, s, rtol=1e-12, atol=0)
         torch.testing.assert_close(mean, hand_mean, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(log_prob(x_next, mean, std), normal.flatten(1).mean(1), rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(log_prob(x_next, mean, std, reduction="sum"), normal.flatten(1).sum(1),
-                                   rtol=1e-10, atol=1e-8)
+        torch.testing.assert_close(
+            log_prob(x_next, mean, std, reduction="sum"), normal.flatten(1).sum(1), rtol=1e-10, atol=1e-8
+        )
 
 
 def test_rollout_is_the_samplers_own_sampling_and_the_last_step_is_deterministic(model):

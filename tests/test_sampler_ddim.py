@@ -12,11 +12,11 @@ import math
 import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
+from model_fixtures import tiny_with_lora
 
 from draft_core.errors import ConfigError
 from draft_core.models.tiny import SD14_SCHEDULER_CONFIG, build_tiny_random
 from draft_core.samplers.ddim import DDIMSampler
-from model_fixtures import tiny_with_lora
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -128,8 +128,6 @@ def assert_grads_equal(a, b, rtol=1e-10, atol=1e-12):
     flat_a, flat_b = torch.cat([g.flatten() for g in a]), torch.cat([g.flatten() for g in b])
     assert flat_a.abs().max() > 0, "gradient is identically zero"
     torch.testing.assert_close(flat_a, flat_b, rtol=rtol, atol=atol)
-
-
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from model_fixtures import tiny_with_lora
 
 from draft_core.samplers import DDPMSampler
 from draft_core.samplers.ddim import DDIMSampler
-from model_fixtures import tiny_with_lora
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -32,7 +32,9 @@ def test_ddpm_matches_a_manual_diffusers_loop(model):
         x = noise * sched.init_noise_sigma
         for t in sched.timesteps:
             seed = int(torch.randint(2**62, (1,), generator=seeds).item())
-            out = model.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([cond.uncond.expand(2, -1, -1), cond.cond])).sample
+            out = model.unet(
+                torch.cat([x, x]), t, encoder_hidden_states=torch.cat([cond.uncond.expand(2, -1, -1), cond.cond])
+            ).sample
             u, c = out.chunk(2)
             x = sched.step(u + 4.0 * (c - u), t, x, generator=torch.Generator().manual_seed(seed)).prev_sample
     # float32 runs of the same arithmetic: equal up to a few ulps of the latents' scale (~20), which
@@ -62,7 +64,9 @@ def test_ddpm_checkpointed_gradients_equal_plain_ones():
     for checkpoint in (False, True):
         for p in params:
             p.grad = None
-        x = sampler.sample(model, cond, noise, grad_from=1, checkpoint=checkpoint, generator=torch.Generator().manual_seed(3))
+        x = sampler.sample(
+            model, cond, noise, grad_from=1, checkpoint=checkpoint, generator=torch.Generator().manual_seed(3)
+        )
         model.decode(x).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in params]))
     assert grads[0].abs().max() > 0

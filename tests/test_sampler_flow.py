@@ -154,8 +154,12 @@ def test_flow_sde_with_eta_0_is_euler_bit_for_bit(name):
     x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
     for step in range(STEPS):
         mean, std = sde.transition_distribution(model, x, step, cond)
-        assert float(std) == 0.0 and torch.equal(mean, EulerSampler(steps=STEPS, guidance_scale=3.5).transition(
-            model, x, step, model.denoise(x, sde.timesteps(model)[step], cond, 3.5)))
+        assert float(std) == 0.0 and torch.equal(
+            mean,
+            EulerSampler(steps=STEPS, guidance_scale=3.5).transition(
+                model, x, step, model.denoise(x, sde.timesteps(model)[step], cond, 3.5)
+            ),
+        )
 
 
 class GaussianData(VelocityField):
@@ -178,7 +182,9 @@ def marginal_errors(eta, steps):
     """Sample Gaussian data with its exact velocity from σ_0 = 0.95 (the state drawn from the flow's marginal
     there) and return max over the states x_i of |std(x_i)/std_i − 1| and |mean(x_i) − mean_i|/std_i, where
     N(mean_i, std_i²) = N((1 − σ_i)m, (1 − σ_i)²s² + σ_i²) is the flow's marginal at σ_i."""
-    model = GaussianData({"_class_name": "FlowMatchEulerDiscreteScheduler"}, lambda n: {"sigmas": np.linspace(0.95, 0.95 / n, n)})
+    model = GaussianData(
+        {"_class_name": "FlowMatchEulerDiscreteScheduler"}, lambda n: {"sigmas": np.linspace(0.95, 0.95 / n, n)}
+    )
     sampler = FlowSDESampler(steps=steps, guidance_scale=1.0, eta=eta)
     sigmas = sampler.scheduler(model).sigmas.double()
     g = torch.Generator().manual_seed(0)
@@ -219,7 +225,13 @@ def test_euler_on_tiny_sd3_is_stable_diffusion_3_pipelines_loop():
         ours = sampler.sample(model, model.encode_prompts(prompts), noise)
         pipe = model.pipeline()
         pipe.set_progress_bar_config(disable=True)
-        theirs = pipe(prompt=prompts, num_inference_steps=3, guidance_scale=4.0, latents=noise.clone(),
-                                  output_type="latent", max_sequence_length=model.max_sequence_length).images
+        theirs = pipe(
+            prompt=prompts,
+            num_inference_steps=3,
+            guidance_scale=4.0,
+            latents=noise.clone(),
+            output_type="latent",
+            max_sequence_length=model.max_sequence_length,
+        ).images
     # The same steps; the prompt encodings differ in float32 rounding only (measured: 3e-7 of the largest value).
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6 * theirs.abs().max().item())

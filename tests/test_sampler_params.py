@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from model_fixtures import LinearReward, step_inputs, tiny_with_lora
 
 from draft_core import cli
 from draft_core.samplers import DDPMSampler
 from draft_core.samplers.ddim import DDIMSampler
 from draft_core.training.learned_sampling import FILENAME, GuidanceSchedule, LearnedSampling, NegativePrompt
 from draft_estimators import FullBackprop
-from model_fixtures import LinearReward, step_inputs, tiny_with_lora
 
 PROMPTS = ["a cat", "a dog"]
 
@@ -57,7 +57,9 @@ def test_constant_guidance_is_the_cfg_formula_for_every_scale(scale):
     x = model.make_noise(2, torch.Generator().manual_seed(0), dtype=torch.float64)
     t = sampler.timesteps(model)[1]
     with torch.no_grad():
-        torch.testing.assert_close(sampler.action(model, x, 1, cond), guided_eps(model, x, t, cond, scale), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            sampler.action(model, x, 1, cond), guided_eps(model, x, t, cond, scale), rtol=1e-12, atol=1e-12
+        )
 
 
 def test_a_learned_schedule_warns_when_the_estimator_trains_only_some_knots(no_model):
@@ -127,9 +129,19 @@ def test_gradients_of_the_schedule_match_finite_differences():
 
 
 FAST = [
-    "model.name=tiny-random", "reward.name=jpeg-compressibility", "sampler.steps=3", "estimator.name=draft-k",
-    "estimator.k=2", "train.batch_size=2", "train.lr=0.01", "train.sample_every=0", "train.sample_per_prompt=1",
-    "train.sample_prompts=[a cat]", "lora.rank=2", "learn.guidance=true", "learn.negative_prompt=true",
+    "model.name=tiny-random",
+    "reward.name=jpeg-compressibility",
+    "sampler.steps=3",
+    "estimator.name=draft-k",
+    "estimator.k=2",
+    "train.batch_size=2",
+    "train.lr=0.01",
+    "train.sample_every=0",
+    "train.sample_per_prompt=1",
+    "train.sample_prompts=[a cat]",
+    "lora.rank=2",
+    "learn.guidance=true",
+    "learn.negative_prompt=true",
     "train.checkpoint_every=1",
 ]
 
@@ -158,8 +170,22 @@ def test_training_learns_saves_plots_and_resumes_the_sampler_params(tmp_path):
 def test_draft_sample_uses_the_learned_params_beside_the_lora(tmp_path, capsys):
     run = tmp_path / "run"
     assert _train(run, 1, "train.lr=0.05") == 0
-    common = ["sample", "--model", "tiny-random", "--prompt", "a cat", "--n", "2", "--steps", "5", "--seed", "3",
-              "--lora", str(run), "--save-tensor"]
+    common = [
+        "sample",
+        "--model",
+        "tiny-random",
+        "--prompt",
+        "a cat",
+        "--n",
+        "2",
+        "--steps",
+        "5",
+        "--seed",
+        "3",
+        "--lora",
+        str(run),
+        "--save-tensor",
+    ]
     assert cli.main([*common, "--out", str(tmp_path / "on")]) == 0
     assert "learned guidance schedule and negative prompt" in capsys.readouterr().err
     assert cli.main([*common, "--no-learned-sampling", "--out", str(tmp_path / "off")]) == 0
@@ -200,9 +226,25 @@ def test_bad_learn_values_are_clear_errors():
 def test_draft_eval_uses_the_learned_params_for_the_lora_rows_only(tmp_path):
     run = tmp_path / "run"
     assert _train(run, 1, "train.lr=0.05") == 0
-    common = ["eval", "--model", "tiny-random", "--lora", str(run), "--base", "--prompts", "animals",
-              "--prompts-per-category", "2", "--reward", "jpeg-compressibility", "--n-per-prompt", "1",
-              "--steps", "3", "--quiet"]
+    common = [
+        "eval",
+        "--model",
+        "tiny-random",
+        "--lora",
+        str(run),
+        "--base",
+        "--prompts",
+        "animals",
+        "--prompts-per-category",
+        "2",
+        "--reward",
+        "jpeg-compressibility",
+        "--n-per-prompt",
+        "1",
+        "--steps",
+        "3",
+        "--quiet",
+    ]
     assert cli.main([*common, "--out", str(tmp_path / "on")]) == 0
     assert cli.main([*common, "--no-learned-sampling", "--out", str(tmp_path / "off")]) == 0
 

@@ -25,13 +25,19 @@ def _rates(scheduler, optimizer, n: int) -> list[list[float]]:
 
 def _optimizer(lr: float) -> torch.optim.Optimizer:
     a, b = torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)
-    return torch.optim.AdamW([{"params": [a]}, {"params": [b], "lr": lr * 50}], lr=lr)  # a group with its own multiplier
+    return torch.optim.AdamW(
+        [{"params": [a]}, {"params": [b], "lr": lr * 50}], lr=lr
+    )  # a group with its own multiplier
 
 
-@pytest.mark.parametrize("schedule,warmup", [("constant", 0), ("constant", 3), ("linear", 3), ("cosine", 0), ("cosine", 4)])
+@pytest.mark.parametrize(
+    "schedule,warmup", [("constant", 0), ("constant", 3), ("linear", 3), ("cosine", 0), ("cosine", 4)]
+)
 def test_schedules_match_diffusers_get_scheduler(schedule, warmup):
     steps = 12
-    train = load_config(None, [f"train.lr_schedule={schedule}", f"train.lr_warmup_steps={warmup}", f"train.steps={steps}"]).train
+    train = load_config(
+        None, [f"train.lr_schedule={schedule}", f"train.lr_warmup_steps={warmup}", f"train.steps={steps}"]
+    ).train
     ours_opt, ref_opt = _optimizer(1e-3), _optimizer(1e-3)
     ours = build_lr_scheduler(ours_opt, train)
     name = "constant_with_warmup" if schedule == "constant" and warmup else schedule
@@ -49,7 +55,9 @@ def test_sqrt_decay_combines_with_a_warmup_and_not_with_another_decay():
     opt = _optimizer(1.0)
     rates = [r[0] for r in _rates(build_lr_scheduler(opt, train), opt, 400)]
     sqrt = lr_factor("sqrt")
-    assert rates[5] == pytest.approx(0.5) and rates[50] == 1.0 and rates[399] == pytest.approx(sqrt(399))  # warm-up x decay
+    assert (
+        rates[5] == pytest.approx(0.5) and rates[50] == 1.0 and rates[399] == pytest.approx(sqrt(399))
+    )  # warm-up x decay
     with pytest.raises(ConfigError, match="lr_decay is 'sqrt'.*lr_schedule is 'cosine'"):
         load_config(None, ["train.lr_decay=sqrt", "train.lr_schedule=cosine"])
     with pytest.raises(ConfigError, match="lr_warmup_steps"):
@@ -61,7 +69,10 @@ def test_sqrt_decay_combines_with_a_warmup_and_not_with_another_decay():
 def test_weight_average_follows_its_formula_and_reloads_exactly():
     """shadow <- d·shadow + (1 - d)·weights, d = min(decay, n / (9 + n)) at update n >= 2 (diffusers' warm-up), 0 at n = 1."""
     torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(3, 2, dtype=torch.float64)), torch.nn.Parameter(torch.randn(4, dtype=torch.float64))]
+    params = [
+        torch.nn.Parameter(torch.randn(3, 2, dtype=torch.float64)),
+        torch.nn.Parameter(torch.randn(4, dtype=torch.float64)),
+    ]
     ema = WeightsEma(params, 0.9)
     shadow = [p.detach().clone() for p in params]
     for n in range(1, 30):
@@ -69,7 +80,9 @@ def test_weight_average_follows_its_formula_and_reloads_exactly():
             for p in params:
                 p.add_(torch.randn_like(p))
         ema.update()
-        d = min(0.9, (1 + (n - 1)) / (10 + (n - 1))) if n > 1 else 0.0  # diffusers' warm-up: no averaging at the first update
+        d = (
+            min(0.9, (1 + (n - 1)) / (10 + (n - 1))) if n > 1 else 0.0
+        )  # diffusers' warm-up: no averaging at the first update
         shadow = [d * s + (1 - d) * p.detach() for s, p in zip(shadow, params)]
     for s, e in zip(shadow, ema.average.shadow_params):
         torch.testing.assert_close(e, s, rtol=1e-12, atol=1e-12)  # float64: only summation order differs

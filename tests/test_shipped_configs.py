@@ -30,6 +30,21 @@ def test_quickstart_runs_on_the_embedded_model(tmp_path):
 
     out = tmp_path / "qs"
     sets = ["train.steps=2", "sampler.steps=3", "train.sample_every=0", "train.sample_per_prompt=1"]
-    assert main(["train", "--preset", "quickstart", "--out", str(out), "--no-progress", *sum((["--set", s] for s in sets), [])]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "quickstart",
+                "--out",
+                str(out),
+                "--no-progress",
+                *sum((["--set", s] for s in sets), []),
+            ]
+        )
+        == 0
+    )
     assert load_config(out / "config.yaml").model.name == "digits"
-    assert (out / "samples" / "before_after.png").exists() and (out / "lora" / "pytorch_lora_weights.safetensors").exists()
+    assert (out / "samples" / "before_after.png").exists() and (
+        out / "lora" / "pytorch_lora_weights.safetensors"
+    ).exists()

@@ -27,7 +27,9 @@ def test_the_configs_tables_are_generated_from_the_configs():
     for name in TABLE_FILES:
         page = (ROOT / name).read_text(encoding="utf-8")
         assert BEGIN in page and END in page, name
-        assert page == with_table(page, ROOT / "configs"), f"{name}'s configs table is stale: python scripts/memory_table.py"
+        assert page == with_table(page, ROOT / "configs"), (
+            f"{name}'s configs table is stale: python scripts/memory_table.py"
+        )
 
 
 def test_a_stale_table_is_caught():

@@ -17,6 +17,9 @@ def test_plugins_and_training_type_check_strictly():
     pytest.importorskip("mypy", reason="mypy is in the test extra: pip install -e '.[test]'")
     run = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "draft_core/plugins", "draft_core/training"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

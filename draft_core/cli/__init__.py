@@ -14,16 +14,36 @@ from draft_core.errors import DraftError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from draft_core.cli import eval as cli_eval, lora as cli_lora, plugins as cli_plugins, sample as cli_sample
     from draft_core import __version__
-    from draft_core.cli.helptext import with_defaults_shown
-    from draft_core.cli import plan as cli_plan, report as cli_report, reward as cli_reward, score as cli_score, train as cli_train
     from draft_core.cli import config as cli_config
+    from draft_core.cli import eval as cli_eval
+    from draft_core.cli import lora as cli_lora
+    from draft_core.cli import plan as cli_plan
+    from draft_core.cli import plugins as cli_plugins
+    from draft_core.cli import report as cli_report
+    from draft_core.cli import reward as cli_reward
+    from draft_core.cli import sample as cli_sample
+    from draft_core.cli import score as cli_score
+    from draft_core.cli import train as cli_train
+    from draft_core.cli.helptext import with_defaults_shown
 
-    p = argparse.ArgumentParser(prog="draft", description="Fine-tune diffusion models on differentiable rewards (DRaFT).")
+    p = argparse.ArgumentParser(
+        prog="draft", description="Fine-tune diffusion models on differentiable rewards (DRaFT)."
+    )
     p.add_argument("--version", action="version", version=f"draft {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for command in (cli_plugins, cli_train, cli_plan, cli_sample, cli_eval, cli_lora, cli_score, cli_report, cli_reward, cli_config):
+    for command in (
+        cli_plugins,
+        cli_train,
+        cli_plan,
+        cli_sample,
+        cli_eval,
+        cli_lora,
+        cli_score,
+        cli_report,
+        cli_reward,
+        cli_config,
+    ):
         command.add_parser(sub)
     with_defaults_shown(p)
     return p
@@ -71,4 +91,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {unwritable(exc)}", file=sys.stderr)
             return 2
         raise
-

@@ -28,9 +28,13 @@ def parse_window(text: str | None, steps: int) -> tuple[int, int] | None:
             raise ValueError(text)
         start, end = (int(v) if v else d for v, d in zip(fields, (0, steps)))
     except ValueError:
-        raise DraftError(f"--lora-steps '{text}' must be START:END step indices (e.g. 0:20 or 30:), with 0 <= START <= END <= {steps}.") from None
+        raise DraftError(
+            f"--lora-steps '{text}' must be START:END step indices (e.g. 0:20 or 30:), with 0 <= START <= END <= {steps}."
+        ) from None
     if not 0 <= start <= end <= steps:
-        raise DraftError(f"--lora-steps '{text}' is outside 0..{steps}; give START:END with 0 <= START <= END <= {steps}.")
+        raise DraftError(
+            f"--lora-steps '{text}' is outside 0..{steps}; give START:END with 0 <= START <= END <= {steps}."
+        )
     return start, end
 
 
@@ -44,9 +48,16 @@ def learned_sampling(specs, model, sampler):
         return None
     spec, learned = found[0]
     learned.attach(sampler)
-    parts = [p for p, on in (("guidance schedule", learned.guidance), ("negative prompt", learned.negative)) if on is not None]
+    parts = [
+        p
+        for p, on in (("guidance schedule", learned.guidance), ("negative prompt", learned.negative))
+        if on is not None
+    ]
     note = f" (ignoring those of {len(found) - 1} other LoRA(s))" if len(found) > 1 else ""
-    print(f"using the learned {' and '.join(parts)} from {spec.path}{note}; --no-learned-sampling turns them off", file=sys.stderr)
+    print(
+        f"using the learned {' and '.join(parts)} from {spec.path}{note}; --no-learned-sampling turns them off",
+        file=sys.stderr,
+    )
     return learned
 
 
@@ -64,7 +75,9 @@ def resolve_device(text: str):
         if not torch.cuda.is_available():
             raise DraftError(f"--device {text}: CUDA is not available here; use --device cpu (or auto).")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DraftError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+            raise DraftError(
+                f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}."
+            )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise DraftError(f"--device {text}: MPS (Apple GPU) is not available here; use --device cpu (or auto).")
     elif device.type not in ("cpu", "cuda", "mps"):
@@ -92,7 +105,8 @@ def sampler_for(args: argparse.Namespace, specs, registry=None):
     from draft_core.plugins import load_registry
 
     registry = registry or load_registry()
-    section = sampling_for(args.model, sampler=args.sampler, steps=args.steps, guidance=args.guidance, loras=specs,
-                           registry=registry)
+    section = sampling_for(
+        args.model, sampler=args.sampler, steps=args.steps, guidance=args.guidance, loras=specs, registry=registry
+    )
     name = section["name"]
     return section, registry.build("sampler", name, **{k: v for k, v in section.items() if k != "name"})

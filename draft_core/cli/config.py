@@ -23,6 +23,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     cp = sub.add_parser("config", help="list every config key with its type, default and help")
-    cp.add_argument("--markdown", nargs="?", const="-", default=None, metavar="FILE",
-                    help="write the reference as markdown to FILE (default: stdout; the repository's page is docs/config.md)")
+    cp.add_argument(
+        "--markdown",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="write the reference as markdown to FILE (default: stdout; the repository's page is docs/config.md)",
+    )
     cp.set_defaults(func=cmd_config)

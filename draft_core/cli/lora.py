@@ -19,13 +19,16 @@ def cmd_mix(args: argparse.Namespace) -> int:
     path = save_mixed(specs, args.out, family=args.family)
     bases = {base_model_of(s.folder) for s in specs} - {None}
     rank = next(iter(read_lora(path).modules.values())).rank
-    write_model_card(args.out, {
-        "base_model": bases.pop() if len(bases) == 1 else (sorted(bases) or None),
-        "mix": [{"lora": str(s.path), "weight": s.scale} for s in specs],
-        "rank": rank,
-        "exact": "yes: ranks concatenated, the merged delta is the weighted sum of the deltas",
-        "command": command_line(),
-    })
+    write_model_card(
+        args.out,
+        {
+            "base_model": bases.pop() if len(bases) == 1 else (sorted(bases) or None),
+            "mix": [{"lora": str(s.path), "weight": s.scale} for s in specs],
+            "rank": rank,
+            "exact": "yes: ranks concatenated, the merged delta is the weighted sum of the deltas",
+            "command": command_line(),
+        },
+    )
     usual_permissions(args.out)
     print(f"wrote {path} (rank {rank}) and {Path(args.out) / 'README.md'}")
     return 0
@@ -39,7 +42,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise DraftError(f"--format '{args.format}' is not supported; the one export format is kohya.")
     spec = LoraSpec.parse(args.lora)
     if spec.scale != 1.0:
-        raise DraftError(f"lora export takes a LoRA without :SCALE (got {args.lora}); to export a scaled LoRA, `draft lora mix {spec.path}:{spec.scale:g} --out DIR` first.")
+        raise DraftError(
+            f"lora export takes a LoRA without :SCALE (got {args.lora}); to export a scaled LoRA, `draft lora mix {spec.path}:{spec.scale:g} --out DIR` first."
+        )
     out = export_kohya(spec.path, args.out, family=args.family)
     usual_permissions(out)
     from safetensors import safe_open
@@ -65,8 +70,10 @@ def _family_of_lora(spec, family: str | None):
     try:
         return check_model(base)
     except DraftError as exc:
-        raise DraftError(f"{exc} (lora export looked up the model the LoRA was trained on, '{base}', for its family; "
-                         f"give --family sd|sdxl|sd3|flux to skip the look-up.)") from None
+        raise DraftError(
+            f"{exc} (lora export looked up the model the LoRA was trained on, '{base}', for its family; "
+            f"give --family sd|sdxl|sd3|flux to skip the look-up.)"
+        ) from None
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
@@ -88,7 +95,9 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     model.save_pretrained(out)
     usual_permissions(out)
     pixel = getattr(model, "vae", None) is None and model.family == "sd"
-    kind = "draft's load_model (a pixel-space model, no VAE)" if pixel else f"{model.pipeline_classes[0]}.from_pretrained"
+    kind = (
+        "draft's load_model (a pixel-space model, no VAE)" if pixel else f"{model.pipeline_classes[0]}.from_pretrained"
+    )
     print(f"wrote a diffusers pipeline folder with the LoRA fused to {out}; load it with {kind} or --model {out}")
     return 0
 
@@ -111,15 +120,22 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-FAMILY_HELP = ("the model family whose LoRA layout to write (sd, sdxl, ...) or a model naming it; default: the family of "
-               "the base model the LoRA's run or model card records, else the one its keys imply (sd for a UNet)")
+FAMILY_HELP = (
+    "the model family whose LoRA layout to write (sd, sdxl, ...) or a model naming it; default: the family of "
+    "the base model the LoRA's run or model card records, else the one its keys imply (sd for a UNet)"
+)
 
 
 def add_parser(sub) -> None:
-    lo = sub.add_parser("lora", help="mix LoRAs, export them for AUTOMATIC1111/ComfyUI, fuse one into a pipeline, or push one to the Hub")
+    lo = sub.add_parser(
+        "lora",
+        help="mix LoRAs, export them for AUTOMATIC1111/ComfyUI, fuse one into a pipeline, or push one to the Hub",
+    )
     lsub = lo.add_subparsers(dest="lora_command", required=True)
 
-    mx = lsub.add_parser("mix", help="bake a linear combination of LoRAs into one diffusers LoRA (exact, ranks concatenated)")
+    mx = lsub.add_parser(
+        "mix", help="bake a linear combination of LoRAs into one diffusers LoRA (exact, ranks concatenated)"
+    )
     mx.add_argument("loras", nargs="+", metavar="PATH:WEIGHT")
     mx.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors and README.md")
     mx.add_argument("--family", metavar="FAMILY_OR_MODEL", help=FAMILY_HELP)
@@ -134,15 +150,23 @@ def add_parser(sub) -> None:
 
     fu = lsub.add_parser("fuse", help="fold LoRA(s) into the base weights and save a full diffusers pipeline folder")
     fu.add_argument("--model", default="digits", help="embedded model name, diffusers folder, or hub id")
-    fu.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", help="a LoRA and its scale (repeatable)")
+    fu.add_argument(
+        "--lora", action="append", default=[], metavar="PATH[:SCALE]", help="a LoRA and its scale (repeatable)"
+    )
     fu.add_argument("--device", default="cpu")
     fu.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     fu.add_argument("--out", required=True)
     fu.set_defaults(func=cmd_fuse)
 
-    pu = lsub.add_parser("push", help="upload a run's LoRA, model card (with its curve and grids) and kohya file to the Hugging Face Hub")
+    pu = lsub.add_parser(
+        "push", help="upload a run's LoRA, model card (with its curve and grids) and kohya file to the Hugging Face Hub"
+    )
     pu.add_argument("run", metavar="RUN_DIR", help="a run folder written by draft train")
-    pu.add_argument("--repo", required=True, metavar="USER/NAME", help="the Hub model repository (created when missing)")
+    pu.add_argument(
+        "--repo", required=True, metavar="USER/NAME", help="the Hub model repository (created when missing)"
+    )
     pu.add_argument("--private", action="store_true", help="create the repository private")
-    pu.add_argument("--dry-run", action="store_true", help="stage the files in RUN_DIR/push and list them; upload nothing")
+    pu.add_argument(
+        "--dry-run", action="store_true", help="stage the files in RUN_DIR/push and list them; upload nothing"
+    )
     pu.set_defaults(func=cmd_push)

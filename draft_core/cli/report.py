@@ -17,7 +17,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    rp = sub.add_parser("report", help="write a run's report page (curves, grids over training, model card), or compare runs")
+    rp = sub.add_parser(
+        "report", help="write a run's report page (curves, grids over training, model card), or compare runs"
+    )
     rp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s) written by draft train")
-    rp.add_argument("--out", default=None, help="the HTML file to write (default RUN_DIR/report.html; needed for several runs)")
+    rp.add_argument(
+        "--out", default=None, help="the HTML file to write (default RUN_DIR/report.html; needed for several runs)"
+    )
     rp.set_defaults(func=cmd_report)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from draft_core.errors import DraftError
 
-
 EARLIER = re.compile(r"\d{4}\.png|grid\.png|images\.pt")  # what an earlier draft sample wrote
 
 
@@ -64,14 +63,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for path in earlier:
         path.unlink()
-    shown_model = local_path(args.model) if args.model.startswith("/") else args.model  # PNGs get shared: no absolute paths
-    params = dict(model=shown_model, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                  size=model.image_size, loras=[(local_path(s.path), s.scale) for s in specs], method=args.method if args.method != "plain" else None,
-                  lora_steps=args.lora_steps, learned=None if learned is None else "from the LoRA folder")
+    shown_model = (
+        local_path(args.model) if args.model.startswith("/") else args.model
+    )  # PNGs get shared: no absolute paths
+    params = dict(
+        model=shown_model,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        size=model.image_size,
+        loras=[(local_path(s.path), s.scale) for s in specs],
+        method=args.method if args.method != "plain" else None,
+        lora_steps=args.lora_steps,
+        learned=None if learned is None else "from the LoRA folder",
+    )
     for i, img in enumerate(images):  # image i: the i-th noise drawn from --seed, for --prompt i // --n
         save_png(to_pil(img), out / f"{i:04d}.png", generation_params(prompts[i], **params, index=i, n=len(prompts)))
-    save_grid(images, out / "grid.png", nrow=args.n, rows=args.prompt, cols=[f"#{j}" for j in range(args.n)],
-              params=generation_params(args.prompt, **params))
+    save_grid(
+        images,
+        out / "grid.png",
+        nrow=args.n,
+        rows=args.prompt,
+        cols=[f"#{j}" for j in range(args.n)],
+        params=generation_params(args.prompt, **params),
+    )
     if args.save_tensor:
         torch.save(images, out / "images.pt")
     replaced = f" (replacing the {len(earlier)} files of an earlier draft sample there)" if earlier else ""
@@ -81,23 +97,47 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     sa = sub.add_parser("sample", help="generate images, optionally with scaled and mixed LoRAs")
-    sa.add_argument("--model", default="digits", help="embedded model name (digits, tiny-random), diffusers folder, or hub id")
+    sa.add_argument(
+        "--model", default="digits", help="embedded model name (digits, tiny-random), diffusers folder, or hub id"
+    )
     sa.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     sa.add_argument("--n", type=int, default=4, help="images per prompt")
     sa.add_argument("--seed", type=int, default=0)
-    sa.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", help="a LoRA and its scale (repeatable: mixed linearly)")
+    sa.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:SCALE]",
+        help="a LoRA and its scale (repeatable: mixed linearly)",
+    )
     sa.add_argument("--lora-steps", metavar="START:END", help="apply the LoRA only for sampling steps START <= i < END")
     sa.add_argument("--sampler", help="default: the model family's (ddim; euler for flow-matching models)")
-    sa.add_argument("--steps", type=int, help="default: the model's (50; FLUX.1-dev 28, digits-flow 20), or with --lora the run's")
-    sa.add_argument("--guidance", type=float, help="default: the model's (7.5; FLUX.1-dev 3.5, digits-flow 8), or with --lora the run's")
+    sa.add_argument(
+        "--steps", type=int, help="default: the model's (50; FLUX.1-dev 28, digits-flow 20), or with --lora the run's"
+    )
+    sa.add_argument(
+        "--guidance",
+        type=float,
+        help="default: the model's (7.5; FLUX.1-dev 3.5, digits-flow 8), or with --lora the run's",
+    )
     sa.add_argument("--batch-size", type=int, default=8)
     sa.add_argument("--device", default="auto")
     sa.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     sa.add_argument("--save-tensor", action="store_true", help="also write images.pt ([N,3,H,W] float in [0,1])")
-    sa.add_argument("--method", default="plain", metavar="NAME[:k=v,...]", help="plain, best-of-n[:n=16], doodl[:steps=20,lr=0.05], prompt-template[:template=...]")
-    sa.add_argument("--reward", metavar="NAME[:k=v,...]", help="the reward best-of-n and doodl use, e.g. digit-classifier:target=8")
+    sa.add_argument(
+        "--method",
+        default="plain",
+        metavar="NAME[:k=v,...]",
+        help="plain, best-of-n[:n=16], doodl[:steps=20,lr=0.05], prompt-template[:template=...]",
+    )
+    sa.add_argument(
+        "--reward", metavar="NAME[:k=v,...]", help="the reward best-of-n and doodl use, e.g. digit-classifier:target=8"
+    )
     sa.add_argument("--out", default="samples", help="folder for NNNN.png and grid.png")
     sa.add_argument("--overwrite", action="store_true", help="replace the images of an earlier draft sample in --out")
-    sa.add_argument("--no-learned-sampling", action="store_true",
-                    help="ignore a learned guidance schedule / negative prompt saved beside the LoRA")
+    sa.add_argument(
+        "--no-learned-sampling",
+        action="store_true",
+        help="ignore a learned guidance schedule / negative prompt saved beside the LoRA",
+    )
     sa.set_defaults(func=cmd_sample)

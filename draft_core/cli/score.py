@@ -30,16 +30,28 @@ DRAFT_SHEETS = ("grid.png", "contact_sheet.png", "before_after.png", REWARD_CURV
 
 def add_parser(sub) -> None:
     sc = sub.add_parser("score", help="score image files with a reward, one line per image")
-    sc.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images (PNG, JPEG, WebP, BMP)")
+    sc.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files or folders of images (PNG, JPEG, WebP, BMP)"
+    )
     sc.add_argument("--reward", required=True, help="a registered reward (see `draft plugins`)")
     sc.add_argument(
-        "--set", action="append", default=[], metavar="reward.KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="reward.KEY=VALUE",
         help="a reward argument, e.g. reward.path=/weights/file.pth (repeatable)",
     )
     prompts = sc.add_mutually_exclusive_group()
     prompts.add_argument("--prompt", help="the prompt of every image")
-    prompts.add_argument("--prompts", metavar="FILE", help="a text file with one prompt per line, one per image, in order")
-    sc.add_argument("--batch-size", type=int, default=8, help="images per reward call (batch-dependent rewards such as diversity see these batches)")
+    prompts.add_argument(
+        "--prompts", metavar="FILE", help="a text file with one prompt per line, one per image, in order"
+    )
+    sc.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="images per reward call (batch-dependent rewards such as diversity see these batches)",
+    )
     sc.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     sc.add_argument("--json", action="store_true", help="JSON lines: path, score, prompt")
     sc.set_defaults(func=cmd_score)
@@ -57,10 +69,15 @@ def collect_images(items: list[str]) -> list[Path]:
             sheets = [c for c in found if c.name in DRAFT_SHEETS]
             found = [c for c in found if c.name not in DRAFT_SHEETS]
             if sheets:
-                print(f"skipping {', '.join(c.name for c in sheets)} in '{item}' (contact sheets or plots draft writes; "
-                      f"name a file to score it)", file=sys.stderr)
+                print(
+                    f"skipping {', '.join(c.name for c in sheets)} in '{item}' (contact sheets or plots draft writes; "
+                    f"name a file to score it)",
+                    file=sys.stderr,
+                )
             if not found:
-                raise DraftError(f"folder '{item}' holds no image files ({', '.join(IMAGE_SUFFIXES)}) besides draft's own contact sheets.")
+                raise DraftError(
+                    f"folder '{item}' holds no image files ({', '.join(IMAGE_SUFFIXES)}) besides draft's own contact sheets."
+                )
             paths += found
         elif p.is_file():
             paths.append(p)
@@ -79,7 +96,9 @@ def read_prompts(args: argparse.Namespace, count: int) -> list[str] | None:
     except OSError as exc:
         raise DraftError(f"--prompts '{args.prompts}' could not be read: {exc.strerror or exc}.") from None
     except UnicodeDecodeError as exc:
-        raise DraftError(f"--prompts '{args.prompts}' is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8, one prompt per line.") from None
+        raise DraftError(
+            f"--prompts '{args.prompts}' is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8, one prompt per line."
+        ) from None
     prompts = [line.strip() for line in lines if line.strip()]
     if len(prompts) != count:
         raise DraftError(
@@ -102,7 +121,9 @@ def build_reward(name: str, overrides: list[str], command: str = "draft score"):
     from draft_core.rewarding.contract import checked_reward
 
     try:  # behind the core's checks of the images and of the scores
-        return checked_reward(load_registry().build("reward", name, **kwargs), load_registry().get("reward", name).describe())
+        return checked_reward(
+            load_registry().build("reward", name, **kwargs), load_registry().get("reward", name).describe()
+        )
     except DraftError:
         raise
     except (TypeError, ValueError, KeyError) as exc:
@@ -127,7 +148,7 @@ def batches(paths: list[Path], size: int):
     """Consecutive runs of same-sized images, at most ``size`` long: (paths, [N, 3, H, W])."""
     import torch
 
-    run: list[tuple[Path, "torch.Tensor"]] = []
+    run: list[tuple[Path, torch.Tensor]] = []
     for path in paths:
         image = load_image(path)
         if run and (len(run) == size or run[0][1].shape != image.shape):
@@ -168,9 +189,13 @@ def cmd_score(args: argparse.Namespace) -> int:
             with torch.no_grad():
                 scores = reward(images.to(device), chunk_prompts)
         except ValueError as exc:  # the reward refused these images (size, shape): an input error
-            raise DraftError(f"reward '{args.reward}' cannot score {chunk[0]}{' ...' if len(chunk) > 1 else ''}: {exc}") from None
+            raise DraftError(
+                f"reward '{args.reward}' cannot score {chunk[0]}{' ...' if len(chunk) > 1 else ''}: {exc}"
+            ) from None
         if tuple(scores.shape) != (len(chunk),):
-            raise DraftError(f"reward '{args.reward}' returned shape {list(scores.shape)} for {len(chunk)} images; rewards return [B].")
+            raise DraftError(
+                f"reward '{args.reward}' returned shape {list(scores.shape)} for {len(chunk)} images; rewards return [B]."
+            )
         for path, prompt, score in zip(chunk, chunk_prompts, scores.float().cpu().tolist()):
             if not math.isfinite(score):
                 nonfinite.append(path)
@@ -184,7 +209,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         import sys
 
         shown = ", ".join(str(p) for p in nonfinite[:3]) + (" ..." if len(nonfinite) > 3 else "")
-        print(f"warning: {len(nonfinite)} of {len(paths)} scores are not finite (NaN or infinite): {shown}. "
-              f"Reward '{args.reward}' could not score those images; exit status 1.", file=sys.stderr)
+        print(
+            f"warning: {len(nonfinite)} of {len(paths)} scores are not finite (NaN or infinite): {shown}. "
+            f"Reward '{args.reward}' could not score those images; exit status 1.",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -42,7 +42,7 @@ def _check_resume(run_dir: Path, config) -> None:
         )
     if is_python_reward(config.reward):
         raise DraftError(
-            f"--resume {run_dir}: the run trained on a reward object given from Python ({config.reward['name'][len('python:'):]}), "
+            f"--resume {run_dir}: the run trained on a reward object given from Python ({config.reward['name'][len('python:') :]}), "
             f"which the command line cannot rebuild. Resume it from Python with the same object: "
             f"build_components(load_config('{RunDir(run_dir).config}'), reward=...) and Trainer(...).setup(resume=True) "
             f"(docs/python-api.md)."
@@ -54,8 +54,16 @@ def _defaults_block(config) -> str:
     above holds every other argument); empty when there are none."""
     from draft_core.training.components import default_arguments
 
-    lines = [f"#   {p.key}: {p.name}: " + ", ".join(f"{k}={v!r}" for k, v in d.items()) for p, d in default_arguments(config) if d]
-    return "".join(f"{line}\n" for line in ["# plugin arguments left at defaults that YAML cannot hold:", *lines]) if lines else ""
+    lines = [
+        f"#   {p.key}: {p.name}: " + ", ".join(f"{k}={v!r}" for k, v in d.items())
+        for p, d in default_arguments(config)
+        if d
+    ]
+    return (
+        "".join(f"{line}\n" for line in ["# plugin arguments left at defaults that YAML cannot hold:", *lines])
+        if lines
+        else ""
+    )
 
 
 def train_device_type(config) -> str:
@@ -71,10 +79,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from draft_core.config.inputs import check_new_run_dir
     from draft_core.lora.card import command_line, record_command
     from draft_core.rewarding.spec import reward_label
+    from draft_core.rundir import RunDir
     from draft_core.training.components import build_components, section_label
     from draft_core.training.preflight import check_ready
     from draft_core.training.runlock import RunFolderBusy, check_not_in_use, reuse_unstarted
-    from draft_core.rundir import RunDir
     from draft_core.training.runner import Trainer
 
     _check_set_arguments(args)
@@ -90,7 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = RunDir(args.resume)
         run_dir = run.path
         if not run.config.exists():
-            raise DraftError(f"--resume {run_dir}: no {run.config.name} there; give the folder of an earlier `draft train` run.")
+            raise DraftError(
+                f"--resume {run_dir}: no {run.config.name} there; give the folder of an earlier `draft train` run."
+            )
         config = load_config(run.config, args.set, notes=notes)
         _check_resume(run_dir, config)
         if int(os.environ.get("RANK", "0")) == 0:  # the main process holds the lock; the others would see it held
@@ -166,8 +176,11 @@ def _remove_if_nothing_done(trainer, run_dir: Path, existed: bool) -> None:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
-    print(f"[draft] the run failed before its first step, so {run_dir} was {'emptied' if existed else 'removed'}; "
-          f"the same command can run again", file=sys.stderr)
+    print(
+        f"[draft] the run failed before its first step, so {run_dir} was {'emptied' if existed else 'removed'}; "
+        f"the same command can run again",
+        file=sys.stderr,
+    )
 
 
 def add_parser(sub) -> None:
@@ -177,10 +190,16 @@ def add_parser(sub) -> None:
     tr.add_argument("config", nargs="?", help="a YAML config")
     tr.add_argument("--preset", help=f"a built-in config: {', '.join(preset_names())}")
     tr.add_argument("--model", help="the model to fine-tune (--set model.name=NAME); alone, with the default config")
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    tr.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
     tr.add_argument("--out", help="run folder (default runs/NAME-TIMESTAMP)")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     tr.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then exit")
-    tr.add_argument("--no-progress", action="store_true", help="no progress bar; a line every train.log_every steps instead")
-    tr.add_argument("--no-plan-check", action="store_true", help="train even if the plan predicts more than train.memory_budget")
+    tr.add_argument(
+        "--no-progress", action="store_true", help="no progress bar; a line every train.log_every steps instead"
+    )
+    tr.add_argument(
+        "--no-plan-check", action="store_true", help="train even if the plan predicts more than train.memory_budget"
+    )
     tr.set_defaults(func=cmd_train)

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Check = Callable[[str, Any], "str | None"]
 HELP, CHECK = "help", "check"
 
 
-def key(default: Any = dataclasses.MISSING, help: str = "", *, check: Check | None = None,
-        factory: Callable[[], Any] | None = None) -> Any:
+def key(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    check: Check | None = None,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
     """A config field with its help and optional check (``factory``: a default made fresh per config)."""
     metadata = {HELP: help, CHECK: check}
     if factory is not None:
@@ -34,21 +40,26 @@ def positive(k: str, v: Any) -> str | None:
 
 def above(limit: float, note: str = "", *, null: bool = False) -> Check:
     """> limit (null accepted when ``null``); ``note`` follows the bound in the message."""
+
     def check(k: str, v: Any) -> str | None:
         return None if (null and v is None) or v > limit else f"config key '{k}' must be > {limit}{note}, got {v}."
+
     return check
 
 
 def at_least(limit: float, note: str = "") -> Check:
     def check(k: str, v: Any) -> str | None:
         return None if v >= limit else f"config key '{k}' must be >= {limit}{note}, got {v}."
+
     return check
 
 
 def all_of(*checks: Check) -> Check:
     """Each check's problem (the first that finds one is reported)."""
+
     def check(k: str, v: Any) -> str | None:
         return next((p for c in checks if (p := c(k, v)) is not None), None)
+
     return check
 
 

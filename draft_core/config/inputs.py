@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from draft_core.errors import DraftError
 
@@ -16,7 +16,9 @@ def check_argv_text(argv: Sequence[str]) -> None:
             arg.encode("utf-8")
         except UnicodeEncodeError:
             shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            raise DraftError(f"the argument {shown!r} is not valid UTF-8 text; give names, paths and values as UTF-8.") from None
+            raise DraftError(
+                f"the argument {shown!r} is not valid UTF-8 text; give names, paths and values as UTF-8."
+            ) from None
 
 
 def check_new_run_dir(run_dir: Path) -> None:

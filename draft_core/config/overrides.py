@@ -53,7 +53,9 @@ def apply_overrides(raw: dict, overrides: list[str], renamed: dict[str, set[str]
         old = raw.get(parts[0])
         old_name = old.get("name") if isinstance(old, dict) else old
         if old_name != value:
-            carried = {k: v for k, v in old.items() if k != "name"} if isinstance(old, dict) and renamed is not None else {}
+            carried = (
+                {k: v for k, v in old.items() if k != "name"} if isinstance(old, dict) and renamed is not None else {}
+            )
             raw[parts[0]] = {"name": value, **carried}
             if carried:
                 given = {p[1] for p, _ in parsed if len(p) >= 2 and p[0] == parts[0]}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from draft_core.errors import ConfigError, did_you_mean
 
@@ -19,7 +19,9 @@ def read_prompt_file(path: Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"prompt file '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8, one prompt per line.") from None
+        raise ConfigError(
+            f"prompt file '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8, one prompt per line."
+        ) from None
     except OSError as exc:
         raise ConfigError(f"prompt file '{path}' cannot be read ({exc.strerror or exc}).") from None
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

@@ -28,11 +28,20 @@ def range_problems(c: Any) -> list[str]:
                 f"trained on (its scheduler's num_train_timesteps); give 1 to {limit} (the paper samples 50)."
             )
     eta = sampler.get("eta")  # DDIM's eta interpolates between deterministic (0) and DDPM's variance (1)
-    if sampler.get("name") == "ddim" and isinstance(eta, (int, float)) and not isinstance(eta, bool) and not 0 <= eta <= 1:
-        problems.append(f"config key 'sampler.eta' must be in [0, 1] (0: deterministic, 1: DDPM-like noise), got {eta}.")
+    if (
+        sampler.get("name") == "ddim"
+        and isinstance(eta, (int, float))
+        and not isinstance(eta, bool)
+        and not 0 <= eta <= 1
+    ):
+        problems.append(
+            f"config key 'sampler.eta' must be in [0, 1] (0: deterministic, 1: DDPM-like noise), got {eta}."
+        )
     guidance = sampler.get("guidance_scale")
     if isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and not 0 <= guidance < float("inf"):
-        problems.append(f"config key 'sampler.guidance_scale' must be a finite number >= 0 (1: no guidance; the paper uses 7.5), got {guidance}.")
+        problems.append(
+            f"config key 'sampler.guidance_scale' must be a finite number >= 0 (1: no guidance; the paper uses 7.5), got {guidance}."
+        )
     return problems
 
 

@@ -56,6 +56,14 @@ def markdown() -> str:
         tables[parent][1].append(f"| `{name}` | {_cell(kind)} | {shown} | {_cell(help)} |")
     for heading, (doc, rows) in tables.items():
         title = heading if heading == "plugin sections" else f"`{heading}`"
-        out += ["", f"## {title[0].upper() + title[1:]}", "", doc, "", "| key | type | default | meaning |",
-                "| --- | --- | --- | --- |", *rows]
+        out += [
+            "",
+            f"## {title[0].upper() + title[1:]}",
+            "",
+            doc,
+            "",
+            "| key | type | default | meaning |",
+            "| --- | --- | --- | --- |",
+            *rows,
+        ]
     return "\n".join(out) + "\n"

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from draft_core.config.schema import Config, ModelSection, parse_config
 from draft_core.errors import ConfigError, DraftError
@@ -31,8 +32,13 @@ GENERIC_SAMPLING: dict[str, Any] = {"name": "ddim", "steps": 50, "guidance_scale
 SAMPLING_KEYS = ("steps", "guidance_scale")
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), preset: str | None = None,
-                *, notes: list[str] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    preset: str | None = None,
+    *,
+    notes: list[str] | None = None,
+) -> Config:
     """Defaults <- preset or YAML file <- ``--set`` overrides, checked, then resolved (``resolve_config``).
 
     Renaming a plugin with ``--set`` (``sampler.name=ddpm``) keeps the old section's arguments the new
@@ -49,8 +55,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), p
     return config
 
 
-def resolve_config(config: Config, registry: Any = None, *, renamed: Mapping[str, set[str]] | None = None,
-                   notes: list[str] | None = None) -> Config:
+def resolve_config(
+    config: Config,
+    registry: Any = None,
+    *,
+    renamed: Mapping[str, set[str]] | None = None,
+    notes: list[str] | None = None,
+) -> Config:
     """Fill ``config`` in place (and return it): the sampler from the model, then every plugin argument
     left out. renamed: section -> the keys ``--set SECTION.name=...`` carried over from the old plugin
     (those the new one does not accept are dropped, each named in ``notes``)."""
@@ -91,13 +102,21 @@ def sampling_defaults(model: ModelSection | str, family: Any = None) -> dict[str
     if family is None:
         return dict(GENERIC_SAMPLING)
     declared = getattr(family, "sampling_defaults", None)  # a plugin family need not build on ModelFamily
-    found = dict(declared(section.name, section.revision)) if callable(declared) else \
-        {"name": getattr(family, "default_sampler", GENERIC_SAMPLING["name"])}
+    found = (
+        dict(declared(section.name, section.revision))
+        if callable(declared)
+        else {"name": getattr(family, "default_sampler", GENERIC_SAMPLING["name"])}
+    )
     return {**GENERIC_SAMPLING, **found, **EMBEDDED_SAMPLING.get(section.name, {})}
 
 
-def sampler_section(model: ModelSection | str, given: Mapping[str, Any] | None = None, registry: Any = None,
-                    inherit: Mapping[str, Any] | None = None, family: Any = None) -> dict[str, Any]:
+def sampler_section(
+    model: ModelSection | str,
+    given: Mapping[str, Any] | None = None,
+    registry: Any = None,
+    inherit: Mapping[str, Any] | None = None,
+    family: Any = None,
+) -> dict[str, Any]:
     """The resolved sampler section for sampling ``model``: the keys ``given``, then steps and guidance
     from ``inherit`` (the sampler section of the run that trained a LoRA), then the model's defaults,
     then the sampler factory's defaults. family: the model's family class (default: looked up from
@@ -122,8 +141,15 @@ def sampler_section(model: ModelSection | str, given: Mapping[str, Any] | None =
     return fill_defaults(factory, out, skip=("name",))
 
 
-def sampling_for(model: Any, *, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
-                 loras: Sequence[Any] = (), registry: Any = None) -> dict[str, Any]:
+def sampling_for(
+    model: Any,
+    *,
+    sampler: str | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    loras: Sequence[Any] = (),
+    registry: Any = None,
+) -> dict[str, Any]:
     """The sampler section ``draft sample``, ``draft eval`` and ``api.sample`` sample with: the values
     given, else (with LoRAs) the steps and guidance of the run that trained the first LoRA with a
     run config.yaml, else the model's defaults. model: a name or a loaded model (its family is its class)."""
@@ -201,8 +227,9 @@ def fill_defaults(factory: Callable[..., Any], given: Mapping[str, Any], skip: t
     return out
 
 
-def _drop_unaccepted(section: str, value: dict[str, Any], carried: set[str], registry: Any,
-                     notes: list[str] | None) -> dict[str, Any]:
+def _drop_unaccepted(
+    section: str, value: dict[str, Any], carried: set[str], registry: Any, notes: list[str] | None
+) -> dict[str, Any]:
     """After ``--set SECTION.name=NEW``: the carried-over keys NEW does not accept, dropped and named."""
     name = value.get("name")
     factory = _factory(registry, section, name)
@@ -210,15 +237,18 @@ def _drop_unaccepted(section: str, value: dict[str, Any], carried: set[str], reg
         return value  # an unknown name: check_plugins reports it
     accepted = accepted_arguments(factory)  # None: it takes any keyword
     reserved = {"weights", "args"} if section == "reward" else set()  # a weighted sum's keys, never one reward's
-    dropped = sorted(k for k in carried if k in value and (k in reserved or (accepted is not None and k not in accepted)))
+    dropped = sorted(
+        k for k in carried if k in value and (k in reserved or (accepted is not None and k not in accepted))
+    )
     if section == "estimator":  # an estimator wrapper (kl) wraps the new estimator as it did the old one
         dropped = [k for k in dropped if not is_wrapper(registry, k)]
     if dropped and notes is not None:
         kept = sorted(k for k in carried if k in value and k not in dropped)
         notes.append(
             f"--set {section}.name={name}: dropped {', '.join(f'{section}.{k}' for k in dropped)} of the previous "
-            f"{section}, which '{name}' does not accept" + (f"; kept {', '.join(kept)}" if kept else "")
-            + f" (see `draft plugins` for its arguments)."
+            f"{section}, which '{name}' does not accept"
+            + (f"; kept {', '.join(kept)}" if kept else "")
+            + " (see `draft plugins` for its arguments)."
         )
     return {k: v for k, v in value.items() if k not in dropped}
 
@@ -229,7 +259,9 @@ def is_wrapper(registry: Any, name: str) -> bool:
     return factory is not None and bool(getattr(factory, "wraps_estimator", False))
 
 
-def split_estimator(section: Mapping[str, Any], registry: Any) -> tuple[str, dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+def split_estimator(
+    section: Mapping[str, Any], registry: Any
+) -> tuple[str, dict[str, Any], list[tuple[str, dict[str, Any]]]]:
     """(estimator name, its arguments, [(wrapper name, the wrapper's arguments), ...]).
 
     A key the estimator does not accept that names a registered wrapper (``kl: 0.1``) is a wrapper:
@@ -254,7 +286,9 @@ def split_estimator(section: Mapping[str, Any], registry: Any) -> tuple[str, dic
         else:
             params = [p for p in (accepted_arguments(registry.get("estimator", key).factory) or []) if p != "inner"]
             if not params:
-                raise ConfigError(f"estimator.{key}: the wrapper '{key}' takes no value; give it a mapping of its arguments.")
+                raise ConfigError(
+                    f"estimator.{key}: the wrapper '{key}' takes no value; give it a mapping of its arguments."
+                )
             args = {params[0]: value}
         split.append((key, args))
     return name, kwargs, split

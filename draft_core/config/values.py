@@ -25,7 +25,9 @@ def type_name(tp: Any) -> str:
         return " or ".join(type_name(a) for a in typing.get_args(tp))
     if origin in (list, tuple):
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return f"a list of {type_name(args[0])}" if len(set(args)) == 1 else f"a list [{', '.join(map(type_name, args))}]"
+        return (
+            f"a list of {type_name(args[0])}" if len(set(args)) == 1 else f"a list [{', '.join(map(type_name, args))}]"
+        )
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))

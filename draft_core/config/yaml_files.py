@@ -46,7 +46,9 @@ def read_yaml(path: Path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' does not exist.") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 YAML.") from None
+        raise ConfigError(
+            f"config file '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 YAML."
+        ) from None
     except OSError as exc:
         raise ConfigError(f"config file '{path}' cannot be read ({exc.strerror or exc}).") from None
     except yaml.YAMLError as exc:

@@ -17,6 +17,16 @@ from draft_core.evaluation.evaluate import (
 )
 
 __all__ = [
-    "EvalResult", "PromptItem", "RowResult", "RowSpec", "evaluate", "item_seed", "load_prompt_set",
-    "sheet_prompts", "to_json", "to_markdown", "to_records", "write_outputs",
+    "EvalResult",
+    "PromptItem",
+    "RowResult",
+    "RowSpec",
+    "evaluate",
+    "item_seed",
+    "load_prompt_set",
+    "sheet_prompts",
+    "to_json",
+    "to_markdown",
+    "to_records",
+    "write_outputs",
 ]

@@ -26,8 +26,9 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -61,7 +62,7 @@ class NoiseSource:
         return self._cache[k]
 
     @classmethod
-    def per_item(cls, model, seeds: Sequence[int]) -> "NoiseSource":
+    def per_item(cls, model, seeds: Sequence[int]) -> NoiseSource:
         """Item i's candidates are the successive draws of a generator seeded with ``seeds[i]``, so an
         item's images do not depend on which other items share its batch."""
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -76,7 +77,7 @@ class NoiseSource:
         return cls(draw(0), draw)
 
     @classmethod
-    def from_generator(cls, first: torch.Tensor, model, generator: torch.Generator) -> "NoiseSource":
+    def from_generator(cls, first: torch.Tensor, model, generator: torch.Generator) -> NoiseSource:
         """Candidate 0 given; later candidates drawn from ``generator`` in order (``draft sample``)."""
         return cls(first, lambda k: model.make_noise(first.shape[0], generator))
 
@@ -101,7 +102,9 @@ class Method:
         cond = model.encode_prompts(list(prompts))
         return cond if self.condition is None else self.condition(cond)
 
-    def generate(self, model, sampler, prompts: Sequence[str], noise: NoiseSource, *, lora_steps=None, generator=None) -> Generated:
+    def generate(
+        self, model, sampler, prompts: Sequence[str], noise: NoiseSource, *, lora_steps=None, generator=None
+    ) -> Generated:
         cond = self.encode(model, prompts)
         return Generated(sample_images(model, sampler, cond, noise(0), lora_steps, generator))
 
@@ -170,8 +173,10 @@ class DOODL(Method):
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise ConfigError(f"doodl: lr must be a positive number, got {lr!r}.")
         if reward is not None and not is_differentiable(reward):
-            raise ConfigError(f"doodl backpropagates the reward into the initial noise, but {reward!r} has no gradient "
-                              "(it declares differentiable = False); use best-of-n with it, or a differentiable reward.")
+            raise ConfigError(
+                f"doodl backpropagates the reward into the initial noise, but {reward!r} has no gradient "
+                "(it declares differentiable = False); use best-of-n with it, or a differentiable reward."
+            )
         self.steps, self.lr, self.checkpoint = steps, float(lr), bool(checkpoint)
 
     @property
@@ -194,7 +199,9 @@ class DOODL(Method):
             if state is not None:
                 generator.set_state(state)
             kwargs = dict(grad_from=0, checkpoint=self.checkpoint) if grad else {}
-            x = sampler.sample(model, cond, x_T if grad else x_T.detach(), lora_steps=lora_steps, generator=generator, **kwargs)
+            x = sampler.sample(
+                model, cond, x_T if grad else x_T.detach(), lora_steps=lora_steps, generator=generator, **kwargs
+            )
             images = model.decode(x)
             return images, reward(images, prompts)
 
@@ -228,7 +235,9 @@ class PromptTemplate(Method):
     def __init__(self, reward=None, template: str = PAPER_TEMPLATE) -> None:
         super().__init__(reward)
         if not isinstance(template, str) or template.count("{}") != 1:
-            raise ConfigError(f"prompt-template: template must contain '{{}}' exactly once (where the prompt goes), got {template!r}.")
+            raise ConfigError(
+                f"prompt-template: template must contain '{{}}' exactly once (where the prompt goes), got {template!r}."
+            )
         self.template = template
 
     def generate(self, model, sampler, prompts, noise, *, lora_steps=None, generator=None) -> Generated:
@@ -238,7 +247,12 @@ class PromptTemplate(Method):
         return out
 
 
-METHODS: dict[str, type[Method]] = {"plain": Plain, "best-of-n": BestOfN, "doodl": DOODL, "prompt-template": PromptTemplate}
+METHODS: dict[str, type[Method]] = {
+    "plain": Plain,
+    "best-of-n": BestOfN,
+    "doodl": DOODL,
+    "prompt-template": PromptTemplate,
+}
 
 _PAIR_SPLIT = re.compile(r",(?=\s*[A-Za-z_][\w-]*=)")  # a comma starts a new pair only before "key="
 
@@ -261,7 +275,9 @@ def parse_spec(text: str, what: str) -> tuple[str, dict[str, Any]]:
         for pair in _PAIR_SPLIT.split(rest):
             key, eq, value = pair.partition("=")
             if not eq or not key.strip():
-                raise ConfigError(f"{what} '{text}': '{pair}' is not key=value. Write {what} NAME:key=value[,key=value...] (e.g. best-of-n:n=16).")
+                raise ConfigError(
+                    f"{what} '{text}': '{pair}' is not key=value. Write {what} NAME:key=value[,key=value...] (e.g. best-of-n:n=16)."
+                )
             kwargs[key.strip()] = _value(value)
     return name.strip(), kwargs
 
@@ -273,7 +289,9 @@ def build_method(text: str, reward=None) -> Method:
         raise ConfigError(f"unknown --method '{name}'. Methods: {', '.join(METHODS)}.{did_you_mean(name, METHODS)}")
     cls = METHODS[name]
     if cls.needs_reward and reward is None:
-        raise ConfigError(f"--method {name} needs a reward to select or optimise with: add --reward NAME[:key=value,...] (e.g. --reward digit-classifier:target=8).")
+        raise ConfigError(
+            f"--method {name} needs a reward to select or optimise with: add --reward NAME[:key=value,...] (e.g. --reward digit-classifier:target=8)."
+        )
     try:
         return cls(reward, **kwargs)
     except TypeError as exc:
@@ -287,7 +305,6 @@ def build_reward(text: str, registry=None):
     """A registered reward from ``NAME[:key=value,...]`` (e.g. ``digit-classifier:target=8``)."""
     from draft_core.errors import DraftError
     from draft_core.plugins import load_registry
-
     from draft_core.rewarding.contract import checked_reward
 
     name, kwargs = parse_spec(text, "--reward")

@@ -18,16 +18,17 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from draft_core.evaluation.baselines import Method, NoiseSource
-from draft_core.errors import ConfigError
-from draft_core.lora import LoraSpec, adapters_enabled
 from draft_core.config.prompts import BUILTIN, load_prompts, read_prompt_file
+from draft_core.errors import ConfigError
+from draft_core.evaluation.baselines import Method, NoiseSource
+from draft_core.lora import LoraSpec, adapters_enabled
 
 HPDV2_STYLES = ("anime", "concept-art", "paintings", "photo")
 
@@ -42,9 +43,13 @@ def _read_json_prompts(path: Path) -> list[str]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"prompt file '{path}' is not valid JSON ({exc}); HPDv2 benchmark files are a JSON array of strings.") from exc
+        raise ConfigError(
+            f"prompt file '{path}' is not valid JSON ({exc}); HPDv2 benchmark files are a JSON array of strings."
+        ) from exc
     if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
-        raise ConfigError(f"prompt file '{path}' must hold a JSON array of strings (the HPDv2 benchmark format), got {type(data).__name__}.")
+        raise ConfigError(
+            f"prompt file '{path}' must hold a JSON array of strings (the HPDv2 benchmark format), got {type(data).__name__}."
+        )
     return data
 
 
@@ -140,7 +145,11 @@ class EvalResult:
 
     def stats(self, row: RowResult, reward: str, category: str | None) -> tuple[float, float, int]:
         """(mean, standard error, n) of a row's scores for one reward, over one category or all."""
-        values = [s for (i, _), s in zip(self.samples(), row.scores[reward]) if category is None or self.items[i].category == category]
+        values = [
+            s
+            for (i, _), s in zip(self.samples(), row.scores[reward])
+            if category is None or self.items[i].category == category
+        ]
         t = torch.tensor(values, dtype=torch.float64)
         se = (t.std(unbiased=True) / math.sqrt(len(values))).item() if len(values) > 1 else float("nan")
         return t.mean().item(), se, len(values)
@@ -182,9 +191,19 @@ def to_records(result: EvalResult) -> list[dict[str, Any]]:
     for row in result.rows:
         for r, c in result.columns():
             mean, se, n = result.stats(row, r, c)
-            records.append({"configuration": row.label, "method": row.method, "loras": " ".join(row.loras), "reward": r,
-                            "category": c if c is not None else "all", "n": n, "mean": mean, "se": se,
-                            "seconds_per_image": row.seconds / (len(result.items) * result.n_per_prompt)})
+            records.append(
+                {
+                    "configuration": row.label,
+                    "method": row.method,
+                    "loras": " ".join(row.loras),
+                    "reward": r,
+                    "category": c if c is not None else "all",
+                    "n": n,
+                    "mean": mean,
+                    "se": se,
+                    "seconds_per_image": row.seconds / (len(result.items) * result.n_per_prompt),
+                }
+            )
     return records
 
 
@@ -197,8 +216,14 @@ def to_json(result: EvalResult) -> dict[str, Any]:
         "prompts": [{"category": it.category, "prompt": it.prompt} for it in result.items],
         "table": to_records(result),
         "rows": [
-            {"configuration": row.label, "method": row.method, "loras": row.loras, "seconds": row.seconds,
-             "scores": row.scores, **row.info}
+            {
+                "configuration": row.label,
+                "method": row.method,
+                "loras": row.loras,
+                "seconds": row.seconds,
+                "scores": row.scores,
+                **row.info,
+            }
             for row in result.rows
         ],
     }
@@ -220,11 +245,24 @@ def write_outputs(result: EvalResult, out: Path) -> dict[str, Path]:
     if result.sheet is not None:  # a row per configuration, a column per prompt (its first sample)
         prompts = [result.items[i].prompt for i in sheet_prompts(result.items, result.sheet_columns)]
         s = result.settings
-        params = generation_params(prompts, model=s.get("model", "?"), sampler=s.get("sampler_name", s.get("sampler", "?")),
-                                   steps=s.get("steps"), guidance=s.get("guidance"), seed=result.seed,
-                                   configurations=[row.label for row in result.rows])
-        paths["sheet"] = save_grid(result.sheet, out / "contact_sheet.png", nrow=result.sheet_columns, rows=[r.label for r in result.rows],
-                                   cols=prompts, title=f"draft eval, seed {result.seed}: the first sample of each prompt", params=params)
+        params = generation_params(
+            prompts,
+            model=s.get("model", "?"),
+            sampler=s.get("sampler_name", s.get("sampler", "?")),
+            steps=s.get("steps"),
+            guidance=s.get("guidance"),
+            seed=result.seed,
+            configurations=[row.label for row in result.rows],
+        )
+        paths["sheet"] = save_grid(
+            result.sheet,
+            out / "contact_sheet.png",
+            nrow=result.sheet_columns,
+            rows=[r.label for r in result.rows],
+            cols=prompts,
+            title=f"draft eval, seed {result.seed}: the first sample of each prompt",
+            params=params,
+        )
     return paths
 
 
@@ -266,7 +304,9 @@ def evaluate(
     only. Rewards are called without gradient.
     """
     if n_per_prompt < 1 or batch_size < 1:
-        raise ConfigError(f"--n-per-prompt and --batch-size must be positive integers, got {n_per_prompt} and {batch_size}.")
+        raise ConfigError(
+            f"--n-per-prompt and --batch-size must be positive integers, got {n_per_prompt} and {batch_size}."
+        )
     samples = [(i, j) for i in range(len(items)) for j in range(n_per_prompt)]
     sheet_idx = {(i, 0): k for k, i in enumerate(sheet_prompts(items, sheet_columns))}
     sheet: list[torch.Tensor] = []
@@ -303,8 +343,15 @@ def evaluate(
                 progress(f"{row.label}: {min(start + batch_size, len(samples))}/{len(samples)}")
         seconds = time.perf_counter() - t0
         sheet += [row_sheet[k] for k in sorted(row_sheet)]
-        results.append(RowResult(row.label, row.method.label, [f"{s.path}:{s.scale:g}" for s in row.loras], scores, seconds, info))
+        results.append(
+            RowResult(row.label, row.method.label, [f"{s.path}:{s.scale:g}" for s in row.loras], scores, seconds, info)
+        )
     return EvalResult(
-        list(items), n_per_prompt, seed, list(rewards), results,
-        sheet=torch.stack(sheet) if sheet else None, sheet_columns=len(sheet_idx),
+        list(items),
+        n_per_prompt,
+        seed,
+        list(rewards),
+        results,
+        sheet=torch.stack(sheet) if sheet else None,
+        sheet_columns=len(sheet_idx),
     )

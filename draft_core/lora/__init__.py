@@ -18,6 +18,17 @@ from draft_core.lora.adapters import (
 from draft_core.lora.loading import apply_loras
 
 __all__ = [
-    "ADAPTER", "DEFAULT_TARGETS", "TARGET_SETS", "WEIGHT_NAME", "LoraSpec", "adapters_enabled", "add_lora", "apply_loras",
-    "load_lora_state", "lora_config_dict", "lora_parameters", "lora_state", "save_lora",
+    "ADAPTER",
+    "DEFAULT_TARGETS",
+    "TARGET_SETS",
+    "WEIGHT_NAME",
+    "LoraSpec",
+    "adapters_enabled",
+    "add_lora",
+    "apply_loras",
+    "load_lora_state",
+    "lora_config_dict",
+    "lora_parameters",
+    "lora_state",
+    "save_lora",
 ]

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from peft import LoraConfig
@@ -87,7 +87,9 @@ def add_lora(
         targets = DEFAULT_TARGETS
     elif isinstance(targets, str):
         if targets not in TARGET_SETS:
-            raise DraftError(f"lora.targets {targets!r} is not a named set; use one of {list(TARGET_SETS)} or a list of module names.")
+            raise DraftError(
+                f"lora.targets {targets!r} is not a named set; use one of {list(TARGET_SETS)} or a list of module names."
+            )
         targets = TARGET_SETS[targets]
     config = LoraConfig(
         r=rank,
@@ -127,11 +129,17 @@ def save_lora(target, folder: str | Path, adapter: str = ADAPTER) -> Path:
 
     unet = denoiser_of(target)
     if unet is not target:
-        state = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
+        state = {
+            k: v.detach().float().cpu().contiguous()
+            for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()
+        }
         return target.save_lora_weights(folder, state, lora_config_dict(unet, adapter))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
+    state = {
+        k: v.detach().float().cpu().contiguous()
+        for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()
+    }
     StableDiffusionPipeline.save_lora_weights(
         folder,
         unet_lora_layers=state,
@@ -165,7 +173,9 @@ def load_lora_state(target, state: dict[str, torch.Tensor], adapter: str = ADAPT
     expected = set(get_peft_model_state_dict(unet, adapter_name=adapter))
     missing = sorted(expected - set(state))
     if missing:
-        raise DraftError(f"checkpoint LoRA lacks {len(missing)} of this model's LoRA tensors (e.g. {missing[0]}); was it written with another lora.rank or lora.targets?")
+        raise DraftError(
+            f"checkpoint LoRA lacks {len(missing)} of this model's LoRA tensors (e.g. {missing[0]}); was it written with another lora.rank or lora.targets?"
+        )
 
 
 def _number(text: str) -> float | None:
@@ -189,7 +199,7 @@ class LoraSpec:
         return self.path.parent if self.path.is_file() else self.path
 
     @classmethod
-    def parse(cls, text: str) -> "LoraSpec":
+    def parse(cls, text: str) -> LoraSpec:
         """``PATH[:SCALE]``; a run folder stands for its ``lora/`` subfolder, a checkpoint folder
         (``checkpoints/step-N``) for its ``lora.safetensors``."""
         path, scale = text, 1.0
@@ -198,12 +208,14 @@ class LoraSpec:
             # such path, a numeric tail is still read as the scale (the path is reported missing below).
             colons = [i for i, c in enumerate(text) if c == ":"]
             head = next((text[:i] for i in reversed(colons) if i and Path(text[:i]).exists()), None)
-            if head is None and colons and _number(text[colons[-1] + 1:]) is not None:
-                head = text[:colons[-1]]
+            if head is None and colons and _number(text[colons[-1] + 1 :]) is not None:
+                head = text[: colons[-1]]
             if head is not None:
-                tail = text[len(head) + 1:]
+                tail = text[len(head) + 1 :]
                 if _number(tail) is None:
-                    raise DraftError(f"--lora '{text}': bad scale '{tail}'; SCALE must be a finite number (e.g. {head}:0.75).")
+                    raise DraftError(
+                        f"--lora '{text}': bad scale '{tail}'; SCALE must be a finite number (e.g. {head}:0.75)."
+                    )
                 path, scale = head, _number(tail)
         p = Path(path)
         if p.is_dir() and not (p / WEIGHT_NAME).exists() and (p / "lora" / WEIGHT_NAME).exists():

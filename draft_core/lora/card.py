@@ -6,10 +6,11 @@ import json
 import math
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from draft_core.rundir import COMMANDS as COMMANDS_FILE, RunDir  # noqa: F401 (COMMANDS_FILE: also importable from here)
+from draft_core.rundir import COMMANDS as COMMANDS_FILE  # noqa: F401 (COMMANDS_FILE: also importable from here)
+from draft_core.rundir import RunDir
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
@@ -64,8 +65,9 @@ def _diffusers_usage(base: str, where: str) -> str | None:
     return family.lora_usage(base, where)
 
 
-def write_model_card(folder: str | Path, info: dict, location: str | Path | None = None, usage: str | None = None,
-                     sections: str = "") -> Path:
+def write_model_card(
+    folder: str | Path, info: dict, location: str | Path | None = None, usage: str | None = None, sections: str = ""
+) -> Path:
     """``folder/README.md``: a YAML header (diffusers' model-card fields) and a table of ``info``.
 
     info keys used: base_model, rewards, estimator, steps, final_reward, command, and any others

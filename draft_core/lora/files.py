@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -124,7 +124,9 @@ def mix_loras(specs: Sequence[LoraSpec]) -> tuple[dict[str, torch.Tensor], float
     """
     files = [(read_lora(s.path), float(s.scale)) for s in specs if s.scale != 0]
     if not files:
-        raise DraftError("lora mix needs at least one LoRA with a non-zero weight (e.g. runs/a/lora:0.5 runs/b/lora:0.75).")
+        raise DraftError(
+            "lora mix needs at least one LoRA with a non-zero weight (e.g. runs/a/lora:0.5 runs/b/lora:0.75)."
+        )
     scales = {m.scale for f, _ in files for m in f.modules.values()}
     common = scales.pop() if len(scales) == 1 else 1.0
     names = sorted(set().union(*(f.modules for f, _ in files)))
@@ -140,7 +142,9 @@ def mix_loras(specs: Sequence[LoraSpec]) -> tuple[dict[str, torch.Tensor], float
                 ups.append(torch.zeros(shape_ref.up.shape[0], rank, dtype=shape_ref.up.dtype))
                 continue
             if m.down.shape[1] != shape_ref.down.shape[1] or m.up.shape[0] != shape_ref.up.shape[0]:
-                raise DraftError(f"LoRA {f.path} has shape {list(m.up.shape)}x{list(m.down.shape)} at '{name}', unlike the others: were they trained on different base models?")
+                raise DraftError(
+                    f"LoRA {f.path} has shape {list(m.up.shape)}x{list(m.down.shape)} at '{name}', unlike the others: were they trained on different base models?"
+                )
             c = w * m.scale / common
             downs.append(m.down.float())
             ups.append(m.up.float() if c == 1.0 else m.up.float() * c)
@@ -148,7 +152,9 @@ def mix_loras(specs: Sequence[LoraSpec]) -> tuple[dict[str, torch.Tensor], float
         state[f"{name}.lora_B.weight"] = torch.cat(ups, dim=1).contiguous()
     ranks = {v.shape[0] for k, v in state.items() if k.endswith("lora_A.weight")}
     if len(ranks) != 1:
-        raise DraftError(f"the LoRAs to mix use different ranks in different modules ({sorted(ranks)}); rank_pattern LoRAs are not supported by lora mix.")
+        raise DraftError(
+            f"the LoRAs to mix use different ranks in different modules ({sorted(ranks)}); rank_pattern LoRAs are not supported by lora mix."
+        )
     return state, common, ranks.pop()
 
 
@@ -193,12 +199,16 @@ def save_mixed(specs: Sequence[LoraSpec], out: str | Path, family=None) -> Path:
     files = [read_lora(s.path) for s in specs if s.scale != 0]
     fam = lora_family(family, [s.folder for s in specs if s.scale != 0], list(layers))
     if fam._overrides("save_lora_weights") and not fam._overrides("save_lora_layers"):
-        raise DraftError(f"lora mix: the '{fam.family}' family writes its LoRA files with its own save_lora_weights, "
-                         f"which takes the denoiser's layers alone; lora mix writes through the classmethod "
-                         f"save_lora_layers(folder, layers, metadata), which the family does not override.")
+        raise DraftError(
+            f"lora mix: the '{fam.family}' family writes its LoRA files with its own save_lora_weights, "
+            f"which takes the denoiser's layers alone; lora mix writes through the classmethod "
+            f"save_lora_layers(folder, layers, metadata), which the family does not override."
+        )
     metadata: dict[str, dict | None] = {}
     for component, tensors in sorted(layers.items()):
-        base = next(f.configs.get(component, {}) for f in files if any(n.startswith(f"{component}.") for n in f.modules))
+        base = next(
+            f.configs.get(component, {}) for f in files if any(n.startswith(f"{component}.") for n in f.modules)
+        )
         metadata[component] = {
             **{k: v for k, v in base.items() if k not in ("rank_pattern", "alpha_pattern")},
             "r": rank,
@@ -231,7 +241,9 @@ def to_kohya(lora: LoraFile, family: type[ModelFamily] = ModelFamily) -> dict[st
         out[f"{key}.lora_down.weight"] = m.down.contiguous()
         out[f"{key}.lora_up.weight"] = m.up.contiguous()
         alpha = m.scale * m.rank
-        out[f"{key}.alpha"] = torch.tensor(round(alpha) if abs(alpha - round(alpha)) < 1e-9 else alpha, dtype=torch.float32)
+        out[f"{key}.alpha"] = torch.tensor(
+            round(alpha) if abs(alpha - round(alpha)) < 1e-9 else alpha, dtype=torch.float32
+        )
     return out
 
 

@@ -28,18 +28,28 @@ NETWORK_MODULE = "networks.lora_flux"  # kohya sd-scripts' FLUX LoRA module (ss_
 
 # diffusers module inside a block -> (BFL layer, position in its fused group or None)
 DOUBLE = {
-    "attn.to_q": ("img_attn_qkv", 0), "attn.to_k": ("img_attn_qkv", 1), "attn.to_v": ("img_attn_qkv", 2),
+    "attn.to_q": ("img_attn_qkv", 0),
+    "attn.to_k": ("img_attn_qkv", 1),
+    "attn.to_v": ("img_attn_qkv", 2),
     "attn.to_out.0": ("img_attn_proj", None),
-    "ff.net.0.proj": ("img_mlp_0", None), "ff.net.2": ("img_mlp_2", None),
+    "ff.net.0.proj": ("img_mlp_0", None),
+    "ff.net.2": ("img_mlp_2", None),
     "norm1.linear": ("img_mod_lin", None),
-    "attn.add_q_proj": ("txt_attn_qkv", 0), "attn.add_k_proj": ("txt_attn_qkv", 1), "attn.add_v_proj": ("txt_attn_qkv", 2),
+    "attn.add_q_proj": ("txt_attn_qkv", 0),
+    "attn.add_k_proj": ("txt_attn_qkv", 1),
+    "attn.add_v_proj": ("txt_attn_qkv", 2),
     "attn.to_add_out": ("txt_attn_proj", None),
-    "ff_context.net.0.proj": ("txt_mlp_0", None), "ff_context.net.2": ("txt_mlp_2", None),
+    "ff_context.net.0.proj": ("txt_mlp_0", None),
+    "ff_context.net.2": ("txt_mlp_2", None),
     "norm1_context.linear": ("txt_mod_lin", None),
 }
 SINGLE = {
-    "attn.to_q": ("linear1", 0), "attn.to_k": ("linear1", 1), "attn.to_v": ("linear1", 2), "proj_mlp": ("linear1", 3),
-    "proj_out": ("linear2", None), "norm.linear": ("modulation_lin", None),
+    "attn.to_q": ("linear1", 0),
+    "attn.to_k": ("linear1", 1),
+    "attn.to_v": ("linear1", 2),
+    "proj_mlp": ("linear1", 3),
+    "proj_out": ("linear2", None),
+    "norm.linear": ("modulation_lin", None),
 }
 GROUP_SIZE = {"img_attn_qkv": 3, "txt_attn_qkv": 3, "linear1": 4}
 MLP_RATIO = 4  # a single block's MLP width / its model width (FLUX.1's, which diffusers' reader assumes)
@@ -95,8 +105,10 @@ def _fuse(key: str, members: dict) -> tuple[torch.Tensor, torch.Tensor, float]:
     n = GROUP_SIZE[key.split("_", 5)[5]]  # lora_unet_{double,single}_blocks_{i}_{layer}
     ranks = {m.rank for m in members.values()}
     if len(ranks) != 1:
-        raise DraftError(f"cannot fuse {key}'s LoRAs for the kohya FLUX layout: its q, k, v parts have ranks {sorted(ranks)}; "
-                         f"kohya's fused layer needs one rank.")
+        raise DraftError(
+            f"cannot fuse {key}'s LoRAs for the kohya FLUX layout: its q, k, v parts have ranks {sorted(ranks)}; "
+            f"kohya's fused layer needs one rank."
+        )
     rank = ranks.pop()
     ref = next(iter(members.values()))
     scale, width, dtype = ref.scale, ref.down.shape[1], ref.down.dtype

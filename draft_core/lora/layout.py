@@ -25,16 +25,23 @@ from draft_core.lora.adapters import WEIGHT_NAME
 METADATA_KEY = "lora_adapter_metadata"
 
 
-def write_lora_layers(folder: str | Path, layers: dict[str, dict[str, torch.Tensor]],
-                      metadata: dict[str, dict[str, Any] | None]) -> Path:
+def write_lora_layers(
+    folder: str | Path, layers: dict[str, dict[str, torch.Tensor]], metadata: dict[str, dict[str, Any] | None]
+) -> Path:
     """Write ``folder/pytorch_lora_weights.safetensors``: ``layers`` (component -> peft state) with each
     key under its component's prefix, ``metadata`` (component -> peft config dict) in the header."""
     from safetensors.torch import save_file
 
-    state = {f"{component}.{key}": tensor.detach().contiguous()
-             for component, tensors in layers.items() for key, tensor in tensors.items()}
-    configs = {f"{component}.{key}": sorted(value) if isinstance(value, set) else value
-               for component, config in metadata.items() for key, value in (config or {}).items()}
+    state = {
+        f"{component}.{key}": tensor.detach().contiguous()
+        for component, tensors in layers.items()
+        for key, tensor in tensors.items()
+    }
+    configs = {
+        f"{component}.{key}": sorted(value) if isinstance(value, set) else value
+        for component, config in metadata.items()
+        for key, value in (config or {}).items()
+    }
     header = {"format": "pt"}
     if configs:
         header[METADATA_KEY] = json.dumps(configs, indent=2, sort_keys=True)
@@ -44,8 +51,9 @@ def write_lora_layers(folder: str | Path, layers: dict[str, dict[str, torch.Tens
     return folder / WEIGHT_NAME
 
 
-def read_lora_layers(source: str | Path | dict, weight_name: str = WEIGHT_NAME, **_: Any
-                     ) -> tuple[dict[str, torch.Tensor], None, dict[str, Any] | None]:
+def read_lora_layers(
+    source: str | Path | dict, weight_name: str = WEIGHT_NAME, **_: Any
+) -> tuple[dict[str, torch.Tensor], None, dict[str, Any] | None]:
     """(state with the components' prefixes, None for kohya alphas, the header's adapter metadata or
     None) of a file ``write_lora_layers`` (or a diffusers loader) wrote: a folder plus ``weight_name``,
     or a state dict already read. Other keyword arguments of diffusers' ``lora_state_dict`` are ignored."""
@@ -77,8 +85,9 @@ def family_components(family: Any) -> tuple[str, ...]:
     return tuple(p[: -len("_lora_layers")] for p in inspect.signature(loader).parameters if p.endswith("_lora_layers"))
 
 
-def save_family_layers(family: Any, folder: str | Path, layers: dict[str, dict[str, torch.Tensor]],
-                       metadata: dict[str, dict | None]) -> Path:
+def save_family_layers(
+    family: Any, folder: str | Path, layers: dict[str, dict[str, torch.Tensor]], metadata: dict[str, dict | None]
+) -> Path:
     """``ModelFamily.save_lora_layers``: the pipeline's writer, or ``write_lora_layers``."""
     holds = family.lora_components()
     unknown = sorted(set(layers) - set(holds))

@@ -15,9 +15,9 @@ from __future__ import annotations
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -27,7 +27,9 @@ from draft_core.lora.adapters import WEIGHT_NAME, LoraSpec
 CHECKPOINT_LORA = "lora.safetensors"  # a checkpoint's adapter tensors (peft keys, no component prefix)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # peft keys (lora_A/B) and the older diffusers attention-processor keys kohya files convert to.
-_FACTOR = re.compile(r"\.(lora_A|lora_B|lora\.down|lora\.up|lora_linear_layer\.down|lora_linear_layer\.up)(\.[^.]+)?\.weight$")
+_FACTOR = re.compile(
+    r"\.(lora_A|lora_B|lora\.down|lora\.up|lora_linear_layer\.down|lora_linear_layer\.up)(\.[^.]+)?\.weight$"
+)
 
 
 def base_model_of(folder: Path) -> str | None:
@@ -106,8 +108,11 @@ def read_lora_input(spec: LoraSpec, model=None) -> LoraInput:
             # A checkpoint's adapter: peft keys of the denoiser, alpha from the run's config.
             rank = next(v.shape[0] for k, v in raw.items() if ".lora_A." in k)
             modules = sorted({_FACTOR.split(k)[0] for k in raw})
-            metadata = {f"{prefix}.r": rank, f"{prefix}.lora_alpha": _lora_alpha_of_run(file.parent, rank),
-                        f"{prefix}.target_modules": modules}
+            metadata = {
+                f"{prefix}.r": rank,
+                f"{prefix}.lora_alpha": _lora_alpha_of_run(file.parent, rank),
+                f"{prefix}.target_modules": modules,
+            }
             return LoraInput({f"{prefix}.{k}": v for k, v in raw.items()}, None, metadata)
         source, kwargs = str(file.parent), {"weight_name": file.name}
     elif suffix in PICKLE_SUFFIXES:
@@ -119,9 +124,18 @@ def read_lora_input(spec: LoraSpec, model=None) -> LoraInput:
         )
     try:
         state, alphas, metadata = family.lora_state_dict(source, **kwargs)  # the family's hook
-    except (ValueError, KeyError, IndexError, TypeError, RuntimeError, AttributeError) as exc:  # diffusers' converters on odd keys
-        raise LoraFileError(f"{shown}: could not convert '{file}' to the family's LoRA layout ({type(exc).__name__}: "
-                            f"{' '.join(str(exc).split())[:200]}); give a diffusers, peft or kohya LoRA file.") from None
+    except (
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        RuntimeError,
+        AttributeError,
+    ) as exc:  # diffusers' converters on odd keys
+        raise LoraFileError(
+            f"{shown}: could not convert '{file}' to the family's LoRA layout ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); give a diffusers, peft or kohya LoRA file."
+        ) from None
     return LoraInput(state, alphas, metadata)
 
 
@@ -135,7 +149,9 @@ def _described(keys: Sequence[str]) -> str:
     return f"{len(keys)} tensors such as {shown}"
 
 
-def check_fits(unet: torch.nn.Module, lora: LoraInput, spec: LoraSpec, model_name: str | None, prefix: str = "unet") -> None:
+def check_fits(
+    unet: torch.nn.Module, lora: LoraInput, spec: LoraSpec, model_name: str | None, prefix: str = "unet"
+) -> None:
     """DraftError unless every denoiser module the LoRA names exists in ``unet`` with matching sizes."""
     from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
 
@@ -151,18 +167,33 @@ def check_fits(unet: torch.nn.Module, lora: LoraInput, spec: LoraSpec, model_nam
     if not unet_keys:
         if any(_FACTOR.search(k) for k in keys):
             parts = sorted({k.split(".", 1)[0] for k in keys})
-            raise DraftError(f"{shown} holds LoRA tensors for {', '.join(parts)} only, none for the UNet, which is all draft applies.")
-        hint = (" It looks like a model's full weights (such as a fused pipeline's unet/diffusion_pytorch_model.safetensors), "
-                "not a LoRA: to sample a fused model, give its folder as --model.") if not any("lora" in k for k in keys) else ""
-        raise DraftError(f"{shown} applies to no module of the UNet: it holds {_described(keys)}, none of them LoRA factors of a UNet layer.{hint}")
+            raise DraftError(
+                f"{shown} holds LoRA tensors for {', '.join(parts)} only, none for the UNet, which is all draft applies."
+            )
+        hint = (
+            (
+                " It looks like a model's full weights (such as a fused pipeline's unet/diffusion_pytorch_model.safetensors), "
+                "not a LoRA: to sample a fused model, give its folder as --model."
+            )
+            if not any("lora" in k for k in keys)
+            else ""
+        )
+        raise DraftError(
+            f"{shown} applies to no module of the UNet: it holds {_described(keys)}, none of them LoRA factors of a UNet layer.{hint}"
+        )
     if len(unet_keys) < len(keys):
-        print(f"warning: {shown}: ignoring its {len(keys) - len(unet_keys)} text-encoder tensors; draft applies UNet LoRAs only.", file=sys.stderr)
-    peft = {k[len(prefix) + 1:]: v for k, v in lora.state.items() if k.startswith(f"{prefix}.")}
+        print(
+            f"warning: {shown}: ignoring its {len(keys) - len(unet_keys)} text-encoder tensors; draft applies UNet LoRAs only.",
+            file=sys.stderr,
+        )
+    peft = {k[len(prefix) + 1 :]: v for k, v in lora.state.items() if k.startswith(f"{prefix}.")}
     if not any(".lora_A." in k for k in peft):
         peft = convert_unet_state_dict_to_peft(peft)
     factors = {key: m for key in peft if (m := re.fullmatch(r"(.+)\.lora_([AB])\.weight", key))}
     if not factors:
-        raise DraftError(f"{shown} applies to no module of the UNet: it holds {_described(keys)}, none of them LoRA factors of a UNet layer.")
+        raise DraftError(
+            f"{shown} applies to no module of the UNet: it holds {_described(keys)}, none of them LoRA factors of a UNet layer."
+        )
     modules = dict(unet.named_modules())
     problems, missing = [], []
     for key, m in factors.items():
@@ -171,8 +202,11 @@ def check_fits(unet: torch.nn.Module, lora: LoraInput, spec: LoraSpec, model_nam
         if module is None:
             missing.append(m[1])
             continue
-        size = getattr(module, "in_features", getattr(module, "in_channels", None)) if m[2] == "A" else \
-            getattr(module, "out_features", getattr(module, "out_channels", None))
+        size = (
+            getattr(module, "in_features", getattr(module, "in_channels", None))
+            if m[2] == "A"
+            else getattr(module, "out_features", getattr(module, "out_channels", None))
+        )
         dim = 1 if m[2] == "A" else 0
         if size is not None and tensor.ndim > dim and tensor.shape[dim] != size:
             side = "inputs" if m[2] == "A" else "outputs"
@@ -181,11 +215,21 @@ def check_fits(unet: torch.nn.Module, lora: LoraInput, spec: LoraSpec, model_nam
         return
     base = base_model_of(spec.folder)
     given = f"the model '{model_name}'" if model_name else "this model"
-    trained = f"was trained on '{base}' (its model card or run config says so)" if base else "was trained on another model (its base model is not recorded)"
+    trained = (
+        f"was trained on '{base}' (its model card or run config says so)"
+        if base
+        else "was trained on another model (its base model is not recorded)"
+    )
     detail = problems[0][1] if problems else f"'{missing[0]}' is not a layer of this model"
     count = len({name for name, _ in problems} | set(missing))
-    fix = f" Sample with --model {base}, or give a LoRA trained on {model_name or 'this model'}." if base and base != model_name else ""
-    raise DraftError(f"{shown} {trained} and does not fit {given}: {count} of its layers do not match (e.g. {detail}).{fix}")
+    fix = (
+        f" Sample with --model {base}, or give a LoRA trained on {model_name or 'this model'}."
+        if base and base != model_name
+        else ""
+    )
+    raise DraftError(
+        f"{shown} {trained} and does not fit {given}: {count} of its layers do not match (e.g. {detail}).{fix}"
+    )
 
 
 def apply_loras(target, specs: Sequence[LoraSpec], model_name: str | None = None) -> list[str]:
@@ -199,21 +243,26 @@ def apply_loras(target, specs: Sequence[LoraSpec], model_name: str | None = None
 
     unet = denoiser_of(target)
     model = target if unet is not target else None
-    unet = with_peft(unet)  # a diffusers model without PeftAdapterMixin (PixArt's) loads adapters as add_lora trains them
     prefix = lora_prefix(model)
+    loras = [read_lora_input(spec, model) for spec in specs]  # every file checked before the model is touched
+    # a diffusers model without PeftAdapterMixin (PixArt's) loads adapters as add_lora trains them
+    unet = with_peft(unet)
     names = []
-    for i, spec in enumerate(specs):
+    for i, (spec, lora) in enumerate(zip(specs, loras)):
         name = f"lora{i}"
-        lora = read_lora_input(spec, model)
         check_fits(unet, lora, spec, model_name, prefix)
         with warnings.catch_warnings():
             # peft warns on every adapter after the first; several adapters are the point here.
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
             try:
-                unet.load_lora_adapter(lora.state, prefix=prefix, network_alphas=lora.alphas, adapter_name=name, metadata=lora.metadata)
+                unet.load_lora_adapter(
+                    lora.state, prefix=prefix, network_alphas=lora.alphas, adapter_name=name, metadata=lora.metadata
+                )
             except (ValueError, TypeError, KeyError, RuntimeError) as exc:  # peft's LoraConfig on a file's odd metadata
-                raise LoraFileError(f"--lora '{spec.path}': peft could not build an adapter from it ({type(exc).__name__}: "
-                                    f"{' '.join(str(exc).split())[:200]}); check its lora_adapter_metadata.") from None
+                raise LoraFileError(
+                    f"--lora '{spec.path}': peft could not build an adapter from it ({type(exc).__name__}: "
+                    f"{' '.join(str(exc).split())[:200]}); check its lora_adapter_metadata."
+                ) from None
         names.append(name)
     if names:
         unet.set_adapters(names, weights=[s.scale for s in specs])

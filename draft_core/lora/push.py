@@ -43,7 +43,9 @@ def check_repo_id(repo_id: str) -> str:
         except HFValidationError as exc:
             problem = str(exc).split("\n")[0]
     if problem:
-        raise DraftError(f"--repo '{repo_id}' is not a Hub repository id: {problem}. Use letters, digits, '-', '_' and '.', e.g. --repo alice/digits-bold.")
+        raise DraftError(
+            f"--repo '{repo_id}' is not a Hub repository id: {problem}. Use letters, digits, '-', '_' and '.', e.g. --repo alice/digits-bold."
+        )
     return repo_id
 
 
@@ -89,15 +91,30 @@ def stage(run_dir: str | Path, repo_id: str) -> Path:
         images.append(("reward during training", f"images/{REWARD_CURVE}"))
     grids = sorted(run.samples.glob("step-*.png"))
     if len(grids) > 1:  # the first grid beside the last (the run's own before_after.png is the same picture)
-        save_before_after(grids[0], grids[-1], out / "images" / "before_after.png",
-                          (f"before: {grids[0].stem.replace('-', ' ')}", f"after: {grids[-1].stem.replace('-', ' ')}"))
-        images.append((f"before (left, {grids[0].stem}) and after (right, {grids[-1].stem}): fixed prompts and seeds", "images/before_after.png"))
+        save_before_after(
+            grids[0],
+            grids[-1],
+            out / "images" / "before_after.png",
+            (f"before: {grids[0].stem.replace('-', ' ')}", f"after: {grids[-1].stem.replace('-', ' ')}"),
+        )
+        images.append(
+            (
+                f"before (left, {grids[0].stem}) and after (right, {grids[-1].stem}): fixed prompts and seeds",
+                "images/before_after.png",
+            )
+        )
     shutil.copy2(run.config, out / CONFIG)
     write_report([run_dir], out / REPORT)
     info = run_card_info(run_dir, command=training_command(lora))
     sections = "\n\n".join(f"![{alt}]({path})\n\n*{alt}*" for alt, path in images)
-    card = write_model_card(out, info, usage=hub_usage(info.get("base_model"), repo_id, kohya),
-                            sections="## Training\n\n" + sections + "\n\nThe full run report: `report.html` (download and open it in a browser).")
+    card = write_model_card(
+        out,
+        info,
+        usage=hub_usage(info.get("base_model"), repo_id, kohya),
+        sections="## Training\n\n"
+        + sections
+        + "\n\nThe full run report: `report.html` (download and open it in a browser).",
+    )
     _hub_header(card, info.get("base_model"))
     for change in redact_staged(out, run_dir):  # no absolute path of this machine goes up
         print(f"[draft] push: {change}", file=sys.stderr)
@@ -117,8 +134,10 @@ def hub_usage(base: str | None, repo_id: str, kohya: str) -> str:
     name = repo_id.split("/")[1]
     fetch = f"hf download {repo_id} --local-dir {name}"
     if base in EMBEDDED:
-        return (f"```bash\n{fetch}\ndraft sample --model {base} --lora {name}:1.0 --prompt ... --out samples/\n```\n\n"
-                f"`{kohya}` holds the same LoRA in the kohya layout.")
+        return (
+            f"```bash\n{fetch}\ndraft sample --model {base} --lora {name}:1.0 --prompt ... --out samples/\n```\n\n"
+            f"`{kohya}` holds the same LoRA in the kohya layout."
+        )
     return (
         "```python\nfrom diffusers import StableDiffusionPipeline\n"
         f"pipe = StableDiffusionPipeline.from_pretrained({base!r})\n"
@@ -193,10 +212,16 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False) -> tuple[str,
     api = HfApi()
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(repo_id=repo_id, folder_path=staged, repo_type="model",
-                          commit_message=f"draft: LoRA from run {run_dir.name}")
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=staged,
+            repo_type="model",
+            commit_message=f"draft: LoRA from run {run_dir.name}",
+        )
     except Exception as exc:  # HTTP, auth and network errors of the Hub client, in one paragraph
-        raise DraftError(f"uploading to {endpoint}/{repo_id} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the staged files are in {staged}.") from exc
+        raise DraftError(
+            f"uploading to {endpoint}/{repo_id} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the staged files are in {staged}."
+        ) from exc
     return str(url), staged
 
 

@@ -128,7 +128,9 @@ def redact_staged(folder: Path, run_dir: Path) -> list[str]:
         else:
             continue
         if n:
-            changes.append(f"{path.relative_to(folder).as_posix()}: {n} local path(s) made relative to the run folder or redacted")
+            changes.append(
+                f"{path.relative_to(folder).as_posix()}: {n} local path(s) made relative to the run folder or redacted"
+            )
     leaks = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and _leaks(p, run_dir)]
     if leaks:
         raise DraftError(

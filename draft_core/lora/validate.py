@@ -85,7 +85,9 @@ def _read(file: Path, shown: str) -> tuple[dict[str, torch.Tensor], dict[str, st
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # SafetensorError, OSError, an unknown dtype, a header that is not JSON: all "unreadable"
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise _fail(shown, [f"it cannot be read as a safetensors file (truncated, or not safetensors at all: {detail})"]) from None
+        raise _fail(
+            shown, [f"it cannot be read as a safetensors file (truncated, or not safetensors at all: {detail})"]
+        ) from None
     return tensors, metadata
 
 
@@ -98,10 +100,16 @@ def _read_pickle(file: Path, shown: str) -> dict[str, torch.Tensor]:
         raise
     except Exception as exc:  # a damaged zip, a truncated pickle, a foreign format: one paragraph whatever torch raises
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise _fail(shown, [f"torch.load(weights_only=True) could not read it ({type(exc).__name__}: {detail})"]) from None
+        raise _fail(
+            shown, [f"torch.load(weights_only=True) could not read it ({type(exc).__name__}: {detail})"]
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]  # some trainers wrap the tensors
-    if not isinstance(data, dict) or not data or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
+    if (
+        not isinstance(data, dict)
+        or not data
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items())
+    ):
         raise _fail(shown, [f"it holds a {type(data).__name__}, not a state dict of named tensors"])
     return data
 
@@ -114,11 +122,19 @@ def check_lora_state(tensors: dict[str, torch.Tensor], shown: str, metadata: dic
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         if key.endswith(".alpha"):
-            if t.numel() != 1 or t.is_complex() or t.dtype == torch.bool or not math.isfinite(float(t.reshape(()))) or float(t.reshape(())) <= 0:
+            if (
+                t.numel() != 1
+                or t.is_complex()
+                or t.dtype == torch.bool
+                or not math.isfinite(float(t.reshape(())))
+                or float(t.reshape(())) <= 0
+            ):
                 problems.append(f"'{key}' must be one real number > 0 (kohya's alpha), got {_describe(t)}")
             continue
         if not t.is_floating_point():
-            problems.append(f"'{key}' holds {str(t.dtype).replace('torch.', '')} values; LoRA weights are floating point")
+            problems.append(
+                f"'{key}' holds {str(t.dtype).replace('torch.', '')} values; LoRA weights are floating point"
+            )
             continue
         if not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
@@ -126,7 +142,11 @@ def check_lora_state(tensors: dict[str, torch.Tensor], shown: str, metadata: dic
             continue
         m = _FACTOR.fullmatch(key)
         if m is not None:
-            side = "down" if (m["peft"] == "lora_A" or m["kohya"] == "lora_down" or (m["old"] or "").endswith("down")) else "up"
+            side = (
+                "down"
+                if (m["peft"] == "lora_A" or m["kohya"] == "lora_down" or (m["old"] or "").endswith("down"))
+                else "up"
+            )
             pairs.setdefault(m["module"], {})[side] = t
     ranks: dict[str, int] = {}
     for module, pair in sorted(pairs.items()):
@@ -136,11 +156,15 @@ def check_lora_state(tensors: dict[str, torch.Tensor], shown: str, metadata: dic
             continue
         down, up = pair["down"], pair["up"]
         if down.ndim not in (2, 4) or up.ndim not in (2, 4) or down.ndim != up.ndim:
-            problems.append(f"module '{module}' has factors of shapes {list(down.shape)} (down) and {list(up.shape)} (up); "
-                            f"LoRA factors are 2-D ([rank, in] and [out, rank]; 4-D for convolutions)")
+            problems.append(
+                f"module '{module}' has factors of shapes {list(down.shape)} (down) and {list(up.shape)} (up); "
+                f"LoRA factors are 2-D ([rank, in] and [out, rank]; 4-D for convolutions)"
+            )
         elif down.shape[0] != up.shape[1] or down.shape[0] < 1 or (up.ndim == 4 and tuple(up.shape[2:]) != (1, 1)):
-            problems.append(f"module '{module}' has factors of shapes {list(down.shape)} (down) and {list(up.shape)} (up), "
-                            f"whose ranks ({down.shape[0]} and {up.shape[1]}) do not match")
+            problems.append(
+                f"module '{module}' has factors of shapes {list(down.shape)} (down) and {list(up.shape)} (up), "
+                f"whose ranks ({down.shape[0]} and {up.shape[1]}) do not match"
+            )
         else:
             ranks[module] = down.shape[0]
     if not problems and metadata and METADATA_KEY in metadata:
@@ -195,7 +219,11 @@ def _metadata_problems(text: str, ranks: dict[str, int]) -> list[str]:
             if not isinstance(patterns, dict) or not all(_positive(v) for v in patterns.values()):
                 problems.append(f"{where % field} is {patterns!r}; it must map module names to numbers > 0")
         targets = config.get("target_modules")
-        if targets is not None and not isinstance(targets, str) and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        if (
+            targets is not None
+            and not isinstance(targets, str)
+            and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
+        ):
             problems.append(f"{where % 'target_modules'} is {targets!r}; it must be a module name or a list of them")
         if "use_rslora" in config and not isinstance(config["use_rslora"], bool):
             problems.append(f"{where % 'use_rslora'} is {config['use_rslora']!r}; it must be true or false")
@@ -207,7 +235,9 @@ def _metadata_problems(text: str, ranks: dict[str, int]) -> list[str]:
                 continue
             said = _pattern(config.get("rank_pattern") or {}, name, config["r"])
             if said != rank:
-                problems.append(f"its metadata says rank {said!r} for '{module}', but the tensors there have rank {rank}")
+                problems.append(
+                    f"its metadata says rank {said!r} for '{module}', but the tensors there have rank {rank}"
+                )
     return problems
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -55,10 +56,12 @@ class Conditioning:
     def batch_size(self) -> int:
         return int(self.cond.shape[0])
 
-    def _map(self, per_batch: Callable[[torch.Tensor], torch.Tensor], shared: Callable[[torch.Tensor], torch.Tensor]
-             ) -> dict[str, Any]:
+    def _map(
+        self, per_batch: Callable[[torch.Tensor], torch.Tensor], shared: Callable[[torch.Tensor], torch.Tensor]
+    ) -> dict[str, Any]:
         """The fields with ``per_batch`` applied to [B, ...] tensors and ``shared`` to the [1, ...] empty-prompt
         ones (``extra`` too); other values (prompts, a subclass's non-tensor fields) as they are."""
+
         def one(name: str, value: torch.Tensor) -> torch.Tensor:
             if _shared(name) and value.shape[0] == 1 and self.cond.shape[0] != 1:
                 return shared(value)
@@ -73,22 +76,22 @@ class Conditioning:
                 out[f.name] = one(f.name, value) if isinstance(value, torch.Tensor) else value
         return out
 
-    def repeat(self, n: int) -> "Conditioning":
+    def repeat(self, n: int) -> Conditioning:
         """The same conditioning for a batch repeated n times ([n*B, ...], copies contiguous)."""
         out = self._map(lambda v: v.repeat(n, *([1] * (v.dim() - 1))), lambda v: v)
         out["prompts"] = list(self.prompts) * n
         return dataclasses.replace(self, **out)
 
-    def select(self, index: torch.Tensor) -> "Conditioning":
+    def select(self, index: torch.Tensor) -> Conditioning:
         """The rows ``index`` [b] of the batch (the empty prompt's shared rows stay shared)."""
         out = self._map(lambda v: v[index.to(v.device)], lambda v: v)
         out["prompts"] = [self.prompts[i] for i in index.tolist()] if self.prompts else []
         return dataclasses.replace(self, **out)
 
-    def detach(self) -> "Conditioning":
+    def detach(self) -> Conditioning:
         return dataclasses.replace(self, **self._map(lambda v: v.detach(), lambda v: v.detach()))
 
-    def to(self, device: torch.device | str) -> "Conditioning":
+    def to(self, device: torch.device | str) -> Conditioning:
         return dataclasses.replace(self, **self._map(lambda v: v.to(device), lambda v: v.to(device)))
 
     def guidance_pairs(self) -> dict[str, torch.Tensor]:
@@ -111,13 +114,21 @@ class Conditioning:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], prompts: list[str] | None = None) -> "Conditioning":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prompts: list[str] | None = None) -> Conditioning:
         """Inverse of ``tensors`` (prompts default to empty strings)."""
         unknown = set(tensors) - set(conditioning_keys(tensors))
         if unknown:
-            raise KeyError(f"unknown conditioning tensors {sorted(unknown)}; expected some of {TENSOR_FIELDS} "
-                           f"or {EXTRA_PREFIX}<name>")
+            raise KeyError(
+                f"unknown conditioning tensors {sorted(unknown)}; expected some of {TENSOR_FIELDS} "
+                f"or {EXTRA_PREFIX}<name>"
+            )
         cond = tensors["cond"]
-        extra = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
-        return cls(cond=cond, uncond=tensors.get("uncond"), prompts=list(prompts) if prompts else [""] * cond.shape[0],
-                   pooled=tensors.get("pooled"), uncond_pooled=tensors.get("uncond_pooled"), extra=extra)
+        extra = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
+        return cls(
+            cond=cond,
+            uncond=tensors.get("uncond"),
+            prompts=list(prompts) if prompts else [""] * cond.shape[0],
+            pooled=tensors.get("pooled"),
+            uncond_pooled=tensors.get("uncond_pooled"),
+            extra=extra,
+        )

@@ -10,15 +10,15 @@ the LoRA on ``denoiser``. A family is registered by name through the ``register_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from draft_core.models.conditioning import Conditioning
-from draft_core.models.tensors import (  # noqa: F401 (importable from here, as the families do)
-    first_tensor, guided, parameter_dtype, token_ids, upcast, uses_cfg)
+from draft_core.models.tensors import first_tensor, guided, parameter_dtype, token_ids, upcast, uses_cfg  # noqa: F401 (importable from here, as the families do)
 
 
 class ModelFamily:
@@ -53,7 +53,11 @@ class ModelFamily:
     default_lora_targets: ClassVar[str] = ""
     #: kohya key prefix per LoRA component (``lora_unet_<module path with underscores>``), for
     #: ``draft lora export``; a family whose kohya names are not its module paths overrides ``kohya_name``.
-    kohya_prefixes: ClassVar[dict[str, str]] = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
+    kohya_prefixes: ClassVar[dict[str, str]] = {
+        "unet": "lora_unet",
+        "text_encoder": "lora_te",
+        "text_encoder_2": "lora_te2",
+    }
 
     def __init__(self, components: dict[str, Any], scheduler_config: dict, name: str = "") -> None:
         for key, value in components.items():
@@ -90,7 +94,9 @@ class ModelFamily:
         return [m for m in (getattr(self, k, None) for k in keys) if isinstance(m, torch.nn.Module)]
 
     def named_modules(self) -> dict[str, torch.nn.Module]:
-        return {k: getattr(self, k) for k in self._component_keys if isinstance(getattr(self, k, None), torch.nn.Module)}
+        return {
+            k: getattr(self, k) for k in self._component_keys if isinstance(getattr(self, k, None), torch.nn.Module)
+        }
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -112,7 +118,7 @@ class ModelFamily:
 
     @property
     def prediction_type(self) -> str:
-        """"epsilon", "v_prediction" or "flow" (the velocity ε − x0 of rectified flow)."""
+        """ "epsilon", "v_prediction" or "flow" (the velocity ε − x0 of rectified flow)."""
         return self.scheduler_config.get("prediction_type") or "epsilon"
 
     @property
@@ -155,8 +161,9 @@ class ModelFamily:
         pos = getattr(self.denoiser.config, "pos_embed_max_size", None)  # SD3: a positional table of this many patches
         if pos:
             limit = min(limit, pos * self._latent_multiple() * self.vae_scale_factor)
-        ok = len(hw) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and step <= v <= limit and v % step == 0
-                                  for v in hw)
+        ok = len(hw) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and step <= v <= limit and v % step == 0 for v in hw
+        )
         if not ok:
             raise ConfigError(
                 f"model.resolution is {resolution!r}; the '{self.family or 'sd'}' family {self.name or ''} generates "
@@ -238,7 +245,9 @@ class ModelFamily:
         import draft_core.memory as memory
 
         vae = getattr(self, "vae", None)
-        matters = vae is not None and (self.checkpoint_decode is True or memory.pixels_matter(self.image_size, sample.shape[0]))
+        matters = vae is not None and (
+            self.checkpoint_decode is True or memory.pixels_matter(self.image_size, sample.shape[0])
+        )
         if memory.wants(self.checkpoint_decode, matters) and memory.grad_flows(sample):
             decoder = getattr(vae, "decoder", None)
             if hasattr(decoder, "gradient_checkpointing"):  # diffusers' Decoder: block by block, one image at a time
@@ -271,13 +280,16 @@ class ModelFamily:
         """Write a diffusers folder its family's pipeline class loads."""
         raise NotImplementedError
 
-    def save_lora_weights(self, folder: str | Path, state: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+    def save_lora_weights(
+        self, folder: str | Path, state: dict[str, torch.Tensor], metadata: dict | None = None
+    ) -> Path:
         """Write the denoiser's LoRA (peft keys without prefix, its peft config as ``metadata``): ``save_lora_layers``."""
         return type(self).save_lora_layers(folder, {self.denoiser_name: state}, {self.denoiser_name: metadata})
 
     @classmethod
-    def save_lora_layers(cls, folder: str | Path, layers: dict[str, dict[str, torch.Tensor]],
-                         metadata: dict[str, dict | None]) -> Path:
+    def save_lora_layers(
+        cls, folder: str | Path, layers: dict[str, dict[str, torch.Tensor]], metadata: dict[str, dict | None]
+    ) -> Path:
         """Write ``folder/pytorch_lora_weights.safetensors`` from ``layers`` (component -> peft keys without
         prefix; ``metadata``: component -> peft config) as ``lora_pipeline``'s ``save_lora_weights`` writes it, or in
         diffusers' layout where that class has no LoRA loader. Training and ``draft lora mix`` both write through it."""
@@ -304,7 +316,9 @@ class ModelFamily:
                 f"cannot export LoRA module '{component}.{module}' to kohya: unknown component '{component}' of the "
                 f"'{cls.family or 'sd'}' family (known: {sorted(cls.kohya_prefixes)})."
             )
-        if component.startswith("text_encoder") and module.startswith(("encoder.layers.", "embeddings.", "final_layer_norm")):
+        if component.startswith("text_encoder") and module.startswith(
+            ("encoder.layers.", "embeddings.", "final_layer_norm")
+        ):
             # kohya names follow CLIP's module tree rooted at text_model, which transformers 5's CLIPTextModel drops.
             module = f"text_model.{module}"
         return f"{cls.kohya_prefixes[component]}_{module.replace('.', '_')}"
@@ -315,7 +329,7 @@ class ModelFamily:
 
     # -- planning (hook) --------------------------------------------------------------------------------
     @classmethod
-    def meta_model(cls, source: str, dtype: torch.dtype) -> "ModelFamily":
+    def meta_model(cls, source: str, dtype: torch.dtype) -> ModelFamily:
         """For ``draft plan``: this family's model ``source`` (a folder or a cached hub id) built from its
         components' configs alone, on the meta device in ``dtype`` (shapes, no weights). The built-in
         families are planned by the core; a plugin family that overrides this is planned like them."""
@@ -338,17 +352,22 @@ class ModelFamily:
         starts, so a run never trains to the end and then fails to save. The provided hooks use
         ``lora_pipeline``'s loader, or diffusers' layout without one (``lora_pipeline`` empty, or a class
         without a LoRA loader); what they cannot use is a ``lora_pipeline`` diffusers does not have."""
-        if not cls.lora_pipeline or (cls._overrides("save_lora_layers") or cls._overrides("save_lora_weights")) \
-                and cls._overrides("lora_state_dict"):
+        if (
+            not cls.lora_pipeline
+            or (cls._overrides("save_lora_layers") or cls._overrides("save_lora_weights"))
+            and cls._overrides("lora_state_dict")
+        ):
             return ""
         import diffusers
 
         if hasattr(diffusers, cls.lora_pipeline):
             return ""
-        return (f"model family '{cls.family}' ({cls.__module__}.{cls.__qualname__}) has lora_pipeline "
-                f"{cls.lora_pipeline!r}, which is not a diffusers class, so its LoRA files could be neither written nor "
-                f"read. Name the diffusers pipeline class whose LoRA files the family's follow, or leave lora_pipeline "
-                f"empty for diffusers' layout without a pipeline loader.")
+        return (
+            f"model family '{cls.family}' ({cls.__module__}.{cls.__qualname__}) has lora_pipeline "
+            f"{cls.lora_pipeline!r}, which is not a diffusers class, so its LoRA files could be neither written nor "
+            f"read. Name the diffusers pipeline class whose LoRA files the family's follow, or leave lora_pipeline "
+            f"empty for diffusers' layout without a pipeline loader."
+        )
 
     @classmethod
     def _overrides(cls, name: str) -> bool:
@@ -378,5 +397,7 @@ class ModelFamily:
         loader = cls.pipeline_classes[0] if cls.pipeline_classes else ""
         if not callable(getattr(getattr(diffusers, loader, None), "load_lora_weights", None)):
             return None
-        return (f"from diffusers import {loader}\npipe = {loader}.from_pretrained({base!r})\n"
-                f"pipe.load_lora_weights({folder!r})")
+        return (
+            f"from diffusers import {loader}\npipe = {loader}.from_pretrained({base!r})\n"
+            f"pipe.load_lora_weights({folder!r})"
+        )

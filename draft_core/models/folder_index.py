@@ -19,7 +19,9 @@ COMPONENT_LIBRARIES = ("diffusers", "transformers")
 
 
 def _absent(entry) -> bool:
-    return entry is None or (isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] is None and entry[1] is None)
+    return entry is None or (
+        isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] is None and entry[1] is None
+    )
 
 
 def _lookup(library, class_name) -> type | None:
@@ -56,8 +58,8 @@ def component_class(name: str, key: str, entry) -> type | None:
             f"model '{name}': its model_index.json names {entry!r} for component '{key}', which is not a class "
             f"diffusers loads components from. Each component must be [LIBRARY, CLASS]: LIBRARY one of "
             f"{', '.join(COMPONENT_LIBRARIES)} (or a diffusers pipeline module such as stable_diffusion) and CLASS a "
-            f"model, tokenizer or scheduler class of it, as save_pretrained writes them (e.g. [\"diffusers\", "
-            f"\"AutoencoderKL\"]), or [null, null] for none. draft imports nothing else a folder names."
+            f'model, tokenizer or scheduler class of it, as save_pretrained writes them (e.g. ["diffusers", '
+            f'"AutoencoderKL"]), or [null, null] for none. draft imports nothing else a folder names.'
         )
     return cls
 

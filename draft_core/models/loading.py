@@ -11,13 +11,15 @@ from __future__ import annotations
 import importlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from draft_core.errors import ModelLoadError, did_you_mean
-from draft_core.models.digits_flow import DEFAULT_GUIDANCE as DIGITS_FLOW_GUIDANCE, DEFAULT_STEPS as DIGITS_FLOW_STEPS
+from draft_core.models.digits_flow import DEFAULT_GUIDANCE as DIGITS_FLOW_GUIDANCE
+from draft_core.models.digits_flow import DEFAULT_STEPS as DIGITS_FLOW_STEPS
 from draft_core.models.family import ModelFamily
 from draft_core.models.folder_index import check_index
 from draft_core.models.pipeline import DiffusionModel
@@ -90,7 +92,9 @@ def _scheduler_constant(module: str, attr: str) -> Callable[[], dict]:
 
 
 def _scheduler_file(package: str) -> Callable[[], dict]:
-    return lambda: json.loads((importlib.import_module(package).WEIGHTS_DIR / "scheduler_config.json").read_text(encoding="utf-8"))
+    return lambda: json.loads(
+        (importlib.import_module(package).WEIGHTS_DIR / "scheduler_config.json").read_text(encoding="utf-8")
+    )
 
 
 # Each embedded model's scheduler config, known without building the model (config range checks use it).
@@ -160,12 +164,17 @@ def hub_offline() -> bool:
     """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE``, now or at import)."""
     from huggingface_hub import constants
 
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or bool(constants.HF_HUB_OFFLINE)
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or bool(
+        constants.HF_HUB_OFFLINE
+    )
 
 
 def _not_found(name: str, reason: str) -> ModelLoadError:
-    where = ("in the Hugging Face cache (HF_HUB_OFFLINE is set, so the hub was not contacted)" if hub_offline()
-             else "online or in the Hugging Face cache (set HF_HUB_OFFLINE=1 to use the cache only)")
+    where = (
+        "in the Hugging Face cache (HF_HUB_OFFLINE is set, so the hub was not contacted)"
+        if hub_offline()
+        else "online or in the Hugging Face cache (set HF_HUB_OFFLINE=1 to use the cache only)"
+    )
     return ModelLoadError(
         f"could not load model '{name}': {reason.rstrip('.')}. It must be a local diffusers folder, a hub id "
         f"{where}, or one of the embedded models: {', '.join(sorted(EMBEDDED))}.{did_you_mean(name, EMBEDDED)}"

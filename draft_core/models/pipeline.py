@@ -9,8 +9,9 @@ predates the other families); ``ModelFamily`` is the interface all of them share
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -50,8 +51,9 @@ class DiffusionModel(ModelFamily):
         vae: torch.nn.Module | None = None,
         name: str = "",
     ) -> None:
-        super().__init__({"unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "vae": vae},
-                         scheduler_config, name)
+        super().__init__(
+            {"unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "vae": vae}, scheduler_config, name
+        )
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -109,7 +111,7 @@ class DiffusionModel(ModelFamily):
         return folder
 
     @classmethod
-    def from_pretrained(cls, source: str, dtype: torch.dtype, **kw) -> "DiffusionModel":
+    def from_pretrained(cls, source: str, dtype: torch.dtype, **kw) -> DiffusionModel:
         """Components from a diffusers folder or hub id (``kw``: ``revision``)."""
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -127,13 +129,20 @@ class DiffusionModel(ModelFamily):
         """The family's diffusers pipeline on these components; NotImplementedError for a pixel-space model
         (no VAE), which no diffusers pipeline runs."""
         if self.vae is None:
-            raise NotImplementedError(f"{self.name or 'this model'} is a pixel-space model (no VAE): no diffusers pipeline runs it")
+            raise NotImplementedError(
+                f"{self.name or 'this model'} is a pixel-space model (no VAE): no diffusers pipeline runs it"
+            )
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
         return StableDiffusionPipeline(
-            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-            scheduler=DDIMScheduler.from_config(self.scheduler_config), safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=DDIMScheduler.from_config(self.scheduler_config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
 
 

@@ -94,8 +94,15 @@ def quantize_denoiser(denoiser: torch.nn.Module, value: str, device: torch.devic
     keep = list(getattr(denoiser, "_keep_in_fp32_modules", None) or [])
     state = {k: v.detach() for k, v in denoiser.state_dict().items()}
     quantizer.preprocess_model(model=denoiser, device_map=device_map, keep_in_fp32_modules=keep)
-    load_model_dict_into_meta(denoiser, state, dtype=dtype, hf_quantizer=quantizer,
-                              keep_in_fp32_modules=keep, device_map={"": device}, unexpected_keys=[])
+    load_model_dict_into_meta(
+        denoiser,
+        state,
+        dtype=dtype,
+        hf_quantizer=quantizer,
+        keep_in_fp32_modules=keep,
+        device_map={"": device},
+        unexpected_keys=[],
+    )
     del state
     quantizer.postprocess_model(denoiser)
     denoiser.hf_quantizer = quantizer  # as from_pretrained leaves it: diffusers refuses dtype casts of it
@@ -109,6 +116,10 @@ def quantized_layers(module: torch.nn.Module) -> int:
     for sub in module.modules():
         weight = getattr(sub, "weight", None)
         if isinstance(sub, torch.nn.Linear) and weight is not None:
-            plain = type(weight) is torch.nn.Parameter and type(weight.data) is torch.Tensor and weight.dtype.is_floating_point
+            plain = (
+                type(weight) is torch.nn.Parameter
+                and type(weight.data) is torch.Tensor
+                and weight.dtype.is_floating_point
+            )
             count += not plain
     return count

@@ -5,7 +5,7 @@ pipelines do it."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -47,8 +47,13 @@ def parameter_dtype(module: torch.nn.Module) -> torch.dtype:
 def token_ids(tokenizer, prompts: Sequence[str], max_length: int | None = None, device=None) -> torch.Tensor:
     """[B, L] token ids of ``prompts`` as diffusers' pipelines tokenize them: padded to ``max_length`` (the
     tokenizer's ``model_max_length`` by default) and truncated, special tokens added; on ``device``."""
-    ids = tokenizer(list(prompts), padding="max_length", max_length=max_length or tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=max_length or tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
     return ids if device is None else ids.to(device)
 
 

@@ -29,8 +29,12 @@ META = torch.device("meta")
 # SD 1.x share one architecture (REFERENCE: CompVis/stable-diffusion-v1-4's unet/, vae/ and
 # text_encoder/ config.json); 1.5 is a continued training of 1.4.
 SD1_NAMES = (
-    "CompVis/stable-diffusion-v1-1", "CompVis/stable-diffusion-v1-2", "CompVis/stable-diffusion-v1-3",
-    "CompVis/stable-diffusion-v1-4", "runwayml/stable-diffusion-v1-5", "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "CompVis/stable-diffusion-v1-1",
+    "CompVis/stable-diffusion-v1-2",
+    "CompVis/stable-diffusion-v1-3",
+    "CompVis/stable-diffusion-v1-4",
+    "runwayml/stable-diffusion-v1-5",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",
 )
 
 
@@ -40,21 +44,39 @@ class PlanError(DraftError):
 
 def sd14_unet_config() -> dict:
     return dict(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         mid_block_type="UNetMidBlock2DCrossAttn",
-        attention_head_dim=8, cross_attention_dim=768, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
-        flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, use_linear_projection=False,
+        attention_head_dim=8,
+        cross_attention_dim=768,
+        norm_num_groups=32,
+        norm_eps=1e-5,
+        act_fn="silu",
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        downsample_padding=1,
+        use_linear_projection=False,
     )
 
 
 def sd14_vae_config() -> dict:
     return dict(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-        block_out_channels=(128, 256, 512, 512), norm_num_groups=32, act_fn="silu", scaling_factor=0.18215,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+        block_out_channels=(128, 256, 512, 512),
+        norm_num_groups=32,
+        act_fn="silu",
+        scaling_factor=0.18215,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
     )
 
 
@@ -62,9 +84,17 @@ def sd14_text_config():
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-        max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu", projection_dim=768,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_attention_heads=12,
+        num_hidden_layers=12,
+        max_position_embeddings=77,
+        vocab_size=49408,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
     )
 
 
@@ -79,7 +109,9 @@ def build_sd14(device: torch.device | str = META, dtype: torch.dtype = torch.flo
         unet = UNet2DConditionModel(**sd14_unet_config()).to(dtype)
         vae = AutoencoderKL(**sd14_vae_config()).to(dtype)
         text = CLIPTextModel(sd14_text_config()).to(dtype)
-    return DiffusionModel(unet, text, offline_clip_tokenizer(), SD14_SCHEDULER_CONFIG, vae=vae, name="stable-diffusion-v1-4")
+    return DiffusionModel(
+        unet, text, offline_clip_tokenizer(), SD14_SCHEDULER_CONFIG, vae=vae, name="stable-diffusion-v1-4"
+    )
 
 
 def meta_model(name: str, dtype: torch.dtype) -> DiffusionModel:
@@ -154,8 +186,11 @@ def published_model(name: str, device: torch.device | str = META, dtype: torch.d
         if key.startswith("text_encoder"):
             suffix = key.removeprefix("text_encoder")
             t5 = type(encoder).__name__ == "T5EncoderModel"
-            parts[f"tokenizer{suffix}"] = _t5_standin(encoder.config.vocab_size, 256 if spec.family == "sd3" else 512) if t5 \
+            parts[f"tokenizer{suffix}"] = (
+                _t5_standin(encoder.config.vocab_size, 256 if spec.family == "sd3" else 512)
+                if t5
                 else offline_clip_tokenizer()
+            )
     return construct(family, parts, scheduler_config, name)
 
 
@@ -230,6 +265,7 @@ def use_architectures(reward, device: torch.device | str = META) -> None:
     for term in reward_terms(reward):
         arch = getattr(term, "architecture", None)
         if callable(arch) and hasattr(term, "load"):
+
             def load(arch=arch):
                 logging.disable(logging.WARNING)  # "no pretrained weights loaded": none are wanted
                 try:

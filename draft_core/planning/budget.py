@@ -7,8 +7,15 @@ import re
 from draft_core.errors import ConfigError
 
 UNITS = {
-    "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
 }
 #: the memory of common accelerator cards, smallest first (what "the smallest card it fits" means).
 CARDS_GIB = (24, 40, 48, 80)

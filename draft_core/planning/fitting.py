@@ -27,8 +27,8 @@ no single change fits, changes are combined in that order until one combination 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from draft_core.config import Config, load_config
 from draft_core.planning.architectures import PlanError
@@ -37,8 +37,12 @@ from draft_core.planning.step import StepTrace, plan_step, reward_sections, take
 
 KINDS = ("same result", "same estimator", "lower precision", "another estimator")
 #: what each kind costs, as ``draft plan`` says it.
-KIND_COSTS = {"same result": "costs time", "same estimator": "costs time", "lower precision": "may cost quality",
-              "another estimator": "changes the estimator, may cost quality"}
+KIND_COSTS = {
+    "same result": "costs time",
+    "same estimator": "costs time",
+    "lower precision": "may cost quality",
+    "another estimator": "changes the estimator, may cost quality",
+}
 CHECKPOINT_KEYS = {"checkpoint_decode": "checkpoint the VAE decode", "checkpoint_reward": "checkpoint the reward model"}
 QUANTIZE_ORDER = ("int8", "fp8", "nf4")  # the least precision lost first
 K_LADDER = (25, 10, 5, 2, 1)
@@ -78,7 +82,9 @@ def candidates(config: Config, device_type: str = "cuda") -> list[Proposal]:
     for key in ckpt:
         out.append(Proposal(CHECKPOINT_KEYS[key], [f"train.{key}=true"], KINDS[0]))
     if len(ckpt) > 1:
-        out.append(Proposal("checkpoint the VAE decode and the reward model", [f"train.{k}=true" for k in ckpt], KINDS[0]))
+        out.append(
+            Proposal("checkpoint the VAE decode and the reward model", [f"train.{k}=true" for k in ckpt], KINDS[0])
+        )
     same: list[str] = [f"train.{k}=true" for k in ckpt]
     if config.train.checkpoint_denoiser != "blocks":
         out.append(Proposal("checkpoint the denoiser block by block", ["train.checkpoint_denoiser=blocks"], KINDS[0]))
@@ -90,7 +96,9 @@ def candidates(config: Config, device_type: str = "cuda") -> list[Proposal]:
         out.append(Proposal("every checkpointing and the text encoders off the device", same, KINDS[0]))
     est, steps = config.estimator, int(config.sampler.get("steps", 50))
     if est.get("name") in ("draft", "draft-k"):
-        largest_k = steps if est["name"] == "draft" else (est["k_range"][1] if est.get("k_range") else est.get("k", 1) or steps)
+        largest_k = (
+            steps if est["name"] == "draft" else (est["k_range"][1] if est.get("k_range") else est.get("k", 1) or steps)
+        )
         # the estimator's default (K > 1); ``auto`` keeps it only where the pixels matter (draft_core.memory),
         # which the traced proposal shows
         default = largest_k > 1 and config.train.checkpoint_denoiser != "auto"
@@ -100,13 +108,20 @@ def candidates(config: Config, device_type: str = "cuda") -> list[Proposal]:
     B, G = config.train.batch_size, config.train.grad_accum
     for m in range(2, B + 1):
         if B % m == 0:
-            out.append(Proposal(f"micro-batches of {B // m} x {G * m} ({B * G} samples per update, as now)",
-                                [f"train.batch_size={B // m}", f"train.grad_accum={G * m}"], KINDS[1]))
+            out.append(
+                Proposal(
+                    f"micro-batches of {B // m} x {G * m} ({B * G} samples per update, as now)",
+                    [f"train.batch_size={B // m}", f"train.grad_accum={G * m}"],
+                    KINDS[1],
+                )
+            )
     out += _bf16_rewards(config, device_type)
     if config.model.quantize == "none":
         for i, scheme in enumerate(QUANTIZE_ORDER):
             if scheme != "fp8" or device_type == "cuda":
-                out.append(Proposal(f"frozen base quantized ({scheme})", [f"model.quantize={scheme}"], KINDS[2], order=i + 1))
+                out.append(
+                    Proposal(f"frozen base quantized ({scheme})", [f"model.quantize={scheme}"], KINDS[2], order=i + 1)
+                )
     out += _estimator_changes(config)
     return out
 
@@ -128,8 +143,9 @@ def _estimator_changes(config: Config) -> list[Proposal]:
     est = dict(config.estimator)
     name = est.get("name")
     steps = int(config.sampler.get("steps", 50))
-    wrappers = [f"estimator.{k}={_yaml(v)}" for k, v in est.items()
-                if k != "name" and k in load_registry().names("estimator")]  # e.g. kl: kept as it is
+    wrappers = [
+        f"estimator.{k}={_yaml(v)}" for k, v in est.items() if k != "name" and k in load_registry().names("estimator")
+    ]  # e.g. kl: kept as it is
     out = []
     if name in ("draft", "draft-k"):
         if name == "draft":
@@ -139,11 +155,21 @@ def _estimator_changes(config: Config) -> list[Proposal]:
         drop = ["estimator.k_range=null"] if est.get("k_range") else []
         for small in K_LADDER:
             if small < k and small <= steps:
-                out.append(Proposal(f"DRaFT-K, K={small} (instead of {'full DRaFT' if name == 'draft' else f'K={k}'})",
-                                    ["estimator.name=draft-k", f"estimator.k={small}", *drop, *wrappers], KINDS[3]))
+                out.append(
+                    Proposal(
+                        f"DRaFT-K, K={small} (instead of {'full DRaFT' if name == 'draft' else f'K={k}'})",
+                        ["estimator.name=draft-k", f"estimator.k={small}", *drop, *wrappers],
+                        KINDS[3],
+                    )
+                )
         if k > 1:
-            out.append(Proposal(f"DRaFT-LV, n=2 (instead of {'full DRaFT' if name == 'draft' else f'DRaFT-K, K={k}'})",
-                                ["estimator.name=draft-lv", "estimator.n=2", *wrappers], KINDS[3]))
+            out.append(
+                Proposal(
+                    f"DRaFT-LV, n=2 (instead of {'full DRaFT' if name == 'draft' else f'DRaFT-K, K={k}'})",
+                    ["estimator.name=draft-lv", "estimator.n=2", *wrappers],
+                    KINDS[3],
+                )
+            )
     elif name == "draft-lv" and est.get("n", 2) > 0:
         n = est.get("n", 2)
         for small in sorted({n // 2, 0} - {n}, reverse=True):
@@ -170,8 +196,14 @@ def apply(config: Config, overrides: list[str]) -> Config:
         return load_config(path, overrides)
 
 
-def propose(config: Config, budget: int, device_type: str = "cuda", dtype: str | None = None,
-            progress: Callable[[str], None] | None = None, processes: int = 1) -> list[Proposal]:
+def propose(
+    config: Config,
+    budget: int,
+    device_type: str = "cuda",
+    dtype: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    processes: int = 1,
+) -> list[Proposal]:
     """Every candidate traced; those that fit ``budget`` first (cheapest first), then the rest by peak.
     When no single change fits, the first combination that does is added (module doc)."""
     cache: dict[tuple, StepTrace] = {}
@@ -209,7 +241,9 @@ def _merge(base: list[str], more: list[str]) -> list[str]:
 
 
 def rank(proposals: list[Proposal], budget: int) -> list[Proposal]:
-    fit = sorted((p for p in proposals if p.fits(budget)), key=lambda p: (KINDS.index(p.kind), p.order, p.trace.cost_ratio))
+    fit = sorted(
+        (p for p in proposals if p.fits(budget)), key=lambda p: (KINDS.index(p.kind), p.order, p.trace.cost_ratio)
+    )
     rest = sorted((p for p in proposals if not p.fits(budget)), key=lambda p: p.peak)
     return fit + rest
 
@@ -221,13 +255,17 @@ def refusal(peak: int, budget: int, proposals: list[Proposal], what: str) -> str
     if fits:
         best = fits[0]
         more = f" ({len(fits) - 1} other change(s) also fit: see `draft plan`)" if len(fits) > 1 else ""
-        return (f"{over} Cheapest change that fits: {best.describe()}, predicted peak {format_bytes(best.peak)}, "
-                f"step cost {best.trace.cost_ratio:.2f}x sampling alone ({KIND_COSTS[best.kind]}){more}.")
+        return (
+            f"{over} Cheapest change that fits: {best.describe()}, predicted peak {format_bytes(best.peak)}, "
+            f"step cost {best.trace.cost_ratio:.2f}x sampling alone ({KIND_COSTS[best.kind]}){more}."
+        )
     if proposals:
         best = min(proposals, key=lambda p: p.peak)
-        return (f"{over} No change draft knows fits it: the lowest predicted peak is {format_bytes(best.peak)}, with "
-                f"{best.describe()}. Give a larger budget (a bigger card), a smaller model or image size, or a "
-                f"smaller LoRA rank or batch.")
+        return (
+            f"{over} No change draft knows fits it: the lowest predicted peak is {format_bytes(best.peak)}, with "
+            f"{best.describe()}. Give a larger budget (a bigger card), a smaller model or image size, or a "
+            f"smaller LoRA rank or batch."
+        )
     return f"{over} draft knows no change for this config that saves memory; give a larger budget."
 
 
@@ -239,13 +277,30 @@ def check_budget(config: Config, device_type: str, budget: int | None = None, pr
     if budget is None:
         budget = parse_bytes(config.train.memory_budget, "config key 'train.memory_budget'")
     if progress:
-        progress(f"checking the plan of this config against the memory budget of {format_bytes(budget)} on {device_type}")
+        progress(
+            f"checking the plan of this config against the memory budget of {format_bytes(budget)} on {device_type}"
+        )
     trace = plan_step(config, device_type, budget=budget)
     if trace.peak > budget:
-        message = refusal(trace.peak, budget, propose(config, budget, device_type, progress=progress),
-                          f"On {device_type}, the plan of this config")
+        message = refusal(
+            trace.peak,
+            budget,
+            propose(config, budget, device_type, progress=progress),
+            f"On {device_type}, the plan of this config",
+        )
         raise PlanError(f"{message} To train anyway: draft train --no-plan-check.")
     return trace
 
 
-__all__ = ["CHECKPOINT_KEYS", "KIND_COSTS", "KINDS", "Proposal", "apply", "candidates", "check_budget", "propose", "rank", "refusal"]
+__all__ = [
+    "CHECKPOINT_KEYS",
+    "KIND_COSTS",
+    "KINDS",
+    "Proposal",
+    "apply",
+    "candidates",
+    "check_budget",
+    "propose",
+    "rank",
+    "refusal",
+]

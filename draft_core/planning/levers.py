@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import contextlib
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -88,7 +89,9 @@ def quantized_weights(model: Any) -> list[torch.Tensor]:
 def stored_bytes(weights: list[torch.Tensor], quantize: str) -> int:
     """The bytes of ``weights`` stored as ``model.quantize`` = ``quantize`` (module doc: what each holds)."""
     rows = sum(w.shape[0] for w in weights)
-    per_row = ROW_BYTES.get(quantize, 0) + (max((w.element_size() for w in weights), default=0) if quantize == "int8" else 0)
+    per_row = ROW_BYTES.get(quantize, 0) + (
+        max((w.element_size() for w in weights), default=0) if quantize == "int8" else 0
+    )
     return int(sum(w.numel() for w in weights) * QUANT_BYTES[quantize]) + rows * per_row
 
 
@@ -139,8 +142,9 @@ def largest_block_bytes(model: Any) -> int:
     return max(sizes, default=0)
 
 
-def apply_levers(model: Any, quantize: str, offload: bool | str, processes: int = 1,
-                 peak: int = 0, budget: int | None = None) -> Levers:
+def apply_levers(
+    model: Any, quantize: str, offload: bool | str, processes: int = 1, peak: int = 0, budget: int | None = None
+) -> Levers:
     """The offsets of the three levers for ``model`` (the traced step's, with its LoRA)."""
     if quantize not in QUANT_BYTES:
         raise ConfigError(f"model.quantize must be one of {', '.join(QUANT_BYTES)}, got {quantize!r}.")
@@ -155,16 +159,23 @@ def apply_levers(model: Any, quantize: str, offload: bool | str, processes: int 
         levers.quantize_saved = full - stored
         if quantize not in TRACED_DEQUANT:  # bitsandbytes: one layer's dequantized temporary at a time
             levers.dequant_working = max((nbytes(w) for w in weights), default=0)
-        compute = ("each layer computes with a full-size copy of its weight, kept for the backward pass"
-                   if quantize in TRACED_DEQUANT else "one layer dequantized at a time")
-        notes.append(f"model.quantize={quantize}: the denoiser's {len(weights)} linear weights stored at "
-                     f"{stored / max(sum(w.numel() for w in weights), 1):.4g} bytes per parameter with their scales; {compute}")
+        compute = (
+            "each layer computes with a full-size copy of its weight, kept for the backward pass"
+            if quantize in TRACED_DEQUANT
+            else "one layer dequantized at a time"
+        )
+        notes.append(
+            f"model.quantize={quantize}: the denoiser's {len(weights)} linear weights stored at "
+            f"{stored / max(sum(w.numel() for w in weights), 1):.4g} bytes per parameter with their scales; {compute}"
+        )
     enc = text_encoder_bytes(model)
     over = budget is not None and peak > budget
     if enc and offloads(offload, enc, over):
         levers.offload_saved = enc
-        notes.append(f"model.offload_text_encoders={str(offload).lower()}: the text encoders are off the device "
-                     f"during training steps")
+        notes.append(
+            f"model.offload_text_encoders={str(offload).lower()}: the text encoders are off the device "
+            f"during training steps"
+        )
     if processes > 1:
         frozen = sum(nbytes(p) for n, p in model.denoiser.named_parameters() if "lora_" not in n)
         if quantize != "none":
@@ -173,7 +184,9 @@ def apply_levers(model: Any, quantize: str, offload: bool | str, processes: int 
         if quantize != "none":
             block = int(block * (frozen / max(frozen + levers.quantize_saved, 1)))
         levers.shard_saved = max(frozen - (frozen // processes + 2 * block), 0)
-        notes.append(f"--processes {processes}: the denoiser's frozen weights sharded (FSDP2), each device holds "
-                     f"1/{processes} of them and two all-gathered blocks")
+        notes.append(
+            f"--processes {processes}: the denoiser's frozen weights sharded (FSDP2), each device holds "
+            f"1/{processes} of them and two all-gathered blocks"
+        )
     levers.notes = tuple(notes)
     return levers

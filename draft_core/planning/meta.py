@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,8 +85,11 @@ class MetaValues(TorchDispatchMode):
         fresh = self._fresh.get(func)
         if fresh is None:
             schema = func._schema
-            fresh = self._fresh[func] = bool(schema.returns) and not schema.is_mutable and all(
-                r.alias_info is None and str(r.type) == "Tensor" for r in schema.returns)
+            fresh = self._fresh[func] = (
+                bool(schema.returns)
+                and not schema.is_mutable
+                and all(r.alias_info is None and str(r.type) == "Tensor" for r in schema.returns)
+            )
         if not fresh or func is aten.any.default or func._overloadpacket is aten.any:
             return None
         try:
@@ -218,10 +222,16 @@ def device_attention(device_type: str):
         elif device_type == "cuda":
             backend = _cuda_backend(query, key, value, mask)
             if backend == "flash":
-                return aten._scaled_dot_product_flash_attention(query, key, value, 0.0, is_causal, False, scale=scale)[0]
+                return aten._scaled_dot_product_flash_attention(query, key, value, 0.0, is_causal, False, scale=scale)[
+                    0
+                ]
             if backend == "efficient":
-                bias = None if mask is None else mask.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
-                return aten._scaled_dot_product_efficient_attention(query, key, value, bias, grad, 0.0, is_causal, scale=scale)[0]
+                bias = (
+                    None if mask is None else mask.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+                )
+                return aten._scaled_dot_product_efficient_attention(
+                    query, key, value, bias, grad, 0.0, is_causal, scale=scale
+                )[0]
         return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale)
 
     F.scaled_dot_product_attention = attention
@@ -283,7 +293,10 @@ def elide_repeats(module: torch.nn.Module, tracer: MemoryTracer, device: str, st
             flops = tracer.flops
             out = original(*args, **kwargs)
             outs, spec = tree_flatten(out)
-            kinds = [(True, (o.shape, o.stride(), o.dtype, o.device)) if isinstance(o, torch.Tensor) else (False, o) for o in outs]
+            kinds = [
+                (True, (o.shape, o.stride(), o.dtype, o.device)) if isinstance(o, torch.Tensor) else (False, o)
+                for o in outs
+            ]
             seen[key] = (spec, kinds, tracer.high_water(device) - before, tracer.flops - flops)
             return out
         spec, kinds, working, flops = seen[key]

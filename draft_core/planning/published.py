@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 # -- text encoders ---------------------------------------------------------------------------------
 
 
@@ -26,9 +25,17 @@ def clip_l_config():
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-        max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu", projection_dim=768,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_attention_heads=12,
+        num_hidden_layers=12,
+        max_position_embeddings=77,
+        vocab_size=49408,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
     )
 
 
@@ -37,9 +44,17 @@ def clip_bigg_config():
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
-        max_position_embeddings=77, vocab_size=49408, hidden_act="gelu", projection_dim=1280,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_attention_heads=20,
+        num_hidden_layers=32,
+        max_position_embeddings=77,
+        vocab_size=49408,
+        hidden_act="gelu",
+        projection_dim=1280,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
     )
 
 
@@ -48,9 +63,18 @@ def t5_xxl_config(vocab_size: int = 32128):
     from transformers import T5Config
 
     return T5Config(
-        d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, feed_forward_proj="gated-gelu",
-        vocab_size=vocab_size, relative_attention_num_buckets=32, relative_attention_max_distance=128,
-        layer_norm_epsilon=1e-6, tie_word_embeddings=False, dropout_rate=0.0,
+        d_model=4096,
+        d_ff=10240,
+        d_kv=64,
+        num_heads=64,
+        num_layers=24,
+        feed_forward_proj="gated-gelu",
+        vocab_size=vocab_size,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        layer_norm_epsilon=1e-6,
+        tie_word_embeddings=False,
+        dropout_rate=0.0,
     )
 
 
@@ -59,30 +83,62 @@ def t5_xxl_config(vocab_size: int = 32128):
 
 def sdxl_unet_config() -> dict:
     return dict(
-        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
         block_out_channels=(320, 640, 1280),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        mid_block_type="UNetMidBlock2DCrossAttn", transformer_layers_per_block=(1, 2, 10),
-        attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-        norm_num_groups=32, norm_eps=1e-5, act_fn="silu", flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+        norm_num_groups=32,
+        norm_eps=1e-5,
+        act_fn="silu",
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        downsample_padding=1,
     )
 
 
 def sdxl_vae_config() -> dict:
     return dict(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=1024,
-        block_out_channels=(128, 256, 512, 512), norm_num_groups=32, act_fn="silu", scaling_factor=0.13025,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, force_upcast=True,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=1024,
+        block_out_channels=(128, 256, 512, 512),
+        norm_num_groups=32,
+        act_fn="silu",
+        scaling_factor=0.13025,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        force_upcast=True,
     )
 
 
 SDXL_SCHEDULER_CONFIG = {
-    "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-    "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
-    "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "clip_sample": False,
-    "sample_max_value": 1.0, "timestep_spacing": "leading", "interpolation_type": "linear", "use_karras_sigmas": False,
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "sample_max_value": 1.0,
+    "timestep_spacing": "leading",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
 }
 
 
@@ -92,19 +148,39 @@ SDXL_SCHEDULER_CONFIG = {
 def sd35_medium_transformer_config() -> dict:
     """MMDiT-X: 24 blocks, the first 13 with a second (image-only) attention; RMS-normalised q and k."""
     return dict(
-        sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
-        attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
-        pooled_projection_dim=2048, pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=24,
+        attention_head_dim=64,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        caption_projection_dim=1536,
+        pooled_projection_dim=2048,
+        pos_embed_max_size=384,
+        dual_attention_layers=tuple(range(13)),
+        qk_norm="rms_norm",
     )
 
 
 def vae16_config(scaling_factor: float, shift_factor: float) -> dict:
     """The 16-channel VAE of SD3 and FLUX (no quant convolutions); only the factors differ."""
     return dict(
-        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2, sample_size=1024,
-        block_out_channels=(128, 256, 512, 512), norm_num_groups=32, act_fn="silu",
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        scaling_factor=scaling_factor, shift_factor=shift_factor, use_quant_conv=False, use_post_quant_conv=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        layers_per_block=2,
+        sample_size=1024,
+        block_out_channels=(128, 256, 512, 512),
+        norm_num_groups=32,
+        act_fn="silu",
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
         force_upcast=True,
     )
 
@@ -118,15 +194,27 @@ SD3_SCHEDULER_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_t
 def flux_dev_transformer_config() -> dict:
     """19 double-stream and 38 single-stream blocks, width 3072; guidance is an input (distilled)."""
     return dict(
-        patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+        patch_size=1,
+        in_channels=64,
+        num_layers=19,
+        num_single_layers=38,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        pooled_projection_dim=768,
+        guidance_embeds=True,
         axes_dims_rope=(16, 56, 56),
     )
 
 
 FLUX_SCHEDULER_CONFIG = {
-    "_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
-    "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
     "max_image_seq_len": 4096,
 }
 
@@ -159,8 +247,10 @@ def components(family: str) -> dict:
 
     if family == "sdxl":
         return dict(
-            unet=UNet2DConditionModel(**sdxl_unet_config()), vae=AutoencoderKL(**sdxl_vae_config()),
-            text_encoder=CLIPTextModel(clip_l_config()), text_encoder_2=CLIPTextModelWithProjection(clip_bigg_config()),
+            unet=UNet2DConditionModel(**sdxl_unet_config()),
+            vae=AutoencoderKL(**sdxl_vae_config()),
+            text_encoder=CLIPTextModel(clip_l_config()),
+            text_encoder_2=CLIPTextModelWithProjection(clip_bigg_config()),
             scheduler_config=dict(SDXL_SCHEDULER_CONFIG),
         )
     if family == "sd3":
@@ -169,13 +259,15 @@ def components(family: str) -> dict:
             vae=AutoencoderKL(**vae16_config(1.5305, 0.0609)),
             text_encoder=CLIPTextModelWithProjection(clip_l_config()),
             text_encoder_2=CLIPTextModelWithProjection(clip_bigg_config()),
-            text_encoder_3=T5EncoderModel(t5_xxl_config()), scheduler_config=dict(SD3_SCHEDULER_CONFIG),
+            text_encoder_3=T5EncoderModel(t5_xxl_config()),
+            scheduler_config=dict(SD3_SCHEDULER_CONFIG),
         )
     if family == "flux":
         return dict(
             transformer=FluxTransformer2DModel(**flux_dev_transformer_config()),
             vae=AutoencoderKL(**vae16_config(0.3611, 0.1159)),
-            text_encoder=CLIPTextModel(clip_l_config()), text_encoder_2=T5EncoderModel(t5_xxl_config()),
+            text_encoder=CLIPTextModel(clip_l_config()),
+            text_encoder_2=T5EncoderModel(t5_xxl_config()),
             scheduler_config=dict(FLUX_SCHEDULER_CONFIG),
         )
     raise ValueError(f"no published architecture for family {family!r}; known: sdxl, sd3, flux")

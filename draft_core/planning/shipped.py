@@ -18,7 +18,10 @@ from pathlib import Path
 
 from draft_core.planning.budget import format_bytes, smallest_card
 
-HEADER = re.compile(r"^# Planned peak \(draft plan, (\w+)\): ([\d.]+ (?:B|KiB|MiB|GiB|TiB)); smallest card: (\d+ GiB|over 80 GiB)\.$", re.M)
+HEADER = re.compile(
+    r"^# Planned peak \(draft plan, (\w+)\): ([\d.]+ (?:B|KiB|MiB|GiB|TiB)); smallest card: (\d+ GiB|over 80 GiB)\.$",
+    re.M,
+)
 BEGIN, END = "<!-- memory table: scripts/memory_table.py -->", "<!-- end of memory table -->"
 #: the files (relative to the repository root) that hold the generated table
 TABLE_FILES = ("README.md", "docs/memory.md")
@@ -26,8 +29,10 @@ TABLE_FILES = ("README.md", "docs/memory.md")
 
 def header_line(peak: int, device_type: str = "cuda") -> str:
     card = smallest_card(peak)
-    return (f"# Planned peak (draft plan, {device_type}): {format_bytes(peak)}; "
-            f"smallest card: {f'{card} GiB' if card else 'over 80 GiB'}.")
+    return (
+        f"# Planned peak (draft plan, {device_type}): {format_bytes(peak)}; "
+        f"smallest card: {f'{card} GiB' if card else 'over 80 GiB'}."
+    )
 
 
 def read_header(path: Path) -> tuple[str, str, str] | None:
@@ -51,8 +56,10 @@ def describe(path: Path) -> str:
     est = ", ".join(f"{k}={v}" for k, v in c.estimator.items() if k != "name")
     reward = c.reward.get("name") or "+".join(c.reward.get("weights", {}))
     levers = [f"quantize {c.model.quantize}"] if c.model.quantize != "none" else []
-    return (f"{c.estimator['name']}({est}), {reward}, batch {c.train.batch_size} x {c.train.grad_accum}, "
-            f"LoRA rank {c.lora.rank}{''.join(', ' + x for x in levers)}")
+    return (
+        f"{c.estimator['name']}({est}), {reward}, batch {c.train.batch_size} x {c.train.grad_accum}, "
+        f"LoRA rank {c.lora.rank}{''.join(', ' + x for x in levers)}"
+    )
 
 
 def table(configs: Path) -> str:
@@ -65,8 +72,10 @@ def table(configs: Path) -> str:
         if found is None:
             continue
         device, peak, card = found
-        lines.append(f"| `configs/{path.name}` | {load_config(path).model.name} | {describe(path)} | "
-                     f"{peak} ({device}) | {card} |")
+        lines.append(
+            f"| `configs/{path.name}` | {load_config(path).model.name} | {describe(path)} | "
+            f"{peak} ({device}) | {card} |"
+        )
     return "\n".join(lines)
 
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -84,7 +85,9 @@ class OneProcess:
 class StepTrainer(Trainer):
     """The runner's Trainer on ``device`` with a model from ``model_factory`` (None: load it)."""
 
-    def __init__(self, config: Config, components, run_dir: Path, device, model_factory: Callable[[], Any] | None = None):
+    def __init__(
+        self, config: Config, components, run_dir: Path, device, model_factory: Callable[[], Any] | None = None
+    ):
         super().__init__(config, run_dir, components, progress=False)
         self._device, self._factory = torch.device(device), model_factory
 
@@ -122,8 +125,10 @@ def for_device(config: Config, device_type: str, dtype: str | None = None) -> tu
             _set_reward_dtype(config, name, auto)
             notes.append(f"reward {name}: dtype auto is {auto} on {device_type}")
     if config.train.mixed_precision != "no":
-        notes.append(f"train.mixed_precision={config.train.mixed_precision} (autocast) is not simulated: "
-                     f"weights and activations are in model.dtype={resolved}")
+        notes.append(
+            f"train.mixed_precision={config.train.mixed_precision} (autocast) is not simulated: "
+            f"weights and activations are in model.dtype={resolved}"
+        )
     return config, notes
 
 
@@ -149,8 +154,9 @@ def takes_dtype(reward_name: str) -> bool:
     return sig is not None and "dtype" in sig.names()
 
 
-def plan_step(config: Config, device_type: str = "cuda", dtype: str | None = None, processes: int = 1,
-              budget: int | None = None) -> StepTrace:
+def plan_step(
+    config: Config, device_type: str = "cuda", dtype: str | None = None, processes: int = 1, budget: int | None = None
+) -> StepTrace:
     """Trace one training step of ``config`` on the meta device, as ``device_type`` would run it;
     with ``processes`` > 1, one process's share (``train.batch_size / processes`` samples, the
     frozen base sharded: draft_core.planning.levers). ``budget``: for ``offload_text_encoders: auto``."""
@@ -159,14 +165,18 @@ def plan_step(config: Config, device_type: str = "cuda", dtype: str | None = Non
     config, notes = for_device(config, device_type, dtype)
     if processes > 1:
         if config.train.batch_size % processes:
-            raise PlanError(f"train.batch_size={config.train.batch_size} is the global batch, split over the "
-                            f"{processes} processes; give a multiple of {processes}.")
+            raise PlanError(
+                f"train.batch_size={config.train.batch_size} is the global batch, split over the "
+                f"{processes} processes; give a multiple of {processes}."
+            )
         config.train.batch_size //= processes
     torch_dtype = plan_dtype(config, device_type)
     components = build_components(config)
     use_architectures(components.reward)
     with tempfile.TemporaryDirectory() as tmp, simulate(device_type):
-        trainer = StepTrainer(config, components, Path(tmp) / "run", META, lambda: meta_model(config.model.name, torch_dtype))
+        trainer = StepTrainer(
+            config, components, Path(tmp) / "run", META, lambda: meta_model(config.model.name, torch_dtype)
+        )
         try:
             trainer.setup()
             if device_type == "cuda":  # AdamW's default there: one kernel over all tensors, with their temporaries
@@ -189,8 +199,9 @@ def _apply_levers(trace: StepTrace, model: Any, config: Config, processes: int, 
     """Shift the traced step by the levers' constant offsets of the base weights (levers module doc)."""
     from draft_core.planning.levers import apply_levers
 
-    levers = apply_levers(model, config.model.quantize, config.model.offload_text_encoders, processes,
-                          trace.peak, budget)
+    levers = apply_levers(
+        model, config.model.quantize, config.model.offload_text_encoders, processes, trace.peak, budget
+    )
     trace.peak += levers.delta
     trace.start += levers.delta
     trace.breakdown[BASE] += levers.delta
@@ -214,8 +225,13 @@ def _plan_failure(exc: Exception) -> Exception:
     )
 
 
-def measure_step(config: Config, device="cpu", model_factory: Callable[[], Any] | None = None,
-                 around: Callable[[Callable[[], Any]], Any] | None = None, random_rewards: bool = False) -> StepTrace:
+def measure_step(
+    config: Config,
+    device="cpu",
+    model_factory: Callable[[], Any] | None = None,
+    around: Callable[[Callable[[], Any]], Any] | None = None,
+    random_rewards: bool = False,
+) -> StepTrace:
     """Run a warm-up step, then one measured step, on real tensors (tallied as ``plan_step`` tallies).
     model_factory: builds the model on ``device`` (default: load ``model.name``). around: runs the
     measured step itself (``around(step)``), e.g. inside another memory probe; what it returns is
@@ -244,7 +260,9 @@ def _cpu_timesteps(sampler, model) -> None:
     if scheduler_class is None or not callable(getattr(sampler, "scheduler", None)):
         return
     sched = scheduler_class.from_config(model.scheduler_config)
-    sched.set_timesteps(sampler.num_steps, device="cpu", **model.timestep_kwargs(sampler.num_steps))  # a flow family's mu, sigmas
+    sched.set_timesteps(
+        sampler.num_steps, device="cpu", **model.timestep_kwargs(sampler.num_steps)
+    )  # a flow family's mu, sigmas
     sampler.scheduler = lambda _model, _sched=sched: _sched
 
 
@@ -270,8 +288,11 @@ def _trace(trainer: StepTrainer, device: str, *, elide: bool, steps: int, around
     tracer.register(module_tensors(trainer.c.reward), REWARD)
     unet = trainer.model.denoiser
     layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)][:1]  # LoRA on or off changes a call's cost
-    elided = (elide_repeats(unet, tracer, device, lambda: tuple(m.disable_adapters for m in layers))
-              if elide else contextlib.nullcontext())
+    elided = (
+        elide_repeats(unet, tracer, device, lambda: tuple(m.disable_adapters for m in layers))
+        if elide
+        else contextlib.nullcontext()
+    )
     extra = None
     rng = rng_state(trainer.gens)
     with tracer:
@@ -283,14 +304,18 @@ def _trace(trainer: StepTrainer, device: str, *, elide: bool, steps: int, around
         with elided:
             extra = around(trainer.train_step) if around is not None else trainer.train_step()
         flops = tracer.flops - flops
-    tracer.relabel([v for state in trainer.optimizer.state.values() for v in state.values() if torch.is_tensor(v)], OPTIMIZER)
+    tracer.relabel(
+        [v for state in trainer.optimizer.state.values() for v in state.values() if torch.is_tensor(v)], OPTIMIZER
+    )
     for rec in tracer.records:
         if rec.alive and rec.start >= 0 and rec.category == ACTIVATIONS:
             rec.category = KEPT
     peak = tracer.peak(device, steady=steps == 1, since_mark=True)
     breakdown = {c: peak.by_category.get(c, 0) for c in CATEGORIES}
     breakdown.update({c: v for c, v in peak.by_category.items() if c not in breakdown})
-    return StepTrace("", "", peak.total, breakdown, flops, start=peak.start, extra=extra if around is not None else None)
+    return StepTrace(
+        "", "", peak.total, breakdown, flops, start=peak.start, extra=extra if around is not None else None
+    )
 
 
 def _sampling_flops(trainer: StepTrainer) -> int:

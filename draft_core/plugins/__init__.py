@@ -15,6 +15,13 @@ from draft_core.plugins.registry import (
 )
 
 __all__ = [
-    "BUILTIN_DISTRIBUTION", "KINDS", "KNOWN_EXTERNAL", "LoadError", "PluginEntry", "Registry",
-    "format_plugins", "load_registry", "normalise_distribution",
+    "BUILTIN_DISTRIBUTION",
+    "KINDS",
+    "KNOWN_EXTERNAL",
+    "LoadError",
+    "PluginEntry",
+    "Registry",
+    "format_plugins",
+    "load_registry",
+    "normalise_distribution",
 ]

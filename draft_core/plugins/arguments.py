@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import inspect
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 REQUIRED = inspect.Parameter.empty
 
@@ -35,7 +36,12 @@ class Argument:
         default = None if self.required else self.default
         if not (default is None or isinstance(default, (bool, int, float, str))):
             default = repr(default)
-        return {"name": self.name, "required": self.required, "default": default, "type": _annotation_text(self.annotation)}
+        return {
+            "name": self.name,
+            "required": self.required,
+            "default": default,
+            "type": _annotation_text(self.annotation),
+        }
 
 
 def _hints(factory: Callable[..., Any]) -> dict[str, Any]:
@@ -66,8 +72,11 @@ def signature_of(factory: Callable[..., Any], annotations: bool = True) -> Facto
         return None
     hints = _hints(factory) if annotations else {}
     return FactorySignature(
-        keyword=[Argument(p.name, p.default, hints.get(p.name))
-                 for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)],
+        keyword=[
+            Argument(p.name, p.default, hints.get(p.name))
+            for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ],
         any_keyword=any(p.kind is p.VAR_KEYWORD for p in params),
         positional_only=[p.name for p in params if p.kind is p.POSITIONAL_ONLY and p.default is p.empty],
     )
@@ -104,7 +113,7 @@ def type_problems(factory: Callable[..., Any], kwargs: dict[str, Any], key: str)
             continue
         annotation = arg.annotation
         if arg.default is None:  # `x: float = None`: None is meant to be accepted
-            annotation = typing.Optional[annotation]
+            annotation = typing.Optional[annotation]  # noqa: UP045 (any annotation object, not only types, takes Optional)
         try:
             check_value(value, annotation, f"{key}.{name}")
         except ConfigError as exc:

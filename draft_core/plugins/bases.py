@@ -12,8 +12,9 @@ is the one place that looks for a member a plugin may lack.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -89,13 +90,13 @@ class SamplerBase:
     #: The classifier-free guidance scale; None: the sampler does not guide.
     guidance_scale: float | None = None
 
-    def sample(self, model: "DiffusionModel", cond: Conditioning, noise: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def sample(self, model: DiffusionModel, cond: Conditioning, noise: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def predict_x0(self, model: "DiffusionModel", sample: torch.Tensor, step: int, cond: Conditioning) -> torch.Tensor:
+    def predict_x0(self, model: DiffusionModel, sample: torch.Tensor, step: int, cond: Conditioning) -> torch.Tensor:
         raise NotImplementedError
 
-    def add_noise(self, model: "DiffusionModel", x0: torch.Tensor, noise: torch.Tensor, step: int) -> torch.Tensor:
+    def add_noise(self, model: DiffusionModel, x0: torch.Tensor, noise: torch.Tensor, step: int) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -126,9 +127,11 @@ def _value(name: str, default: Any) -> property:
 
 def _method(name: str, default: Callable[..., Any]) -> Callable[..., Any]:
     """A method: the plugin's own where it has one, else the base's (which does what absence meant)."""
+
     def call(self: _Adapter, *args: Any, **kwargs: Any) -> Any:
         own = getattr(self.inner, name, None)
         return own(*args, **kwargs) if callable(own) else default(self, *args, **kwargs)
+
     call.__name__ = name
     return call
 
@@ -139,14 +142,29 @@ def _with_defaults(base: type, members: Sequence[str]) -> type:
     for name in members:
         default = getattr(base, name)
         namespace[name] = _method(name, default) if callable(default) else _value(name, default)
-    namespace["__call__"] = _method("__call__", getattr(base, "__call__"))
+    namespace["__call__"] = _method("__call__", base.__call__)
     return type(f"Adapted{base.__name__[:-4]}", (_Adapter, base), namespace)
 
 
 _REWARD_MEMBERS = ("differentiable", "uses_prompts", "last_terms", "check_available", "to")
-_ESTIMATOR_MEMBERS = ("needs_reward_gradient", "check", "differentiated_steps", "on_optimizer_step", "state_dict",
-                      "load_state_dict")
-_SAMPLER_MEMBERS = ("num_steps", "flow_matching", "stochastic", "eta", "guidance_scale", "sample", "predict_x0", "add_noise")
+_ESTIMATOR_MEMBERS = (
+    "needs_reward_gradient",
+    "check",
+    "differentiated_steps",
+    "on_optimizer_step",
+    "state_dict",
+    "load_state_dict",
+)
+_SAMPLER_MEMBERS = (
+    "num_steps",
+    "flow_matching",
+    "stochastic",
+    "eta",
+    "guidance_scale",
+    "sample",
+    "predict_x0",
+    "add_noise",
+)
 AdaptedReward = _with_defaults(RewardBase, _REWARD_MEMBERS)
 AdaptedEstimator = _with_defaults(EstimatorBase, _ESTIMATOR_MEMBERS)
 AdaptedSampler = _with_defaults(SamplerBase, _SAMPLER_MEMBERS)

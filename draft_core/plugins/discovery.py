@@ -14,10 +14,15 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import sys
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from draft_core.plugins.registry import (
-    BUILTIN_DISTRIBUTION, GROUP, LoadError, Registry, _error_text, normalise_distribution,
+    BUILTIN_DISTRIBUTION,
+    GROUP,
+    LoadError,
+    Registry,
+    _error_text,
+    normalise_distribution,
 )
 
 
@@ -65,11 +70,7 @@ def _discover(strict: bool, allow_list: tuple[str, ...] | None) -> Registry:
     outside = {ep.name for ep, dist_name, _ in found if normalise_distribution(dist_name) != builtin}
     registry.unknown_allowed = tuple(n for n in allow_list or () if n not in outside)
     for ep, dist_name, version in found:
-        if (
-            allow_list is not None
-            and normalise_distribution(dist_name) != builtin
-            and ep.name not in allow_list
-        ):
+        if allow_list is not None and normalise_distribution(dist_name) != builtin and ep.name not in allow_list:
             continue
         try:
             staged = registry._attach(ep.load(), ep.name, dist_name, version)

@@ -7,7 +7,8 @@ the keyword arguments a config gives; heavy weights load on first use.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

@@ -37,15 +37,18 @@ def format_plugins(registry: Registry) -> str:
     if registry.conflicts:
         lines += ["", "Name conflicts (the first keeps the name above; a run that names it is refused):"]
         for c in registry.conflicts:
-            lines.append(f"  {c.message()} Dropped: plugin '{c.dropped.plugin}'"
-                         f" ({_where(c.dropped.distribution, c.dropped.version)}).")
+            lines.append(
+                f"  {c.message()} Dropped: plugin '{c.dropped.plugin}'"
+                f" ({_where(c.dropped.distribution, c.dropped.version)})."
+            )
     if registry.claim_conflicts:
         lines += ["", "Pipeline classes claimed twice (the first family loads such folders):"]
         lines += [f"  {c.message()}" for c in registry.claim_conflicts]
     if registry.allow_list is not None:
-        lines += ["", f"DRAFT_PLUGINS={','.join(registry.allow_list)}: other third-party"
-                      " plugins were not loaded."]
+        lines += ["", f"DRAFT_PLUGINS={','.join(registry.allow_list)}: other third-party plugins were not loaded."]
         if registry.unknown_allowed:
-            lines.append(f"DRAFT_PLUGINS names {', '.join(map(repr, registry.unknown_allowed))}, which no"
-                         " installed distribution provides.")
+            lines.append(
+                f"DRAFT_PLUGINS names {', '.join(map(repr, registry.unknown_allowed))}, which no"
+                " installed distribution provides."
+            )
     return "\n".join(lines)

@@ -6,8 +6,9 @@ a pixel-space model), ``H/W`` decoded image size, ``L/D`` text tokens and width.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
@@ -63,7 +64,7 @@ class Sampler(Protocol):
 
     def sample(
         self,
-        model: "DiffusionModel",
+        model: DiffusionModel,
         cond: Conditioning,
         noise: torch.Tensor,
         *,
@@ -85,15 +86,11 @@ class Sampler(Protocol):
         """
         ...
 
-    def predict_x0(
-        self, model: "DiffusionModel", sample: torch.Tensor, step: int, cond: Conditioning
-    ) -> torch.Tensor:
+    def predict_x0(self, model: DiffusionModel, sample: torch.Tensor, step: int, cond: Conditioning) -> torch.Tensor:
         """One-step prediction x̂0 from ``sample`` at step ``step`` (with guidance)."""
         ...
 
-    def add_noise(
-        self, model: "DiffusionModel", x0: torch.Tensor, noise: torch.Tensor, step: int
-    ) -> torch.Tensor:
+    def add_noise(self, model: DiffusionModel, x0: torch.Tensor, noise: torch.Tensor, step: int) -> torch.Tensor:
         """Forward-diffuse ``x0`` to the noise level of step ``step``: α_t x0 + σ_t ε ((1 − σ) x0 + σ ε for a flow)."""
         ...
 
@@ -112,7 +109,7 @@ class StepInputs:
     None: return the whole loss and let the caller differentiate it.
     """
 
-    model: "DiffusionModel"
+    model: DiffusionModel
     sampler: Sampler
     reward: Reward
     cond: Conditioning

@@ -4,8 +4,9 @@ and how to build it from a config's arguments. Discovery (entry points) is in ``
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -96,8 +97,11 @@ def normalise_distribution(name: str) -> str:
 
 def describe_provider(kind: str, name: str, plugin: str, distribution: str | None, version: str | None) -> str:
     """``reward 'x' (plugin 'p' from distribution d 1.0)``: what error messages call a plugin's name."""
-    dist = f"distribution {distribution}" + (f" {version}" if version else "") if distribution \
+    dist = (
+        f"distribution {distribution}" + (f" {version}" if version else "")
+        if distribution
         else "no installed distribution"
+    )
     return f"{kind} '{name}' (plugin '{plugin}' from {dist})"
 
 
@@ -140,9 +144,7 @@ class Registry:
         """Register a module (or any object) carrying ``@hookimpl`` functions; errors propagate."""
         self._commit(self._attach(plugin, name, distribution, version))
 
-    def _attach(
-        self, plugin: object, name: str, distribution: str | None, version: str | None
-    ) -> list[PluginEntry]:
+    def _attach(self, plugin: object, name: str, distribution: str | None, version: str | None) -> list[PluginEntry]:
         """Register ``plugin`` with pluggy and run its hooks; nothing is committed yet.
 
         Staging first means a plugin whose hook raises half-way contributes nothing,
@@ -162,9 +164,12 @@ class Registry:
 
     def _check_unmarked(self, plugin: object, name: str) -> None:
         """A hook function without ``@hookimpl`` would register nothing, silently: refuse it."""
-        unmarked = [f"register_{PLURALS[k]}" for k in KINDS
-                    if callable(getattr(plugin, f"register_{PLURALS[k]}", None))
-                    and self._pm.parse_hookimpl_opts(plugin, f"register_{PLURALS[k]}") is None]
+        unmarked = [
+            f"register_{PLURALS[k]}"
+            for k in KINDS
+            if callable(getattr(plugin, f"register_{PLURALS[k]}", None))
+            and self._pm.parse_hookimpl_opts(plugin, f"register_{PLURALS[k]}") is None
+        ]
         if unmarked:
             raise PluginError(
                 f"plugin '{name}' defines {', '.join(unmarked)} without @hookimpl, so it would register nothing; "
@@ -196,9 +201,7 @@ class Registry:
                 if impl.hookwrapper or impl.wrapper:
                     raise PluginError(f"plugin '{name}': hook wrappers are not supported here")
 
-                def register(
-                    entry_name: str, factory: Callable[..., Any], _kind: str = kind
-                ) -> None:
+                def register(entry_name: str, factory: Callable[..., Any], _kind: str = kind) -> None:
                     if not isinstance(entry_name, str) or not entry_name:
                         raise PluginError(
                             f"plugin '{name}' registered a {_kind} with name {entry_name!r};"
@@ -211,9 +214,7 @@ class Registry:
                         )
                     if _kind == "model":
                         check_family_class(factory, entry_name, name)
-                    staged.append(
-                        PluginEntry(_kind, entry_name, factory, name, distribution, version)
-                    )
+                    staged.append(PluginEntry(_kind, entry_name, factory, name, distribution, version))
 
                 # An implementation may take a subset of the spec's arguments
                 # (pluggy's rule), so pass only those it names.
@@ -250,8 +251,10 @@ class Registry:
                 continue
             conflict = ClaimConflict(other, entry, shared)
             if strict:
-                raise PluginError(f"{conflict.message()} Give the later family only the pipeline classes it "
-                                  f"adds, or set DRAFT_PLUGINS to the entry points to load.")
+                raise PluginError(
+                    f"{conflict.message()} Give the later family only the pipeline classes it "
+                    f"adds, or set DRAFT_PLUGINS to the entry points to load."
+                )
             self.claim_conflicts.append(conflict)
 
     def family_for_class(self, class_name: str | None) -> PluginEntry | None:
@@ -264,8 +267,7 @@ class Registry:
     def _kind(self, kind: str) -> dict[str, PluginEntry]:
         if kind not in self._entries:
             raise PluginError(
-                f"unknown plugin kind {kind!r}; the kinds are {', '.join(KINDS)}."
-                + did_you_mean(kind, KINDS)
+                f"unknown plugin kind {kind!r}; the kinds are {', '.join(KINDS)}." + did_you_mean(kind, KINDS)
             )
         return self._entries[kind]
 
@@ -283,8 +285,10 @@ class Registry:
         entries = self._kind(kind)
         conflict = next((c for c in self.conflicts if (c.kept.kind, c.kept.name) == (kind, name)), None)
         if conflict is not None:  # which of the two was meant cannot be known
-            raise PluginError(f"{conflict.message()} The second was dropped, so '{name}' cannot be used until "
-                              f"one is removed. {CONFLICT_ADVICE}")
+            raise PluginError(
+                f"{conflict.message()} The second was dropped, so '{name}' cannot be used until "
+                f"one is removed. {CONFLICT_ADVICE}"
+            )
         if name in entries:
             return entries[name]
         raise PluginError(self._unknown_message(kind, name))
@@ -295,8 +299,11 @@ class Registry:
         parts = [f"unknown {kind} '{name}'."]
         dist = KNOWN_EXTERNAL.get(name) if kind == KNOWN_EXTERNAL_KIND else None
         failed_dist = dist and next(
-            (e for e in self.load_errors if e.distribution
-             and normalise_distribution(e.distribution) == normalise_distribution(dist)),
+            (
+                e
+                for e in self.load_errors
+                if e.distribution and normalise_distribution(e.distribution) == normalise_distribution(dist)
+            ),
             None,
         )
         if failed_dist:
@@ -315,14 +322,9 @@ class Registry:
             parts.append(hint)
         if self.load_errors and not failed_dist:
             failed = sorted({e.distribution or e.entry_point for e in self.load_errors})
-            parts.append(
-                f"Some plugins failed to load ({', '.join(failed)}); `draft plugins` lists them."
-            )
+            parts.append(f"Some plugins failed to load ({', '.join(failed)}); `draft plugins` lists them.")
         if self.allow_list is not None:
-            parts.append(
-                f"DRAFT_PLUGINS={','.join(self.allow_list)} limits which third-party"
-                " plugins are loaded."
-            )
+            parts.append(f"DRAFT_PLUGINS={','.join(self.allow_list)} limits which third-party plugins are loaded.")
         return " ".join(parts)
 
     # -- arguments ----------------------------------------------------------
@@ -338,20 +340,14 @@ class Registry:
             unknown = [k for k in kwargs if k not in known]
             if unknown:
                 described = ", ".join(
-                    f"'{k}'" + (f" (did you mean '{m}'?)" if (m := closest(k, known)) else "")
-                    for k in unknown
+                    f"'{k}'" + (f" (did you mean '{m}'?)" if (m := closest(k, known)) else "") for k in unknown
                 )
                 word = "argument" if len(unknown) == 1 else "arguments"
-                raise PluginError(
-                    f"{kind} '{name}' got unknown {word} {described}. {accepted}"
-                )
+                raise PluginError(f"{kind} '{name}' got unknown {word} {described}. {accepted}")
         missing = sig.positional_only + [a.name for a in sig.keyword if a.required and a.name not in kwargs]
         if missing:
             word = "argument" if len(missing) == 1 else "arguments"
-            raise PluginError(
-                f"{kind} '{name}' is missing required {word}"
-                f" {', '.join(map(repr, missing))}. {accepted}"
-            )
+            raise PluginError(f"{kind} '{name}' is missing required {word} {', '.join(map(repr, missing))}. {accepted}")
 
     def build(self, kind: str, name: str, /, **kwargs: Any) -> Any:
         """``check_kwargs`` then ``factory(**kwargs)``."""
@@ -365,16 +361,28 @@ class Registry:
         out: dict[str, list[Any]] = {}
         for kind in KINDS:
             out[PLURALS[kind]] = [
-                {"name": e.name, "plugin": e.plugin,
-                 "distribution": e.distribution, "version": e.version,
-                 "arguments": [a.describe() for a in argument_list(e.factory)]}
+                {
+                    "name": e.name,
+                    "plugin": e.plugin,
+                    "distribution": e.distribution,
+                    "version": e.version,
+                    "arguments": [a.describe() for a in argument_list(e.factory)],
+                }
                 for e in self.entries(kind)
             ]
         out["errors"] = [asdict(e) for e in self.load_errors]
         out["conflicts"] = [
-            {"kind": c.kept.kind, "name": c.kept.name, "message": c.message(),
-             "kept": {"plugin": c.kept.plugin, "distribution": c.kept.distribution, "version": c.kept.version},
-             "dropped": {"plugin": c.dropped.plugin, "distribution": c.dropped.distribution, "version": c.dropped.version}}
+            {
+                "kind": c.kept.kind,
+                "name": c.kept.name,
+                "message": c.message(),
+                "kept": {"plugin": c.kept.plugin, "distribution": c.kept.distribution, "version": c.kept.version},
+                "dropped": {
+                    "plugin": c.dropped.plugin,
+                    "distribution": c.dropped.distribution,
+                    "version": c.dropped.version,
+                },
+            }
             for c in self.conflicts
         ]
         out["claim_conflicts"] = [

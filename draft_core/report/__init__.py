@@ -8,12 +8,11 @@ it rewrites the page whenever a grid or a validation is added, and never stops t
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from draft_core.errors import DraftError
 from draft_core.report.collect import RunData, read_run
-
 from draft_core.rundir import REPORT as REPORT_NAME
 
 __all__ = ["REPORT_NAME", "RunData", "read_run", "refresh_report", "write_report"]
@@ -52,7 +51,9 @@ def _unique_name(path: Path, paths: list[Path]) -> str:
     return path.name
 
 
-def refresh_report(run_dir: str | Path, warn: Callable[[str], None] | None = None, pending: dict | None = None) -> Path | None:
+def refresh_report(
+    run_dir: str | Path, warn: Callable[[str], None] | None = None, pending: dict | None = None
+) -> Path | None:
     """Rewrite ``run_dir/report.html``; a failure is reported through ``warn`` (default: stderr), never raised."""
     try:
         return write_report([run_dir], pending=pending)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from draft_core.config.schema import Config
 from draft_core.errors import DraftError
-from draft_core.rundir import RunDir
 from draft_core.rewarding.spec import reward_label
+from draft_core.rundir import RunDir
 
 MAX_SIDE = 1600  # grids wider or taller than this are downscaled for the page
 MAX_GRIDS = 48  # at most this many grids per run on the slider
@@ -82,9 +82,13 @@ def check_run_dir(path: str | Path) -> RunDir:
     """The run folder, or a one-paragraph error naming what is missing."""
     p = RunDir(path)
     if not p.path.is_dir():
-        raise DraftError(f"'{path}' is not a folder; give a run folder written by `draft train` (it holds config.yaml and metrics.jsonl).")
+        raise DraftError(
+            f"'{path}' is not a folder; give a run folder written by `draft train` (it holds config.yaml and metrics.jsonl)."
+        )
     if not p.has_config():
-        raise DraftError(f"'{path}' has no config.yaml, so it is not a run folder written by `draft train`; give the folder passed to --out (or printed when the run started).")
+        raise DraftError(
+            f"'{path}' has no config.yaml, so it is not a run folder written by `draft train`; give the folder passed to --out (or printed when the run started)."
+        )
     return p
 
 
@@ -108,13 +112,21 @@ def read_run(path: str | Path, name: str | None = None, pending: dict | None = N
         keys += [k for k, v in row.items() if k not in _NOT_PLOTTED and k not in keys and _number(v) is not None]
     # A row without the key (a validation metric between validation steps) is no point; a row
     # with a null or non-finite value (a skipped step) is a gap in the line.
-    series = {k: Series([int(r["step"]) for r in rows if k in r], [_number(r[k]) for r in rows if k in r]) for k in keys}
+    series = {
+        k: Series([int(r["step"]) for r in rows if k in r], [_number(r[k]) for r in rows if k in r]) for k in keys
+    }
     card = run_dir.lora / "README.md"
     run = RunData(
-        path=path, name=name or path.name, config=config, config_text=config_text,
-        steps=[int(r["step"]) for r in rows], series=series, grids=read_grids(run_dir.samples),
+        path=path,
+        name=name or path.name,
+        config=config,
+        config_text=config_text,
+        steps=[int(r["step"]) for r in rows],
+        series=series,
+        grids=read_grids(run_dir.samples),
         val_grids=read_grids(run_dir.samples, "val-step-"),
-        grid_prompts=_grid_prompts(config), card=card.read_text() if card.is_file() else "",
+        grid_prompts=_grid_prompts(config),
+        card=card.read_text() if card.is_file() else "",
     )
     run.commands = commands(run)
     stops = [(int(r["step"]), str(r["guard_stop"])) for r in rows if r.get("guard_stop")]

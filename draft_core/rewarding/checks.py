@@ -14,9 +14,7 @@ def check_image_batch(images: torch.Tensor, name: str) -> None:
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"{name}: images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}.")
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"{name}: images must have shape [B, 3, H, W] (RGB in [0, 1]), got {list(images.shape)}."
-        )
+        raise ValueError(f"{name}: images must have shape [B, 3, H, W] (RGB in [0, 1]), got {list(images.shape)}.")
     if not images.is_floating_point():
         raise ValueError(f"{name}: images must be a floating-point tensor in [0, 1], got dtype {images.dtype}.")
     if images.numel():
@@ -24,6 +22,4 @@ def check_image_batch(images: torch.Tensor, name: str) -> None:
         if not (low >= -RANGE_TOLERANCE and high <= 1 + RANGE_TOLERANCE):  # also catches NaN
             hint = " (images in [-1, 1]? map them with (x + 1) / 2)" if low < 0 else ""
             hint = hint or (" (images in [0, 255]? divide by 255)" if high > 1.5 else "")
-            raise ValueError(
-                f"{name}: image values must lie in [0, 1], got min {low:.4g} and max {high:.4g}{hint}."
-            )
+            raise ValueError(f"{name}: image values must lie in [0, 1], got min {low:.4g} and max {high:.4g}{hint}.")

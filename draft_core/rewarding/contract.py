@@ -10,7 +10,8 @@ any optimiser update. Non-finite values are the training loop's business (it ski
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -113,7 +114,7 @@ class CheckedReward(RewardBase):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    def to(self, *args: Any, **kwargs: Any) -> "CheckedReward":
+    def to(self, *args: Any, **kwargs: Any) -> CheckedReward:
         as_reward(self.inner).to(*args, **kwargs)
         return self
 

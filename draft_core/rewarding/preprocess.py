@@ -30,7 +30,10 @@ Mode = Literal["bicubic", "bilinear"]
 
 
 def resize(
-    images: torch.Tensor, size: tuple[int, int], mode: Mode = "bicubic", antialias: bool = True,
+    images: torch.Tensor,
+    size: tuple[int, int],
+    mode: Mode = "bicubic",
+    antialias: bool = True,
     two_pass: bool = False,
 ) -> torch.Tensor:
     """Resize [B, C, H, W] to ``size`` (h, w); a no-op when already that size.

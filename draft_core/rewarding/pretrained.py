@@ -10,8 +10,8 @@ says what was expected and how to provide it offline.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Callable, Hashable
 
 import torch
 from torch import nn
@@ -54,9 +54,7 @@ def compute_dtype(images: torch.Tensor, dtype: str = "auto") -> torch.dtype:
 _FROZEN: dict[tuple, nn.Module] = {}
 
 
-def frozen_model(
-    key: Hashable, load: Callable[[], nn.Module], device: torch.device, dtype: torch.dtype
-) -> nn.Module:
+def frozen_model(key: Hashable, load: Callable[[], nn.Module], device: torch.device, dtype: torch.dtype) -> nn.Module:
     """``load()`` once per (key, device, dtype), frozen (no parameter gradients) and in eval mode.
 
     Each (device, dtype) loads from the source again rather than converting another copy,
@@ -94,12 +92,13 @@ def hub_load_error(
     return ModelLoadError(
         f"{what}: could not load '{source}' ({first}). Give `path:` a local folder holding"
         f" {files} (as written by save_pretrained, or `hf download {hub_id} --local-dir DIR`"
-        f" on a machine with network), or put '{hub_id}' in the Hugging Face cache ({cache}). "
-        + offline_note()
+        f" on a machine with network), or put '{hub_id}' in the Hugging Face cache ({cache}). " + offline_note()
     )
 
 
-def check_pretrained_available(what: str, hub_id: str, path: str | None, *, files: str, subfolder: str | None = None) -> None:
+def check_pretrained_available(
+    what: str, hub_id: str, path: str | None, *, files: str, subfolder: str | None = None
+) -> None:
     """The cheap check behind a reward's ``check_available()`` for a Hugging Face checkpoint: ``path``
     is a folder, or ``hub_id``'s config.json is in the cache, or (HF_HUB_OFFLINE unset) the hub may
     be asked at the first call. Loads nothing; ModelLoadError as ``hub_load_error`` words it otherwise."""

@@ -43,15 +43,26 @@ class RequestProblem(Exception):
 class RewardService:
     """The reward and its limits, independent of the HTTP layer (each method: request bytes -> answer bytes)."""
 
-    def __init__(self, reward: Any, name: str, *, max_batch: int = MAX_BATCH, max_bytes: int = MAX_BYTES,
-                 device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        reward: Any,
+        name: str,
+        *,
+        max_batch: int = MAX_BATCH,
+        max_bytes: int = MAX_BYTES,
+        device: torch.device | None = None,
+    ) -> None:
         self.reward, self.name, self.max_batch, self.max_bytes = reward, name, max_batch, max_bytes
         self.device = device or torch.device("cpu")
         self.lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
-        return {"reward": self.name, "differentiable": is_differentiable(self.reward),
-                "max_batch": self.max_batch, "max_bytes": self.max_bytes}
+        return {
+            "reward": self.name,
+            "differentiable": is_differentiable(self.reward),
+            "max_batch": self.max_batch,
+            "max_bytes": self.max_bytes,
+        }
 
     def _inputs(self, body: bytes) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str]]:
         try:
@@ -60,8 +71,11 @@ class RewardService:
         except WireError as exc:
             raise RequestProblem(400, str(exc)) from None
         if images.ndim >= 1 and images.shape[0] > self.max_batch:
-            raise RequestProblem(413, f"a batch of {images.shape[0]} images is over this server's limit of {self.max_batch} "
-                                      f"(draft reward serve --max-batch); send smaller batches (the remote reward's max_batch).")
+            raise RequestProblem(
+                413,
+                f"a batch of {images.shape[0]} images is over this server's limit of {self.max_batch} "
+                f"(draft reward serve --max-batch); send smaller batches (the remote reward's max_batch).",
+            )
         prompts = meta.get("prompts")
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
             raise RequestProblem(400, f"the request's prompts must be a list of strings, got {prompts!r}"[:300])
@@ -70,7 +84,9 @@ class RewardService:
         except ValueError as exc:
             raise RequestProblem(400, str(exc)) from None
         if len(prompts) != images.shape[0]:
-            raise RequestProblem(400, f"the request has {images.shape[0]} images and {len(prompts)} prompts; send one prompt per image.")
+            raise RequestProblem(
+                400, f"the request has {images.shape[0]} images and {len(prompts)} prompts; send one prompt per image."
+            )
         return tensors, images.to(self.device), prompts
 
     def _scores(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -85,14 +101,18 @@ class RewardService:
 
     def vjp(self, body: bytes) -> bytes:
         if not is_differentiable(self.reward):
-            raise RequestProblem(400, f"reward '{self.name}' has no gradient (differentiable = False); it serves scores only.")
+            raise RequestProblem(
+                400, f"reward '{self.name}' has no gradient (differentiable = False); it serves scores only."
+            )
         tensors, images, prompts = self._inputs(body)
         try:
             upstream = tensor(tensors, "upstream", "the request").to(self.device, images.dtype)
         except WireError as exc:
             raise RequestProblem(400, str(exc)) from None
         if upstream.shape != (images.shape[0],):
-            raise RequestProblem(400, f"the request's upstream gradient has shape {list(upstream.shape)}; expected [{images.shape[0]}].")
+            raise RequestProblem(
+                400, f"the request's upstream gradient has shape {list(upstream.shape)}; expected [{images.shape[0]}]."
+            )
         with self.lock, torch.enable_grad():
             x = images.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self._scores(x, prompts), x, upstream, allow_unused=True)
@@ -119,20 +139,27 @@ def build_app(service: RewardService, token: str | None) -> Any:
     async def read_body(request: Request) -> bytes:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > service.max_bytes:
-            raise RequestProblem(413, f"the request has {int(length)} bytes, over this server's limit of {service.max_bytes} "
-                                      f"(draft reward serve --max-mb); send smaller batches.")
+            raise RequestProblem(
+                413,
+                f"the request has {int(length)} bytes, over this server's limit of {service.max_bytes} "
+                f"(draft reward serve --max-mb); send smaller batches.",
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > service.max_bytes:
-                raise RequestProblem(413, f"the request is over this server's limit of {service.max_bytes} bytes; send smaller batches.")
+                raise RequestProblem(
+                    413, f"the request is over this server's limit of {service.max_bytes} bytes; send smaller batches."
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 
     def endpoint(method: Any) -> Any:
         async def handle(request: Request) -> Response:
             if not authorised(request):
-                return refused(401, "wrong or missing token: give the token `draft reward serve` printed (reward.token).")
+                return refused(
+                    401, "wrong or missing token: give the token `draft reward serve` printed (reward.token)."
+                )
             try:
                 body = await read_body(request)
                 answer = await run_in_threadpool(method, body)
@@ -141,6 +168,7 @@ def build_app(service: RewardService, token: str | None) -> Any:
             except Exception as exc:  # the reward itself failed: tell the client what happened
                 return refused(500, f"reward '{service.name}' raised {type(exc).__name__}: {exc}")
             return Response(answer, media_type=CONTENT_TYPE)
+
         return handle
 
     async def info(request: Request) -> Response:
@@ -148,5 +176,10 @@ def build_app(service: RewardService, token: str | None) -> Any:
             return refused(401, "wrong or missing token: give the token `draft reward serve` printed (reward.token).")
         return JSONResponse(service.info())
 
-    return Starlette(routes=[Route("/info", info, methods=["GET"]), Route("/score", endpoint(service.score), methods=["POST"]),
-                             Route("/vjp", endpoint(service.vjp), methods=["POST"])])
+    return Starlette(
+        routes=[
+            Route("/info", info, methods=["GET"]),
+            Route("/score", endpoint(service.score), methods=["POST"]),
+            Route("/vjp", endpoint(service.vjp), methods=["POST"]),
+        ]
+    )

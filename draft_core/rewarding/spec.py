@@ -14,8 +14,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RewardTerm", "is_weighted", "reward_label", "reward_problems", "reward_terms", "set_term_argument", "term_label",
-           "unknown_term_arguments"]
+__all__ = [
+    "RewardTerm",
+    "is_weighted",
+    "reward_label",
+    "reward_problems",
+    "reward_terms",
+    "set_term_argument",
+    "term_label",
+    "unknown_term_arguments",
+]
 
 
 @dataclass(frozen=True)
@@ -41,8 +49,10 @@ def reward_terms(section: dict[str, Any]) -> list[RewardTerm]:
         kwargs = {k: v for k, v in section.items() if k != "name"}
         return [RewardTerm(str(section.get("name")), 1.0, kwargs, "reward")]
     args = section.get("args") or {}
-    return [RewardTerm(name, float(w), dict(args.get(name) or {}), f"reward.args.{name}")
-            for name, w in section["weights"].items()]
+    return [
+        RewardTerm(name, float(w), dict(args.get(name) or {}), f"reward.args.{name}")
+        for name, w in section["weights"].items()
+    ]
 
 
 def term_label(term: RewardTerm, *, weighted: bool) -> str:
@@ -102,4 +112,6 @@ def unknown_term_arguments(section: dict[str, Any]) -> str:
     if not is_weighted(section):
         return ""
     unknown = sorted(set(section.get("args") or {}) - set(section["weights"]))
-    return f"reward.args names {unknown}, which are not in reward.weights {sorted(section['weights'])}." if unknown else ""
+    return (
+        f"reward.args names {unknown}, which are not in reward.weights {sorted(section['weights'])}." if unknown else ""
+    )

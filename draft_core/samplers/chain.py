@@ -17,8 +17,8 @@ from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from draft_core.errors import ConfigError
 from draft_core.lora import adapters_enabled
-from draft_core.models.family import upcast
 from draft_core.models.conditioning import Conditioning
+from draft_core.models.family import upcast
 from draft_core.plugins.bases import SamplerBase
 
 
@@ -78,7 +78,9 @@ class ChainSampler(SamplerBase):
             return self.guidance_scale
         return self.guidance_schedule.at(step, self.num_steps)
 
-    def _model_output(self, model, sample: torch.Tensor, t: torch.Tensor, cond: Conditioning, step: int) -> torch.Tensor:
+    def _model_output(
+        self, model, sample: torch.Tensor, t: torch.Tensor, cond: Conditioning, step: int
+    ) -> torch.Tensor:
         """The family's guided output at ``step`` (a learned schedule's scale is a tensor, so CFG always runs)."""
         return model.denoise(sample, t, cond, self.guidance_at(step))
 
@@ -145,7 +147,9 @@ class ChainSampler(SamplerBase):
         t = self.scheduler(model).timesteps[step]
         return self._model_output(model, upcast(sample), t, cond, step)
 
-    def transition(self, model, sample: torch.Tensor, step: int, action: torch.Tensor, noise: Any = None) -> torch.Tensor:
+    def transition(
+        self, model, sample: torch.Tensor, step: int, action: torch.Tensor, noise: Any = None
+    ) -> torch.Tensor:
         """The next state x_{i+1} from state ``sample`` and ``action``, by the scheduler's own step."""
         sched = self.scheduler(model)
         return self.scheduler_step(sched, action, sched.timesteps[step], upcast(sample), noise)[0]
@@ -174,11 +178,15 @@ class ChainSampler(SamplerBase):
             out = self._model_output(model, x, t, cond, step)
         return self.step_gaussian(sched, out, t, x)
 
-    def step_gaussian(self, sched, out: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_gaussian(
+        self, sched, out: torch.Tensor, t: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) of the scheduler's step from model output ``out`` (subclasses with noise provide it)."""
         raise NotImplementedError(f"{type(self).__name__} draws no noise, so its steps have no Gaussian density.")
 
-    def predict_x0(self, model, sample: torch.Tensor, step: int, cond: Conditioning, lora_on: bool = True) -> torch.Tensor:
+    def predict_x0(
+        self, model, sample: torch.Tensor, step: int, cond: Conditioning, lora_on: bool = True
+    ) -> torch.Tensor:
         return self._step(model, upcast(sample), step, cond, lora_on)[1]
 
     def add_noise(self, model, x0: torch.Tensor, noise: torch.Tensor, step: int) -> torch.Tensor:

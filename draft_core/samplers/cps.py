@@ -39,8 +39,10 @@ class CPSSampler(FlowSDESampler):
 
     def __init__(self, steps: int = 50, guidance_scale: float = 7.5, eta: float = 0.8) -> None:
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
-            raise ConfigError(f"sampler.eta must be a number in [0, 1] for cps (the step's noise is σ·sin(eta·π/2); "
-                              f"0 is the ODE, 1 re-noises fully; the reference's default is 0.8), got {eta!r}.")
+            raise ConfigError(
+                f"sampler.eta must be a number in [0, 1] for cps (the step's noise is σ·sin(eta·π/2); "
+                f"0 is the ODE, 1 re-noises fully; the reference's default is 0.8), got {eta!r}."
+            )
         super().__init__(steps, guidance_scale, eta)
 
     def __repr__(self) -> str:

@@ -61,4 +61,4 @@ class DDPMSampler(ChainSampler):
         # clamped to 1e-20 where it is exactly 0 (no previous timestep): such a step has no density.
         variance = sched._get_variance(t) if t > 0 else torch.zeros(())
         variance = torch.where(variance > 1e-20, variance, torch.zeros_like(variance))
-        return mean, (variance ** 0.5).to(device=x.device)
+        return mean, (variance**0.5).to(device=x.device)

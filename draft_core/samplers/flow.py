@@ -61,7 +61,9 @@ class FlowSampler(ChainSampler):
         return upcast(noise)
 
     # -- one step, by index -------------------------------------------------------------------
-    def step_at(self, sched, out: torch.Tensor, i: int, x: torch.Tensor, noise=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_at(
+        self, sched, out: torch.Tensor, i: int, x: torch.Tensor, noise=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_{i+1}, x̂0) from velocity ``out`` at step ``i``."""
         raise NotImplementedError
 
@@ -132,13 +134,19 @@ class FlowSDESampler(FlowSampler):
 
     name = "flow-sde"
 
-    def __init__(self, steps: int = 50, guidance_scale: float = 7.5, eta: float = 0.7, diffusion: str = "flow-grpo") -> None:
+    def __init__(
+        self, steps: int = 50, guidance_scale: float = 7.5, eta: float = 0.7, diffusion: str = "flow-grpo"
+    ) -> None:
         super().__init__(steps, guidance_scale)
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
-            raise ConfigError(f"sampler.eta must be a number >= 0 (Flow-GRPO's noise level; 0 is the ODE), got {eta!r}.")
+            raise ConfigError(
+                f"sampler.eta must be a number >= 0 (Flow-GRPO's noise level; 0 is the ODE), got {eta!r}."
+            )
         if diffusion not in ("flow-grpo", "dance-grpo"):
-            raise ConfigError(f"sampler.diffusion must be 'flow-grpo' (noise scale g = eta·√(σ/(1 − σ))) or "
-                              f"'dance-grpo' (g = eta: noise eta·√|dσ| per step), got {diffusion!r}.")
+            raise ConfigError(
+                f"sampler.diffusion must be 'flow-grpo' (noise scale g = eta·√(σ/(1 − σ))) or "
+                f"'dance-grpo' (g = eta: noise eta·√|dσ| per step), got {diffusion!r}."
+            )
         self.eta = float(eta)
         self.diffusion = diffusion
 

@@ -40,7 +40,9 @@ def log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | float, red
     return _reduce(values, reduction)
 
 
-def kl_same_std(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor | float, reduction: str = "mean") -> torch.Tensor:
+def kl_same_std(
+    mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor | float, reduction: str = "mean"
+) -> torch.Tensor:
     """KL(N(mean_p, std²) ‖ N(mean_q, std²)) per sample, [B] (same reduction as ``log_prob``).
 
     Two steps of the same schedule share their std, so the KL is ‖mean_p − mean_q‖² / (2 std²).

@@ -9,7 +9,9 @@ importing any of them imports this package first).
 
 import pytest
 
-pytest.register_assert_rewrite("draft_core.testing.rewards", "draft_core.testing.estimators", "draft_core.testing.families")
+pytest.register_assert_rewrite(
+    "draft_core.testing.rewards", "draft_core.testing.estimators", "draft_core.testing.families"
+)
 
 from draft_core.testing.families import ModelFamilyConformance  # noqa: E402
 from draft_core.testing.rewards import RewardConformance, assert_plugin_listed  # noqa: E402

@@ -103,7 +103,9 @@ class EstimatorConformance:
     def inputs(self, model, seed: int = 0) -> StepInputs:
         cond = model.encode_prompts(list(self.prompts))
         noise = model.make_noise(len(self.prompts), torch.Generator().manual_seed(seed))
-        return StepInputs(model, self.make_sampler(), TinyNetworkReward(), cond, noise, torch.Generator().manual_seed(seed + 1))
+        return StepInputs(
+            model, self.make_sampler(), TinyNetworkReward(), cond, noise, torch.Generator().manual_seed(seed + 1)
+        )
 
     @staticmethod
     def _zero(model, params) -> None:
@@ -129,7 +131,9 @@ class EstimatorConformance:
         bad = self.make_unsupported_sampler()
         check = getattr(estimator, "check", None)
         if check is None:
-            assert bad is None, "make_unsupported_sampler() is given, but the estimator has no check(sampler) to refuse it"
+            assert bad is None, (
+                "make_unsupported_sampler() is given, but the estimator has no check(sampler) to refuse it"
+            )
             pytest.skip("the estimator has no check(sampler): it works with any sampler")
         assert check(self.make_sampler()) is None  # the test sampler is one it works with
         if bad is not None:

@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -133,7 +134,9 @@ class ModelFamilyConformance:
         try:
             return model.pipeline()
         except NotImplementedError as exc:
-            pytest.skip(f"no pipeline parity for '{model.name}' of the '{model.family}' family: {exc or 'pipeline() is not implemented'}")
+            pytest.skip(
+                f"no pipeline parity for '{model.name}' of the '{model.family}' family: {exc or 'pipeline() is not implemented'}"
+            )
 
     @staticmethod
     def empty_prompt(cond: Conditioning) -> Conditioning:
@@ -153,7 +156,9 @@ class ModelFamilyConformance:
         assert ours.shape == theirs.shape == (len(self.prompts), 3, *base.image_size)
         assert ours.std() > 1e-3, "the images are a constant: nothing was decoded"
         error = rel_error(ours, theirs)
-        assert error <= self.float32_rel, f"draft's images differ from {type(pipe).__name__}'s by {error:.2e} of their scale"
+        assert error <= self.float32_rel, (
+            f"draft's images differ from {type(pipe).__name__}'s by {error:.2e} of their scale"
+        )
 
     def test_lora_round_trip(self, base, tmp_path):
         trained = self.with_lora(base)
@@ -182,14 +187,21 @@ class ModelFamilyConformance:
         pipe.load_lora_weights(str(folder))  # what the model card tells users to run
         noise = self.noise(base)
         error = rel_error(self.pipeline_images(pipe, fresh, noise), self.draft_images(trained, noise))
-        assert error <= self.float32_rel, f"{loader}.load_lora_weights samples other images than draft's LoRA ({error:.2e})"
+        assert error <= self.float32_rel, (
+            f"{loader}.load_lora_weights samples other images than draft's LoRA ({error:.2e})"
+        )
 
     def test_guidance_rule(self, base):
         x = self.noise(base)
         t = torch.tensor(self.timestep)
         cond = base.encode_prompts(list(self.prompts))
         rows: list[int] = []
-        scales: dict[str, Any] = {"one": 1.0, "g": self.guidance, "tensor": torch.tensor(self.guidance), "2g": 2 * self.guidance}
+        scales: dict[str, Any] = {
+            "one": 1.0,
+            "g": self.guidance,
+            "tensor": torch.tensor(self.guidance),
+            "2g": 2 * self.guidance,
+        }
 
         def count(module, args, kwargs):
             sample = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
@@ -264,4 +276,5 @@ class ModelFamilyConformance:
             for what, autograd, fd in (("the LoRA", along_lora, fd_lora), ("the input", along_x, fd_x)):
                 assert abs(autograd) > 1e-8, f"no gradient along {what}"
                 assert abs(autograd - fd) <= self.fd_rel * abs(fd), (
-                    f"d/dh f along {what}: autograd {autograd:.12e}, central differences {fd:.12e}")
+                    f"d/dh f along {what}: autograd {autograd:.12e}, central differences {fd:.12e}"
+                )

@@ -23,7 +23,9 @@ def suite_threads() -> int:
     """The intra-op thread count the tests run on: 1, or DRAFT_TEST_THREADS."""
     value = os.environ.get(THREADS_VARIABLE, "1")
     if not value.isdigit() or int(value) < 1:
-        raise pytest.UsageError(f"{THREADS_VARIABLE}={value!r}: expected a positive whole number of threads (default 1)")
+        raise pytest.UsageError(
+            f"{THREADS_VARIABLE}={value!r}: expected a positive whole number of threads (default 1)"
+        )
     return int(value)
 
 

@@ -10,7 +10,7 @@ in which PIL rounds, so a bound reads the same for every normalisation. Needs sc
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch

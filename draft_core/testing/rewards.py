@@ -154,9 +154,7 @@ class RewardConformance:
         "device",
         [
             "cpu",
-            pytest.param(
-                "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
-            ),
+            pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
         ],
     )
     def test_device(self, device):
@@ -219,4 +217,3 @@ def assert_plugin_listed(kind: str, name: str, distribution: str, plugin: str, c
     assert main(["plugins"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.split()[1:2] == [name])
     assert row.split()[0] == kind and f"{distribution}==" in row
-

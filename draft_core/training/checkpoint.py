@@ -20,9 +20,10 @@ import os
 import pickle
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -182,9 +183,13 @@ def verify(path: Path) -> None:
             raise CorruptCheckpoint(f"checkpoint '{path}': {name} is missing")
         size = f.stat().st_size
         if size != entry["bytes"]:
-            raise CorruptCheckpoint(f"checkpoint '{path}': {name} has {size} bytes, the manifest says {entry['bytes']} (truncated?)")
+            raise CorruptCheckpoint(
+                f"checkpoint '{path}': {name} has {size} bytes, the manifest says {entry['bytes']} (truncated?)"
+            )
         if _sha256(f) != entry["sha256"]:
-            raise CorruptCheckpoint(f"checkpoint '{path}': {name} does not match its SHA-256 checksum (the file was changed or damaged)")
+            raise CorruptCheckpoint(
+                f"checkpoint '{path}': {name} does not match its SHA-256 checksum (the file was changed or damaged)"
+            )
 
 
 def load_checkpoint(path: Path) -> TrainingState:
@@ -207,14 +212,18 @@ def load_checkpoint(path: Path) -> TrainingState:
         raise CorruptCheckpoint(f"checkpoint '{path}' is unreadable ({exc})") from exc
 
 
-def load_latest(root: Path, warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> tuple[Path, TrainingState]:
+def load_latest(
+    root: Path, warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
+) -> tuple[Path, TrainingState]:
     """The newest checkpoint under ``root`` that verifies; each damaged one is reported and skipped.
 
     A file that would need unpickling is an error, not a fallback: it was put there by hand.
     """
     found = candidates(root)
     if not found:
-        raise CheckpointError(f"no checkpoint in '{root}' to resume from (the run stopped before its first checkpoint).")
+        raise CheckpointError(
+            f"no checkpoint in '{root}' to resume from (the run stopped before its first checkpoint)."
+        )
     problems = []
     for path in found:
         try:

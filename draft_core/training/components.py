@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from draft_core.config import Config, plugin_kwargs, resolve_config
-from draft_core.config.resolve import is_wrapper, split_estimator
 from draft_core.config.prompts import load_prompts
+from draft_core.config.resolve import is_wrapper, split_estimator
 from draft_core.errors import ConfigError, DraftError, PluginError, join_problems
 from draft_core.plugins import Registry, load_registry
 from draft_core.plugins.arguments import defaults_left, type_problems
-from draft_core.plugins.bases import EstimatorBase, SamplerBase, as_estimator, as_sampler, wraps_estimator
+from draft_core.plugins.bases import EstimatorBase, SamplerBase, as_estimator, as_sampler
 from draft_core.plugins.protocols import Reward
 from draft_core.rewarding.contract import CheckedReward, checked_reward
 from draft_core.rewarding.gradient import check_reward_gradient
@@ -54,11 +54,15 @@ class Components:
         reward = self.reward
         if isinstance(reward, WeightedReward) and type(reward) is WeightedReward:
             terms = reward.terms
-            reward = WeightedReward({
-                name: (checked_reward(term, labels.get(id(term), f"reward '{name}'"), check_images=False), w)
-                for name, (term, w) in terms.items()
-            })
-            label = "the weighted sum of rewards " + ", ".join(labels.get(id(t), repr(n)) for n, (t, _) in terms.items())
+            reward = WeightedReward(
+                {
+                    name: (checked_reward(term, labels.get(id(term), f"reward '{name}'"), check_images=False), w)
+                    for name, (term, w) in terms.items()
+                }
+            )
+            label = "the weighted sum of rewards " + ", ".join(
+                labels.get(id(t), repr(n)) for n, (t, _) in terms.items()
+            )
         else:
             label = labels.get(id(reward), f"reward {type(reward).__name__} (given from Python)")
         return checked_reward(reward, label)
@@ -122,9 +126,21 @@ def build_components(config: Config, registry: Registry | None = None, *, reward
         warnings += [note] if note else []
     if given:
         check_reward_gradient(estimator, config.estimator["name"], {python_source(reward).name: reward}, registry)
-        return Components(sampler, estimator, reward, prompts, [(reward, python_source(reward))], estimator_source, validation, warnings)
-    terms = {n: r for n, (r, _) in reward.terms.items()} if isinstance(reward, WeightedReward) \
+        return Components(
+            sampler,
+            estimator,
+            reward,
+            prompts,
+            [(reward, python_source(reward))],
+            estimator_source,
+            validation,
+            warnings,
+        )
+    terms = (
+        {n: r for n, (r, _) in reward.terms.items()}
+        if isinstance(reward, WeightedReward)
         else {reward_terms(config.reward)[0].name: reward}
+    )
     check_reward_gradient(estimator, config.estimator["name"], terms, registry)
     sources = []
     for name, term in terms.items():

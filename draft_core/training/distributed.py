@@ -4,7 +4,8 @@ process saw a flag."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
@@ -25,12 +26,16 @@ def check_launch(acc: Any, batch_size: int, log: Callable[[str], None]) -> int:
     warning logged for an accelerate backend draft does not use)."""
     n: int = acc.num_processes
     if acc.distributed_type.name in ("DEEPSPEED", "MEGATRON_LM"):
-        log(f"warning: accelerate is set up for {acc.distributed_type.name}, but draft does not use it: each process "
+        log(
+            f"warning: accelerate is set up for {acc.distributed_type.name}, but draft does not use it: each process "
             f"holds the whole frozen base and the LoRA is trained data-parallel (docs/training.md: several GPUs; "
-            f"for a sharded base, launch with accelerate's FSDP flag)")
+            f"for a sharded base, launch with accelerate's FSDP flag)"
+        )
     if batch_size % n:
-        raise ConfigError(f"train.batch_size={batch_size} is the global batch, split evenly over the {n} "
-                          f"processes; give a multiple of {n}.")
+        raise ConfigError(
+            f"train.batch_size={batch_size} is the global batch, split evenly over the {n} "
+            f"processes; give a multiple of {n}."
+        )
     return n
 
 
@@ -74,7 +79,9 @@ def average_gradients(acc: Any, params: list[torch.nn.Parameter], scalars: list[
     if acc.num_processes == 1:
         return scalars
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.flatten() for g in grads] + [torch.tensor(scalars, dtype=grads[0].dtype, device=grads[0].device)])
+    flat = torch.cat(
+        [g.flatten() for g in grads] + [torch.tensor(scalars, dtype=grads[0].dtype, device=grads[0].device)]
+    )
     flat = acc.reduce(flat, reduction="mean")
     offset = 0
     for p in params:

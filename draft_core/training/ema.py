@@ -10,9 +10,10 @@ the model for the moment of the write.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -32,7 +33,7 @@ class WeightsEma:
             self.average = EMAModel(self.params, decay=decay)
 
     @classmethod
-    def from_config(cls, section: Any, params: list[torch.nn.Parameter]) -> "WeightsEma":
+    def from_config(cls, section: Any, params: list[torch.nn.Parameter]) -> WeightsEma:
         """``section``: the config's ``train.ema`` (its decay null: no average)."""
         return cls(params, section.decay)
 
@@ -51,7 +52,7 @@ class WeightsEma:
 
     def load_state_dict(self, extra: dict[str, torch.Tensor]) -> None:
         """Take (and remove) the average's keys from a checkpoint's extra tensors."""
-        mine = {k[len(PREFIX):]: extra.pop(k) for k in list(extra) if k.startswith(PREFIX)}
+        mine = {k[len(PREFIX) :]: extra.pop(k) for k in list(extra) if k.startswith(PREFIX)}
         if self.average is None or not mine:
             return  # no average now, or none then (it starts from the weights)
         step = int(mine.pop("step"))

@@ -15,9 +15,10 @@ however the estimator used it: ``WatchedReward`` notes it, and the skip names th
 from __future__ import annotations
 
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -133,15 +134,23 @@ def family_source(model: object) -> Source | None:
     return None
 
 
-def step_failure(error: BaseException | None, step: int, run_dir: Path, sources: Sequence[tuple[object, Source]]) -> BaseException:
+def step_failure(
+    error: BaseException | None, step: int, run_dir: Path, sources: Sequence[tuple[object, Source]]
+) -> BaseException:
     """What to raise when step ``step + 1`` failed with ``error`` (None: on another process): a
     plugin's breach of the contract or a raising reward plugin becomes one paragraph naming it."""
     if error is None:
-        return PeerFailed(f"another process failed during step {step + 1} (its error is in its log); all processes stopped.")
-    kept = (f"the state after step {step} (the last completed step) is checkpointed" if step
-            else "no step had completed, so there is no checkpoint")
-    then = ("Fix or update that plugin, then "
-            + (f"continue with `draft train --resume {run_dir}`." if step else "run it again."))
+        return PeerFailed(
+            f"another process failed during step {step + 1} (its error is in its log); all processes stopped."
+        )
+    kept = (
+        f"the state after step {step} (the last completed step) is checkpointed"
+        if step
+        else "no step had completed, so there is no checkpoint"
+    )
+    then = "Fix or update that plugin, then " + (
+        f"continue with `draft train --resume {run_dir}`." if step else "run it again."
+    )
     if isinstance(error, (RewardContractError, EstimatorContractError)):
         return type(error)(f"step {step + 1}: {error} The run stopped before this step's update; {kept}. {then}")
     if isinstance(error, DraftError):
@@ -198,14 +207,18 @@ class NonFiniteCounter:
         return self.streak >= self.limit
 
 
-def nonfinite_message(step: int, component: str, what: str, counter: NonFiniteCounter, source: str,
-                      checkpoint: Path | None, run_dir: Path) -> str:
+def nonfinite_message(
+    step: int, component: str, what: str, counter: NonFiniteCounter, source: str, checkpoint: Path | None, run_dir: Path
+) -> str:
     culprit = f"the reward ({source})" if component == REWARD else f"the estimator ({source})"
     kept = f"The last checkpoint, {checkpoint}, is intact" if checkpoint else "No checkpoint had been written yet"
     return (
         f"step {step}: {culprit} produced {what}; that is {counter.streak} skipped updates in a row "
         f"(steps {counter.first}-{step}, train.max_nonfinite={counter.limit}), so the run stopped. {kept}. "
-        + ("Check the reward for inputs where it returns NaN or inf"
-           if component == REWARD else "Lower train.lr, set train.grad_clip, or use a smaller estimator.k")
+        + (
+            "Check the reward for inputs where it returns NaN or inf"
+            if component == REWARD
+            else "Lower train.lr, set train.grad_clip, or use a smaller estimator.k"
+        )
         + f", then continue with `draft train --resume {run_dir}`."
     )

@@ -23,7 +23,8 @@ every process in the same state. ``shard_frozen_base`` also serves a loop of one
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -84,14 +85,18 @@ def shard_under_fsdp(trainer: Any) -> bool:
             f"estimator.{drawn[0]}={est.get(drawn[0], 20)!r} draws how many denoiser passes a step makes on each process, "
             f"but under an FSDP launch every process must run the same passes (each one gathers the sharded weights "
             f"from all of them); give a fixed number (estimator.k for draft-k, m: 1 for refl), or launch without FSDP "
-            f"(plain data parallel).")
+            f"(plain data parallel)."
+        )
     if cfg.model.quantize != "none":
         raise ConfigError(
             f"model.quantize={cfg.model.quantize!r} cannot be combined with an FSDP launch here (a quantized weight "
-            f"is not sharded by fully_shard); use model.quantize=none with FSDP, or one process with the quantized base.")
+            f"is not sharded by fully_shard); use model.quantize=none with FSDP, or one process with the quantized base."
+        )
     trainable = [p for p in trainer.model.denoiser.parameters() if p.requires_grad]
     units = shard_frozen_base(trainer.model, trainable)
     trainer.pictures.write = acc.is_main_process  # the others draw the same grids (their passes are needed), unwritten
-    trainer.log(f"FSDP: the frozen denoiser is sharded across {acc.num_processes} processes ({units} units); "
-                f"the LoRA is replicated and trained data-parallel")
+    trainer.log(
+        f"FSDP: the frozen denoiser is sharded across {acc.num_processes} processes ({units} units); "
+        f"the LoRA is replicated and trained data-parallel"
+    )
     return True

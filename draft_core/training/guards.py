@@ -22,16 +22,19 @@ one rule applies: the first validation metric (the held-out reward) falling thre
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from draft_core.errors import ConfigError
 
 RULES = ("falls", "gap", "drops")
 DEFAULT_TIMES = 3
 TRAIN_METRIC = "reward_mean"
-EXAMPLE = ("e.g. [{rule: falls, metric: val/ink-coverage, times: 3}, {rule: gap, metric: val/ink-coverage, by: 0.1}, "
-           "{rule: drops, metric: val/judge, by: 0.05}]")
+EXAMPLE = (
+    "e.g. [{rule: falls, metric: val/ink-coverage, times: 3}, {rule: gap, metric: val/ink-coverage, by: 0.1}, "
+    "{rule: drops, metric: val/judge, by: 0.05}]"
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ class Guards:
             return None
         now = values[-1]
         if rule.kind == "falls":
-            tail = values[-rule.times - 1:]
+            tail = values[-rule.times - 1 :]
             if len(tail) == rule.times + 1 and all(b < a for a, b in zip(tail, tail[1:])):
                 trail = " -> ".join(f"{v:.4g}" for v in tail)
                 return f"{rule.metric} fell {rule.times} validations in a row ({trail})"
@@ -129,8 +132,10 @@ class Guards:
         gap = train_mean - now
         first = self._seen.first_gap.setdefault(rule.metric, gap)
         if gap - first > rule.by:
-            return (f"the gap between {rule.train_metric} ({train_mean:.4g}) and {rule.metric} ({now:.4g}) grew to "
-                    f"{gap:.4g} from {first:.4g} (by more than {rule.by:g})")
+            return (
+                f"the gap between {rule.train_metric} ({train_mean:.4g}) and {rule.metric} ({now:.4g}) grew to "
+                f"{gap:.4g} from {first:.4g} (by more than {rule.by:g})"
+            )
         return None
 
     def note(self, row: dict[str, Any]) -> Verdict:
@@ -171,11 +176,13 @@ def build_guards(config: Any) -> Guards:
     if not metrics:
         if t.stop_when:
             raise ConfigError(
-                f"config key 'train.stop_when' gives rules over validation metrics, but validation is off "
-                f"(train.validation.prompts is null); set train.validation.prompts (and its rewards), or remove train.stop_when."
+                "config key 'train.stop_when' gives rules over validation metrics, but validation is off "
+                "(train.validation.prompts is null); set train.validation.prompts (and its rewards), or remove train.stop_when."
             )
         return Guards([], None)
-    specs = t.stop_when if t.stop_when is not None else [{"rule": "falls", "metric": metrics[0], "times": DEFAULT_TIMES}]
+    specs = (
+        t.stop_when if t.stop_when is not None else [{"rule": "falls", "metric": metrics[0], "times": DEFAULT_TIMES}]
+    )
     rules = [_rule(spec, k, metrics) for k, spec in enumerate(specs)]
     best = t.best_metric
     if best == "auto":
@@ -191,12 +198,16 @@ def build_guards(config: Any) -> Guards:
 def _rule(spec: Any, k: int, metrics: list[str]) -> Rule:
     key = f"train.stop_when[{k}]"
     if not isinstance(spec, dict) or spec.get("rule") not in RULES:
-        raise ConfigError(f"config key '{key}' is {spec!r}; each rule is a mapping whose 'rule' is one of {', '.join(RULES)}, {EXAMPLE}.")
+        raise ConfigError(
+            f"config key '{key}' is {spec!r}; each rule is a mapping whose 'rule' is one of {', '.join(RULES)}, {EXAMPLE}."
+        )
     kind = spec["rule"]
     allowed = {"rule", "metric", "times" if kind == "falls" else "by"} | ({"train_metric"} if kind == "gap" else set())
     unknown = sorted(set(spec) - allowed)
     if unknown:
-        raise ConfigError(f"config key '{key}': a '{kind}' rule takes {', '.join(sorted(allowed))}, not {', '.join(unknown)}; {EXAMPLE}.")
+        raise ConfigError(
+            f"config key '{key}': a '{kind}' rule takes {', '.join(sorted(allowed))}, not {', '.join(unknown)}; {EXAMPLE}."
+        )
     metric = spec.get("metric")
     if metric not in metrics:
         raise ConfigError(
@@ -206,13 +217,16 @@ def _rule(spec: Any, k: int, metrics: list[str]) -> Rule:
     if kind == "falls":
         times = spec.get("times", DEFAULT_TIMES)
         if isinstance(times, bool) or not isinstance(times, int) or times < 1:
-            raise ConfigError(f"config key '{key}.times' must be a positive integer (validations in a row), got {times!r}.")
+            raise ConfigError(
+                f"config key '{key}.times' must be a positive integer (validations in a row), got {times!r}."
+            )
         return Rule(kind, metric, times=times)
     by = spec.get("by")
     if isinstance(by, bool) or not isinstance(by, (int, float)) or by < 0:
         raise ConfigError(f"config key '{key}.by' must be a number >= 0 (in the metric's units), got {by!r}.")
     train_metric = spec.get("train_metric", TRAIN_METRIC)
     if not isinstance(train_metric, str):
-        raise ConfigError(f"config key '{key}.train_metric' must name a per-step metric (e.g. reward_mean), got {train_metric!r}.")
+        raise ConfigError(
+            f"config key '{key}.train_metric' must name a per-step metric (e.g. reward_mean), got {train_metric!r}."
+        )
     return Rule(kind, metric, by=float(by), train_metric=train_metric)
-

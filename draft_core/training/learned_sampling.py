@@ -18,12 +18,10 @@ Config: ``learn: {guidance: true, guidance_lr_mult: 50, negative_prompt: true}``
 
 from __future__ import annotations
 
-from typing import Any
-
 import dataclasses
-
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -120,9 +118,17 @@ class LearnedSampling(nn.Module):
         """AdamW groups with their learning-rate multipliers and no weight decay."""
         groups = []
         if self.guidance is not None:
-            groups.append({"params": list(self.guidance.parameters()), "lr": lr * section.guidance_lr_mult, "weight_decay": 0.0})
+            groups.append(
+                {"params": list(self.guidance.parameters()), "lr": lr * section.guidance_lr_mult, "weight_decay": 0.0}
+            )
         if self.negative is not None:
-            groups.append({"params": list(self.negative.parameters()), "lr": lr * section.negative_prompt_lr_mult, "weight_decay": 0.0})
+            groups.append(
+                {
+                    "params": list(self.negative.parameters()),
+                    "lr": lr * section.negative_prompt_lr_mult,
+                    "weight_decay": 0.0,
+                }
+            )
         return groups
 
     def attach(self, sampler: Any) -> None:
@@ -142,7 +148,9 @@ class LearnedSampling(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"guidance_knots": self.guidance.knots if self.guidance is not None else 0}
         if self.negative is not None:
-            meta.update(negative_dim=self.negative.dim, negative_heads=self.negative.heads, negative_hidden=self.negative.hidden)
+            meta.update(
+                negative_dim=self.negative.dim, negative_heads=self.negative.heads, negative_hidden=self.negative.hidden
+            )
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
         path = folder / FILENAME
         tmp = folder / f".{FILENAME}.tmp"

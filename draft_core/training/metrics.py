@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 from pathlib import Path
+from typing import Any
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -30,5 +29,7 @@ def step_line(row: dict[str, Any], steps: int) -> str:
     head = f"step {row['step']}/{steps}"
     if "skipped" in row:
         return f"{head}: update skipped ({row['skipped']}: {row.get('reason', '')})"
-    return (f"{head}: reward {row['reward_mean']:.4g} (std {row.get('reward_std', 0.0):.3g}), loss {row['loss']:.4g}, "
-            f"grad norm {row['grad_norm']:.3g}, {row['seconds']:.2f} s/step")
+    return (
+        f"{head}: reward {row['reward_mean']:.4g} (std {row.get('reward_std', 0.0):.3g}), loss {row['loss']:.4g}, "
+        f"grad norm {row['grad_norm']:.3g}, {row['seconds']:.2f} s/step"
+    )

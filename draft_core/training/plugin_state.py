@@ -24,7 +24,9 @@ class PluginStateError(DraftError):
 def pack_state(state: dict[str, Any], label: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors to save, key -> 'int' | 'float' | 'bool' for the keys that were plain numbers)."""
     if not isinstance(state, dict):
-        raise PluginStateError(f"{label}: state_dict() returned {type(state).__name__}; it must return a dict of names to tensors.")
+        raise PluginStateError(
+            f"{label}: state_dict() returned {type(state).__name__}; it must return a dict of names to tensors."
+        )
     tensors: dict[str, torch.Tensor] = {}
     numbers: dict[str, str] = {}
     for key, value in state.items():

@@ -58,8 +58,9 @@ def check_family(config: Config, components: Any, family: Any) -> None:
 
     if not (isinstance(family, type) and issubclass(family, ModelFamily)):
         return  # a plugin family that does not build on ModelFamily declares nothing to check
-    check_sampler_family(family, str(config.sampler.get("name")), getattr(components.sampler, "flow_matching", None),
-                         config.model.name)
+    check_sampler_family(
+        family, str(config.sampler.get("name")), getattr(components.sampler, "flow_matching", None), config.model.name
+    )
     targets = config.lora.targets
     if isinstance(targets, str) and targets != "default" and targets not in family.lora_target_sets:
         raise DraftError(

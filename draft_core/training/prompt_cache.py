@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -114,7 +115,7 @@ class PromptCache:
             for j, prompt in enumerate(prompts):
                 self.rows.setdefault(prompt, {})[name] = value[j : j + 1].clone()
 
-    def _on_device(self) -> "_EncodersOn":
+    def _on_device(self) -> _EncodersOn:
         return _EncodersOn(self.model)
 
     # -- use -----------------------------------------------------------------------------
@@ -195,7 +196,9 @@ def offload_prompts(model: Any, config: Any, components: Any, run_dir: Path, wri
     (``run_prompts``) encoded or read from ``run_dir``'s cache, the encoders moved to ``HOME`` and the
     cache installed as the model's ``encode_prompts``. ``write``: this process writes the run folder."""
     encoder_bytes = sum(p.numel() * p.element_size() for m in text_encoders(model).values() for p in m.parameters())
-    if model.device.type == "meta" or not wants_offload(config.model.offload_text_encoders, model.device, encoder_bytes):
+    if model.device.type == "meta" or not wants_offload(
+        config.model.offload_text_encoders, model.device, encoder_bytes
+    ):
         return None  # a plan's meta model (draft plan counts the setting itself)
     cache = PromptCache(model, encoder_key(model))
     cache.load(run_dir)

@@ -18,10 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from draft_core import rundir
 from draft_core.errors import DraftError
 from draft_core.outputs import unwritable
-
-from draft_core import rundir
 from draft_core.rundir import RunDir
 
 LOCK_NAME = rundir.LOCK
@@ -43,8 +42,9 @@ def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
         started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(info["started"])))
-        return (f"process {int(info['pid'])} on host {info['host']}, started {started} "
-                f"(`{info.get('command', 'draft')}`)")
+        return (
+            f"process {int(info['pid'])} on host {info['host']}, started {started} (`{info.get('command', 'draft')}`)"
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return "another process (it has not written its details yet)"
 
@@ -108,8 +108,12 @@ def lock_run_folder(run_dir: Path) -> RunLock | None:
         if same:
             break
         os.close(fd)
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-            "command": " ".join(["draft", *sys.argv[1:]]) if sys.argv and sys.argv[0] else "draft"}
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.time(),
+        "command": " ".join(["draft", *sys.argv[1:]]) if sys.argv and sys.argv[0] else "draft",
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
     return RunLock(path, fd)
@@ -143,14 +147,19 @@ def reuse_unstarted(run_dir: Path, empty: bool = True) -> bool:
     if not RunDir(run_dir).has_config():
         return False
     names = {p.name for p in run_dir.iterdir()}
-    if not names <= EARLY_ENTRIES or latest_checkpoint(RunDir(run_dir).checkpoints) is not None or _has_step_rows(run_dir):
+    if (
+        not names <= EARLY_ENTRIES
+        or latest_checkpoint(RunDir(run_dir).checkpoints) is not None
+        or _has_step_rows(run_dir)
+    ):
         return False
     if not empty:
         return True
     for child in run_dir.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
-    print(f"[draft] {run_dir} holds a run that stopped before its first step; it is started again there",
-          file=sys.stderr)
+    print(
+        f"[draft] {run_dir} holds a run that stopped before its first step; it is started again there", file=sys.stderr
+    )
     return True
 
 

@@ -14,11 +14,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from draft_core.training.checkpoint import latest_checkpoint, replace_folder, save_checkpoint
 from draft_core.config import Config
 from draft_core.errors import ConfigError
-from draft_core.training.faults import (REWARD, NonFiniteCounter, NonFiniteStop, family_source, nonfinite_message,
-                                        step_failure)
 from draft_core.lora import load_lora_state, lora_state, save_lora
 from draft_core.lora.card import run_card_info, write_model_card
 from draft_core.media import plot_reward_curve
@@ -27,28 +24,45 @@ from draft_core.models.conditioning import Conditioning
 from draft_core.rewarding.contract import CheckedReward
 from draft_core.rewarding.spec import reward_label
 from draft_core.rundir import RunDir
+from draft_core.training.checkpoint import latest_checkpoint, replace_folder, save_checkpoint
 from draft_core.training.components import Components, section_label
-from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
-from draft_core.training.distributed import (any_process, average_gradients, check_launch, gather_ranks, on_cpu, rng_state,
-                                             seed_global_generators, set_rng_state)
+from draft_core.training.distributed import (
+    any_process,
+    average_gradients,
+    check_launch,
+    gather_ranks,
+    on_cpu,
+    rng_state,
+    seed_global_generators,
+    set_rng_state,
+)
 from draft_core.training.ema import WeightsEma
-from draft_core.training.trainable import build_trainable
+from draft_core.training.faults import (
+    REWARD,
+    NonFiniteCounter,
+    NonFiniteStop,
+    family_source,
+    nonfinite_message,
+    step_failure,
+)
 from draft_core.training.fsdp import shard_under_fsdp
 from draft_core.training.guarding import guard_row, setup_guards, with_best
+from draft_core.training.learned_sampling import LearnedSampling, plot_guidance
 from draft_core.training.metrics import step_line
 from draft_core.training.pictures import RunPictures
 from draft_core.training.plugin_state import pack_state, unpack_state
 from draft_core.training.preflight import check_rewards_available
 from draft_core.training.prompt_cache import offload_prompts
 from draft_core.training.provenance import recorded_config
-from draft_core.training.runlock import RunLock, lock_run_folder
 from draft_core.training.restore import restore
-from draft_core.training.state import to_checkpoint
-from draft_core.training.step_parts import metrics_row, micro_batches, nonfinite_verdict
-from draft_core.training.stopping import checkpoint_after_stop
+from draft_core.training.runlock import RunLock, lock_run_folder
 from draft_core.training.schedules import build_lr_scheduler, lr_factor  # noqa: F401 (lr_factor: also importable from here)
 from draft_core.training.signals import Interrupted, StopRequest
+from draft_core.training.state import to_checkpoint
+from draft_core.training.step_parts import metrics_row, micro_batches, nonfinite_verdict, skipped_message, skipped_row
+from draft_core.training.stopping import checkpoint_after_stop
 from draft_core.training.tracking import Tracking, accelerator_options
+from draft_core.training.trainable import build_trainable
 
 
 class Trainer:
@@ -95,10 +109,15 @@ class Trainer:
         from accelerate import Accelerator
 
         try:
-            return Accelerator(mixed_precision=self.config.train.mixed_precision, cpu=cpu,
-                               **accelerator_options(self.config.train.trackers, self.run_dir))
+            return Accelerator(
+                mixed_precision=self.config.train.mixed_precision,
+                cpu=cpu,
+                **accelerator_options(self.config.train.trackers, self.run_dir),
+            )
         except ValueError as exc:
-            raise ConfigError(f"train.mixed_precision={self.config.train.mixed_precision!r} cannot be used here: {exc}") from None
+            raise ConfigError(
+                f"train.mixed_precision={self.config.train.mixed_precision!r} cannot be used here: {exc}"
+            ) from None
 
     def check_rewards(self) -> None:
         """Each reward's weights are there (``draft plan`` with random reward weights skips it)."""
@@ -164,7 +183,9 @@ class Trainer:
     def state_dict(self, rng: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
         """The whole training state, nested by part (training/state.py lists them); ``rng``: this process's
         RNG state to record (default: now). A collective: every process calls it, each gets every rank's part."""
-        own, numbers = pack_state(self.c.estimator.state_dict(), self._estimator_name())  # refused here, on every process
+        own, numbers = pack_state(
+            self.c.estimator.state_dict(), self._estimator_name()
+        )  # refused here, on every process
         return {
             "step": self.step,
             "num_processes": self.acc.num_processes,
@@ -173,7 +194,9 @@ class Trainer:
             "scheduler": self.lr_scheduler.state_dict(),
             "rng": gather_ranks(self.acc, rng if rng is not None else rng_state(self.gens)),
             "ema": self.ema.state_dict(),
-            "learned": {k: v.detach() for k, v in self.learned.state_dict().items()} if self.learned is not None else {},
+            "learned": {k: v.detach() for k, v in self.learned.state_dict().items()}
+            if self.learned is not None
+            else {},
             "estimator": gather_ranks(self.acc, unpack_state(own, numbers)),
             "nonfinite": self.nonfinite.state()["nonfinite"],
         }
@@ -214,7 +237,9 @@ class Trainer:
         """The exception to raise once every process knows that one of them failed."""
         self._agreed = True
         family = family_source(self.model)
-        return step_failure(error, self.step, self.run_dir, [*self.c.sources, *([(self.model, family)] if family else [])])
+        return step_failure(
+            error, self.step, self.run_dir, [*self.c.sources, *([(self.model, family)] if family else [])]
+        )
 
     def _estimator_name(self) -> str:
         src = self.c.estimator_source
@@ -245,7 +270,9 @@ class Trainer:
             return self._skip_update(skipped, lr, t0)
         grad_norm = self._optimizer_step()
         reward = self.acc.gather(torch.cat(tally.rewards))
-        return metrics_row(self.step, tally, reward, loss, grad_norm, lr, time.perf_counter() - t0, self.acc.num_processes)
+        return metrics_row(
+            self.step, tally, reward, loss, grad_norm, lr, time.perf_counter() - t0, self.acc.num_processes
+        )
 
     def _skip_update(self, skipped: tuple[str, str], lr: float, t0: float) -> dict[str, Any]:
         """No update: the LoRA, the optimiser and the LR schedule stay as they were; the row says why."""
@@ -253,13 +280,9 @@ class Trainer:
         self._estimator_step(False)
         self.nonfinite.skip(self.step, skipped[0])
         self.skipped = skipped
-        culprit = f"the reward ({self._reward_name()})" if skipped[0] == REWARD else f"the estimator ({self._estimator_name()})"
-        self.log(f"step {self.step}: {culprit} produced {skipped[1]}; update skipped "
-                 f"({self.nonfinite.streak} in a row, {self.nonfinite.total} in this run)")
-        return {
-            "step": self.step, "skipped": skipped[0], "reason": skipped[1], "reward_mean": None,
-            "nonfinite_total": self.nonfinite.total, "lr": lr, "seconds": time.perf_counter() - t0,
-        }
+        source = self._reward_name() if skipped[0] == REWARD else self._estimator_name()
+        self.log(skipped_message(self.step, skipped, source, self.nonfinite))
+        return skipped_row(self.step, skipped, self.nonfinite.total, lr, t0)
 
     def _optimizer_step(self) -> float:
         """Clip, step the optimiser, the LR schedule and the weight average; the gradient norm before clipping."""
@@ -289,7 +312,9 @@ class Trainer:
         state = self.state_dict(rng)  # a collective
         if self.acc.is_main_process:
             run = self.run
-            save_checkpoint(run.checkpoints, to_checkpoint(state, self._estimator_name()), keep=self.config.train.keep_checkpoints)
+            save_checkpoint(
+                run.checkpoints, to_checkpoint(state, self._estimator_name()), keep=self.config.train.keep_checkpoints
+            )
             replace_folder(with_best(self._write_lora_folder, run.lora), run.lora)
             self.ema.write(lambda folder: replace_folder(self._write_lora_folder, folder), run.lora_ema)
             if self.learned is not None and self.learned.guidance is not None:
@@ -314,15 +339,24 @@ class Trainer:
         component, what = self.skipped
         source = self._reward_name() if component == REWARD else self._estimator_name()
         self._agreed = True
-        return NonFiniteStop(nonfinite_message(
-            self.step, component, what, self.nonfinite, source,
-            latest_checkpoint(self.run.checkpoints), self.run_dir,
-        ))
+        return NonFiniteStop(
+            nonfinite_message(
+                self.step,
+                component,
+                what,
+                self.nonfinite,
+                source,
+                latest_checkpoint(self.run.checkpoints),
+                self.run_dir,
+            )
+        )
 
     # -- the loop -----------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Run to ``train.steps``, with the experiment trackers started for the duration."""
-        self.tracking = Tracking.start(self.acc, self.config, self.run_dir, self.step, self.config.train.tracker_project)
+        self.tracking = Tracking.start(
+            self.acc, self.config, self.run_dir, self.step, self.config.train.tracker_project
+        )
         try:
             return self._train()
         finally:
@@ -335,8 +369,12 @@ class Trainer:
         if self.step == 0:
             self.sample_grid("step-000000")
         bar = tqdm(
-            total=cfg.steps, initial=self.step, desc=self.config.estimator["name"], unit="step",
-            disable=not (self.progress and self.acc.is_main_process), dynamic_ncols=True,
+            total=cfg.steps,
+            initial=self.step,
+            desc=self.config.estimator["name"],
+            unit="step",
+            disable=not (self.progress and self.acc.is_main_process),
+            dynamic_ncols=True,
         )
         metrics = open(self.run.metrics, "a") if self.acc.is_main_process else None
         rng_done = rng_state(self.gens)  # the RNG state right after the last completed step
@@ -379,12 +417,16 @@ class Trainer:
             bar.close()
             # The last completed step's state, with its RNG, so a resumed run repeats the interrupted step exactly.
             if checkpoint_after_stop(self, rng_done):
-                self.log(f"interrupted ({exc or 'SIGINT'}) after step {self.step}; checkpoint kept. Resume with: draft train --resume {self.run_dir}")
+                self.log(
+                    f"interrupted ({exc or 'SIGINT'}) after step {self.step}; checkpoint kept. Resume with: draft train --resume {self.run_dir}"
+                )
             raise
         except BaseException:
             bar.close()
             if self.step > 0 and checkpoint_after_stop(self, rng_done):
-                self.log(f"failed after step {self.step}; checkpoint kept. Resume with: draft train --resume {self.run_dir}")
+                self.log(
+                    f"failed after step {self.step}; checkpoint kept. Resume with: draft train --resume {self.run_dir}"
+                )
             raise
         finally:
             if metrics:

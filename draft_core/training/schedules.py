@@ -10,9 +10,11 @@ of one rate would be a schedule nobody asked for).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
+
 
 def lr_factor(decay: str) -> Callable[[int], float]:
     if decay == "sqrt":  # the paper's min(10 · step^-0.5, 1), steps counted from 1
@@ -27,7 +29,9 @@ def diffusers_factor(schedule: str, warmup: int, total: int) -> Callable[[int], 
 
     name = "constant_with_warmup" if schedule == "constant" and warmup > 0 else schedule
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # only its lambda is kept
-    factor: Callable[[int], float] = get_scheduler(name, probe, num_warmup_steps=warmup, num_training_steps=total).lr_lambdas[0]
+    factor: Callable[[int], float] = get_scheduler(
+        name, probe, num_warmup_steps=warmup, num_training_steps=total
+    ).lr_lambdas[0]
     return factor
 
 
@@ -41,4 +45,3 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, train: Any) -> torch.op
     schedule = diffusers_factor(train.lr_schedule, train.lr_warmup_steps, train.steps)
     decay = lr_factor(train.lr_decay)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: schedule(i) * decay(i))
-

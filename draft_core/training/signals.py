@@ -3,10 +3,9 @@ checkpoint is exact; a second signal stops at once."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import signal
 import sys
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -29,7 +28,7 @@ class StopRequest:
         self.signal = signal.Signals(signum).name
         tqdm.write("[draft] stopping after this step (signal again to stop now)", file=sys.stderr)
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handler)

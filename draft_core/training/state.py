@@ -63,10 +63,17 @@ def to_checkpoint(state: dict[str, Any], label: str) -> TrainingState:
     extra.update({LEARNED_PREFIX + k: v for k, v in state["learned"].items()})
     extra.update(state["ema"])
     return TrainingState(
-        step=state["step"], lora=state["lora"], optimizer=state["optimizer"], lr_scheduler=state["scheduler"],
-        rng=ranked(state["rng"]), extra=extra or None,
-        meta={"num_processes": state["num_processes"], "nonfinite": state["nonfinite"],
-              STATE_NUMBERS: packed[0][1] if packed else {}},
+        step=state["step"],
+        lora=state["lora"],
+        optimizer=state["optimizer"],
+        lr_scheduler=state["scheduler"],
+        rng=ranked(state["rng"]),
+        extra=extra or None,
+        meta={
+            "num_processes": state["num_processes"],
+            "nonfinite": state["nonfinite"],
+            STATE_NUMBERS: packed[0][1] if packed else {},
+        },
     )
 
 
@@ -76,15 +83,21 @@ def from_checkpoint(files: TrainingState) -> dict[str, Any]:
     learned, ema, estimator = {}, {}, {}
     for key, value in (files.extra or {}).items():
         if key.startswith(LEARNED_PREFIX):
-            learned[key[len(LEARNED_PREFIX):]] = value
+            learned[key[len(LEARNED_PREFIX) :]] = value
         elif key.startswith(EMA_PREFIX):
             ema[key] = value
         else:
             estimator[key] = value
     numbers = files.meta.get(STATE_NUMBERS) or {}
     return {
-        "step": files.step, "num_processes": n, "lora": files.lora, "optimizer": files.optimizer,
-        "scheduler": files.lr_scheduler, "rng": unranked(files.rng, n), "ema": ema, "learned": learned,
+        "step": files.step,
+        "num_processes": n,
+        "lora": files.lora,
+        "optimizer": files.optimizer,
+        "scheduler": files.lr_scheduler,
+        "rng": unranked(files.rng, n),
+        "ema": ema,
+        "learned": learned,
         "estimator": [unpack_state(s, numbers) for s in unranked(estimator, n)],
         "nonfinite": files.meta.get("nonfinite") or {},
     }

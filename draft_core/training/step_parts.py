@@ -1,16 +1,18 @@
 """The parts of one training step that need no trainer state of their own: the micro-batches
 (``train.grad_accum`` estimator calls) and what they gather, the verdict on whether the update may be
-applied, and the metrics row (``Trainer.train_step`` puts the pieces together)."""
+applied, and the metrics row, or the row and log line of a skipped update (``Trainer.train_step`` puts
+the pieces together)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from draft_core.plugins.protocols import StepInputs
-from draft_core.training.faults import ESTIMATOR, REWARD, WatchedReward, check_estimator_output
+from draft_core.training.faults import ESTIMATOR, REWARD, NonFiniteCounter, WatchedReward, check_estimator_output
 from draft_core.training.signals import Interrupted
 
 
@@ -44,7 +46,9 @@ class StepTally:
         return [loss, float(self.error is not None), float(self.bad_reward), float(self.bad_loss)]
 
 
-def nonfinite_verdict(any_bad_reward: float, any_bad_loss: float, params: list[torch.nn.Parameter]) -> tuple[str, str] | None:
+def nonfinite_verdict(
+    any_bad_reward: float, any_bad_loss: float, params: list[torch.nn.Parameter]
+) -> tuple[str, str] | None:
     """(the component to blame, what was non-finite) when the update must be skipped, else None."""
     if any_bad_reward > 0:
         return (REWARD, "non-finite reward values (NaN or inf)")
@@ -55,8 +59,16 @@ def nonfinite_verdict(any_bad_reward: float, any_bad_loss: float, params: list[t
     return None
 
 
-def metrics_row(step: int, tally: StepTally, reward: torch.Tensor, loss: float, grad_norm: float, lr: float,
-                seconds: float, processes: int) -> dict[str, Any]:
+def metrics_row(
+    step: int,
+    tally: StepTally,
+    reward: torch.Tensor,
+    loss: float,
+    grad_norm: float,
+    lr: float,
+    seconds: float,
+    processes: int,
+) -> dict[str, Any]:
     """An applied update's metrics.jsonl row (``reward``: every process's rewards; ``lr``: the step's, before
     the schedule moved it)."""
     return {
@@ -86,7 +98,9 @@ def micro_batches(trainer: Any) -> StepTally:
         prompts, noise = trainer._batch()
         try:
             cond = trainer._condition(trainer.model.encode_prompts(prompts))  # a plugin family's errors are named too
-            inputs = StepInputs(trainer.model, trainer.c.sampler, reward_fn, cond, noise, trainer.gens["estimator"], backward)
+            inputs = StepInputs(
+                trainer.model, trainer.c.sampler, reward_fn, cond, noise, trainer.gens["estimator"], backward
+            )
             with trainer.acc.autocast():
                 out = trainer.c.estimator(inputs)
             check_estimator_output(out, len(prompts), trainer._estimator_name())
@@ -105,3 +119,25 @@ def micro_batches(trainer: Any) -> StepTally:
             (out.loss / cfg.grad_accum).backward()
         tally.add(out, trainer.reward.last_terms)
     return tally
+
+
+def skipped_message(step: int, skipped: tuple[str, str], source: str, counter: NonFiniteCounter) -> str:
+    """The log line of an update skipped because ``skipped`` = (component, what it produced)."""
+    culprit = f"the reward ({source})" if skipped[0] == REWARD else f"the estimator ({source})"
+    return (
+        f"step {step}: {culprit} produced {skipped[1]}; update skipped "
+        f"({counter.streak} in a row, {counter.total} in this run)"
+    )
+
+
+def skipped_row(step: int, skipped: tuple[str, str], nonfinite_total: int, lr: float, t0: float) -> dict[str, Any]:
+    """The metrics row of a skipped update: no reward, the reason, the run's count of them."""
+    return {
+        "step": step,
+        "skipped": skipped[0],
+        "reason": skipped[1],
+        "reward_mean": None,
+        "nonfinite_total": nonfinite_total,
+        "lr": lr,
+        "seconds": time.perf_counter() - t0,
+    }

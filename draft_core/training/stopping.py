@@ -31,13 +31,17 @@ def save_after_failure(trainer: Any, rng: dict[str, torch.Tensor]) -> bool:
     step's: the metrics rows and the checkpoints then always agree. False when nothing was saved."""
     latest = latest_checkpoint(trainer.run.checkpoints)
     if trainer.step != trainer.rows_step:
-        trainer.log(f"step {trainer.step} updated the LoRA but its metrics row was never written, so no new "
-                    f"checkpoint is written; the last one ({latest}) is kept.")
+        trainer.log(
+            f"step {trainer.step} updated the LoRA but its metrics row was never written, so no new "
+            f"checkpoint is written; the last one ({latest}) is kept."
+        )
         return False
     try:
         trainer.save(rng=rng)
     except Exception as exc:  # the original failure is the one to report
-        trainer.log(f"could not write a checkpoint after the failure ({type(exc).__name__}: {exc}); "
-                    f"the last one ({latest}) is kept.")
+        trainer.log(
+            f"could not write a checkpoint after the failure ({type(exc).__name__}: {exc}); "
+            f"the last one ({latest}) is kept."
+        )
         return False
     return True

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, cast
+from typing import Any, cast
 
 from draft_core.errors import ConfigError
 
@@ -50,8 +51,10 @@ def accelerator_options(names: Sequence[str], run_dir: Path) -> dict[str, Any]:
         return {}
     from accelerate.utils import ProjectConfiguration
 
-    return {"log_with": list(names),
-            "project_config": ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs"))}
+    return {
+        "log_with": list(names),
+        "project_config": ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    }
 
 
 def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -77,7 +80,7 @@ class Tracking:
         self.trackers = list(accelerator.trackers) if accelerator is not None else []
 
     @classmethod
-    def start(cls, accelerator: Any, config: Any, run_dir: Path, step: int, project: str) -> "Tracking":
+    def start(cls, accelerator: Any, config: Any, run_dir: Path, step: int, project: str) -> Tracking:
         """Start the trackers the accelerator was made with (main process only). ``step``: the
         last completed step (0 for a new run); ``config``: the resolved ``Config``."""
         if not getattr(accelerator, "log_with", None) or not accelerator.is_main_process:
@@ -87,8 +90,11 @@ class Tracking:
         ids = _read_ids(logs / IDS) if step > 0 else {}
         kwargs: dict[str, dict[str, Any]] = {
             "tensorboard": {"purge_step": step + 1} if step > 0 else {},
-            "wandb": {"name": run_dir.name, **({} if "WANDB_DIR" in os.environ else {"dir": str(logs)}),
-                      **({"id": ids["wandb"], "resume": "allow"} if "wandb" in ids else {})},
+            "wandb": {
+                "name": run_dir.name,
+                **({} if "WANDB_DIR" in os.environ else {"dir": str(logs)}),
+                **({"id": ids["wandb"], "resume": "allow"} if "wandb" in ids else {}),
+            },
             "mlflow": {"run_name": run_dir.name, **({"run_id": ids["mlflow"]} if "mlflow" in ids else {})},
         }
         if "mlflow" in [str(t) for t in accelerator.log_with]:

@@ -41,4 +41,6 @@ def build_trainable(cfg: Config, model: Any, sampler: Any) -> Trainable:
         groups += learned.param_groups(t.lr, cfg.learn)
         params = params + list(learned.parameters())
     optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.betas[0], t.betas[1]), weight_decay=t.weight_decay)
-    return Trainable(params, learned, optimizer, build_lr_scheduler(optimizer, t), WeightsEma.from_config(t.ema, params))
+    return Trainable(
+        params, learned, optimizer, build_lr_scheduler(optimizer, t), WeightsEma.from_config(t.ema, params)
+    )

@@ -11,16 +11,17 @@ resumed run repeats them exactly. Validation draws from none of the training's r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from draft_core.config.prompts import load_prompts
 from draft_core.errors import ConfigError
 from draft_core.evaluation.evaluate import item_seed
-from draft_core.training.pictures import generate
 from draft_core.plugins.bases import as_reward
+from draft_core.training.pictures import generate
 
 
 @dataclass
@@ -46,8 +47,12 @@ class Validation:
         for start in range(0, len(keys), self.batch_size):
             batch = keys[start : start + self.batch_size]
             prompts = [self.prompts[i] for i, _ in batch]
-            noise = torch.cat([model.make_noise(1, torch.Generator().manual_seed(item_seed(self.seed, i, j))) for i, j in batch])
-            generator = torch.Generator().manual_seed(item_seed(self.seed, *batch[0]) ^ 0x5EED)  # stochastic samplers' steps
+            noise = torch.cat(
+                [model.make_noise(1, torch.Generator().manual_seed(item_seed(self.seed, i, j))) for i, j in batch]
+            )
+            generator = torch.Generator().manual_seed(
+                item_seed(self.seed, *batch[0]) ^ 0x5EED
+            )  # stochastic samplers' steps
             made = generate(model, sampler, condition, prompts, noise, generator, len(batch))
             for label, reward in self.rewards.items():
                 scores[label].append(reward(made.to(model.device), prompts).detach().float().cpu())
@@ -55,7 +60,9 @@ class Validation:
         return {f"val/{label}": torch.cat(s).mean().item() for label, s in scores.items()}, torch.cat(images)
 
 
-def build_validation(config: Any, registry: Any, training_reward: Any, build_reward: Callable[..., Any]) -> Validation | None:
+def build_validation(
+    config: Any, registry: Any, training_reward: Any, build_reward: Callable[..., Any]
+) -> Validation | None:
     """The config's ``train.validation`` with its rewards built (None while its prompts are null).
 
     ``build_reward(section, registry)`` builds a reward section ({name, **arguments}); passed in
@@ -66,7 +73,9 @@ def build_validation(config: Any, registry: Any, training_reward: Any, build_rew
         return None
     source, items = (section.prompts, None) if isinstance(section.prompts, str) else ("validation", section.prompts)
     if items is not None and not items:
-        raise ConfigError("config key 'train.validation.prompts' is an empty list; give prompts, a prompt list name or file, or null.")
+        raise ConfigError(
+            "config key 'train.validation.prompts' is an empty list; give prompts, a prompt list name or file, or null."
+        )
     try:
         prompts = load_prompts(source, items, config.prompts.template)
     except ConfigError as exc:  # the same checks as the training prompts', under this key

@@ -16,11 +16,23 @@ from safetensors.torch import load_file, save_file
 from draft_core import cli
 
 SETS = [
-    "model.name=tiny-random", "prompts.source=animals", "sampler={name: ddim, steps: 2, eta: 1.0}",
-    "estimator={name: ddpo, minibatches: 2, stat_min_count: 2}", "reward={name: jpeg-size}",
-    "train.batch_size=2", "train.lr=0.01", "train.sample_every=0", "train.sample_prompts=[a cat]",
-    "train.sample_per_prompt=1", "train.checkpoint_every=1", "train.keep_checkpoints=1", "lora.rank=1",
-    "train.ema.decay=0.8", "learn.guidance=true", "train.lr_schedule=cosine", "train.lr_warmup_steps=1",
+    "model.name=tiny-random",
+    "prompts.source=animals",
+    "sampler={name: ddim, steps: 2, eta: 1.0}",
+    "estimator={name: ddpo, minibatches: 2, stat_min_count: 2}",
+    "reward={name: jpeg-size}",
+    "train.batch_size=2",
+    "train.lr=0.01",
+    "train.sample_every=0",
+    "train.sample_prompts=[a cat]",
+    "train.sample_per_prompt=1",
+    "train.checkpoint_every=1",
+    "train.keep_checkpoints=1",
+    "lora.rank=1",
+    "train.ema.decay=0.8",
+    "learn.guidance=true",
+    "train.lr_schedule=cosine",
+    "train.lr_warmup_steps=1",
 ]
 
 
@@ -29,7 +41,12 @@ def main(out: Path) -> None:
     run = out.parent / "old_checkpoint_run"
     shutil.rmtree(run, ignore_errors=True)
     sets = sum((["--set", s] for s in SETS), [])
-    assert cli.main(["train", "--preset", "quickstart", "--no-progress", "--out", str(run), *sets, "--set", "train.steps=1"]) == 0
+    assert (
+        cli.main(
+            ["train", "--preset", "quickstart", "--no-progress", "--out", str(run), *sets, "--set", "train.steps=1"]
+        )
+        == 0
+    )
     shutil.rmtree(out, ignore_errors=True)
     (out / "checkpoints").mkdir(parents=True)
     for name in ("config.yaml", "metrics.jsonl"):
@@ -40,7 +57,9 @@ def main(out: Path) -> None:
     assert cli.main(["train", "--resume", str(run), "--set", "train.steps=2", "--no-progress"]) == 0
     row = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     expected = {f"lora/{k}": v for k, v in load_file(run / "lora" / "pytorch_lora_weights.safetensors").items()}
-    expected.update({f"lora_ema/{k}": v for k, v in load_file(run / "lora_ema" / "pytorch_lora_weights.safetensors").items()})
+    expected.update(
+        {f"lora_ema/{k}": v for k, v in load_file(run / "lora_ema" / "pytorch_lora_weights.safetensors").items()}
+    )
     expected.update({f"guidance/{k}": v for k, v in load_file(run / "lora" / "sampler_params.safetensors").items()})
     save_file(expected, out / "expected_step2.safetensors")
     keep = ("step", "reward_mean", "loss", "grad_norm", "lr")

@@ -60,8 +60,7 @@ def load_classifier(weights: str | Path | None = None) -> DigitCNN:
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(
-            f"digit classifier weights not found at {path}; "
-            f"train them with `python -m draft_core.models.digits.train`."
+            f"digit classifier weights not found at {path}; train them with `python -m draft_core.models.digits.train`."
         )
     config_path = path.with_suffix(".json")
     widths = json.loads(config_path.read_text())["widths"] if config_path.is_file() else DEFAULT_WIDTHS

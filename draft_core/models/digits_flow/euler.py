@@ -23,9 +23,19 @@ def flow_sigmas(scheduler_config: dict, steps: int) -> torch.Tensor:
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps!r}.")
-    unsupported = [k for k in ("use_dynamic_shifting", "invert_sigmas", "shift_terminal", "use_karras_sigmas",
-                               "use_exponential_sigmas", "use_beta_sigmas", "stochastic_sampling")
-                   if scheduler_config.get(k)]
+    unsupported = [
+        k
+        for k in (
+            "use_dynamic_shifting",
+            "invert_sigmas",
+            "shift_terminal",
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "stochastic_sampling",
+        )
+        if scheduler_config.get(k)
+    ]
     if unsupported:
         raise ValueError(f"flow_sigmas implements the static-shift schedule only; the config sets {unsupported}.")
     n_train = scheduler_config.get("num_train_timesteps", 1000)
@@ -46,14 +56,24 @@ def encode(parts: DigitsFlowComponents, prompts: list[str]) -> tuple[torch.Tenso
     """(prompt_embeds [B, L + max_sequence_length, joint_attention_dim], pooled [B, pooled_projection_dim])
     from ``StableDiffusion3Pipeline.encode_prompt``."""
     embeds, _, pooled, _ = sd3_pipeline(parts).encode_prompt(
-        prompts, None, None, device=torch.device("cpu"), do_classifier_free_guidance=False,
-        max_sequence_length=parts.max_sequence_length)
+        prompts,
+        None,
+        None,
+        device=torch.device("cpu"),
+        do_classifier_free_guidance=False,
+        max_sequence_length=parts.max_sequence_length,
+    )
     return embeds, pooled
 
 
-def denoise(parts: DigitsFlowComponents, noise: torch.Tensor, cond: tuple[torch.Tensor, torch.Tensor],
-            uncond: tuple[torch.Tensor, torch.Tensor] | None, steps: int = DEFAULT_STEPS,
-            guidance: float = DEFAULT_GUIDANCE) -> torch.Tensor:
+def denoise(
+    parts: DigitsFlowComponents,
+    noise: torch.Tensor,
+    cond: tuple[torch.Tensor, torch.Tensor],
+    uncond: tuple[torch.Tensor, torch.Tensor] | None,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+) -> torch.Tensor:
     """Euler from ``noise`` [B, 3, H, W] (sigma 1) to x0 [B, 3, H, W] in about [-1, 1] (not clamped).
 
     ``cond``/``uncond``: (embeds, pooled) for the B samples; guidance applies when > 1, as in diffusers.
@@ -68,8 +88,9 @@ def denoise(parts: DigitsFlowComponents, noise: torch.Tensor, cond: tuple[torch.
     for i in range(steps):
         x_in = torch.cat([x, x]) if guided else x
         t = (sigmas[i] * parts.scheduler_config.get("num_train_timesteps", 1000)).expand(x_in.shape[0])
-        v = parts.transformer(hidden_states=x_in, timestep=t, encoder_hidden_states=embeds,
-                              pooled_projections=pooled, return_dict=False)[0]
+        v = parts.transformer(
+            hidden_states=x_in, timestep=t, encoder_hidden_states=embeds, pooled_projections=pooled, return_dict=False
+        )[0]
         if guided:
             v_u, v_c = v.chunk(2)
             v = v_u + guidance * (v_c - v_u)
@@ -78,9 +99,14 @@ def denoise(parts: DigitsFlowComponents, noise: torch.Tensor, cond: tuple[torch.
 
 
 @torch.no_grad()
-def sample(parts: DigitsFlowComponents, prompts: list[str], generator: torch.Generator | None = None,
-           steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, noise: torch.Tensor | None = None
-           ) -> torch.Tensor:
+def sample(
+    parts: DigitsFlowComponents,
+    prompts: list[str],
+    generator: torch.Generator | None = None,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Images [B, 3, H, W] in [0, 1] for ``prompts`` (noise drawn from ``generator`` unless given)."""
     size = parts.image_size
     if noise is None:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,15 +27,25 @@ from draft_core.models.conditioning import Conditioning
 from draft_core.models.family import ModelFamily, guided, token_ids, upcast, uses_cfg
 
 ATTENTION = (
-    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",  # image stream (and the single blocks' q, k, v)
-    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",  # text stream
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",  # image stream (and the single blocks' q, k, v)
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",  # text stream
 )
 # Feed-forward: both streams' MLPs in the double blocks; in the single blocks the parallel MLP's input
 # (proj_mlp) and the shared output projection of attention and MLP (proj_out). "{i}" runs over the
 # single blocks: a bare "proj_out" would also match the transformer's final output layer.
 FEED_FORWARD = (
-    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
-    "proj_mlp", "single_transformer_blocks.{i}.proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "proj_mlp",
+    "single_transformer_blocks.{i}.proj_out",
 )
 FLUX_TARGET_SETS = {"attention+ff": ATTENTION + FEED_FORWARD}
 
@@ -96,11 +107,23 @@ class FluxModel(ModelFamily):
         name: str = "",
         resolution: int | None = None,
     ) -> None:
-        super().__init__({"transformer": transformer, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
-                          "tokenizer": tokenizer, "tokenizer_2": tokenizer_2, "vae": vae}, scheduler_config, name)
+        super().__init__(
+            {
+                "transformer": transformer,
+                "text_encoder": text_encoder,
+                "text_encoder_2": text_encoder_2,
+                "tokenizer": tokenizer,
+                "tokenizer_2": tokenizer_2,
+                "vae": vae,
+            },
+            scheduler_config,
+            name,
+        )
         self.resolution = int(resolution or getattr(vae.config, "sample_size", None) or 1024)
         # T5's length: FluxPipeline's 512, or less when the tokenizer is shorter (the tiny stand-in).
-        self.max_sequence_length = min(MAX_SEQUENCE_LENGTH, int(getattr(tokenizer_2, "model_max_length", MAX_SEQUENCE_LENGTH)))
+        self.max_sequence_length = min(
+            MAX_SEQUENCE_LENGTH, int(getattr(tokenizer_2, "model_max_length", MAX_SEQUENCE_LENGTH))
+        )
         self._ids: dict = {}
 
     # -- what the family is ---------------------------------------------------------------
@@ -121,8 +144,15 @@ class FluxModel(ModelFamily):
             else:
                 from huggingface_hub import constants, hf_hub_download
 
-                offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-                config = Path(hf_hub_download(name, "transformer/config.json", revision=revision, local_files_only=offline))
+                offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
+                    "1",
+                    "true",
+                    "yes",
+                    "on",
+                )
+                config = Path(
+                    hf_hub_download(name, "transformer/config.json", revision=revision, local_files_only=offline)
+                )
             return bool(json.loads(config.read_text(encoding="utf-8")).get("guidance_embeds", False))
         except Exception:  # unreadable here: loading reports it; FLUX.1-dev, the common case, is distilled
             return True
@@ -191,10 +221,21 @@ class FluxModel(ModelFamily):
         packed = FluxPipeline._pack_latents(x.to(dtype), b, c, h, w)
         img_ids, txt_ids = self._positions(h, w, embeds.shape[1], x.device, dtype)
         timestep = t.to(x.device).expand(b).to(dtype) / 1000  # on the sample's device, as the UNet puts it
-        out = tr(hidden_states=packed, timestep=timestep, guidance=guidance, pooled_projections=pooled.to(dtype),
-                 encoder_hidden_states=embeds.to(dtype), txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
-        return upcast(FluxPipeline._unpack_latents(out, h * self.vae_scale_factor, w * self.vae_scale_factor,
-                                                   self.vae_scale_factor))
+        out = tr(
+            hidden_states=packed,
+            timestep=timestep,
+            guidance=guidance,
+            pooled_projections=pooled.to(dtype),
+            encoder_hidden_states=embeds.to(dtype),
+            txt_ids=txt_ids,
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
+        return upcast(
+            FluxPipeline._unpack_latents(
+                out, h * self.vae_scale_factor, w * self.vae_scale_factor, self.vae_scale_factor
+            )
+        )
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance=1.0) -> torch.Tensor:
         """Velocity [B, C, h, w] at unpacked latents ``x``: distilled guidance as an input, or true CFG."""
@@ -206,8 +247,9 @@ class FluxModel(ModelFamily):
         if uses_cfg(guidance):
             uncond = cond.uncond.expand(b, -1, -1)
             uncond_pooled = cond.uncond_pooled.expand(b, -1)
-            out = self._transformer(torch.cat([x, x]), t, torch.cat([uncond, cond.cond]),
-                                    torch.cat([uncond_pooled, cond.pooled]), None)
+            out = self._transformer(
+                torch.cat([x, x]), t, torch.cat([uncond, cond.cond]), torch.cat([uncond_pooled, cond.pooled]), None
+            )
             out_u, out_c = out.chunk(2)
             return guided(out_u, out_c, guidance)
         return self._transformer(x, t, cond.cond, cond.pooled, None)
@@ -218,8 +260,13 @@ class FluxModel(ModelFamily):
 
         cfg = self.scheduler_config
         _, h, w = self.sample_shape
-        mu = calculate_shift((h // 2) * (w // 2), cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        mu = calculate_shift(
+            (h // 2) * (w // 2),
+            cfg.get("base_image_seq_len", 256),
+            cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5),
+            cfg.get("max_shift", 1.15),
+        )
         sigmas = None if cfg.get("use_flow_sigmas") else np.linspace(1.0, 1 / num_steps, num_steps)
         return {"sigmas": sigmas, "mu": mu}
 
@@ -228,9 +275,13 @@ class FluxModel(ModelFamily):
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
         return FluxPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config), vae=self.vae,
-            text_encoder=self.text_encoder, tokenizer=self.tokenizer, text_encoder_2=self.text_encoder_2,
-            tokenizer_2=self.tokenizer_2, transformer=self.transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config),
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer_2=self.tokenizer_2,
+            transformer=self.transformer,
         )
 
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -240,37 +291,77 @@ class FluxModel(ModelFamily):
         return folder
 
     @classmethod
-    def from_pretrained(cls, source: str, dtype: torch.dtype, resolution: int | None = None, **kw) -> "FluxModel":
+    def from_pretrained(cls, source: str, dtype: torch.dtype, resolution: int | None = None, **kw) -> FluxModel:
         """Components from a diffusers folder or hub id, loaded by FluxPipeline itself (``kw``: ``revision``)."""
         from diffusers import FluxPipeline
 
         pipe = FluxPipeline.from_pretrained(source, dtype=dtype, **kw)
-        return cls(pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2,
-                   pipe.vae, dict(pipe.scheduler.config), name=source, resolution=resolution)
+        return cls(
+            pipe.transformer,
+            pipe.text_encoder,
+            pipe.text_encoder_2,
+            pipe.tokenizer,
+            pipe.tokenizer_2,
+            pipe.vae,
+            dict(pipe.scheduler.config),
+            name=source,
+            resolution=resolution,
+        )
 
 
 # -- tiny-random-flux ------------------------------------------------------------------------
 def tiny_transformer_config() -> dict:
     """FLUX.1-dev's structure at test size: 1 double and 1 single block, width 32, 4 latent channels."""
-    return dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-                num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
-                axes_dims_rope=(4, 4, 8))
+    return dict(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
 
 
 def tiny_vae_config() -> dict:
     """A 4x VAE (32 px images, 8x8 latents) with FLUX.1's scaling and shift factors and no quant convs."""
-    return dict(in_channels=3, out_channels=3, block_out_channels=(16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
-                up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, latent_channels=4, norm_num_groups=8,
-                sample_size=32, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
 
 
 def tiny_t5_config():
     from transformers import T5Config
 
     # The CLIP tokenizer stands in for T5's (there is no offline sentencepiece vocabulary): its vocabulary size.
-    return T5Config(vocab_size=49408, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                    relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu",
-                    pad_token_id=49407, eos_token_id=49407)
+    return T5Config(
+        vocab_size=49408,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=49407,
+        eos_token_id=49407,
+    )
 
 
 EMBEDDED_TRANSFORMER_CONFIGS = {"tiny-random-flux": tiny_transformer_config}
@@ -292,5 +383,13 @@ def build_tiny_random_flux(seed: int = 0, guidance_embeds: bool = True) -> FluxM
         text_encoder = CLIPTextModel(tiny_text_config())
         text_encoder_2 = T5EncoderModel(tiny_t5_config())
     scheduler_config = FLUX_DEV_SCHEDULER_CONFIG if guidance_embeds else FLUX_SCHNELL_SCHEDULER_CONFIG
-    return FluxModel(transformer, text_encoder, text_encoder_2, offline_clip_tokenizer(), offline_clip_tokenizer(16), vae,
-                     scheduler_config, name="tiny-random-flux" if guidance_embeds else "tiny-random-flux-schnell")
+    return FluxModel(
+        transformer,
+        text_encoder,
+        text_encoder_2,
+        offline_clip_tokenizer(),
+        offline_clip_tokenizer(16),
+        vae,
+        scheduler_config,
+        name="tiny-random-flux" if guidance_embeds else "tiny-random-flux-schnell",
+    )

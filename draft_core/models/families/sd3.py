@@ -11,8 +11,9 @@ the flow velocity v = ε − x0, so the family's samplers are flow samplers (``e
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -22,19 +23,47 @@ from draft_core.models.family import ModelFamily, guided, token_ids, upcast, use
 #: The joint attention's projections, image stream and text stream: the default targets of diffusers'
 #: SD3 DreamBooth-LoRA script (examples/dreambooth/train_dreambooth_lora_sd3.py) and of Flow-GRPO's
 #: SD3.5 runs. The ``attn.`` prefix leaves SD3.5's extra image-only attention (``attn2``) alone.
-JOINT_ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-                   "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
+JOINT_ATTENTION = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
 MMDIT_TARGET_SETS = {
     "attention": JOINT_ATTENTION,
     # Every attention projection (attn and SD3.5's attn2) and both streams' feed-forward layers.
-    "attention+ff": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-                     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+    "attention+ff": (
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+        "add_q_proj",
+        "add_k_proj",
+        "add_v_proj",
+        "to_add_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "ff_context.net.0.proj",
+        "ff_context.net.2",
+    ),
 }
 
 #: StableDiffusion3Pipeline's default T5 sequence length (also the length of the zeros without T5).
 MAX_SEQUENCE_LENGTH = 256
-COMPONENTS = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3",
-              "tokenizer", "tokenizer_2", "tokenizer_3", "vae")
+COMPONENTS = (
+    "transformer",
+    "text_encoder",
+    "text_encoder_2",
+    "text_encoder_3",
+    "tokenizer",
+    "tokenizer_2",
+    "tokenizer_3",
+    "vae",
+)
 
 
 def flow_shift_mu(image_seq_len: int, config: dict) -> float:
@@ -63,15 +92,32 @@ class SD3Model(ModelFamily):
     lora_target_sets = MMDIT_TARGET_SETS
     default_lora_targets = "attention"
 
-    def __init__(self, transformer: torch.nn.Module, text_encoder: torch.nn.Module, text_encoder_2: torch.nn.Module,
-                 tokenizer: Any, tokenizer_2: Any, scheduler_config: dict, text_encoder_3: torch.nn.Module | None = None,
-                 tokenizer_3: Any = None, vae: torch.nn.Module | None = None, name: str = "",
-                 max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> None:
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        text_encoder: torch.nn.Module,
+        text_encoder_2: torch.nn.Module,
+        tokenizer: Any,
+        tokenizer_2: Any,
+        scheduler_config: dict,
+        text_encoder_3: torch.nn.Module | None = None,
+        tokenizer_3: Any = None,
+        vae: torch.nn.Module | None = None,
+        name: str = "",
+        max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+    ) -> None:
         if text_encoder_3 is not None and tokenizer_3 is None:
             raise ValueError("text_encoder_3 (T5) needs tokenizer_3.")
-        components = dict(transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                          text_encoder_3=text_encoder_3, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
-                          tokenizer_3=tokenizer_3, vae=vae)
+        components = dict(
+            transformer=transformer,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            text_encoder_3=text_encoder_3,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            tokenizer_3=tokenizer_3,
+            vae=vae,
+        )
         super().__init__(components, scheduler_config, name)
         self.max_sequence_length = max_sequence_length
 
@@ -99,8 +145,13 @@ class SD3Model(ModelFamily):
     def _t5(self, prompts: list[str]) -> torch.Tensor:
         """T5's last hidden states [B, L_T5, D_T5], or zeros of the transformer's joint width without T5."""
         if self.text_encoder_3 is None:
-            return torch.zeros(len(prompts), self.max_sequence_length, self.transformer.config.joint_attention_dim,
-                               device=self.device, dtype=self.text_encoder.dtype)
+            return torch.zeros(
+                len(prompts),
+                self.max_sequence_length,
+                self.transformer.config.joint_attention_dim,
+                device=self.device,
+                dtype=self.text_encoder.dtype,
+            )
         ids = token_ids(self.tokenizer_3, prompts, self.max_sequence_length, device=self.text_encoder_3.device)
         return self.text_encoder_3(ids)[0]
 
@@ -138,8 +189,13 @@ class SD3Model(ModelFamily):
         else:
             embeds, pooled = cond.cond, cond.pooled
         t = torch.as_tensor(t, device=x.device)
-        out = transformer(hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=embeds,
-                          pooled_projections=pooled, return_dict=False)[0]
+        out = transformer(
+            hidden_states=x,
+            timestep=t.expand(x.shape[0]),
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
         if uses_cfg(guidance):
             out_u, out_c = upcast(out).chunk(2)
             return guided(out_u, out_c, guidance)
@@ -180,7 +236,7 @@ class SD3Model(ModelFamily):
         return folder
 
     @classmethod
-    def from_pretrained(cls, source: str, dtype: torch.dtype, **kw) -> "SD3Model":
+    def from_pretrained(cls, source: str, dtype: torch.dtype, **kw) -> SD3Model:
         """Components from a diffusers folder or hub id, each of the class its model_index.json names
         (``kw``: ``revision``)."""
         from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
@@ -199,7 +255,9 @@ class SD3Model(ModelFamily):
                 parts[key] = part_class.from_pretrained(source, subfolder=key, **dtype_kw, **kw)
             else:
                 parts[key] = part_class.from_pretrained(source, subfolder=key, **kw)
-        missing = [k for k in ("transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2") if parts[k] is None]
+        missing = [
+            k for k in ("transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2") if parts[k] is None
+        ]
         if missing:
             raise ValueError(f"the StableDiffusion3Pipeline folder has no {', '.join(missing)}")
         scheduler_config = dict(FlowMatchEulerDiscreteScheduler.load_config(source, subfolder="scheduler", **kw))
@@ -209,11 +267,19 @@ class SD3Model(ModelFamily):
         """The family's diffusers pipeline on these components; NotImplementedError for a pixel-space model
         (no VAE), which no diffusers pipeline runs."""
         if self.vae is None:
-            raise NotImplementedError(f"{self.name or 'this model'} is a pixel-space model (no VAE): no diffusers pipeline runs it")
+            raise NotImplementedError(
+                f"{self.name or 'this model'} is a pixel-space model (no VAE): no diffusers pipeline runs it"
+            )
         from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
         return StableDiffusion3Pipeline(
-            transformer=self.transformer, scheduler=FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config), vae=self.vae,
-            text_encoder=self.text_encoder, tokenizer=self.tokenizer, text_encoder_2=self.text_encoder_2,
-            tokenizer_2=self.tokenizer_2, text_encoder_3=self.text_encoder_3, tokenizer_3=self.tokenizer_3,
+            transformer=self.transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config),
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer_2=self.tokenizer_2,
+            text_encoder_3=self.text_encoder_3,
+            tokenizer_3=self.tokenizer_3,
         )

@@ -11,8 +11,9 @@ architecture from small configs with random weights, for tests.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -66,8 +67,18 @@ class SDXLModel(ModelFamily):
         force_zeros_for_empty_prompt: bool = True,
         name: str = "",
     ) -> None:
-        super().__init__({"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
-                          "tokenizer": tokenizer, "tokenizer_2": tokenizer_2, "vae": vae}, scheduler_config, name)
+        super().__init__(
+            {
+                "unet": unet,
+                "text_encoder": text_encoder,
+                "text_encoder_2": text_encoder_2,
+                "tokenizer": tokenizer,
+                "tokenizer_2": tokenizer_2,
+                "vae": vae,
+            },
+            scheduler_config,
+            name,
+        )
         self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
 
     @property
@@ -118,8 +129,9 @@ class SDXLModel(ModelFamily):
             uncond = cond.uncond.expand(batch, -1, -1)
             uncond_pooled = cond.uncond_pooled.expand(batch, -1)
             added = {"text_embeds": torch.cat([uncond_pooled, cond.pooled]), "time_ids": ids.expand(2 * batch, -1)}
-            out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond.cond]),
-                       added_cond_kwargs=added).sample
+            out = unet(
+                torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond.cond]), added_cond_kwargs=added
+            ).sample
             out_u, out_c = upcast(out).chunk(2)
             return guided(out_u, out_c, guidance)
         added = {"text_embeds": cond.pooled, "time_ids": ids.expand(batch, -1)}
@@ -142,10 +154,15 @@ class SDXLModel(ModelFamily):
         from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
         return StableDiffusionXLPipeline(
-            vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
-            tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=self.unet,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer=self.tokenizer,
+            tokenizer_2=self.tokenizer_2,
+            unet=self.unet,
             scheduler=DDIMScheduler.from_config(self.scheduler_config),
-            force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt, add_watermarker=False,
+            force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
+            add_watermarker=False,
         )
 
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -155,7 +172,7 @@ class SDXLModel(ModelFamily):
         return folder
 
     @classmethod
-    def from_pretrained(cls, source: str, dtype: torch.dtype, **kw) -> "SDXLModel":
+    def from_pretrained(cls, source: str, dtype: torch.dtype, **kw) -> SDXLModel:
         """Components from a diffusers folder or hub id (``kw``: ``revision``)."""
         from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -164,7 +181,9 @@ class SDXLModel(ModelFamily):
         return cls(
             unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kw),
             text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype, **kw),
-            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", torch_dtype=dtype, **kw),
+            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
+                source, subfolder="text_encoder_2", torch_dtype=dtype, **kw
+            ),
             tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw),
             tokenizer_2=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **kw),
             vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kw),
@@ -183,11 +202,20 @@ def tiny_sdxl_unet_config(sample_size: int = 8) -> dict:
     """SDXL's UNet layout (no attention at the first level, linear projections, text_time
     conditioning), as diffusers' own SDXL pipeline tests size it."""
     return dict(
-        sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2),
-        addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED,
-        projection_class_embeddings_input_dim=6 * TIME_EMBED + TEXT_WIDTH, cross_attention_dim=2 * TEXT_WIDTH,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED,
+        projection_class_embeddings_input_dim=6 * TIME_EMBED + TEXT_WIDTH,
+        cross_attention_dim=2 * TEXT_WIDTH,
         norm_num_groups=32,
     )
 
@@ -195,22 +223,41 @@ def tiny_sdxl_unet_config(sample_size: int = 8) -> dict:
 def tiny_sdxl_vae_config() -> dict:
     """A 2x VAE (16 px images from 8x8 latents) with SDXL's scaling factor."""
     return dict(
-        in_channels=3, out_channels=3, block_out_channels=(32, 32), latent_channels=4, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=32, sample_size=16, scaling_factor=0.13025, force_upcast=True,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 32),
+        latent_channels=4,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=32,
+        sample_size=16,
+        scaling_factor=0.13025,
+        force_upcast=True,
     )
 
 
 def _tiny_text_config(act: str):
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(hidden_size=TEXT_WIDTH, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-                          vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-                          pad_token_id=49407, hidden_act=act, projection_dim=TEXT_WIDTH)
+    return CLIPTextConfig(
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        hidden_act=act,
+        projection_dim=TEXT_WIDTH,
+    )
 
 
-def build_tiny_random_sdxl(seed: int = 0, scheduler_config: dict | None = None,
-                           force_zeros_for_empty_prompt: bool = True) -> SDXLModel:
+def build_tiny_random_sdxl(
+    seed: int = 0, scheduler_config: dict | None = None, force_zeros_for_empty_prompt: bool = True
+) -> SDXLModel:
     """The tiny SDXL-architecture model; the same seed gives the same weights. Encoder 1 is CLIP
     ViT-L-like (quick_gelu), encoder 2 OpenCLIP-bigG-like (gelu, projection, "!" padding)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -226,5 +273,14 @@ def build_tiny_random_sdxl(seed: int = 0, scheduler_config: dict | None = None,
         text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config("gelu"))
     vocab, merges = _vocab_and_merges()
     tokenizer_2 = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77, pad_token="!")
-    return SDXLModel(unet, text_encoder, text_encoder_2, offline_clip_tokenizer(), tokenizer_2, vae,
-                     scheduler_config or SDXL_SCHEDULER_CONFIG, force_zeros_for_empty_prompt, name="tiny-random-sdxl")
+    return SDXLModel(
+        unet,
+        text_encoder,
+        text_encoder_2,
+        offline_clip_tokenizer(),
+        tokenizer_2,
+        vae,
+        scheduler_config or SDXL_SCHEDULER_CONFIG,
+        force_zeros_for_empty_prompt,
+        name="tiny-random-sdxl",
+    )

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -38,9 +38,7 @@ def class_index(target: int | str, categories: Sequence[str]) -> int:
         raise ValueError(f"adversarial: target_class must be an ImageNet index or name, got {target!r}.")
     if isinstance(target, int):
         if not 0 <= target < len(categories):
-            raise ValueError(
-                f"adversarial: target_class {target} is not an ImageNet index (0..{len(categories) - 1})."
-            )
+            raise ValueError(f"adversarial: target_class {target} is not an ImageNet index (0..{len(categories) - 1}).")
         return target
     if isinstance(target, str):
         lowered = [c.lower() for c in categories]
@@ -74,8 +72,10 @@ def weights_file(weights: ResNet50_Weights, path: str | None, *, download: bool)
     """(the file to read, how to provide it); ModelLoadError when it is missing and cannot be
     downloaded. Without ``download`` a file that could still be downloaded is not fetched."""
     name = os.path.basename(weights.url)
-    how = (f"Give `path:` the file {name} (or a folder holding it), or put it at"
-           f" {checkpoint_file(weights)} (torchvision's cache, under TORCH_HOME); it is {weights.url}.")
+    how = (
+        f"Give `path:` the file {name} (or a folder holding it), or put it at"
+        f" {checkpoint_file(weights)} (torchvision's cache, under TORCH_HOME); it is {weights.url}."
+    )
     if path is not None:
         file = Path(path).expanduser()
         if file.is_dir():
@@ -158,5 +158,7 @@ class AdversarialReward(nn.Module):
         return logits.log_softmax(dim=-1)[:, self.target]
 
     def extra_repr(self) -> str:
-        return (f"target_class={self.target} ({self.categories[self.target]!r}),"
-                f" weights={self.weights.name}, size={self.preprocess.size}")
+        return (
+            f"target_class={self.target} ({self.categories[self.target]!r}),"
+            f" weights={self.weights.name}, size={self.preprocess.size}"
+        )

@@ -13,6 +13,8 @@ import os
 import pytest
 import torch
 import torchvision
+from draft_rewards_adversarial import AdversarialReward
+from draft_rewards_adversarial.reward import PREPROCESS, checkpoint_file
 from PIL import Image
 from torchvision.models import ResNet50_Weights
 from torchvision.transforms._presets import ImageClassification
@@ -21,8 +23,6 @@ from draft_core.errors import ModelLoadError
 from draft_core.rewarding.preprocess import IMAGENET_STD
 from draft_core.testing import RewardConformance, assert_plugin_listed
 from draft_core.testing.parity import grey_levels, photos
-from draft_rewards_adversarial import AdversarialReward
-from draft_rewards_adversarial.reward import PREPROCESS, checkpoint_file
 
 SIZE = 32
 
@@ -127,8 +127,7 @@ def test_missing_weights_offline(tmp_path, monkeypatch):
     for part in ("resnet50-11ad3fa6.pth", "HF_HUB_OFFLINE", "`path:`", expected, "TORCH_HOME"):
         assert part in message, message
     with pytest.raises(ModelLoadError, match=r"no ResNet-50 weights at .*nowhere.*resnet50-0676ba61.pth"):
-        AdversarialReward(1, weights="IMAGENET1K_V1", path=str(tmp_path / "nowhere.pth"))(
-            torch.rand(1, 3, 32, 32), [])
+        AdversarialReward(1, weights="IMAGENET1K_V1", path=str(tmp_path / "nowhere.pth"))(torch.rand(1, 3, 32, 32), [])
 
 
 def test_check_available_finds_the_weights_without_loading(torch_home, tmp_path, monkeypatch):

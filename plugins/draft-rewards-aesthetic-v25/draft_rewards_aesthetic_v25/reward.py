@@ -17,8 +17,8 @@ authors' GitHub repository, not on the hub) from ``head``, a local file.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +46,15 @@ _FILES = "the SigLIP vision encoder's config.json and weights"
 def scoring_head(hidden_size: int) -> nn.Sequential:
     """The predictor's MLP, with the module indices of its state dict (``scoring_head.{0,2,4,6,8}``)."""
     return nn.Sequential(
-        nn.Linear(hidden_size, 1024), nn.Dropout(0.5), nn.Linear(1024, 128), nn.Dropout(0.5),
-        nn.Linear(128, 64), nn.Dropout(0.5), nn.Linear(64, 16), nn.Dropout(0.2), nn.Linear(16, 1),
+        nn.Linear(hidden_size, 1024),
+        nn.Dropout(0.5),
+        nn.Linear(1024, 128),
+        nn.Dropout(0.5),
+        nn.Linear(128, 64),
+        nn.Dropout(0.5),
+        nn.Linear(64, 16),
+        nn.Dropout(0.2),
+        nn.Linear(16, 1),
     )
 
 

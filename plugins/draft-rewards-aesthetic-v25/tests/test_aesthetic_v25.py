@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from draft_rewards_aesthetic_v25 import AestheticV25Reward
+from draft_rewards_aesthetic_v25.reward import SIGLIP_384
 from PIL import Image
 
 from draft_core.errors import ModelLoadError
 from draft_core.testing import RewardConformance, assert_plugin_listed
 from draft_core.testing.parity import grey_levels, photos
-from draft_rewards_aesthetic_v25 import AestheticV25Reward
-from draft_rewards_aesthetic_v25.reward import SIGLIP_384
 
 
 def _official(seed: int = 0):
     from aesthetic_predictor_v2_5 import AestheticPredictorV2_5Model
     from transformers import SiglipVisionConfig
 
-    config = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                image_size=28, patch_size=14)
+    config = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14
+    )
     torch.manual_seed(seed)
     return AestheticPredictorV2_5Model(config).eval()
 
@@ -68,8 +69,9 @@ def test_preprocessing_matches_siglip_processor():
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     # google/siglip-so400m-patch14-384's preprocessor_config: 384 x 384 bicubic, rescale, mean = std = 0.5
-    processor = SiglipImageProcessorPil(size={"height": 384, "width": 384}, resample=3,
-                                        image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = SiglipImageProcessorPil(
+        size={"height": 384, "width": 384}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
     for name, array, x in photos():
         reference = processor(images=Image.fromarray(array), return_tensors="pt").pixel_values
         worst, mean = grey_levels(SIGLIP_384(x), reference, (0.5,) * 3)

@@ -17,11 +17,28 @@ from torch import nn
 
 #: ImageReward-v1.0: BLIP ViT-L/16 at 224 (eps 1e-6) and BERT-base with cross-attention to 1024-d image tokens.
 ARCH: dict[str, dict[str, Any]] = {
-    "vision": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                   image_size=224, patch_size=16, layer_norm_eps=1e-6, hidden_act="gelu"),
-    "text": dict(vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                 num_attention_heads=12, max_position_embeddings=512, encoder_hidden_size=1024,
-                 layer_norm_eps=1e-12, hidden_act="gelu", pad_token_id=0),
+    "vision": dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=16,
+        layer_norm_eps=1e-6,
+        hidden_act="gelu",
+    ),
+    "text": dict(
+        vocab_size=30524,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=512,
+        encoder_hidden_size=1024,
+        layer_norm_eps=1e-12,
+        hidden_act="gelu",
+        pad_token_id=0,
+    ),
 }
 #: the reward's standardisation, from ImageReward.py (its scores over the training set's images).
 MEAN, STD = 0.16717362830052426, 1.0333394966054072
@@ -30,8 +47,16 @@ MAX_TOKENS = 35
 
 def mlp_head(width: int) -> nn.Sequential:
     """The MLP, with the indices of its state dict (``layers.{0,2,4,6,7}``); no activations, so affine in eval."""
-    return nn.Sequential(nn.Linear(width, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-                         nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+    return nn.Sequential(
+        nn.Linear(width, 1024),
+        nn.Dropout(0.2),
+        nn.Linear(1024, 128),
+        nn.Dropout(0.2),
+        nn.Linear(128, 64),
+        nn.Dropout(0.1),
+        nn.Linear(64, 16),
+        nn.Linear(16, 1),
+    )
 
 
 class ImageRewardNet(nn.Module):
@@ -55,8 +80,12 @@ class ImageRewardNet(nn.Module):
         """pixels [B, 3, S, S] (normalised), tokens [B, L] -> standardised reward [B]."""
         image = self.vision(pixel_values=pixels).last_hidden_state
         image_mask = torch.ones(image.shape[:-1], dtype=torch.long, device=image.device)
-        text = self.text(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image,
-                         encoder_attention_mask=image_mask).last_hidden_state
+        text = self.text(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image,
+            encoder_attention_mask=image_mask,
+        ).last_hidden_state
         return (self.head(text[:, 0]).squeeze(-1) - MEAN) / STD
 
 

@@ -13,8 +13,9 @@ padded to 35 tokens and truncated there.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,8 +46,13 @@ class ImageRewardReward(nn.Module):
     tiny one). dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.
     """
 
-    def __init__(self, path: str | None = None, tokenizer: str = DEFAULT_TOKENIZER,
-                 arch: dict[str, dict[str, Any]] | None = None, dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        tokenizer: str = DEFAULT_TOKENIZER,
+        arch: dict[str, dict[str, Any]] | None = None,
+        dtype: str = "auto",
+    ) -> None:
         super().__init__()
         if path is not None and not (isinstance(path, str) and path):
             raise ValueError(f"imagereward: path must be the path of {HUB_FILE}, got {path!r}.")
@@ -58,7 +64,9 @@ class ImageRewardReward(nn.Module):
 
     def checkpoint_file(self) -> Path:
         if self.path is not None:
-            return local_path(self.path, reward="imagereward", option="path", expected=f"ImageReward's checkpoint ({HUB_FILE})")
+            return local_path(
+                self.path, reward="imagereward", option="path", expected=f"ImageReward's checkpoint ({HUB_FILE})"
+            )
         return hub_file(HUB_REPO, HUB_FILE, reward="imagereward", option="path")
 
     def vocab_file(self) -> Path:
@@ -66,8 +74,12 @@ class ImageRewardReward(nn.Module):
         (transformers 5 quietly builds a 5-token vocabulary for a tokenizer it cannot find.)"""
         folder = Path(self.tokenizer_id).expanduser()
         if folder.is_dir() or looks_like_path(self.tokenizer_id):
-            return local_path(folder / "vocab.txt", reward="imagereward", option="tokenizer",
-                              expected=f"bert-base-uncased's vocab.txt (`hf download {DEFAULT_TOKENIZER} --local-dir DIR`)")
+            return local_path(
+                folder / "vocab.txt",
+                reward="imagereward",
+                option="tokenizer",
+                expected=f"bert-base-uncased's vocab.txt (`hf download {DEFAULT_TOKENIZER} --local-dir DIR`)",
+            )
         return hub_file(self.tokenizer_id, "vocab.txt", reward="imagereward", option="tokenizer")
 
     def check_available(self) -> None:
@@ -100,8 +112,9 @@ class ImageRewardReward(nn.Module):
 
     def tokens(self, prompts: Sequence[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask) [B, 35], as ImageReward.score tokenizes."""
-        batch = self.tokenizer()(list(prompts), padding="max_length", truncation=True, max_length=MAX_TOKENS,
-                                 return_tensors="pt")
+        batch = self.tokenizer()(
+            list(prompts), padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+        )
         return batch.input_ids.to(device), batch.attention_mask.to(device)
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str] = ()) -> torch.Tensor:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from draft_rewards_imagereward import ImageRewardReward
+from draft_rewards_imagereward.model import MEAN, STD
 from PIL import Image
 from torch import nn
 
@@ -18,16 +20,31 @@ from draft_core.errors import ModelLoadError
 from draft_core.rewarding.preprocess import CLIP_MEAN, CLIP_STD, OPEN_CLIP_224
 from draft_core.testing import RewardConformance, assert_plugin_listed
 from draft_core.testing.parity import grey_levels, photos
-from draft_rewards_imagereward import ImageRewardReward
-from draft_rewards_imagereward.model import MEAN, STD
 
 WORDS = ["a", "photo", "of", "thing", "cat", "dog", "red", "blue", *"0123456789"]
 TINY = {
-    "vision": dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                   image_size=32, patch_size=16, layer_norm_eps=1e-6, hidden_act="gelu"),
-    "text": dict(vocab_size=5 + len(WORDS) + 2, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=2, max_position_embeddings=40, encoder_hidden_size=32,
-                 layer_norm_eps=1e-12, hidden_act="gelu", pad_token_id=0),
+    "vision": dict(
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=16,
+        layer_norm_eps=1e-6,
+        hidden_act="gelu",
+    ),
+    "text": dict(
+        vocab_size=5 + len(WORDS) + 2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=40,
+        encoder_hidden_size=32,
+        layer_norm_eps=1e-12,
+        hidden_act="gelu",
+        pad_token_id=0,
+    ),
 }
 
 
@@ -51,8 +68,16 @@ def _official(tokenizer_dir: str, seed: int = 0):
     model.blip = nn.Module()
     model.blip.visual_encoder = VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2)
     text = TINY["text"]
-    config = BertConfig(vocab_size=text["vocab_size"], hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=40, encoder_width=32, add_cross_attention=True)
+    config = BertConfig(
+        vocab_size=text["vocab_size"],
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        encoder_width=32,
+        add_cross_attention=True,
+    )
     model.blip.text_encoder = BertModel(config)
     tok = BertTokenizer.from_pretrained(tokenizer_dir)
     tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
@@ -100,8 +125,14 @@ def test_scores_match_imscore(checkpoint, tokenizer_dir):
 def test_preprocessing_matches_imagereward_transform():
     from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 
-    official = Compose([Resize(224, interpolation=InterpolationMode.BICUBIC), CenterCrop(224), ToTensor(),
-                        Normalize(CLIP_MEAN, CLIP_STD)])  # ImageReward.py's _transform(224)
+    official = Compose(
+        [
+            Resize(224, interpolation=InterpolationMode.BICUBIC),
+            CenterCrop(224),
+            ToTensor(),
+            Normalize(CLIP_MEAN, CLIP_STD),
+        ]
+    )  # ImageReward.py's _transform(224)
     for name, array, x in photos():
         worst, mean = grey_levels(OPEN_CLIP_224(x), official(Image.fromarray(array))[None], CLIP_STD)
         assert worst < 1.5 and mean < 0.5, (name, worst, mean)
@@ -119,7 +150,11 @@ def test_missing_checkpoint_and_tokenizer(checkpoint, tokenizer_dir, tmp_path, m
         ImageRewardReward(arch=TINY).check_available()
     with pytest.raises(ModelLoadError) as info:
         ImageRewardReward(path=checkpoint, tokenizer="draft-tests/no-such-bert", arch=TINY)(images, ["a"])
-    for part in ("'vocab.txt' of the hub model 'draft-tests/no-such-bert'", "reward.tokenizer=", "HF_HUB_OFFLINE=1 is set"):
+    for part in (
+        "'vocab.txt' of the hub model 'draft-tests/no-such-bert'",
+        "reward.tokenizer=",
+        "HF_HUB_OFFLINE=1 is set",
+    ):
         assert part in str(info.value), str(info.value)
     with pytest.raises(ModelLoadError, match="vocab.txt.*bert-base-uncased"):
         ImageRewardReward(path=checkpoint, tokenizer=str(tmp_path), arch=TINY).check_available()

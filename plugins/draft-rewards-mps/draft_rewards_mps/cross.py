@@ -60,8 +60,9 @@ class CrossAttention(nn.Module):
         self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
         self.to_kv = nn.Linear(dim, 2 * dim_head, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
-        self.ff = nn.Sequential(nn.Linear(dim, 2 * ff_mult * dim, bias=False), SwiGLU(),
-                                nn.Linear(ff_mult * dim, dim, bias=False))
+        self.ff = nn.Sequential(
+            nn.Linear(dim, 2 * ff_mult * dim, bias=False), SwiGLU(), nn.Linear(ff_mult * dim, dim, bias=False)
+        )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x [B, N, D] queries, context [B, M, D], mask [B, N, M] added to the logits (0 or −inf)."""
@@ -112,8 +113,12 @@ class CrossModel(nn.Module):
     def __init__(self, dim: int = 1024, depth: int = 4, dim_head: int = 64, heads: int = 16, ff_mult: int = 4) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.ModuleList([Residual(CrossAttention(dim, dim_head, heads, ff_mult)),
-                           Residual(ParallelBlock(dim, dim_head, heads, ff_mult))])
+            nn.ModuleList(
+                [
+                    Residual(CrossAttention(dim, dim_head, heads, ff_mult)),
+                    Residual(ParallelBlock(dim, dim_head, heads, ff_mult)),
+                ]
+            )
             for _ in range(depth)
         )
 

@@ -20,8 +20,9 @@ which ships its vocabulary), 77 tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,15 +37,27 @@ from draft_rewards_mps.cross import CrossModel
 
 CHECKPOINT = "MPS_overall_checkpoint.pth"
 SOURCE = "github.com/Kwai-Kolors/MPS (its README links the checkpoint)"
-CONDITION = ("light, color, clarity, tone, style, ambiance, artistry, shape, face, hair, hands, limbs, structure,"
-             " instance, texture, quantity, attributes, position, number, location, word, things.")
+CONDITION = (
+    "light, color, clarity, tone, style, ambiance, artistry, shape, face, hair, hands, limbs, structure,"
+    " instance, texture, quantity, attributes, position, number, location, word, things."
+)
 #: CLIP ViT-H-14 (laion/CLIP-ViT-H-14-laion2B-s32B-b79K) and MPS's cross tower.
 ARCH: dict[str, Any] = {
-    "clip": dict(projection_dim=1024,
-                 text_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                  num_attention_heads=16, hidden_act="gelu"),
-                 vision_config=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                                    num_attention_heads=16, patch_size=14, image_size=224, hidden_act="gelu")),
+    "clip": dict(
+        projection_dim=1024,
+        text_config=dict(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, hidden_act="gelu"
+        ),
+        vision_config=dict(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            patch_size=14,
+            image_size=224,
+            hidden_act="gelu",
+        ),
+    ),
     "cross": dict(dim=1024, depth=4, dim_head=64, heads=16),
 }
 
@@ -62,7 +75,9 @@ class MPSNet(nn.Module):
         out = self.clip.text_model(input_ids=ids)
         return self.clip.text_projection(out.last_hidden_state), self.clip.text_projection(out.pooler_output)
 
-    def forward(self, pixels: torch.Tensor, text: torch.Tensor, eos: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixels: torch.Tensor, text: torch.Tensor, eos: torch.Tensor, condition: torch.Tensor
+    ) -> torch.Tensor:
         """pixels [B, 3, S, S]; text [B, L, D], eos [B, D], condition [L', D] (prompt-side, no gradient) -> [B]."""
         image = self.clip.visual_projection(self.clip.vision_model(pixel_values=pixels).last_hidden_state)
         similarity = (text @ condition.T).amax(dim=-1)  # [B, L]: each prompt token's closest aspect
@@ -114,7 +129,9 @@ class MPSReward(nn.Module):
                 f" and give its path as `path:` (reward.path=/path/to/{CHECKPOINT}), as a state dict"
                 " (torch.save(model.state_dict(), ...)) or .safetensors."
             )
-        return local_path(self.path, reward="mps", option="path", expected=f"the MPS checkpoint ({CHECKPOINT}, a state dict)")
+        return local_path(
+            self.path, reward="mps", option="path", expected=f"the MPS checkpoint ({CHECKPOINT}, a state dict)"
+        )
 
     def check_available(self) -> None:
         """The checkpoint file exists. Loads nothing; the tokenizer ships with open_clip."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from draft_rewards_mps import MPSReward
+from draft_rewards_mps.reward import CONDITION
 from PIL import Image
 from torch import nn
 
@@ -18,8 +20,6 @@ from draft_core.errors import ModelLoadError
 from draft_core.rewarding.preprocess import CLIP_224, CLIP_STD
 from draft_core.testing import RewardConformance, assert_plugin_listed
 from draft_core.testing.parity import grey_levels, photos
-from draft_rewards_mps import MPSReward
-from draft_rewards_mps.reward import CONDITION
 
 
 def _frozen():
@@ -27,10 +27,16 @@ def _frozen():
 
     return _FROZEN
 
+
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, hidden_act="gelu")
-TINY = {"clip": dict(projection_dim=32, text_config=dict(SMALL, max_position_embeddings=77),
-                     vision_config=dict(SMALL, image_size=28, patch_size=14)),
-        "cross": dict(dim=32, depth=2, dim_head=8, heads=2)}
+TINY = {
+    "clip": dict(
+        projection_dim=32,
+        text_config=dict(SMALL, max_position_embeddings=77),
+        vision_config=dict(SMALL, image_size=28, patch_size=14),
+    ),
+    "cross": dict(dim=32, depth=2, dim_head=8, heads=2),
+}
 
 
 def _official(seed: int = 0):
@@ -97,8 +103,13 @@ def test_scores_match_imscore(checkpoint, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "half", lambda self: self)  # its casts to float16, made no-ops
     pixels = CLIP_224.with_size(28)(images)
     with torch.no_grad():
-        reference = torch.cat([official.score(pixels[:2], prompts[:2]), official.score(pixels[2:3], prompts[2:3]),
-                               official.score(pixels[3:], prompts[3:])])
+        reference = torch.cat(
+            [
+                official.score(pixels[:2], prompts[:2]),
+                official.score(pixels[2:3], prompts[2:3]),
+                official.score(pixels[3:], prompts[3:]),
+            ]
+        )
     torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-9)  # float64 on both sides
     assert ours.std() > 0
     # the mask is in play: some prompt tokens fall under the threshold, and without it scores change
@@ -108,8 +119,11 @@ def test_scores_match_imscore(checkpoint, monkeypatch):
     similarity = (text @ condition.T).amax(-1)
     similarity = similarity / similarity.amax(-1, keepdim=True)
     assert 0 < int((similarity <= 0.01).sum()) < 77
-    unmasked = net.cross(net.clip.visual_projection(net.clip.vision_model(pixel_values=pixels[:1]).last_hidden_state),
-                         text, torch.zeros(1, 5, 77, dtype=text.dtype))[:, 0]
+    unmasked = net.cross(
+        net.clip.visual_projection(net.clip.vision_model(pixel_values=pixels[:1]).last_hidden_state),
+        text,
+        torch.zeros(1, 5, 77, dtype=text.dtype),
+    )[:, 0]
     plain = net.clip.logit_scale.exp() * torch.cosine_similarity(eos, unmasked, dim=-1)
     assert (plain - ours[:1]).abs().item() > 1e-6
 

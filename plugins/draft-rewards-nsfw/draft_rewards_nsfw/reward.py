@@ -17,8 +17,8 @@ adjustment is a step, so it has no gradient, as in the checker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn

@@ -6,25 +6,24 @@ forward: its decisions, and its per-concept scores (read from the ``round`` call
 
 from __future__ import annotations
 
+import diffusers.pipelines.stable_diffusion.safety_checker as checker_module
 import numpy as np
 import pytest
 import torch
+from draft_rewards_nsfw import NSFWReward
 from PIL import Image
 
-import diffusers.pipelines.stable_diffusion.safety_checker as checker_module
 from draft_core.errors import ModelLoadError
 from draft_core.rewarding.preprocess import CLIP_224, CLIP_STD
 from draft_core.testing import RewardConformance, assert_plugin_listed
 from draft_core.testing.parity import grey_levels, photos
-from draft_rewards_nsfw import NSFWReward
 
 
 def _small_checker(seed: int = 0):
     from transformers import CLIPConfig
 
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    config = CLIPConfig(text_config=small, vision_config=dict(small, image_size=32, patch_size=8),
-                        projection_dim=16)
+    config = CLIPConfig(text_config=small, vision_config=dict(small, image_size=32, patch_size=8), projection_dim=16)
     torch.manual_seed(seed)
     checker = checker_module.StableDiffusionSafetyChecker(config).eval()
     with torch.no_grad():
@@ -143,8 +142,7 @@ def test_preprocessing_matches_feature_extractor():
     from transformers import CLIPImageProcessor
 
     # the checker's feature_extractor in SD 1.x: shortest edge 224 bicubic, crop 224, CLIP mean/std
-    processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
-                                   resample=3)
+    processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3)
     for name, array, x in photos():
         reference = processor(images=Image.fromarray(array), return_tensors="pt").pixel_values
         worst, mean = grey_levels(CLIP_224(x), reference, CLIP_STD)
@@ -164,10 +162,21 @@ def test_trains_from_a_config(checker_dir, tmp_path):
     from draft_core import cli
 
     out = tmp_path / "run"
-    overrides = ["model.name=tiny-random", "reward.name=nsfw", f"reward.path={checker_dir}",
-                 "prompts.source=animals", "sampler.steps=2", "estimator.name=draft-k", "estimator.k=1",
-                 "train.batch_size=1", "train.steps=1", "train.sample_every=0", "train.sample_per_prompt=1",
-                 "train.sample_prompts=[a cat]", "lora.rank=2"]
+    overrides = [
+        "model.name=tiny-random",
+        "reward.name=nsfw",
+        f"reward.path={checker_dir}",
+        "prompts.source=animals",
+        "sampler.steps=2",
+        "estimator.name=draft-k",
+        "estimator.k=1",
+        "train.batch_size=1",
+        "train.steps=1",
+        "train.sample_every=0",
+        "train.sample_per_prompt=1",
+        "train.sample_prompts=[a cat]",
+        "lora.rank=2",
+    ]
     argv = ["train", "--preset", "quickstart", "--out", str(out), "--no-progress"]
     assert cli.main(argv + sum((["--set", o] for o in overrides), [])) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

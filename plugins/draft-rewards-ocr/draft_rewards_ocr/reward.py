@@ -14,7 +14,8 @@ with ``target`` the quoted text of the prompt, or the ``target`` option for ever
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +41,11 @@ def _engine(detect_side: int, threads: int, min_confidence: float):
         # limit_type "min" scales the shorter side to detect_side (up or down): a 32-pixel
         # digit and a 512-pixel render are both seen at a size the detector was trained for.
         _ENGINES[key] = RapidOCR(
-            det_limit_type="min", det_limit_side_len=detect_side, text_score=min_confidence,
-            intra_op_num_threads=threads, inter_op_num_threads=1,
+            det_limit_type="min",
+            det_limit_side_len=detect_side,
+            text_score=min_confidence,
+            intra_op_num_threads=threads,
+            inter_op_num_threads=1,
         )
     return _ENGINES[key]
 
@@ -57,7 +61,9 @@ def with_margin(images: torch.Tensor, margin: int) -> torch.Tensor:
     if margin == 0:
         return images
     ring = torch.cat([images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1]], dim=-1)
-    framed = ring.mean(dim=-1)[..., None, None].expand(-1, -1, images.shape[2] + 2 * margin, images.shape[3] + 2 * margin)
+    framed = ring.mean(dim=-1)[..., None, None].expand(
+        -1, -1, images.shape[2] + 2 * margin, images.shape[3] + 2 * margin
+    )
     framed = framed.clone()
     framed[..., margin:-margin, margin:-margin] = images
     return framed
@@ -95,7 +101,11 @@ class OCRReward:
         for name, value in (("case_sensitive", case_sensitive), ("ignore_spaces", ignore_spaces)):
             if not isinstance(value, bool):
                 raise ValueError(f"ocr: {name} must be true or false, got {value!r}.")
-        if isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float)) or not 0 <= min_confidence < 1:
+        if (
+            isinstance(min_confidence, bool)
+            or not isinstance(min_confidence, (int, float))
+            or not 0 <= min_confidence < 1
+        ):
             raise ValueError(f"ocr: min_confidence must be a number in [0, 1), got {min_confidence!r}.")
         self.target = target
         self.case_sensitive, self.ignore_spaces = case_sensitive, ignore_spaces
@@ -149,10 +159,14 @@ class OCRReward:
         """images: [B, 3, H, W] in [0, 1]. Returns [B] float32 in [0, 1] on the images' device, no graph."""
         targets = self.targets(prompts, images.shape[0])
         reads = self.read(images)
-        scores = [edit_similarity(r, t, case_sensitive=self.case_sensitive, ignore_spaces=self.ignore_spaces)
-                  for r, t in zip(reads, targets)]
+        scores = [
+            edit_similarity(r, t, case_sensitive=self.case_sensitive, ignore_spaces=self.ignore_spaces)
+            for r, t in zip(reads, targets)
+        ]
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
 
     def __repr__(self) -> str:
-        return (f"OCRReward(target={self.target!r}, case_sensitive={self.case_sensitive},"
-                f" ignore_spaces={self.ignore_spaces}, detect_side={self.detect_side}, margin={self.margin})")
+        return (
+            f"OCRReward(target={self.target!r}, case_sensitive={self.case_sensitive},"
+            f" ignore_spaces={self.ignore_spaces}, detect_side={self.detect_side}, margin={self.margin})"
+        )

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from draft_rewards_ocr import OCRReward, edit_similarity, requested_text
 from PIL import Image, ImageDraw, ImageFont
 
 from draft_core.errors import ModelLoadError
 from draft_core.testing import RewardConformance, assert_plugin_listed
-from draft_rewards_ocr import OCRReward, edit_similarity, requested_text
 
 
 def drawn(*texts: str, size: tuple[int, int] = (256, 96)) -> torch.Tensor:
@@ -82,9 +82,16 @@ def test_prompt_without_quotes_is_refused():
         OCRReward()(torch.ones(1, 3, 32, 32), ["a handwritten digit three"])
 
 
-@pytest.mark.parametrize("kwargs, named", [({"target": 3}, "target"), ({"detect_side": 0}, "detect_side"),
-                                           ({"min_confidence": 1.5}, "min_confidence"),
-                                           ({"case_sensitive": "yes"}, "case_sensitive"), ({"margin": -1}, "margin")])
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"target": 3}, "target"),
+        ({"detect_side": 0}, "detect_side"),
+        ({"min_confidence": 1.5}, "min_confidence"),
+        ({"case_sensitive": "yes"}, "case_sensitive"),
+        ({"margin": -1}, "margin"),
+    ],
+)
 def test_bad_options(kwargs, named):
     with pytest.raises(ValueError, match=f"ocr: {named}"):
         OCRReward(**kwargs)
@@ -113,15 +120,35 @@ def test_trains_with_ddpo_and_is_refused_by_draft(tmp_path, capsys):
     from draft_core import cli
 
     sets = []
-    for s in ["model.name=tiny-random", "prompts.source=animals", "sampler={name: ddim, steps: 2, eta: 1.0}",
-              "estimator={name: ddpo, minibatches: 1, stat_min_count: 2}", "reward={name: ocr, target: A}",
-              "train.batch_size=2", "train.steps=1", "train.sample_every=0", "train.sample_prompts=[a cat]",
-              "train.sample_per_prompt=1", "lora.rank=2"]:
+    for s in [
+        "model.name=tiny-random",
+        "prompts.source=animals",
+        "sampler={name: ddim, steps: 2, eta: 1.0}",
+        "estimator={name: ddpo, minibatches: 1, stat_min_count: 2}",
+        "reward={name: ocr, target: A}",
+        "train.batch_size=2",
+        "train.steps=1",
+        "train.sample_every=0",
+        "train.sample_prompts=[a cat]",
+        "train.sample_per_prompt=1",
+        "lora.rank=2",
+    ]:
         sets += ["--set", s]
     out = tmp_path / "run"
     assert cli.main(["train", "--preset", "quickstart", "--no-progress", "--out", str(out), *sets]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and 0.0 <= rows[0]["reward_mean"] <= 1.0
-    refused = cli.main(["train", "--preset", "quickstart", "--no-progress", "--out", str(tmp_path / "draft"),
-                        *sets, "--set", "estimator={name: draft-k, k: 1}"])
+    refused = cli.main(
+        [
+            "train",
+            "--preset",
+            "quickstart",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "draft"),
+            *sets,
+            "--set",
+            "estimator={name: draft-k, k: 1}",
+        ]
+    )
     assert refused == 2 and "reward 'ocr' has no gradient" in capsys.readouterr().err

@@ -17,8 +17,8 @@ object that is rarely detected at first, ``threshold: 0`` rewards every box.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -132,9 +132,7 @@ class OwlViTReward(nn.Module):
         except (OSError, ValueError) as exc:
             raise hub_load_error("owlvit", self.source, exc, files=_FILES, hub_id=self.model_id) from exc
         if net.config.model_type not in ("owlvit", "owlv2"):
-            raise ModelLoadError(
-                f"owlvit: '{self.source}' is a {net.config.model_type} model, not OWL-ViT or OWLv2."
-            )
+            raise ModelLoadError(f"owlvit: '{self.source}' is a {net.config.model_type} model, not OWL-ViT or OWLv2.")
         return net
 
     def _query_embeds(self, net: nn.Module, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -143,7 +141,9 @@ class OwlViTReward(nn.Module):
         if key not in self._text:
             ids, mask = self._tokens()
             with torch.no_grad():
-                out = getattr(net, net.config.model_type).get_text_features(input_ids=ids.to(device), attention_mask=mask.to(device))
+                out = getattr(net, net.config.model_type).get_text_features(
+                    input_ids=ids.to(device), attention_mask=mask.to(device)
+                )
             embeds = out if isinstance(out, torch.Tensor) else out.pooler_output
             self._text[key] = embeds[None]
         return self._text[key]
@@ -160,8 +160,7 @@ class OwlViTReward(nn.Module):
             except (OSError, ValueError) as exc:
                 raise hub_load_error("owlvit", self.source, exc, files=_FILES, hub_id=self.model_id) from exc
             tokenizer = processor.tokenizer
-            too_long = [q for q in self.queries
-                        if len(tokenizer(q)["input_ids"]) > tokenizer.model_max_length]
+            too_long = [q for q in self.queries if len(tokenizer(q)["input_ids"]) > tokenizer.model_max_length]
             if too_long:
                 raise ValueError(
                     f"owlvit: queries {too_long} are longer than the model's"
@@ -172,8 +171,10 @@ class OwlViTReward(nn.Module):
         return _TOKENS[key]
 
     def extra_repr(self) -> str:
-        return (f"queries={list(self.queries)}, mode={self.mode!r}, model={self.source!r},"
-                f" threshold={self.threshold}, area_weight={self.area_weight}")
+        return (
+            f"queries={list(self.queries)}, mode={self.mode!r}, model={self.source!r},"
+            f" threshold={self.threshold}, area_weight={self.area_weight}"
+        )
 
 
 # tokenised queries per (source, queries): the tokenizer takes a second to load

@@ -8,17 +8,16 @@ the preprocessing against the official image processors on scikit-image's photog
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from draft_rewards_owlvit import OwlViTReward
+from draft_rewards_owlvit.preprocess import owlv2_preprocess, preprocess_for
 from PIL import Image
 
 from draft_core.errors import ModelLoadError
 from draft_core.rewarding.preprocess import CLIP_STD, OWLVIT_768
 from draft_core.testing import RewardConformance, assert_plugin_listed
 from draft_core.testing.parity import grey_levels, photos
-from draft_rewards_owlvit import OwlViTReward
-from draft_rewards_owlvit.preprocess import owlv2_preprocess, preprocess_for
 
 QUERIES = ["a photo of a cat", "a dog"]
 
@@ -26,16 +25,24 @@ QUERIES = ["a photo of a cat", "a dog"]
 def _save_small(kind: str, folder) -> str:
     """A small random OWL-ViT (32 px, patch 8: 16 boxes) or OWLv2 saved like the hub checkpoints."""
     from transformers import (
-        OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor, OwlViTProcessor,
-        Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor,
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessor,
+        Owlv2Processor,
+        OwlViTConfig,
+        OwlViTForObjectDetection,
+        OwlViTImageProcessor,
+        OwlViTProcessor,
     )
 
     from draft_core.models.tokenizer import offline_clip_tokenizer
 
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=16)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=32, patch_size=8)
+    text = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
     size = {"height": 32, "width": 32}
     torch.manual_seed(0)
     if kind == "owlv2":
@@ -94,11 +101,15 @@ def test_reward_is_the_sum_over_post_processed_detections(kind, mode, owlvit_dir
     assert 0 < sum(len(r["scores"]) for r in results) < scores.numel()
     for area_weight in (0.0, 2.0):
         reward = OwlViTReward(QUERIES, mode=mode, path=folder, threshold=threshold, area_weight=area_weight)
-        expected = torch.stack([
-            (r["scores"] * (1 + area_weight * (r["boxes"][:, 2] - r["boxes"][:, 0])
-                            * (r["boxes"][:, 3] - r["boxes"][:, 1]))).sum()
-            for r in results
-        ])
+        expected = torch.stack(
+            [
+                (
+                    r["scores"]
+                    * (1 + area_weight * (r["boxes"][:, 2] - r["boxes"][:, 0]) * (r["boxes"][:, 3] - r["boxes"][:, 1]))
+                ).sum()
+                for r in results
+            ]
+        )
         sign = 1.0 if mode == "add" else -1.0
         torch.testing.assert_close(reward(images, []), sign * expected, rtol=1e-5, atol=1e-6)
 
@@ -120,26 +131,30 @@ def test_network_follows_the_run_dtype(owlvit_dir):
     assert nets and all(p.dtype == torch.bfloat16 and not p.requires_grad for p in nets[0].parameters())
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"queries": []}, "non-empty list"),
-    ({"queries": ["a cat"], "mode": "erase"}, "'add' or 'remove'"),
-    ({"queries": ["a cat"], "threshold": 1.5}, r"threshold .* \[0, 1\)"),
-    ({"queries": ["a cat"], "dtype": "half"}, "dtype must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"queries": []}, "non-empty list"),
+        ({"queries": ["a cat"], "mode": "erase"}, "'add' or 'remove'"),
+        ({"queries": ["a cat"], "threshold": 1.5}, r"threshold .* \[0, 1\)"),
+        ({"queries": ["a cat"], "dtype": "half"}, "dtype must be one of"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         OwlViTReward(**kwargs)
 
 
 def test_query_too_long(owlvit_dir):
-    reward = OwlViTReward(["a photo of a very small striped cat sitting on a red sofa in the sun"],
-                          path=owlvit_dir)
+    reward = OwlViTReward(["a photo of a very small striped cat sitting on a red sofa in the sun"], path=owlvit_dir)
     with pytest.raises(ValueError, match="longer than the model's 16 tokens"):
         reward(torch.rand(1, 3, 32, 32), [])
 
 
 def test_images_out_of_range(owlvit_dir):
-    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got min 0 and max 255 \(images in \[0, 255\]\? divide by 255\)"):
+    with pytest.raises(
+        ValueError, match=r"must lie in \[0, 1\], got min 0 and max 255 \(images in \[0, 255\]\? divide by 255\)"
+    ):
         OwlViTReward(QUERIES, path=owlvit_dir)(torch.full((1, 3, 8, 8), 255.0).index_fill(1, torch.tensor([0]), 0), [])
 
 
@@ -213,8 +228,8 @@ def test_installed_distribution_registers_owlvit(capsys):
 
 def test_not_loaded_names_the_distribution(monkeypatch):
     """Without the plugin (here: filtered out by DRAFT_PLUGINS), the error says what provides it."""
-    from draft_core.plugins import discovery as plugins
     from draft_core.errors import PluginError
+    from draft_core.plugins import discovery as plugins
 
     monkeypatch.setattr(plugins, "_cache", None)  # put back afterwards
     monkeypatch.setenv("DRAFT_PLUGINS", "")

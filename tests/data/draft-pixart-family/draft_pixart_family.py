@@ -9,8 +9,9 @@ follow diffusers' layout through the core's provided hooks (``lora_pipeline`` le
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -33,8 +34,11 @@ class PixArtSigmaModel(ModelFamily):
     max_sequence_length = 300  # PixArt-Sigma's T5 length
 
     def __init__(self, transformer, text_encoder, tokenizer, vae, scheduler_config: dict, name: str = "") -> None:
-        super().__init__({"transformer": transformer, "text_encoder": text_encoder, "tokenizer": tokenizer, "vae": vae},
-                         scheduler_config, name)
+        super().__init__(
+            {"transformer": transformer, "text_encoder": text_encoder, "tokenizer": tokenizer, "vae": vae},
+            scheduler_config,
+            name,
+        )
         self.max_sequence_length = min(self.max_sequence_length, tokenizer.model_max_length)
 
     @property
@@ -45,8 +49,14 @@ class PixArtSigmaModel(ModelFamily):
     @torch.no_grad()
     def _embed(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         # As PixArtSigmaPipeline.encode_prompt (clean_caption=False): lower-cased, padded to the T5 length.
-        text = self.tokenizer([p.lower().strip() for p in prompts], padding="max_length", max_length=self.max_sequence_length,
-                              truncation=True, add_special_tokens=True, return_tensors="pt")
+        text = self.tokenizer(
+            [p.lower().strip() for p in prompts],
+            padding="max_length",
+            max_length=self.max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
         mask = text.attention_mask.to(self.text_encoder.device)
         embeds = self.text_encoder(text.input_ids.to(self.text_encoder.device), attention_mask=mask)[0]
         return embeds.to(self.dtype), mask
@@ -60,9 +70,14 @@ class PixArtSigmaModel(ModelFamily):
         return Conditioning(cond, uncond, list(prompts), extra={"mask": mask, "uncond_mask": uncond_mask})
 
     def _transformer(self, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.transformer(x.to(self.dtype), encoder_hidden_states=embeds, encoder_attention_mask=mask,
-                               timestep=t.reshape(-1).to(x.device).expand(x.shape[0]),
-                               added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
+        out = self.transformer(
+            x.to(self.dtype),
+            encoder_hidden_states=embeds,
+            encoder_attention_mask=mask,
+            timestep=t.reshape(-1).to(x.device).expand(x.shape[0]),
+            added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+            return_dict=False,
+        )[0]
         return upcast(out[:, : x.shape[1]])  # the learned variance's channels are not used for sampling
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance=1.0) -> torch.Tensor:
@@ -75,33 +90,44 @@ class PixArtSigmaModel(ModelFamily):
     def pipeline(self):
         from diffusers import DDIMScheduler, PixArtSigmaPipeline
 
-        return PixArtSigmaPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder, vae=self.vae,
-                                   transformer=self.transformer, scheduler=DDIMScheduler.from_config(self.scheduler_config))
+        return PixArtSigmaPipeline(
+            tokenizer=self.tokenizer,
+            text_encoder=self.text_encoder,
+            vae=self.vae,
+            transformer=self.transformer,
+            scheduler=DDIMScheduler.from_config(self.scheduler_config),
+        )
 
     def save_pretrained(self, folder: str | Path) -> Path:
         self.pipeline().save_pretrained(folder)
         return Path(folder)
 
     @classmethod
-    def from_pretrained(cls, source: str, dtype: torch.dtype, **kw: Any) -> "PixArtSigmaModel":
+    def from_pretrained(cls, source: str, dtype: torch.dtype, **kw: Any) -> PixArtSigmaModel:
         from diffusers import PixArtSigmaPipeline
 
         pipe = PixArtSigmaPipeline.from_pretrained(source, torch_dtype=dtype, **kw)
-        return cls(pipe.transformer, pipe.text_encoder, pipe.tokenizer, pipe.vae, dict(pipe.scheduler.config), name=source)
+        return cls(
+            pipe.transformer, pipe.text_encoder, pipe.tokenizer, pipe.vae, dict(pipe.scheduler.config), name=source
+        )
 
     @classmethod
-    def meta_model(cls, source: str, dtype: torch.dtype) -> "PixArtSigmaModel":
+    def meta_model(cls, source: str, dtype: torch.dtype) -> PixArtSigmaModel:
         """For ``draft plan``: the components from their configs alone, on the meta device."""
         from diffusers import AutoencoderKL, DDIMScheduler, PixArtTransformer2DModel
         from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
         with torch.device("meta"):
-            transformer = PixArtTransformer2DModel.from_config(PixArtTransformer2DModel.load_config(source, subfolder="transformer"))
+            transformer = PixArtTransformer2DModel.from_config(
+                PixArtTransformer2DModel.load_config(source, subfolder="transformer")
+            )
             vae = AutoencoderKL.from_config(AutoencoderKL.load_config(source, subfolder="vae"))
             text_encoder = T5EncoderModel(T5Config.from_pretrained(source, subfolder="text_encoder"))
         tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
         scheduler_config = dict(DDIMScheduler.load_config(source, subfolder="scheduler"))
-        return cls(transformer.to(dtype), text_encoder.to(dtype), tokenizer, vae.to(dtype), scheduler_config, name=source)
+        return cls(
+            transformer.to(dtype), text_encoder.to(dtype), tokenizer, vae.to(dtype), scheduler_config, name=source
+        )
 
 
 @hookimpl
@@ -111,9 +137,17 @@ def register_models(register) -> None:
 
 # -- a tiny random model (tests) ---------------------------------------------------------------------
 # PixArt-Sigma's scheduler: DDPM's linear betas; prediction of the noise.
-SCHEDULER_CONFIG = {"_class_name": "DDIMScheduler", "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-                    "num_train_timesteps": 1000, "prediction_type": "epsilon", "clip_sample": False,
-                    "set_alpha_to_one": False, "steps_offset": 0}
+SCHEDULER_CONFIG = {
+    "_class_name": "DDIMScheduler",
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 0,
+}
 WORDS = ("a", "cat", "dog", "photo", "of", "the", "on", "in", "red", "blue", "hill", "tree")
 
 
@@ -135,12 +169,39 @@ def build_tiny_pixart_sigma(seed: int = 0) -> PixArtSigmaModel:
     tokenizer = tiny_t5_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = PixArtTransformer2DModel(sample_size=8, num_layers=1, attention_head_dim=8, num_attention_heads=2,
-                                               in_channels=4, out_channels=8, cross_attention_dim=16, caption_channels=16,
-                                               norm_type="ada_norm_single", patch_size=2, use_additional_conditions=False)
-        text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1,
-                                               num_heads=2, relative_attention_num_buckets=8, is_encoder_decoder=False))
-        vae = AutoencoderKL(block_out_channels=(16, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                            up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
-                            norm_num_groups=8, sample_size=16, scaling_factor=0.13025)
+        transformer = PixArtTransformer2DModel(
+            sample_size=8,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            in_channels=4,
+            out_channels=8,
+            cross_attention_dim=16,
+            caption_channels=16,
+            norm_type="ada_norm_single",
+            patch_size=2,
+            use_additional_conditions=False,
+        )
+        text_encoder = T5EncoderModel(
+            T5Config(
+                vocab_size=len(tokenizer),
+                d_model=16,
+                d_kv=8,
+                d_ff=32,
+                num_layers=1,
+                num_heads=2,
+                relative_attention_num_buckets=8,
+                is_encoder_decoder=False,
+            )
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(16, 16),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=16,
+            scaling_factor=0.13025,
+        )
     return PixArtSigmaModel(transformer, text_encoder, tokenizer, vae, SCHEDULER_CONFIG, name="tiny-pixart-sigma")
