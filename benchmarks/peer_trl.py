@@ -99,15 +99,15 @@ class RecordingReward:
         return r, {}
 
 
-def make_trl(model_dir: Path, a, truncation: str, reward: RecordingReward):
-    """An AlignPropTrainer on the folder; truncation: 'fixed' (K = 1) or 'random' (TRL's default)."""
+def trl_setup(model_dir: Path, a, pipeline_class) -> tuple[object, dict]:
+    """TRL's LoRA pipeline on the folder and the config arguments both TRL peers share (precision,
+    seed, no logging or saving, sampling steps and guidance, batch, lr, clipping)."""
     import accelerate
 
-    AlignPropConfig, AlignPropTrainer, Pipeline = import_trl()
     accelerate.PartialState()  # TRL's pipeline logs through accelerate before the trainer builds one
     with contextlib.redirect_stderr(io.StringIO()):
-        pipe = Pipeline(str(model_dir), use_lora=True)
-    cfg = AlignPropConfig(
+        pipe = pipeline_class(str(model_dir), use_lora=True)
+    common = dict(
         mixed_precision="no",
         seed=a.seed,
         log_with=None,
@@ -116,22 +116,33 @@ def make_trl(model_dir: Path, a, truncation: str, reward: RecordingReward):
         project_kwargs={"project_dir": tempfile.mkdtemp(prefix="trl-")},
         sample_num_steps=a.steps,
         sample_guidance_scale=a.guidance,
-        sample_eta=a.eta,
         train_batch_size=a.batch,
         train_learning_rate=a.lr,
         train_max_grad_norm=1.0,
+    )
+    return pipe, common
+
+
+def prompt_drawer(seed: int):
+    """TRL's prompt function: one of PROMPTS, drawn from its own seeded generator."""
+    rng = torch.Generator().manual_seed(seed)
+    return lambda: (PROMPTS[int(torch.randint(len(PROMPTS), (1,), generator=rng))], {})
+
+
+def make_trl(model_dir: Path, a, truncation: str, reward: RecordingReward):
+    """An AlignPropTrainer on the folder; truncation: 'fixed' (K = 1) or 'random' (TRL's default)."""
+    AlignPropConfig, AlignPropTrainer, Pipeline = import_trl()
+    pipe, common = trl_setup(model_dir, a, Pipeline)
+    cfg = AlignPropConfig(
+        **common,
+        sample_eta=a.eta,
         truncated_backprop_rand=(truncation == "random"),
         truncated_backprop_timestep=a.steps - 1,
         truncated_rand_backprop_minmax=(0, a.steps),
     )
-    rng = torch.Generator().manual_seed(a.seed)
-
-    def prompt_fn():
-        return PROMPTS[int(torch.randint(len(PROMPTS), (1,), generator=rng))], {}
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = AlignPropTrainer(cfg, reward.trl, prompt_fn, pipe)
+        trainer = AlignPropTrainer(cfg, reward.trl, prompt_drawer(a.seed), pipe)
     pipe.set_progress_bar_config(disable=True)
     count = iter(range(10**9))
     return lambda: trainer.step(next(count), 0)

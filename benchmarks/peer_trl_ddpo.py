@@ -44,7 +44,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from peer_trl import PROMPTS, RecordingReward, alternate, make_ours, write_model
+from peer_trl import RecordingReward, alternate, make_ours, prompt_drawer, trl_setup, write_model
 
 SIDES = ("trl", "draft ckpt", "draft no-ckpt")
 
@@ -66,28 +66,14 @@ def import_ddpo():
 
 def make_trl_ddpo(model_dir: Path, a, reward: RecordingReward):
     """A DDPOTrainer on the folder; one call = DDPOTrainer.step (one sampled batch, one optimiser step)."""
-    import accelerate
-
     DDPOConfig, DDPOTrainer, Pipeline = import_ddpo()
-    accelerate.PartialState()  # TRL's pipeline logs through accelerate before the trainer builds one
-    with contextlib.redirect_stderr(io.StringIO()):
-        pipe = Pipeline(str(model_dir), use_lora=True)
+    pipe, common = trl_setup(model_dir, a, Pipeline)
     cfg = DDPOConfig(
-        mixed_precision="no",
-        seed=a.seed,
-        log_with=None,
-        save_freq=10**9,
-        num_epochs=10**9,
-        project_kwargs={"project_dir": tempfile.mkdtemp(prefix="trl-ddpo-")},
-        sample_num_steps=a.steps,
-        sample_guidance_scale=a.guidance,
+        **common,
         sample_eta=1.0,
         sample_batch_size=a.batch,
         sample_num_batches_per_epoch=1,
-        train_batch_size=a.batch,
         train_gradient_accumulation_steps=1,
-        train_learning_rate=a.lr,
-        train_max_grad_norm=1.0,
         train_num_inner_epochs=1,
         train_timestep_fraction=1.0,
         train_cfg=True,
@@ -95,10 +81,7 @@ def make_trl_ddpo(model_dir: Path, a, reward: RecordingReward):
         train_adv_clip_max=5.0,
         per_prompt_stat_tracking=False,
     )
-    rng = torch.Generator().manual_seed(a.seed)
-
-    def prompt_fn():
-        return PROMPTS[int(torch.randint(len(PROMPTS), (1,), generator=rng))], {}
+    prompt_fn = prompt_drawer(a.seed)
 
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
