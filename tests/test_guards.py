@@ -138,6 +138,7 @@ def test_a_rule_stops_the_run_cleanly_and_a_resume_goes_on_only_with_other_rules
     assert all(not v.any() for k, v in best.items() if "lora_B" in k) and any(v.any() for k, v in last.items() if "lora_B" in k)
     card = (run / "lora" / "README.md").read_text()
     assert "stopped_by | train.stop_when at step 1: val/jpeg-" in card and "best_validation_step | 0" in card
+    assert "best_validation_step | 0" in (run / "lora" / "best" / "README.md").read_text()  # its own step, not the previous best's
     assert "stopped by train.stop_when" in (run / "report.html").read_text()
 
     # The same rules stop it again: a clear error. Other rules (none) train on to step 3.

@@ -67,7 +67,9 @@ def save_best(run_dir: Path, model: Any, learned: Any, guards: Guards) -> Path:
         if learned is not None:
             learned.save(folder)
         value = guards.best_value if guards.best_value is not None else float("nan")
+        # this step's row is not in metrics.jsonl yet, so the rows' best_validation_step is the previous best
         info = {**run_card_info(run_dir), "steps": guards.best_step,
+                "best_validation_step": f"{guards.best_step} (its LoRA: lora/best/)",
                 "chosen_as": f"the best {guards.best_metric} ({value:.4g}) of the validations so far"}
         write_model_card(folder, info, location=best)
 
