@@ -22,7 +22,10 @@ def rows(values, train=None, key=VAL):
     """Metrics rows: a validation at steps 0, 10, 20, ... with ``values``; ``train``: the reward_mean of each step before it."""
     out = [{"step": 0, key: values[0]}]
     for i, v in enumerate(values[1:], start=1):
-        out += [{"step": 10 * i - 1, "reward_mean": train[i] if train else 0.0}, {"step": 10 * i, "reward_mean": train[i] if train else 0.0, key: v}]
+        out += [
+            {"step": 10 * i - 1, "reward_mean": train[i] if train else 0.0},
+            {"step": 10 * i, "reward_mean": train[i] if train else 0.0, key: v},
+        ]
     return out
 
 
@@ -65,18 +68,32 @@ def test_best_is_the_highest_validation_no_rule_fired_at_and_replay_agrees():
 
 
 TINY = ["model.name=tiny-random", "reward.name=jpeg-compressibility", "prompts.source=animals"]
-VALIDATION = "train.validation={prompts: [a dog], rewards: [jpeg-compressibility, {name: jpeg-incompressibility, label: inc}]}"
+VALIDATION = (
+    "train.validation={prompts: [a dog], rewards: [jpeg-compressibility, {name: jpeg-incompressibility, label: inc}]}"
+)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["train.stop_when=[{rule: falls, metric: val/x}]"], "validation is off"),
-    ([VALIDATION, "train.stop_when=[{rule: falls, metric: val/judge}]"], "val/jpeg-compressibility, val/inc"),
-    ([VALIDATION, "train.stop_when=[{rule: rises, metric: val/inc}]"], "one of falls, gap, drops"),
-    ([VALIDATION, "train.stop_when=[{rule: drops, metric: val/inc, by: -1}]"], "'train.stop_when[0].by' must be a number >= 0"),
-    ([VALIDATION, "train.stop_when=[{rule: falls, metric: val/inc, by: 1}]"], "a 'falls' rule takes metric, rule, times, not by"),
-    ([VALIDATION, "train.stop_when=[{rule: falls, metric: val/inc, times: 0}]"], "'train.stop_when[0].times' must be a positive"),
-    ([VALIDATION, "train.best_metric=val/nope"], "train.best_metric' is 'val/nope'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.stop_when=[{rule: falls, metric: val/x}]"], "validation is off"),
+        ([VALIDATION, "train.stop_when=[{rule: falls, metric: val/judge}]"], "val/jpeg-compressibility, val/inc"),
+        ([VALIDATION, "train.stop_when=[{rule: rises, metric: val/inc}]"], "one of falls, gap, drops"),
+        (
+            [VALIDATION, "train.stop_when=[{rule: drops, metric: val/inc, by: -1}]"],
+            "'train.stop_when[0].by' must be a number >= 0",
+        ),
+        (
+            [VALIDATION, "train.stop_when=[{rule: falls, metric: val/inc, by: 1}]"],
+            "a 'falls' rule takes metric, rule, times, not by",
+        ),
+        (
+            [VALIDATION, "train.stop_when=[{rule: falls, metric: val/inc, times: 0}]"],
+            "'train.stop_when[0].times' must be a positive",
+        ),
+        ([VALIDATION, "train.best_metric=val/nope"], "train.best_metric' is 'val/nope'"),
+    ],
+)
 def test_bad_rules_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=None) as exc:
         load_config(None, TINY + overrides)
@@ -87,7 +104,9 @@ def test_the_default_rule_and_best_metric_with_validation_on():
     from draft_core.training.guards import build_guards
 
     g = build_guards(load_config(None, TINY + [VALIDATION]))
-    assert g.rules == [Rule("falls", "val/jpeg-compressibility", times=3)] and g.best_metric == "val/jpeg-compressibility"
+    assert (
+        g.rules == [Rule("falls", "val/jpeg-compressibility", times=3)] and g.best_metric == "val/jpeg-compressibility"
+    )
     off = build_guards(load_config(None, TINY))
     assert off.rules == [] and off.best_metric is None and not off.active
 
@@ -110,8 +129,16 @@ def test_the_judge_reads_the_digit_each_prompt_asks_for():
 
 
 RUN = TINY + [
-    "sampler.steps=2", "estimator={name: draft-k, k: 1}", "train.batch_size=1", "train.lr=0.01", "train.sample_per_prompt=1",
-    "train.sample_prompts=[a cat]", "lora.rank=2", "train.steps=3", "train.checkpoint_every=2", "train.sample_every=0",
+    "sampler.steps=2",
+    "estimator={name: draft-k, k: 1}",
+    "train.batch_size=1",
+    "train.lr=0.01",
+    "train.sample_per_prompt=1",
+    "train.sample_prompts=[a cat]",
+    "lora.rank=2",
+    "train.steps=3",
+    "train.checkpoint_every=2",
+    "train.sample_every=0",
     "train.validation={prompts: [a dog], every: 1, n_per_prompt: 1, rewards: [jpeg-compressibility, jpeg-incompressibility]}",
     # The two are each other's negatives: once the LoRA changes the sample at all, one of them drops.
     "train.stop_when=[{rule: drops, metric: val/jpeg-compressibility, by: 0}, {rule: drops, metric: val/jpeg-incompressibility, by: 0}]",
@@ -135,9 +162,14 @@ def test_a_rule_stops_the_run_cleanly_and_a_resume_goes_on_only_with_other_rules
     best = load_file(run / "lora" / "best" / "pytorch_lora_weights.safetensors")
     last = load_file(run / "lora" / "pytorch_lora_weights.safetensors")
     assert best.keys() == last.keys()
-    assert all(not v.any() for k, v in best.items() if "lora_B" in k) and any(v.any() for k, v in last.items() if "lora_B" in k)
+    assert all(not v.any() for k, v in best.items() if "lora_B" in k) and any(
+        v.any() for k, v in last.items() if "lora_B" in k
+    )
     card = (run / "lora" / "README.md").read_text()
     assert "stopped_by | train.stop_when at step 1: val/jpeg-" in card and "best_validation_step | 0" in card
+    assert (
+        "best_validation_step | 0" in (run / "lora" / "best" / "README.md").read_text()
+    )  # its own step, not the previous best's
     assert "stopped by train.stop_when" in (run / "report.html").read_text()
 
     # The same rules stop it again: a clear error. Other rules (none) train on to step 3.

@@ -7,8 +7,9 @@ is copied into each new ``lora/`` before the swap.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from draft_core.errors import DraftError
 from draft_core.lora import save_lora
@@ -17,7 +18,6 @@ from draft_core.media import read_metrics
 from draft_core.rundir import BEST, RunDir
 from draft_core.training.checkpoint import replace_folder
 from draft_core.training.guards import Guards, build_guards
-
 
 
 class GuardStopped(DraftError):
@@ -51,10 +51,12 @@ def guard_row(trainer: Any, row: dict[str, Any]) -> bool:
 
 def with_best(write: Callable[[Path], None], lora: Path) -> Callable[[Path], None]:
     """``write`` (fills a folder with the last LoRA), then a copy of ``lora/best/`` beside it."""
+
     def fill(new: Path) -> None:
         write(new)
         if (lora / BEST).is_dir():
             shutil.copytree(lora / BEST, new / BEST)
+
     return fill
 
 
@@ -67,8 +69,13 @@ def save_best(run_dir: Path, model: Any, learned: Any, guards: Guards) -> Path:
         if learned is not None:
             learned.save(folder)
         value = guards.best_value if guards.best_value is not None else float("nan")
-        info = {**run_card_info(run_dir), "steps": guards.best_step,
-                "chosen_as": f"the best {guards.best_metric} ({value:.4g}) of the validations so far"}
+        # this step's row is not in metrics.jsonl yet, so the rows' best_validation_step is the previous best
+        info = {
+            **run_card_info(run_dir),
+            "steps": guards.best_step,
+            "best_validation_step": f"{guards.best_step} (its LoRA: lora/best/)",
+            "chosen_as": f"the best {guards.best_metric} ({value:.4g}) of the validations so far",
+        }
         write_model_card(folder, info, location=best)
 
     replace_folder(fill, best)

@@ -116,6 +116,63 @@ class EMA:
             ema_p.lerp_(p, 1 - d)
 
 
+class PromptedBatches:
+    """The training batches of both embedded models: (clean images, prompt row) drawn from ``gen``.
+
+    Each epoch is a fresh permutation (its tail dropped); each sample gets one of the digit's
+    phrasings, or the empty prompt at ``data.EMPTY_PROMPT_RATE``. The rows index
+    ``data.all_prompts()`` (digit * phrasings + phrasing; the last row is ""). The draws come
+    in this fixed order, so the caller's further draws from ``gen`` stay where they were.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch: int, gen: torch.Generator) -> None:
+        self.images, self.labels, self.batch, self.gen = images, labels, batch, gen
+        self.n_phrasings, self.empty = len(D.PHRASINGS), len(D.all_prompts()) - 1
+        self.order, self.cursor = torch.randperm(len(images), generator=gen), 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, gen = self.batch, self.gen
+        if self.cursor + batch > len(self.order):
+            self.order, self.cursor = torch.randperm(len(self.images), generator=gen), 0
+        idx = self.order[self.cursor : self.cursor + batch]
+        self.cursor += batch
+        x0, y = self.images[idx], self.labels[idx]
+        phrasing = torch.randint(0, self.n_phrasings, (batch,), generator=gen)
+        drop = torch.rand(batch, generator=gen) < D.EMPTY_PROMPT_RATE
+        return x0, torch.where(drop, torch.full_like(y, self.empty), y * self.n_phrasings + phrasing)
+
+
+class LossLog:
+    """The mean loss and seconds per step every ``log_every`` steps, printed and kept as ``history``."""
+
+    def __init__(self, steps: int, log_every: int) -> None:
+        self.steps, self.log_every = steps, log_every
+        self.history: list[dict] = []
+        self._window: list[float] = []
+        self.start = self._tick = time.perf_counter()
+
+    def add(self, step: int, loss: float) -> None:
+        self._window.append(loss)
+        if (step + 1) % self.log_every == 0 or step + 1 == self.steps:
+            now = time.perf_counter()
+            mean = sum(self._window) / len(self._window)
+            rate = (now - self._tick) / len(self._window)
+            print(f"step {step + 1}/{self.steps}  loss {mean:.4f}  {rate:.3f} s/step", flush=True)
+            self.history.append({"step": step + 1, "loss": mean, "s_per_step": rate})
+            self._window, self._tick = [], now
+
+    def summary(self) -> dict:
+        return {
+            "seconds": time.perf_counter() - self.start,
+            "final_loss": self.history[-1]["loss"] if self.history else float("nan"),
+            "history": self.history,
+        }
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
 @contextlib.contextmanager
 def deterministic(threads: int):
     """Deterministic kernels and a fixed intra-op thread count, restored afterwards."""
@@ -142,11 +199,9 @@ def train_diffusion(steps: int, seed: int, batch: int = 64, lr: float = 1e-3, lo
     images, labels = D.load_images()
     prompts = D.all_prompts()
     tokenizer = offline_clip_tokenizer(model_max_length=TOKENIZER_MAX_LENGTH)
-    prompt_ids = tokenizer(prompts, padding="max_length", max_length=TOKENIZER_MAX_LENGTH, truncation=True,
-                           return_tensors="pt").input_ids  # [10 * P + 1, L]; the last row is ""
-    n_phrasings = len(D.PHRASINGS)
-    empty = len(prompts) - 1
-
+    prompt_ids = tokenizer(
+        prompts, padding="max_length", max_length=TOKENIZER_MAX_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids  # [10 * P + 1, L]; the last row is ""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**unet_config()).train()
     text_encoder = CLIPTextModel(text_config()).train()
@@ -159,19 +214,9 @@ def train_diffusion(steps: int, seed: int, batch: int = 64, lr: float = 1e-3, lo
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
     ema_unet, ema_text = EMA(unet, 0.999), EMA(text_encoder, 0.999)
 
-    order = torch.randperm(len(images), generator=gen)
-    cursor = 0
-    history, window = [], []
-    t0 = tick = time.perf_counter()
+    batches, log = PromptedBatches(images, labels, batch, gen), LossLog(steps, log_every)
     for step in range(steps):
-        if cursor + batch > len(order):  # a fresh permutation per epoch; the tail is dropped
-            order, cursor = torch.randperm(len(images), generator=gen), 0
-        idx = order[cursor : cursor + batch]
-        cursor += batch
-        x0, y = images[idx], labels[idx]
-        phrasing = torch.randint(0, n_phrasings, (batch,), generator=gen)
-        drop = torch.rand(batch, generator=gen) < D.EMPTY_PROMPT_RATE
-        which = torch.where(drop, torch.full_like(y, empty), y * n_phrasings + phrasing)
+        x0, which = batches.next()
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
 
@@ -189,25 +234,18 @@ def train_diffusion(steps: int, seed: int, batch: int = 64, lr: float = 1e-3, lo
         ema_unet.update(unet)
         ema_text.update(text_encoder)
 
-        window.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            now = time.perf_counter()
-            mean = sum(window) / len(window)
-            rate = (now - tick) / len(window)
-            print(f"step {step + 1}/{steps}  loss {mean:.4f}  {rate:.3f} s/step", flush=True)
-            history.append({"step": step + 1, "loss": mean, "s_per_step": rate})
-            window, tick = [], now
+        log.add(step, loss.item())
 
     kept = sorted(set(prompt_ids.flatten().tolist()))
     return {
         "unet": ema_unet.module,
         "text_encoder": ema_text.module,
         "kept_token_ids": kept,
-        "seconds": time.perf_counter() - t0,
-        "final_loss": history[-1]["loss"] if history else float("nan"),
-        "history": history,
-        "params": {"unet": sum(p.numel() for p in unet.parameters()),
-                   "text_encoder": sum(p.numel() for p in text_encoder.parameters())},
+        **log.summary(),
+        "params": {
+            "unet": sum(p.numel() for p in unet.parameters()),
+            "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
+        },
     }
 
 
@@ -260,15 +298,17 @@ def train_classifier(steps: int, seed: int, batch: int = 64, lr: float = 3e-3) -
     with torch.no_grad():
         held_acc = (net(classifier_input(held_x)).argmax(-1) == held_y).float().mean().item()
     print(f"classifier: {steps} steps, {time.perf_counter() - t0:.1f} s, held-out accuracy {held_acc:.4f}", flush=True)
-    return {"net": net, "widths": list(DEFAULT_WIDTHS), "steps": steps, "final_loss": loss.item(),
-            "held_out_accuracy": held_acc, "seconds": time.perf_counter() - t0}
+    return {
+        "net": net,
+        "widths": list(DEFAULT_WIDTHS),
+        "steps": steps,
+        "final_loss": loss.item(),
+        "held_out_accuracy": held_acc,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 # -- writing -----------------------------------------------------------------------------
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def save_model(out: Path, result: dict) -> None:
@@ -277,38 +317,45 @@ def save_model(out: Path, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     unet, text_encoder = result["unet"], result["text_encoder"]
     save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(out / "unet.safetensors"))
-    _write_json(out / "unet_config.json", {k: v for k, v in unet.config.items() if not k.startswith("_")})
+    write_json(out / "unet_config.json", {k: v for k, v in unet.config.items() if not k.startswith("_")})
     packed = pack_text_encoder_state(text_encoder.state_dict(), result["kept_token_ids"])
     save_file(packed, str(out / "text_encoder.safetensors"))
-    _write_json(out / "text_config.json", text_encoder.config.to_dict())
-    _write_json(out / "scheduler_config.json", scheduler_config())
-    _write_json(out / "model.json", {
-        "name": "digits",
-        "tokenizer": "offline_clip_tokenizer (SD 1.x's CLIP BPE)",
-        "tokenizer_max_length": TOKENIZER_MAX_LENGTH,
-        "image_size": D.IMAGE_SIZE,
-        "upsampling": "bilinear from 8x8, align_corners=False",
-        "prompts": D.PROMPTS,
-        "phrasings": D.PHRASINGS,
-        "weights_dtype": "float32",
-        "text_encoder_kept_token_ids": result["kept_token_ids"],
-        "text_encoder_note": "token-embedding rows of tokens outside the training prompts are zeros",
-    })
+    write_json(out / "text_config.json", text_encoder.config.to_dict())
+    write_json(out / "scheduler_config.json", scheduler_config())
+    write_json(
+        out / "model.json",
+        {
+            "name": "digits",
+            "tokenizer": "offline_clip_tokenizer (SD 1.x's CLIP BPE)",
+            "tokenizer_max_length": TOKENIZER_MAX_LENGTH,
+            "image_size": D.IMAGE_SIZE,
+            "upsampling": "bilinear from 8x8, align_corners=False",
+            "prompts": D.PROMPTS,
+            "phrasings": D.PHRASINGS,
+            "weights_dtype": "float32",
+            "text_encoder_kept_token_ids": result["kept_token_ids"],
+            "text_encoder_note": "token-embedding rows of tokens outside the training prompts are zeros",
+        },
+    )
 
 
 def save_classifier(out: Path, result: dict) -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in result["net"].state_dict().items()},
-              str(out / "digit_classifier.safetensors"))
-    _write_json(out / "digit_classifier.json", {
-        "widths": result["widths"],
-        "input": "[B, 1, 32, 32]: RGB channel mean, bilinear antialiased resize to 32x32, then 2x - 1",
-        "held_out": f"load_digits images with index % {D.HOLDOUT_EVERY} == {D.HOLDOUT_EVERY - 1}",
-        "held_out_accuracy": round(result["held_out_accuracy"], 4),
-        "steps": result["steps"],
-    })
+    save_file(
+        {k: v.contiguous() for k, v in result["net"].state_dict().items()}, str(out / "digit_classifier.safetensors")
+    )
+    write_json(
+        out / "digit_classifier.json",
+        {
+            "widths": result["widths"],
+            "input": "[B, 1, 32, 32]: RGB channel mean, bilinear antialiased resize to 32x32, then 2x - 1",
+            "held_out": f"load_digits images with index % {D.HOLDOUT_EVERY} == {D.HOLDOUT_EVERY - 1}",
+            "held_out_accuracy": round(result["held_out_accuracy"], 4),
+            "steps": result["steps"],
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -332,17 +379,24 @@ def main(argv: list[str] | None = None) -> None:
         save_model(model_dir, model)
         log = {
             "command": "python -m draft_core.models.digits.train " + " ".join(sys.argv[1:] if argv is None else argv),
-            "steps": args.steps, "batch": args.batch, "seed": args.seed, "threads": args.threads,
-            "seconds": round(model["seconds"], 1), "final_loss": model["final_loss"],
-            "history": model["history"], "params": model["params"],
-            "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "steps": args.steps,
+            "batch": args.batch,
+            "seed": args.seed,
+            "threads": args.threads,
+            "seconds": round(model["seconds"], 1),
+            "final_loss": model["final_loss"],
+            "history": model["history"],
+            "params": model["params"],
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
         }
         if args.classifier_steps > 0:
             clf = train_classifier(args.classifier_steps, args.seed)
             save_classifier(model_dir, clf)
             log["classifier"] = {k: clf[k] for k in ("steps", "final_loss", "held_out_accuracy", "seconds")}
         log["total_seconds"] = round(time.perf_counter() - t0, 1)
-        _write_json(model_dir / "training_log.json", log)
+        write_json(model_dir / "training_log.json", log)
     print(f"wrote {model_dir}", flush=True)
 
 

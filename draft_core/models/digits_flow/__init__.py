@@ -34,8 +34,16 @@ MAX_SEQUENCE_LENGTH = 8
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 8.0
 
-__all__ = ["WEIGHTS_DIR", "MAX_SEQUENCE_LENGTH", "DEFAULT_STEPS", "DEFAULT_GUIDANCE", "DigitsFlowComponents",
-           "build_digits_flow", "build_digits_flow_model", "sd3_pipeline"]
+__all__ = [
+    "WEIGHTS_DIR",
+    "MAX_SEQUENCE_LENGTH",
+    "DEFAULT_STEPS",
+    "DEFAULT_GUIDANCE",
+    "DigitsFlowComponents",
+    "build_digits_flow",
+    "build_digits_flow_model",
+    "sd3_pipeline",
+]
 
 
 @dataclass
@@ -133,8 +141,15 @@ def build_digits_flow_model(weights_dir: str | Path = WEIGHTS_DIR):
 
     parts = build_digits_flow(weights_dir)
     return SD3Model(
-        transformer=parts.transformer, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
-        tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2, scheduler_config=parts.scheduler_config,
-        text_encoder_3=None, tokenizer_3=None, vae=None, name="digits-flow",
+        transformer=parts.transformer,
+        text_encoder=parts.text_encoder,
+        text_encoder_2=parts.text_encoder_2,
+        tokenizer=parts.tokenizer,
+        tokenizer_2=parts.tokenizer_2,
+        scheduler_config=parts.scheduler_config,
+        text_encoder_3=None,
+        tokenizer_3=None,
+        vae=None,
+        name="digits-flow",
         max_sequence_length=parts.max_sequence_length,
     )

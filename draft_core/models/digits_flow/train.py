@@ -33,9 +33,7 @@ Without ``--out`` the files go into ``draft_core/models/digits_flow/weights/``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -43,11 +41,20 @@ import torch.nn.functional as F
 
 from draft_core.models.digits import data as D
 from draft_core.models.digits import pack_text_encoder_state
-from draft_core.models.digits.train import EMA, deterministic, lr_factor
+from draft_core.models.digits.train import (
+    EMA,
+    TEXT_WIDTH,
+    TOKENIZER_MAX_LENGTH,
+    LossLog,
+    PromptedBatches,
+    deterministic,
+    lr_factor,
+    text_config,
+    write_json,
+)
 from draft_core.models.digits_flow import MAX_SEQUENCE_LENGTH, WEIGHTS_DIR, DigitsFlowComponents, sd3_pipeline
 
-TOKENIZER_MAX_LENGTH = 16  # the longest training prompt is 6 tokens with bos/eos
-TEXT_WIDTH = 64  # each CLIP encoder's width and projection; the two concatenate to 128
+# TEXT_WIDTH (64) is each CLIP encoder's width and projection; the two concatenate to 128.
 PATCH_SIZE = 4
 WIDTH = 64  # transformer inner dim = heads x head_dim
 HEADS = 4
@@ -72,24 +79,6 @@ def transformer_config(width: int = WIDTH, heads: int = HEADS, layers: int = LAY
     )
 
 
-def text_config():
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=4 * TEXT_WIDTH,
-        num_attention_heads=2,
-        num_hidden_layers=2,
-        vocab_size=49408,
-        max_position_embeddings=TOKENIZER_MAX_LENGTH,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-        hidden_act="quick_gelu",
-        projection_dim=TEXT_WIDTH,
-    )
-
-
 def scheduler_config() -> dict:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -97,7 +86,8 @@ def scheduler_config() -> dict:
     # size keeps more signal at a given noise level; 32 px needs no such move.
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     return {k: v for k, v in sched.config.items() if not k.startswith("_")} | {
-        "_class_name": "FlowMatchEulerDiscreteScheduler"}
+        "_class_name": "FlowMatchEulerDiscreteScheduler"
+    }
 
 
 def new_components(seed: int, sizes: dict | None = None) -> DigitsFlowComponents:
@@ -112,10 +102,13 @@ def new_components(seed: int, sizes: dict | None = None) -> DigitsFlowComponents
     text_encoder = CLIPTextModelWithProjection(text_config()).train()
     text_encoder_2 = CLIPTextModelWithProjection(text_config()).train()
     return DigitsFlowComponents(
-        transformer=transformer, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        transformer=transformer,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
         tokenizer=offline_clip_tokenizer(model_max_length=TOKENIZER_MAX_LENGTH),
         tokenizer_2=offline_clip_tokenizer(model_max_length=TOKENIZER_MAX_LENGTH),
-        scheduler_config=scheduler_config(), meta={"max_sequence_length": MAX_SEQUENCE_LENGTH},
+        scheduler_config=scheduler_config(),
+        meta={"max_sequence_length": MAX_SEQUENCE_LENGTH},
     )
 
 
@@ -178,16 +171,23 @@ def flow_batch(x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, to
     return (1 - s) * x0 + s * noise, sigma * 1000, noise - x0
 
 
-def train_flow(steps: int, seed: int, batch: int = 32, lr: float = 1e-3, log_every: int = 100,
-               sizes: dict | None = None, on_step=None) -> dict:
+def train_flow(
+    steps: int,
+    seed: int,
+    batch: int = 32,
+    lr: float = 1e-3,
+    log_every: int = 100,
+    sizes: dict | None = None,
+    on_step=None,
+) -> dict:
     """Train from scratch; ``on_step(step, loss)`` is called after every step (tests use it)."""
     images, labels = D.load_images()
     prompts = D.all_prompts()  # [10 * P + 1]; the last is ""
-    n_phrasings, empty = len(D.PHRASINGS), len(prompts) - 1
 
     parts = new_components(seed, sizes)
-    prompt_ids = parts.tokenizer(prompts, padding="max_length", max_length=TOKENIZER_MAX_LENGTH,
-                                 truncation=True, return_tensors="pt").input_ids
+    prompt_ids = parts.tokenizer(
+        prompts, padding="max_length", max_length=TOKENIZER_MAX_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
     kept = sorted(set(prompt_ids.flatten().tolist()))
     transformer, te1, te2 = parts.transformer, parts.text_encoder, parts.text_encoder_2
     for encoder in (te1, te2):
@@ -202,27 +202,28 @@ def train_flow(steps: int, seed: int, batch: int = 32, lr: float = 1e-3, log_eve
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
     emas = [EMA(m, 0.999) for m in (transformer, te1, te2)]
 
-    order, cursor = torch.randperm(len(images), generator=gen), 0
-    history, window = [], []
-    t0 = tick = time.perf_counter()
+    batches, log = PromptedBatches(images, labels, batch, gen), LossLog(steps, log_every)
     for step in range(steps):
-        if cursor + batch > len(order):  # a fresh permutation per epoch; the tail is dropped
-            order, cursor = torch.randperm(len(images), generator=gen), 0
-        idx = order[cursor : cursor + batch]
-        cursor += batch
-        x0, y = images[idx], labels[idx]
-        phrasing = torch.randint(0, n_phrasings, (batch,), generator=gen)
-        drop = torch.rand(batch, generator=gen) < D.EMPTY_PROMPT_RATE
-        which = torch.where(drop, torch.full_like(y, empty), y * n_phrasings + phrasing)
+        x0, which = batches.next()
         x_t, timestep, target = flow_batch(x0, gen)
 
         # All 61 prompts through the pipeline's own encode_prompt (cheap at this size), then
         # pick each sample's row: gradients reach both text encoders.
-        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=torch.device("cpu"),
-                                                  do_classifier_free_guidance=False,
-                                                  max_sequence_length=MAX_SEQUENCE_LENGTH)
-        pred = transformer(hidden_states=x_t, timestep=timestep, encoder_hidden_states=embeds[which],
-                           pooled_projections=pooled[which], return_dict=False)[0]
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompts,
+            None,
+            None,
+            device=torch.device("cpu"),
+            do_classifier_free_guidance=False,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+        )
+        pred = transformer(
+            hidden_states=x_t,
+            timestep=timestep,
+            encoder_hidden_states=embeds[which],
+            pooled_projections=pooled[which],
+            return_dict=False,
+        )[0]
         loss = F.mse_loss(pred, target)
 
         opt.zero_grad(set_to_none=True)
@@ -233,33 +234,27 @@ def train_flow(steps: int, seed: int, batch: int = 32, lr: float = 1e-3, log_eve
         for ema, m in zip(emas, (transformer, te1, te2)):
             ema.update(m)
 
-        window.append(loss.item())
+        log.add(step, loss.item())
         if on_step is not None:
             on_step(step, loss.detach())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            now = time.perf_counter()
-            mean = sum(window) / len(window)
-            rate = (now - tick) / len(window)
-            print(f"step {step + 1}/{steps}  loss {mean:.4f}  {rate:.3f} s/step", flush=True)
-            history.append({"step": step + 1, "loss": mean, "s_per_step": rate})
-            window, tick = [], now
 
     for ema in emas[1:]:
         _swap_token_table(ema.module, lambda emb: emb.expand())
     return {
-        "transformer": emas[0].module, "text_encoder": emas[1].module, "text_encoder_2": emas[2].module,
+        "transformer": emas[0].module,
+        "text_encoder": emas[1].module,
+        "text_encoder_2": emas[2].module,
         "kept_token_ids": kept,
-        "seconds": time.perf_counter() - t0,
-        "final_loss": history[-1]["loss"] if history else float("nan"),
-        "history": history,
-        "params": {name: sum(p.numel() for p in m.parameters())
-                   for name, m in (("transformer", emas[0].module), ("text_encoder", emas[1].module),
-                                   ("text_encoder_2", emas[2].module))},
+        **log.summary(),
+        "params": {
+            name: sum(p.numel() for p in m.parameters())
+            for name, m in (
+                ("transformer", emas[0].module),
+                ("text_encoder", emas[1].module),
+                ("text_encoder_2", emas[2].module),
+            )
+        },
     }
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def save_model(out: Path, result: dict) -> None:
@@ -268,27 +263,32 @@ def save_model(out: Path, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     transformer = result["transformer"]
     save_file({k: v.contiguous() for k, v in transformer.state_dict().items()}, str(out / "transformer.safetensors"))
-    _write_json(out / "transformer_config.json", {k: v for k, v in transformer.config.items() if not k.startswith("_")})
+    write_json(out / "transformer_config.json", {k: v for k, v in transformer.config.items() if not k.startswith("_")})
     for stem in ("text_encoder", "text_encoder_2"):
         encoder = result[stem]
-        save_file(pack_text_encoder_state(encoder.state_dict(), result["kept_token_ids"]), str(out / f"{stem}.safetensors"))
-        _write_json(out / f"{stem}_config.json", encoder.config.to_dict())
-    _write_json(out / "scheduler_config.json", scheduler_config())
-    _write_json(out / "model.json", {
-        "name": "digits-flow",
-        "pipeline": "StableDiffusion3Pipeline with vae=None, text_encoder_3=None, tokenizer_3=None",
-        "tokenizer": "offline_clip_tokenizer (SD 1.x's CLIP BPE), the same for tokenizer and tokenizer_2",
-        "tokenizer_max_length": TOKENIZER_MAX_LENGTH,
-        "max_sequence_length": MAX_SEQUENCE_LENGTH,
-        "image_size": D.IMAGE_SIZE,
-        "pixels": "3 channels in [-1, 1]; image = (x / 2 + 0.5).clamp(0, 1)",
-        "upsampling": "bilinear from 8x8, align_corners=False",
-        "prompts": D.PROMPTS,
-        "phrasings": D.PHRASINGS,
-        "weights_dtype": "float32",
-        "text_encoder_kept_token_ids": result["kept_token_ids"],
-        "text_encoder_note": "token-embedding rows of tokens outside the training prompts are zeros",
-    })
+        save_file(
+            pack_text_encoder_state(encoder.state_dict(), result["kept_token_ids"]), str(out / f"{stem}.safetensors")
+        )
+        write_json(out / f"{stem}_config.json", encoder.config.to_dict())
+    write_json(out / "scheduler_config.json", scheduler_config())
+    write_json(
+        out / "model.json",
+        {
+            "name": "digits-flow",
+            "pipeline": "StableDiffusion3Pipeline with vae=None, text_encoder_3=None, tokenizer_3=None",
+            "tokenizer": "offline_clip_tokenizer (SD 1.x's CLIP BPE), the same for tokenizer and tokenizer_2",
+            "tokenizer_max_length": TOKENIZER_MAX_LENGTH,
+            "max_sequence_length": MAX_SEQUENCE_LENGTH,
+            "image_size": D.IMAGE_SIZE,
+            "pixels": "3 channels in [-1, 1]; image = (x / 2 + 0.5).clamp(0, 1)",
+            "upsampling": "bilinear from 8x8, align_corners=False",
+            "prompts": D.PROMPTS,
+            "phrasings": D.PHRASINGS,
+            "weights_dtype": "float32",
+            "text_encoder_kept_token_ids": result["kept_token_ids"],
+            "text_encoder_note": "token-embedding rows of tokens outside the training prompts are zeros",
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -313,16 +313,28 @@ def main(argv: list[str] | None = None) -> None:
     import transformers
 
     with deterministic(args.threads), torch.random.fork_rng(devices=[]):
-        result = train_flow(args.steps, args.seed, batch=args.batch, lr=args.lr, sizes=sizes,
-                            log_every=args.log_every)
+        result = train_flow(args.steps, args.seed, batch=args.batch, lr=args.lr, sizes=sizes, log_every=args.log_every)
         save_model(out, result)
-        _write_json(out / "training_log.json", {
-            "command": "python -m draft_core.models.digits_flow.train " + " ".join(sys.argv[1:] if argv is None else argv),
-            "steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed, "threads": args.threads,
-            "sizes": sizes, "seconds": round(result["seconds"], 1), "final_loss": result["final_loss"],
-            "history": result["history"], "params": result["params"],
-            "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-        })
+        write_json(
+            out / "training_log.json",
+            {
+                "command": "python -m draft_core.models.digits_flow.train "
+                + " ".join(sys.argv[1:] if argv is None else argv),
+                "steps": args.steps,
+                "batch": args.batch,
+                "lr": args.lr,
+                "seed": args.seed,
+                "threads": args.threads,
+                "sizes": sizes,
+                "seconds": round(result["seconds"], 1),
+                "final_loss": result["final_loss"],
+                "history": result["history"],
+                "params": result["params"],
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__,
+            },
+        )
     print(f"wrote {out}", flush=True)
 
 
