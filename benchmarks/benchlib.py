@@ -72,15 +72,24 @@ CASES: dict[str, dict[str, Any] | None] = {
     "dpg states=2": {"name": "dpg", "states": 2},
     "ddpo": {"name": "ddpo"},
     "grpo G=4": {"name": "grpo", "group_size": 4},
+    "direct-align": {"name": "direct-align"},
+    "drtune K=3": {"name": "drtune", "k": 3},
+    "mix-grpo G=4": {"name": "mix-grpo", "group_size": 4, "window": 2},
+    "diffusion-nft G=4": {"name": "diffusion-nft", "group_size": 4},
 }
 
 # Cases whose estimator samples with noise (its policy is each step's Gaussian): DDIM with
 # eta = 1, as DDPO samples; the others use the deterministic DDIM of the Bench.
-STOCHASTIC_CASES = {"ddpo", "grpo G=4"}
+STOCHASTIC_CASES = {"ddpo", "grpo G=4", "mix-grpo G=4"}
 
 # Cases that only some models can run: dpg adapts the reward's network as its critic, so it
-# needs a network reward (digits' classifier), not JPEG.
-CASE_MODELS: dict[str, tuple[str, ...]] = {"dpg states=2": ("digits",)}
+# needs a network reward (digits' classifier), not JPEG; MixGRPO and DiffusionNFT are flow-model
+# methods (the suite runs them on the tiny SD3).
+CASE_MODELS: dict[str, tuple[str, ...]] = {
+    "dpg states=2": ("digits",),
+    "mix-grpo G=4": ("tiny-random-sd3",),
+    "diffusion-nft G=4": ("tiny-random-sd3",),
+}
 
 
 def pairs() -> list[tuple[str, str]]:
