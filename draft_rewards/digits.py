@@ -102,6 +102,7 @@ class DigitClassifier(nn.Module):
         if output not in ("log-prob", "prob"):
             raise ValueError(f"DigitClassifier: output must be 'log-prob' or 'prob', got {output!r}.")
         self.target = target
+        self.uses_prompts = target is None  # without a target it reads the digit each prompt names
         self.weights = weights
         self.output = output
         self.net: DigitCNN | None = None  # loaded on the first call

@@ -121,6 +121,8 @@ def test_errors_are_one_paragraph(capsys, images, tmp_path):
         capsys, "score", "--reward", "jpeg-compressibility", "--set", "train.steps=3", str(wide)
     )
     assert "--prompt TEXT" in run_error(capsys, "score", "--reward", "pickscore", str(wide))
+    # the digit classifier without a target reads the digit from the prompt: it needs one too
+    assert "--prompt TEXT" in run_error(capsys, "score", "--reward", "digit-classifier", str(wide))
     assert "must be square" in run_error(capsys, "score", "--reward", "rotation-anticorrelation", str(wide))
     assert "is not a device" in run_error(
         capsys, "score", "--reward", "jpeg-compressibility", "--device", "gpu0", str(wide)
