@@ -4,11 +4,13 @@ learned guidance schedule) still resumes, and its next step is the one that code
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import torch
+from old_checkpoint_files import rebuild_optimizer
 from safetensors.torch import load_file
 
 from draft_core import cli
@@ -35,7 +37,13 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def test_old_checkpoint_resumes_bit_for_bit(tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(DATA, run, ignore=shutil.ignore_patterns("expected_*"))
+    shutil.copytree(DATA, run, ignore=shutil.ignore_patterns("expected_*", "optimizer.*"))
+    step1 = run / "checkpoints" / "step-000001"
+    rebuild_optimizer(DATA, step1 / "optimizer.pt")  # the repository keeps no pickle
+    manifest = json.loads((step1 / "manifest.json").read_text())
+    assert (
+        hashlib.sha256((step1 / "optimizer.pt").read_bytes()).hexdigest() == manifest["files"]["optimizer.pt"]["sha256"]
+    )
     assert cli.main(["train", "--resume", str(run), "--set", "train.steps=2", "--no-progress"]) == 0
     tensors, row = _step2(run)
     expected = load_file(DATA / "expected_step2.safetensors")

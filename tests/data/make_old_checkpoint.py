@@ -15,6 +15,9 @@ from safetensors.torch import load_file, save_file
 
 from draft_core import cli
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for its helper module
+from old_checkpoint_files import split_optimizer  # noqa: E402
+
 SETS = [
     "model.name=tiny-random",
     "prompts.source=animals",
@@ -52,6 +55,9 @@ def main(out: Path) -> None:
     for name in ("config.yaml", "metrics.jsonl"):
         shutil.copy(run / name, out / name)
     shutil.copytree(run / "checkpoints" / "step-000001", out / "checkpoints" / "step-000001")
+    # no pickle in the repository: the optimizer state as safetensors + JSON (tests/old_checkpoint_files.py)
+    split_optimizer(out / "checkpoints" / "step-000001" / "optimizer.pt", out)
+    (out / "checkpoints" / "step-000001" / "optimizer.pt").unlink()
     shutil.copy(run / "checkpoints" / "latest", out / "checkpoints" / "latest")
     # The reference: that code's second step after resuming.
     assert cli.main(["train", "--resume", str(run), "--set", "train.steps=2", "--no-progress"]) == 0
