@@ -198,8 +198,9 @@ def stratify(step, ks: list[int], trainer_estimator) -> None:
     own = trainer_estimator.draw_k
 
     def draw_k(inputs):
-        own(inputs)  # keep the estimator's generator advancing as it would
-        return next(draws, None) or own(inputs)
+        drawn = own(inputs)  # the estimator's generator advances as it would
+        k = next(draws, None)  # None: the warm-up step, or past the list
+        return drawn if k is None else k
 
     trainer_estimator.draw_k = draw_k
     step.ks = ks
