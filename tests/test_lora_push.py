@@ -80,6 +80,16 @@ def test_a_hub_base_model_stays_in_the_card(tmp_path, no_network):
     assert "pipe.load_lora_weights('alice/digits-bold')" in card
 
 
+def test_the_hub_card_loads_the_lora_with_the_base_models_own_pipeline(tmp_path):
+    """An SDXL base gets SDXL's pipeline class in the usage lines, not Stable Diffusion's."""
+    base = tmp_path / "sdxl-base"
+    base.mkdir()
+    (base / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    usage = push_module.hub_usage(str(base), REPO, "x_kohya.safetensors")
+    assert "from diffusers import StableDiffusionXLPipeline\n" in usage
+    assert "StableDiffusionPipeline" not in usage
+
+
 class FakeApi:
     calls: list = []
 

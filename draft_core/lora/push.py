@@ -138,13 +138,14 @@ def hub_usage(base: str | None, repo_id: str, kohya: str) -> str:
             f"```bash\n{fetch}\ndraft sample --model {base} --lora {name}:1.0 --prompt ... --out samples/\n```\n\n"
             f"`{kohya}` holds the same LoRA in the kohya layout."
         )
-    return (
-        "```python\nfrom diffusers import StableDiffusionPipeline\n"
-        f"pipe = StableDiffusionPipeline.from_pretrained({base!r})\n"
-        f"pipe.load_lora_weights({repo_id!r})\n```\n\n"
-        f"For AUTOMATIC1111 or ComfyUI, use `{kohya}` (kohya layout). With draft: `{fetch}`, then "
-        f"`draft sample --model {base} --lora {name}:1.0 --prompt ...`."
-    )
+    from draft_core.lora.card import _diffusers_usage
+
+    # The base model family's own pipeline class (SDXL's, SD3's, FLUX's...), not Stable Diffusion's for all.
+    lines = _diffusers_usage(base or "BASE_MODEL", repo_id)
+    with_draft = f"With draft: `{fetch}`, then `draft sample --model {base} --lora {name}:1.0 --prompt ...`."
+    if not lines:
+        return f"{with_draft}\n\n`{kohya}` holds the same LoRA in the kohya layout."
+    return f"```python\n{lines}\n```\n\nFor AUTOMATIC1111 or ComfyUI, use `{kohya}` (kohya layout). {with_draft}"
 
 
 def _hub_header(card: Path, base: str | None) -> None:
