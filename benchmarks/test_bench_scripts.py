@@ -351,3 +351,18 @@ def test_rl_vs_draft_targets_and_censoring():
     assert not res["rl_reached"] and res["ratio_is_lower_bound"] and res["queries_ratio"] == pytest.approx(12)
     flat = {"mean": [-3.0, -3.1], "queries": [0, 10], "seconds": [0, 1], "step": [0, 5]}
     assert fig_rl_vs_draft.compare({"DDPO": flat, "LV": fast}, "DDPO", "LV")["improved"] is False
+
+
+def test_guards_grid_puts_the_steps_grids_side_by_side(tmp_path, capsys):
+    import fig_guards_grid
+
+    from draft_core.media import read_png_info, save_grid
+
+    (tmp_path / "samples").mkdir()
+    for step in (0, 60):
+        save_grid(torch.rand(4, 3, 8, 8), tmp_path / "samples" / f"step-{step:06d}.png", nrow=2, rows=["a", "b"])
+    out = tmp_path / "grid.png"
+    assert fig_guards_grid.main([str(tmp_path), "--steps", "0", "60", "--out", str(out)]) == 0
+    assert read_png_info(out)["layout"]["top"] > 0
+    assert fig_guards_grid.main([str(tmp_path), "--steps", "0", "70", "--out", str(out)]) == 2
+    assert "no grid at" in capsys.readouterr().err

@@ -220,40 +220,49 @@ def read_png_info(path: Path) -> dict[str, Any]:
 
 
 def save_before_after(before: Path, after: Path, path: Path, labels: tuple[str, str] = ("before", "after")) -> Path:
-    """Two grids side by side, before on the left; labelled grids share one row-label band and
-    get a heading each (the cells are cut from the two PNGs, pixel for pixel)."""
+    """Two grids side by side, before on the left (``save_side_by_side`` of the two)."""
+    return save_side_by_side([before, after], path, labels)
+
+
+def save_side_by_side(grids: Sequence[Path], path: Path, labels: Sequence[str]) -> Path:
+    """Grids side by side, left to right, each under its heading in ``labels``; labelled grids share
+    one row-label band (the first's) and keep their column labels (the cells are cut from the PNGs,
+    pixel for pixel). The generation parameters are the last grid's."""
     from PIL import Image, ImageDraw
 
-    a, b = Image.open(before).convert("RGB"), Image.open(after).convert("RGB")
-    info_a, info_b = read_png_info(before), read_png_info(after)
-    la, lb = info_a.get("layout"), info_b.get("layout")
-    params = {k: v for k, v in info_b.items() if k != "layout"} if "prompt" in info_b else None
+    if len(grids) != len(labels) or not grids:
+        raise ValueError(f"save_side_by_side needs one label per grid, got {len(grids)} grids, {len(labels)} labels")
+    images = [Image.open(g).convert("RGB") for g in grids]
+    infos = [read_png_info(g) for g in grids]
+    layouts = [info.get("layout") for info in infos]
+    params = {k: v for k, v in infos[-1].items() if k != "layout"} if "prompt" in infos[-1] else None
     gap = 8
-    if not la or not lb:
-        canvas = Image.new("RGB", (a.width + b.width + gap, max(a.height, b.height)), "white")
-        canvas.paste(a, (0, 0))
-        canvas.paste(b, (a.width + gap, 0))
+    if not all(layouts):
+        canvas = Image.new(
+            "RGB", (sum(i.width for i in images) + gap * (len(images) - 1), max(i.height for i in images)), "white"
+        )
+        x = 0
+        for image in images:
+            canvas.paste(image, (x, 0))
+            x += image.width + gap
         return save_png(canvas, path, params)
     font = _font()
     line = font.getbbox("Ag")[3] + 3
-    body_a = a.crop((la["left"], la["top"], a.width, a.height))
-    body_b = b.crop((lb["left"], lb["top"], b.width, b.height))
-    labels_a = a.crop((0, la["top"], la["left"], a.height))  # the row labels, once
-    col_band_a = a.crop((la["left"], la["title"], a.width, la["top"]))  # column labels, without the title
-    col_band_b = b.crop((lb["left"], lb["title"], b.width, lb["top"]))
-    band = max(col_band_a.height, col_band_b.height)
-    top = line + 4 + band
-    canvas = Image.new(
-        "RGB", (la["left"] + body_a.width + gap + body_b.width, top + max(body_a.height, body_b.height)), "white"
-    )
-    canvas.paste(labels_a, (0, top))
-    x_b = la["left"] + body_a.width + gap
-    for x, body, cols in ((la["left"], body_a, col_band_a), (x_b, body_b, col_band_b)):
-        canvas.paste(body, (x, top))
-        canvas.paste(cols, (x, top - cols.height))
+    bodies = [i.crop((la["left"], la["top"], i.width, i.height)) for i, la in zip(images, layouts)]
+    bands = [i.crop((la["left"], la["title"], i.width, la["top"])) for i, la in zip(images, layouts)]  # column labels
+    first, la = images[0], layouts[0]
+    row_labels = first.crop((0, la["top"], la["left"], first.height))  # once
+    top = line + 4 + max(b.height for b in bands)
+    width = la["left"] + sum(b.width for b in bodies) + gap * (len(bodies) - 1)
+    canvas = Image.new("RGB", (width, top + max(b.height for b in bodies)), "white")
+    canvas.paste(row_labels, (0, top))
     draw = ImageDraw.Draw(canvas)
-    for x, width, text in ((la["left"], body_a.width, labels[0]), (x_b, body_b.width, labels[1])):
-        draw.text((x + (width - draw.textlength(text, font=font)) / 2, 2), text, fill="black", font=font)
+    x = la["left"]
+    for body, band, text in zip(bodies, bands, labels):
+        canvas.paste(body, (x, top))
+        canvas.paste(band, (x, top - band.height))
+        draw.text((x + (body.width - draw.textlength(text, font=font)) / 2, 2), text, fill="black", font=font)
+        x += body.width + gap
     return save_png(canvas, path, params, {**la, "top": top, "title": line + 4})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -113,3 +114,21 @@ def test_before_after_shares_the_row_labels_and_keeps_both_grids_cells(tmp_path)
     assert np.array_equal(pab[lab["top"] :, : la["left"] + body_w], pa[la["top"] :])
     assert np.array_equal(pab[lab["top"] :, la["left"] + body_w + 8 :], pb[la["top"] :, la["left"] :])
     assert read_png_info(both)["step"] == 4  # the after grid's parameters
+
+
+def test_side_by_side_keeps_every_grids_cells_in_order(tmp_path):
+    from draft_core.media import save_side_by_side
+
+    kw = dict(nrow=2, rows=PROMPTS, cols=["sample 1", "sample 2"])
+    grids = [save_grid(_images(4, k), tmp_path / f"g{k}.png", title=f"step {k}", **kw) for k in range(3)]
+    both = save_side_by_side(grids, tmp_path / "all.png", ["step 0", "step 1: best", "step 2"])
+    la, lab = read_png_info(grids[0])["layout"], read_png_info(both)["layout"]
+    out = _pixels(both)
+    x = la["left"]
+    for grid in grids:
+        body = _pixels(grid)[la["top"] :, la["left"] :]
+        assert np.array_equal(out[lab["top"] :, x : x + body.shape[1]], body)
+        x += body.shape[1] + 8
+    assert x - 8 == out.shape[1]
+    with pytest.raises(ValueError, match="one label per grid"):
+        save_side_by_side(grids, tmp_path / "bad.png", ["only one"])
