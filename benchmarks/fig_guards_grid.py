@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from draft_core.media import save_side_by_side  # noqa: E402
 
-DEFAULT = {0: "step 0", 60: "step 60: kept (lora/best)", 70: "step 70: the guard stops", 120: "step 120: unguarded"}
+DEFAULT = {0: "step 0", 60: "60: kept", 70: "70: stopped", 120: "120: unguarded"}
 
 
 def main(argv: list[str] | None = None) -> int:
