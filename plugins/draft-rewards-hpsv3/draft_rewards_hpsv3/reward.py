@@ -4,11 +4,10 @@ Qwen2-VL-7B-Instruct reads the image and an instruction holding the prompt (Qwen
 template: the default system message, then the user's image and text, then the assistant's
 turn); HPSv3's reward head reads the decoder's last hidden state at the token ``<|Reward|>`` that
 ends the instruction, and the score is the mean of the two numbers it gives (the other is their
-spread), as in HPSv3's inference (``draft_rewards_hpsv3.model``). Scores are about −5 .. 15
-(HPSv3 reports around 10 for good generations). Preprocessing (``draft_rewards_hpsv3.preprocess``)
-is torch ops, so DRaFT trains through it. The tokenizer and chat template are
-Qwen2-VL-7B-Instruct's processor's (a hub id in the cache, or a local folder), with
-``<|Reward|>`` added as HPSv3 adds it.
+spread), as in HPSv3's inference (``draft_rewards_hpsv3.model``); it is not normalised to a range.
+Preprocessing (``draft_rewards_hpsv3.preprocess``) is torch ops, so DRaFT trains through it. The
+tokenizer and chat template are Qwen2-VL-7B-Instruct's processor's (a hub id in the cache, or a
+local folder), with ``<|Reward|>`` added as HPSv3 adds it.
 """
 
 from __future__ import annotations
