@@ -116,6 +116,8 @@ def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     """HPSv3.safetensors' names (transformers 4.45's, or 5's) to ``HPSv3Net``'s; the LM head is dropped."""
     out = {}
     for key, value in state.items():
+        if key.endswith("inv_freq"):  # rotary frequencies are computed, not loaded
+            continue
         if key.startswith(("visual.", "model.visual.")):
             out["visual." + key.split("visual.", 1)[1]] = value
         elif key.startswith("model."):

@@ -233,6 +233,7 @@ def _imscore_forward(official, batch):
     return out
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")  # imscore's autocast("cuda") on CPU
 def test_scores_match_imscore(checkpoint, processor_dir, arch):
     reward = HPSv3Reward(path=checkpoint, processor=processor_dir, arch=arch)
     images = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
