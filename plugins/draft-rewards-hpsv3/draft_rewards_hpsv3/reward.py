@@ -26,6 +26,7 @@ from draft_rewards.hub import (
     from_pretrained,
     hub_file,
     hub_file_available,
+    hub_offline,
     load_state_dict_file,
     load_strict,
     local_path,
@@ -132,19 +133,40 @@ class HPSv3Reward(nn.Module):
         return Path(self.processor_id).expanduser().is_dir() or looks_like_path(self.processor_id)
 
     def check_available(self) -> None:
-        """The checkpoint and the processor files can be found (local, or the hub cache). Loads nothing."""
+        """The checkpoint and the processor files can be found (local, or the hub cache); one error
+        names every missing one. Loads nothing."""
+        problems = []
+        for check in (self._check_checkpoint, self.check_processor_available):
+            try:
+                check()
+            except ModelLoadError as exc:
+                problems.append(str(exc).removeprefix("hpsv3: "))
+        if problems:
+            raise ModelLoadError("hpsv3: " + " Also: ".join(problems))
+
+    def _check_checkpoint(self) -> None:
         if self.path is not None:
             self.checkpoint_file()
         else:
             hub_file_available(HUB_REPO, HUB_FILE, reward="hpsv3", option="path")
-        self.check_processor_available()
 
     def check_processor_available(self) -> None:
+        """The processor's tokenizer_config.json is in the folder ``processor``, or that hub id's is cached."""
+        download = f"`hf download {DEFAULT_PROCESSOR} --include '*.json' '*.txt' '*.jinja' --local-dir DIR`"
         if self._local_processor():
-            expected = f"{DEFAULT_PROCESSOR}'s {PROCESSOR_FILE} (`hf download {DEFAULT_PROCESSOR} --local-dir DIR`)"
+            expected = f"{DEFAULT_PROCESSOR}'s {PROCESSOR_FILE} ({download})"
             local_path(Path(self.processor_id) / PROCESSOR_FILE, reward="hpsv3", option="processor", expected=expected)
-        else:
-            hub_file_available(self.processor_id, PROCESSOR_FILE, reward="hpsv3", option="processor")
+            return
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(self.processor_id, PROCESSOR_FILE), str) or not hub_offline():
+            return
+        raise ModelLoadError(
+            f"hpsv3: the processor files of the hub model '{self.processor_id}' ({PROCESSOR_FILE}, ...) are not in"
+            " the Hugging Face cache (HF_HUB_OFFLINE=1 is set, so only the cache was searched). Either download"
+            f" them on a machine with network ({download}, no weights needed) and give the folder with --set"
+            " reward.processor=DIR, or put them in the Hugging Face cache and run with HF_HUB_OFFLINE=1."
+        )
 
     def processor(self):
         """Qwen2-VL's processor with ``<|Reward|>`` added to its tokenizer (as HPSv3 adds it), padding right."""
@@ -226,7 +248,8 @@ class HPSv3Reward(nn.Module):
         check_reward_images(images, "hpsv3")
         prompts = check_prompts(prompts, images.shape[0], "hpsv3")
         dtype = compute_dtype(images, self.dtype)
-        self.processor()  # the processor's errors first: they name what to download
+        if self._processor is None:
+            self.check_available()  # every missing file named at once, before anything loads
         net = frozen_model(("hpsv3", self.path, repr(self.arch)), self._load, images.device, dtype)
         if dtype in (torch.bfloat16, torch.float16):
             net.head.float()

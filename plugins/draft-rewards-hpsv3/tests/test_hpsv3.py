@@ -298,8 +298,15 @@ def test_missing_files_name_the_fix(checkpoint, processor_dir, arch, tmp_path, m
         assert part in str(info.value), str(info.value)
     with pytest.raises(ModelLoadError) as info:
         HPSv3Reward(path=checkpoint, processor="draft-tests/no-such-qwen", arch=arch)(images, ["a"])
-    for part in ("'tokenizer_config.json' of the hub model 'draft-tests/no-such-qwen'", "reward.processor="):
+    for part in (
+        "hub model 'draft-tests/no-such-qwen'",
+        "hf download Qwen/Qwen2-VL-7B-Instruct",
+        "reward.processor=DIR",
+    ):
         assert part in str(info.value), str(info.value)
+    with pytest.raises(ModelLoadError) as info:  # neither file: both named in one error
+        HPSv3Reward(processor="draft-tests/no-such-qwen", arch=arch)(images, ["a"])
+    assert "MizzenAI/HPSv3" in str(info.value) and "draft-tests/no-such-qwen" in str(info.value), str(info.value)
     with pytest.raises(ModelLoadError, match="tokenizer_config.json.*Qwen/Qwen2-VL-7B-Instruct"):
         HPSv3Reward(path=checkpoint, processor=str(tmp_path), arch=arch)(images, ["a"])
 
