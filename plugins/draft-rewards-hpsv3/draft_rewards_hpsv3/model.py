@@ -11,6 +11,12 @@ layout (``model.language_model.*``, ``model.visual.*``) is read too.
 Positions: HPSv3 calls the decoder with input embeddings and no position ids, so Qwen2-VL's
 multimodal rotary positions (``get_rope_index``) are not used: every token, image tokens too,
 takes its sequential index in all three rotary sections. ``HPSv3Net`` does the same.
+
+Rotary frequencies: HPSv3 was trained and is run (its ``create_model_and_processor``) after
+``model.to(torch.bfloat16)``, which on transformers 4.45 rounds the rotary inverse frequencies
+(buffers) to bfloat16, and its vision tower then formed the angles as a bfloat16 outer product of
+positions and frequencies. ``hpsv3_rotary`` gives the network those numbers in every dtype
+(transformers 5 would compute float32 frequencies and angles).
 """
 
 from __future__ import annotations
@@ -65,6 +71,28 @@ def reward_head(width: int) -> nn.Sequential:
     )
 
 
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16).to(t.dtype)
+
+
+def hpsv3_rotary(config) -> tuple[nn.Module, nn.Module]:
+    """(decoder rotary, vision rotary) with HPSv3's bfloat16-rounded frequencies, computed on the current device."""
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding, Qwen2VLVisionRotaryEmbedding
+
+    class VisionRotary(Qwen2VLVisionRotaryEmbedding):
+        """Angles rounded to bfloat16 as transformers 4.45 formed them: torch.outer(positions, frequencies) in bfloat16."""
+
+        def forward(self, x, position_ids):
+            freqs = position_ids[..., None].to(torch.bfloat16) * self.inv_freq.to(x.device, torch.bfloat16)
+            cos, sin = freqs.float().cos() * self.attention_scaling, freqs.float().sin() * self.attention_scaling
+            return self.recomposition_frequencies(cos), self.recomposition_frequencies(sin)
+
+    text, vision = Qwen2VLRotaryEmbedding(config=config.text_config), VisionRotary(config.vision_config)
+    for module in (text, vision):
+        module.inv_freq, module.original_inv_freq = _bf16(module.inv_freq), _bf16(module.original_inv_freq)
+    return text, vision
+
+
 def qwen2vl_config(arch: dict[str, Any], vocab_size: int | None = None):
     from transformers import Qwen2VLConfig
 
@@ -84,10 +112,17 @@ class HPSv3Net(nn.Module):
             Qwen2VLTextModel,
         )
 
-        self.image_token_id = config.image_token_id
+        self.config, self.image_token_id = config, config.image_token_id
         self.visual = Qwen2VisionTransformerPretrainedModel(config.vision_config)
         self.language = Qwen2VLTextModel(config.text_config)
         self.head = reward_head(config.text_config.hidden_size)
+        self.use_hpsv3_rotary()
+
+    def use_hpsv3_rotary(self) -> None:
+        """Rotary modules with HPSv3's frequencies (module doc), on the device of the other weights."""
+        device = self.head[0].weight.device
+        with torch.device(device):
+            self.language.rotary_emb, self.visual.rotary_pos_emb = hpsv3_rotary(self.config)
 
     def forward(
         self,

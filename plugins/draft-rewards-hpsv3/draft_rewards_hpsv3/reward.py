@@ -194,14 +194,7 @@ class HPSv3Reward(nn.Module):
             net = HPSv3Net(config)
         expected = "HPSv3 (Qwen2-VL + reward head)"
         load_strict(_AssignLoad(net), state, reward="hpsv3", path=path, expected=expected)
-        from transformers.models.qwen2_vl.modeling_qwen2_vl import (
-            Qwen2VLRotaryEmbedding,
-            Qwen2VLVisionRotaryEmbedding,
-        )
-
-        # the rotary frequencies are computed, not stored: compute them for real
-        net.language.rotary_emb = Qwen2VLRotaryEmbedding(config=config.text_config)
-        net.visual.rotary_pos_emb = Qwen2VLVisionRotaryEmbedding(config.vision_config)
+        net.use_hpsv3_rotary()  # the rotary frequencies are computed, not stored: now for real, off meta
         empty = [name for name, t in chain(net.named_parameters(), net.named_buffers()) if t.is_meta]
         if empty:
             raise ModelLoadError(f"hpsv3: the checkpoint '{path}' leaves {empty[:3]} unset; it must be {expected}.")

@@ -16,6 +16,7 @@ import json
 import pytest
 import torch
 from draft_rewards_hpsv3 import HPSv3Reward
+from draft_rewards_hpsv3.model import ARCH, hpsv3_rotary
 from draft_rewards_hpsv3.preprocess import VisionInput, target_size
 from draft_rewards_hpsv3.reward import INSTRUCTION, REWARD_TOKEN
 from torch import nn
@@ -178,6 +179,27 @@ class TestHPSv3Conformance(RewardConformance):
         return HPSv3Reward(path=self.path, processor=self.processor, arch=self.arch)
 
 
+def test_rotary_is_hpsv3s():
+    """The rotary numbers of HPSv3's bfloat16 model on transformers 4.45, at the 7B's sizes: frequencies
+    rounded to bfloat16, vision angles a bfloat16 torch.outer of positions and frequencies."""
+    from transformers import Qwen2VLConfig
+
+    config = Qwen2VLConfig(**ARCH)
+    text, vision = hpsv3_rotary(config)
+    exact = 1.0 / (1e6 ** (torch.arange(0, 128, 2, dtype=torch.float) / 128))  # head dim 3584 / 28
+    assert torch.equal(text.inv_freq, exact.bfloat16().float()) and not torch.equal(text.inv_freq, exact)
+    exact = 1.0 / (1e4 ** (torch.arange(0, 40, 2, dtype=torch.float) / 40))  # half of head dim 1280 / 16
+    assert torch.equal(vision.inv_freq, exact.bfloat16().float())
+    hw = torch.stack(torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")).flatten(1).T  # (N, 2): h, w
+    full = torch.outer(torch.arange(32, dtype=torch.bfloat16), exact.bfloat16())  # transformers 4.45's forward
+    angles = full[hw].flatten(1).float()
+    cos, sin = vision(torch.zeros(1), hw)
+    torch.testing.assert_close(cos, torch.cat([angles, angles], -1).cos(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin, torch.cat([angles, angles], -1).sin(), rtol=0, atol=1e-6)
+    float_angles = (hw[..., None].float() * exact).flatten(1)
+    assert (cos - torch.cat([float_angles, float_angles], -1).cos()).abs().max() > 1e-2  # the rounding shows
+
+
 def test_target_size_is_qwen_vl_utils():
     from imscore.hpsv3.utils import resize
 
@@ -238,7 +260,10 @@ def test_scores_match_imscore(checkpoint, processor_dir, arch):
     reward = HPSv3Reward(path=checkpoint, processor=processor_dir, arch=arch)
     images = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ours = reward(images, PROMPTS)
-    official = _official(processor_dir, arch).double()
+    official = _official(processor_dir, arch)
+    # HPSv3's bfloat16-rounded rotary numbers (test_rotary_is_hpsv3s) for the reference too
+    official.model.language_model.rotary_emb, official.model.visual.rotary_pos_emb = hpsv3_rotary(official.config)
+    official = official.double()
     with torch.no_grad():
         logits = _imscore_forward(official, reward.inputs(images, PROMPTS))
     assert logits.shape == (2, 2)
