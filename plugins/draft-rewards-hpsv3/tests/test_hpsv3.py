@@ -1,7 +1,8 @@
 """Tests of the ``hpsv3`` reward on a tiny random Qwen2-VL twin, with no hub.
 
 The processor is Qwen2VLProcessor built offline: a tiny byte-level BPE Qwen2 tokenizer (its
-merges learnt here from HPSv3's instruction, so a prompt is a few hundred tokens) with Qwen2-VL's
+merges learnt here from HPSv3's instruction, so a chat is about 750 text tokens, as with Qwen2's
+own vocabulary, beside a square image's 256) with Qwen2-VL's
 special tokens, Qwen2VLImageProcessor, and Qwen2-VL-7B-Instruct's chat template. The reference
 is imscore's port of HPSv3 (``imscore.hpsv3``), assembled at the tiny size without its
 ``__init__`` (which downloads Qwen2-VL-7B's processor and sizes the head for the 7B). Its state
@@ -334,6 +335,17 @@ def test_missing_files_name_the_fix(checkpoint, processor_dir, arch, tmp_path, m
     assert "MizzenAI/HPSv3" in str(info.value) and "draft-tests/no-such-qwen" in str(info.value), str(info.value)
     with pytest.raises(ModelLoadError, match="tokenizer_config.json.*Qwen/Qwen2-VL-7B-Instruct"):
         HPSv3Reward(path=checkpoint, processor=str(tmp_path), arch=arch)(images, ["a"])
+
+
+def test_transformers5_layout_loads_the_same(checkpoint, processor_dir, arch, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "HPSv3-t5.safetensors"  # as transformers 5's save_pretrained names the keys
+    save_file({k: v.contiguous() for k, v in _official(processor_dir, arch).state_dict().items()}, str(path))
+    images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    old = HPSv3Reward(path=checkpoint, processor=processor_dir, arch=arch)(images, PROMPTS[:1])
+    new = HPSv3Reward(path=str(path), processor=processor_dir, arch=arch)(images, PROMPTS[:1])
+    torch.testing.assert_close(new, old, rtol=1e-12, atol=0)  # other weights would differ by far more
 
 
 def test_wrong_checkpoint_and_prompt(checkpoint, processor_dir, arch, tmp_path):
