@@ -3,8 +3,8 @@
 Qwen2-VL-7B-Instruct reads the image and an instruction holding the prompt (Qwen2-VL's chat
 template: the default system message, then the user's image and text, then the assistant's
 turn); HPSv3's reward head reads the decoder's last hidden state at the token ``<|Reward|>`` that
-ends the instruction, and the score is the mean of the two numbers it gives (the other is their
-spread), as in HPSv3's inference (``draft_rewards_hpsv3.model``); it is not normalised to a range.
+ends the instruction and gives two numbers, the mean and the spread of HPSv3's Gaussian preference
+model; the score is the first (the mean), as in HPSv3's inference (``draft_rewards_hpsv3.model``); it is not normalised to a range.
 Preprocessing (``draft_rewards_hpsv3.preprocess``) is torch ops, so DRaFT trains through it. The
 tokenizer and chat template are Qwen2-VL-7B-Instruct's processor's (a hub id in the cache, or a
 local folder), with ``<|Reward|>`` added as HPSv3 adds it.
