@@ -52,8 +52,17 @@ class DDPO(PolicyGradient):
         stat_buffer_size: int = 16,
         stat_min_count: int = 16,
         checkpoint: bool = True,
+        timestep_batch: int = 1,
     ) -> None:
-        super().__init__(clip_range, adv_clip_max, timestep_fraction, inner_epochs, minibatches, checkpoint)
+        super().__init__(
+            clip_range,
+            adv_clip_max,
+            timestep_fraction,
+            inner_epochs,
+            minibatches,
+            checkpoint,
+            timestep_batch=timestep_batch,
+        )
         _check_number("stat_buffer_size", stat_buffer_size, 1, integer=True)
         _check_number("stat_min_count", stat_min_count, 1, integer=True)
         if not isinstance(per_prompt_stat_tracking, bool):
