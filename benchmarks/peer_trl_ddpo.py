@@ -105,8 +105,10 @@ def make_trl_ddpo(model_dir: Path, a, reward: RecordingReward):
     return step
 
 
-def ours_estimator(checkpoint: bool) -> dict:
+def ours_estimator(checkpoint: bool, timestep_batch: int | None = None) -> dict:
+    # timestep_batch None: ddpo's default
     return {
+        **({} if timestep_batch is None else {"timestep_batch": timestep_batch}),
         "name": "ddpo",
         "clip_range": 1e-4,
         "adv_clip_max": 5.0,
@@ -122,7 +124,7 @@ def make_side(model_dir: Path, a, side: str, reward: RecordingReward):
     if side == "trl":
         return make_trl_ddpo(model_dir, a, reward)
     ddim = argparse.Namespace(**{**vars(a), "eta": 1.0})
-    return make_ours(model_dir, ddim, ours_estimator(side == "draft ckpt"), reward)
+    return make_ours(model_dir, ddim, ours_estimator(side == "draft ckpt", a.timestep_batch), reward)
 
 
 def memory_probe(model_dir: Path, a, side: str) -> dict:
@@ -151,6 +153,7 @@ def memory_in_subprocess(model_dir: Path, a, side: str) -> dict:
         str(a.lr),
         "--seed",
         str(a.seed),
+        *([] if a.timestep_batch is None else ["--timestep-batch", str(a.timestep_batch)]),
     ]
     from benchlib import MMAP_ENV  # large allocations returned when freed: the peak tracks live tensors
 
@@ -168,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=3e-4, help="TRL's default train_learning_rate for DDPO")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (after one warm-up)")
+    ap.add_argument("--timestep-batch", type=int, default=None, help="draft's ddpo timestep_batch (default: ddpo's)")
     ap.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="write all numbers as JSON here")

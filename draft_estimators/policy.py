@@ -57,6 +57,12 @@ ON_DEVICE = ("latents", "log_probs", "advantages", "rewards", "means")
 BUFFER_KEYS = ("latents", "log_probs", "advantages", "rewards", "cond", "steps", "perms", "order", "cursor")
 # The conditioning is stored as Conditioning.tensors(): "cond" always, the others when the family has them.
 OPTIONAL_KEYS = tuple(f for f in TENSOR_FIELDS if f != "cond")
+# timestep_batch "auto": as many steps per denoiser call as keep the call's states (b·C·h·w per step,
+# before CFG doubles them) within this many elements. On the CPU the tiny UNet's forward and backward cost
+# per sample fell until a call held some 16-32k latent elements (16 steps of tiny-random at batch 4:
+# benchmarks/RESULTS.md, the DDPO peer); one step of SD 1.5 at 512 px (4·64·64 per sample) is already
+# past it at batch 1, so such models keep one step per call, and one step's activations in memory.
+AUTO_TIMESTEP_ELEMENTS = 2**14
 
 
 def clipped_surrogate(
@@ -150,7 +156,7 @@ class PolicyGradient(EstimatorBase):
         minibatches: int,
         checkpoint: bool,
         kl_beta: float = 0.0,
-        timestep_batch: int = 1,
+        timestep_batch: int | str = 1,
     ) -> None:
         self.clip_range = float(_check_number("clip_range", clip_range, 0.0, open_low=True))
         self.adv_clip_max = float(_check_number("adv_clip_max", adv_clip_max, 0.0, open_low=True))
@@ -161,7 +167,12 @@ class PolicyGradient(EstimatorBase):
             raise ConfigError(f"estimator.checkpoint must be true or false, got {checkpoint!r}.")
         self.checkpoint = checkpoint
         self.kl_beta = float(kl_beta)
-        self.timestep_batch = _check_number("timestep_batch", timestep_batch, 1, integer=True)
+        if timestep_batch != "auto":
+            try:
+                _check_number("timestep_batch", timestep_batch, 1, integer=True)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} Or 'auto' (steps batched while their states are small).") from None
+        self.timestep_batch = timestep_batch
         self.buffer: dict[str, torch.Tensor] | None = None
 
     # -- checks ----------------------------------------------------------------------------
@@ -336,6 +347,8 @@ class PolicyGradient(EstimatorBase):
         total = torch.zeros((), device=device)
         clipped, approx_kl, kls = [], [], []
         size = self.timestep_batch
+        if size == "auto":  # small calls are dominated by per-module overhead; large ones by the compute
+            size = max(1, AUTO_TIMESTEP_ELEMENTS // buf["latents"][0][idx].numel())
         for chunk in [steps[s : s + size] for s in range(0, len(steps), size)]:
             x_t = [buf["latents"][j][idx] for j in chunk]
             x_next = [buf["latents"][j + 1][idx] for j in chunk]

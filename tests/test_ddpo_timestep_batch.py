@@ -86,7 +86,25 @@ def test_the_kl_term_batches_its_base_model_pass_too():
         _close(a, b)
 
 
-@pytest.mark.parametrize("bad", [0, 1.5, True, "4"])
-def test_timestep_batch_must_be_a_positive_integer(bad):
-    with pytest.raises(ConfigError, match=rf"estimator.timestep_batch .*got {bad!r}"):
+@pytest.mark.parametrize("bad", [0, 1.5, True, "4", "Auto"])
+def test_timestep_batch_must_be_a_positive_integer_or_auto(bad):
+    with pytest.raises(ConfigError, match=rf"estimator.timestep_batch .*got {bad!r}.* Or 'auto'"):
         DDPO(timestep_batch=bad)
+
+
+def test_auto_batches_small_states_only(monkeypatch):
+    """'auto' chunks by the states' size: every step in one call for the tiny model, one per call
+    once a step's states exceed AUTO_TIMESTEP_ELEMENTS."""
+    import draft_estimators.policy as policy
+
+    model, params = tiny_with_lora(torch.float32)
+    sizes = []
+    for budget in (policy.AUTO_TIMESTEP_ELEMENTS, 1):
+        monkeypatch.setattr(policy, "AUTO_TIMESTEP_ELEMENTS", budget)
+        calls = []
+        hook = model.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+        inputs = step_inputs(model, DDIMSampler(steps=3, guidance_scale=3.0, eta=1.0), ValuesOnly(), PROMPTS)
+        grads_of(DDPO(per_prompt_stat_tracking=False), inputs, params, split=True)
+        hook.remove()
+        sizes.append(calls[3:])  # after the 3 sampling calls
+    assert sizes == [[2 * 3 * len(PROMPTS)], [2 * len(PROMPTS)] * 3]
