@@ -21,7 +21,14 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12 * max(b.abs().max().item(), 1.0))
 
 
-@pytest.mark.parametrize("sampler", [DDIMSampler(steps=3, guidance_scale=3.0, eta=1.0), DDPMSampler(steps=3)])
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        DDIMSampler(steps=3, guidance_scale=3.0, eta=1.0),
+        DDIMSampler(steps=3, guidance_scale=1.0, eta=0.5),
+        DDPMSampler(steps=3),
+    ],
+)
 def test_batched_step_gaussians_equal_the_step_by_step_ones(sampler):
     model, _ = tiny_with_lora(torch.float64)
     cond = model.encode_prompts(PROMPTS)
