@@ -167,11 +167,13 @@ class PolicyGradient(EstimatorBase):
             raise ConfigError(f"estimator.checkpoint must be true or false, got {checkpoint!r}.")
         self.checkpoint = checkpoint
         self.kl_beta = float(kl_beta)
-        if timestep_batch != "auto":
-            try:
-                _check_number("timestep_batch", timestep_batch, 1, integer=True)
-            except ConfigError as exc:
-                raise ConfigError(f"{exc} Or 'auto' (steps batched while their states are small).") from None
+        if timestep_batch != "auto" and (
+            isinstance(timestep_batch, bool) or not isinstance(timestep_batch, int) or timestep_batch < 1
+        ):
+            raise ConfigError(
+                f"estimator.timestep_batch must be an integer >= 1 (trained steps per denoiser call) or 'auto' "
+                f"(steps batched while their states are small), got {timestep_batch!r}."
+            )
         self.timestep_batch = timestep_batch
         self.buffer: dict[str, torch.Tensor] | None = None
 

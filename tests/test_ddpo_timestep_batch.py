@@ -95,7 +95,9 @@ def test_the_kl_term_batches_its_base_model_pass_too():
 
 @pytest.mark.parametrize("bad", [0, 1.5, True, "4", "Auto"])
 def test_timestep_batch_must_be_a_positive_integer_or_auto(bad):
-    with pytest.raises(ConfigError, match=rf"estimator.timestep_batch .*got {bad!r}.* Or 'auto'"):
+    with pytest.raises(
+        ConfigError, match=rf"estimator.timestep_batch must be an integer >= 1 .* or 'auto' .*got {bad!r}"
+    ):
         DDPO(timestep_batch=bad)
 
 
