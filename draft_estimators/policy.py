@@ -350,7 +350,7 @@ class PolicyGradient(EstimatorBase):
         clipped, approx_kl, kls = [], [], []
         size = self.timestep_batch
         if size == "auto":  # small calls are dominated by per-module overhead; large ones by the compute
-            size = max(1, AUTO_TIMESTEP_ELEMENTS // buf["latents"][0][idx].numel())
+            size = max(1, AUTO_TIMESTEP_ELEMENTS // (idx.numel() * buf["latents"][0][0].numel()))
         for chunk in [steps[s : s + size] for s in range(0, len(steps), size)]:
             x_t = [buf["latents"][j][idx] for j in chunk]
             x_next = [buf["latents"][j + 1][idx] for j in chunk]
