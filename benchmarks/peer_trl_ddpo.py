@@ -1,6 +1,6 @@
 """TRL's DDPOTrainer (TRL 0.23.1) against draft's ``ddpo``, side by side: time per step and peak memory.
 
-    PYTHONPATH=/some/dir python benchmarks/peer_trl_ddpo.py [--steps 20] [--batch 4] [--rounds 5]
+    PYTHONPATH=/some/dir python benchmarks/peer_trl_ddpo.py [--steps 20] [--batch 4] [--rounds 5] [--timestep-batch N]
 
 The setup of peer_trl.py (its AlignProp comparison): both sides train the same ``tiny-random``
 diffusers folder, on the same prompts, with DDIM at ``--steps`` steps, eta 1 (DDPO's sampler),
@@ -14,19 +14,24 @@ optimiser step per sampled batch (TRL: ``sample_batch_size = train_batch_size = 
 sample batch per epoch, the gradient accumulated over the timesteps; draft: ``minibatches: 1``).
 A step is a full step on each side: sampling with log-probabilities, the reward, the advantages
 and one optimiser step on the timesteps' PPO loss (``DDPOTrainer.step`` against
-``Trainer.train_step``). draft runs twice: ``checkpoint: true`` (its default; each trained step's
-forward pass is recomputed in the backward pass, so it holds one step's activations, as TRL's
-backward per timestep does) and ``checkpoint: false`` (one backward pass through all the steps'
-graphs, no recomputation). The three alternate step by step in one process (the order
-rotating each round); peak memory comes from one fresh process per side (benchlib.peak_memory).
+``Trainer.train_step``). draft runs three times: its defaults (``checkpoint: true``, each trained
+chunk's backward pass at once, and ``timestep_batch: auto``: here 16 of the 20 trained steps per
+denoiser call, their states concatenated on the batch axis with one timestep per sample);
+``checkpoint: false`` (one backward pass through all the steps' graphs); and ``timestep_batch: 1``
+(one UNet call and one backward pass per trained step, as TRL and DDPO's code do: one step's
+activations held). ``--timestep-batch N`` sets the first two's. The sides alternate step by step in
+one process (the order rotating each round); peak memory comes from one fresh process per side
+(benchlib.peak_memory).
 
-Measured (RESULTS.md, issue 22 section; 20 steps, batch 4, load ~10 on 2 cores): TRL 7.8 s per step,
-draft 8.3 s (1.06x) with 0.77x TRL's peak memory; at load 2, 1.73 s against 1.83 s (1.05x). The
-same work on both sides: the 0.8x target is not met.
+Measured (RESULTS.md, issue 22 section; the defaults, load 2.2-2.7 on 2 cores): TRL 1.739 s per
+step, draft 1.221 s (0.70x) with 8.5x TRL's peak memory (161 MiB against 19 MiB: 16 steps'
+activations), ``checkpoint: false`` 0.67x, ``timestep_batch: 1`` 1.01x with 0.80x the memory.
+Sampling (20 sequential UNet calls, the same on both sides) is about half of draft's step now.
 
 Not the same, because TRL fixes them: TRL shuffles the timesteps per sample and backpropagates
-each timestep's loss on its own (accumulated gradients), draft sums the steps' losses; TRL's
-LoRA A is Gaussian-initialised, draft's Kaiming-uniform (B = 0 on both).
+each timestep's loss on its own (accumulated gradients), draft sums the steps' losses (per
+chunk of ``timestep_batch`` steps); TRL's LoRA A is Gaussian-initialised, draft's Kaiming-uniform
+(B = 0 on both).
 """
 
 from __future__ import annotations
@@ -44,9 +49,9 @@ import warnings
 from pathlib import Path
 
 import torch
-from peer_trl import RecordingReward, alternate, make_ours, prompt_drawer, trl_setup, write_model
+from peer_trl import RecordingReward, alternate, make_ours, prompt_drawer, timed, trl_setup, write_model
 
-SIDES = ("trl", "draft ckpt", "draft no-ckpt")
+SIDES = ("trl", "draft ckpt", "draft no-ckpt", "draft ckpt tb=1")
 
 
 def import_ddpo():
@@ -105,8 +110,10 @@ def make_trl_ddpo(model_dir: Path, a, reward: RecordingReward):
     return step
 
 
-def ours_estimator(checkpoint: bool) -> dict:
+def ours_estimator(checkpoint: bool, timestep_batch: int | None = None) -> dict:
+    # timestep_batch None: ddpo's default
     return {
+        **({} if timestep_batch is None else {"timestep_batch": timestep_batch}),
         "name": "ddpo",
         "clip_range": 1e-4,
         "adv_clip_max": 5.0,
@@ -122,7 +129,8 @@ def make_side(model_dir: Path, a, side: str, reward: RecordingReward):
     if side == "trl":
         return make_trl_ddpo(model_dir, a, reward)
     ddim = argparse.Namespace(**{**vars(a), "eta": 1.0})
-    return make_ours(model_dir, ddim, ours_estimator(side == "draft ckpt"), reward)
+    timestep_batch = 1 if side.endswith("tb=1") else a.timestep_batch
+    return make_ours(model_dir, ddim, ours_estimator(side != "draft no-ckpt", timestep_batch), reward)
 
 
 def memory_probe(model_dir: Path, a, side: str) -> dict:
@@ -151,6 +159,7 @@ def memory_in_subprocess(model_dir: Path, a, side: str) -> dict:
         str(a.lr),
         "--seed",
         str(a.seed),
+        *([] if a.timestep_batch is None else ["--timestep-batch", str(a.timestep_batch)]),
     ]
     from benchlib import MMAP_ENV  # large allocations returned when freed: the peak tracks live tensors
 
@@ -168,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=3e-4, help="TRL's default train_learning_rate for DDPO")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (after one warm-up)")
+    ap.add_argument("--timestep-batch", type=int, default=None, help="draft's ddpo timestep_batch (default: ddpo's)")
     ap.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="write all numbers as JSON here")
@@ -201,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     for side in a.sides:
         row = result[side]
         print(
-            f"  {side:14s} {row['median']:.3f} s per step"
+            f"  {side:16s} {row['median']:.3f} s per step"
             + (f" (ratio to TRL {row['ratio_to_trl']:.2f})" if "ratio_to_trl" in row else "")
             + (
                 ""
@@ -220,16 +230,13 @@ def alternate_all(steps: dict, rounds: int) -> dict[str, list[float]]:
     """peer_trl.alternate for any number of sides: the order rotates by one each round."""
     if len(steps) == 2:
         return alternate(steps, rounds)
-    import time
-
     names = list(steps)
     times = {n: [] for n in names}
     for r in range(1 + rounds):
         for n in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            steps[n]()
+            seconds = timed(steps[n])
             if r:
-                times[n].append(time.perf_counter() - t0)
+                times[n].append(seconds)
     return times
 
 

@@ -18,7 +18,11 @@ Differences, by design: one random subset of steps per minibatch rather than per
 (all steps are used at ``timestep_fraction: 1``, the default, so it then makes no
 difference). With ``checkpoint: true`` each trained step's backward pass runs at once, as in
 DDPO's code, through the runner's ``StepInputs.backward`` (a caller without it gets a recomputed
-forward pass per step instead).
+forward pass per step instead). The trained steps of a stored trajectory are independent given
+its states, so ``timestep_batch`` of them share one denoiser call (and one backward pass) where
+the sampler and model take per-sample timesteps (``ddim``/``ddpm`` on the ``sd`` family); DDPO's
+code makes one call per step. The default ("auto") batches only small calls, where a call's fixed
+cost dominates: a speed-up there, at the memory of the batched steps' activations.
 """
 
 from __future__ import annotations
@@ -37,7 +41,11 @@ class DDPO(PolicyGradient):
     split). per_prompt_stat_tracking: normalise by each prompt's running statistics
     (stat_buffer_size rewards, used once stat_min_count are in; the batch's before that);
     False normalises by the batch. checkpoint: hold one step's activations instead of all
-    (each step's backward pass at once, or its forward pass recomputed; module docstring)."""
+    (each step's backward pass at once, or its forward pass recomputed; module docstring).
+    timestep_batch: trained steps per denoiser call (their states concatenated on the batch axis,
+    per-sample timesteps; the same loss and gradient, activations of that many steps held at
+    once); "auto" batches them while the call stays small (policy.AUTO_TIMESTEP_ELEMENTS: 16 steps
+    of the 8x8 tiny-random at batch 4, 1 for SD at 512 px)."""
 
     name = "ddpo"
 
@@ -52,8 +60,17 @@ class DDPO(PolicyGradient):
         stat_buffer_size: int = 16,
         stat_min_count: int = 16,
         checkpoint: bool = True,
+        timestep_batch: int | str = "auto",
     ) -> None:
-        super().__init__(clip_range, adv_clip_max, timestep_fraction, inner_epochs, minibatches, checkpoint)
+        super().__init__(
+            clip_range,
+            adv_clip_max,
+            timestep_fraction,
+            inner_epochs,
+            minibatches,
+            checkpoint,
+            timestep_batch=timestep_batch,
+        )
         _check_number("stat_buffer_size", stat_buffer_size, 1, integer=True)
         _check_number("stat_min_count", stat_min_count, 1, integer=True)
         if not isinstance(per_prompt_stat_tracking, bool):
@@ -70,7 +87,8 @@ class DDPO(PolicyGradient):
         )
         return (
             f"DDPO(clip_range={self.clip_range}, adv_clip_max={self.adv_clip_max}, timestep_fraction="
-            f"{self.timestep_fraction}, inner_epochs={self.inner_epochs}, minibatches={self.minibatches}, {tracking})"
+            f"{self.timestep_fraction}, inner_epochs={self.inner_epochs}, minibatches={self.minibatches}, {tracking}, "
+            f"timestep_batch={self.timestep_batch!r})"
         )
 
     def advantages(self, rewards: torch.Tensor, prompts: list[str]):

@@ -57,6 +57,12 @@ ON_DEVICE = ("latents", "log_probs", "advantages", "rewards", "means")
 BUFFER_KEYS = ("latents", "log_probs", "advantages", "rewards", "cond", "steps", "perms", "order", "cursor")
 # The conditioning is stored as Conditioning.tensors(): "cond" always, the others when the family has them.
 OPTIONAL_KEYS = tuple(f for f in TENSOR_FIELDS if f != "cond")
+# timestep_batch "auto": as many steps per denoiser call as keep the call's states (b·C·h·w per step,
+# before CFG doubles them) within this many elements. On the CPU the tiny UNet's forward and backward cost
+# per sample fell until a call held some 16-32k latent elements (16 steps of tiny-random at batch 4:
+# benchmarks/RESULTS.md, the DDPO peer); one step of SD 1.5 at 512 px (4·64·64 per sample) is already
+# past it at batch 1, so such models keep one step per call, and one step's activations in memory.
+AUTO_TIMESTEP_ELEMENTS = 2**14
 
 
 def clipped_surrogate(
@@ -150,6 +156,7 @@ class PolicyGradient(EstimatorBase):
         minibatches: int,
         checkpoint: bool,
         kl_beta: float = 0.0,
+        timestep_batch: int | str = 1,
     ) -> None:
         self.clip_range = float(_check_number("clip_range", clip_range, 0.0, open_low=True))
         self.adv_clip_max = float(_check_number("adv_clip_max", adv_clip_max, 0.0, open_low=True))
@@ -160,6 +167,14 @@ class PolicyGradient(EstimatorBase):
             raise ConfigError(f"estimator.checkpoint must be true or false, got {checkpoint!r}.")
         self.checkpoint = checkpoint
         self.kl_beta = float(kl_beta)
+        if timestep_batch != "auto" and (
+            isinstance(timestep_batch, bool) or not isinstance(timestep_batch, int) or timestep_batch < 1
+        ):
+            raise ConfigError(
+                f"estimator.timestep_batch must be an integer >= 1 (trained steps per denoiser call) or 'auto' "
+                f"(steps batched while their states are small), got {timestep_batch!r}."
+            )
+        self.timestep_batch = timestep_batch
         self.buffer: dict[str, torch.Tensor] | None = None
 
     # -- checks ----------------------------------------------------------------------------
@@ -322,8 +337,10 @@ class PolicyGradient(EstimatorBase):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The PPO loss of trajectories ``idx`` [b] over ``steps``, averaged over the steps.
 
-        backward: StepInputs.backward; given, each step's share of the loss (its loss / the number
-        of steps) is backpropagated as soon as it is computed and the returned loss is detached."""
+        The steps go through the denoiser ``timestep_batch`` at a time (one call per chunk, where the
+        sampler and model allow it: ``transition_distributions``); the loss is the same sum of per-step
+        terms. backward: StepInputs.backward; given, each chunk's share of the loss (its steps' losses /
+        the number of steps) is backpropagated as soon as it is computed and the returned loss is detached."""
         buf = self.buffer
         device = buf["latents"].device
         idx = idx.to(device)
@@ -331,38 +348,49 @@ class PolicyGradient(EstimatorBase):
         adv = buf["advantages"][idx]
         total = torch.zeros((), device=device)
         clipped, approx_kl, kls = [], [], []
-        for j in steps:
-            x_t, x_next = buf["latents"][j][idx], buf["latents"][j + 1][idx]
-            mean_old = buf["means"][j][idx] if self.guard else None
-            ref = None
+        size = self.timestep_batch
+        if size == "auto":  # small calls are dominated by per-module overhead; large ones by the compute
+            size = max(1, AUTO_TIMESTEP_ELEMENTS // (idx.numel() * buf["latents"][0][0].numel()))
+        for chunk in [steps[s : s + size] for s in range(0, len(steps), size)]:
+            x_t = [buf["latents"][j][idx] for j in chunk]
+            x_next = [buf["latents"][j + 1][idx] for j in chunk]
+            refs = None
             if self.kl_beta > 0:
                 with torch.no_grad():
-                    ref = sampler.transition_distribution(model, x_t, j, cond, lora_on=False)[0]
+                    refs = [m for m, _ in transition_distributions(sampler, model, x_t, chunk, cond, lora_on=False)]
 
-            def terms(x_t, x_next, j=j, ref=ref, mean_old=mean_old):
-                mean, std = sampler.transition_distribution(model, x_t, j, cond)
-                lp = log_prob(x_next, mean, std)
-                # [log p, log ρ̃ (guard), KL (beta > 0)]
-                guarded = () if mean_old is None else (guarded_log_ratio(mean, mean_old, x_next, std),)
-                return (lp, *guarded, *((kl_same_std(mean, ref, std),) if ref is not None else ()))
+            def terms(*states, chunk=chunk, refs=refs):
+                # per step: [log p, log ρ̃ (guard), KL (beta > 0)]
+                x_t, x_next = states[: len(chunk)], states[len(chunk) :]
+                out = []
+                for k, (mean, std) in enumerate(transition_distributions(sampler, model, x_t, chunk, cond)):
+                    lp = log_prob(x_next[k], mean, std)
+                    guarded = (
+                        (guarded_log_ratio(mean, buf["means"][chunk[k]][idx], x_next[k], std),) if self.guard else ()
+                    )
+                    out.append((lp, *guarded, *((kl_same_std(mean, refs[k], std),) if refs is not None else ())))
+                return tuple(out)
 
             recompute = self.checkpoint and backward is None
-            out = torch_checkpoint(terms, x_t, x_next, use_reentrant=False) if recompute else terms(x_t, x_next)
-            old = buf["log_probs"][j][idx]
-            if self.guard:  # ρ̃ = exp(log ρ̃), the step's loss weighted by 1/|dt|
-                loss, ratio = clipped_surrogate(out[1], torch.zeros_like(old), adv, self.clip_range)
-                loss = loss * step_weight(sampler, model, j)
-            else:
-                loss, ratio = clipped_surrogate(out[0], old, adv, self.clip_range)
-            if ref is not None:
-                loss = loss + self.kl_beta * out[-1].mean()
-                kls.append(out[-1].detach().mean())
+            outs = torch_checkpoint(terms, *x_t, *x_next, use_reentrant=False) if recompute else terms(*x_t, *x_next)
+            chunk_loss = torch.zeros((), device=device)
+            for j, out in zip(chunk, outs):
+                old = buf["log_probs"][j][idx]
+                if self.guard:  # ρ̃ = exp(log ρ̃), the step's loss weighted by 1/|dt|
+                    loss, ratio = clipped_surrogate(out[1], torch.zeros_like(old), adv, self.clip_range)
+                    loss = loss * step_weight(sampler, model, j)
+                else:
+                    loss, ratio = clipped_surrogate(out[0], old, adv, self.clip_range)
+                if refs is not None:
+                    loss = loss + self.kl_beta * out[-1].mean()
+                    kls.append(out[-1].detach().mean())
+                chunk_loss = chunk_loss + loss
+                clipped.append(((ratio.detach() - 1).abs() > self.clip_range).float().mean())
+                approx_kl.append(0.5 * (out[0].detach() - old).pow(2).mean())
             if backward is not None:
-                backward(loss / len(steps))
-                loss = loss.detach()
-            total = total + loss
-            clipped.append(((ratio.detach() - 1).abs() > self.clip_range).float().mean())
-            approx_kl.append(0.5 * (out[0].detach() - old).pow(2).mean())
+                backward(chunk_loss / len(steps))
+                chunk_loss = chunk_loss.detach()
+            total = total + chunk_loss
         logs = {
             "clipfrac": torch.stack(clipped).mean().item(),
             "approx_kl": torch.stack(approx_kl).mean().item(),
@@ -372,3 +400,12 @@ class PolicyGradient(EstimatorBase):
         if kls:
             logs["kl"] = torch.stack(kls).mean().item()
         return total / len(steps), logs
+
+
+def transition_distributions(sampler, model, samples, steps, cond, lora_on=True):
+    """The sampler's Gaussian at each (sample, step) pair: in one denoiser call where the sampler
+    offers it (``ChainSampler.transition_distributions``), else step by step."""
+    batched = getattr(sampler, "transition_distributions", None)
+    if len(steps) > 1 and callable(batched):
+        return batched(model, samples, steps, cond, lora_on)
+    return [sampler.transition_distribution(model, x, j, cond, lora_on=lora_on) for x, j in zip(samples, steps)]

@@ -40,6 +40,8 @@ class ModelFamily:
     denoiser_name: ClassVar[str] = "unet"
     #: True for a guidance-distilled model (the guidance scale is an input; no unconditional pass).
     guidance_distilled: ClassVar[bool] = False
+    #: True when ``denoise`` takes a 1-d ``t`` (one timestep per sample): samplers may then batch several steps.
+    per_sample_timesteps: ClassVar[bool] = False
     #: "ddim" for noise-prediction families, "euler" for flow matching.
     default_sampler: ClassVar[str] = "ddim"
     #: the sampling steps and guidance scale a model of this family is sampled with unless given.

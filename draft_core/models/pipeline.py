@@ -39,6 +39,7 @@ class DiffusionModel(ModelFamily):
     pipeline_classes = ("StableDiffusionPipeline", "DraftPixelPipeline")
     lora_pipeline = "StableDiffusionPipeline"
     denoiser_name = "unet"
+    per_sample_timesteps = True
     lora_target_sets = UNET_TARGET_SETS
     default_lora_targets = "cross-attention+ff"
 
@@ -79,6 +80,7 @@ class DiffusionModel(ModelFamily):
         x = x.to(self.dtype)
         if uses_cfg(guidance):
             uncond = cond.uncond.expand(cond.cond.shape[0], -1, -1)
+            t = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim else t  # per-sample timesteps, both halves
             out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond.cond])).sample
             out_u, out_c = upcast(out).chunk(2)
             return guided(out_u, out_c, guidance)

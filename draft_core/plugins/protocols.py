@@ -58,6 +58,9 @@ class Sampler(Protocol):
     when enabled; mean [B, C, h, w], std a tensor broadcastable to it (0 at a step that
     draws no noise). ``draft_core.samplers.gaussian.log_prob(x_next, mean, std)`` turns it
     into log p_θ(x_{i+1} | x_i, c); lora_on=False gives the frozen base model's step.
+    ``transition_distributions(model, samples, steps, cond, lora_on=True) -> [(mean, std)]``,
+    optional as well, gives the same at several (sample, step) pairs in one denoiser call
+    (ddpo's ``timestep_batch``); without it they are taken one at a time.
     """
 
     num_steps: int
