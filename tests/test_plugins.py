@@ -351,7 +351,18 @@ def test_known_external_name_says_what_to_install():
         "'owlvit' is provided by the distribution draft-rewards-owlvit: pip install"
         " draft-rewards-owlvit (or ./plugins/draft-rewards-owlvit from a checkout)"
     ) in str(info.value)
-    assert set(KNOWN_EXTERNAL) == {"owlvit", "adversarial", "nsfw"}
+
+
+def test_known_external_names_every_reward_distribution_under_plugins():
+    """An unknown-name error can say what to install for every reward the checkout ships as a distribution."""
+    import tomllib
+
+    shipped = {}
+    for pyproject in (Path(__file__).parents[1] / "plugins").glob("draft-rewards-*/pyproject.toml"):
+        project = tomllib.loads(pyproject.read_text())["project"]
+        for name in project["entry-points"]["draft"]:  # each registers the reward of its entry point's name
+            shipped[name] = project["name"]
+    assert len(shipped) >= 8 and KNOWN_EXTERNAL == shipped
 
 
 def test_known_external_that_failed_to_load(make_module, installed):

@@ -22,10 +22,16 @@ PLURALS = {"sampler": "samplers", "estimator": "estimators", "reward": "rewards"
 
 # Names that users meet in the paper or docs but that live in their own
 # distribution, so an unknown-name error can say what to install.
+# (Every reward distribution under plugins/; a test keeps the two lists equal.)
 KNOWN_EXTERNAL: dict[str, str] = {
     "owlvit": "draft-rewards-owlvit",
     "adversarial": "draft-rewards-adversarial",
     "nsfw": "draft-rewards-nsfw",
+    "ocr": "draft-rewards-ocr",
+    "imagereward": "draft-rewards-imagereward",
+    "mps": "draft-rewards-mps",
+    "aesthetic-v25": "draft-rewards-aesthetic-v25",
+    "hpsv3": "draft-rewards-hpsv3",
 }
 KNOWN_EXTERNAL_KIND = "reward"
 
