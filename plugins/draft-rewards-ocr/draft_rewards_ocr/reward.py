@@ -96,8 +96,12 @@ class OCRReward:
         threads: int | None = None,
         margin: int = 0,
     ) -> None:
+        if isinstance(target, int) and not isinstance(target, bool):
+            target = str(target)  # YAML and `--reward ocr:target=3` read a bare 3 as a number: its digits are the text
         if target is not None and not isinstance(target, str):
-            raise ValueError(f"ocr: target must be a string (the text the images should show), got {target!r}.")
+            raise ValueError(
+                f"ocr: target must be a string or a whole number (the text the images should show), got {target!r}."
+            )
         for name, value in (("case_sensitive", case_sensitive), ("ignore_spaces", ignore_spaces)):
             if not isinstance(value, bool):
                 raise ValueError(f"ocr: {name} must be true or false, got {value!r}.")

@@ -85,7 +85,8 @@ def test_prompt_without_quotes_is_refused():
 @pytest.mark.parametrize(
     "kwargs, named",
     [
-        ({"target": 3}, "target"),
+        ({"target": 3.5}, "target"),
+        ({"target": True}, "target"),
         ({"detect_side": 0}, "detect_side"),
         ({"min_confidence": 1.5}, "min_confidence"),
         ({"case_sensitive": "yes"}, "case_sensitive"),
@@ -95,6 +96,12 @@ def test_prompt_without_quotes_is_refused():
 def test_bad_options(kwargs, named):
     with pytest.raises(ValueError, match=f"ocr: {named}"):
         OCRReward(**kwargs)
+
+
+def test_a_whole_number_target_is_its_text():
+    """`--reward ocr:target=3` and YAML's `target: 3` give the number 3: the images should show "3"."""
+    image = drawn("3")
+    assert OCRReward(target=3)(image, []).item() == OCRReward(target="3")(image, []).item() == 1.0
 
 
 def test_missing_engine_names_the_package(monkeypatch):
