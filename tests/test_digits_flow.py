@@ -245,7 +245,7 @@ def test_load_model_gives_an_sd3_model_that_samples_as_the_euler_loop(parts):
         )
         mine = sample(parts, prompts, steps=4, guidance=DEFAULT_GUIDANCE, noise=noise.clone())
     # Not bit-equal: the family encodes the empty prompt once as a batch of 1 (float32 GEMMs round
-    # differently by batch size); a few float32 ulps per op, amplified by CFG 8 over 4 steps.
+    # differently by batch size); a few float32 ulps per op, amplified by CFG over 4 steps.
     torch.testing.assert_close(family, mine, rtol=0, atol=1e-4)
 
 

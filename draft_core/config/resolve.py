@@ -5,7 +5,7 @@ built in Python) into the config a run uses and writes to ``config.yaml``:
 
 - the sampler: the model family's default (euler for flow-matching families) unless one is named,
   with the model's sampling steps and guidance unless given (FLUX.1-dev: 28 steps, distilled
-  guidance 3.5; ``digits-flow``: 20 steps, guidance 8; otherwise 50 steps, guidance 7.5), checked
+  guidance 3.5; ``digits-flow``: 20 steps, guidance 4; otherwise 50 steps, guidance 7.5), checked
   against the family (a diffusion sampler on a flow-matching model is refused, and the reverse);
 - every plugin argument the config leaves out, filled with its factory's default (sampler,
   estimator and its wrappers, reward or each weighted term), where YAML can hold the value.
@@ -94,7 +94,7 @@ def model_family(model: ModelSection | str) -> Any:
 def sampling_defaults(model: ModelSection | str, family: Any = None) -> dict[str, Any]:
     """{name, steps, guidance_scale}: the sampler the model is sampled with when none is given.
     The family declares its default (``ModelFamily.sampling_defaults``); an embedded model may
-    declare its own steps and guidance (``digits-flow``: 20 and 8)."""
+    declare its own steps and guidance (``digits-flow``: 20 and 4)."""
     from draft_core.models.loading import EMBEDDED_SAMPLING
 
     section = ModelSection(name=model) if isinstance(model, str) else model

@@ -1,10 +1,10 @@
 """Train the ``digits-flow`` model with rectified flow, deterministically from a seed.
 
-    python -m draft_core.models.digits_flow.train [--out DIR] [--steps 2600] [--batch 32] [--seed 0] [--threads 1]
+    python -m draft_core.models.digits_flow.train [--out DIR] [--steps 2500] [--batch 32] [--seed 0] [--threads 1]
 
-The recipe: an ``SD3Transformer2DModel`` on 32x32x3 pixels in [-1, 1] (patch 4, so each
-token is one original 8x8 pixel's 4x4 block: 64 image tokens; width 64 = 4 heads x 16,
-5 joint blocks) and two 2-layer CLIP text encoders (width 64) with projections, trained
+The recipe: an ``SD3Transformer2DModel`` on 32x32x3 pixels in [-1, 1] (patch 2: 256 image
+tokens of 2x2 pixels; width 96 = 6 heads x 16, 4 joint blocks, 1.31M parameters) and two
+2-layer CLIP text encoders (width 64) with projections, trained
 jointly from scratch. Conditioning is what ``StableDiffusion3Pipeline.encode_prompt``
 computes: the loop calls it on a pipeline built around the modules being trained, with
 10% empty prompts for classifier-free guidance. Rectified flow as SD3 trains it:
@@ -13,15 +13,25 @@ logit-normal (0, 1). AdamW lr 1e-3 with warm-up and cosine decay, gradient clip 
 (0.999) weights are the ones written. The data and the EMA/schedule helpers are the
 ``digits`` model's.
 
-The shipped weights come from the defaults (2,600 steps, batch 32, seed 0, one thread):
-1,636 s (27.3 min) on 2 CPU cores shared with other jobs (load 6-12; 0.33-1.0 s/step). One
-thread, not two: under that load two threads took 11 s/step, one 1.0. The token tables
+The shipped weights come from the defaults (2,500 steps, batch 32, seed 0, one thread):
+2,623 s (44 min) on 2 CPU cores shared with three other jobs (load 2.5-5): 3.6 s/step for
+the first 100 steps while the others took most of the core, then 0.78-1.05 s/step (final
+loss 0.047). Chosen by 16-step timings at load 2 (patch 2, width 64: 4 blocks 0.85 s/step,
+5 blocks 1.12; width 96, 4 blocks 0.93). One thread, not two: two took 2.5 s/step at load 2-3,
+one 0.93. The token tables
 train as ``KeptRowsEmbedding`` (only the prompts' rows): the same logged losses as the full
 tables (checked at steps 25 and 50), without the optimiser and EMA work on 6.3M dead
-parameters (a noisy profile put that near a quarter of a step). Their samples (20 Euler steps, CFG 8): 200
-of 200 recognised as the prompted digit by an independent SVC (benchmarks/digits_quality.py
---model digits-flow). A 2,000-step run (same recipe, 27.6 min under heavier load) reached
-189 of 200 (94.5%; sevens read as fours), hence 2,600.
+parameters (a noisy profile put that near a quarter of a step). Their samples (20 Euler steps,
+CFG 4): 200 of 200 recognised as the prompted digit by an independent SVC
+(benchmarks/digits_quality.py --model digits-flow), and as varied within a prompt as
+``digits``' (benchmarks/digits_variety.py: 0.082 at 32 px, ``digits`` 0.081). Looked at (the
+README's grid): no patch edges; every row reads as its digit, the crossed sevens least clearly
+(a faint top bar), and one of the four ones is a broken stroke.
+
+The earlier recipe (patch 4, width 64, 5 blocks, 2,600 steps; 200 of 200 for the SVC at CFG 8)
+drew 4x4-pixel blocks with visible edges, and two, three, five, seven, eight and nine were
+unreadable at 32 px; patch 2 with 3 blocks of width 64 (2,000 steps) lost the blocks but drew
+wrong shapes (94%, threes 45%).
 
 Same seed, thread count, torch version and machine type give the same bits: every draw
 comes from one seeded generator in a fixed order, with
@@ -55,10 +65,10 @@ from draft_core.models.digits.train import (
 from draft_core.models.digits_flow import MAX_SEQUENCE_LENGTH, WEIGHTS_DIR, DigitsFlowComponents, sd3_pipeline
 
 # TEXT_WIDTH (64) is each CLIP encoder's width and projection; the two concatenate to 128.
-PATCH_SIZE = 4
-WIDTH = 64  # transformer inner dim = heads x head_dim
-HEADS = 4
-LAYERS = 5
+PATCH_SIZE = 2  # 2x2 tokens (256 of them): patch 4's tokens drew visible 4x4 blocks
+WIDTH = 96  # transformer inner dim = heads x head_dim
+HEADS = 6
+LAYERS = 4
 
 
 def transformer_config(width: int = WIDTH, heads: int = HEADS, layers: int = LAYERS, patch: int = PATCH_SIZE) -> dict:
@@ -294,7 +304,7 @@ def save_model(out: Path, result: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="write every file here (default: the package's weights/)")
-    ap.add_argument("--steps", type=int, default=2600, help="training steps")
+    ap.add_argument("--steps", type=int, default=2500, help="training steps")
     ap.add_argument("--batch", type=int, default=32, help="batch size")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
