@@ -60,6 +60,7 @@ from toy import RESULTS, machine, make_trainer, paper_scaled
 
 from draft_core.errors import DraftError
 from draft_core.models.digits.data import PROMPTS, fit_reference_svc, to_sklearn_pixels
+from draft_core.models.digits_flow import DEFAULT_GUIDANCE as FLOW_GUIDANCE
 from draft_core.plugins import load_registry
 
 WRAPPERS = {"kl"}  # registered estimators that wrap another one, not estimators of their own
@@ -68,7 +69,7 @@ TRAIN_PROMPTS = [p for i, p in enumerate(PROMPTS) if i not in HELD_OUT]
 HELD_OUT_PROMPTS = [PROMPTS[i] for i in HELD_OUT]
 MODELS = {
     "digits": {"guidance_scale": 7.5, "samplers": ({"name": "ddim"}, {"name": "ddim", "eta": 1.0})},
-    "digits-flow": {"guidance_scale": 8.0, "samplers": ({"name": "euler"}, {"name": "flow-sde"})},
+    "digits-flow": {"guidance_scale": FLOW_GUIDANCE, "samplers": ({"name": "euler"}, {"name": "flow-sde"})},
 }
 TASKS = {
     "classifier": {"reward": {"name": "digit-classifier", "target": 8}, "label": "eval reward: log p(8 | image)"},

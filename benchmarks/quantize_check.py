@@ -28,7 +28,7 @@ PROMPTS = ["a handwritten digit three", "a handwritten digit seven"]
 # Each model's sampler as its quickstart (or its tests, for the tiny families) uses it.
 SAMPLERS = {
     "digits": "{name: ddim, steps: 20, guidance_scale: 7.5}",
-    "digits-flow": "{name: euler, steps: 20, guidance_scale: 8.0}",
+    "digits-flow": "{name: euler, steps: 20, guidance_scale: 4.0}",  # digits_flow.DEFAULT_GUIDANCE
 }
 TINY_SAMPLER = {
     "sd": "{name: ddim, steps: 4, guidance_scale: 3.0}",
