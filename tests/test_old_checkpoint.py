@@ -35,8 +35,9 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_old_checkpoint_resumes_bit_for_bit(tmp_path):
-    run = tmp_path / "run"
+def _resume(tmp_path: Path, name: str) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Copy the stored checkpoint's run folder to ``tmp_path / name``, resume it to step 2, return ``_step2``."""
+    run = tmp_path / name
     shutil.copytree(DATA, run, ignore=shutil.ignore_patterns("expected_*", "optimizer.*"))
     step1 = run / "checkpoints" / "step-000001"
     rebuild_optimizer(DATA, step1 / "optimizer.pt")  # the repository keeps no pickle
@@ -45,26 +46,33 @@ def test_old_checkpoint_resumes_bit_for_bit(tmp_path):
         hashlib.sha256((step1 / "optimizer.pt").read_bytes()).hexdigest() == manifest["files"]["optimizer.pt"]["sha256"]
     )
     assert cli.main(["train", "--resume", str(run), "--set", "train.steps=2", "--no-progress"]) == 0
-    tensors, row = _step2(run)
+    config = RunDir(run).read_config()  # the run folder's config.yaml, typed
+    assert isinstance(config, Config) and config.train.ema.decay == 0.8 and config.estimator["name"] == "ddpo"
+    return _step2(run)
+
+
+def test_old_checkpoint_resumes_bit_for_bit(tmp_path):
+    tensors, row = _resume(tmp_path, "run")
     expected = load_file(DATA / "expected_step2.safetensors")
     expected_row = json.loads((DATA / "expected_step2.json").read_text())
     assert row["step"] == 2 and row["fresh_samples"] == 0.0  # step 2 trained on the checkpoint's stored samples
-    config = RunDir(run).read_config()  # the run folder's config.yaml, typed
-    assert isinstance(config, Config) and config.train.ema.decay == 0.8 and config.estimator["name"] == "ddpo"
+    assert row["reward_mean"] == expected_row["reward_mean"]  # the stored samples' rewards, not new ones
     if _same(tensors, expected):
         assert {k: row[k] for k in expected_row} == expected_row
         return
-    # Another machine rounds differently from the one that wrote the reference: there a run from scratch must
-    # differ from the reference too, the resumed run must equal it bit for bit, and both stay near the reference.
-    straight = tmp_path / "straight"
-    assert (
-        cli.main(["train", str(RunDir(run).config), "--out", str(straight), "--set", "train.steps=2", "--no-progress"])
-        == 0
-    )
-    reference, _ = _step2(straight)
-    assert not _same(reference, expected) and _same(tensors, reference)
+    # A machine whose CPU kernels round differently from the one that wrote the reference: step 2's
+    # arithmetic differs in the last bits, and DDPO's clipped ratio (clip_range 1e-4) turns that into
+    # visibly different gradients for some weights. There the resume must still be deterministic (a
+    # second resume equals the first bit for bit) and land within a small fraction of one Adam step
+    # (each weight moves by at most about lr per step) of the reference; a lost optimizer state,
+    # weight average or guidance schedule moves weights by whole steps.
+    again, _ = _resume(tmp_path, "again")
+    assert _same(tensors, again)
+    assert tensors.keys() == expected.keys()
     for k, v in expected.items():
-        torch.testing.assert_close(tensors[k], v, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            tensors[k], v, rtol=0, atol=0.05 * expected_row["lr"], msg=lambda m, k=k: f"{k}: {m}"
+        )
 
 
 def _equal(a, b) -> bool:

@@ -274,13 +274,18 @@ def use_architectures(reward, device: torch.device | str = META) -> None:
                 finally:
                     logging.disable(logging.NOTSET)
 
+            load.random_weights = True  # frozen_model caches it apart from the real weights
             term.load = load
 
 
 def module_tensors(obj) -> list[torch.Tensor]:
-    """Parameters and buffers of ``obj`` and of its terms, where they are modules."""
-    out: list[torch.Tensor] = []
+    """Parameters and buffers of ``obj`` and of its terms, where they are modules, and of the
+    networks they hold through ``frozen_model`` (the plugin rewards' shared cache)."""
+    from draft_core.rewarding.pretrained import networks_of
+
+    out: dict[int, torch.Tensor] = {}  # by id: the reward itself is also its own only term
     for term in [obj, *reward_terms(obj)]:
-        if isinstance(term, torch.nn.Module):
-            out += list(term.parameters()) + list(term.buffers())
-    return out
+        modules = [term] if isinstance(term, torch.nn.Module) else []
+        for module in modules + networks_of(term):
+            out.update((id(t), t) for t in (*module.parameters(), *module.buffers()))
+    return list(out.values())

@@ -178,7 +178,7 @@ def _bool_mask_to_additive(mask: torch.Tensor | None, dtype: torch.dtype) -> tor
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, -math.inf)
 
 
-def _cpu_backend(q, k, v, mask, dropout_p, is_causal, scale) -> int:
+def _cpu_backend(q, k, v, mask, dropout_p, is_causal, scale, enable_gqa=False) -> int:
     """The backend PyTorch's CPU dispatcher picks for these inputs, asked with small proxies of
     the same kind (every size but the head count and head size cut to at most 4)."""
 
@@ -190,7 +190,7 @@ def _cpu_backend(q, k, v, mask, dropout_p, is_causal, scale) -> int:
     heads = q.dim() - 3
     qkv = [proxy(t, heads, True) for t in (q, k, v)]
     m = None if mask is None else proxy(mask, mask.dim() - 3, False)
-    return int(torch._fused_sdp_choice(*qkv, m, dropout_p, is_causal, scale=scale))
+    return int(torch._fused_sdp_choice(*qkv, m, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa))
 
 
 def _cuda_backend(q, k, v, mask) -> str:
@@ -210,12 +210,12 @@ def device_attention(device_type: str):
     original = F.scaled_dot_product_attention
 
     def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if query.device.type != "meta" or enable_gqa or dropout_p:
+        if query.device.type != "meta" or dropout_p or (enable_gqa and device_type != "cpu"):
             return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
         mask = _bool_mask_to_additive(attn_mask, query.dtype)
         grad = any(t.requires_grad for t in (query, key, value))
-        if device_type == "cpu":
-            if _cpu_backend(query, key, value, mask, dropout_p, is_causal, scale) == 1:  # SDPBackend.FLASH_ATTENTION
+        if device_type == "cpu":  # its flash kernel takes grouped keys and values as they are (enable_gqa)
+            if _cpu_backend(query, key, value, mask, dropout_p, is_causal, scale, enable_gqa) == 1:  # FLASH_ATTENTION
                 return aten._scaled_dot_product_flash_attention_for_cpu(
                     query, key, value, 0.0, is_causal, attn_mask=mask, scale=scale
                 )[0]
@@ -232,7 +232,7 @@ def device_attention(device_type: str):
                 return aten._scaled_dot_product_efficient_attention(
                     query, key, value, bias, grad, 0.0, is_causal, scale=scale
                 )[0]
-        return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale)
+        return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
 
     F.scaled_dot_product_attention = attention
     try:

@@ -10,6 +10,7 @@ says what was expected and how to provide it offline.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
@@ -52,20 +53,42 @@ def compute_dtype(images: torch.Tensor, dtype: str = "auto") -> torch.dtype:
 
 
 _FROZEN: dict[tuple, nn.Module] = {}
+#: the networks frozen_model gave each owner (a reward), for ``networks_of``.
+_OWNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def frozen_model(key: Hashable, load: Callable[[], nn.Module], device: torch.device, dtype: torch.dtype) -> nn.Module:
+def frozen_model(
+    key: Hashable,
+    load: Callable[[], nn.Module],
+    device: torch.device,
+    dtype: torch.dtype,
+    owner: object | None = None,
+) -> nn.Module:
     """``load()`` once per (key, device, dtype), frozen (no parameter gradients) and in eval mode.
 
     Each (device, dtype) loads from the source again rather than converting another copy,
     so a float32 copy never comes from a bfloat16 one. Instances sharing a key share weights.
+    owner: the reward asking (``self``): ``networks_of(owner)`` then lists the network, so that
+    ``draft plan`` counts it as reward weights. A ``load`` that ``draft plan`` put in place of the
+    reward's own (its ``architecture()``: random weights or none) is cached apart, so random
+    weights never serve a real call.
     """
-    full = (key, torch.device(device), dtype)
+    full = (key, torch.device(device), dtype, bool(getattr(load, "random_weights", False)))
     if full not in _FROZEN:
         model = load()
         model.requires_grad_(False).eval()
         _FROZEN[full] = model.to(device=device, dtype=dtype)
+    if owner is not None:
+        _OWNED.setdefault(owner, {})[full] = _FROZEN[full]
     return _FROZEN[full]
+
+
+def networks_of(owner: object) -> list[nn.Module]:
+    """The networks ``frozen_model`` has given ``owner`` (one per device and dtype it ran in)."""
+    try:
+        return list(_OWNED.get(owner, {}).values())
+    except TypeError:  # not weak-referenceable: it never owned one
+        return []
 
 
 def offline_note() -> str:

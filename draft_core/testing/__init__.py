@@ -14,6 +14,10 @@ pytest.register_assert_rewrite(
 )
 
 from draft_core.testing.families import ModelFamilyConformance  # noqa: E402
-from draft_core.testing.rewards import RewardConformance, assert_plugin_listed  # noqa: E402
+from draft_core.testing.rewards import (  # noqa: E402
+    RewardConformance,
+    assert_planned_like_measured,
+    assert_plugin_listed,
+)
 
-__all__ = ["ModelFamilyConformance", "RewardConformance", "assert_plugin_listed"]
+__all__ = ["ModelFamilyConformance", "RewardConformance", "assert_planned_like_measured", "assert_plugin_listed"]

@@ -148,6 +148,21 @@ class RewardConformance:
             trainable = [n for n, p in reward.named_parameters() if p.requires_grad or p.grad is not None]
             assert not trainable, f"parameters that take gradients: {trainable[:5]}"
 
+    def test_architecture_is_what_loads(self):
+        """A reward offering ``architecture()`` (``draft plan`` builds it on the meta device in place
+        of its checkpoint) builds the network its weights load into: the same tensors, shape for shape."""
+        from draft_core.planning.architectures import module_tensors
+
+        reward = self.make_reward()
+        if not callable(getattr(reward, "architecture", None)):
+            pytest.skip("no architecture(): draft plan reads the reward's weights to plan it")
+        self.checked(reward)(self.make_images(1), self.prompts(1))
+        loaded = sorted(tuple(t.shape) for t in module_tensors(reward))
+        assert loaded, "the reward loaded no network that draft plan can see (frozen_model(..., owner=self))"
+        with torch.device("meta"):
+            net = reward.architecture()
+        assert sorted(tuple(t.shape) for t in (*net.parameters(), *net.buffers())) == loaded
+
     # -- device ----------------------------------------------------------------------------
 
     @pytest.mark.parametrize(
@@ -217,3 +232,35 @@ def assert_plugin_listed(kind: str, name: str, distribution: str, plugin: str, c
     assert main(["plugins"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.split()[1:2] == [name])
     assert row.split()[0] == kind and f"{distribution}==" in row
+
+
+def assert_planned_like_measured(reward: dict[str, Any], checkpoint_key: str = "path") -> None:
+    """``draft plan`` of a DRaFT-1 step on ``tiny-random`` scored by ``reward`` (a config's reward
+    section: its name and arguments, e.g. a tiny ``arch`` and the checkpoint at ``checkpoint_key``),
+    traced on the meta device with the reward's ``architecture()`` and the checkpoint moved away,
+    predicts the same step on real tensors with the checkpoint loaded: the reward weights byte for
+    byte, the peak within 10% and the FLOPs within 1%. For a plugin reward's own tests."""
+    import json
+    from pathlib import Path
+
+    from draft_core.config import load_config
+    from draft_core.planning.step import measure_step, plan_step
+
+    sets = [
+        "model.name=tiny-random",
+        "sampler.steps=2",
+        "train.batch_size=1",
+        "lora.rank=2",
+        "estimator.name=draft-k",
+        "estimator.k=1",
+        "prompts.items=[a photo of a cat]",
+        f"reward={json.dumps(reward)}",
+    ]
+    measured = measure_step(load_config(None, sets), "cpu")
+    missing = {**reward, checkpoint_key: str(Path(reward[checkpoint_key]).with_name("not-here.safetensors"))}
+    predicted = plan_step(load_config(None, [*sets[:-1], f"reward={json.dumps(missing)}"]), "cpu")
+    weights = "reward weights"
+    assert measured.breakdown[weights] > 0, "the real step holds no reward weights: frozen_model(..., owner=self)?"
+    assert predicted.breakdown[weights] == measured.breakdown[weights], (predicted.breakdown, measured.breakdown)
+    assert abs(predicted.peak / measured.peak - 1) < 0.10, (predicted.breakdown, measured.breakdown)
+    assert abs(predicted.flops / measured.flops - 1) < 0.01, (predicted.flops, measured.flops)

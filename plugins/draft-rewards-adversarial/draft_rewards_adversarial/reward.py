@@ -140,10 +140,14 @@ class AdversarialReward(nn.Module):
         """The weights can be found (``path``, or torchvision's cache; online, downloaded later). Loads nothing."""
         weights_file(self.weights, self.path, download=False)
 
-    def _load(self) -> nn.Module:
+    def load(self) -> nn.Module:
         net = resnet50()
         net.load_state_dict(load_state_dict(self.weights, self.path))
         return net
+
+    def architecture(self) -> nn.Module:
+        """ResNet-50 with random weights, reading no file (``draft plan`` builds it on the meta device)."""
+        return resnet50()
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str] = ()) -> torch.Tensor:
         """images: [B, 3, H, W] in [0, 1], any size. Returns [B] log-probabilities of the target."""
@@ -152,7 +156,7 @@ class AdversarialReward(nn.Module):
         # keyed by the file it would read, so another TORCH_HOME or path loads again
         where = checkpoint_file(self.weights) if self.path is None else Path(self.path).expanduser().resolve()
         key = ("adversarial", self.weights.name, str(where))
-        net = frozen_model(key, self._load, images.device, dtype)
+        net = frozen_model(key, self.load, images.device, dtype, owner=self)
         x = self.preprocess(images if images.dtype == torch.float64 else images.float())
         logits = net(x.to(dtype)).to(torch.float64 if dtype == torch.float64 else torch.float32)
         return logits.log_softmax(dim=-1)[:, self.target]

@@ -131,7 +131,7 @@ class AestheticV25Reward(nn.Module):
         """images: [B, 3, H, W] in [0, 1], any size. Returns [B] (float32; float64 for float64 images)."""
         check_reward_images(images, "aesthetic-v25")
         dtype = compute_dtype(images, self.dtype)
-        net = frozen_model(("aesthetic-v25", self.source, self.head), self._load, images.device, dtype)
+        net = frozen_model(("aesthetic-v25", self.source, self.head), self._load, images.device, dtype, owner=self)
         work = torch.float64 if dtype == torch.float64 else torch.float32
         pixels = SIGLIP_384.with_size(net.encoder.config.image_size)(images.to(work)).to(dtype)
         pooled = net.encoder(pixel_values=pixels).pooler_output

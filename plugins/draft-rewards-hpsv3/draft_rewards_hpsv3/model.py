@@ -83,7 +83,8 @@ def hpsv3_rotary(config) -> tuple[nn.Module, nn.Module]:
         """Angles rounded to bfloat16 as transformers 4.45 formed them: torch.outer(positions, frequencies) in bfloat16."""
 
         def forward(self, x, position_ids):
-            freqs = position_ids[..., None].to(torch.bfloat16) * self.inv_freq.to(x.device, torch.bfloat16)
+            positions = position_ids[..., None].to(x.device, torch.bfloat16)  # on the CPU under draft plan
+            freqs = positions * self.inv_freq.to(x.device, torch.bfloat16)
             cos, sin = freqs.float().cos() * self.attention_scaling, freqs.float().sin() * self.attention_scaling
             return self.recomposition_frequencies(cos), self.recomposition_frequencies(sin)
 
@@ -142,7 +143,10 @@ class HPSv3Net(nn.Module):
         hidden = self.language(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions
         ).last_hidden_state
-        pooled = hidden[input_ids == reward_token_id]  # [B, D]: one <|Reward|> per sequence (checked by the caller)
+        # [B, D] at each sequence's one <|Reward|> (checked by the caller); argmax, not a boolean mask,
+        # so that the shape is known without values (draft plan traces this on the meta device)
+        at = (input_ids == reward_token_id).int().argmax(dim=1)
+        pooled = hidden[torch.arange(b, device=hidden.device), at]
         head_dtype = self.head[0].weight.dtype  # float32 under a half-precision tower, as HPSv3 keeps it
         return self.head(pooled.to(head_dtype))[:, 0]
 

@@ -70,5 +70,6 @@ class VisionInput:
         # a still image is its own second frame: each patch repeated over the temporal axis, after C
         x = x.unsqueeze(6).expand(-1, -1, -1, -1, -1, -1, t, -1, -1)
         pixel_values = x.reshape(b * gh * gw, c * t * p * p)
-        grid = torch.tensor([[1, gh, gw]], device=images.device).expand(b, -1)
+        # the grid's values size the vision tower's sequences: on the CPU for meta images (draft plan)
+        grid = torch.tensor([[1, gh, gw]], device="cpu" if images.is_meta else images.device).expand(b, -1)
         return pixel_values, grid

@@ -184,7 +184,7 @@ class HPSv3Reward(nn.Module):
             self._processor = proc
         return self._processor
 
-    def _load(self) -> nn.Module:
+    def load(self) -> nn.Module:
         path = self.checkpoint_file()  # before building the network: a missing file fails fast
         state = convert_state_dict(load_state_dict_file(path, reward="hpsv3", option="path"))
         embed = state.get("language.embed_tokens.weight")
@@ -199,6 +199,11 @@ class HPSv3Reward(nn.Module):
         if empty:
             raise ModelLoadError(f"hpsv3: the checkpoint '{path}' leaves {empty[:3]} unset; it must be {expected}.")
         return net
+
+    def architecture(self) -> nn.Module:
+        """The network with random weights, reading no checkpoint (``draft plan`` builds it on the meta
+        device; it still builds the model's inputs, so the processor's files must be found)."""
+        return HPSv3Net(qwen2vl_config(self.arch))
 
     # -- scoring ----------------------------------------------------------------------------------
 
@@ -241,9 +246,9 @@ class HPSv3Reward(nn.Module):
         check_reward_images(images, "hpsv3")
         prompts = check_prompts(prompts, images.shape[0], "hpsv3")
         dtype = compute_dtype(images, self.dtype)
-        if self._processor is None:
+        if self._processor is None and not getattr(self.load, "random_weights", False):
             self.check_available()  # every missing file named at once, before anything loads
-        net = frozen_model(("hpsv3", self.path, repr(self.arch)), self._load, images.device, dtype)
+        net = frozen_model(("hpsv3", self.path, repr(self.arch)), self.load, images.device, dtype, owner=self)
         if dtype in (torch.bfloat16, torch.float16):
             net.head.float()
         work = torch.float64 if dtype == torch.float64 else torch.float32

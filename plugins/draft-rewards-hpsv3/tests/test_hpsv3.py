@@ -23,7 +23,7 @@ from draft_rewards_hpsv3.reward import INSTRUCTION, REWARD_TOKEN
 from torch import nn
 
 from draft_core.errors import ModelLoadError
-from draft_core.testing import RewardConformance, assert_plugin_listed
+from draft_core.testing import RewardConformance, assert_planned_like_measured, assert_plugin_listed
 from draft_core.testing.parity import photos
 
 SPECIAL = [
@@ -361,3 +361,19 @@ def test_wrong_checkpoint_and_prompt(checkpoint, processor_dir, arch, tmp_path):
 
 def test_installed_distribution_registers_hpsv3(capsys):
     assert_plugin_listed("reward", "hpsv3", "draft-rewards-hpsv3", "hpsv3", capsys)
+
+
+def test_draft_plan_needs_no_checkpoint(checkpoint, processor_dir, arch):
+    """draft plan builds HPSv3 from its architecture on the meta device (the processor's files are
+    still read: they decide the sequence's length): what it predicts matches the real step with the
+    checkpoint loaded."""
+    assert_planned_like_measured({"name": "hpsv3", "path": checkpoint, "processor": processor_dir, "arch": arch})
+
+
+def test_architecture_is_qwen2_vl_7b():
+    """Without a checkpoint (draft plan), the default architecture is Qwen2-VL-7B-Instruct
+    (8,291,375,616 parameters as published) without its LM head (152,064 x 3,584), with HPSv3's head."""
+    with torch.device("meta"):
+        net = HPSv3Reward().architecture()
+    head = 3584 * 1024 + 1024 + 1024 * 16 + 16 + 16 * 2 + 2
+    assert sum(p.numel() for p in net.parameters()) == 8_291_375_616 - 152_064 * 3_584 + head

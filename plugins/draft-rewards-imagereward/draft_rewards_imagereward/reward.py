@@ -41,8 +41,8 @@ class ImageRewardReward(nn.Module):
     """ImageReward score [B] of images [B, 3, H, W] in [0, 1] for their prompts.
 
     path: the checkpoint file (``ImageReward.pt``, or a .safetensors copy); None takes it from the
-    hub model THUDM/ImageReward in the Hugging Face cache. tokenizer: bert-base-uncased's hub id
-    or a local folder with its files. arch: the network's sizes (``model.ARCH``; tests give a
+    hub model THUDM/ImageReward in the Hugging Face cache. tokenizer: bert-base-uncased's hub id,
+    a local folder with its files, or the path of its vocab.txt (what the offline error suggests). arch: the network's sizes (``model.ARCH``; tests give a
     tiny one). dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.
     """
 
@@ -70,9 +70,12 @@ class ImageRewardReward(nn.Module):
         return hub_file(HUB_REPO, HUB_FILE, reward="imagereward", option="path")
 
     def vocab_file(self) -> Path:
-        """The tokenizer's vocab.txt: in the local folder ``tokenizer``, or of that hub id in the cache.
-        (transformers 5 quietly builds a 5-token vocabulary for a tokenizer it cannot find.)"""
+        """The tokenizer's vocab.txt: ``tokenizer`` itself (a path to a vocab.txt), in the local folder
+        ``tokenizer``, or of that hub id in the cache. (transformers 5 quietly builds a 5-token
+        vocabulary for a tokenizer it cannot find.)"""
         folder = Path(self.tokenizer_id).expanduser()
+        if folder.name == "vocab.txt" and folder.is_file():
+            return folder
         if folder.is_dir() or looks_like_path(self.tokenizer_id):
             return local_path(
                 folder / "vocab.txt",
@@ -93,12 +96,17 @@ class ImageRewardReward(nn.Module):
         else:
             hub_file_available(self.tokenizer_id, "vocab.txt", reward="imagereward", option="tokenizer")
 
-    def _load(self) -> nn.Module:
+    def load(self) -> nn.Module:
         path = self.checkpoint_file()  # before building the network: a missing file fails fast
         state = convert_state_dict(load_state_dict_file(path, reward="imagereward", option="path"))
         net = ImageRewardNet(self.arch)
         load_strict(net, state, reward="imagereward", path=path, expected="ImageReward (BLIP ViT-L + BERT + MLP)")
         return net
+
+    def architecture(self) -> nn.Module:
+        """The network with random weights, reading no checkpoint (``draft plan`` builds it on the meta
+        device; it still tokenizes the prompts, so the tokenizer's vocab.txt must be found)."""
+        return ImageRewardNet(self.arch)
 
     def tokenizer(self):
         """bert-base-uncased's tokenizer with BLIP's [DEC] and [ENC] (ids 30522 and 30523, as in BLIP)."""
@@ -122,7 +130,8 @@ class ImageRewardReward(nn.Module):
         check_reward_images(images, "imagereward")
         prompts = check_prompts(prompts, images.shape[0], "imagereward")
         dtype = compute_dtype(images, self.dtype)
-        net = frozen_model(("imagereward", self.path, repr(self.arch)), self._load, images.device, dtype)
+        key = ("imagereward", self.path, repr(self.arch))
+        net = frozen_model(key, self.load, images.device, dtype, owner=self)
         work = torch.float64 if dtype == torch.float64 else torch.float32
         pixels = OPEN_CLIP_224.with_size(net.vision.config.image_size)(images.to(work)).to(dtype)
         ids, mask = self.tokens(prompts, images.device)

@@ -18,7 +18,7 @@ from torch import nn
 
 from draft_core.errors import ModelLoadError
 from draft_core.rewarding.preprocess import CLIP_MEAN, CLIP_STD, OPEN_CLIP_224
-from draft_core.testing import RewardConformance, assert_plugin_listed
+from draft_core.testing import RewardConformance, assert_planned_like_measured, assert_plugin_listed
 from draft_core.testing.parity import grey_levels, photos
 
 WORDS = ["a", "photo", "of", "thing", "cat", "dog", "red", "blue", *"0123456789"]
@@ -120,6 +120,9 @@ def test_scores_match_imscore(checkpoint, tokenizer_dir):
     torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-9)  # float64 on both sides
     assert ours[0] != ours[1] and ours[0] != ours[2] * 0 + ours[3]  # prompts and images both matter
     torch.testing.assert_close(reward(images[:1], ["a blue dog"]) != ours[:1], torch.tensor([True]))
+    # the tokenizer given as its vocab.txt, as the offline error's hint has it, is the same tokenizer
+    by_file = ImageRewardReward(path=checkpoint, tokenizer=f"{tokenizer_dir}/vocab.txt", arch=TINY)
+    torch.testing.assert_close(by_file(images, prompts), ours, rtol=0, atol=0)
 
 
 def test_preprocessing_matches_imagereward_transform():
@@ -169,3 +172,9 @@ def test_wrong_checkpoint(tokenizer_dir, tmp_path):
 
 def test_installed_distribution_registers_imagereward(capsys):
     assert_plugin_listed("reward", "imagereward", "draft-rewards-imagereward", "imagereward", capsys)
+
+
+def test_draft_plan_needs_no_checkpoint(checkpoint, tokenizer_dir):
+    """draft plan builds ImageReward from its architecture on the meta device: what it predicts
+    matches the real step with the checkpoint loaded."""
+    assert_planned_like_measured({"name": "imagereward", "path": checkpoint, "tokenizer": tokenizer_dir, "arch": TINY})

@@ -137,12 +137,16 @@ class MPSReward(nn.Module):
         """The checkpoint file exists. Loads nothing; the tokenizer ships with open_clip."""
         self.checkpoint_file()
 
-    def _load(self) -> nn.Module:
+    def load(self) -> nn.Module:
         path = self.checkpoint_file()
         state = convert_state_dict(load_state_dict_file(path, reward="mps", option="path"))
         net = MPSNet(self.arch)
         load_strict(net, state, reward="mps", path=path, expected="MPS (CLIP ViT-H-14 + cross-attention tower)")
         return net
+
+    def architecture(self) -> nn.Module:
+        """The network with random weights, reading no checkpoint (``draft plan`` builds it on the meta device)."""
+        return MPSNet(self.arch)
 
     @staticmethod
     def tokenize(texts: Sequence[str], device: torch.device) -> torch.Tensor:
@@ -155,7 +159,7 @@ class MPSReward(nn.Module):
         check_reward_images(images, "mps")
         prompts = check_prompts(prompts, images.shape[0], "mps")
         dtype = compute_dtype(images, self.dtype)
-        net = frozen_model(("mps", self.path, repr(self.arch)), self._load, images.device, dtype)
+        net = frozen_model(("mps", self.path, repr(self.arch)), self.load, images.device, dtype, owner=self)
         work = torch.float64 if dtype == torch.float64 else torch.float32
         with torch.no_grad():  # the prompt side takes no gradient
             text, eos = net.text_tokens(self.tokenize(prompts, images.device))

@@ -18,7 +18,7 @@ from torch import nn
 
 from draft_core.errors import ModelLoadError
 from draft_core.rewarding.preprocess import CLIP_224, CLIP_STD
-from draft_core.testing import RewardConformance, assert_plugin_listed
+from draft_core.testing import RewardConformance, assert_planned_like_measured, assert_plugin_listed
 from draft_core.testing.parity import grey_levels, photos
 
 
@@ -152,3 +152,18 @@ def test_missing_checkpoint(tmp_path):
 
 def test_installed_distribution_registers_mps(capsys):
     assert_plugin_listed("reward", "mps", "draft-rewards-mps", "mps", capsys)
+
+
+def test_draft_plan_needs_no_checkpoint(checkpoint):
+    """draft plan builds MPS from its architecture on the meta device: what it predicts matches the
+    real step with the checkpoint loaded."""
+    assert_planned_like_measured({"name": "mps", "path": checkpoint, "arch": TINY})
+
+
+def test_architecture_is_clip_vit_h_14():
+    """Without a checkpoint (draft plan), MPS's CLIP is LAION's ViT-H-14 (986,109,441 parameters, as
+    transformers builds laion/CLIP-ViT-H-14-laion2B-s32B-b79K), beside its 4-layer cross tower."""
+    with torch.device("meta"):
+        net = MPSReward().architecture()
+    assert sum(p.numel() for p in net.clip.parameters()) == 986_109_441
+    assert len(net.cross.layers) == 4

@@ -94,7 +94,7 @@ class NSFWReward(nn.Module):
 
         check_reward_images(images, "nsfw")
         dtype = compute_dtype(images, self.dtype)
-        net = frozen_model(("nsfw", self.source, self.subfolder), self._load, images.device, dtype)
+        net = frozen_model(("nsfw", self.source, self.subfolder), self._load, images.device, dtype, owner=self)
         preprocess = CLIP_224.with_size(net.config.vision_config.image_size)
         pixels = preprocess(images if images.dtype == torch.float64 else images.float()).to(dtype)
         embeds = net.visual_projection(net.vision_model(pixels)[1])

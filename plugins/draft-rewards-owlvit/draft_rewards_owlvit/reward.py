@@ -88,7 +88,7 @@ class OwlViTReward(nn.Module):
         """
         check_reward_images(images, "owlvit")
         dtype = compute_dtype(images, self.dtype)
-        net = frozen_model(("owlvit", self.source), self._load_model, images.device, dtype)
+        net = frozen_model(("owlvit", self.source), self._load_model, images.device, dtype, owner=self)
         pixels = preprocess_for(net.config)(images if images.dtype == torch.float64 else images.float())
         feature_map = net.image_embedder(pixel_values=pixels.to(dtype))[0]  # [B, h, w, D]
         feats = feature_map.flatten(1, 2)
