@@ -58,6 +58,17 @@ def scoring_head(hidden_size: int) -> nn.Sequential:
     )
 
 
+#: google/siglip-so400m-patch14-384's vision_config (its config.json), for ``architecture()``.
+SO400M_384 = dict(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    patch_size=14,
+    image_size=384,
+)
+
+
 class _Predictor(nn.Module):
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
@@ -102,7 +113,22 @@ class AestheticV25Reward(nn.Module):
         self._head_file()
         check_pretrained_available("aesthetic-v25", self.encoder_id, self.path, files=_FILES)
 
-    def _load(self) -> nn.Module:
+    def architecture(self) -> nn.Module:
+        """Encoder and head with random weights, reading no weights (``draft plan`` builds them on the
+        meta device): the default encoder's configuration is known; another one's config.json (a
+        local folder, or the hub cache) is read."""
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+
+        if self.path is None and self.encoder_id == DEFAULT_ENCODER:
+            config = SiglipVisionConfig(**SO400M_384)
+        else:
+            try:
+                config = SiglipVisionConfig.from_pretrained(self.source)
+            except (OSError, ValueError) as exc:
+                raise hub_load_error("aesthetic-v25", self.source, exc, files=_FILES, hub_id=self.encoder_id) from exc
+        return _Predictor(SiglipVisionModel(config))
+
+    def load(self) -> nn.Module:
         from transformers import SiglipVisionModel
 
         head_file = self._head_file()  # before the encoder: a missing file fails fast
@@ -131,7 +157,7 @@ class AestheticV25Reward(nn.Module):
         """images: [B, 3, H, W] in [0, 1], any size. Returns [B] (float32; float64 for float64 images)."""
         check_reward_images(images, "aesthetic-v25")
         dtype = compute_dtype(images, self.dtype)
-        net = frozen_model(("aesthetic-v25", self.source, self.head), self._load, images.device, dtype, owner=self)
+        net = frozen_model(("aesthetic-v25", self.source, self.head), self.load, images.device, dtype, owner=self)
         work = torch.float64 if dtype == torch.float64 else torch.float32
         pixels = SIGLIP_384.with_size(net.encoder.config.image_size)(images.to(work)).to(dtype)
         pooled = net.encoder(pixel_values=pixels).pooler_output

@@ -106,3 +106,18 @@ def test_wrong_head_file(twin, tmp_path):
 
 def test_installed_distribution_registers_aesthetic_v25(capsys):
     assert_plugin_listed("reward", "aesthetic-v25", "draft-rewards-aesthetic-v25", "aesthetic-v25", capsys)
+
+
+def test_draft_plan_of_the_default_encoder_reads_no_file(monkeypatch, tmp_path):
+    """Offline with an empty Hugging Face cache and no head file, draft plan builds the default
+    predictor (SigLIP so400m at 384 px: 428,225,600 parameters; the head 1,321,185) on the meta
+    device and counts it."""
+    from draft_core.config import load_config
+    from draft_core.planning.step import plan_step
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    sets = ["model.name=tiny-random", "sampler.steps=2", "train.batch_size=1", "lora.rank=2"]
+    trace = plan_step(load_config(None, [*sets, "reward.name=aesthetic-v25", "prompts.items=[a cat]"]), "cpu")
+    # float32 weights on the CPU, and the encoder's int64 position ids (27 x 27 patches)
+    assert trace.breakdown["reward weights"] == (428_225_600 + 1_321_185) * 4 + 27 * 27 * 8

@@ -68,24 +68,48 @@ class NSFWReward(nn.Module):
         """The checker can be found (``path``, or the hub cache; online, the hub is asked later). Loads nothing."""
         check_pretrained_available("nsfw", self.model_id, self.path, files=_FILES, subfolder=self.subfolder)
 
-    def _load(self) -> nn.Module:
+    def _subfolder(self) -> str | None:
+        """The checker's subfolder: as given, or ``safety_checker`` of a local pipeline folder."""
+        if self.path is None:
+            return self.subfolder
+        folder = Path(self.path).expanduser()
+        if not folder.is_dir():
+            raise ModelLoadError(
+                f"nsfw: path '{self.path}' is not a folder. Give a folder holding {_FILES},"
+                f" e.g. from `hf download {self.model_id} --local-dir DIR`."
+            )
+        if self.subfolder is None and (folder / "safety_checker").is_dir():
+            return "safety_checker"
+        return self.subfolder
+
+    def load(self) -> nn.Module:
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 
-        subfolder = self.subfolder
-        if self.path is not None:
-            folder = Path(self.path).expanduser()
-            if not folder.is_dir():
-                raise ModelLoadError(
-                    f"nsfw: path '{self.path}' is not a folder. Give a folder holding {_FILES},"
-                    f" e.g. from `hf download {self.model_id} --local-dir DIR`."
-                )
-            if subfolder is None and (folder / "safety_checker").is_dir():
-                subfolder = "safety_checker"
+        subfolder = self._subfolder()
         kwargs = {"subfolder": subfolder} if subfolder else {}
         try:
             return StableDiffusionSafetyChecker.from_pretrained(self.source, **kwargs)
         except (OSError, ValueError) as exc:
             raise hub_load_error("nsfw", self.source, exc, files=_FILES, hub_id=self.model_id) from exc
+
+    def architecture(self) -> nn.Module:
+        """The checker with random weights, reading no weights (``draft plan`` builds it on the meta
+        device): the default checker is CLIP ViT-L/14's configuration; another source's config.json
+        (a local folder, or the hub cache) is read."""
+        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+        from transformers import CLIPConfig
+
+        from draft_rewards.clip_score import CLIP_L14, clip_config
+
+        if self.path is None and self.model_id == DEFAULT_MODEL and not self.subfolder:
+            config = clip_config(CLIP_L14, reward="nsfw")
+        else:
+            subfolder = self._subfolder()
+            try:
+                config = CLIPConfig.from_pretrained(self.source, **({"subfolder": subfolder} if subfolder else {}))
+            except (OSError, ValueError) as exc:
+                raise hub_load_error("nsfw", self.source, exc, files=_FILES, hub_id=self.model_id) from exc
+        return StableDiffusionSafetyChecker(config)
 
     def scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The checker's scores, differentiable: ``concept`` [B, 17] (adjustment included),
@@ -94,7 +118,7 @@ class NSFWReward(nn.Module):
 
         check_reward_images(images, "nsfw")
         dtype = compute_dtype(images, self.dtype)
-        net = frozen_model(("nsfw", self.source, self.subfolder), self._load, images.device, dtype, owner=self)
+        net = frozen_model(("nsfw", self.source, self.subfolder), self.load, images.device, dtype, owner=self)
         preprocess = CLIP_224.with_size(net.config.vision_config.image_size)
         pixels = preprocess(images if images.dtype == torch.float64 else images.float()).to(dtype)
         embeds = net.visual_projection(net.vision_model(pixels)[1])

@@ -182,3 +182,17 @@ def test_trains_from_a_config(checker_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["grad_norm"] > 0
     assert -1 < rows[0]["reward_mean"] < 1  # −margin: a cosine minus a threshold
+
+
+def test_draft_plan_of_the_default_checker_reads_no_file(monkeypatch, tmp_path):
+    """Offline with an empty Hugging Face cache, draft plan builds the default checker (CLIP ViT-L/14's
+    vision tower and projection, 303,981,588 parameters) on the meta device and counts it."""
+    from draft_core.config import load_config
+    from draft_core.planning.step import plan_step
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    sets = ["model.name=tiny-random", "sampler.steps=2", "train.batch_size=1", "lora.rank=2", "reward.name=nsfw"]
+    trace = plan_step(load_config(None, [*sets, "prompts.items=[a cat]"]), "cpu")
+    # float32 weights on the CPU, and the vision tower's int64 position ids (16 x 16 patches + the class token)
+    assert trace.breakdown["reward weights"] == 303_981_588 * 4 + 257 * 8
