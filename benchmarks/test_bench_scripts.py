@@ -16,6 +16,7 @@ import gpu_sd14
 import leaderboard
 import pytest
 import step_cost
+import timestep_batch
 import torch
 
 
@@ -284,6 +285,14 @@ def test_ddpo_peer_script_at_toy_scale():
         ["--steps", "2", "--batch", "2", "--rounds", "1", "--no-memory", "--sides", "trl", "draft ckpt"]
     )
     assert res["draft ckpt"]["ratio_to_trl"] > 0 and len(res["trl"]["reward_means"]) == 2
+
+
+def test_timestep_batch_script_at_toy_scale(tmp_path):
+    label = "grpo, digits-flow, flow-sde"
+    res = timestep_batch.main(["--steps", "2", "--rounds", "1", "--only", label, "--json", str(tmp_path / "t.json")])
+    assert list(res["cases"]) == [label]
+    case = res["cases"][label]
+    assert case["1"] > 0 and case["auto"] > 0 and json.loads((tmp_path / "t.json").read_text())["steps"] == 2
 
 
 def test_leaderboard_quick_runs_every_registered_estimator(tmp_path):

@@ -20,9 +20,10 @@ difference). With ``checkpoint: true`` each trained step's backward pass runs at
 DDPO's code, through the runner's ``StepInputs.backward`` (a caller without it gets a recomputed
 forward pass per step instead). The trained steps of a stored trajectory are independent given
 its states, so ``timestep_batch`` of them share one denoiser call (and one backward pass) where
-the sampler and model take per-sample timesteps (``ddim``/``ddpm`` on the ``sd`` family); DDPO's
-code makes one call per step. The default ("auto") batches only small calls, where a call's fixed
-cost dominates: a speed-up there, at the memory of the batched steps' activations.
+the sampler and model take per-sample timesteps (``ddim``/``ddpm`` on the ``sd`` family,
+``flow-sde``/``cps`` on the ``sd3`` family); DDPO's code makes one call per step. The default
+("auto") batches only small calls, where a call's fixed cost dominates: a speed-up there, at the
+memory of the batched steps' activations.
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ class GRPO(PolicyGradient):
     model (0: none; see the module's parity note before copying a Flow-GRPO beta).
     timestep_selection: "random" (DDPO) or "first" (Flow-GRPO: the first timestep_fraction of
     the noisy steps, in order). clip_range, adv_clip_max, timestep_fraction, inner_epochs,
-    minibatches, checkpoint: as for ddpo (the minibatches split the B·G trajectories).
+    minibatches, checkpoint, timestep_batch: as for ddpo (the minibatches split the B·G
+    trajectories; several trained steps share one denoiser call on the sd and sd3 families).
     guard: GRPO-Guard's regulated ratio and 1/|dt| step weights (flow samplers only)."""
 
     name = "grpo"
@@ -63,6 +64,7 @@ class GRPO(PolicyGradient):
         checkpoint: bool = True,
         timestep_selection: str = "random",
         guard: bool = False,
+        timestep_batch: int | str = "auto",
     ) -> None:
         if not isinstance(guard, bool):
             raise ConfigError(f"estimator.guard must be true or false (GRPO-Guard's regulated ratio), got {guard!r}.")
@@ -83,6 +85,7 @@ class GRPO(PolicyGradient):
             minibatches,
             checkpoint,
             kl_beta=float(_check_number("beta", beta, 0.0)),
+            timestep_batch=timestep_batch,
         )
         self.queries_per_image = self.group_size
 
@@ -91,7 +94,10 @@ class GRPO(PolicyGradient):
             f"GRPO(group_size={self.group_size}, beta={self.kl_beta}, clip_range={self.clip_range}, "
             f"timestep_fraction={self.timestep_fraction}{', timestep_selection=first' if self.first_steps else ''}, "
             f"inner_epochs={self.inner_epochs}, "
-            f"minibatches={self.minibatches}" + (", guard=True)" if self.guard else ")")
+            f"minibatches={self.minibatches}"
+            + (", guard=True" if self.guard else "")
+            + (f", timestep_batch={self.timestep_batch}" if self.timestep_batch != "auto" else "")
+            + ")"
         )
 
     def expand(self, inputs: StepInputs):

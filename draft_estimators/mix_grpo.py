@@ -78,7 +78,7 @@ class MixGRPO(GRPO):
     """window: SDE steps per trajectory (W). schedule: progressive or random. stride, iters_per_group,
     roll_back: the progressive schedule's (module docstring). same_noise: a prompt's samples share their
     initial noise. group_size, beta, clip_range, adv_clip_max, inner_epochs, minibatches, checkpoint,
-    guard: as for grpo (every window step is trained: no timestep_fraction)."""
+    guard, timestep_batch: as for grpo (every window step is trained: no timestep_fraction)."""
 
     name = "mix-grpo"
 
@@ -98,6 +98,7 @@ class MixGRPO(GRPO):
         minibatches: int = 1,
         checkpoint: bool = True,
         guard: bool = False,
+        timestep_batch: int | str = "auto",
     ) -> None:
         super().__init__(
             group_size=group_size,
@@ -108,6 +109,7 @@ class MixGRPO(GRPO):
             minibatches=minibatches,
             checkpoint=checkpoint,
             guard=guard,
+            timestep_batch=timestep_batch,
         )
         self.window = _check_number("window", window, 1, integer=True)
         self.stride = _check_number("stride", stride, 0, integer=True)
@@ -129,7 +131,10 @@ class MixGRPO(GRPO):
             f"MixGRPO(window={self.window}, schedule={self.schedule!r}, stride={self.stride}, iters_per_group="
             f"{self.iters_per_group}, roll_back={self.roll_back}, same_noise={self.same_noise}, group_size="
             f"{self.group_size}, beta={self.kl_beta}, clip_range={self.clip_range}, inner_epochs={self.inner_epochs}, "
-            f"minibatches={self.minibatches}" + (", guard=True)" if self.guard else ")")
+            f"minibatches={self.minibatches}"
+            + (", guard=True" if self.guard else "")
+            + (f", timestep_batch={self.timestep_batch}" if self.timestep_batch != "auto" else "")
+            + ")"
         )
 
     # -- checks ------------------------------------------------------------------------------------

@@ -89,6 +89,7 @@ class SD3Model(ModelFamily):
     denoiser_name = "transformer"
     default_sampler = "euler"
     flow_matching = True
+    per_sample_timesteps = True
     lora_target_sets = MMDIT_TARGET_SETS
     default_lora_targets = "attention"
 
@@ -178,17 +179,19 @@ class SD3Model(ModelFamily):
 
     # -- the denoiser ------------------------------------------------------------------
     def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance=1.0) -> torch.Tensor:
-        """The velocity [B, C, h, w] at ``x`` and scheduler timestep ``t`` (σ·1000), CFG as the pipeline."""
+        """The velocity [B, C, h, w] at ``x`` and scheduler timestep ``t`` (σ·1000; 0-d, or [B], one per
+        sample), CFG as the pipeline."""
         transformer = self.transformer
         x = x.to(self.dtype)
         batch = x.shape[0]
+        t = torch.as_tensor(t, device=x.device)
         if uses_cfg(guidance):
             embeds = torch.cat([cond.uncond.expand(batch, -1, -1), cond.cond])
             pooled = torch.cat([cond.uncond_pooled.expand(batch, -1), cond.pooled])
             x = torch.cat([x, x])
+            t = torch.cat([t, t]) if t.ndim else t  # per-sample timesteps, both halves
         else:
             embeds, pooled = cond.cond, cond.pooled
-        t = torch.as_tensor(t, device=x.device)
         out = transformer(
             hidden_states=x,
             timestep=t.expand(x.shape[0]),
