@@ -57,6 +57,12 @@ _FROZEN: dict[tuple, nn.Module] = {}
 _OWNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def random_weights(load: Callable[[], nn.Module]) -> bool:
+    """Whether ``load`` is the one ``draft plan`` put in place of a reward's own (``use_architectures``
+    in draft_core.planning.architectures): it builds ``architecture()``, random weights or none."""
+    return bool(getattr(load, "random_weights", False))
+
+
 def frozen_model(
     key: Hashable,
     load: Callable[[], nn.Module],
@@ -73,7 +79,7 @@ def frozen_model(
     reward's own (its ``architecture()``: random weights or none) is cached apart, so random
     weights never serve a real call.
     """
-    full = (key, torch.device(device), dtype, bool(getattr(load, "random_weights", False)))
+    full = (key, torch.device(device), dtype, random_weights(load))
     if full not in _FROZEN:
         model = load()
         model.requires_grad_(False).eval()

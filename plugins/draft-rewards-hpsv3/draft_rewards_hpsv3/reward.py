@@ -21,7 +21,13 @@ import torch
 from torch import nn
 
 from draft_core.errors import ModelLoadError
-from draft_core.rewarding.pretrained import check_dtype_option, check_reward_images, compute_dtype, frozen_model
+from draft_core.rewarding.pretrained import (
+    check_dtype_option,
+    check_reward_images,
+    compute_dtype,
+    frozen_model,
+    random_weights,
+)
 from draft_rewards.hub import (
     from_pretrained,
     hub_file,
@@ -246,7 +252,7 @@ class HPSv3Reward(nn.Module):
         check_reward_images(images, "hpsv3")
         prompts = check_prompts(prompts, images.shape[0], "hpsv3")
         dtype = compute_dtype(images, self.dtype)
-        if self._processor is None and not getattr(self.load, "random_weights", False):
+        if self._processor is None and not random_weights(self.load):  # draft plan reads no checkpoint
             self.check_available()  # every missing file named at once, before anything loads
         net = frozen_model(("hpsv3", self.path, repr(self.arch)), self.load, images.device, dtype, owner=self)
         if dtype in (torch.bfloat16, torch.float16):

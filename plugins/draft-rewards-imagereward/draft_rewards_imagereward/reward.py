@@ -42,8 +42,9 @@ class ImageRewardReward(nn.Module):
 
     path: the checkpoint file (``ImageReward.pt``, or a .safetensors copy); None takes it from the
     hub model THUDM/ImageReward in the Hugging Face cache. tokenizer: bert-base-uncased's hub id,
-    a local folder with its files, or the path of its vocab.txt (what the offline error suggests). arch: the network's sizes (``model.ARCH``; tests give a
-    tiny one). dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.
+    a local folder with its files, or the path of its vocab.txt (what the offline error suggests).
+    arch: the network's sizes (``model.ARCH``; tests give a tiny one). dtype: ``auto`` (bfloat16 on
+    CUDA, float32 on CPU), float32, bfloat16 or float16.
     """
 
     def __init__(
